@@ -1,0 +1,32 @@
+# The two front-door commands are `make demo` and `make test`; both install first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_CONFIG ?= configs/demo.yaml
+
+.PHONY: install test lint demo ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(VENV)/bin/ropenope submit $(DEMO_CONFIG)
+
+ui: install
+	$(VENV)/bin/ropenope ui --config $(DEMO_CONFIG)
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

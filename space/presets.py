@@ -1,0 +1,51 @@
+"""Named candidates shipped with the package.
+
+A preset is a set of knob values on top of the knob defaults (all-global RoPE,
+full attention, no QK-norm); it does not inherit the sweep's ``space:`` values,
+so ``rope`` means the same model in every sweep file of the same model size.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's four variants (Yang et al. 2025, arXiv 2501.18795).
+    "rope": {"global_every": 1, "global_position": "rope"},
+    "qknorm": {"global_every": 1, "global_position": "rope", "qk_norm": "pre_rope"},
+    "nope": {"global_every": 1, "global_position": "nope"},
+    "rnope_swa": {"global_every": 4, "global_position": "nope", "local_window": 64},
+    # Ablations and production relatives.
+    "rnope": {"global_every": 4, "global_position": "nope", "local_window": None},
+    "gemma3_like": {
+        "global_every": 6,
+        "global_position": "rope",
+        "local_rope_base": 10000.0,
+        "global_rope_base": 1000000.0,
+        "local_window": 64,
+        "qk_norm": "pre_rope",
+    },
+    "llama4_like": {
+        "global_every": 4,
+        "global_position": "nope",
+        "local_window": 64,
+        "global_temperature": "log",
+    },
+    "gptoss_like": {"global_every": 2, "global_position": "rope", "local_window": 128},
+}
+
+BUILTIN_PRESETS: MappingProxyType = MappingProxyType(
+    {name: MappingProxyType(knobs) for name, knobs in _PRESETS.items()}
+)
+
+DESCRIPTIONS: dict[str, str] = {
+    "rope": "RoPE on every layer, full causal attention (Llama-style baseline).",
+    "qknorm": "RoPE baseline plus RMSNorm on queries and keys before the rotation.",
+    "nope": "No positional encoding at all, full causal attention.",
+    "rnope_swa": "3 of 4 layers RoPE with a sliding window; every 4th layer NoPE with full attention (the paper's hybrid, Command A/R7B).",
+    "rnope": "3:1 RoPE:NoPE interleaving without a window on the RoPE layers.",
+    "gemma3_like": "5 windowed RoPE layers to 1 global RoPE layer with a larger base, QK-norm (Gemma 3).",
+    "llama4_like": "3:1 windowed RoPE : NoPE with log temperature scaling of NoPE queries (Llama 4).",
+    "gptoss_like": "Alternating windowed and full-attention RoPE layers (gpt-oss).",
+}

@@ -1,0 +1,538 @@
+"""The sweep file: a typed, frozen schema validated once at the boundary.
+
+``load_config(path)`` returns a :class:`SweepConfig` or raises :class:`ConfigError`
+listing every problem with the dotted path of the offending key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from space.errors import ConfigError, InvalidCandidate
+from space.expand import Candidate, build_candidate
+from space.knobs import KNOB_NAMES, KnobSpec, knob_domain, parse_knob
+from space.layers import ModelShape
+from space.names import (
+    KV_CACHE_BYTES,
+    LONG_ACC,
+    SHORT_BPB,
+    is_score_name,
+)
+from space.presets import BUILTIN_PRESETS
+
+SECTIONS = (
+    "study",
+    "space",
+    "model",
+    "train",
+    "data",
+    "score",
+    "scheduler",
+    "resources",
+    "tracking",
+    "presets",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Objective(_Section):
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+
+DEFAULT_OBJECTIVES = (
+    Objective(metric=LONG_ACC, direction="maximize"),
+    Objective(metric=SHORT_BPB, direction="minimize"),
+    Objective(metric=KV_CACHE_BYTES, direction="minimize"),
+)
+
+
+class StudySection(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: str | None = None  # SQLAlchemy URL; None = sqlite file under runs/
+    trials: int = Field(default=8, ge=1)
+    sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
+    seed: int = 0
+    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+    dedup: bool = True
+    repeats: int = Field(default=1, ge=1)  # seeds per candidate (train.seed, +1, ...)
+
+
+class ModelSection(_Section):
+    layers: int = Field(ge=1)
+    d_model: int = Field(ge=2)
+    heads: int = Field(ge=1)
+    mlp_hidden: int = Field(ge=1)
+    init_std: float = Field(default=0.02, gt=0)
+    norm_eps: float = Field(default=1e-6, gt=0)
+    vocab_size: int | None = Field(default=None, ge=2)  # None = the byte vocabulary
+
+
+class TrainSection(_Section):
+    seq_len: int = Field(ge=8)
+    batch_size: int = Field(ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    tokens: int | None = Field(default=None, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=50, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    seed: int = 0
+    eval_every: int = Field(default=100, ge=1)
+    eval_windows: int = Field(default=16, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    compile: bool = False
+    task_mix: dict[Literal["passkey", "multikey", "multivalue"], float] = Field(
+        default_factory=lambda: {"multikey": 1.0}
+    )
+    lm_fraction: float = Field(default=0.5, ge=0, le=1)
+    filler_weight: float = Field(default=0.1, ge=0)
+    answer_weight: float = Field(default=1.0, ge=0)
+    threads: int | None = Field(default=None, ge=1)  # torch threads; None = CPUs given to the trial
+
+    @property
+    def total_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, self.tokens // (self.batch_size * self.seq_len))
+
+
+class DataSection(_Section):
+    source: str | None = None  # None = the Python standard library's source
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    dtype: Literal["uint8", "uint16"] | None = None  # for pre-tokenized files
+
+
+class ScoreSection(_Section):
+    task: Literal["passkey", "multikey", "multivalue"] = "multikey"
+    lengths: tuple[int, ...] = (1, 2, 4, 8)  # multiples of train.seq_len
+    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    samples: int = Field(default=20, ge=1)
+    extrap: tuple[int, ...] = (2, 4)
+    val_windows: int = Field(default=32, ge=1)
+    kv_context_tokens: int = Field(default=131072, ge=1)
+    kv_dtype_bytes: int = Field(default=2, ge=1)
+    attention_mass: bool = True
+    mass_lengths: tuple[int, ...] = (1, 4)
+    mass_samples: int = Field(default=8, ge=1)
+    seed: int = 1234
+
+
+class SchedulerSection(_Section):
+    kind: Literal["none", "asha"] = "none"
+    metric: str = "val_bpb"
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(default=1, ge=1)  # in evaluations
+    reduction_factor: int = Field(default=2, ge=2)
+
+
+class ResourcesSection(_Section):
+    cpus_per_trial: float = Field(default=1, gt=0)
+    gpus_per_trial: float = Field(default=0, ge=0)
+    max_concurrent: int = Field(default=2, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrackingSection(_Section):
+    enabled: bool = True
+    experiment: str | None = None  # None = the study name
+    uri: str | None = None  # None = $MLFLOW_TRACKING_URI or sqlite under runs/
+
+
+class PresetEntry(_Section):
+    name: str
+    extends: str | None = None
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepConfig(_Section):
+    study: StudySection
+    space: dict[str, KnobSpec] = Field(default_factory=dict)
+    model: ModelSection
+    train: TrainSection
+    data: DataSection = DataSection()
+    score: ScoreSection = ScoreSection()
+    scheduler: SchedulerSection = SchedulerSection()
+    resources: ResourcesSection = ResourcesSection()
+    tracking: TrackingSection = TrackingSection()
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> knobs
+    source: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    # -- derived views -------------------------------------------------------
+    def base_shape(self) -> ModelShape:
+        vocab = self.model.vocab_size
+        if vocab is None:
+            from workers.tokens import VOCAB_SIZE  # the byte vocabulary is the data's business
+
+            vocab = VOCAB_SIZE
+        return ModelShape(
+            n_layers=self.model.layers,
+            d_model=self.model.d_model,
+            n_heads=self.model.heads,
+            n_kv_heads=self.model.heads,
+            mlp_hidden=self.model.mlp_hidden,
+            vocab_size=vocab,
+            init_std=self.model.init_std,
+            norm_eps=self.model.norm_eps,
+        )
+
+    @property
+    def searched(self) -> dict[str, KnobSpec]:
+        return {k: v for k, v in self.space.items() if v.searched}
+
+    @property
+    def fixed(self) -> dict[str, KnobSpec]:
+        return {k: v for k, v in self.space.items() if not v.searched}
+
+    def knobs_for(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """Fixed knobs plus sampled ones, dropping knobs whose condition is false."""
+        knobs: dict[str, Any] = {}
+        for name, spec in self.space.items():
+            if not spec.searched:
+                knobs[name] = spec.value
+        knobs.update(sampled)
+        # Conditions may chain; evaluate on the combined values, drop the inactive.
+        return {
+            name: value
+            for name, value in knobs.items()
+            if name not in self.space or self.space[name].applies(knobs)
+        }
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Sample one candidate's knobs from an optuna-like trial (conditionals honoured)."""
+        values: dict[str, Any] = {k: v.value for k, v in self.space.items() if not v.searched}
+        pending = dict(self.searched)
+        # Conditions refer to declared knobs; resolve in dependency order.
+        while pending:
+            progressed = False
+            for name, spec in list(pending.items()):
+                deps = [other for other, _ in spec.when if other in pending]
+                if deps:
+                    continue
+                if spec.applies(values):
+                    values[name] = spec.suggest(trial)
+                del pending[name]
+                progressed = True
+            if not progressed:  # cycle: validated against at load time
+                raise ConfigError.at("space", f"conditional knobs form a cycle: {sorted(pending)}")
+        return self.knobs_for({k: v for k, v in values.items() if self.space[k].searched})
+
+    def candidate(self, knobs: Mapping[str, Any], path: str = "knobs") -> Candidate:
+        return build_candidate(knobs, self.base_shape(), self.train.seq_len, path)
+
+    def preset_candidate(self, name: str) -> Candidate:
+        return self.candidate(self.presets[name], path=f"presets.{name}")
+
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.study.objectives]
+
+    def objective_names(self) -> list[str]:
+        return [o.metric for o in self.study.objectives]
+
+    def space_signature(self) -> dict[str, Any]:
+        """What a stored study must agree with to be resumed by this config."""
+        return {name: spec.to_dict() for name, spec in sorted(self.space.items())}
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]) -> list:
+    problems = []
+    for e in err.errors():
+        loc = [prefix, *[str(p) for p in e["loc"]]]
+        path = ".".join(p for p in loc if p)
+        if e["type"] == "extra_forbidden":
+            fields = _fields_at(model, e["loc"][:-1])
+            msg = f"unknown key; expected one of {fields}" if fields else "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            got = e.get("input")
+            msg = f"{e['msg']} (got {got!r})" if not isinstance(got, dict | list) else e["msg"]
+        problems.append((path, msg))
+    return problems
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        args = getattr(current, "__args__", None)
+        if args:
+            current = next(
+                (a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None
+            )
+            if current is None:
+                return []
+    return list(getattr(current, "model_fields", {}))
+
+
+_SECTION_MODELS: dict[str, type[_Section]] = {
+    "study": StudySection,
+    "model": ModelSection,
+    "train": TrainSection,
+    "data": DataSection,
+    "score": ScoreSection,
+    "scheduler": SchedulerSection,
+    "resources": ResourcesSection,
+    "tracking": TrackingSection,
+}
+_REQUIRED = ("study", "model", "train")
+
+
+def _tuples(value: Any) -> Any:
+    """YAML lists become tuples (the schema is frozen and strict)."""
+    if isinstance(value, Mapping):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e4`` and ``1.0e4`` as strings; researchers mean numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_config(raw: Any, source: str | None = None) -> SweepConfig:
+    """Validate a parsed YAML document. Raises ConfigError with every problem found."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([("", "a sweep file must be a mapping of sections")], source)
+    problems: list[tuple[str, str]] = []
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append((str(key), f"unknown section; expected one of {list(SECTIONS)}"))
+    sections: dict[str, Any] = {}
+    for name, model in _SECTION_MODELS.items():
+        if name not in raw:
+            if name in _REQUIRED:
+                problems.append((name, "required section is missing"))
+            continue
+        value = raw[name] if raw[name] is not None else {}
+        if not isinstance(value, Mapping):
+            problems.append((name, f"expected a mapping, got {type(value).__name__}"))
+            continue
+        try:
+            sections[name] = model.model_validate(_tuples(value))
+        except ValidationError as err:
+            problems.extend(_pydantic_problems(err, name, model))
+
+    space = _parse_space(raw.get("space"), problems)
+    presets = _parse_presets(raw.get("presets"), problems)
+    if problems:
+        raise ConfigError(problems, source)
+
+    config = SweepConfig(source=source, space=space, presets=presets, **sections)
+    _check_semantics(config, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _parse_space(raw: Any, problems: list) -> dict[str, KnobSpec]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(("space", "expected a mapping {knob: value or domain}"))
+        return {}
+    space: dict[str, KnobSpec] = {}
+    for name, value in raw.items():
+        try:
+            space[str(name)] = parse_knob(str(name), value, f"space.{name}")
+        except ConfigError as err:
+            problems.extend(err.problems)
+    for name, spec in space.items():
+        for i, (other, allowed) in enumerate(spec.when):
+            if other not in space:
+                problems.append(
+                    (
+                        f"space.{name}.when.{other}",
+                        f"condition refers to knob {other!r}, which is not declared in space",
+                    )
+                )
+            elif other == name:
+                problems.append((f"space.{name}.when.{other}", "a knob cannot depend on itself"))
+            else:
+                domain = knob_domain(space[other])
+                if domain and not set(map(repr, allowed)) & set(map(repr, domain)):
+                    problems.append(
+                        (
+                            f"space.{name}.when.{other}",
+                            f"no value in {list(allowed)} is possible for {other} ({list(domain)})",
+                        )
+                    )
+            del i
+    return space
+
+
+def _parse_presets(raw: Any, problems: list) -> dict[str, dict[str, Any]]:
+    """``presets:`` is a list of shipped names or {name, extends?, knobs?} mappings."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        problems.append(("presets", "expected a list of preset names or {name, extends, knobs}"))
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        path = f"presets[{i}]"
+        if isinstance(entry, str):
+            if entry not in BUILTIN_PRESETS:
+                problems.append(
+                    (path, f"unknown preset {entry!r}; shipped: {list(BUILTIN_PRESETS)}")
+                )
+                continue
+            name, knobs = entry, dict(BUILTIN_PRESETS[entry])
+        elif isinstance(entry, Mapping):
+            try:
+                parsed = PresetEntry.model_validate(dict(entry))
+            except ValidationError as err:
+                problems.extend(_pydantic_problems(err, path, PresetEntry))
+                continue
+            base_name = parsed.extends
+            if base_name is None and parsed.name in BUILTIN_PRESETS:
+                base_name = parsed.name  # overriding a shipped preset's knobs
+            if base_name is not None and base_name not in BUILTIN_PRESETS and base_name not in out:
+                problems.append((f"{path}.extends", f"unknown preset {base_name!r}"))
+                continue
+            base = out.get(base_name) or dict(BUILTIN_PRESETS.get(base_name, {}))
+            name, knobs = parsed.name, {**base, **parsed.knobs}
+        else:
+            problems.append((path, "expected a preset name or a mapping"))
+            continue
+        if name in out:
+            problems.append((path, f"preset {name!r} listed twice"))
+            continue
+        bad = [k for k in knobs if k not in KNOB_NAMES]
+        if bad:
+            problems.append(
+                (f"{path}.knobs.{bad[0]}", f"unknown knob; expected one of {list(KNOB_NAMES)}")
+            )
+            continue
+        out[name] = knobs
+    return out
+
+
+def _check_semantics(config: SweepConfig, problems: list) -> None:
+    m = config.model
+    if m.d_model % m.heads:
+        problems.append(("model.heads", f"heads={m.heads} must divide d_model={m.d_model}"))
+    elif (m.d_model // m.heads) % 2:
+        problems.append(("model.heads", f"head_dim={m.d_model // m.heads} must be even for RoPE"))
+    # Fixed and searched knob values checked against the model where they can be.
+    for name in ("global_every", "kv_heads"):
+        spec = config.space.get(name)
+        if spec is None:
+            continue
+        values = knob_domain(spec) or (spec.low, spec.high)
+        for v in values:
+            if v is None:
+                continue
+            if name == "global_every" and v > m.layers:
+                problems.append(
+                    (
+                        f"space.{name}",
+                        f"global_every={v} > model.layers={m.layers}; expected <= layers",
+                    )
+                )
+                break
+            if name == "kv_heads" and spec.domain == "fixed" and m.heads % v:
+                problems.append(
+                    (f"space.{name}", f"kv_heads={v} must divide model.heads={m.heads}")
+                )
+                break
+    t = config.train
+    if t.steps is None and t.tokens is None:
+        problems.append(("train.steps", "give a budget: train.steps or train.tokens"))
+    if t.steps is not None and t.tokens is not None:
+        problems.append(("train.tokens", "give train.steps or train.tokens, not both"))
+    if t.task_mix and any(v < 0 for v in t.task_mix.values()):
+        problems.append(("train.task_mix", "mix weights must be >= 0"))
+    if t.lm_fraction < 1 and not any(v > 0 for v in t.task_mix.values()):
+        problems.append(
+            ("train.task_mix", "lm_fraction < 1 needs at least one task with weight > 0")
+        )
+    s = config.score
+    for field in ("lengths", "extrap", "mass_lengths"):
+        values = getattr(s, field)
+        if any(v < 1 for v in values):
+            problems.append((f"score.{field}", "multiples of train.seq_len must be >= 1"))
+    if 1 not in s.lengths:
+        problems.append(("score.lengths", "must include 1 (accuracy at the training length)"))
+    if any(not 0 <= d <= 1 for d in s.depths):
+        problems.append(("score.depths", "depths are fractions in [0, 1]"))
+    for i, objective in enumerate(config.study.objectives):
+        if not is_score_name(objective.metric):
+            problems.append(
+                (f"study.objectives[{i}].metric", f"unknown score {objective.metric!r}")
+            )
+    if len({o.metric for o in config.study.objectives}) != len(config.study.objectives):
+        problems.append(("study.objectives", "each metric may appear once"))
+    if config.study.sampler == "grid":
+        for name, spec in config.searched.items():
+            try:
+                spec.grid_values()
+            except ConfigError as err:
+                problems.extend(err.problems)
+            del name
+    # Fixed-only combinations that can never form a model.
+    fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
+    if not config.searched:
+        try:
+            config.candidate(fixed, path="space")
+        except InvalidCandidate as err:
+            problems.append(("space", f"impossible candidate: {err}"))
+        except ConfigError as err:
+            problems.extend(err.problems)
+    for name, knobs in config.presets.items():
+        try:
+            config.candidate(knobs, path=f"presets.{name}")
+        except ConfigError as err:
+            problems.extend(err.problems)
+        except InvalidCandidate:
+            pass  # shown as impossible in `ropenope space`; the trial fails with a reason
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep file. Raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([("", f"no such file: {path}")], str(path))
+    try:
+        raw = parse_yaml(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError([("", f"not valid YAML: {err}")], str(path)) from None
+    return parse_config(raw, source=str(path))
