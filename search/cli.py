@@ -26,8 +26,15 @@ def _cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from search import train_cmd
+
+    return train_cmd.run(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "space": (_cmd_space, "validate a sweep file and show its knobs and preset layer tables"),
+    "train": (_cmd_train, "train and score one candidate locally"),
 }
 
 
@@ -40,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("space", help=COMMANDS["space"][1], description=COMMANDS["space"][1])
     p.add_argument("config", help="sweep file (YAML)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    from search import train_cmd
+
+    train_cmd.add_parser(sub)
     return parser
 
 

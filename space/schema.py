@@ -96,6 +96,10 @@ class TrainSection(_Section):
     task_mix: dict[Literal["passkey", "multikey", "multivalue"], float] = Field(
         default_factory=lambda: {"multikey": 1.0}
     )
+    # Task parameters shared by training and scoring, e.g. {multikey: {n_needles: 2}}.
+    task_params: dict[Literal["passkey", "multikey", "multivalue"], dict[str, int]] = Field(
+        default_factory=dict
+    )
     lm_fraction: float = Field(default=0.5, ge=0, le=1)
     filler_weight: float = Field(default=0.1, ge=0)
     answer_weight: float = Field(default=1.0, ge=0)
@@ -485,6 +489,25 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
         problems.append(
             ("train.task_mix", "lm_fraction < 1 needs at least one task with weight > 0")
         )
+    from workers.tasks import min_length, task_params  # the task rules live with the tasks
+
+    for task, params in t.task_params.items():
+        try:
+            task_params(task, **params)
+        except ValueError as err:
+            problems.append((f"train.task_params.{task}", str(err)))
+    for task in {*t.task_mix, config.score.task}:
+        try:
+            need = min_length(task, **t.task_params.get(task, {}))
+        except ValueError:
+            continue
+        if need > t.seq_len + 1:
+            problems.append(
+                (
+                    "train.seq_len",
+                    f"task {task!r} needs at least {need} tokens; seq_len={t.seq_len}",
+                )
+            )
     s = config.score
     for field in ("lengths", "extrap", "mass_lengths"):
         values = getattr(s, field)

@@ -1,0 +1,175 @@
+"""The training loop and the per-candidate pipeline (no Ray, no MLflow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from space.schema import load_config
+from workers.candidate import run_candidate
+from workers.model import HybridTransformer
+from workers.train import TrainSettings, lr_at, train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+
+
+def test_lr_at_warmup_then_cosine_to_floor():
+    s = TrainSettings(steps=110, batch_size=1, seq_len=8, lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
+    assert lr_at(0, s) == pytest.approx(0.1)
+    assert lr_at(9, s) == pytest.approx(1.0)
+    assert lr_at(10, s) == pytest.approx(1.0)
+    assert lr_at(60, s) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_at(110, s) == pytest.approx(0.1)
+
+
+def _tiny_model(seed: int = 0) -> HybridTransformer:
+    config = load_config(TINY)
+    torch.manual_seed(seed)
+    cand = config.preset_candidate("rnope_swa")
+    return HybridTransformer(cand.shape, cand.layers)
+
+
+def _batches(rng: np.random.Generator):
+    x = torch.from_numpy(rng.integers(0, 256, size=(4, 16)))
+    y = torch.roll(x, -1, dims=1)
+    return x, y, torch.ones_like(x, dtype=torch.float32)
+
+
+def _evaluate(model):
+    return {"val_bpb": 1.0}
+
+
+def _run(settings, model, path, *, stop_at=None, resume=True):
+    losses = {}
+
+    def on_step(step, loss, tps):
+        losses[step] = loss
+
+    def on_eval(metrics):
+        return stop_at is not None and metrics["step"] >= stop_at
+
+    out = train(
+        model,
+        settings,
+        _batches,
+        _evaluate,
+        device=torch.device("cpu"),
+        on_eval=on_eval,
+        on_step=on_step,
+        checkpoint_path=path,
+        resume=resume,
+    )
+    return out, losses
+
+
+def test_train_resume_continues_with_same_losses(tmp_path):
+    settings = TrainSettings(
+        steps=12, batch_size=4, seq_len=16, eval_every=3, warmup_steps=2, seed=3
+    )
+    full, full_losses = _run(settings, _tiny_model(), tmp_path / "a.pt", resume=False)
+    assert full.status == "complete" and len(full_losses) == 12
+
+    first, first_losses = _run(settings, _tiny_model(), tmp_path / "b.pt", stop_at=6)
+    assert first.status == "stopped" and first.step == 6
+    # A new process would build a freshly initialised model: use another init to prove
+    # that everything comes from the checkpoint.
+    second, second_losses = _run(settings, _tiny_model(seed=99), tmp_path / "b.pt")
+    assert second.status == "complete" and second.resumed_from_step == 6
+    assert sorted(second_losses) == list(range(7, 13))  # on_step counts steps done
+    for step in range(1, 13):
+        got = first_losses.get(step, second_losses.get(step))
+        assert got == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step
+    assert [h["train_loss"] for h in second.history] == pytest.approx(
+        [h["train_loss"] for h in full.history], rel=1e-5
+    )
+
+
+def test_train_divergence_is_an_outcome_with_last_good_metrics(tmp_path):
+    settings = TrainSettings(
+        steps=50, batch_size=4, seq_len=16, lr=1e12, warmup_steps=0, eval_every=1, grad_clip=1e30
+    )
+    out, _ = _run(settings, _tiny_model(), None)
+    assert out.status == "diverged"
+    assert "non-finite" in out.reason
+    assert out.step < 50
+    assert out.last_metrics and math.isfinite(out.last_metrics["train_loss"])
+
+
+def test_run_candidate_scores_and_artifacts(tmp_path):
+    config = load_config(TINY)
+    cand = config.preset_candidate("rope")
+    result = run_candidate(config, cand, seed=0, out_dir=tmp_path, threads=1)
+    assert result.status == "complete"
+    s = result.scores
+    for key in ("short_bpb", "long_acc", "acc_at_T", "acc@2x", "extrap_bpb@2x", "extrap_bpb@4x"):
+        assert math.isfinite(s[key]), key
+    assert 0 <= s["long_acc"] <= 1 and 0 < s["short_bpb"] < 12
+    assert s["params"] == sum(
+        p.numel() for p in HybridTransformer(cand.shape, cand.layers).parameters()
+    )
+    assert s["tokens_per_s"] > 0 and s["peak_memory_bytes"] > 0
+    # KV cache of 4 full layers: 2 (K,V) * kv_heads * head_dim * context * 2 bytes.
+    assert s["kv_cache_bytes"] == 4 * 2 * 2 * 16 * 131072 * 2
+    assert result.niah["lengths"] == [48, 96]
+    assert set(result.attention_mass) == {"1x", "4x"}
+    for name in ("candidate.yaml", "niah.png", "loss_curves.png", "scores.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert saved["scores"]["short_bpb"] == pytest.approx(s["short_bpb"])
+
+
+def test_cli_train_json(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "train",
+            str(TINY),
+            "--preset",
+            "rnope_swa",
+            "--set",
+            "local_window=8",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in (
+        "short_bpb",
+        "long_acc",
+        "acc_at_T",
+        "niah",
+        "kv_cache_bytes",
+        "params",
+        "tokens_per_s",
+        "status",
+    ):
+        assert key in data, key
+    assert data["status"] == "complete"
+    assert "swa8" in data["candidate"]
+    assert (tmp_path / "niah.png").exists()
+
+
+def test_cli_train_unknown_knob_is_a_clear_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "search.cli", "train", str(TINY), "--set", "windw=8"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert out.returncode == 2 and "windw" in out.stderr and "Traceback" not in out.stderr
