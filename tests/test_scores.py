@@ -1,0 +1,321 @@
+"""Every score on a known answer: fake models whose right score is known by construction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm
+from workers.scores import (
+    NiahResult,
+    acc_at,
+    answer_correct,
+    attention_flops_per_token,
+    attention_mass,
+    bits_per_byte,
+    greedy_decode,
+    kv_cache_bytes,
+    layer_kind,
+    long_acc,
+    niah_grid,
+)
+from workers.tasks import SEGMENTS, TASKS, render
+from workers.tokens import NEEDLE_CLOSE, NEEDLE_OPEN, VOCAB_SIZE, encode
+
+# --------------------------------------------------------------------------- fakes
+
+
+class UniformModel(torch.nn.Module):
+    """Zero logits: every token equally likely."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*idx.shape, VOCAB_SIZE)
+
+
+class NextByteModel(torch.nn.Module):
+    """Knows a stream where each token is the previous one plus 1 (mod 256)."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*idx.shape, VOCAB_SIZE)
+        logits.scatter_(-1, ((idx + 1) % 256)[..., None], 60.0)
+        return logits
+
+
+def _oracle_answer(row: list[int], reach: int | None) -> list[int]:
+    """The answer to the last query in ``row``, seeing only needles that start before ``reach``."""
+    q = max(i for i, t in enumerate(row) if t == NEEDLE_OPEN)
+    key = row[q + 1]
+    answer = []
+    for o in range(q):
+        if row[o] == NEEDLE_OPEN and row[o + 1] == key and (reach is None or o < reach):
+            close = row.index(NEEDLE_CLOSE, o)
+            answer += row[o + 2 : close + 1]
+    return answer
+
+
+class OracleModel(torch.nn.Module):
+    """Answers the query from the needles (causally: only the tokens so far)."""
+
+    def __init__(self, reach: int | None = None):
+        super().__init__()
+        self.reach = reach
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*idx.shape, VOCAB_SIZE)
+        for b, row in enumerate(idx.tolist()):
+            if NEEDLE_OPEN not in row[:-1]:
+                continue
+            q = max(i for i, t in enumerate(row) if t == NEEDLE_OPEN)
+            answer = _oracle_answer(row, self.reach)
+            k = len(row) - 1 - (q + 1)  # answer tokens already decoded
+            if 0 <= k < len(answer):
+                logits[b, -1, answer[k]] = 10.0
+        return logits
+
+
+class PeekingModel(torch.nn.Module):
+    """Non-causal cheat: at position j it 'predicts' the input token at j + 1."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*idx.shape, VOCAB_SIZE)
+        logits[:, :-1].scatter_(-1, idx[:, 1:, None], 10.0)
+        return logits
+
+
+@pytest.fixture(scope="module")
+def filler() -> np.ndarray:
+    return encode("def f(x):\n    return x + 1  # Z 42\n" * 300)
+
+
+# --------------------------------------------------------------------------- bits per byte
+
+
+def test_bits_per_byte_uniform_model_is_log2_vocab(filler):
+    bpb = bits_per_byte(UniformModel(), filler, 32, n_windows=5, batch_size=2)
+    assert bpb == pytest.approx(math.log2(VOCAB_SIZE), rel=1e-6)
+
+
+def test_bits_per_byte_knowing_model_is_near_zero():
+    tokens = (np.arange(5000) % 256).astype(np.uint16)
+    bpb = bits_per_byte(NextByteModel(), tokens, 64, n_windows=7, batch_size=3)
+    assert 0.0 <= bpb < 1e-6
+
+
+def test_bits_per_byte_scores_only_known_windows():
+    # Known stream in the first half, noise in the second: windows are evenly spaced,
+    # so exactly the windows that lie in the known half score ~0 and the others do not.
+    rng = np.random.default_rng(0)
+    known = (np.arange(1000) % 256).astype(np.uint16)
+    tokens = np.concatenate([known, rng.integers(0, 256, 1000).astype(np.uint16)])
+    # Windows of 100 + 1 at starts 0, 633, 1266, 1899: the first two are known.
+    bpb = bits_per_byte(NextByteModel(), tokens, 100, n_windows=4, batch_size=4)
+    per_window_noise = bits_per_byte(NextByteModel(), tokens[1266:], 100, n_windows=2)
+    assert bpb == pytest.approx(per_window_noise / 2, rel=1e-6)
+
+
+def test_bits_per_byte_rejects_too_few_tokens():
+    with pytest.raises(ValueError, match="cannot fill"):
+        bits_per_byte(UniformModel(), np.zeros(10, dtype=np.uint16), 10, n_windows=1)
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_niah_grid_oracle_scores_one_and_uniform_scores_zero(task, filler):
+    kw = dict(task=task, lengths=[64, 128], depths=(0.0, 0.5, 1.0), samples=3, seed=1)
+    oracle = niah_grid(OracleModel(), filler, **kw, task_params={"value_len": 3})
+    assert oracle.acc == ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    uniform = niah_grid(UniformModel(), filler, **kw, task_params={"value_len": 3})
+    assert uniform.acc == ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+
+
+def test_niah_grid_rows_are_lengths_and_columns_depths(filler):
+    # The oracle sees only needles in the first 64 tokens: the long row fails at depth 1 only.
+    result = niah_grid(
+        OracleModel(reach=64), filler, lengths=[64, 256], depths=(0.0, 1.0), samples=4, seed=0
+    )
+    assert result.lengths == (64, 256) and result.depths == (0.0, 1.0)
+    assert result.acc == ((1.0, 1.0), (1.0, 0.0))
+    assert acc_at(result, 64) == 1.0 and acc_at(result, 256) == 0.5
+    assert long_acc(result, train_len=64) == 0.5
+    assert result.to_dict() == {
+        "lengths": [64, 256],
+        "depths": [0.0, 1.0],
+        "acc": [[1.0, 1.0], [1.0, 0.0]],
+    }
+    assert NiahResult.from_dict(result.to_dict()).acc == result.acc
+    with pytest.raises(ValueError, match="beyond"):
+        long_acc(result, train_len=256)
+    with pytest.raises(ValueError, match="not in the grid"):
+        acc_at(result, 128)
+
+
+def test_niah_grid_is_reproducible_and_counts_partial_cells(filler):
+    class HalfOracle(OracleModel):
+        """Right only when the key letter is even (about half of the needles)."""
+
+        def forward(self, idx):
+            logits = super().forward(idx)
+            q = [max(i for i, t in enumerate(r) if t == NEEDLE_OPEN) for r in idx.tolist()]
+            odd = torch.tensor([idx[b, q_ + 1].item() % 2 == 1 for b, q_ in enumerate(q)])
+            logits[odd] = 0.0
+            return logits
+
+    a = niah_grid(
+        HalfOracle(), filler, lengths=[96], depths=(0.5,), samples=24, seed=5, batch_size=7
+    )
+    b = niah_grid(HalfOracle(), filler, lengths=[96], depths=(0.5,), samples=24, seed=5)
+    assert a.acc == b.acc
+    assert 0.0 < a.acc[0][0] < 1.0
+    assert a.acc[0][0] * 24 == pytest.approx(round(a.acc[0][0] * 24))
+
+
+def test_answer_correct_uses_greedy_decoding_so_peeking_cannot_score(filler):
+    examples = [render("passkey", 80, 0.5, s, filler) for s in range(4)]
+    assert not answer_correct(PeekingModel(), examples).any()
+    assert answer_correct(OracleModel(), examples).all()
+    prompts = torch.from_numpy(np.stack([e.prompt.astype(np.int64) for e in examples]))
+    decoded = greedy_decode(OracleModel(), prompts, len(examples[0].answer))
+    np.testing.assert_array_equal(decoded.numpy(), np.stack([e.answer for e in examples]))
+
+
+# --------------------------------------------------------------------------- serving cost
+
+
+def _spec(i: int, kind: LayerKind, position: Position, window: int | None) -> LayerSpec:
+    return LayerSpec(
+        index=i,
+        kind=kind,
+        position=position,
+        rope_base=10000.0 if position is Position.ROPE else None,
+        window_tokens=window,
+        qk_norm=QKNorm.NONE,
+        temperature=None,
+    )
+
+
+def _shape(n_kv_heads: int = 4) -> ModelShape:
+    return ModelShape(
+        n_layers=4, d_model=128, n_heads=4, n_kv_heads=n_kv_heads, mlp_hidden=512, vocab_size=264
+    )
+
+
+FULL = [_spec(i, LayerKind.GLOBAL, Position.ROPE, None) for i in range(4)]
+WINDOWED = [_spec(i, LayerKind.LOCAL, Position.ROPE, 64) for i in range(4)]
+# RNoPE-SWA 3:1: layers 0, 1, 2 local RoPE window 64; layer 3 global NoPE.
+MIXED = [_spec(i, LayerKind.LOCAL, Position.ROPE, 64) for i in range(3)] + [
+    _spec(3, LayerKind.GLOBAL, Position.NOPE, None)
+]
+
+
+def test_kv_cache_bytes_hand_built_layouts():
+    ctx = 131072
+    per_token_layer = 2 * 4 * 32 * 2  # K and V, 4 kv heads, head_dim 32, 2 bytes
+    assert kv_cache_bytes(_shape(), FULL, ctx) == 4 * per_token_layer * ctx == 268_435_456
+    assert kv_cache_bytes(_shape(), WINDOWED, ctx) == 4 * per_token_layer * 64
+    assert kv_cache_bytes(_shape(), MIXED, ctx) == per_token_layer * (3 * 64 + ctx)
+    # GQA: one kv head keeps a quarter.
+    assert kv_cache_bytes(_shape(n_kv_heads=1), FULL, ctx) == 268_435_456 // 4
+    # A window longer than the context keeps only the context; fp32 doubles it.
+    assert kv_cache_bytes(_shape(), WINDOWED, 10) == 4 * per_token_layer * 10
+    assert kv_cache_bytes(_shape(), FULL, 1000, dtype_bytes=4) == 2 * kv_cache_bytes(
+        _shape(), FULL, 1000
+    )
+
+
+def _brute_flops(shape: ModelShape, layers: list[LayerSpec], n: int) -> float:
+    total = 0
+    for spec in layers:
+        w = spec.window_tokens or n
+        for i in range(n):
+            keys = min(i + 1, w)
+            total += 2 * shape.n_heads * shape.head_dim * keys  # QK^T, 2 FLOPs per MAC
+            total += 2 * shape.n_heads * shape.head_dim * keys  # AV
+    return total / n
+
+
+def test_attention_flops_per_token_hand_built_layouts():
+    shape = _shape()
+    # Full attention over 4 tokens: 1, 2, 3, 4 keys -> mean 2.5 per layer.
+    assert attention_flops_per_token(shape, FULL[:1], 4) == 4 * 4 * 32 * 2.5
+    # Window 2 over 4 tokens: 1, 2, 2, 2 keys -> mean 1.75.
+    w2 = [_spec(0, LayerKind.LOCAL, Position.ROPE, 2)]
+    assert attention_flops_per_token(shape, w2, 4) == 4 * 4 * 32 * 1.75
+    for layers in (FULL, WINDOWED, MIXED):
+        for n in (1, 63, 64, 65, 300):
+            assert attention_flops_per_token(shape, layers, n) == pytest.approx(
+                _brute_flops(shape, layers, n)
+            )
+    # GQA shares K/V but every query head still does the work.
+    assert attention_flops_per_token(_shape(1), MIXED, 300) == attention_flops_per_token(
+        shape, MIXED, 300
+    )
+    # Long context: the 3:1 hybrid costs about a quarter of full attention.
+    ratio = attention_flops_per_token(shape, MIXED, 131072) / attention_flops_per_token(
+        shape, FULL, 131072
+    )
+    assert 0.25 < ratio < 0.26
+
+
+# --------------------------------------------------------------------------- attention mass
+
+
+class HandMadeAttention(torch.nn.Module):
+    """Returns hand-made attention maps for passkey prompts (needle = first OPEN ... CLOSE).
+
+    layer 0: everything on token 0 (Begin);
+    layer 1: uniform over the whole prompt;
+    layer 2: head 0 spread evenly over the needle, head 1 on the last token (End);
+    layer 3: 0.25 on token 1 (Begin), 0.75 on the token right after the needle (Context).
+    """
+
+    def forward(self, idx: torch.Tensor, return_attn: bool = False):
+        B, T = idx.shape
+        maps = [torch.zeros(B, 2, T, T) for _ in range(4)]
+        for b, row in enumerate(idx.tolist()):
+            start = row.index(NEEDLE_OPEN)
+            stop = row.index(NEEDLE_CLOSE) + 1
+            maps[0][b, :, -1, 0] = 1.0
+            maps[1][b, :, -1, :] = 1.0 / T
+            maps[2][b, 0, -1, start:stop] = 1.0 / (stop - start)
+            maps[2][b, 1, -1, T - 1] = 1.0
+            maps[3][b, :, -1, 1] = 0.25
+            maps[3][b, :, -1, stop] = 0.75
+        logits = torch.zeros(B, T, VOCAB_SIZE)
+        return (logits, maps) if return_attn else logits
+
+
+def test_attention_mass_from_hand_made_maps_is_exact(filler):
+    examples = [render("passkey", 100, d, 3, filler) for d in (0.2, 0.8)] + [
+        render("passkey", 140, 0.5, 4, filler)
+    ]
+    mass = attention_mass(HandMadeAttention(), examples, MIXED, batch_size=2)
+    assert mass["segments"] == list(SEGMENTS)
+    layer = {e["index"]: e for e in mass["per_layer"]}
+    assert [layer[i]["kind"] for i in range(4)] == ["local_rope"] * 3 + ["global_nope"]
+    assert layer[0]["begin"] == pytest.approx(1.0)
+    # Uniform: each segment's share is its size over the prompt length, averaged over examples.
+    expected_uniform = {
+        s: np.mean([sum(b - a for a, b in e.segments[s]) / e.prompt_len for e in examples])
+        for s in SEGMENTS
+    }
+    for s in SEGMENTS:
+        assert layer[1][s] == pytest.approx(expected_uniform[s])
+    assert (layer[2]["needle"], layer[2]["end"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert (layer[3]["begin"], layer[3]["context"]) == (pytest.approx(0.25), pytest.approx(0.75))
+    for entry in mass["per_layer"]:
+        assert sum(entry[s] for s in SEGMENTS) == pytest.approx(1.0)
+    # Per kind: the mean of that kind's layers.
+    local = mass["per_kind"]["local_rope"]
+    for s in SEGMENTS:
+        assert local[s] == pytest.approx(np.mean([layer[i][s] for i in range(3)]))
+    assert mass["per_kind"]["global_nope"] == {s: layer[3][s] for s in SEGMENTS}
+
+
+def test_layer_kind_names_follow_the_spec():
+    assert [layer_kind(s) for s in MIXED] == ["local_rope"] * 3 + ["global_nope"]
+    assert layer_kind(FULL[0]) == "global_rope"
