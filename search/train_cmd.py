@@ -80,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="artifact folder")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint already in --out")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +103,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = run_candidate(
-            config, candidate, seed=seed, out_dir=out, on_step=on_step, resume=not args.fresh
+            config,
+            candidate,
+            seed=seed,
+            out_dir=out,
+            on_step=on_step,
+            resume=not args.fresh,
+            threads=args.threads,
         )
     finally:
         bar.close()

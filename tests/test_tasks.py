@@ -188,10 +188,12 @@ def test_make_batch_lm_rows_are_corpus_windows_with_unit_weight(filler):
     for row in range(2):  # round(0.25 * 8) LM rows come first
         assert (w[row] == 1.0).all()
         assert (x[row] != NEEDLE_OPEN).all()
-        windows = np.lib.stride_tricks.sliding_window_view(filler, 97)
-        match = (windows[:, :-1] == x[row].numpy()).all(axis=1)
+        assert x[row, 0] == DOC  # every row opens with the separator, like task rows
+        # The rest is a corpus window, and the targets continue it by one token.
+        windows = np.lib.stride_tricks.sliding_window_view(filler, 96)
+        match = (windows[:, :-1] == x[row, 1:].numpy()).all(axis=1)
         assert match.any()
-        np.testing.assert_array_equal(y[row].numpy(), windows[np.argmax(match), 1:])
+        np.testing.assert_array_equal(y[row].numpy(), windows[np.argmax(match)])
 
 
 def test_make_batch_task_rows_weight_answer_and_filler(filler):

@@ -2,7 +2,7 @@
 
 Loss weights per target position (``w``):
 
-- plain LM rows: 1.0 everywhere;
+- plain LM rows: ``[DOC] + seq_len`` corpus tokens (every row opens with DOC), 1.0 everywhere;
 - task rows: ``answer_weight`` on the targets that are answer tokens, and
   ``filler_weight`` everywhere else (filler, needles, query). The needle values
   and query keys are random, so there is nothing to learn there; a small filler
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from workers.tasks import TASKS, render_with_rng
+from workers.tokens import DOC
 
 
 def make_batch(
@@ -60,9 +61,12 @@ def make_batch(
     x = np.empty((batch_size, seq_len), dtype=np.int64)
     y = np.empty((batch_size, seq_len), dtype=np.int64)
     w = np.empty((batch_size, seq_len), dtype=np.float32)
-    starts = rng.integers(0, len(train_tokens) - seq_len, size=n_lm)
+    starts = rng.integers(0, len(train_tokens) - seq_len + 1, size=n_lm)
     for row, start in enumerate(starts):
-        window = np.asarray(train_tokens[start : start + seq_len + 1], dtype=np.int64)
+        # Every row opens with DOC, as task rows and evaluation windows do.
+        window = np.concatenate(
+            [[DOC], np.asarray(train_tokens[start : start + seq_len], dtype=np.int64)]
+        )
         x[row], y[row], w[row] = window[:-1], window[1:], 1.0
     for row in range(n_lm, batch_size):
         task = names[int(rng.choice(len(names), p=probs))]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from space.layers import LayerSpec, ModelShape
 from workers.tasks import SEGMENTS, Example, example_seed, render, segment_labels
+from workers.tokens import DOC
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_SAMPLES = 20
@@ -43,32 +44,37 @@ def bits_per_byte(
 ) -> float:
     """Mean next-token cross-entropy in bits over ``n_windows`` evenly spaced windows.
 
-    Window ``k`` starts at ``round(k * (len(tokens) - seq_len - 1) / (n_windows - 1))``
-    and scores all ``seq_len`` of its targets. With the byte vocabulary one token is
-    one byte (or one DOC separator), so this is bits per byte.
+    Window ``k`` starts at ``round(k * (len(tokens) - seq_len) / (n_windows - 1))``.
+    Each row is ``[DOC] + tokens[start : start + seq_len]`` (``seq_len`` inputs), like
+    every training row: a model trained on sequences that open with the separator
+    uses it as an attention sink, and a window without one would measure that
+    artefact instead of language modelling. The first target (predicted from DOC
+    alone) is not scored, so ``seq_len - 1`` targets per window count. With the
+    byte vocabulary one token is one byte, so this is bits per byte.
     """
     n = len(tokens)
     if n < seq_len + 1:
         raise ValueError(f"{n} tokens cannot fill one window of {seq_len} + 1")
     if n_windows < 1 or batch_size < 1:
         raise ValueError(f"n_windows and batch_size must be >= 1, got {n_windows}, {batch_size}")
-    starts = np.unique(np.round(np.linspace(0, n - seq_len - 1, n_windows)).astype(np.int64))
+    starts = np.unique(np.round(np.linspace(0, n - seq_len, n_windows)).astype(np.int64))
     was_training = model.training
     model.eval()
     total_nats, total_targets = 0.0, 0
     try:
         for i in range(0, len(starts), batch_size):
             rows = [
-                np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64)
+                np.concatenate([[DOC], np.asarray(tokens[s : s + seq_len], dtype=np.int64)])
                 for s in starts[i : i + batch_size]
             ]
             batch = torch.from_numpy(np.stack(rows)).to(device)
-            logits = _logits(model, batch[:, :-1]).float()
+            logits = _logits(model, batch[:, :-1]).float()[:, 1:]  # skip the DOC-only guess
+            targets = batch[:, 2:]
             nats = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="none"
+                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
             )
             total_nats += float(nats.double().sum())
-            total_targets += batch[:, 1:].numel()
+            total_targets += targets.numel()
     finally:
         model.train(was_training)
     return total_nats / total_targets / math.log(2)
