@@ -85,3 +85,13 @@ TAG_DEVICE = "device"
 TAG_PARETO_RANK = "pareto_rank"
 TAG_PARETO = "pareto"
 TAG_STUDY = "study"
+
+# Tracking (MLflow) additions: the kind of run (one study run, one run per trial),
+# whether the source tree had uncommitted changes, runs rebuilt from the study by
+# `ropenope sync`, and the objectives (``name:direction,...``) on the study run.
+TAG_RUN_KIND = "run_kind"
+RUN_KIND_STUDY = "study"
+RUN_KIND_TRIAL = "trial"
+TAG_GIT_DIRTY = "git_dirty"
+TAG_SYNCED = "synced_from_study"
+TAG_OBJECTIVES = "objectives"
