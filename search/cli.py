@@ -32,9 +32,133 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_cmd.run(args)
 
 
+# -- sweeps: submit, resume, status --------------------------------------------------
+
+
+def _sweep_errors():
+    from search.study import StudyError
+
+    return StudyError
+
+
+def _print_sweep_summary(summary) -> None:
+    counts = "  ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
+    print(f"study {summary.study}: {counts}  (target {summary.target}, {summary.storage})")
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from search import driver
+
+    try:
+        summary = driver.submit(
+            args.config,
+            study_name=args.study,
+            storage=args.storage,
+            trials=args.trials,
+            allow_space_change=args.allow_space_change,
+            dedup=False if args.no_dedup else None,
+            address=args.address,
+            progress=not args.quiet,
+        )
+    except _sweep_errors() as err:
+        raise CliError(str(err)) from None
+    _print_sweep_summary(summary)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from search import driver
+
+    try:
+        summary = driver.resume(
+            args.study,
+            storage=args.storage,
+            config_path=args.config,
+            trials=args.trials,
+            allow_space_change=args.allow_space_change,
+            address=args.address,
+            progress=not args.quiet,
+        )
+    except _sweep_errors() as err:
+        raise CliError(str(err)) from None
+    _print_sweep_summary(summary)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from search.status import format_summary, summarize
+    from search.study import load_existing
+
+    try:
+        opened = load_existing(args.study, args.storage)
+    except _sweep_errors() as err:
+        raise CliError(str(err)) from None
+    data = summarize(opened.study)
+    print(json.dumps(data, indent=2, default=str) if args.json else format_summary(data))
+    return 0
+
+
+def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
+    storage_help = (
+        "SQLAlchemy URL of the Optuna storage, e.g. postgresql+psycopg://user@host/db "
+        "(default: the sweep file's study.storage, else sqlite runs/optuna.db)"
+    )
+    p = sub.add_parser(
+        "submit",
+        help=COMMANDS["submit"][1],
+        description=COMMANDS["submit"][1]
+        + ". Example: ropenope submit configs/demo.yaml --trials 12",
+    )
+    p.add_argument("config", help="sweep file (YAML)")
+    p.add_argument("--study", help="study name (default: the sweep file's study.name)")
+    p.add_argument("--trials", type=int, help="target number of trials (default: study.trials)")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument(
+        "--allow-space-change",
+        action="store_true",
+        help="continue an existing study although its search space differs from the file",
+    )
+    p.add_argument(
+        "--no-dedup", action="store_true", help="train a candidate again even if already done"
+    )
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = sub.add_parser(
+        "resume",
+        help=COMMANDS["resume"][1],
+        description=COMMANDS["resume"][1] + ". Example: ropenope resume demo --trials 20",
+    )
+    p.add_argument("study", help="study name")
+    p.add_argument("--trials", type=int, help="raise the study's target number of trials")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument(
+        "--config", help="sweep file to continue with (default: the one stored in the study)"
+    )
+    p.add_argument(
+        "--allow-space-change",
+        action="store_true",
+        help="with --config: accept a search space that differs from the study's",
+    )
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = sub.add_parser(
+        "status",
+        help=COMMANDS["status"][1],
+        description=COMMANDS["status"][1] + ". Example: ropenope status demo --json",
+    )
+    p.add_argument("study", help="study name")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "space": (_cmd_space, "validate a sweep file and show its knobs and preset layer tables"),
     "train": (_cmd_train, "train and score one candidate locally"),
+    "submit": (_cmd_submit, "run a sweep: Optuna study in SQL, trials on Ray Tune"),
+    "resume": (_cmd_resume, "continue a study after a crash or stop, or add trials to it"),
+    "status": (_cmd_status, "trial counts, running trials, best per objective, Pareto set"),
 }
 
 
@@ -51,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     from search import train_cmd
 
     train_cmd.add_parser(sub)
+    _add_sweep_parsers(sub)
     return parser
 
 

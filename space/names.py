@@ -86,6 +86,26 @@ TAG_PARETO_RANK = "pareto_rank"
 TAG_PARETO = "pareto"
 TAG_STUDY = "study"
 
+# Sweep bookkeeping on Optuna trials (search/), also part of the interface.
+ATTR_DRIVER = "driver_id"  # the driver process that asked the trial
+ATTR_TRIAL_DIR = "trial_dir"  # where the trial's artifacts and checkpoints live
+ATTR_RAY_TRIAL_DIR = "ray_trial_dir"  # the Ray Tune trial folder (its checkpoints)
+ATTR_RERUN_OF = "rerun_of"  # the interrupted trial number whose candidate this trial re-runs
+ATTR_RESTORE_FROM = "restore_from"  # the checkpoint folder a re-run continues from
+ATTR_RESUMED_FROM_STEP = "resumed_from_step"  # optimizer step the training continued from
+ATTR_REASON_DETAIL = "reason_detail"  # the human-readable cause behind ``reason``
+ATTR_TRIAL_SECONDS = "trial_seconds"  # wall time of the trial's own work (train + score)
+ATTR_REPEATS = "repeats"  # seeds trained for this candidate (scores are their mean)
+ATTR_EVAL_METRIC = "eval_metric"  # the metric stored as the trial's intermediate values
+
+# Study user attributes written by the sweep driver.
+STUDY_ATTR_SPACE = "ropenope:space"  # the space signature the study was created with
+STUDY_ATTR_OBJECTIVES = "ropenope:objectives"  # objective metric names, in order
+STUDY_ATTR_CONFIG = "ropenope:config"  # the sweep file text the study runs
+STUDY_ATTR_TARGET = "ropenope:trials"  # how many trials the study aims at
+STUDY_ATTR_PRESETS = "ropenope:presets_enqueued"  # preset names already enqueued
+STUDY_ATTR_DRIVER_PREFIX = "ropenope:driver:"  # + driver id: host, pid, heartbeat
+
 # Tracking (MLflow) additions: the kind of run (one study run, one run per trial),
 # whether the source tree had uncommitted changes, runs rebuilt from the study by
 # `ropenope sync`, and the objectives (``name:direction,...``) on the study run.

@@ -1,0 +1,117 @@
+"""The live progress display of a sweep: one line per event, a summary after each trial.
+
+Plain lines (no cursor tricks) so the output reads the same in a terminal, a log file
+and CI. Nothing here imports ray.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.status import best_per_objective, count_states, format_value
+from space.names import (
+    ATTR_CANDIDATE_NAME,
+    ATTR_REASON,
+    ATTR_REASON_DETAIL,
+    ATTR_REUSED_FROM,
+    REASON_INVALID,
+)
+
+
+class Progress:
+    """Prints what the sweep does. ``enabled=False`` keeps it silent (tests, benchmarks)."""
+
+    def __init__(
+        self,
+        study_name: str,
+        target: int,
+        objectives: Sequence[str],
+        directions: Sequence[str],
+        *,
+        total_steps: int | None = None,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        summary_every_s: float = 60.0,
+    ) -> None:
+        self.study_name = study_name
+        self.target = target
+        self.objectives = list(objectives)
+        self.directions = list(directions)
+        self.total_steps = total_steps
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self.summary_every_s = summary_every_s
+        self._t0 = time.monotonic()
+        self._last_summary = self._t0
+
+    def _print(self, text: str) -> None:
+        if self.enabled:
+            elapsed = int(time.monotonic() - self._t0)
+            stamp = f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
+            print(f"[{stamp}] {text}", file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        self._print(text)
+
+    def started(self, number: int, name: str, source: str) -> None:
+        self._print(f"#{number} start  {name}  ({source})")
+
+    def evaluated(self, number: int, step: float, metric: str, value: float) -> None:
+        of = f"/{self.total_steps}" if self.total_steps else ""
+        self._print(f"#{number} eval   step {int(step)}{of}  {metric} {format_value(value)}")
+
+    def finished(self, trial: FrozenTrial, study: optuna.Study) -> None:
+        name = trial.user_attrs.get(ATTR_CANDIDATE_NAME, "")
+        if trial.state == TrialState.COMPLETE:
+            values = "  ".join(
+                f"{m}={format_value(v)}"
+                for m, v in zip(self.objectives, trial.values, strict=False)
+            )
+            reused = trial.user_attrs.get(ATTR_REUSED_FROM)
+            note = f"  (reused #{reused})" if reused is not None else ""
+            self._print(f"#{trial.number} COMPLETE  {values}{note}  {name}")
+        else:
+            reason = trial.user_attrs.get(ATTR_REASON, "")
+            if reason == REASON_INVALID:  # no candidate to name: say why it is impossible
+                name = trial.user_attrs.get(ATTR_REASON_DETAIL, "")
+            self._print(f"#{trial.number} {trial.state.name}  {reason}  {name}")
+        self.summary(study)
+
+    def summary(self, study: optuna.Study) -> None:
+        self._last_summary = time.monotonic()
+        trials = study.get_trials(deepcopy=False)
+        self._print(summary_line(trials, self.target, self.objectives, self.directions))
+
+    def tick(self, study: optuna.Study) -> None:
+        if time.monotonic() - self._last_summary >= self.summary_every_s:
+            self.summary(study)
+
+
+def summary_line(
+    trials: Sequence[FrozenTrial], target: int, objectives: Sequence[str], directions: Sequence[str]
+) -> str:
+    """``3/6 done · complete 2 · pruned 1 · failed 0 · running 2 · best long_acc 0.5 (#3)``."""
+    c = count_states(trials)
+    done = c["COMPLETE"] + c["PRUNED"] + c["FAIL"] - c["interrupted"]
+    parts = [
+        f"{done}/{target} done",
+        f"complete {c['COMPLETE']}",
+        f"pruned {c['PRUNED']}",
+        f"failed {c['FAIL'] - c['interrupted']}",
+        f"running {c['RUNNING']}",
+    ]
+    if c["interrupted"]:
+        parts.append(f"interrupted {c['interrupted']}")
+    best = best_per_objective(trials, objectives, directions)
+    if best:
+        parts.append(
+            "best "
+            + ", ".join(f"{m} {format_value(b['value'])} (#{b['number']})" for m, b in best.items())
+        )
+    return " · ".join(parts)

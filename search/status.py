@@ -1,0 +1,181 @@
+"""`ropenope status STUDY`: counts by state, running trials with their progress, the best
+trial per objective and the current Pareto set, read from the study alone."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from space.names import (
+    ATTR_CANDIDATE_ID,
+    ATTR_CANDIDATE_NAME,
+    ATTR_DRIVER,
+    ATTR_EVAL_METRIC,
+    ATTR_REASON,
+    ATTR_REUSED_FROM,
+    ATTR_TRIAL_DIR,
+    REASON_INTERRUPTED,
+    STUDY_ATTR_OBJECTIVES,
+)
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def count_states(trials: Sequence[FrozenTrial]) -> Counter:
+    """Trials per state name, plus ``interrupted`` (FAIL trials a re-run replaces) and
+    one ``reason:<r>`` entry per FAIL/PRUNED reason."""
+    c: Counter = Counter({s.name: 0 for s in TrialState})
+    c["interrupted"] = 0
+    for t in trials:
+        c[t.state.name] += 1
+        if t.state in (TrialState.FAIL, TrialState.PRUNED):
+            reason = str(t.user_attrs.get(ATTR_REASON, "unknown"))
+            c[f"reason:{reason}"] += 1
+            if reason == REASON_INTERRUPTED:
+                c["interrupted"] += 1
+    return c
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    names = study.user_attrs.get(STUDY_ATTR_OBJECTIVES) or study.metric_names
+    return list(names) if names else [f"objective_{i}" for i in range(len(study.directions))]
+
+
+def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.values is not None
+        and all(v is not None and math.isfinite(v) for v in t.values)
+    ]
+
+
+def best_per_objective(
+    trials: Sequence[FrozenTrial], objectives: Sequence[str], directions: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """For each objective alone: the COMPLETE trial with the best value."""
+    done = _complete(trials)
+    out = {}
+    for i, (name, direction) in enumerate(zip(objectives, directions, strict=False)):
+        if not done:
+            break
+        pick = max if direction == "maximize" else min
+        t = pick(done, key=lambda t, i=i: t.values[i])
+        out[name] = {
+            "number": t.number,
+            "value": t.values[i],
+            "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
+        }
+    return out
+
+
+def pareto_set(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
+    """COMPLETE trials no other COMPLETE trial dominates (one copy per candidate: a
+    deduplicated trial repeats its source's values)."""
+    from tracking.pareto import pareto_ranks
+
+    done = [t for t in _complete(trials) if ATTR_REUSED_FROM not in t.user_attrs]
+    if not done:
+        return []
+    ranks = pareto_ranks([t.values for t in done], directions).ranks
+    return [t for t, r in zip(done, ranks, strict=True) if r == 0]
+
+
+def summarize(study: optuna.Study, *, target: int | None = None) -> dict[str, Any]:
+    """Everything `ropenope status` shows, as JSON-able data."""
+    from search.study import driver_states, target_trials
+
+    trials = study.get_trials(deepcopy=False)
+    objectives = objective_names(study)
+    directions = [d.name.lower() for d in study.directions]
+    c = count_states(trials)
+    drivers = driver_states(study)
+    running = []
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        step = t.last_step
+        running.append(
+            {
+                "number": t.number,
+                "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
+                "candidate_id": t.user_attrs.get(ATTR_CANDIDATE_ID),
+                "step": step,
+                "metric": t.user_attrs.get(ATTR_EVAL_METRIC),
+                "value": t.intermediate_values.get(step) if step is not None else None,
+                "driver": t.user_attrs.get(ATTR_DRIVER),
+                "driver_state": drivers.get(t.user_attrs.get(ATTR_DRIVER), {}).get("state"),
+                "started": t.datetime_start.isoformat(timespec="seconds")
+                if t.datetime_start
+                else None,
+                "trial_dir": t.user_attrs.get(ATTR_TRIAL_DIR),
+            }
+        )
+    reasons = {k[len("reason:") :]: v for k, v in c.items() if k.startswith("reason:")}
+    return {
+        "study": study.study_name,
+        "target": target if target is not None else target_trials(study),
+        "objectives": dict(zip(objectives, directions, strict=False)),
+        "counts": {s.name: c[s.name] for s in TrialState},
+        "reasons": reasons,
+        "running": running,
+        "best": best_per_objective(trials, objectives, directions),
+        "pareto": [
+            {
+                "number": t.number,
+                "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
+                "values": dict(zip(objectives, t.values, strict=False)),
+            }
+            for t in pareto_set(trials, directions)
+        ],
+        "drivers": drivers,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"study {s['study']}  (target {s['target']} trials)"]
+    lines.append("objectives: " + ", ".join(f"{m} ({d[:3]})" for m, d in s["objectives"].items()))
+    counts = "  ".join(f"{k} {v}" for k, v in s["counts"].items() if v)
+    lines.append(f"trials: {counts or 'none'}")
+    if s["reasons"]:
+        lines.append("reasons: " + "  ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
+    if s["running"]:
+        lines.append("running:")
+        for r in s["running"]:
+            where = f"step {r['step']}" if r["step"] is not None else "starting"
+            value = f"  {r['metric']} {format_value(r['value'])}" if r["value"] is not None else ""
+            lines.append(
+                f"  #{r['number']:<4} {where}{value}  {r['candidate'] or ''}"
+                f"  driver {(r['driver'] or '?')[:8]} ({r['driver_state'] or 'unknown'})"
+            )
+    if s["best"]:
+        lines.append("best per objective:")
+        for m, b in s["best"].items():
+            lines.append(
+                f"  {m:<16} {format_value(b['value']):>10}  #{b['number']}  {b['candidate']}"
+            )
+    if s["pareto"]:
+        lines.append(f"pareto set ({len(s['pareto'])}):")
+        names = list(s["objectives"])
+        header = "  " + f"{'#':<5}" + "".join(f"{m:>16}" for m in names) + "  candidate"
+        lines.append(header)
+        for p in s["pareto"]:
+            vals = "".join(f"{format_value(p['values'].get(m)):>16}" for m in names)
+            lines.append(f"  {p['number']:<5}{vals}  {p['candidate']}")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""Real engines for the study and sweep tests: PostgreSQL and local Ray.
+
+PostgreSQL comes from the ``pgserver`` package (dev extras): its bundled ``initdb`` /
+``pg_ctl`` start a private server on a Unix socket in a temporary folder, so the
+tests need no system package and are never skipped. Each test gets a fresh database.
+
+Import the fixtures into a test module with ``from engines import ...``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session; yields its psycopg SQLAlchemy URL.
+
+    The data folder is a fresh temporary folder outside pytest's (which is private to
+    its user): run as root, pgserver runs postgres as its own system user.
+    """
+    import pgserver
+
+    pgdata = Path(tempfile.mkdtemp(prefix="ropenope-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    uri = server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
+    try:
+        yield uri.replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def fresh_database(server_url: str) -> str:
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    dsn = server_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    head, sep, query = server_url.partition("?")
+    return f"{head.rsplit('/', 1)[0]}/{name}{sep}{query}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The storage-facing suite runs once per backend (STYLE 7)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    return fresh_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Local Ray on 127.0.0.1 with 2 CPUs for the session; yields its address."""
+    import ray
+    import ray.cloudpickle
+
+    # Ship this module's runners to Ray workers by value (tests/ is not a package).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def runs_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private runs folder (ROPENOPE_HOME) for the test."""
+    home = tmp_path / "runs"
+    monkeypatch.setenv("ROPENOPE_HOME", str(home))
+    return home
+
+
+# A model and budget small enough that one trial takes a few seconds on one core.
+TINY: dict[str, Any] = {
+    "study": {"name": "tiny", "trials": 3, "sampler": "random", "seed": 0},
+    "space": {
+        "global_every": {"choice": [1, 2]},
+        "global_position": {"choice": ["nope", "rope"]},
+        "local_rope_base": {"log": [1000.0, 100000.0]},
+        "local_window": {"choice": [8, 16]},
+    },
+    "model": {"layers": 2, "d_model": 32, "heads": 2, "mlp_hidden": 64},
+    "train": {
+        "seq_len": 32,
+        "batch_size": 8,
+        "steps": 30,
+        "warmup_steps": 5,
+        "eval_every": 10,
+        "checkpoint_every": 10,
+        "eval_windows": 2,
+        "lm_fraction": 0.5,
+        "task_mix": {"passkey": 1.0},
+    },
+    "score": {
+        "task": "passkey",
+        "lengths": [1, 2],
+        "depths": [0.0, 1.0],
+        "samples": 2,
+        "extrap": [2],
+        "val_windows": 2,
+        "mass_lengths": [1],
+        "mass_samples": 2,
+    },
+    "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+    "tracking": {"enabled": False},
+}
+
+
+def tiny_config_file(path: Path, **sections: Any) -> Path:
+    """Write the tiny sweep with ``sections`` merged over it (one level deep; ``space``
+    and ``presets`` are replaced whole)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
+    for key, value in sections.items():
+        if key != "space" and isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# Runners the driver can use instead of run_candidate (its ``runner`` hook): the real
+# pipeline, with one fault injected where a test needs a known outcome.
+
+
+def _is_all_nope(candidate: Any) -> bool:
+    return candidate.knobs["global_position"] == "nope" and candidate.knobs["global_every"] == 1
+
+
+def failing_runner(config: Any, candidate: Any, **kwargs: Any) -> Any:
+    """run_candidate, except that the all-NoPE candidate raises (an injected bug)."""
+    from workers.candidate import run_candidate
+
+    if _is_all_nope(candidate):
+        raise RuntimeError("injected failure")
+    return run_candidate(config, candidate, **kwargs)
+
+
+def handicap_runner(config: Any, candidate: Any, **kwargs: Any) -> Any:
+    """run_candidate; the all-NoPE candidate reports a val_bpb 10 bits worse, so which
+    trial the ASHA scheduler stops is known in advance."""
+    from workers.candidate import run_candidate
+
+    on_eval = kwargs.pop("on_eval")
+    if _is_all_nope(candidate):
+        inner = on_eval
+
+        def on_eval(metrics: dict) -> Any:
+            return inner({**metrics, "val_bpb": metrics["val_bpb"] + 10.0})
+
+    return run_candidate(config, candidate, on_eval=on_eval, **kwargs)

@@ -1,0 +1,268 @@
+"""Sweeps on real engines: local Ray Tune, Optuna on SQLite and PostgreSQL, real training.
+
+Trials are tiny (2 layers, d_model 32, 30 steps) so each takes seconds. Two trials
+inject a fault through the driver's ``runner`` hook (see ``engines``): one raises,
+one reports a worse validation loss so the ASHA scheduler's decision is known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import engines
+import optuna
+import pytest
+from engines import REPO, failing_runner, handicap_runner, tiny_config_file
+from optuna.trial import TrialState
+
+from search import driver
+from search.cli import main as cli_main
+from space import load_config
+from space.names import (
+    ATTR_CANDIDATE_ID,
+    ATTR_CANDIDATE_NAME,
+    ATTR_RAY_TRIAL_DIR,
+    ATTR_RAY_TRIAL_ID,
+    ATTR_REASON,
+    ATTR_REASON_DETAIL,
+    ATTR_RERUN_OF,
+    ATTR_RESUMED_FROM_STEP,
+    ATTR_REUSED_FROM,
+    ATTR_TRIAL_DIR,
+    KV_CACHE_BYTES,
+    REASON_INTERRUPTED,
+    REASON_INVALID,
+    REASON_PRUNED,
+)
+from workers import scores
+
+postgres_server = engines.postgres_server
+storage_url = engines.storage_url
+ray_local = engines.ray_local
+runs_home = engines.runs_home
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+OBJECTIVES = ["long_acc", "short_bpb", "kv_cache_bytes"]
+# Sampled candidates always have local layers, so none collides with the presets below.
+SPACE = {
+    "global_every": 2,
+    "global_position": {"choice": ["nope", "rope"]},
+    "local_rope_base": {"log": [1000.0, 100000.0]},
+    "local_window": {"choice": [8, 16]},
+}
+
+
+def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def test_sweep_outcomes_are_exact_in_the_study(tmp_path, runs_home, ray_local, storage_url):
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "outcomes", "trials": 5},
+        space=SPACE,
+        presets=[
+            "rope",
+            {"name": "rope_again", "extends": "rope"},  # the same model: dedup reuses it
+            {"name": "impossible", "knobs": {"global_temperature": "log"}},  # needs NoPE
+            "nope",  # failing_runner raises for it
+        ],
+    )
+    summary = driver.submit(path, storage=storage_url, runner=failing_runner, progress=False)
+    assert summary.counts["COMPLETE"] == 3 and summary.counts["FAIL"] == 2
+
+    study = optuna.load_study(study_name="outcomes", storage=storage_url)
+    rope, again, impossible, nope, sampled = _trials(study)
+    config = load_config(path)
+    states = [t.state for t in (rope, again, impossible, nope, sampled)]
+    assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
+
+    # A full-budget trial: every objective value, the scores as attributes, the links.
+    expected = config.preset_candidate("rope")
+    assert rope.user_attrs[ATTR_CANDIDATE_ID] == expected.id
+    assert rope.user_attrs[ATTR_CANDIDATE_NAME] == expected.name
+    assert rope.values == [rope.user_attrs[m] for m in OBJECTIVES]
+    kv = scores.kv_cache_bytes(
+        expected.shape,
+        expected.layers,
+        config.score.kv_context_tokens,
+        config.score.kv_dtype_bytes,
+    )
+    assert rope.user_attrs[KV_CACHE_BYTES] == kv
+    assert 0.0 <= rope.user_attrs["long_acc"] <= 1.0 and rope.user_attrs["short_bpb"] > 0
+    assert sorted(rope.intermediate_values) == [10, 20, 30]  # val_bpb at each evaluation
+    assert (Path(rope.user_attrs[ATTR_TRIAL_DIR]) / "seed_0" / "scores.json").is_file()
+
+    # Each Ray trial knows its Optuna trial number, and the other way round.
+    ray_dir = Path(rope.user_attrs[ATTR_RAY_TRIAL_DIR])
+    assert ray_dir.name == f"trial_{rope.number:05d}_{rope.user_attrs[ATTR_RAY_TRIAL_ID]}"
+    assert json.loads((ray_dir / "params.json").read_text())["optuna_trial"] == rope.number
+
+    assert again.user_attrs[ATTR_REUSED_FROM] == rope.number
+    assert again.values == rope.values
+    assert again.user_attrs[ATTR_CANDIDATE_ID] == expected.id
+    assert ATTR_RAY_TRIAL_ID not in again.user_attrs  # nothing was trained for it
+
+    assert impossible.user_attrs[ATTR_REASON] == REASON_INVALID
+    assert "global_temperature" in impossible.user_attrs[ATTR_REASON_DETAIL]
+    assert nope.user_attrs[ATTR_REASON] == "error: RuntimeError: injected failure"
+    assert ATTR_RAY_TRIAL_ID in nope.user_attrs
+
+    assert sampled.user_attrs[ATTR_CANDIDATE_ID] not in {
+        expected.id,
+        nope.user_attrs[ATTR_CANDIDATE_ID],
+    }
+    assert sampled.values == [sampled.user_attrs[m] for m in OBJECTIVES]
+
+    # Another process reads the same study with plain Optuna.
+    code = (
+        "import json, optuna;"
+        f"s = optuna.load_study(study_name='outcomes', storage={storage_url!r});"
+        "print(json.dumps([[t.state.name, t.user_attrs.get('reason')] for t in s.trials]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [
+        ["COMPLETE", None],
+        ["COMPLETE", None],
+        ["FAIL", REASON_INVALID],
+        ["FAIL", "error: RuntimeError: injected failure"],
+        ["COMPLETE", None],
+    ]
+
+
+def test_sweep_status_shows_counts_best_and_pareto(tmp_path, runs_home, ray_local, capsys):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "status", "trials": 2},
+        space=SPACE,
+        presets=["rope"],
+    )
+    assert cli_main(["submit", str(path), "--storage", url, "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli_main(["status", "status", "--storage", url, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"]["COMPLETE"] == 2 and status["target"] == 2
+    assert set(status["best"]) == set(OBJECTIVES)
+    assert 1 <= len(status["pareto"]) <= 2 and not status["running"]
+    assert cli_main(["status", "status", "--storage", url]) == 0
+    assert "pareto set" in capsys.readouterr().out
+
+
+def test_sweep_asha_stopped_trial_is_pruned_not_complete(tmp_path, runs_home, ray_local):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "asha", "trials": 2},
+        space=SPACE,
+        presets=["rope", "nope"],  # rope runs first; handicap_runner makes nope look worse
+        scheduler={"kind": "asha", "metric": "val_bpb", "mode": "min", "grace_period": 1},
+        resources={"cpus_per_trial": 1, "max_concurrent": 1},
+    )
+    driver.submit(path, storage=url, runner=handicap_runner, progress=False)
+    rope, nope = _trials(optuna.load_study(study_name="asha", storage=url))
+    assert rope.state == TrialState.COMPLETE and len(rope.values) == 3
+    assert nope.state == TrialState.PRUNED
+    assert nope.values is None  # never a partial value posing as a result
+    assert nope.user_attrs[ATTR_REASON] == REASON_PRUNED
+    assert list(nope.intermediate_values) == [10]  # stopped at the first rung
+    assert nope.intermediate_values[10] > rope.intermediate_values[10] + 5
+
+
+def test_sweep_refuses_a_study_with_another_space(tmp_path, runs_home, capsys):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = tiny_config_file(tmp_path / "a.yaml", study={"name": "s", "trials": 1}, space=SPACE)
+    from search.study import open_study
+
+    open_study(load_config(first), config_text=first.read_text(), storage_url=url)
+    changed = tiny_config_file(
+        tmp_path / "b.yaml",
+        study={"name": "s", "trials": 1},
+        space={**SPACE, "local_window": {"choice": [8, 16, 32]}},
+    )
+    assert cli_main(["submit", str(changed), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "different space" in err and "--allow-space-change" in err
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sweep_resumes_after_the_driver_is_killed(tmp_path, runs_home, ray_local):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "crash", "trials": 3, "seed": 3},
+        space=SPACE,
+        train={"steps": 150, "eval_every": 15, "checkpoint_every": 15},
+    )
+    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
+    cmd = [sys.executable, "-m", "search", "submit", str(path), "--storage", url]
+    # The driver joins the test's Ray cluster: its trials die with it, as on a real crash.
+    proc = subprocess.Popen(
+        [*cmd, "--address", ray_local, "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+
+        def mid_trial():
+            try:
+                study = optuna.load_study(study_name="crash", storage=url)
+            except KeyError:
+                return False
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            return any(len(t.intermediate_values) >= 2 for t in running)
+
+        _wait_for(mid_trial, 150, "a trial to pass its second evaluation")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    study = optuna.load_study(study_name="crash", storage=url)
+    left_running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+    assert left_running  # what a dead driver leaves behind
+
+    summary = driver.resume("crash", storage=url, progress=False)
+    assert summary.reconciled == left_running
+
+    trials = _trials(optuna.load_study(study_name="crash", storage=url))
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    ids = [t.user_attrs[ATTR_CANDIDATE_ID] for t in complete]
+    assert len(set(ids)) == len(ids)  # no candidate trained twice
+    interrupted = [t for t in trials if t.user_attrs.get(ATTR_REASON) == REASON_INTERRUPTED]
+    assert [t.number for t in interrupted] == left_running
+    for t in interrupted:
+        (rerun,) = [r for r in trials if r.user_attrs.get(ATTR_RERUN_OF) == t.number]
+        assert rerun.state == TrialState.COMPLETE
+        assert rerun.user_attrs[ATTR_CANDIDATE_ID] == t.user_attrs[ATTR_CANDIDATE_ID]
+    # The trial that had passed two evaluations continued from its checkpoint, not step 0.
+    resumed = [r.user_attrs.get(ATTR_RESUMED_FROM_STEP) or 0 for r in complete]
+    assert max(resumed) >= 30
+
+    # A finished study takes more trials when the target is raised.
+    more = driver.resume("crash", storage=url, trials=4, progress=False)
+    assert more.counts["COMPLETE"] == 4 and more.counts["RUNNING"] == 0
