@@ -198,6 +198,7 @@ def test_pareto_png_and_html_are_written(tmp_path):
     table = pareto_table(rows, names, [MAX, MIN, MIN])
     png = plot_pareto_png(table, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table.plot(tmp_path / "p2.html").read_text().startswith("<!DOCTYPE html>")
     single = pareto_table(rows, ["short_bpb"], [MIN])
     assert plot_pareto_png(single, tmp_path / "one.png").stat().st_size > 1000
 

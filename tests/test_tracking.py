@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -196,6 +197,7 @@ def test_ui_command_opens_the_sqlite_store():
     assert argv[:4] == [sys.executable, "-m", "mlflow", "ui"]
     assert argv[argv.index("--backend-store-uri") + 1] == "sqlite:////x/mlflow.db"
     assert argv[argv.index("--port") + 1] == "5077"
+    assert argv[argv.index("--workers") + 1] == "1"
     assert ui_command("http://server:5000") is None
 
 
@@ -414,10 +416,14 @@ def test_trial_hooks_log_each_seed_as_its_own_curve(sqlite_uri, config, tmp_path
         )
     )
     sweep_hooks.on_trial_end(study, study.trials[-1])
-    sweep_hooks.on_sweep_end(study, config, None)
+    summary = SimpleNamespace(counts={"COMPLETE": 1, "FAIL": 0}, wall_seconds=12.5)
+    sweep_hooks.on_sweep_end(study, config, summary)
     assert sweep_hooks.errors == []
     assert client.get_run(run_id).data.tags["pareto"] == "true"
-    assert client.get_run(sweep_hooks.tracker.parent_run_id).info.status == "FINISHED"
+    study_run = client.get_run(sweep_hooks.tracker.parent_run_id)
+    assert study_run.info.status == "FINISHED"
+    assert study_run.data.metrics["trials_complete"] == 1.0
+    assert study_run.data.metrics["sweep_wall_seconds"] == 12.5
 
 
 # -- sync from the study ---------------------------------------------------------------------

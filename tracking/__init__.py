@@ -5,7 +5,8 @@ a :class:`Tracker` (``Tracker.from_config``), opens the study's run
 (``start_study``), hands the tracker to each trial (it pickles) which calls
 ``trial_started`` / ``trial_evaluated`` / ``trial_finished``, and refreshes the front
 with ``refresh_study(pareto_rows_from_study(study))``. ``sync_study`` rebuilds the
-runs from the Optuna study; ``ui_command`` opens the MLflow UI on the store.
+runs from the Optuna study; ``run_ui`` serves the MLflow UI on the store.
+The driver's hook objects are in :mod:`tracking.hooks` (``MlflowSweepHooks``).
 """
 
 from tracking.mlflow_store import (
@@ -18,6 +19,7 @@ from tracking.mlflow_store import (
     TrackingTarget,
     metric_key,
     resolve_tracking_uri,
+    run_ui,
     runs_dir,
     tracking_target,
     ui_command,
@@ -43,6 +45,7 @@ __all__ = [
     "pareto_rows_from_study",
     "pareto_table",
     "resolve_tracking_uri",
+    "run_ui",
     "runs_dir",
     "sync_study",
     "sync_trial",

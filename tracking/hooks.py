@@ -69,9 +69,9 @@ class MlflowTrialHooks(TrialHooks):
             seed=list(info.seeds),
             device=_device(info.config),
         )
-        if run_id is None:
-            raise TrackingError(self.tracker.error or "the trial's MLflow run was not created")
-        return {ATTR_MLFLOW_RUN_ID: run_id}
+        # Not created yet (MLflow down): trial_finished tries again; only what is still
+        # missing then becomes the trial's tracking_error.
+        return {ATTR_MLFLOW_RUN_ID: run_id} if run_id else None
 
     def on_eval(self, info: TrialInfo, metrics: Mapping[str, float]) -> None:
         step = metrics.get("step")
@@ -150,6 +150,13 @@ class MlflowSweepHooks:
         if not self.tracker.enabled:
             return
         self._refresh(study)
+        numbers = {
+            f"trials_{state.lower()}": float(count)
+            for state, count in (getattr(summary, "counts", None) or {}).items()
+        }
+        if getattr(summary, "wall_seconds", None) is not None:
+            numbers["sweep_wall_seconds"] = float(summary.wall_seconds)
+        self.tracker.log_study_metrics(numbers)
         self.tracker.end_study()
 
     def _refresh(self, study: optuna.Study) -> None:

@@ -747,6 +747,23 @@ class Tracker:
                 self.store.log_files(run_id, {"sweep.yaml": sweep})
         return run_id, created
 
+    def log_study_metrics(self, metrics: Mapping[str, float], step: int = 0) -> str | None:
+        """Numbers about the whole sweep (trial counts, wall time) on the study's run;
+        returns the tracking error, or None."""
+        from mlflow.entities import Metric
+
+        if not metrics:
+            return None
+        now = _now_ms()
+        batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
+        before = len(self.errors)
+        self._soft(
+            "log study metrics",
+            lambda: self.store.log_metrics(self._ensure_parent(), batch),
+            force=True,
+        )
+        return self.errors[-1] if len(self.errors) > before else None
+
     def end_study(self, status: str = "FINISHED") -> None:
         """Close the study's run (a later resume sets it RUNNING again)."""
         if self.parent_run_id is None:
@@ -1035,9 +1052,13 @@ def _redact(url: str) -> str:
 # -- the MLflow UI -----------------------------------------------------------------------
 
 
-def ui_url(uri: str, host: str = "127.0.0.1", port: int = 5000) -> str:
-    """Where to open the UI: the server itself for a tracking server, else the local UI."""
-    return uri.rstrip("/") if is_remote(uri) else f"http://{host}:{port}"
+def ui_url(
+    uri: str, host: str = "127.0.0.1", port: int = 5000, experiment_id: str | None = None
+) -> str:
+    """Where to open the UI: the server itself for a tracking server, else the local UI;
+    with ``experiment_id``, the study's experiment page."""
+    base = uri.rstrip("/") if is_remote(uri) else f"http://{host}:{port}"
+    return f"{base}/#/experiments/{experiment_id}" if experiment_id else base
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str] | None:
@@ -1056,6 +1077,8 @@ def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]
         host,
         "--port",
         str(port),
+        "--workers",
+        "1",  # one person's review: one worker is plenty, and light on a laptop
     ]
 
 
@@ -1063,3 +1086,32 @@ def ui_env() -> dict[str, str]:
     """The environment for :func:`ui_command`: no background job runner (MLflow 3 starts
     a pool of job consumers by default; the UI of a sweep does not need them)."""
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def run_ui(tracker: Tracker, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """``ropenope ui``: print the URL of the study's experiment and serve the MLflow UI on
+    its store until Ctrl-C (for a tracking server, only print its URL)."""
+    target = tracker.target
+    experiment_id = None
+    try:
+        found = tracker.store.client.get_experiment_by_name(target.experiment)
+        experiment_id = found.experiment_id if found is not None else None
+    except Exception as err:  # the UI can still be opened; say why the link is generic
+        print(f"ropenope ui: could not read {target.uri}: {err}", file=sys.stderr)
+    url = ui_url(target.uri, host, port, experiment_id)
+    argv = ui_command(target.uri, host, port)
+    if argv is None:
+        print(f"MLflow UI (tracking server): {url}")
+        return 0
+    print(f"MLflow UI for study {target.study!r} on {target.uri}: {url}  (Ctrl-C to stop)")
+    proc = subprocess.Popen(argv, env=ui_env())
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return 0

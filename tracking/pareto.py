@@ -219,6 +219,12 @@ class ParetoTable:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
+    def plot(self, path: str | Path) -> Path:
+        """The interactive HTML page for a ``.html`` path, else the PNG."""
+        if str(path).lower().endswith((".html", ".htm")):
+            return write_pareto_html(self, path)
+        return plot_pareto_png(self, path)
+
     def write(self, folder: str | Path, stem: str = "pareto") -> dict[str, Path]:
         """Write CSV, Markdown, JSON, PNG and HTML into ``folder``; returns name -> path."""
         folder = Path(folder)

@@ -28,6 +28,7 @@ from space.names import (
     ATTR_PRESET,
     ATTR_RAY_TRIAL_ID,
     ATTR_REASON,
+    ATTR_RERUN_OF,
     ATTR_REUSED_FROM,
     ATTR_SEED,
     ATTR_TRIAL_DIR,
@@ -272,7 +273,7 @@ def sync_trial(
         TAG_OUTCOME: state,
         TAG_REASON: str(attrs.get(ATTR_REASON) or ""),
     }
-    for key in (ATTR_PRESET, ATTR_REUSED_FROM):
+    for key in (ATTR_PRESET, ATTR_REUSED_FROM, ATTR_RERUN_OF):
         if attrs.get(key) is not None:
             tags[key] = str(attrs[key])
     if created:
