@@ -1,1 +1,39 @@
-"""search."""
+"""search: the sweep driver and the ``ropenope`` command line.
+
+- :func:`submit` / :func:`resume` / :func:`run_sweep` (``search.driver``): Optuna
+  ask/tell around Ray Tune, with exact outcomes (COMPLETE / PRUNED / FAIL + reason),
+  dedup, crash reconciliation; :class:`SweepHooks` is where tracking plugs in.
+- :func:`open_study` / :func:`load_existing` (``search.study``): the Optuna study in a
+  SQL database, refused when its directions or space differ from the sweep file.
+- :func:`summarize` (``search.status``): what ``ropenope status`` shows.
+- :func:`main`: the ``ropenope`` command (``search.cli``).
+
+Names resolve on first use, so ``import search`` does not import ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "SweepHooks": "search.driver",
+    "SweepSummary": "search.driver",
+    "resume": "search.driver",
+    "run_sweep": "search.driver",
+    "submit": "search.driver",
+    "StudyError": "search.study",
+    "StudyMismatch": "search.study",
+    "load_existing": "search.study",
+    "open_study": "search.study",
+    "summarize": "search.status",
+    "main": "search.cli",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

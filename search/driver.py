@@ -553,7 +553,7 @@ class StudySearcher(Searcher):
         """Close a trial this driver cannot finish as FAIL ``interrupted`` and enqueue its
         candidate again, continuing from its newest checkpoint."""
         number = live.trial.number
-        reconcile_interrupted(
+        closed = reconcile_interrupted(
             self.study,
             self.storage,
             lambda t: t.number == number,
@@ -561,6 +561,7 @@ class StudySearcher(Searcher):
             detail=detail,
         )
         self.progress.note(f"#{number} interrupted ({detail}); re-queued")
+        _notify_closed(self.study, self.hooks, [n for n, _ in closed], self.progress)
 
     def close_leftovers(self) -> None:
         """After Tune returns: whatever this driver still holds was interrupted."""
@@ -697,6 +698,7 @@ def run_sweep(
         lock.acquire()
     driver_id = uuid.uuid4().hex[:12]
     started_ray = False
+    registry: DriverRegistry | None = None
     try:
         opened = open_study(
             config,
@@ -724,6 +726,7 @@ def run_sweep(
         )
         registry = DriverRegistry(study, driver_id)
         registry.register()
+        hooks.on_sweep_start(study, config)
         # With the SQLite lock held, no other driver is alive: every RUNNING trial is orphaned.
         is_dead = (lambda t: True) if lock is not None else registry.dead_trial_check()
         closed = reconcile_interrupted(study, opened.storage, is_dead, restore_for=find_restore)
@@ -732,6 +735,7 @@ def run_sweep(
             show.note(
                 f"#{number} was left RUNNING by a dead driver: FAIL interrupted, re-queued{where}"
             )
+        _notify_closed(study, hooks, [n for n, _ in closed], show)
         summary = SweepSummary(
             name, redact(url), target, {}, 0.0, reconciled=[n for n, _ in closed]
         )
@@ -756,7 +760,6 @@ def run_sweep(
                 progress=show,
                 hooks=hooks,
             )
-            hooks.on_sweep_start(study, config)
             try:
                 _fit(config, searcher, experiment, folder / "ray", hooks, runner)
             finally:
@@ -770,13 +773,28 @@ def run_sweep(
             f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
         )
         hooks.on_sweep_end(study, config, summary)
-        registry.close()
         return summary
     finally:
+        if registry is not None:
+            registry.close()
         if started_ray:
             ray.shutdown()
         if lock is not None:
             lock.release()
+
+
+def _notify_closed(
+    study: optuna.Study, hooks: SweepHooks, numbers: list[int], progress: Progress
+) -> None:
+    """``on_trial_end`` for trials closed outside the searcher (reconciled ones)."""
+    if not numbers:
+        return
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number in numbers:
+            try:
+                hooks.on_trial_end(study, trial)
+            except Exception as err:  # tracking must not stop the sweep; say so
+                progress.note(f"#{trial.number} tracking hook failed: {type(err).__name__}: {err}")
 
 
 def _fit(

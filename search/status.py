@@ -154,7 +154,7 @@ def format_summary(s: dict[str, Any]) -> str:
     counts = "  ".join(f"{k} {v}" for k, v in s["counts"].items() if v)
     lines.append(f"trials: {counts or 'none'}")
     if s["reasons"]:
-        lines.append("reasons: " + "  ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
+        lines.append("reasons: " + "; ".join(f"{k} ({v})" for k, v in sorted(s["reasons"].items())))
     if s["running"]:
         lines.append("running:")
         for r in s["running"]:

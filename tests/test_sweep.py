@@ -266,3 +266,43 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path, runs_home, ray_local
     # A finished study takes more trials when the target is raised.
     more = driver.resume("crash", storage=url, trials=4, progress=False)
     assert more.counts["COMPLETE"] == 4 and more.counts["RUNNING"] == 0
+
+
+def test_sweep_two_drivers_share_a_postgres_study(tmp_path, runs_home, ray_local, postgres_server):
+    url = engines.fresh_database(postgres_server)
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "shared", "trials": 4},
+        space=SPACE,
+        presets=["rope", "nope"],
+        resources={"cpus_per_trial": 1, "max_concurrent": 1},
+    )
+    from search.study import open_study
+
+    open_study(load_config(path), config_text=path.read_text(), storage_url=url)
+    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
+    cmd = [sys.executable, "-m", "search", "resume", "shared", "--storage", url]
+    drivers = [
+        subprocess.Popen(
+            [*cmd, "--address", ray_local, "--quiet"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in drivers:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+
+    trials = _trials(optuna.load_study(study_name="shared", storage=url))
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    # Drivers asking at the same instant may each start one trial past the target.
+    assert 4 <= len(trials) <= 5
+    presets = [t.user_attrs.get("preset") for t in trials if t.user_attrs.get("preset")]
+    assert sorted(presets) == ["nope", "rope"]  # each queued trial was taken once
+    trained = [t for t in trials if ATTR_REUSED_FROM not in t.user_attrs]
+    ids = [t.user_attrs[ATTR_CANDIDATE_ID] for t in trained]
+    assert len(ids) == len(set(ids))  # no candidate trained twice
