@@ -381,11 +381,11 @@ def test_trial_hooks_log_each_seed_as_its_own_curve(sqlite_uri, config, tmp_path
     sweep_hooks.on_sweep_start(study, config)
     hooks = pickle.loads(pickle.dumps(sweep_hooks.trial_hooks()))
     assert isinstance(hooks, MlflowTrialHooks)
-    folder = _fake_trial_dir(tmp_path / "t7", seeds=(0, 1))
+    folder = _fake_trial_dir(tmp_path / "t0", seeds=(0, 1))
     info = TrialInfo(
         study="tiny",
-        number=7,
-        ray_trial_id="ray_7",
+        number=0,  # the first trial of the study below
+        ray_trial_id="ray_0",
         candidate=config.preset_candidate("rope"),
         seeds=(0, 1),
         out_dir=folder,

@@ -262,6 +262,8 @@ def sync_trial(
     candidate_name = attrs.get(ATTR_CANDIDATE_NAME) or ""
 
     run = store.get_run(attrs[ATTR_MLFLOW_RUN_ID]) if attrs.get(ATTR_MLFLOW_RUN_ID) else None
+    if run is not None and run.data.tags.get(TAG_OPTUNA_TRIAL) not in (None, str(trial.number)):
+        run = None  # a run id copied from another trial: never write into its run
     if run is None:
         run = store.find_child(trial.number, candidate_id)
     created = run is None
