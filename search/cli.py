@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from search import report_cmd
 from space.errors import ConfigError, InvalidCandidate
 
 
@@ -159,6 +160,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "submit": (_cmd_submit, "run a sweep: Optuna study in SQL, trials on Ray Tune"),
     "resume": (_cmd_resume, "continue a study after a crash or stop, or add trials to it"),
     "status": (_cmd_status, "trial counts, running trials, best per objective, Pareto set"),
+    "report": (report_cmd.run, report_cmd.HELP),
 }
 
 
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     from search import train_cmd
 
     train_cmd.add_parser(sub)
+    report_cmd.add_parser(sub)
     _add_sweep_parsers(sub)
     return parser
 
