@@ -34,6 +34,7 @@ import math
 import os
 import re
 import time
+import traceback
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -355,11 +356,14 @@ class StudySearcher(Searcher):
                 {ATTR_KNOBS: knobs, ATTR_REASON: REASON_INVALID, ATTR_REASON_DETAIL: str(err)},
             )
             return None
-        except ConfigError as err:
+        except Exception as err:  # a malformed sampled value, a sampler bug: FAIL, go on
             self._close(
                 trial.number,
                 TrialState.FAIL,
-                {ATTR_REASON: f"{REASON_ERROR}: ConfigError: {err}", ATTR_REASON_DETAIL: str(err)},
+                {
+                    ATTR_REASON: f"{REASON_ERROR}: {type(err).__name__}: {err}",
+                    ATTR_REASON_DETAIL: traceback.format_exc(limit=6)[-4000:],
+                },
             )
             return None
         set_trial_attrs(

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from search import driver
 from search.cli import main as cli_main
 from space import load_config
+from space.errors import ConfigError
 from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
@@ -41,6 +42,14 @@ from space.names import (
     REASON_PRUNED,
 )
 from workers import scores
+from workers.candidate import CandidateResult
+from workers.ray_trainable import (
+    TrialOutcome,
+    combine,
+    finished_seed,
+    restore_into,
+    snapshot,
+)
 
 postgres_server = engines.postgres_server
 storage_url = engines.storage_url
@@ -57,6 +66,69 @@ SPACE = {
     "local_rope_base": {"log": [1000.0, 100000.0]},
     "local_window": {"choice": [8, 16]},
 }
+
+
+# -- the pieces, without engines -------------------------------------------------------
+
+
+def test_sweep_outcome_of_seeds_is_their_mean_or_the_first_failure():
+    a = CandidateResult("complete", None, scores={"short_bpb": 2.0, "long_acc": 0.5})
+    b = CandidateResult("complete", None, scores={"short_bpb": 4.0, "long_acc": 0.0, "x": 1.0})
+    both = combine([a, b], [0, 1])
+    assert both.status == "complete"
+    assert both.scores == {"long_acc": 0.25, "short_bpb": 3.0}  # keys every seed has
+    bad = CandidateResult("diverged", "non-finite loss at step 7", scores={"steps": 7.0})
+    worse = combine([a, bad], [0, 1])
+    assert (worse.status, worse.reason, worse.detail) == (
+        "diverged",
+        "diverged",
+        "non-finite loss at step 7",
+    )
+    text = TrialOutcome("complete", scores={"long_acc": float("nan")}).to_json()
+    assert json.loads(text)["scores"] == {"long_acc": None}  # strict JSON: NaN is null
+    back = TrialOutcome.from_json(text)
+    assert back.status == "complete" and back.scores["long_acc"] != back.scores["long_acc"]
+
+
+def test_sweep_snapshot_restores_checkpoints_and_finished_seeds(tmp_path):
+    run = tmp_path / "run"
+    (run / "seed_0").mkdir(parents=True)
+    (run / "seed_0" / "scores.json").write_text(
+        json.dumps({"status": "complete", "scores": {"short_bpb": 3.5}, "seed": 0})
+    )
+    (run / "seed_1").mkdir()
+    (run / "seed_1" / "checkpoint.pt").write_bytes(b"step 40")
+    (run / "seed_1" / "niah.png").write_bytes(b"not needed to resume")
+    assert snapshot(run, tmp_path / "ckpt")
+    assert sorted(
+        p.relative_to(tmp_path / "ckpt").as_posix() for p in (tmp_path / "ckpt").rglob("*.*")
+    ) == [
+        "seed_0/scores.json",
+        "seed_1/checkpoint.pt",
+    ]
+    fresh = tmp_path / "rerun"
+    assert restore_into(tmp_path / "ckpt", fresh)
+    assert (fresh / "seed_1" / "checkpoint.pt").read_bytes() == b"step 40"
+    assert finished_seed(fresh / "seed_0").scores == {"short_bpb": 3.5}
+    assert finished_seed(fresh / "seed_1") is None
+    (fresh / "seed_1" / "checkpoint.pt").write_bytes(b"step 60")  # newer: kept
+    assert not restore_into(tmp_path / "ckpt", fresh)
+    assert (fresh / "seed_1" / "checkpoint.pt").read_bytes() == b"step 60"
+
+
+def test_sweep_check_rejects_what_a_sweep_cannot_report(tmp_path):
+    bad_metric = load_config(
+        tiny_config_file(tmp_path / "a.yaml", scheduler={"kind": "asha", "metric": "long_acc"})
+    )
+    with pytest.raises(ConfigError, match="scheduler.metric"):
+        driver.check_sweep(bad_metric)
+    no_long = load_config(tiny_config_file(tmp_path / "b.yaml", score={"lengths": [1]}))
+    with pytest.raises(ConfigError, match="long_acc needs"):
+        driver.check_sweep(no_long)
+    driver.check_sweep(load_config(tiny_config_file(tmp_path / "c.yaml")))
+
+
+# -- real sweeps -----------------------------------------------------------------------
 
 
 def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

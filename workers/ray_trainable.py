@@ -112,6 +112,7 @@ class TrialOutcome:
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("results")
+        data["scores"] = {k: _finite_or_none(v) for k, v in self.scores.items()}  # strict JSON
         return json.dumps(data, default=_json_default)
 
     @classmethod
