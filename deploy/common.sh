@@ -1,0 +1,68 @@
+# Helpers shared by the deploy scripts; sourced, never run. Bash only.
+#
+# Every service script takes its settings from environment variables (host, ports,
+# data folders, URIs), so the same start-up runs in docker-compose.yml and in the
+# loopback cluster test (tests/test_cluster.py) without Docker.
+
+log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
+
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# require_env NAME...: fail with the names of the unset variables.
+require_env() {
+    local name missing=()
+    for name in "$@"; do
+        [[ -n "${!name:-}" ]] || missing+=("$name")
+    done
+    ((${#missing[@]} == 0)) || die "set ${missing[*]} (see .env.example)"
+}
+
+# add_opt ARRAY FLAG VALUE: append "FLAG VALUE" to the named array when VALUE is set.
+add_opt() {
+    local -n _args=$1
+    [[ -n "${3:-}" ]] && _args+=("$2" "$3")
+    return 0
+}
+
+# claim_gpus TOTAL PER_WORKER DIR: pick PER_WORKER of the TOTAL visible GPUs that no
+# other worker holds and set CLAIMED_GPUS to their indices ("0,1"). Call it directly,
+# not in $(...): a subshell would drop the claim when it exits. The claim is an flock on
+# DIR/gpu-<first>.lock kept on file descriptor 9 and inherited by the command the
+# caller execs, so it lasts exactly as long as the worker: a stopped or crashed
+# container frees its GPUs with no stale state. Needed because Docker gives every
+# replica of a service the same devices (`count: 1` is GPU 0 for all of them).
+claim_gpus() {
+    local total=$1 per=$2 dir=$3 first i ids
+    mkdir -p "$dir"
+    for ((first = 0; first + per <= total; first += per)); do
+        exec 9>"$dir/gpu-$first.lock"
+        if flock -n 9; then
+            ids=$first
+            for ((i = first + 1; i < first + per; i++)); do ids+=",$i"; done
+            CLAIMED_GPUS=$ids
+            return 0
+        fi
+        exec 9>&-
+    done
+    return 1
+}
+
+# add_ray_node_opts ARRAY: node address, resources and the fixed ports, when set.
+add_ray_node_opts() {
+    local -n _node_args=$1
+    add_opt _node_args --node-ip-address "${RAY_NODE_IP:-}"
+    add_opt _node_args --temp-dir "${RAY_TEMP_DIR:-}"
+    add_opt _node_args --num-cpus "${RAY_NUM_CPUS:-}"
+    add_opt _node_args --num-gpus "${RAY_NUM_GPUS:-}"
+    add_opt _node_args --dashboard-agent-listen-port "${RAY_DASHBOARD_AGENT_LISTEN_PORT:-}"
+    add_opt _node_args --dashboard-agent-grpc-port "${RAY_DASHBOARD_AGENT_GRPC_PORT:-}"
+    add_opt _node_args --metrics-export-port "${RAY_METRICS_EXPORT_PORT:-}"
+    add_opt _node_args --runtime-env-agent-port "${RAY_RUNTIME_ENV_AGENT_PORT:-}"
+    add_opt _node_args --node-manager-port "${RAY_NODE_MANAGER_PORT:-}"
+    add_opt _node_args --object-manager-port "${RAY_OBJECT_MANAGER_PORT:-}"
+    add_opt _node_args --min-worker-port "${RAY_MIN_WORKER_PORT:-}"
+    add_opt _node_args --max-worker-port "${RAY_MAX_WORKER_PORT:-}"
+}
