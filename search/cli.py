@@ -48,8 +48,10 @@ def _print_sweep_summary(summary) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from search import driver
+    from search import driver, remote
 
+    if remote.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
+        return remote.submit_job(args)
     try:
         summary = driver.submit(
             args.config,
@@ -154,12 +156,20 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _cmd_remote(args: argparse.Namespace) -> int:
+    from search import remote
+
+    return remote.run(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "space": (_cmd_space, "validate a sweep file and show its knobs and preset layer tables"),
     "train": (_cmd_train, "train and score one candidate locally"),
     "submit": (_cmd_submit, "run a sweep: Optuna study in SQL, trials on Ray Tune"),
     "resume": (_cmd_resume, "continue a study after a crash or stop, or add trials to it"),
     "status": (_cmd_status, "trial counts, running trials, best per objective, Pareto set"),
+    "logs": (_cmd_remote, "print or follow the output of a sweep submitted as a Ray Job"),
+    "job-status": (_cmd_remote, "status of a sweep submitted as a Ray Job (all jobs without JOB)"),
     "report": (report_cmd.run, report_cmd.HELP),
 }
 
@@ -179,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_parser(sub)
     report_cmd.add_parser(sub)
     _add_sweep_parsers(sub)
+    from search import remote
+
+    remote.add_parser(sub)  # logs, job-status; submit --address http://... as a Ray Job
     return parser
 
 

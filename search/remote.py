@@ -1,0 +1,401 @@
+"""Sweeps on a Ray cluster through the Ray Jobs API.
+
+``ropenope submit CONFIG --address http://HEAD:8265`` sends the sweep to the cluster as
+a Ray Job instead of running the driver here. The job's entrypoint is the same
+``ropenope submit CONFIG ...`` without ``--address``: Ray's job supervisor runs it on
+the head node, where ``ray.init()`` attaches to the cluster through ``RAY_ADDRESS``.
+
+What runs there is this project folder, uploaded as the job's ``working_dir`` (less
+``.git``, ``.venv``, ``runs``, ``.env`` and caches), so the cluster runs exactly the code
+and sweep files you submit; Ray puts the folder first on ``PYTHONPATH``, ahead of the
+copy installed in the image. The sweep file must lie inside that folder.
+
+The stores come from the cluster's environment (docker-compose.yml sets
+``ROPENOPE_STORAGE`` and ``MLFLOW_TRACKING_URI`` on every Ray node). ``--storage URL``,
+or either variable set in your shell, is passed to the job instead and overrides them.
+Ray's token authentication: ``$RAY_AUTH_TOKEN`` (or the file ``$RAY_AUTH_TOKEN_PATH``)
+is sent with every request.
+
+``ropenope logs JOB [--follow]`` prints (or follows) a job's output and
+``ropenope job-status [JOB]`` shows one job or lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from search.cli import CliError
+
+STORAGE_ENV = "ROPENOPE_STORAGE"  # the study's SQLAlchemy URL (read by search/study.py)
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+GIT_COMMIT_ENV = "ROPENOPE_GIT_COMMIT"  # the uploaded folder has no .git (tracking/ reads it)
+ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for the Jobs API address
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+JOBS_SCHEMES = ("http://", "https://")
+
+# Never uploaded: version control, environments, local results, secrets, caches.
+WORKING_DIR_EXCLUDES = (
+    ".git",
+    ".venv",
+    "venv",
+    "runs",
+    ".env",
+    "**/__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+)
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+# Options of `ropenope submit` that concern the submission, not the sweep: not
+# forwarded to the job's own `ropenope submit`.
+_NOT_FORWARDED = {"help", "config", "address", "storage", "working_dir", "follow", "submit_parser"}
+
+
+class RemoteError(CliError):
+    """A submission or job query that cannot be done; the message says why."""
+
+
+def is_jobs_address(address: str | None) -> bool:
+    """An ``http(s)://`` address is the Jobs API (remote submission); anything else
+    (``host:6379``, ``ray://``, ``auto``) is for ``ray.init`` in a local driver."""
+    return bool(address) and address.startswith(JOBS_SCHEMES)
+
+
+# -- the CLI ---------------------------------------------------------------------------
+
+
+def add_submit_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``ropenope submit`` that only a remote submission uses."""
+    for action in p._actions:
+        if action.dest == "address":
+            action.help = (
+                "Ray cluster: http://HEAD:8265 submits the sweep as a Ray Job (the Jobs API; "
+                "see `ropenope logs`); HOST:PORT or ray://... runs the driver here against "
+                "that cluster (default: start Ray locally)"
+            )
+    p.add_argument(
+        "--working-dir",
+        type=Path,
+        help="with --address http://...: the folder uploaded as the job's code "
+        "(default: the project folder holding the sweep file)",
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --address http://...: print the job's output until it ends",
+    )
+    p.set_defaults(submit_parser=p)  # submit_job forwards this parser's sweep options
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``ropenope logs`` and ``ropenope job-status``; the remote options of ``submit``."""
+    if "submit" in sub.choices:
+        add_submit_options(sub.choices["submit"])
+    address_help = f"Ray Jobs API address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})"
+    p = sub.add_parser(
+        "logs",
+        help="print or follow the output of a sweep submitted as a Ray Job",
+        description="Print the output of a Ray Job. Example: "
+        "ropenope logs raysubmit_XYZ --address http://127.0.0.1:8265 --follow",
+    )
+    p.add_argument("job", help="job id, as printed by `ropenope submit --address`")
+    p.add_argument("--address", help=address_help)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    p = sub.add_parser(
+        "job-status",
+        help="status of a sweep submitted as a Ray Job (all jobs without JOB)",
+        description="Show a Ray Job's status, or list the cluster's jobs. Example: "
+        "ropenope job-status raysubmit_XYZ --address http://127.0.0.1:8265",
+    )
+    p.add_argument("job", nargs="?", help="job id (default: list every job)")
+    p.add_argument("--address", help=address_help)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ropenope logs`` or ``ropenope job-status``."""
+    return run_logs(args) if args.command == "logs" else run_job_status(args)
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    client = job_client(resolve_address(args.address))
+    if not args.follow:
+        sys.stdout.write(_call(client.get_job_logs, args.job))
+        return 0
+    status = follow(client, args.job)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def run_job_status(args: argparse.Namespace) -> int:
+    client = job_client(resolve_address(args.address))
+    if args.job:
+        info = job_dict(_call(client.get_job_info, args.job))
+        print(json.dumps(info, indent=2) if args.json else format_job(info))
+        return 0
+    jobs = sorted(
+        (job_dict(j) for j in _call(client.list_jobs)),
+        key=lambda j: j.get("start_time") or 0,
+    )
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    elif not jobs:
+        print("no jobs")
+    else:
+        for job in jobs:
+            print(
+                f"{job['job_id']:<28} {job['status']:<10} {_when(job.get('start_time'))}  "
+                f"{job.get('entrypoint', '')}"
+            )
+    return 0
+
+
+def submit_job(args: argparse.Namespace) -> int:
+    """``ropenope submit CONFIG --address http://HEAD:8265``: submit, print how to follow."""
+    from space.schema import load_config
+
+    address = resolve_address(args.address)
+    config = Path(args.config).expanduser().resolve()
+    if not config.is_file():
+        raise RemoteError(f"no sweep file {args.config}")
+    root = (args.working_dir or project_root(config)).expanduser().resolve()
+    try:
+        relative = config.relative_to(root)
+    except ValueError:
+        raise RemoteError(
+            f"the sweep file {config} is outside the uploaded folder {root}: "
+            "move it inside, or pass --working-dir"
+        ) from None
+    sweep = load_config(config)  # a bad file fails here, before anything is uploaded
+    study = args.study or sweep.study.name
+
+    options = forwarded(args, args.submit_parser)
+    entrypoint = shlex.join(["ropenope", "submit", relative.as_posix(), *options])
+    env_vars, notes = job_env(args.storage, os.environ, root)
+    runtime_env = {
+        "working_dir": str(root),
+        "excludes": list(WORKING_DIR_EXCLUDES),
+        "env_vars": env_vars,
+    }
+    client = job_client(address)
+    job_id = _call(
+        client.submit_job,
+        entrypoint=entrypoint,
+        runtime_env=runtime_env,
+        metadata={"ropenope_study": study, "ropenope_config": relative.as_posix()},
+    )
+    print(f"submitted study {study} as Ray job {job_id} to {address}")
+    print(f"  code: {root} -> `{entrypoint}`")
+    for note in notes:
+        print(f"  {note}")
+    flag = f" --address {address}"
+    print(f"  follow:  ropenope logs {job_id}{flag} --follow")
+    print(f"  status:  ropenope job-status {job_id}{flag}")
+    print(f"  results: ropenope status {study} --storage <the cluster's ROPENOPE_STORAGE>")
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    return 0 if follow(client, job_id) == "SUCCEEDED" else 1
+
+
+# -- pieces ----------------------------------------------------------------------------
+
+
+def resolve_address(address: str | None) -> str:
+    address = (address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS).rstrip("/")
+    if not is_jobs_address(address):
+        raise RemoteError(f"expected the Jobs API address http://HOST:8265, got {address!r}")
+    return address
+
+
+def project_root(config: Path) -> Path:
+    """The nearest folder above the sweep file that holds ``pyproject.toml`` (this
+    project's checkout), else the current folder."""
+    for folder in config.parents:
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return Path.cwd()
+
+
+def forwarded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The sweep options given to this ``submit``, as arguments for the job's own
+    ``ropenope submit``: every option of the parser whose value is not its default,
+    except those about the submission itself."""
+    out: list[str] = []
+    for action in parser._actions:
+        if action.dest in _NOT_FORWARDED or not action.option_strings:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            out.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                out += [flag, str(item)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def job_env(
+    storage: str | None, environ: Mapping[str, str], root: Path
+) -> tuple[dict[str, str], list[str]]:
+    """Variables for the job (and every trial it starts) plus notes for the user: the
+    storage from ``--storage`` or the shell, the tracking URI from the shell, the commit
+    of the uploaded code. Unset ones are left to the cluster's own environment."""
+    env: dict[str, str] = {}
+    notes: list[str] = []
+    if storage:
+        env[STORAGE_ENV] = storage
+        notes.append(f"{STORAGE_ENV} from --storage (overrides the cluster's)")
+    elif environ.get(STORAGE_ENV):
+        env[STORAGE_ENV] = environ[STORAGE_ENV]
+        notes.append(f"{STORAGE_ENV} from your environment (overrides the cluster's)")
+    if environ.get(TRACKING_ENV):
+        env[TRACKING_ENV] = environ[TRACKING_ENV]
+        notes.append(f"{TRACKING_ENV} from your environment (overrides the cluster's)")
+    if not env:
+        notes.append(f"stores: the cluster's {STORAGE_ENV} and {TRACKING_ENV}")
+    for name in (STORAGE_ENV, TRACKING_ENV):
+        host = _url_host(env.get(name, ""))
+        if host in ("127.0.0.1", "localhost", "::1"):
+            notes.append(
+                f"warning: {name} points at {host}, which each Ray node resolves to itself"
+            )
+    commit = git_commit(root)
+    if commit:
+        env[GIT_COMMIT_ENV] = commit
+    return env, notes
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def auth_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Ray's token authentication, from ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``."""
+    token = environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = environ.get("RAY_AUTH_TOKEN_PATH")
+    if not token and path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as err:
+            raise RemoteError(f"cannot read RAY_AUTH_TOKEN_PATH {path}: {err}") from None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def job_client(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address, headers=auth_headers() or None)
+    except Exception as err:  # connection refused, auth, version: the user must know which
+        raise RemoteError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as err:  # the SDK's error for any non-200 answer (unknown job, ...)
+        raise RemoteError(str(err).strip()) from None
+
+
+def follow(client: Any, job_id: str) -> str:
+    """Print the job's output as it comes until the job ends; returns its final status."""
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    _call(client.get_job_status, job_id)  # an unknown job fails here, clearly
+    asyncio.run(tail())
+    # The log stream closes when the job ends; its status may lag a moment behind.
+    for _ in range(30):
+        status = str(_call(client.get_job_status, job_id))
+        if status in TERMINAL:
+            break
+        time.sleep(1)
+    info = job_dict(_call(client.get_job_info, job_id))
+    print(f"job {job_id}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+    return info["status"]
+
+
+def job_dict(info: Any) -> dict[str, Any]:
+    """The fields of a Ray ``JobDetails``/``JobInfo`` that matter here, JSON-ready."""
+    status = getattr(info, "status", "")
+    return {
+        "job_id": getattr(info, "submission_id", None) or getattr(info, "job_id", None),
+        "status": str(getattr(status, "value", status)),
+        "message": getattr(info, "message", None) or "",
+        "entrypoint": getattr(info, "entrypoint", ""),
+        "start_time": getattr(info, "start_time", None),
+        "end_time": getattr(info, "end_time", None),
+        "metadata": dict(getattr(info, "metadata", None) or {}),
+        "driver_job_id": getattr(getattr(info, "driver_info", None), "id", None),
+        "driver_node_id": getattr(getattr(info, "driver_info", None), "node_id", None),
+    }
+
+
+def format_job(info: Mapping[str, Any]) -> str:
+    lines = [f"job {info['job_id']}: {info['status']}"]
+    if info["message"]:
+        lines.append(f"  message:    {info['message']}")
+    lines.append(f"  entrypoint: {info['entrypoint']}")
+    lines.append(f"  started:    {_when(info['start_time'])}")
+    if info["end_time"]:
+        lines.append(f"  ended:      {_when(info['end_time'])}")
+    for key, value in sorted(info["metadata"].items()):
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+def _url_host(url: str) -> str | None:
+    if "://" not in url:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+__all__ = [
+    "RemoteError",
+    "add_parser",
+    "add_submit_options",
+    "is_jobs_address",
+    "run",
+    "run_job_status",
+    "run_logs",
+    "submit_job",
+]
