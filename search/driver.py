@@ -91,7 +91,6 @@ from space.names import (
     ATTR_REUSED_FROM,
     ATTR_SEED,
     ATTR_TRIAL_DIR,
-    ATTR_TRIAL_SECONDS,
     LONG_ACC,
     REASON_ERROR,
     REASON_INVALID,
@@ -116,8 +115,9 @@ from workers.ray_trainable import (
 
 # What a trial reports at each evaluation, usable as the scheduler / intermediate metric.
 EVAL_METRICS = (VAL_BPB, TRAIN_LOSS, TOKENS_PER_S)
-# Scores copied from a trial to a deduplicated one (besides every is_score_name key).
-_EXTRA_SCORES = (VAL_BPB, TRAIN_SECONDS, STEPS, ATTR_TRIAL_SECONDS)
+# Scores copied from a trial to a deduplicated one (besides every is_score_name key);
+# not trial_seconds: that is what the trial itself cost, and a reused one cost nothing.
+_EXTRA_SCORES = (VAL_BPB, TRAIN_SECONDS, STEPS)
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 

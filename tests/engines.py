@@ -69,6 +69,7 @@ def ray_local():
     # Ship this module's runners to Ray workers by value (tests/ is not a package).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(
+        address="local",  # a fresh cluster, never one another test started
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
