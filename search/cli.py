@@ -66,7 +66,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     except _sweep_errors() as err:
         raise CliError(str(err)) from None
     _print_sweep_summary(summary)
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -85,7 +85,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     except _sweep_errors() as err:
         raise CliError(str(err)) from None
     _print_sweep_summary(summary)
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

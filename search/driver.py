@@ -30,6 +30,7 @@ last checkpoint, or the trial folder's), so the re-run continues from there.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -154,6 +155,7 @@ class SweepSummary:
     trial_seconds: float = 0.0  # sum of their own time (train + score)
     reconciled: list[int] = field(default_factory=list)
     experiment_dir: str | None = None
+    interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
 
 
 # -- checks and paths ----------------------------------------------------------------
@@ -567,16 +569,17 @@ class StudySearcher(Searcher):
         self.progress.note(f"#{number} interrupted ({detail}); re-queued")
         _notify_closed(self.study, self.hooks, [n for n, _ in closed], self.progress)
 
-    def close_leftovers(self) -> None:
-        """After Tune returns: whatever this driver still holds was interrupted."""
+    def close_leftovers(self) -> list[int]:
+        """After Tune returns: whatever this driver still holds was interrupted (Ctrl-C).
+        Returns the numbers of the trials closed as interrupted."""
         for tune_id in list(self.errored):
             self.on_trial_error(tune_id, None)
-        for live in list(self.live.values()):
-            self.interrupt(live, "the sweep stopped before the trial ended")
-        for w in list(self.waiting.values()):
-            self.interrupt(w, "the sweep stopped while the trial waited for its twin")
+        held = [*self.live.values(), *self.waiting.values()]
+        for held_trial in held:
+            self.interrupt(held_trial, "the sweep stopped before the trial ended")
         self.live.clear()
         self.waiting.clear()
+        return [h.trial.number for h in held]
 
 
 def describe_source(attrs: Mapping[str, Any]) -> str:
@@ -635,12 +638,22 @@ def default_hooks(config: SweepConfig, study_name: str) -> Any:
     return MlflowSweepHooks.from_config(config, study_name)
 
 
+class _NoTunerRestoreHint(logging.Filter):
+    """Tune suggests ``Tuner.restore`` after Ctrl-C; here one resumes with the study."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
 def _quiet_tune() -> None:
     """Our progress display replaces Tune's: the legacy output engine with ``verbose=0``
     prints nothing (the new engine prints its banner regardless). A forced experiment
     snapshot each ``num_to_keep`` checkpoints is expected here, not a problem."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTunerRestoreHint) for f in tune_logger.filters):
+        tune_logger.addFilter(_NoTunerRestoreHint())
 
 
 def _start_ray(address: str | None) -> tuple[bool, float]:
@@ -767,7 +780,9 @@ def run_sweep(
             try:
                 _fit(config, searcher, experiment, folder / "ray", hooks, runner)
             finally:
-                searcher.close_leftovers()
+                summary.interrupted = searcher.close_leftovers()
+            if summary.interrupted:
+                show.note(f"stopped early: continue with `ropenope resume {name}`")
             summary.trained = len(searcher.trained)
             summary.trial_seconds = searcher.trial_seconds
         trials_now = study.get_trials(deepcopy=False)
