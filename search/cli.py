@@ -104,7 +104,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     storage_help = (
         "SQLAlchemy URL of the Optuna storage, e.g. postgresql+psycopg://user@host/db "
-        "(default: the sweep file's study.storage, else sqlite runs/optuna.db)"
+        "(default: the sweep file's study.storage, else $ROPENOPE_STORAGE, else sqlite "
+        "runs/optuna.db)"
     )
     p = sub.add_parser(
         "submit",

@@ -67,6 +67,7 @@ def _waiting(study: optuna.Study) -> list:
 
 def test_study_storage_url_defaults_to_sqlite_in_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("ROPENOPE_HOME", raising=False)
+    monkeypatch.delenv("ROPENOPE_STORAGE", raising=False)
     monkeypatch.chdir(tmp_path)
     assert resolve_storage_url(None) == f"sqlite:///{tmp_path.resolve()}/runs/optuna.db"
     monkeypatch.setenv("ROPENOPE_HOME", str(tmp_path / "elsewhere"))
@@ -74,6 +75,8 @@ def test_study_storage_url_defaults_to_sqlite_in_runs(tmp_path, monkeypatch):
     assert resolve_storage_url("x.db") == f"sqlite:///{tmp_path.resolve()}/x.db"
     url = "postgresql+psycopg://u:p@h/db"
     assert resolve_storage_url(url) == url
+    monkeypatch.setenv("ROPENOPE_STORAGE", url)  # a cluster node's default
+    assert resolve_storage_url(None) == url
 
 
 def test_study_create_records_signature_and_enqueues_presets_once(tmp_path, storage_url):
