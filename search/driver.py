@@ -318,7 +318,7 @@ class StudySearcher(Searcher):
                     self._idle_until = time.monotonic() + 1.0
                     return None
                 return Searcher.FINISHED
-            ready = self._prepare(self.study.ask(), trials)
+            ready = self._prepare(self.study.ask())
         return self._launch(trial_id, ready)
 
     def _base_attrs(self) -> dict[str, Any]:
@@ -338,12 +338,13 @@ class StudySearcher(Searcher):
             if spec is not None and spec.searched:
                 spec.suggest(trial)
 
-    def _prepare(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> _Ready | None:
+    def _prepare(self, trial: optuna.Trial) -> _Ready | None:
         """Knobs -> candidate for a fresh trial. Returns it when it must be trained;
         closes it (invalid, reused) or parks it (twin running) otherwise."""
         tid = storage_trial_id(trial)
         set_trial_attrs(self.storage, tid, self._base_attrs())
         given = trial.user_attrs.get(ATTR_KNOBS)
+        knobs: dict[str, Any] = {}
         try:
             if given is not None:
                 self._replay_params(trial)
@@ -378,11 +379,14 @@ class StudySearcher(Searcher):
             },
         )
         if self.dedup:
+            # Read the study again now that this trial is tagged: a driver tagging the
+            # same candidate at this moment then sees this trial, or this trial sees it.
+            trials = self.study.get_trials(deepcopy=False)
             source = find_reusable(trials, candidate.id, self.budget)
             if source is not None:
                 self._reuse(trial.number, source)
                 return None
-            twin = find_running_twin(trials, candidate.id, self.budget, exclude=trial.number)
+            twin = find_running_twin(trials, candidate.id, self.budget, trial.number)
             if twin is not None:
                 self.waiting[trial.number] = _Waiting(trial, candidate, twin.number)
                 self.progress.note(
@@ -406,8 +410,8 @@ class StudySearcher(Searcher):
             if source is not None:
                 self._reuse(number, source)
                 continue
-            other = find_running_twin(trials, w.candidate.id, self.budget, exclude=number)
-            if other is not None and other.number not in self.waiting:
+            other = find_running_twin(trials, w.candidate.id, self.budget, number)
+            if other is not None:
                 self.waiting[number] = _Waiting(w.trial, w.candidate, other.number)
                 continue
             return _Ready(w.trial, w.candidate, w.trial.user_attrs.get(ATTR_RESTORE_FROM))
@@ -724,6 +728,9 @@ def run_sweep(
             storage_url=url,
             allow_space_change=allow_space_change,
             target=trials,
+            # Drivers sharing a PostgreSQL study must not draw the same candidates; one
+            # driver on SQLite stays reproducible from study.seed.
+            seed_salt=0 if lock is not None else int(driver_id[:6], 16),
         )
         study = opened.study
         target = target_trials(study) or config.study.trials

@@ -249,11 +249,15 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(config: SweepConfig, n_existing: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    config: SweepConfig, n_existing: int = 0, salt: int = 0
+) -> optuna.samplers.BaseSampler:
     """The sampler named in the config. On a resumed study the seed is offset by the
-    number of existing trials so a fresh sampler does not replay the first run's draws."""
+    number of existing trials so a fresh sampler does not replay the first run's draws;
+    ``salt`` separates drivers that share a study (PostgreSQL), which would otherwise
+    draw the same candidates."""
     kind = config.study.sampler
-    seed = config.study.seed + n_existing
+    seed = config.study.seed + n_existing + salt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind == "tpe":
@@ -302,6 +306,7 @@ def open_study(
     storage_url: str | None = None,
     allow_space_change: bool = False,
     target: int | None = None,
+    seed_salt: int = 0,
 ) -> OpenedStudy:
     """Create the study named by the config (or ``name``), or load it and check it.
 
@@ -317,14 +322,14 @@ def open_study(
             storage=storage,
             study_name=study_name,
             directions=config.directions(),
-            sampler=make_sampler(config),
+            sampler=make_sampler(config, 0, seed_salt),
             load_if_exists=False,
         )
     except optuna.exceptions.DuplicatedStudyError:
         created = False
         study = optuna.load_study(storage=storage, study_name=study_name, sampler=None)
         n = len(study.get_trials(deepcopy=False))
-        study.sampler = make_sampler(config, n)
+        study.sampler = make_sampler(config, n, seed_salt)
     found = (
         [] if created else check_compatible(study, config, allow_space_change=allow_space_change)
     )
@@ -493,19 +498,22 @@ def find_reusable(
 
 
 def find_running_twin(
-    trials: Iterable[FrozenTrial], candidate_id: str, budget: str, exclude: int
+    trials: Iterable[FrozenTrial], candidate_id: str, budget: str, number: int
 ) -> FrozenTrial | None:
-    """A RUNNING trial training the same candidate with the same budget (not a waiter)."""
-    for t in trials:
-        if (
-            t.state == TrialState.RUNNING
-            and t.number != exclude
-            and t.user_attrs.get(ATTR_CANDIDATE_ID) == candidate_id
-            and t.user_attrs.get(ATTR_BUDGET) == budget
-            and ATTR_REUSED_FROM not in t.user_attrs
-        ):
-            return t
-    return None
+    """The lowest-numbered RUNNING trial before ``number`` with this candidate and budget.
+
+    Only earlier trials count: when two drivers tag the same candidate at once, the later
+    trial waits for the earlier one and never the other way round (no trial is trained
+    twice, and no two trials wait for each other)."""
+    twins = [
+        t
+        for t in trials
+        if t.state == TrialState.RUNNING
+        and t.number < number
+        and t.user_attrs.get(ATTR_CANDIDATE_ID) == candidate_id
+        and t.user_attrs.get(ATTR_BUDGET) == budget
+    ]
+    return min(twins, key=lambda t: t.number, default=None)
 
 
 def reconcile_interrupted(

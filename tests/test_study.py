@@ -23,6 +23,7 @@ from search.study import (
     StudyMismatch,
     budget_key,
     find_reusable,
+    find_running_twin,
     finish_trial,
     fixed_params,
     make_sampler,
@@ -278,6 +279,21 @@ def test_study_find_reusable_needs_same_candidate_and_budget(tmp_path):
     assert find_reusable(trials, "a", "b2").number == 1
     assert find_reusable(trials, "a", "b3") is None
     assert find_reusable(trials, "c", "b1") is None
+
+
+def test_study_a_trial_waits_only_for_an_earlier_running_twin():
+    study = optuna.create_study()
+    for _ in range(3):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                user_attrs={ATTR_CANDIDATE_ID: "a", ATTR_BUDGET: "b"},
+            )
+        )
+    trials = study.get_trials(deepcopy=False)
+    assert find_running_twin(trials, "a", "b", 2).number == 0  # the one training it
+    assert find_running_twin(trials, "a", "b", 0) is None  # never a later one: no cycles
+    assert find_running_twin(trials, "a", "other budget", 2) is None
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random", "grid"])
