@@ -191,6 +191,10 @@ def base_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    try:
+        import aiohttp_cors  # noqa: F401  (one of ray[default]'s packages)
+    except ImportError:
+        pytest.fail("the Ray dashboard and Jobs API need ray[default]: pip install -e '.[dev]'")
     # A short base folder: Ray's socket paths under its temp dir have a length limit.
     base = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
     base.chmod(0o755)  # PostgreSQL runs as another user when the tests run as root
@@ -381,7 +385,7 @@ def test_cluster_sweep_submitted_as_ray_job_lands_in_postgres_mlflow_and_both_no
         lines = (Path(t.user_attrs[ATTR_RAY_TRIAL_DIR]) / "result.json").read_text().splitlines()
         ran_on[t.number] = {json.loads(line)["node_ip"] for line in lines if line.strip()}
     assert all(len(ips) == 1 for ips in ran_on.values()), ran_on
-    assert set().union(*ran_on.values()) == {HEAD_IP, WORKER_IP}, ran_on
+    assert set().union(*ran_on.values()) == {HEAD_IP, WORKER_IP}, (ran_on, context)
 
 
 def test_cluster_optuna_dashboard_reads_the_study_database(cluster):
