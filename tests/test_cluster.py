@@ -5,7 +5,7 @@ PostgreSQL (deploy/postgres.sh, with the binaries of the `pgserver` pip package 
 system PostgreSQL), an MLflow server on it (deploy/mlflow.sh), a Ray head
 (deploy/ray-head.sh) and one more Ray worker node (deploy/ray-worker.sh), one CPU
 each, so a sweep of two concurrent one-CPU trials must use both nodes, and
-optuna-dashboard (deploy/optuna-dashboard.sh) when it is installed. The nodes get the
+optuna-dashboard (deploy/optuna-dashboard.sh). The nodes get the
 environment compose gives them (storage URL, tracking URI, runs folder, Ray token).
 
 A tiny sweep is then submitted with `ropenope submit --address http://...` through the
@@ -94,7 +94,7 @@ class Cluster:
     mlflow_port: int
     dashboard_port: int
     gcs_port: int
-    optuna_dashboard_port: int | None = None
+    optuna_dashboard_port: int = 0
     services: list[Service] = field(default_factory=list)
 
     @property
@@ -272,23 +272,18 @@ def cluster() -> Iterator[Cluster]:
             },
             signal.SIGTERM,
         )
-        try:
-            import optuna_dashboard  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            c.optuna_dashboard_port = free_port()
-            c.start(
-                "optuna-dashboard",
-                "optuna-dashboard.sh",
-                {
-                    **env,
-                    "ROPENOPE_STORAGE": c.storage,
-                    "OPTUNA_DASHBOARD_HOST": LOCAL,
-                    "OPTUNA_DASHBOARD_PORT": str(c.optuna_dashboard_port),
-                },
-                signal.SIGTERM,
-            )
+        c.optuna_dashboard_port = free_port()
+        c.start(
+            "optuna-dashboard",
+            "optuna-dashboard.sh",
+            {
+                **env,
+                "ROPENOPE_STORAGE": c.storage,
+                "OPTUNA_DASHBOARD_HOST": LOCAL,
+                "OPTUNA_DASHBOARD_PORT": str(c.optuna_dashboard_port),
+            },
+            signal.SIGTERM,
+        )
         c.wait_until("ray head", lambda: c.ray_get("/api/version")["ray_version"], 120, head)
         worker = c.start(
             "ray-worker",
@@ -389,8 +384,6 @@ def test_cluster_sweep_submitted_as_ray_job_lands_in_postgres_mlflow_and_both_no
 
 
 def test_cluster_optuna_dashboard_reads_the_study_database(cluster):
-    if cluster.optuna_dashboard_port is None:
-        pytest.skip("optuna-dashboard is not installed")
     import optuna
 
     url = f"http://{LOCAL}:{cluster.optuna_dashboard_port}/api/studies"
