@@ -63,6 +63,12 @@ ATTR_SEED = "seed"
 ATTR_KNOBS = "knobs"
 ATTR_PRESET = "preset"
 ATTR_TRACKING_ERROR = "tracking_error"
+# Each seed's own result ([{seed, status, reason, scores, niah, attention_mass}]): the
+# study database holds everything a report needs even when trial folders stay on
+# worker machines.
+ATTR_SEEDS = "seeds"
+ATTR_NIAH = "niah"
+ATTR_ATTENTION_MASS = "attention_mass"
 
 # Outcome reasons.
 REASON_INVALID = "invalid_candidate"

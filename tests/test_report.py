@@ -22,6 +22,7 @@ from space.names import (
     ATTR_REPEATS,
     ATTR_REUSED_FROM,
     ATTR_SEED,
+    ATTR_SEEDS,
     ATTR_TRIAL_DIR,
     STUDY_ATTR_OBJECTIVES,
 )
@@ -262,6 +263,36 @@ def test_seed_records_reads_each_seed_of_a_repeated_trial(tmp_path):
     lone = _complete({**mean_attrs, ATTR_TRIAL_DIR: str(tmp_path / "gone")})
     agg = _agg([lone])
     assert agg.get("rope").n == 1 and "mean of 3 seeds" in agg.warnings[0]
+
+
+def test_seed_records_prefer_the_seeds_attribute_so_remote_trial_folders_are_not_needed():
+    """On a cluster the trial folder stays on the worker; the study row carries each seed."""
+    entries = []
+    for seed, short in ((0, 2.0), (1, 2.4)):
+        a = _attrs("rope", seed, short_bpb=short)
+        scores = {k: v for k, v in a.items() if isinstance(v, float)}
+        entries.append(
+            {
+                "seed": seed,
+                "status": "complete",
+                "scores": scores,
+                "niah": a["niah"],
+                "attention_mass": a["attention_mass"],
+            }
+        )
+    trial = _complete(
+        {
+            **_attrs("rope", 0, short_bpb=2.2),
+            ATTR_REPEATS: 2,
+            ATTR_SEEDS: entries,
+            ATTR_TRIAL_DIR: "/nowhere/on/this/machine",
+        }
+    )
+    records = seed_records(trial, OBJECTIVES)
+    assert [(r.seed, r.scores["short_bpb"]) for r in records] == [(0, 2.0), (1, 2.4)]
+    assert all(r.niah == entries[0]["niah"] and r.attention_mass for r in records)
+    agg = _agg([trial])
+    assert agg.get("rope").n == 2 and not agg.warnings
 
 
 def test_aggregate_is_pure_over_records():

@@ -35,6 +35,7 @@ from space.names import (
     ATTR_RERUN_OF,
     ATTR_RESUMED_FROM_STEP,
     ATTR_REUSED_FROM,
+    ATTR_SEEDS,
     ATTR_TRIAL_DIR,
     KV_CACHE_BYTES,
     REASON_INTERRUPTED,
@@ -84,6 +85,13 @@ def test_sweep_outcome_of_seeds_is_their_mean_or_the_first_failure():
         "diverged",
         "non-finite loss at step 7",
     )
+    # Each seed's own grid travels with the outcome into the study (ATTR_SEEDS).
+    a.niah = {"lengths": [64], "depths": [0.5], "acc": [[float("nan")]]}
+    kept = combine([a, b], [3, 4])
+    assert [s["seed"] for s in kept.attrs()[ATTR_SEEDS]] == [3, 4]
+    assert kept.seeds[0]["niah"] == {"lengths": [64], "depths": [0.5], "acc": [[None]]}
+    assert kept.seeds[1]["scores"]["x"] == 1.0 and kept.seeds[1]["niah"] is None
+    assert TrialOutcome.from_json(kept.to_json()).seeds == kept.seeds
     text = TrialOutcome("complete", scores={"long_acc": float("nan")}).to_json()
     assert json.loads(text)["scores"] == {"long_acc": None}  # strict JSON: NaN is null
     back = TrialOutcome.from_json(text)

@@ -40,9 +40,11 @@ import numpy as np
 
 from space.knobs import KNOB_DEFAULTS
 from space.names import (
+    ATTR_ATTENTION_MASS,
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
+    ATTR_NIAH,
     ATTR_PRESET,
     ATTR_REASON,
     ATTR_REPEATS,
@@ -50,6 +52,7 @@ from space.names import (
     ATTR_RESUMED_FROM_STEP,
     ATTR_REUSED_FROM,
     ATTR_SEED,
+    ATTR_SEEDS,
     ATTR_TRIAL_DIR,
     STUDY_ATTR_OBJECTIVES,
 )
@@ -66,10 +69,8 @@ __all__ = [
     "seed_records",
 ]
 
-ATTR_NIAH = "niah"
 SEED_DIR_PREFIX = "seed_"  # <trial_dir>/seed_<n>/ holds one seed's run
 SEED_SCORES_FILE = "scores.json"
-ATTR_ATTENTION_MASS = "attention_mass"
 COMPLETE = "COMPLETE"
 
 # Numeric user attributes that are bookkeeping, not scores.
@@ -255,38 +256,45 @@ class TrialRecord:
 def seed_records(trial: Any, objective_names: Sequence[str] | None = None) -> list[TrialRecord]:
     """The runs behind one trial: one record per seed.
 
-    A trial that trained several seeds (``repeats`` > 1) stores only their mean as user
-    attributes; each seed's own scores, NIAH grid and attention mass are in
-    ``<trial_dir>/seed_<n>/scores.json`` (written by ``workers.candidate``). When that
-    folder is readable, each seed becomes its own record (same trial number, its seed);
-    otherwise the trial is one record built from its attributes.
+    A trial that trained several seeds (``repeats`` > 1) stores their mean as score
+    attributes and each seed's own scores, NIAH grid and attention mass in the
+    ``seeds`` attribute. Trials recorded without it are read from
+    ``<trial_dir>/seed_<n>/scores.json`` (written by ``workers.candidate``) when that
+    folder is readable; otherwise the trial is one record built from its attributes.
     """
     base = TrialRecord.from_trial(trial, objective_names)
-    trial_dir = trial.user_attrs.get(ATTR_TRIAL_DIR)
-    if not trial_dir:
-        return [base]
-    files = sorted(Path(trial_dir).glob(f"{SEED_DIR_PREFIX}*/{SEED_SCORES_FILE}"))
+    entries = trial.user_attrs.get(ATTR_SEEDS)
+    if not (isinstance(entries, list) and entries):
+        entries = _seed_files(trial.user_attrs.get(ATTR_TRIAL_DIR))
     records = []
-    for path in files:
-        data = json.loads(path.read_text())
-        seed = data.get("seed")
-        if seed is None:
-            suffix = path.parent.name[len(SEED_DIR_PREFIX) :]
-            seed = int(suffix) if suffix.lstrip("-").isdigit() else None
+    for data in entries:
+        if not isinstance(data, Mapping):
+            continue
         scores = {k: v for k, v in (data.get("scores") or {}).items() if _as_float(v) is not None}
         records.append(
             replace(
                 base,
-                seed=seed,
+                seed=data.get("seed"),
                 scores={k: float(v) for k, v in scores.items()},
                 niah=data.get("niah") or None,
                 attention_mass=data.get("attention_mass") or None,
                 repeats=None,
             )
         )
-    if not records:
-        return [base]
-    return records
+    return records or [base]
+
+
+def _seed_files(trial_dir: str | None) -> list[dict[str, Any]]:
+    if not trial_dir:
+        return []
+    out = []
+    for path in sorted(Path(trial_dir).glob(f"{SEED_DIR_PREFIX}*/{SEED_SCORES_FILE}")):
+        data = json.loads(path.read_text())
+        if data.get("seed") is None:
+            suffix = path.parent.name[len(SEED_DIR_PREFIX) :]
+            data["seed"] = int(suffix) if suffix.lstrip("-").isdigit() else None
+        out.append(data)
+    return out
 
 
 def _looks_like_score(key: str) -> bool:

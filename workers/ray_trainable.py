@@ -27,6 +27,7 @@ from typing import Any
 from space.expand import Candidate
 from space.names import (
     ATTR_RESUMED_FROM_STEP,
+    ATTR_SEEDS,
     ATTR_TRACKING_ERROR,
     ATTR_TRIAL_SECONDS,
     REASON_DIVERGED,
@@ -104,6 +105,8 @@ class TrialOutcome:
         """Scores and bookkeeping as Optuna user attributes."""
         out: dict[str, Any] = dict(self.scores)
         out[ATTR_TRIAL_SECONDS] = self.trial_seconds
+        if self.seeds:
+            out[ATTR_SEEDS] = self.seeds
         if self.resumed_from_step is not None:
             out[ATTR_RESUMED_FROM_STEP] = self.resumed_from_step
         out.update(self.links)
@@ -132,6 +135,17 @@ def _finite_or_none(value: float) -> float | None:
     return value if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float as None (strict JSON, any database)."""
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if isinstance(value, Mapping):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
 def trial_device(config: SweepConfig) -> str:
     """``auto`` means the GPU only when Ray gave this trial one: a trial without a GPU
     allocation must not take one Ray thinks is free."""
@@ -157,6 +171,8 @@ def combine(results: list[Any], seeds: list[int]) -> TrialOutcome:
             "status": r.status,
             "reason": r.reason,
             "scores": {k: _finite_or_none(v) for k, v in r.scores.items()},
+            "niah": _strict(getattr(r, "niah", None) or None),
+            "attention_mass": _strict(getattr(r, "attention_mass", None) or None),
         }
         for seed, r in zip(seeds, results, strict=False)
     ]
