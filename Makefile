@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/ropenope submit $(DEMO_CONFIG)
 
 ui: install
-	$(VENV)/bin/ropenope ui --config $(DEMO_CONFIG)
+	$(VENV)/bin/ropenope ui --config $(DEMO_CONFIG) $(if $(PORT),--port $(PORT))
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from search import report_cmd
+from search import report_cmd, tracking_cmd
 from space.errors import ConfigError, InvalidCandidate
 
 
@@ -45,6 +45,12 @@ def _sweep_errors():
 def _print_sweep_summary(summary) -> None:
     counts = "  ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
     print(f"study {summary.study}: {counts}  (target {summary.target}, {summary.storage})")
+    if summary.pareto is not None:
+        print()
+        print(tracking_cmd.format_pareto(summary.pareto))
+    if summary.ui:
+        print()
+        print(summary.ui)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -172,6 +178,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "logs": (_cmd_remote, "print or follow the output of a sweep submitted as a Ray Job"),
     "job-status": (_cmd_remote, "status of a sweep submitted as a Ray Job (all jobs without JOB)"),
     "report": (report_cmd.run, report_cmd.HELP),
+    **{name: (fn, tracking_cmd.HELP[name]) for name, fn in tracking_cmd.COMMANDS.items()},
 }
 
 
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_cmd.add_parser(sub)
     report_cmd.add_parser(sub)
+    tracking_cmd.add_parsers(sub)  # pareto, sync, ui
     _add_sweep_parsers(sub)
     from search import remote
 

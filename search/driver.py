@@ -91,6 +91,7 @@ from space.names import (
     ATTR_RESTORE_FROM,
     ATTR_REUSED_FROM,
     ATTR_SEED,
+    ATTR_TRACKING_ERROR,
     ATTR_TRIAL_DIR,
     LONG_ACC,
     REASON_ERROR,
@@ -156,6 +157,20 @@ class SweepSummary:
     reconciled: list[int] = field(default_factory=list)
     experiment_dir: str | None = None
     interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
+    pareto: Any = None  # tracking.pareto.ParetoTable of the study's COMPLETE trials
+    ui: str | None = None  # how to open the study's MLflow runs (None: tracking off)
+
+
+def _ui_hint(config: SweepConfig, study_name: str) -> str | None:
+    """The command that opens the MLflow UI on this study, or a tracking server's URL."""
+    if not config.tracking.enabled:
+        return None
+    from tracking.mlflow_store import is_remote, tracking_target
+
+    target = tracking_target(config, study_name)
+    if is_remote(target.uri):
+        return f"MLflow UI: {target.uri}  (experiment {target.experiment!r})"
+    return f"MLflow UI: ropenope ui {study_name}  (then open http://127.0.0.1:5000)"
 
 
 # -- checks and paths ----------------------------------------------------------------
@@ -282,6 +297,7 @@ class StudySearcher(Searcher):
         self.trials_dir = trials_dir
         self.dedup = dedup
         self.progress = progress
+        self.tracking_warned = False
         self.hooks = hooks
         self.budget = budget_key(config)
         self.seeds = [config.train.seed + i for i in range(config.study.repeats)]
@@ -462,6 +478,13 @@ class StudySearcher(Searcher):
             self.progress.note(f"#{number} was closed by another driver ({frozen.state.name})")
             return frozen
         self.progress.finished(frozen, self.study)
+        error = frozen.user_attrs.get(ATTR_TRACKING_ERROR)
+        if error and not self.tracking_warned:  # once per sweep; every trial keeps its own
+            self.tracking_warned = True
+            self.progress.note(
+                f"#{number} MLflow tracking failed ({error}); the sweep goes on and "
+                f"`ropenope sync {self.study.study_name}` rebuilds the runs later"
+            )
         try:
             self.hooks.on_trial_end(self.study, frozen)
         except Exception as err:  # tracking must not stop the sweep; say so
@@ -795,6 +818,10 @@ def run_sweep(
         trials_now = study.get_trials(deepcopy=False)
         summary.counts = {s.name: sum(t.state == s for t in trials_now) for s in TrialState}
         summary.wall_seconds = time.perf_counter() - t_start
+        from tracking.sync import pareto_rows_from_study
+
+        summary.pareto = pareto_rows_from_study(study, config.objective_names())
+        summary.ui = _ui_hint(config, name)
         show.note(
             f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
         )

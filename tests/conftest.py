@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# The engines every integration module shares, registered once for the whole session
+# (one PostgreSQL server, one local Ray), whichever modules run.
+from engines import postgres_server, ray_local, runs_home, storage_url  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Tests run on 2 cores next to other work: one torch thread each keeps them predictable.

@@ -4,7 +4,7 @@ PostgreSQL comes from the ``pgserver`` package (dev extras): its bundled ``initd
 ``pg_ctl`` start a private server on a Unix socket in a temporary folder, so the
 tests need no system package and are never skipped. Each test gets a fresh database.
 
-Import the fixtures into a test module with ``from engines import ...``.
+The fixtures are registered for every test module in ``conftest.py``.
 """
 
 from __future__ import annotations

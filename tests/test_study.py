@@ -50,8 +50,6 @@ from space.names import (
 )
 
 # The engines' fixtures, used by name below.
-postgres_server = engines.postgres_server
-storage_url = engines.storage_url
 
 HOST = socket.gethostname()
 PRESETS = ["rope", "nope", {"name": "swa", "knobs": {"global_every": 2, "local_window": 8}}]

@@ -52,11 +52,6 @@ from workers.ray_trainable import (
     snapshot,
 )
 
-postgres_server = engines.postgres_server
-storage_url = engines.storage_url
-ray_local = engines.ray_local
-runs_home = engines.runs_home
-
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 OBJECTIVES = ["long_acc", "short_bpb", "kv_cache_bytes"]

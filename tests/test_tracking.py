@@ -7,6 +7,7 @@ tests live with the driver's tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,8 +16,10 @@ import pickle
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -27,8 +30,11 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from engines import tiny_config_file
 from mlflow import MlflowClient
 
+from search import driver
+from search.cli import main as cli_main
 from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
@@ -561,6 +567,7 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - closed by the process end
         self.proc = subprocess.Popen(
             [
@@ -787,3 +794,225 @@ def test_server_down_mid_sweep_then_sync_completes_the_runs(server, config, tmp_
     pareto = server.artifacts(parents[0]["info"]["run_id"], "pareto")
     assert "pareto/pareto.html" in pareto
     assert not sync_study(study, Tracker.for_study("outage", uri=server.url)).completed
+
+
+# -- the commands: ropenope pareto, sync; real sweeps --------------------------------------
+
+
+def _brute_force_ranks(points: list[list[float]], signs: list[int]) -> list[int]:
+    """Peel fronts one by one: rank r = non-dominated once ranks < r are removed."""
+    left = {i: [s * v for s, v in zip(signs, p, strict=True)] for i, p in enumerate(points)}
+    ranks = [-1] * len(points)
+    rank = 0
+    while left:
+        front = [
+            i
+            for i, a in left.items()
+            if not any(
+                all(x <= y for x, y in zip(b, a, strict=True)) and b != a
+                for j, b in left.items()
+                if j != i
+            )
+        ]
+        for i in front:
+            ranks[i] = rank
+            del left[i]
+        rank += 1
+    return ranks
+
+
+def test_cli_pareto_agrees_with_an_independent_computation(tmp_path, config, capsys):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = _fake_study(url, "front", config, tmp_path / "t")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    expected = dict(
+        zip(
+            [t.number for t in complete],
+            _brute_force_ranks([t.values for t in complete], [-1, 1, 1]),
+            strict=True,
+        )
+    )
+
+    assert cli_main(["pareto", "front", "--storage", url, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["trial"]: r["rank"] for r in rows} == expected  # only COMPLETE trials
+    for row in rows:
+        trial = study.trials[row["trial"]]
+        assert row["candidate"] == trial.user_attrs[ATTR_CANDIDATE_NAME]
+        assert [row[name] for name in OBJECTIVES] == trial.values
+        assert row["pareto"] == (row["rank"] == 0)
+
+    assert cli_main(["pareto", "front", "--storage", url, "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split(",")[:7] == ["trial", "rank", "pareto", "candidate", *OBJECTIVES]
+    assert len(lines) == 1 + len(complete)
+
+    plot = tmp_path / "front.html"
+    assert cli_main(["pareto", "front", "--storage", url, "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert plot.is_file() and "<html" in plot.read_text().lower()
+    for trial in complete:
+        assert trial.user_attrs[ATTR_CANDIDATE_NAME] in text
+    assert cli_main(["pareto", "nosuch", "--storage", url]) == 2
+    assert "no study 'nosuch'" in capsys.readouterr().err
+
+
+def _tracked_sweep(path: Path, name: str, uri: str | None, **sections) -> Path:
+    return tiny_config_file(
+        path,
+        study={"name": name, "trials": 3},
+        presets=["rope", "nope"],
+        tracking={"enabled": True, **({"uri": uri} if uri else {})},
+        **sections,
+    )
+
+
+def test_sweep_on_local_ray_logs_one_child_per_trial_to_sqlite(tmp_path, runs_home, ray_local):
+    """The embedded default (make demo): runs made inside Ray trials, MLflow on SQLite."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = _tracked_sweep(tmp_path / "sweep.yaml", "local", None)
+    summary = driver.submit(path, storage=url, address=ray_local, progress=False)
+    assert summary.counts["COMPLETE"] == 3
+    assert [r["trial"] for r in summary.pareto.rows] and summary.ui.startswith("MLflow UI")
+
+    study = optuna.load_study(study_name="local", storage=url)
+    uri = resolve_tracking_uri(None, runs_home)
+    assert uri == f"sqlite:///{runs_home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("local")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    assert len(parents) == 1
+    children = _children(client, parents[0].info.run_id, experiment.experiment_id)
+    assert len(children) == 3
+    ranks = {row["trial"]: row["rank"] for row in summary.pareto.rows}
+    for trial in study.trials:
+        assert ATTR_TRACKING_ERROR not in trial.user_attrs
+        run = client.get_run(trial.user_attrs[ATTR_MLFLOW_RUN_ID])
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["optuna_trial_number"] == str(trial.number)
+        assert tags["ray_trial_id"] == trial.user_attrs[ATTR_RAY_TRIAL_ID]
+        assert tags["pareto_rank"] == str(ranks[trial.number])
+        assert run.data.params["global_every"] == str(trial.user_attrs[ATTR_KNOBS]["global_every"])
+        for name, value in zip(OBJECTIVES, trial.values, strict=True):
+            assert math.isclose(run.data.metrics[name], value)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_bpb")]
+        assert sorted(steps) == [10, 20, 30]
+        assert {"niah.png", "candidate.yaml"} <= _artifact_paths(client, run.info.run_id)
+    pareto = _artifact_paths(client, parents[0].info.run_id, "pareto")
+    assert {"pareto/pareto.csv", "pareto/pareto.md", "pareto/pareto.html"} <= pareto
+
+
+def test_sweep_completes_with_the_server_down_midway_then_cli_sync_mends_mlflow(
+    tmp_path, runs_home, ray_local, server, capsys
+):
+    """The server stops after the first trial; the rest train and reach Optuna with the
+    error recorded; `ropenope sync` then gives every trial its complete run."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = _tracked_sweep(
+        tmp_path / "sweep.yaml", "midway", server.url, resources={"max_concurrent": 1}
+    )
+    stopped = threading.Event()
+
+    def stop_after_first_trial() -> None:
+        # Plain SQL, read-only: opening an Optuna storage here would race the driver's
+        # creation of the schema.
+        db = tmp_path / "optuna.db"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+                    done = c.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'")
+                    if done.fetchone()[0] > 0:
+                        server.stop()
+                        stopped.set()
+                        return
+            except sqlite3.Error:
+                pass  # no database or no table yet
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=stop_after_first_trial, daemon=True)
+    watcher.start()
+    try:
+        summary = driver.submit(path, storage=url, address=ray_local, progress=False)
+    finally:
+        watcher.join(timeout=5)
+        if stopped.is_set():
+            server.start()
+    assert stopped.is_set()
+    assert summary.counts["COMPLETE"] == 3  # the sweep did not notice beyond the note
+
+    study = optuna.load_study(study_name="midway", storage=url)
+    first, *later = study.trials
+    assert ATTR_TRACKING_ERROR not in first.user_attrs
+    assert all(t.user_attrs.get(ATTR_TRACKING_ERROR) for t in later)
+
+    capsys.readouterr()
+    assert cli_main(["sync", "midway", "--storage", url]) == 0
+    assert "runs created" in capsys.readouterr().out
+    parents, children = _by_kind(server.runs("midway"))
+    assert len(parents) == 1
+    by_trial = {int(_tags(c)["optuna_trial_number"]): c for c in children}
+    assert sorted(by_trial) == [0, 1, 2]  # one child per trial, none twice
+    for number, child in by_trial.items():
+        trial = study.trials[number]
+        assert child["info"]["status"] == "FINISHED"
+        assert _tags(child)["mlflow.parentRunId"] == parents[0]["info"]["run_id"]
+        metrics = _metrics(child)
+        for name, value in zip(OBJECTIVES, trial.values, strict=True):
+            assert math.isclose(metrics[name], value)
+        assert "niah.png" in server.artifacts(child["info"]["run_id"])
+    assert cli_main(["sync", "midway", "--storage", url]) == 0
+    assert "0 runs created, 0 completed, 3 already complete" in capsys.readouterr().out
+
+
+def test_cli_ui_serves_the_study_store_and_prints_its_url(tmp_path, config, server):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _fake_study(url, "review", config, tmp_path / "t")
+    env = {**os.environ, "ROPENOPE_HOME": str(tmp_path / "runs")}
+    ropenope = str(Path(sys.executable).parent / "ropenope")
+    # A tracking server is its own UI: the command only says where.
+    shown = subprocess.run(
+        [ropenope, "ui", "review", "--storage", url, "--tracking-uri", server.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert shown.returncode == 0 and server.url in shown.stdout, shown.stderr
+    # A SQLite store: `mlflow ui` on it until stopped, at the printed address.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [ropenope, "ui", "review", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        seen = []  # MLflow's own log lines come first; ours is printed before serving
+        while not (seen and seen[-1].startswith("MLflow UI")):
+            line = proc.stdout.readline()
+            assert line, "".join(seen)  # it exited without saying where
+            seen.append(line)
+        assert f"http://127.0.0.1:{port}" in seen[-1] and "runs/mlflow.db" in seen[-1], seen
+        deadline = time.monotonic() + 120
+        healthy = False
+        while time.monotonic() < deadline and proc.poll() is None and not healthy:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    healthy = r.status == 200
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.3)
+        assert healthy, proc.poll()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own group: ropenope, mlflow, uvicorn
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

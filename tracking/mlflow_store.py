@@ -1101,9 +1101,12 @@ def run_ui(tracker: Tracker, host: str = "127.0.0.1", port: int = 5000) -> int:
     url = ui_url(target.uri, host, port, experiment_id)
     argv = ui_command(target.uri, host, port)
     if argv is None:
-        print(f"MLflow UI (tracking server): {url}")
+        print(f"MLflow UI (tracking server): {url}", flush=True)
         return 0
-    print(f"MLflow UI for study {target.study!r} on {target.uri}: {url}  (Ctrl-C to stop)")
+    print(
+        f"MLflow UI for study {target.study!r} on {target.uri}: {url}  (Ctrl-C to stop)",
+        flush=True,  # before the server's own output, also into a pipe
+    )
     proc = subprocess.Popen(argv, env=ui_env())
     try:
         return proc.wait()

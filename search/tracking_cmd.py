@@ -1,0 +1,199 @@
+"""`ropenope pareto`, `ropenope sync` and `ropenope ui`: the study's Pareto front and its
+MLflow view. The Optuna study is the source of truth; MLflow is rebuilt from it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = {
+    "pareto": "the COMPLETE trials of a study by Pareto rank, with objectives and names",
+    "sync": "create or complete the MLflow runs of a study from its Optuna records",
+    "ui": "serve the MLflow UI on a study's tracking store and print its URL",
+}
+
+_STORAGE_HELP = (
+    "Optuna storage URL or SQLite file (default: $ROPENOPE_STORAGE, else runs/optuna.db)"
+)
+_CONFIG_HELP = (
+    "sweep file, for its storage and tracking settings (default: the one stored with the study)"
+)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pareto",
+        help=HELP["pareto"],
+        description=f"Print {HELP['pareto']}. "
+        "Example: ropenope pareto demo --json  |  ropenope pareto demo --plot front.html",
+    )
+    p.add_argument("study", help="study name")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON list, one object per trial")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="also draw the front: interactive HTML for .html, else a PNG",
+    )
+    p.add_argument("--storage", help=_STORAGE_HELP)
+    p.add_argument("--config", help=_CONFIG_HELP)
+
+    p = sub.add_parser(
+        "sync",
+        help=HELP["sync"],
+        description=f"{HELP['sync'][0].upper()}{HELP['sync'][1:]} (after MLflow was "
+        "down, or into a new tracking server); running it twice changes nothing. "
+        "Example: ropenope sync demo --tracking-uri http://127.0.0.1:5000",
+    )
+    p.add_argument("study", help="study name")
+    p.add_argument("--storage", help=_STORAGE_HELP)
+    p.add_argument("--config", help=_CONFIG_HELP)
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the sweep file's, else $MLFLOW_TRACKING_URI, "
+        "else runs/mlflow.db)",
+    )
+
+    p = sub.add_parser(
+        "ui",
+        help=HELP["ui"],
+        description=f"{HELP['ui'][0].upper()}{HELP['ui'][1:]}; for a tracking server, "
+        "print its URL. Example: ropenope ui demo --port 5000",
+    )
+    p.add_argument("study", nargs="?", help="study name (default: the sweep file's study.name)")
+    p.add_argument("--storage", help=_STORAGE_HELP)
+    p.add_argument("--config", help=_CONFIG_HELP)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default as for sync)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to serve on")
+    p.add_argument("--port", type=int, default=5000, help="port to serve on")
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The study and the sweep file (given, else stored, else None)."""
+    from search.cli import CliError
+    from search.study import StudyError, load_existing, stored_config
+    from space.schema import load_config
+
+    config = load_config(args.config) if args.config else None
+    storage = args.storage or (config.study.storage if config else None)
+    try:
+        study = load_existing(args.study, storage).study
+    except StudyError as err:
+        raise CliError(str(err)) from None
+    if config is None:
+        try:
+            config = stored_config(study)
+        except StudyError:
+            config = None  # a study not made by ropenope: its objectives still rank
+    return study, config
+
+
+def _tracker(study_name: str, config: Any, uri: str | None) -> Any:
+    from tracking.mlflow_store import Tracker
+
+    if config is None:
+        return Tracker.for_study(study_name, uri=uri)
+    tracker = Tracker.from_config(config, study_name)
+    if uri:
+        return Tracker.for_study(study_name, uri=uri, experiment=tracker.target.experiment)
+    return tracker
+
+
+def run_pareto(args: argparse.Namespace) -> int:
+    from search.cli import CliError
+    from tracking.sync import pareto_rows_from_study
+
+    study, _ = _open(args)
+    try:
+        table = pareto_rows_from_study(study)
+    except ValueError as err:
+        raise CliError(f"study {args.study!r}: {err}") from None
+    if args.json:
+        print(table.to_json())
+    elif args.csv:
+        sys.stdout.write(table.to_csv())
+    else:
+        print(format_pareto(table))
+    if args.plot is not None:
+        if not table.rows:
+            raise CliError(f"study {args.study!r} has no COMPLETE trial to plot")
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        path = table.plot(args.plot)
+        print(f"plot: {path}", file=sys.stderr if (args.json or args.csv) else sys.stdout)
+    return 0
+
+
+def format_pareto(table: Any) -> str:
+    """The table as aligned text: rank 0 is the front; excluded trials last."""
+    if not table.rows:
+        return f"{table.title}: no COMPLETE trials yet"
+    arrows = {
+        n: "(max)" if d == "maximize" else "(min)"
+        for n, d in zip(table.objective_names, table.directions, strict=True)
+    }
+    cols = ["trial", "rank", *table.objective_names, "candidate"]
+    excluded = any(row.get("excluded") for row in table.rows)
+    if excluded:
+        cols.append("excluded")
+    head = [f"{c} {arrows[c]}" if c in arrows else c for c in cols]
+    body = []
+    for row in table.rows:
+        cells = []
+        for c in cols:
+            value = row.get(c)
+            if c == "rank":
+                cells.append("-" if value is None else ("0 *" if value == 0 else str(value)))
+            elif isinstance(value, float):
+                cells.append(
+                    str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+                )
+            else:
+                cells.append("" if value is None else str(value))
+        body.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(head)]
+    lines = [f"{table.title} ({len(table.front)} on the front, * = rank 0)"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+    for cells in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from search.cli import CliError
+    from tracking.mlflow_store import TrackingError
+    from tracking.sync import sync_study
+
+    study, config = _open(args)
+    tracker = _tracker(study.study_name, config, args.tracking_uri)
+    try:
+        report = sync_study(study, tracker, config=config)
+    except TrackingError as err:
+        raise CliError(str(err)) from None
+    print(f"{report}  ({tracker.target.uri}, experiment {tracker.target.experiment!r})")
+    return 0
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from search.cli import CliError
+    from space.schema import load_config
+    from tracking.mlflow_store import run_ui as serve
+
+    if args.study is None:
+        if not args.config:
+            raise CliError("name the study, or give --config FILE to take its study.name")
+        config = load_config(args.config)
+        args.study = config.study.name
+    try:
+        _, config = _open(args)
+    except CliError as err:  # no study here yet: the UI still opens on the tracking store
+        config = load_config(args.config) if args.config else None
+        if config is None:
+            print(f"ropenope ui: {err}; opening the default tracking store", file=sys.stderr)
+    return serve(_tracker(args.study, config, args.tracking_uri), host=args.host, port=args.port)
+
+
+COMMANDS = {"pareto": run_pareto, "sync": run_sync, "ui": run_ui}
