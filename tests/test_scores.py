@@ -319,3 +319,38 @@ def test_attention_mass_from_hand_made_maps_is_exact(filler):
 def test_layer_kind_names_follow_the_spec():
     assert [layer_kind(s) for s in MIXED] == ["local_rope"] * 3 + ["global_nope"]
     assert layer_kind(FULL[0]) == "global_rope"
+
+
+class NoStopOracle(OracleModel):
+    """The oracle's values, but a digit where the closing marker of the last value goes
+    (what a tiny model that has not learned to stop does)."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(idx)
+        for b, row in enumerate(idx.tolist()):
+            q = max(i for i, t in enumerate(row) if t == NEEDLE_OPEN)
+            if len(row) - 1 - (q + 1) == len(_oracle_answer(row, self.reach)) - 1:
+                logits[b, -1] = 0.0
+                logits[b, -1, ord("7")] = 10.0
+        return logits
+
+
+class OffByOneDigit(OracleModel):
+    """The oracle, except that the value's last digit is always wrong."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(idx)
+        for b, row in enumerate(idx.tolist()):
+            q = max(i for i, t in enumerate(row) if t == NEEDLE_OPEN)
+            if len(row) - 1 - (q + 1) == 3:  # the 4th digit of the value
+                digit = int(logits[b, -1].argmax())
+                logits[b, -1] = 0.0
+                logits[b, -1, ord("0") + (digit - ord("0") + 1) % 10] = 10.0
+        return logits
+
+
+@pytest.mark.parametrize("task", ["passkey", "multikey", "multivalue"])
+def test_answer_correct_scores_the_value_not_the_final_stop_marker(filler, task):
+    examples = [render(task, 120, 0.5, s, filler) for s in range(4)]
+    assert answer_correct(NoStopOracle(), examples).all()
+    assert not answer_correct(OffByOneDigit(), examples).any()

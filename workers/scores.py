@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from space.layers import LayerSpec, ModelShape
 from workers.tasks import SEGMENTS, Example, example_seed, render, segment_labels
-from workers.tokens import DOC
+from workers.tokens import DOC, NEEDLE_CLOSE
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_SAMPLES = 20
@@ -117,7 +117,11 @@ class NiahResult:
 def answer_correct(
     model: torch.nn.Module, examples: Sequence[Example], device: str | torch.device = "cpu"
 ) -> np.ndarray:
-    """(N,) bool: does greedy decoding from each prompt reproduce its answer exactly?
+    """(N,) bool: does greedy decoding from each prompt reproduce its value exactly?
+
+    The value is the answer without its final closing marker: every digit (and, for
+    several values, the marker between them) must match, as in RULER-style NIAH scoring,
+    but whether the model then stops is not scored. Training still teaches the marker.
 
     Examples must share one prompt length and answer length. Decoding is batched,
     without a KV cache: each step runs the model on the prompt plus the tokens
@@ -131,6 +135,8 @@ def answer_correct(
         raise ValueError("answer_correct needs examples of one prompt length and answer length")
     prompts = torch.from_numpy(np.stack([e.prompt.astype(np.int64) for e in examples])).to(device)
     answers = torch.from_numpy(np.stack([e.answer.astype(np.int64) for e in examples])).to(device)
+    if answers.size(1) > 1 and bool((answers[:, -1] == NEEDLE_CLOSE).all()):
+        answers = answers[:, :-1]  # the terminator after the last value is not scored
     correct = torch.ones(len(examples), dtype=torch.bool, device=device)
     seq = prompts
     for k in range(answers.size(1)):
