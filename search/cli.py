@@ -53,45 +53,47 @@ def _print_sweep_summary(summary) -> None:
         print(summary.ui)
 
 
+def _run_sweep(start: Callable[..., object], first: str, **kwargs: object) -> int:
+    """Run ``driver.submit`` or ``driver.resume``; print the summary; 130 if interrupted."""
+    try:
+        summary = start(first, **kwargs)
+    except _sweep_errors() as err:
+        raise CliError(str(err)) from None
+    _print_sweep_summary(summary)
+    return 130 if summary.interrupted else 0
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     from search import driver, remote
 
     if remote.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
         return remote.submit_job(args)
-    try:
-        summary = driver.submit(
-            args.config,
-            study_name=args.study,
-            storage=args.storage,
-            trials=args.trials,
-            allow_space_change=args.allow_space_change,
-            dedup=False if args.no_dedup else None,
-            address=args.address,
-            progress=not args.quiet,
-        )
-    except _sweep_errors() as err:
-        raise CliError(str(err)) from None
-    _print_sweep_summary(summary)
-    return 130 if summary.interrupted else 0
+    return _run_sweep(
+        driver.submit,
+        args.config,
+        study_name=args.study,
+        storage=args.storage,
+        trials=args.trials,
+        allow_space_change=args.allow_space_change,
+        dedup=False if args.no_dedup else None,
+        address=args.address,
+        progress=not args.quiet,
+    )
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from search import driver
 
-    try:
-        summary = driver.resume(
-            args.study,
-            storage=args.storage,
-            config_path=args.config,
-            trials=args.trials,
-            allow_space_change=args.allow_space_change,
-            address=args.address,
-            progress=not args.quiet,
-        )
-    except _sweep_errors() as err:
-        raise CliError(str(err)) from None
-    _print_sweep_summary(summary)
-    return 130 if summary.interrupted else 0
+    return _run_sweep(
+        driver.resume,
+        args.study,
+        storage=args.storage,
+        config_path=args.config,
+        trials=args.trials,
+        allow_space_change=args.allow_space_change,
+        address=args.address,
+        progress=not args.quiet,
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
