@@ -98,8 +98,12 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from search import remote
     from search.status import format_summary, summarize
     from search.study import load_existing
+
+    if remote.is_jobs_address(args.address) or args.study.startswith(remote.JOB_ID_PREFIX):
+        return remote.run_study_status(args)
 
     try:
         opened = load_existing(args.study, args.storage)
@@ -159,10 +163,16 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "status",
         help=COMMANDS["status"][1],
-        description=COMMANDS["status"][1] + ". Example: ropenope status demo --json",
+        description=COMMANDS["status"][1] + ". Example: ropenope status demo --json; "
+        "on a cluster: ropenope status paper --address http://127.0.0.1:8265",
     )
-    p.add_argument("study", help="study name")
+    p.add_argument("study", help="study name, or the id of a sweep submitted as a Ray Job")
     p.add_argument("--storage", help=storage_help)
+    p.add_argument(
+        "--address",
+        help="Ray Jobs API http://HEAD:8265: show the study's sweep job and read the study "
+        "inside the cluster (default with a job id: $RAY_API_SERVER_ADDRESS)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 

@@ -17,13 +17,17 @@ Ray's token authentication: ``$RAY_AUTH_TOKEN`` (or the file ``$RAY_AUTH_TOKEN_P
 is sent with every request.
 
 ``ropenope logs JOB [--follow]`` prints (or follows) a job's output and
-``ropenope job-status [JOB]`` shows one job or lists them.
+``ropenope job-status [JOB]`` shows one job or lists them. ``ropenope status STUDY
+--address http://HEAD:8265`` (or ``status JOB``) shows the study's latest sweep job and
+the study itself, read inside the cluster by a short ``ropenope status --json`` job, so
+the cluster's database need not be reachable from here.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -56,6 +60,10 @@ WORKING_DIR_EXCLUDES = (
     ".ruff_cache",
 )
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+JOB_ID_PREFIX = "raysubmit_"  # the ids the Jobs API gives submissions
+META_STUDY = "ropenope_study"
+META_QUERY = "ropenope_query"  # set on the short jobs `status` runs, not on sweeps
+QUERY_TIMEOUT_S = 120.0
 
 # Options of `ropenope submit` that concern the submission, not the sweep: not
 # forwarded to the job's own `ropenope submit`.
@@ -193,7 +201,7 @@ def submit_job(args: argparse.Namespace) -> int:
         client.submit_job,
         entrypoint=entrypoint,
         runtime_env=runtime_env,
-        metadata={"ropenope_study": study, "ropenope_config": relative.as_posix()},
+        metadata={META_STUDY: study, "ropenope_config": relative.as_posix()},
     )
     print(f"submitted study {study} as Ray job {job_id} to {address}")
     print(f"  code: {root} -> `{entrypoint}`")
@@ -201,12 +209,99 @@ def submit_job(args: argparse.Namespace) -> int:
         print(f"  {note}")
     flag = f" --address {address}"
     print(f"  follow:  ropenope logs {job_id}{flag} --follow")
-    print(f"  status:  ropenope job-status {job_id}{flag}")
-    print(f"  results: ropenope status {study} --storage <the cluster's ROPENOPE_STORAGE>")
+    print(f"  status:  ropenope status {study}{flag}")
     sys.stdout.flush()
     if not args.follow:
         return 0
     return 0 if follow(client, job_id) == "SUCCEEDED" else 1
+
+
+def run_study_status(args: argparse.Namespace) -> int:
+    """``ropenope status STUDY|JOB --address http://HEAD:8265``: the study's latest sweep
+    job, then the study as the cluster sees it (its own storage and environment)."""
+    from search.status import format_summary
+
+    client = job_client(resolve_address(args.address))
+    job = sweep_job(client, args.study)
+    study = job["metadata"].get(META_STUDY) if job else args.study
+    if not study:
+        raise RemoteError(f"job {args.study} is not a ropenope sweep (no {META_STUDY} metadata)")
+    summary, problem = query_study(client, study, args.storage)
+    if args.json:
+        print(json.dumps({"job": job, "study": summary, "error": problem}, indent=2, default=str))
+    else:
+        if job:
+            print(format_job(job))
+        else:
+            print(f"no sweep job for study {study} on this cluster")
+        print(format_summary(summary) if summary else f"study {study}: {problem}")
+    return 0 if summary else 1
+
+
+def sweep_job(client: Any, study_or_job: str) -> dict[str, Any] | None:
+    """The job itself when given a job id, else the latest sweep job of that study."""
+    if study_or_job.startswith(JOB_ID_PREFIX):
+        return job_dict(_call(client.get_job_info, study_or_job))
+    jobs = [
+        job_dict(j)
+        for j in _call(client.list_jobs)
+        if (getattr(j, "metadata", None) or {}).get(META_STUDY) == study_or_job
+        and META_QUERY not in (getattr(j, "metadata", None) or {})
+    ]
+    return max(jobs, key=lambda j: j.get("start_time") or 0) if jobs else None
+
+
+def query_study(
+    client: Any, study: str, storage: str | None, timeout_s: float = QUERY_TIMEOUT_S
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Run ``ropenope status STUDY --json`` as a short job on the cluster (its installed
+    ropenope, its stores, unless ``--storage`` or the shell's ``$ROPENOPE_STORAGE``
+    names another) and return the parsed summary, or None and why not. The job is
+    deleted afterwards so it does not clutter ``job-status``."""
+    command = ["ropenope", "status", study, "--json"]
+    env, _ = job_env(storage, os.environ, Path.cwd())
+    env.pop(GIT_COMMIT_ENV, None)
+    job_id = _call(
+        client.submit_job,
+        entrypoint=shlex.join(command),
+        runtime_env={"env_vars": env} if env else None,
+        metadata={META_STUDY: study, META_QUERY: "status"},
+    )
+    deadline = time.monotonic() + timeout_s
+    status = ""
+    while time.monotonic() < deadline:
+        status = str(_call(client.get_job_status, job_id))
+        if status in TERMINAL:
+            break
+        time.sleep(0.5)
+    logs = _call(client.get_job_logs, job_id)
+    if status in TERMINAL:
+        with contextlib.suppress(Exception):  # a leftover query job is harmless
+            client.delete_job(job_id)
+    else:
+        return None, f"the status job {job_id} did not finish in {timeout_s:.0f} s"
+    summary = parse_json_object(logs)
+    if status == "SUCCEEDED" and summary is not None:
+        return summary, None
+    tail = logs.strip().splitlines()[-3:]
+    return None, f"the status job {job_id} {status}: " + " | ".join(tail)
+
+
+def parse_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object that starts a line of ``text`` (job logs may hold other
+    lines before it, e.g. warnings)."""
+    decoder = json.JSONDecoder()
+    start = 0
+    for line in text.splitlines(keepends=True):
+        if line.startswith("{"):
+            try:
+                value, _ = decoder.raw_decode(text[start:])
+            except json.JSONDecodeError:
+                value = None
+            if isinstance(value, dict):
+                return value
+        start += len(line)
+    return None
 
 
 # -- pieces ----------------------------------------------------------------------------
@@ -397,5 +492,6 @@ __all__ = [
     "run",
     "run_job_status",
     "run_logs",
+    "run_study_status",
     "submit_job",
 ]

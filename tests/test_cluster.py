@@ -382,6 +382,21 @@ def test_cluster_sweep_submitted_as_ray_job_lands_in_postgres_mlflow_and_both_no
     assert all(len(ips) == 1 for ips in ran_on.values()), ran_on
     assert set().union(*ran_on.values()) == {HEAD_IP, WORKER_IP}, (ran_on, context)
 
+    # `ropenope status` follows the sweep from here: its job, and the study read inside
+    # the cluster (this shell has no ROPENOPE_STORAGE; the nodes do).
+    shown = ropenope(cluster, "status", STUDY, "--address", address, "--json", timeout=180)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    seen = json.loads(shown.stdout)
+    assert seen["job"]["job_id"] == job_id and seen["job"]["status"] == "SUCCEEDED"
+    assert seen["study"]["counts"]["COMPLETE"] == TRIALS
+    text = ropenope(cluster, "status", job_id, "--address", address, timeout=180)
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert f"job {job_id}: SUCCEEDED" in text.stdout and f"study {STUDY}" in text.stdout
+    listed = ropenope(cluster, "job-status", "--address", address, "--json")
+    listed = json.loads(listed.stdout)
+    assert job_id in [j["job_id"] for j in listed]
+    assert not [j for j in listed if "ropenope_query" in j["metadata"]]  # queries deleted
+
 
 def test_cluster_optuna_dashboard_reads_the_study_database(cluster):
     import optuna

@@ -118,3 +118,54 @@ def test_remote_help_shows_the_job_commands():
     assert "logs" in help_text and "job-status" in help_text
     with pytest.raises(SystemExit):
         parse("logs")  # the job id is required
+
+
+def test_remote_status_reads_the_first_json_object_after_other_lines():
+    logs = 'warning: something\n  {not json\n{"study": "s", "counts": {"COMPLETE": 2}}\n{"x": 1}\n'
+    assert remote.parse_json_object(logs) == {"study": "s", "counts": {"COMPLETE": 2}}
+    assert remote.parse_json_object("Traceback ...\nKeyError: 'x'\n") is None
+
+
+class _Job:
+    def __init__(self, job_id: str, start: int, metadata: dict[str, str]):
+        self.submission_id, self.start_time, self.metadata = job_id, start, metadata
+        self.status, self.entrypoint = "SUCCEEDED", "ropenope submit x.yaml"
+
+
+class _Jobs:
+    def __init__(self, jobs: list[_Job]):
+        self.jobs = jobs
+
+    def list_jobs(self):
+        return self.jobs
+
+    def get_job_info(self, job_id: str):
+        return next(j for j in self.jobs if j.submission_id == job_id)
+
+
+def test_remote_status_picks_the_studys_latest_sweep_job_not_a_status_query():
+    client = _Jobs(
+        [
+            _Job("raysubmit_old", 1, {remote.META_STUDY: "paper"}),
+            _Job("raysubmit_new", 5, {remote.META_STUDY: "paper"}),
+            _Job("raysubmit_query", 9, {remote.META_STUDY: "paper", remote.META_QUERY: "status"}),
+            _Job("raysubmit_other", 7, {remote.META_STUDY: "demo"}),
+        ]
+    )
+    assert remote.sweep_job(client, "paper")["job_id"] == "raysubmit_new"
+    assert remote.sweep_job(client, "raysubmit_old")["metadata"] == {remote.META_STUDY: "paper"}
+    assert remote.sweep_job(client, "nosuch") is None
+
+
+def test_remote_status_of_a_job_id_goes_to_the_jobs_api(monkeypatch):
+    seen = {}
+
+    def fake(args):
+        seen["args"] = args
+        return 0
+
+    monkeypatch.setattr(remote, "run_study_status", fake)
+    assert main(["status", "raysubmit_abc"]) == 0
+    assert seen["args"].study == "raysubmit_abc"
+    assert main(["status", "paper", "--address", "http://h:8265"]) == 0
+    assert seen["args"].address == "http://h:8265"

@@ -388,11 +388,11 @@ def plot_mass(agg: StudyAggregate, path: Path, train_len: int | None) -> Path | 
         mult = length[:-1] if length.endswith("x") else length
         tokens = f" = {int(mult) * train_len} tokens" if train_len and mult.isdigit() else ""
         ax.set_title(f"context {length} T{tokens}", fontsize=10)
-        ax.set_xlabel("fraction of attention (mean over layers of the kind, then seeds)")
         ax.grid(True, axis="x", alpha=0.3)
     axes[0].invert_yaxis()  # shared y: once, so the first candidate is on top
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     fig.suptitle("Where the answering position looks, per layer kind (error bars: std over seeds)")
+    fig.supxlabel("fraction of attention (mean over layers of the kind, then seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
