@@ -243,10 +243,9 @@ def sweep_job(client: Any, study_or_job: str) -> dict[str, Any] | None:
     if study_or_job.startswith(JOB_ID_PREFIX):
         return job_dict(_call(client.get_job_info, study_or_job))
     jobs = [
-        job_dict(j)
-        for j in _call(client.list_jobs)
-        if (getattr(j, "metadata", None) or {}).get(META_STUDY) == study_or_job
-        and META_QUERY not in (getattr(j, "metadata", None) or {})
+        job
+        for job in map(job_dict, _call(client.list_jobs))
+        if job["metadata"].get(META_STUDY) == study_or_job and META_QUERY not in job["metadata"]
     ]
     return max(jobs, key=lambda j: j.get("start_time") or 0) if jobs else None
 
@@ -259,8 +258,7 @@ def query_study(
     names another) and return the parsed summary, or None and why not. The job is
     deleted afterwards so it does not clutter ``job-status``."""
     command = ["ropenope", "status", study, "--json"]
-    env, _ = job_env(storage, os.environ, Path.cwd())
-    env.pop(GIT_COMMIT_ENV, None)
+    env, _ = job_env(storage, os.environ, root=None)  # no code is uploaded: no commit
     job_id = _call(
         client.submit_job,
         entrypoint=shlex.join(command),
@@ -346,11 +344,12 @@ def forwarded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list
 
 
 def job_env(
-    storage: str | None, environ: Mapping[str, str], root: Path
+    storage: str | None, environ: Mapping[str, str], root: Path | None
 ) -> tuple[dict[str, str], list[str]]:
     """Variables for the job (and every trial it starts) plus notes for the user: the
     storage from ``--storage`` or the shell, the tracking URI from the shell, the commit
-    of the uploaded code. Unset ones are left to the cluster's own environment."""
+    of the uploaded code under ``root`` (None: nothing uploaded). Unset ones are left to
+    the cluster's own environment."""
     env: dict[str, str] = {}
     notes: list[str] = []
     if storage:
@@ -370,7 +369,7 @@ def job_env(
             notes.append(
                 f"warning: {name} points at {host}, which each Ray node resolves to itself"
             )
-    commit = git_commit(root)
+    commit = git_commit(root) if root is not None else None
     if commit:
         env[GIT_COMMIT_ENV] = commit
     return env, notes

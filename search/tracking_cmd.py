@@ -182,15 +182,14 @@ def run_ui(args: argparse.Namespace) -> int:
     from space.schema import load_config
     from tracking.mlflow_store import run_ui as serve
 
+    config = load_config(args.config) if args.config else None
     if args.study is None:
-        if not args.config:
+        if config is None:
             raise CliError("name the study, or give --config FILE to take its study.name")
-        config = load_config(args.config)
         args.study = config.study.name
     try:
         _, config = _open(args)
     except CliError as err:  # no study here yet: the UI still opens on the tracking store
-        config = load_config(args.config) if args.config else None
         if config is None:
             print(f"ropenope ui: {err}; opening the default tracking store", file=sys.stderr)
     return serve(_tracker(args.study, config, args.tracking_uri), host=args.host, port=args.port)

@@ -61,6 +61,7 @@ def test_remote_job_env_leaves_stores_to_the_cluster_and_sends_the_commit():
     assert remote.STORAGE_ENV not in env and remote.TRACKING_ENV not in env
     assert any("the cluster's" in n for n in notes)
     assert len(env[remote.GIT_COMMIT_ENV]) == 40  # the uploaded folder has no .git
+    assert remote.job_env(None, {}, None)[0] == {}  # nothing uploaded: no commit to send
 
 
 def test_remote_job_env_warns_about_loopback_store_urls():

@@ -49,8 +49,6 @@ from space.names import (
     STUDY_ATTR_SPACE,
 )
 
-# The engines' fixtures, used by name below.
-
 HOST = socket.gethostname()
 PRESETS = ["rope", "nope", {"name": "swa", "knobs": {"global_every": 2, "local_window": 8}}]
 
