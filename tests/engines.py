@@ -10,6 +10,7 @@ The fixtures are registered for every test module in ``conftest.py``.
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -20,6 +21,23 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+_PORTS_GIVEN: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now and not given out before in this session: the kernel
+    may hand the same port to two successive probes once the first socket is closed (it
+    once gave the MLflow server and the Ray head's GCS of the loopback cluster the same
+    port, and MLflow could not bind). Also a port nobody listens on."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from engines import free_port  # on 127.0.0.1, LOCAL
 
 from space.names import ATTR_MLFLOW_RUN_ID, ATTR_RAY_TRIAL_DIR, RUN_KIND_TRIAL, TAG_RUN_KIND
 
@@ -53,12 +53,6 @@ TRIALS = 3
 LOCAL = "127.0.0.1"
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 DB_USER = "ropenope"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin() -> str:

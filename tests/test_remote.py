@@ -7,10 +7,10 @@ environment it gets, which token, and the errors a user sees.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
+from engines import free_port
 
 from search import remote
 from search.cli import build_parser, main
@@ -101,9 +101,7 @@ def test_remote_submit_validates_the_sweep_file_before_contacting_the_cluster(tm
 
 
 def test_remote_commands_say_when_the_cluster_is_unreachable(capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for argv in (["job-status", "--address", address], ["submit", TINY, "--address", address]):
         assert main(argv) == 2
         assert f"cannot reach the Ray Jobs API at {address}" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from engines import tiny_config_file
+from engines import free_port, tiny_config_file
 from mlflow import MlflowClient
 
 from search import driver
@@ -306,9 +306,7 @@ def test_tracker_resume_reuses_study_run_and_trial_run(sqlite_uri, config, tmp_p
 def test_tracking_failure_does_not_raise_and_is_shown_once(monkeypatch, caplog, config):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setattr(mlflow_store, "_SHOWN", set())
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     tracker = _tracker(f"http://127.0.0.1:{port}")
     with caplog.at_level(logging.WARNING, logger="ropenope.tracking"):
         assert tracker.start_study(config) is None
@@ -560,9 +558,7 @@ class MlflowServer:
         self.folder = folder
         self.db = folder / "server.db"
         shutil.copyfile(template_db, self.db)  # skips the schema migration at start
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -982,9 +978,7 @@ def test_cli_ui_serves_the_study_store_and_prints_its_url(tmp_path, config, serv
     )
     assert shown.returncode == 0 and server.url in shown.stdout, shown.stderr
     # A SQLite store: `mlflow ui` on it until stopped, at the printed address.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [ropenope, "ui", "review", "--storage", url, "--port", str(port)],
         stdout=subprocess.PIPE,
