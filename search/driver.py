@@ -73,7 +73,7 @@ from search.study import (
     stored_config,
     target_trials,
 )
-from space.errors import ConfigError, InvalidCandidate
+from space.errors import InvalidCandidate
 from space.expand import Candidate
 from space.names import (
     ATTR_BUDGET,
@@ -93,13 +93,10 @@ from space.names import (
     ATTR_SEED,
     ATTR_TRACKING_ERROR,
     ATTR_TRIAL_DIR,
-    LONG_ACC,
     REASON_ERROR,
     REASON_INVALID,
     REASON_PRUNED,
     STEPS,
-    TOKENS_PER_S,
-    TRAIN_LOSS,
     TRAIN_SECONDS,
     VAL_BPB,
     is_score_name,
@@ -115,8 +112,6 @@ from workers.ray_trainable import (
     run_trial,
 )
 
-# What a trial reports at each evaluation, usable as the scheduler / intermediate metric.
-EVAL_METRICS = (VAL_BPB, TRAIN_LOSS, TOKENS_PER_S)
 # Scores copied from a trial to a deduplicated one (besides every is_score_name key);
 # not trial_seconds: that is what the trial itself cost, and a reused one cost nothing.
 _EXTRA_SCORES = (VAL_BPB, TRAIN_SECONDS, STEPS)
@@ -174,30 +169,6 @@ def _ui_hint(config: SweepConfig, study_name: str) -> str | None:
 
 
 # -- checks and paths ----------------------------------------------------------------
-
-
-def check_sweep(config: SweepConfig) -> None:
-    """What the schema cannot see but a sweep needs; raises ConfigError."""
-    problems = []
-    metric = config.scheduler.metric
-    if metric not in EVAL_METRICS:
-        problems.append(
-            (
-                "scheduler.metric",
-                f"{metric!r} is not reported during training; use one of {list(EVAL_METRICS)}",
-            )
-        )
-    lengths, extrap = set(config.score.lengths), set(config.score.extrap)
-    for i, name in enumerate(config.objective_names()):
-        path = f"study.objectives[{i}].metric"
-        if name == LONG_ACC and not any(m > 1 for m in lengths):
-            problems.append((path, "long_acc needs a score.lengths multiple beyond 1"))
-        if name.startswith("acc@") and int(name[4:-1]) not in lengths:
-            problems.append((path, f"{name} needs {name[4:-1]} in score.lengths"))
-        if name.startswith("extrap_bpb@") and int(name[11:-1]) not in extrap:
-            problems.append((path, f"{name} needs {name[11:-1]} in score.extrap"))
-    if problems:
-        raise ConfigError(problems, config.source)
 
 
 def study_dir(study_name: str) -> Path:
@@ -727,7 +698,6 @@ def run_sweep(
 
     ``runner`` replaces ``workers.candidate.run_candidate`` in the trials (tests).
     """
-    check_sweep(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t_start = time.perf_counter()
     name = study_name or config.study.name
@@ -942,12 +912,10 @@ def resume(
 
 
 __all__ = [
-    "EVAL_METRICS",
     "StudySearcher",
     "SweepCallback",
     "SweepHooks",
     "SweepSummary",
-    "check_sweep",
     "find_restore",
     "resume",
     "run_sweep",

@@ -42,13 +42,21 @@ OBJECTIVE_SCORES = (
 )
 
 
+# What a trial reports at each evaluation, usable as the scheduler / intermediate metric.
+EVAL_METRICS = (VAL_BPB, TRAIN_LOSS, TOKENS_PER_S)
+
+
+def multiple_of(name: str, prefix: str) -> int | None:
+    """``multiple_of("acc@4x", "acc@") == 4``; None for names not of that form."""
+    if name.startswith(prefix) and name.endswith("x") and name[len(prefix) : -1].isdigit():
+        return int(name[len(prefix) : -1])
+    return None
+
+
 def is_score_name(name: str) -> bool:
     if name in OBJECTIVE_SCORES:
         return True
-    for prefix in ("extrap_bpb@", "acc@"):
-        if name.startswith(prefix) and name.endswith("x") and name[len(prefix) : -1].isdigit():
-            return True
-    return False
+    return any(multiple_of(name, prefix) is not None for prefix in ("extrap_bpb@", "acc@"))
 
 
 # Optuna trial user attributes (interface: other tools read them).

@@ -19,12 +19,16 @@ from space.expand import Candidate, build_candidate
 from space.knobs import KNOB_NAMES, KnobSpec, knob_domain, parse_knob
 from space.layers import ModelShape
 from space.names import (
+    EVAL_METRICS,
     KV_CACHE_BYTES,
     LONG_ACC,
     SHORT_BPB,
     is_score_name,
+    multiple_of,
 )
 from space.presets import BUILTIN_PRESETS
+from space.tasks import min_length, task_params
+from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
 
 SECTIONS = (
     "study",
@@ -179,9 +183,7 @@ class SweepConfig(_Section):
     def base_shape(self) -> ModelShape:
         vocab = self.model.vocab_size
         if vocab is None:
-            from workers.tokens import VOCAB_SIZE  # the byte vocabulary is the data's business
-
-            vocab = VOCAB_SIZE
+            vocab = BYTE_VOCAB_SIZE
         return ModelShape(
             n_layers=self.model.layers,
             d_model=self.model.d_model,
@@ -489,8 +491,6 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
         problems.append(
             ("train.task_mix", "lm_fraction < 1 needs at least one task with weight > 0")
         )
-    from workers.tasks import min_length, task_params  # the task rules live with the tasks
-
     for task, params in t.task_params.items():
         try:
             task_params(task, **params)
@@ -524,6 +524,24 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
             )
     if len({o.metric for o in config.study.objectives}) != len(config.study.objectives):
         problems.append(("study.objectives", "each metric may appear once"))
+    # An objective must be a score the configured scoring produces.
+    for i, objective in enumerate(config.study.objectives):
+        path, name = f"study.objectives[{i}].metric", objective.metric
+        if name == LONG_ACC and not any(m > 1 for m in s.lengths):
+            problems.append((path, "long_acc needs a score.lengths multiple beyond 1"))
+        acc_m, bpb_m = multiple_of(name, "acc@"), multiple_of(name, "extrap_bpb@")
+        if acc_m is not None and acc_m not in s.lengths:
+            problems.append((path, f"{name} needs {acc_m} in score.lengths"))
+        if bpb_m is not None and bpb_m not in s.extrap:
+            problems.append((path, f"{name} needs {bpb_m} in score.extrap"))
+    if config.scheduler.metric not in EVAL_METRICS:
+        problems.append(
+            (
+                "scheduler.metric",
+                f"{config.scheduler.metric!r} is not reported during training; "
+                f"use one of {list(EVAL_METRICS)}",
+            )
+        )
     if config.study.sampler == "grid":
         for name, spec in config.searched.items():
             try:

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
+from space.describe import describe_knobs
 from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
@@ -37,7 +38,7 @@ from tracking.claims import (
     resolve_roles,
     t_critical,
 )
-from tracking.report import build_report, describe_knobs
+from tracking.report import build_report
 
 OBJECTIVES = ("long_acc", "short_bpb", "kv_cache_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize")

@@ -55,6 +55,7 @@ from space.names import (
     ATTR_SEEDS,
     ATTR_TRIAL_DIR,
     STUDY_ATTR_OBJECTIVES,
+    multiple_of,
 )
 
 __all__ = [
@@ -301,13 +302,6 @@ def _looks_like_score(key: str) -> bool:
     from space.names import is_score_name
 
     return is_score_name(key)
-
-
-def multiple_of(score: str, prefix: str) -> int | None:
-    """``multiple_of("acc@4x", "acc@") == 4``; None for other names."""
-    if score.startswith(prefix) and score.endswith("x") and score[len(prefix) : -1].isdigit():
-        return int(score[len(prefix) : -1])
-    return None
 
 
 # -- one candidate ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from space.describe import describe_knobs
 from space.names import (
     KV_CACHE_BYTES,
     LONG_ACC,
@@ -46,7 +47,7 @@ from tracking.claims import (
 )
 from tracking.pareto import ParetoTable, pareto_table, plot_pareto_png
 
-__all__ = ["build_report", "describe_knobs", "log_study_artifacts", "render_report"]
+__all__ = ["build_report", "log_study_artifacts", "render_report"]
 
 HTML_NAME = "report.html"
 MD_NAME = "report.md"
@@ -76,60 +77,6 @@ GLOSSARY = (
     "N x T; `kv_cache_bytes` is the KV cache at the target context, from the layer layout; "
     "`tokens_per_s` is measured training throughput."
 )
-
-
-# -- describing a variant --------------------------------------------------------------
-
-
-def _base(value: Any) -> str:
-    try:
-        return f"base {float(value):g}"
-    except (TypeError, ValueError):
-        return "base ?"
-
-
-def _attention(window: Any) -> str:
-    return "full causal attention" if window is None else f"a {window}-token sliding window"
-
-
-def describe_knobs(knobs: Mapping[str, Any]) -> str:
-    """One plain-English sentence for a candidate's resolved knobs."""
-    from space.knobs import KNOB_DEFAULTS
-
-    k = {**KNOB_DEFAULTS, **knobs}
-    every = k.get("global_every")
-    if k.get("global_position") == "rope":
-        global_pos = f"RoPE ({_base(k.get('global_rope_base'))})"
-    else:
-        global_pos = "no positional encoding (NoPE)"
-    local = f"RoPE ({_base(k.get('local_rope_base'))}) with {_attention(k.get('local_window'))}"
-    glob = f"{global_pos} with {_attention(k.get('global_window'))}"
-    if every == 1:
-        text = f"Every layer: {glob}"
-    elif not every:
-        text = f"Every layer: {local}"
-    else:
-        text = (
-            f"{every - 1} of every {every} layers: {local}; every {_ordinal(every)} layer: {glob}"
-        )
-    qk = k.get("qk_norm")
-    if qk and qk != "none":
-        where = {"all": "all layers", "local": "the local layers", "global": "the global layers"}
-        when = "before" if qk == "pre_rope" else "after"
-        text += (
-            f"; QK-norm (RMSNorm on queries and keys, {when} the rotation) on "
-            f"{where.get(k.get('qk_norm_layers'), str(k.get('qk_norm_layers')))}"
-        )
-    if k.get("global_temperature") not in (None, "none"):
-        text += f"; {k['global_temperature']} temperature scaling of global queries past T"
-    if k.get("kv_heads"):
-        text += f"; {k['kv_heads']} KV heads (grouped-query attention)"
-    return text + "."
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 # -- number formatting -----------------------------------------------------------------

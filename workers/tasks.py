@@ -38,20 +38,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from space.tasks import (  # noqa: F401 - re-exported: the task rules live in space/
+    TASK_DEFAULTS,
+    TASKS,
+    answer_len,
+    min_length,
+    needle_count,
+    queried_count,
+    task_params,
+)
 from workers.tokens import DOC, N_BYTE_TOKENS, NEEDLE_CLOSE, NEEDLE_OPEN, TOKEN_DTYPE
 
-TASKS = ("passkey", "multikey", "multivalue")
 SEGMENTS = ("begin", "needle", "context", "end")
 
 KEY_ALPHABET = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8).astype(TOKEN_DTYPE)
 DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8).astype(TOKEN_DTYPE)
-
-_COMMON_DEFAULTS: dict[str, int] = {"value_len": 4, "begin_tokens": 4, "query_gap_tokens": 8}
-TASK_DEFAULTS: dict[str, dict[str, int]] = {
-    "passkey": dict(_COMMON_DEFAULTS),
-    "multikey": {"n_needles": 4, **_COMMON_DEFAULTS},
-    "multivalue": {"n_values": 4, **_COMMON_DEFAULTS},
-}
 
 Span = tuple[int, int]  # half-open [start, end) over the prompt
 
@@ -70,63 +71,6 @@ class Example:
     @property
     def prompt(self) -> np.ndarray:
         return self.tokens[: self.prompt_len]
-
-
-def task_params(task: str, **overrides: int) -> dict[str, int]:
-    """Defaults of ``task`` overlaid with ``overrides``; unknown names or bad values raise."""
-    if task not in TASK_DEFAULTS:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    defaults = TASK_DEFAULTS[task]
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter {unknown[0]!r} for task {task!r}; expected one of {sorted(defaults)}"
-        )
-    for name, value in overrides.items():
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise ValueError(f"task {task!r}: {name} must be an integer, got {value!r}")
-    params = {**defaults, **{k: int(v) for k, v in overrides.items()}}
-    minimum = {"begin_tokens": 1, "query_gap_tokens": 0}
-    for name, value in params.items():
-        lowest = minimum.get(name, 1)
-        if value < lowest:
-            raise ValueError(f"task {task!r}: {name} must be >= {lowest}, got {value}")
-    if params.get("n_needles", 1) > len(KEY_ALPHABET):
-        raise ValueError(f"task {task!r}: n_needles must be <= {len(KEY_ALPHABET)} distinct keys")
-    return params
-
-
-def _needle_count(task: str, params: dict[str, int]) -> int:
-    if task == "multikey":
-        return params["n_needles"]
-    if task == "multivalue":
-        return params["n_values"]
-    return 1
-
-
-def _queried_count(task: str, params: dict[str, int]) -> int:
-    return params["n_values"] if task == "multivalue" else 1
-
-
-def answer_len(task: str, **overrides: int) -> int:
-    """Number of answer tokens of ``task`` (digits plus one NEEDLE_CLOSE per value)."""
-    p = task_params(task, **overrides)
-    return _queried_count(task, p) * (p["value_len"] + 1)
-
-
-def min_length(task: str, **overrides: int) -> int:
-    """The shortest ``length`` that ``render`` accepts for ``task`` with these parameters."""
-    p = task_params(task, **overrides)
-    needle_len = p["value_len"] + 3
-    query_len = 2
-    return (
-        1  # DOC
-        + (p["begin_tokens"] - 1)  # filler inside the Begin segment
-        + _needle_count(task, p) * needle_len
-        + p["query_gap_tokens"]
-        + query_len
-        + answer_len(task, **overrides)
-    )
 
 
 def example_seed(seed: int, *keys: int) -> int:
@@ -170,7 +114,7 @@ def render_with_rng(
     if length < shortest:
         raise ValueError(f"length {length} is too short for task {task!r}: need >= {shortest}")
 
-    n_needles = _needle_count(task, p)
+    n_needles = needle_count(task, p)
     value_len = p["value_len"]
     needle_len = value_len + 3
 
