@@ -18,6 +18,8 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/vulture space workers tracking search vulture_whitelist.py --min-confidence 80
 
 test: lint
 	$(VENV)/bin/pytest -q

@@ -2,7 +2,7 @@
 
 - :func:`submit` / :func:`resume` / :func:`run_sweep` (``search.driver``): Optuna
   ask/tell around Ray Tune, with exact outcomes (COMPLETE / PRUNED / FAIL + reason),
-  dedup, crash reconciliation; :class:`SweepHooks` is where tracking plugs in.
+  dedup, crash reconciliation; ``tracking.hooks.SweepHooks`` is where tracking plugs in.
 - :func:`open_study` / :func:`load_existing` (``search.study``): the Optuna study in a
   SQL database, refused when its directions or space differ from the sweep file.
 - :func:`summarize` (``search.status``): what ``ropenope status`` shows.
@@ -17,13 +17,14 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "SweepHooks": "search.driver",
     "SweepSummary": "search.driver",
     "resume": "search.driver",
     "run_sweep": "search.driver",
     "submit": "search.driver",
-    "StudyError": "search.study",
-    "StudyMismatch": "search.study",
+    "CliError": "search.errors",
+    "StudyError": "search.errors",
+    "StudyMismatch": "search.errors",
+    "StoreError": "search.errors",
     "load_existing": "search.study",
     "open_study": "search.study",
     "summarize": "search.status",

@@ -9,11 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from search import report_cmd, tracking_cmd
+from search.errors import CliError
 from space.errors import ConfigError, InvalidCandidate
-
-
-class CliError(Exception):
-    """An error meant for the user: printed on stderr, exit code 2, no traceback."""
 
 
 def _cmd_space(args: argparse.Namespace) -> int:
@@ -37,12 +34,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # -- sweeps: submit, resume, status --------------------------------------------------
 
 
-def _sweep_errors():
-    from search.study import StudyError
-
-    return StudyError
-
-
 def _print_sweep_summary(summary) -> None:
     counts = "  ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
     print(f"study {summary.study}: {counts}  (target {summary.target}, {summary.storage})")
@@ -56,10 +47,7 @@ def _print_sweep_summary(summary) -> None:
 
 def _run_sweep(start: Callable[..., object], first: str, **kwargs: object) -> int:
     """Run ``driver.submit`` or ``driver.resume``; print the summary; 130 if interrupted."""
-    try:
-        summary = start(first, **kwargs)
-    except _sweep_errors() as err:
-        raise CliError(str(err)) from None
+    summary = start(first, **kwargs)
     _print_sweep_summary(summary)
     return 130 if summary.interrupted else 0
 
@@ -105,10 +93,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if remote.is_jobs_address(args.address) or args.study.startswith(remote.JOB_ID_PREFIX):
         return remote.run_study_status(args)
 
-    try:
-        opened = load_existing(args.study, args.storage)
-    except _sweep_errors() as err:
-        raise CliError(str(err)) from None
+    opened = load_existing(args.study, args.storage)
     data = summarize(opened.study)
     print(json.dumps(data, indent=2, default=str) if args.json else format_summary(data))
     return 0

@@ -20,8 +20,8 @@ from space.names import (
     ATTR_REASON,
     ATTR_REASON_DETAIL,
     ATTR_REUSED_FROM,
-    REASON_INVALID,
 )
+from space.outcomes import Reason
 
 
 class Progress:
@@ -78,7 +78,7 @@ class Progress:
             self._print(f"#{trial.number} COMPLETE  {values}{note}  {name}")
         else:
             reason = trial.user_attrs.get(ATTR_REASON, "")
-            if reason == REASON_INVALID:  # no candidate to name: say why it is impossible
+            if reason == Reason.INVALID:  # no candidate to name: say why it is impossible
                 name = trial.user_attrs.get(ATTR_REASON_DETAIL, "")
             self._print(f"#{trial.number} {trial.state.name}  {reason}  {name}")
         self.summary(study)

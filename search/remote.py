@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from search.cli import CliError
+from search.errors import RemoteError
 
 STORAGE_ENV = "ROPENOPE_STORAGE"  # the study's SQLAlchemy URL (read by search/study.py)
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -68,10 +68,6 @@ QUERY_TIMEOUT_S = 120.0
 # Options of `ropenope submit` that concern the submission, not the sweep: not
 # forwarded to the job's own `ropenope submit`.
 _NOT_FORWARDED = {"help", "config", "address", "storage", "working_dir", "follow", "submit_parser"}
-
-
-class RemoteError(CliError):
-    """A submission or job query that cannot be done; the message says why."""
 
 
 def is_jobs_address(address: str | None) -> bool:

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from space.secrets import redact_text
+
 HELP = "write a study's comparison report (HTML + Markdown) and check the paper's claims"
 
 
@@ -39,30 +41,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.cli import CliError
-    from search.study import StudyError, load_existing, runs_dir, stored_config
-    from space.schema import load_config
-    from tracking.claims import Verdict
+    from search.study import load_with_config
+    from space.paths import runs_dir
     from tracking.report import build_report
 
-    config = load_config(args.config) if args.config else None
-    storage = args.storage or (config.study.storage if config else None)
-    try:
-        opened = load_existing(args.study, storage)
-    except StudyError as err:
-        raise CliError(str(err)) from None
-    study = opened.study
-    if config is None:
-        try:
-            config = stored_config(study)
-        except StudyError:
-            config = None  # a study not made by ropenope: report it, default tracking
+    study, config = load_with_config(args.study, args.storage, args.config)
     out = args.out or runs_dir() / "reports" / study.study_name
     paths = build_report(study, out)
 
     from tracking.report import SUMMARY_NAME
 
-    _print_findings(paths[SUMMARY_NAME], Verdict)
+    _print_findings(paths[SUMMARY_NAME])
     print(f"report: {paths['report.html']}")
     print(f"        {paths['report.md']}")
 
@@ -71,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     return _log_to_mlflow(config, study.study_name, paths)
 
 
-def _print_findings(summary_path: Path, verdict_type) -> None:  # noqa: ANN001
+def _print_findings(summary_path: Path) -> None:
     import json
 
     data = json.loads(Path(summary_path).read_text())
@@ -81,8 +70,8 @@ def _print_findings(summary_path: Path, verdict_type) -> None:  # noqa: ANN001
 
 
 def _log_to_mlflow(config, study_name: str, paths: dict[str, Path]) -> int:  # noqa: ANN001
-    from tracking.mlflow_store import resolve_tracking_uri
     from tracking.report import log_study_artifacts
+    from tracking.target import resolve_tracking_uri
 
     configured = config.tracking.uri if config is not None else None
     uri = resolve_tracking_uri(configured)
@@ -95,7 +84,7 @@ def _log_to_mlflow(config, study_name: str, paths: dict[str, Path]) -> int:  # n
     try:
         run_id = log_study_artifacts(uri, experiment, study_name, paths)
     except Exception as err:  # noqa: BLE001 - the report is written; say why logging failed
-        print(f"mlflow: could not log the report to {uri}: {err}", file=sys.stderr)
+        print(redact_text(f"mlflow: could not log the report to {uri}: {err}"), file=sys.stderr)
         return 1
     print(f"mlflow: logged to run {run_id} (experiment {experiment!r}) under report/")
     return 0

@@ -19,9 +19,9 @@ from space.names import (
     ATTR_REASON,
     ATTR_REUSED_FROM,
     ATTR_TRIAL_DIR,
-    REASON_INTERRUPTED,
-    STUDY_ATTR_OBJECTIVES,
 )
+from space.outcomes import Reason
+from tracking.study_view import objective_names as study_objectives
 
 
 def format_value(value: Any) -> str:
@@ -46,14 +46,13 @@ def count_states(trials: Sequence[FrozenTrial]) -> Counter:
         if t.state in (TrialState.FAIL, TrialState.PRUNED):
             reason = str(t.user_attrs.get(ATTR_REASON, "unknown"))
             c[f"reason:{reason}"] += 1
-            if reason == REASON_INTERRUPTED:
+            if reason == Reason.INTERRUPTED:
                 c["interrupted"] += 1
     return c
 
 
 def objective_names(study: optuna.Study) -> list[str]:
-    names = study.user_attrs.get(STUDY_ATTR_OBJECTIVES) or study.metric_names
-    return list(names) if names else [f"objective_{i}" for i in range(len(study.directions))]
+    return list(study_objectives(study.user_attrs, study.metric_names, len(study.directions)))
 
 
 def _complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -99,7 +98,8 @@ def pareto_set(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list
 
 def summarize(study: optuna.Study, *, target: int | None = None) -> dict[str, Any]:
     """Everything `ropenope status` shows, as JSON-able data."""
-    from search.study import driver_states, target_trials
+    from search.drivers import driver_states
+    from search.signature import target_trials
 
     trials = study.get_trials(deepcopy=False)
     objectives = objective_names(study)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from search.errors import CliError
+
 HELP = {
     "pareto": "the COMPLETE trials of a study by Pareto rank, with objectives and names",
     "sync": "create or complete the MLflow runs of a study from its Optuna records",
@@ -73,45 +75,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The study and the sweep file (given, else stored, else None)."""
-    from search.cli import CliError
-    from search.study import StudyError, load_existing, stored_config
-    from space.schema import load_config
+    from search.study import load_with_config
 
-    config = load_config(args.config) if args.config else None
-    storage = args.storage or (config.study.storage if config else None)
-    try:
-        study = load_existing(args.study, storage).study
-    except StudyError as err:
-        raise CliError(str(err)) from None
-    if config is None:
-        try:
-            config = stored_config(study)
-        except StudyError:
-            config = None  # a study not made by ropenope: its objectives still rank
-    return study, config
+    return load_with_config(args.study, args.storage, args.config)
 
 
 def _tracker(study_name: str, config: Any, uri: str | None) -> Any:
-    from tracking.mlflow_store import Tracker
+    from tracking.target import tracking_target
+    from tracking.tracker import Tracker
 
-    if config is None:
-        return Tracker.for_study(study_name, uri=uri)
-    tracker = Tracker.from_config(config, study_name)
-    if uri:
-        return Tracker.for_study(study_name, uri=uri, experiment=tracker.target.experiment)
-    return tracker
+    return Tracker(tracking_target(config, study_name, uri=uri))
 
 
 def run_pareto(args: argparse.Namespace) -> int:
-    from search.cli import CliError
-    from tracking.sync import pareto_rows_from_study
+    from search.study_view import study_view
+    from tracking.pareto import pareto_of_study
+    from tracking.pareto_plots import plot_pareto
 
     study, _ = _open(args)
-    try:
-        table = pareto_rows_from_study(study)
-    except ValueError as err:
-        raise CliError(f"study {args.study!r}: {err}") from None
+    table = pareto_of_study(study_view(study))
     if args.json:
         print(table.to_json())
     elif args.csv:
@@ -122,7 +104,7 @@ def run_pareto(args: argparse.Namespace) -> int:
         if not table.rows:
             raise CliError(f"study {args.study!r} has no COMPLETE trial to plot")
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        path = table.plot(args.plot)
+        path = plot_pareto(table, args.plot)
         print(f"plot: {path}", file=sys.stderr if (args.json or args.csv) else sys.stdout)
     return 0
 
@@ -163,24 +145,23 @@ def format_pareto(table: Any) -> str:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    from search.cli import CliError
-    from tracking.mlflow_store import TrackingError
+    from search.study_view import study_view
+    from tracking.store import TrackingError
     from tracking.sync import sync_study
 
     study, config = _open(args)
     tracker = _tracker(study.study_name, config, args.tracking_uri)
     try:
-        report = sync_study(study, tracker, config=config)
+        report = sync_study(study_view(study), tracker, config=config)
     except TrackingError as err:
         raise CliError(str(err)) from None
-    print(f"{report}  ({tracker.target.uri}, experiment {tracker.target.experiment!r})")
+    print(f"{report}  ({tracker.target.shown_uri}, experiment {tracker.target.experiment!r})")
     return 0
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    from search.cli import CliError
     from space.schema import load_config
-    from tracking.mlflow_store import run_ui as serve
+    from tracking.ui import run_ui as serve
 
     config = load_config(args.config) if args.config else None
     if args.study is None:

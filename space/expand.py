@@ -145,6 +145,20 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "knobs": dict(self.knobs), **self.canonical()}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        """The inverse of :meth:`to_dict` (how a candidate crosses to a trial process:
+        validated once by the driver, never re-expanded). Refuses a dict whose id does
+        not match its content."""
+        candidate = cls(
+            knobs=dict(d["knobs"]),
+            shape=ModelShape(**d["shape"]),
+            layers=tuple(LayerSpec.from_dict(layer) for layer in d["layers"]),
+        )
+        if "id" in d and d["id"] != candidate.id:
+            raise ValueError(f"candidate {d['id']} does not match its layers ({candidate.id})")
+        return candidate
+
 
 def _base(value: float) -> str:
     exp = math.log10(value)

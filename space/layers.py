@@ -72,6 +72,22 @@ class LayerSpec:
             else {"floor_tokens": self.temperature.floor_tokens, "scale": self.temperature.scale},
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerSpec:
+        """The inverse of :meth:`to_dict`."""
+        temp = d.get("temperature")
+        return cls(
+            index=int(d["index"]),
+            kind=LayerKind(d["kind"]),
+            position=Position(d["position"]),
+            rope_base=None if d.get("rope_base") is None else float(d["rope_base"]),
+            window_tokens=d.get("window"),
+            qk_norm=QKNorm(d["qk_norm"]),
+            temperature=None
+            if temp is None
+            else Temperature(int(temp["floor_tokens"]), float(temp["scale"])),
+        )
+
 
 @dataclass(frozen=True)
 class ModelShape:

@@ -78,13 +78,6 @@ ATTR_SEEDS = "seeds"
 ATTR_NIAH = "niah"
 ATTR_ATTENTION_MASS = "attention_mass"
 
-# Outcome reasons.
-REASON_INVALID = "invalid_candidate"
-REASON_DIVERGED = "diverged"
-REASON_INTERRUPTED = "interrupted"
-REASON_PRUNED = "pruned_by_scheduler"
-REASON_ERROR = "error"
-
 # MLflow tags.
 TAG_CANDIDATE_ID = "candidate_id"
 TAG_CANDIDATE_NAME = "candidate_name"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate, build_candidate
@@ -60,8 +60,26 @@ DEFAULT_OBJECTIVES = (
 )
 
 
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+STUDY_NAME_MAX_CHARS = 100
+
+
+def study_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study (it names a folder under the runs folder and an
+    MLflow experiment), or None when it can."""
+    if not name:
+        return "a study name cannot be empty"
+    if len(name) > STUDY_NAME_MAX_CHARS:
+        return f"at most {STUDY_NAME_MAX_CHARS} characters, got {len(name)}"
+    if not _STUDY_NAME.match(name):
+        return "use letters, digits, '_', '.', '-' (no '/', spaces or other characters)"
+    if set(name) == {"."}:
+        return "'.' and '..' are not study names"
+    return None
+
+
 class StudySection(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     storage: str | None = None  # SQLAlchemy URL; None = sqlite file under runs/
     trials: int = Field(default=8, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
@@ -69,6 +87,14 @@ class StudySection(_Section):
     objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
     dedup: bool = True
     repeats: int = Field(default=1, ge=1)  # seeds per candidate (train.seed, +1, ...)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        problem = study_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ModelSection(_Section):
@@ -565,6 +591,15 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
             problems.extend(err.problems)
         except InvalidCandidate:
             pass  # shown as impossible in `ropenope space`; the trial fails with a reason
+
+
+def load_config_text(text: str, source: str | None = None) -> SweepConfig:
+    """Validate a sweep file's text (e.g. the one a study stored). Raises ConfigError."""
+    try:
+        raw = parse_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([("", f"not valid YAML: {err}")], source) from None
+    return parse_config(raw, source=source)
 
 
 def load_config(path: str | Path) -> SweepConfig:

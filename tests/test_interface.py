@@ -27,7 +27,7 @@ from space.names import (
     TAG_OPTUNA_TRIAL,
     TAG_RUN_KIND,
 )
-from tracking.mlflow_store import resolve_tracking_uri
+from tracking.target import resolve_tracking_uri
 
 GOLDEN = Path(__file__).parent / "golden" / "interface.json"
 UPDATE_ENV = "ROPENOPE_UPDATE_GOLDEN"

@@ -14,12 +14,11 @@ import numpy as np
 import optuna
 import pytest
 
-from tracking.pareto import (
-    ParetoRanks,
-    normalize_direction,
-    pareto_ranks,
-    pareto_table,
+from tracking.pareto import ParetoRanks, normalize_direction, pareto_ranks, pareto_table
+from tracking.pareto_plots import (
+    plot_pareto,
     plot_pareto_png,
+    write_pareto_files,
     write_pareto_html,
 )
 
@@ -198,7 +197,7 @@ def test_pareto_png_and_html_are_written(tmp_path):
     table = pareto_table(rows, names, [MAX, MIN, MIN])
     png = plot_pareto_png(table, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert table.plot(tmp_path / "p2.html").read_text().startswith("<!DOCTYPE html>")
+    assert plot_pareto(table, tmp_path / "p2.html").read_text().startswith("<!DOCTYPE html>")
     single = pareto_table(rows, ["short_bpb"], [MIN])
     assert plot_pareto_png(single, tmp_path / "one.png").stat().st_size > 1000
 
@@ -219,7 +218,7 @@ def test_pareto_png_and_html_are_written(tmp_path):
 
 def test_pareto_table_write_all_formats(tmp_path):
     table = pareto_table(_rows(), ["long_acc", "short_bpb"], [MAX, MIN])
-    written = table.write(tmp_path)
+    written = write_pareto_files(table, tmp_path)
     assert sorted(written) == [
         "pareto.csv",
         "pareto.html",

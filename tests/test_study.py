@@ -16,23 +16,20 @@ import pytest
 from engines import tiny_config_file
 from optuna.trial import TrialState
 
-from search.study import (
-    DriverRegistry,
-    SqliteLock,
-    StudyLocked,
-    StudyMismatch,
-    budget_key,
+from search.drivers import DriverRegistry, SqliteLock
+from search.errors import StudyLocked, StudyMismatch
+from search.optuna_adapter import storage_trial_id
+from search.presets import fixed_params
+from search.samplers import make_sampler
+from search.signature import budget_key, stored_config
+from search.storage import resolve_storage_url
+from search.study import open_study
+from search.trials import (
     find_reusable,
     find_running_twin,
     finish_trial,
-    fixed_params,
-    make_sampler,
-    open_study,
     reconcile_interrupted,
-    resolve_storage_url,
     set_trial_attrs,
-    storage_trial_id,
-    stored_config,
 )
 from space import load_config
 from space.names import (
@@ -43,11 +40,11 @@ from space.names import (
     ATTR_PRESET,
     ATTR_REASON,
     ATTR_RERUN_OF,
-    REASON_INTERRUPTED,
     STUDY_ATTR_CONFIG,
     STUDY_ATTR_OBJECTIVES,
     STUDY_ATTR_SPACE,
 )
+from space.outcomes import Reason
 
 HOST = socket.gethostname()
 PRESETS = ["rope", "nope", {"name": "swa", "knobs": {"global_every": 2, "local_window": 8}}]
@@ -183,7 +180,7 @@ def test_study_reconcile_closes_dead_drivers_trials_and_requeues_them(tmp_path, 
     assert [n for n, _ in closed] == [orphan.number]
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert by_number[orphan.number].state == TrialState.FAIL
-    assert by_number[orphan.number].user_attrs[ATTR_REASON] == REASON_INTERRUPTED
+    assert by_number[orphan.number].user_attrs[ATTR_REASON] == Reason.INTERRUPTED
     assert by_number[mine.number].state == TrialState.RUNNING
     rerun = [t for t in _waiting(study) if t.user_attrs.get(ATTR_RERUN_OF) == orphan.number]
     assert len(rerun) == 1
@@ -333,7 +330,7 @@ def test_study_sqlite_lock_admits_one_driver_and_frees_on_sigkill(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from search.study import SqliteLock;"
+            "import sys, time; from pathlib import Path; from search.drivers import SqliteLock;"
             f"SqliteLock(Path({str(db)!r}), 'tiny').acquire(); print('held', flush=True);"
             "time.sleep(60)",
         ],

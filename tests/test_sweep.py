@@ -38,19 +38,12 @@ from space.names import (
     ATTR_SEEDS,
     ATTR_TRIAL_DIR,
     KV_CACHE_BYTES,
-    REASON_INTERRUPTED,
-    REASON_INVALID,
-    REASON_PRUNED,
 )
+from space.outcomes import Reason
 from workers import scores
-from workers.candidate import CandidateResult
-from workers.ray_trainable import (
-    TrialOutcome,
-    combine,
-    finished_seed,
-    restore_into,
-    snapshot,
-)
+from workers.layout import finished_seed, restore_into, snapshot
+from workers.results import CandidateResult
+from workers.trial import TrialOutcome, combine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -184,7 +177,7 @@ def test_sweep_outcomes_are_exact_in_the_study(tmp_path, runs_home, ray_local, s
     assert again.user_attrs[ATTR_CANDIDATE_ID] == expected.id
     assert ATTR_RAY_TRIAL_ID not in again.user_attrs  # nothing was trained for it
 
-    assert impossible.user_attrs[ATTR_REASON] == REASON_INVALID
+    assert impossible.user_attrs[ATTR_REASON] == Reason.INVALID
     assert "global_temperature" in impossible.user_attrs[ATTR_REASON_DETAIL]
     assert nope.user_attrs[ATTR_REASON] == "error: RuntimeError: injected failure"
     assert ATTR_RAY_TRIAL_ID in nope.user_attrs
@@ -205,7 +198,7 @@ def test_sweep_outcomes_are_exact_in_the_study(tmp_path, runs_home, ray_local, s
     assert json.loads(out.stdout) == [
         ["COMPLETE", None],
         ["COMPLETE", None],
-        ["FAIL", REASON_INVALID],
+        ["FAIL", Reason.INVALID],
         ["FAIL", "error: RuntimeError: injected failure"],
         ["COMPLETE", None],
     ]
@@ -245,7 +238,7 @@ def test_sweep_asha_stopped_trial_is_pruned_not_complete(tmp_path, runs_home, ra
     assert rope.state == TrialState.COMPLETE and len(rope.values) == 3
     assert nope.state == TrialState.PRUNED
     assert nope.values is None  # never a partial value posing as a result
-    assert nope.user_attrs[ATTR_REASON] == REASON_PRUNED
+    assert nope.user_attrs[ATTR_REASON] == Reason.PRUNED
     assert list(nope.intermediate_values) == [10]  # stopped at the first rung
     assert nope.intermediate_values[10] > rope.intermediate_values[10] + 5
 
@@ -327,7 +320,7 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path, runs_home, ray_local
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     ids = [t.user_attrs[ATTR_CANDIDATE_ID] for t in complete]
     assert len(set(ids)) == len(ids)  # no candidate trained twice
-    interrupted = [t for t in trials if t.user_attrs.get(ATTR_REASON) == REASON_INTERRUPTED]
+    interrupted = [t for t in trials if t.user_attrs.get(ATTR_REASON) == Reason.INTERRUPTED]
     assert [t.number for t in interrupted] == left_running
     for t in interrupted:
         (rerun,) = [r for r in trials if r.user_attrs.get(ATTR_RERUN_OF) == t.number]

@@ -35,6 +35,7 @@ from mlflow import MlflowClient
 
 from search import driver
 from search.cli import main as cli_main
+from search.study_view import study_view
 from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
@@ -53,18 +54,19 @@ from space.names import (
     is_score_name,
 )
 from space.schema import parse_config, parse_yaml
-from tracking import mlflow_store
+from tracking import tracker as tracker_module
 from tracking.hooks import MlflowSweepHooks, MlflowTrialHooks
-from tracking.mlflow_store import (
-    MlflowStore,
-    Tracker,
-    metric_key,
-    resolve_tracking_uri,
-    ui_command,
-)
-from tracking.pareto import pareto_ranks
-from tracking.sync import pareto_rows_from_study, sync_study, trial_artifacts
-from workers.ray_trainable import TrialInfo, TrialOutcome
+from tracking.keys import metric_key, param_value
+from tracking.pareto import pareto_of_study, pareto_ranks
+from tracking.run_spec import trial_run_spec
+from tracking.store import MlflowStore
+from tracking.study_view import StudyView
+from tracking.sync import sync_study, trial_artifacts
+from tracking.target import resolve_tracking_uri
+from tracking.tracker import Tracker
+from tracking.ui import ui_command, ui_env
+from workers.provenance import environment_tags
+from workers.trial import TrialInfo, TrialOutcome
 
 pytestmark = pytest.mark.slow
 
@@ -152,8 +154,23 @@ def _scores(acc: float, bpb: float, kv: float) -> dict[str, float]:
     }
 
 
+def _start(tracker, number, ray_id, candidate, config, *, seed=None, run_id=None):
+    """What the trial hooks do at a trial's start: its run spec, the environment tags."""
+    spec = trial_run_spec(
+        number=number,
+        candidate_id=candidate.id,
+        candidate_name=candidate.name,
+        knobs=candidate.knobs,
+        seeds=[] if seed is None else [seed],
+        ray_trial_id=ray_id,
+        config=config,
+        candidate=candidate,
+    )
+    return tracker.trial_started(spec, run_id=run_id, tags=environment_tags("cpu"))
+
+
 def _log_trial(tracker, number, candidate, config, trial_dir, outcome="COMPLETE", scores=None):
-    run_id = tracker.trial_started(number, f"ray_{number}", candidate, config, seed=0)
+    run_id = _start(tracker, number, f"ray_{number}", candidate, config, seed=0)
     for step in (10, 20):
         tracker.trial_evaluated(step, {"step": float(step), "train_loss": 3.0, "val_bpb": 2.0})
     error = tracker.trial_finished(
@@ -198,10 +215,13 @@ def test_resolve_tracking_uri_config_then_env_then_sqlite_under_runs(tmp_path, m
     assert metric_key("acc@2x") == "acc_at_2x" and metric_key("val_bpb") == "val_bpb"
 
 
-def test_ui_command_opens_the_sqlite_store():
-    argv = ui_command("sqlite:////x/mlflow.db", port=5077)
+def test_ui_command_opens_the_store_given_in_its_environment():
+    # The store comes through the environment, never the command line (`ps` shows that).
+    uri = "postgresql+psycopg://u:s3cret@db/mlflow"
+    argv = ui_command(uri, port=5077)
     assert argv[:4] == [sys.executable, "-m", "mlflow", "ui"]
-    assert argv[argv.index("--backend-store-uri") + 1] == "sqlite:////x/mlflow.db"
+    assert not any("s3cret" in a or "postgresql" in a for a in argv)
+    assert ui_env(uri)["MLFLOW_BACKEND_STORE_URI"] == uri
     assert argv[argv.index("--port") + 1] == "5077"
     assert argv[argv.index("--workers") + 1] == "1"
     assert ui_command("http://server:5000") is None
@@ -250,7 +270,7 @@ def test_tracker_nests_one_child_per_trial_under_the_study_run(sqlite_uri, confi
     assert child.info.status == "FINISHED"
     # Params: every knob with its YAML name, the seed, the fixed settings.
     for knob, value in rope.knobs.items():
-        assert child.data.params[knob] == mlflow_store.param_value(value)
+        assert child.data.params[knob] == param_value(value)
     assert child.data.params["local_window"] == "null"
     assert child.data.params["seed"] == "0"
     assert child.data.params["train.seq_len"] == "48"
@@ -275,7 +295,7 @@ def test_tracker_resume_reuses_study_run_and_trial_run(sqlite_uri, config, tmp_p
     trial = _tracker(sqlite_uri)
     trial.parent_run_id = parent
     rope = config.preset_candidate("rope")
-    run_id = trial.trial_started(3, "ray_3", rope, config, seed=0)
+    run_id = _start(trial, 3, "ray_3", rope, config, seed=0)
     for step in (10, 20):
         trial.trial_evaluated(step, {"step": step, "val_bpb": 2.0 + step})
     # The process dies here (no trial_finished). The driver is restarted: resume.
@@ -285,7 +305,7 @@ def test_tracker_resume_reuses_study_run_and_trial_run(sqlite_uri, config, tmp_p
     assert client.get_run(parent).info.status == "RUNNING"
     # Ray restores the trial from its checkpoint at step 10: same trial, same candidate.
     restored = pickle.loads(pickle.dumps(again))
-    assert restored.trial_started(3, "ray_3", rope, config, seed=0) == run_id
+    assert _start(restored, 3, "ray_3", rope, config, seed=0) == run_id
     for step in (20, 30):  # step 20 is evaluated again after the restore
         restored.trial_evaluated(step, {"step": step, "val_bpb": 2.0 + step})
     final = {**_scores(0.4, 2.1, 2e6), "val_bpb": 32.0}  # the last evaluation's value
@@ -300,21 +320,23 @@ def test_tracker_resume_reuses_study_run_and_trial_run(sqlite_uri, config, tmp_p
     # Also found by its recorded run id (the study's mlflow_run_id), even by another study
     # tracker copy with no parent id known yet.
     other = _tracker(sqlite_uri)
-    assert other.trial_started(3, "ray_3b", rope, config, run_id=run_id) == run_id
+    assert _start(other, 3, "ray_3b", rope, config, run_id=run_id) == run_id
 
 
 def test_tracking_failure_does_not_raise_and_is_shown_once(monkeypatch, caplog, config):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr(mlflow_store, "_SHOWN", set())
+    monkeypatch.setattr(tracker_module, "_SHOWN", set())
     port = free_port()  # nobody listens on it
     tracker = _tracker(f"http://127.0.0.1:{port}")
     with caplog.at_level(logging.WARNING, logger="ropenope.tracking"):
         assert tracker.start_study(config) is None
-        assert tracker.trial_started(0, "r", config.preset_candidate("rope"), config) is None
+        assert _start(tracker, 0, "r", config.preset_candidate("rope"), config) is None
         for step in (10, 20):
             tracker.trial_evaluated(step, {"step": step, "val_bpb": 2.0})  # no raise
         error = tracker.trial_finished("COMPLETE", None, {LONG_ACC: 0.1}, {})
-        assert tracker.refresh_study(pareto_rows_from_study([], OBJECTIVES, DIRECTIONS))
+        assert tracker.refresh_study(
+            pareto_of_study(StudyView("tiny", tuple(OBJECTIVES), tuple(DIRECTIONS)))
+        )
     assert error is not None and f"127.0.0.1:{port}" in error
     assert tracker.error.startswith("start the study run")
     shown = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -332,7 +354,7 @@ def test_tracker_sends_buffered_metrics_after_a_transient_failure(sqlite_uri, co
         raise ConnectionError("server restarting")
 
     trial = pickle.loads(pickle.dumps(tracker))
-    run_id = trial.trial_started(0, "r0", config.preset_candidate("rope"), config)
+    run_id = _start(trial, 0, "r0", config.preset_candidate("rope"), config)
     with monkeypatch.context() as patch:
         patch.setattr(MlflowStore, "log_metrics", flaky)
         for step in (10, 20, 30):  # 10 fails; 20 and 30 wait out the cool-down
@@ -365,7 +387,7 @@ def test_refresh_study_uploads_the_front_and_tags_children(sqlite_uri, config, t
                 user_attrs={ATTR_CANDIDATE_NAME: f"c{number}", ATTR_MLFLOW_RUN_ID: run_id},
             )
         )
-    table = pareto_rows_from_study(study)
+    table = pareto_of_study(study_view(study))
     assert tracker.refresh_study(table) is None
     client = MlflowClient(tracking_uri=sqlite_uri)
     pareto_files = {p for p in _artifact_paths(client, parent) if p.startswith("pareto/")}
@@ -382,7 +404,7 @@ def test_refresh_study_uploads_the_front_and_tags_children(sqlite_uri, config, t
 def test_trial_hooks_log_each_seed_as_its_own_curve(sqlite_uri, config, tmp_path):
     sweep_hooks = MlflowSweepHooks(_tracker(sqlite_uri))
     study = optuna.create_study(directions=DIRECTIONS, study_name="tiny")
-    sweep_hooks.on_sweep_start(study, config)
+    sweep_hooks.on_sweep_start(study_view(study), config)
     hooks = pickle.loads(pickle.dumps(sweep_hooks.trial_hooks()))
     assert isinstance(hooks, MlflowTrialHooks)
     folder = _fake_trial_dir(tmp_path / "t0", seeds=(0, 1))
@@ -419,9 +441,9 @@ def test_trial_hooks_log_each_seed_as_its_own_curve(sqlite_uri, config, tmp_path
             user_attrs={ATTR_MLFLOW_RUN_ID: run_id, ATTR_CANDIDATE_ID: info.candidate.id},
         )
     )
-    sweep_hooks.on_trial_end(study, study.trials[-1])
+    sweep_hooks.on_trial_end(study_view(study), study.trials[-1])
     summary = SimpleNamespace(counts={"COMPLETE": 1, "FAIL": 0}, wall_seconds=12.5)
-    sweep_hooks.on_sweep_end(study, config, summary)
+    sweep_hooks.on_sweep_end(study_view(study), config, summary)
     assert sweep_hooks.errors == []
     assert client.get_run(run_id).data.tags["pareto"] == "true"
     study_run = client.get_run(sweep_hooks.tracker.parent_run_id)
@@ -486,13 +508,13 @@ def test_sync_study_creates_missing_runs_and_is_idempotent(sqlite_uri, config, t
     tracker = _tracker(sqlite_uri)
     # Trial 1 was tracked halfway (started, one evaluation) before MLflow went away.
     candidate = config.candidate(study.trials[1].params)
-    partial = tracker.trial_started(1, "ray_1", candidate, config, seed=0)
+    partial = _start(tracker, 1, "ray_1", candidate, config, seed=0)
     tracker.trial_evaluated(10, {"step": 10, "val_bpb": 2.3})
 
-    report = sync_study(study, _tracker(sqlite_uri))
+    report = sync_study(study_view(study), _tracker(sqlite_uri))
     assert report.created == [0, 2, 3, 4] and report.completed == [1]
     assert report.skipped == [5] and report.run_ids[1] == partial
-    again = sync_study(study, _tracker(sqlite_uri))
+    again = sync_study(study_view(study), _tracker(sqlite_uri))
     assert again.unchanged == [0, 1, 2, 3, 4] and not again.created and not again.completed
 
     client = MlflowClient(tracking_uri=sqlite_uri)
@@ -522,7 +544,7 @@ def test_sync_study_creates_missing_runs_and_is_idempotent(sqlite_uri, config, t
 
 def test_pareto_rows_from_study_agree_with_brute_force(tmp_path, config):
     study = _fake_study(f"sqlite:///{tmp_path / 'o.db'}", "p", config, tmp_path / "t")
-    table = pareto_rows_from_study(study)
+    table = pareto_of_study(study_view(study))
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert [row["trial"] for row in table] == [0, 1, 2]  # 2 is dominated by 1
     ranks = {row["trial"]: row["rank"] for row in table}
@@ -733,14 +755,14 @@ def test_server_rest_api_shows_one_study_run_and_one_child_per_trial(server, con
 
 def test_server_down_mid_sweep_then_sync_completes_the_runs(server, config, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
-    monkeypatch.setattr(mlflow_store, "_SHOWN", set())
+    monkeypatch.setattr(tracker_module, "_SHOWN", set())
     study = _fake_study(f"sqlite:///{tmp_path / 'optuna.db'}", "outage", config, tmp_path / "t")
     tracker = Tracker.for_study("outage", uri=server.url)
     assert tracker.start_study(config) is not None
     # Trial 0 is tracked while the server is up.
     first = pickle.loads(pickle.dumps(tracker))
     trial0 = study.trials[0]
-    run0 = first.trial_started(0, "ray_0", config.candidate(trial0.params), config, seed=0)
+    run0 = _start(first, 0, "ray_0", config.candidate(trial0.params), config, seed=0)
     for row in _history(trial0):
         first.trial_evaluated(int(row["step"]), row)
     scores = {k: v for k, v in trial0.user_attrs.items() if is_score_name(k)}
@@ -750,7 +772,7 @@ def test_server_down_mid_sweep_then_sync_completes_the_runs(server, config, tmp_
     # Trial 1 starts, then the server goes down halfway through it.
     second = pickle.loads(pickle.dumps(tracker))
     trial1 = study.trials[1]
-    run1 = second.trial_started(1, "ray_1", config.candidate(trial1.params), config, seed=0)
+    run1 = _start(second, 1, "ray_1", config.candidate(trial1.params), config, seed=0)
     assert run1 is not None
     second.trial_evaluated(10, _history(trial1)[0])
     server.stop()
@@ -759,7 +781,7 @@ def test_server_down_mid_sweep_then_sync_completes_the_runs(server, config, tmp_
     error1 = second.trial_finished("COMPLETE", None, {SHORT_BPB: 1.8}, {})
     # Trial 2 runs entirely while the server is down: the trial goes on regardless.
     third = pickle.loads(pickle.dumps(tracker))
-    assert third.trial_started(2, "ray_2", config.candidate(study.trials[2].params), config) is None
+    assert _start(third, 2, "ray_2", config.candidate(study.trials[2].params), config) is None
     third.trial_evaluated(10, {"step": 10, "val_bpb": 2.3})
     error2 = third.trial_finished("COMPLETE", None, {SHORT_BPB: 2.2}, {})
     assert time.monotonic() - started < 30  # failing softly is also failing fast
@@ -767,7 +789,7 @@ def test_server_down_mid_sweep_then_sync_completes_the_runs(server, config, tmp_
     assert ATTR_TRACKING_ERROR == "tracking_error"
 
     server.start()
-    report = sync_study(study, Tracker.for_study("outage", uri=server.url))
+    report = sync_study(study_view(study), Tracker.for_study("outage", uri=server.url))
     assert report.created == [2, 3, 4] and report.completed == [1]
     assert report.unchanged == [0] and report.skipped == [5]
     assert report.run_ids[0] == run0 and report.run_ids[1] == run1
@@ -789,7 +811,7 @@ def test_server_down_mid_sweep_then_sync_completes_the_runs(server, config, tmp_
         assert server.artifacts(child["info"]["run_id"]) >= TRIAL_ARTIFACTS
     pareto = server.artifacts(parents[0]["info"]["run_id"], "pareto")
     assert "pareto/pareto.html" in pareto
-    assert not sync_study(study, Tracker.for_study("outage", uri=server.url)).completed
+    assert not sync_study(study_view(study), Tracker.for_study("outage", uri=server.url)).completed
 
 
 # -- the commands: ropenope pareto, sync; real sweeps --------------------------------------

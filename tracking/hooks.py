@@ -1,10 +1,9 @@
-"""MLflow tracking plugged into the sweep driver's hook points.
+"""The sweep's hook points, and MLflow tracking plugged into them.
 
-The driver (``search.driver``) calls a ``SweepHooks`` object in the driver process and
-ships ``SweepHooks.trial_hooks()`` (a ``workers.ray_trainable.TrialHooks``) to every
-trial process. :class:`MlflowSweepHooks` and :class:`MlflowTrialHooks` implement those
-two interfaces (the driver's by duck typing, so this module imports neither ray nor the
-driver) on top of :class:`tracking.mlflow_store.Tracker`:
+The driver (``search.driver``) calls a :class:`SweepHooks` object in the driver process
+and ships :meth:`SweepHooks.trial_hooks` (a ``workers.trial.TrialHooks``) to every trial
+process. :class:`MlflowSweepHooks` and :class:`MlflowTrialHooks` implement both halves
+on top of :class:`tracking.tracker.Tracker`:
 
 - sweep start: the study's parent run is found again (resume) or created;
 - trial start (trial process): the child run is created, or found again for a trial
@@ -13,8 +12,9 @@ driver) on top of :class:`tracking.mlflow_store.Tracker`:
   a trial trains several: ``seed_<n>/val_bpb``);
 - trial end (trial process): final scores, outcome, reason, artifacts, run closed;
 - trial end (driver, outcome now in Optuna): the run is made to agree with the study
-  (covers pruned, invalid, reused and interrupted trials), and the Pareto front on the
-  parent run and the ``pareto_rank`` / ``pareto`` tags of the children are refreshed;
+  (:func:`tracking.sync.sync_trial`; covers pruned, invalid, reused and interrupted
+  trials), and the Pareto front on the parent run and the ``pareto_rank`` / ``pareto``
+  tags of the children are refreshed;
 - sweep end: a last refresh, the parent run closed.
 
 A tracking failure never fails a trial: it is shown once and recorded on the Optuna
@@ -28,30 +28,39 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from space.names import ATTR_MLFLOW_RUN_ID
-from tracking.mlflow_store import (
-    OUTCOME_COMPLETE,
-    OUTCOME_FAIL,
-    OUTCOME_PRUNED,
-    Tracker,
-    TrackingError,
-)
-from tracking.sync import pareto_rows_from_study, trial_artifacts
-from workers.ray_trainable import TrialHooks
+from space.outcomes import OUTCOME_OF_STATUS, Outcome, RunStatus
+from tracking.pareto import pareto_of_study
+from tracking.run_spec import trial_run_spec
+from tracking.store import TrackingError
+from tracking.study_view import StudyView, TrialLike
+from tracking.sync import sync_trial, trial_artifacts
+from tracking.tracker import Tracker
+from workers.trial import TrialHooks
 
 if TYPE_CHECKING:
-    import optuna
-    from optuna.trial import FrozenTrial
-
     from space.schema import SweepConfig
-    from workers.ray_trainable import TrialInfo, TrialOutcome
+    from workers.trial import TrialInfo, TrialOutcome
 
-# TrialOutcome.status -> the Optuna state the driver tells (and the run's outcome tag).
-OUTCOME_OF_STATUS = {
-    "complete": OUTCOME_COMPLETE,
-    "stopped": OUTCOME_PRUNED,
-    "diverged": OUTCOME_FAIL,
-    "error": OUTCOME_FAIL,
-}
+
+class SweepHooks:
+    """Driver-side hook points; the default does nothing.
+
+    ``trial_hooks()`` is shipped to every trial process (see ``TrialHooks``);
+    ``on_trial_end`` runs in the driver after the trial's outcome is in Optuna (also
+    for pruned, invalid, reused and interrupted trials, which never reach ``on_end``).
+    """
+
+    def trial_hooks(self) -> TrialHooks | None:
+        return None
+
+    def on_sweep_start(self, study: StudyView, config: SweepConfig) -> None:
+        return None
+
+    def on_trial_end(self, study: StudyView, trial: TrialLike) -> None:
+        return None
+
+    def on_sweep_end(self, study: StudyView, config: SweepConfig, summary: Any) -> None:
+        return None
 
 
 class MlflowTrialHooks(TrialHooks):
@@ -61,14 +70,17 @@ class MlflowTrialHooks(TrialHooks):
         self.tracker = tracker
 
     def on_start(self, info: TrialInfo) -> Mapping[str, Any] | None:
-        run_id = self.tracker.trial_started(
-            info.number,
-            info.ray_trial_id,
-            info.candidate,
-            info.config,
-            seed=list(info.seeds),
-            device=_device(info.config),
+        spec = trial_run_spec(
+            number=info.number,
+            candidate_id=info.candidate.id,
+            candidate_name=info.candidate.name,
+            knobs=info.candidate.knobs,
+            seeds=info.seeds,
+            ray_trial_id=info.ray_trial_id,
+            config=info.config,
+            candidate=info.candidate,
         )
+        run_id = self.tracker.trial_started(spec, tags=info.environment)
         # Not created yet (MLflow down): trial_finished tries again; only what is still
         # missing then becomes the trial's tracking_error.
         return {ATTR_MLFLOW_RUN_ID: run_id} if run_id else None
@@ -84,7 +96,7 @@ class MlflowTrialHooks(TrialHooks):
 
     def on_end(self, info: TrialInfo, outcome: TrialOutcome) -> Mapping[str, Any] | None:
         error = self.tracker.trial_finished(
-            OUTCOME_OF_STATUS.get(outcome.status, OUTCOME_FAIL),
+            OUTCOME_OF_STATUS.get(RunStatus(outcome.status), Outcome.FAIL),
             outcome.reason,
             outcome.scores,
             trial_artifacts(info.out_dir),
@@ -95,17 +107,8 @@ class MlflowTrialHooks(TrialHooks):
         return {ATTR_MLFLOW_RUN_ID: run_id} if run_id else None
 
 
-def _device(config: SweepConfig) -> str | None:
-    try:
-        from workers.ray_trainable import trial_device
-
-        return trial_device(config)
-    except Exception:  # an older driver without the helper: let torch say
-        return None
-
-
-class MlflowSweepHooks:
-    """The driver half (``search.driver.SweepHooks`` interface, by duck typing).
+class MlflowSweepHooks(SweepHooks):
+    """The driver half.
 
     ``refresh_interval_s`` limits how often the Pareto artifacts are rebuilt while
     trials finish (0 = after every trial); the sweep's end always refreshes.
@@ -114,8 +117,6 @@ class MlflowSweepHooks:
     def __init__(self, tracker: Tracker, refresh_interval_s: float = 0.0) -> None:
         self.tracker = tracker
         self.refresh_interval_s = refresh_interval_s
-        self._objectives: list[str] = []
-        self._directions: list[str] = []
         self._config: SweepConfig | None = None
         self._last_refresh = -float("inf")
 
@@ -133,20 +134,21 @@ class MlflowSweepHooks:
         # A fresh copy carrying the parent run id (the driver's tracker keeps its errors).
         return MlflowTrialHooks(Tracker(self.tracker.target, self.tracker.parent_run_id))
 
-    def on_sweep_start(self, study: optuna.Study, config: SweepConfig) -> None:
+    def on_sweep_start(self, study: StudyView, config: SweepConfig) -> None:
         self._config = config
-        self._objectives = config.objective_names()
-        self._directions = config.directions()
         self.tracker.start_study(config)
 
-    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def on_trial_end(self, study: StudyView, trial: TrialLike) -> None:
         if not self.tracker.enabled:
             return
-        self.tracker.trial_closed(trial, self._objectives or None, self._config)
+        self.tracker.attempt(
+            f"sync trial {trial.number}",
+            lambda: sync_trial(trial, self.tracker, study.objectives, self._config),
+        )
         if time.monotonic() - self._last_refresh >= self.refresh_interval_s:
             self._refresh(study)
 
-    def on_sweep_end(self, study: optuna.Study, config: SweepConfig, summary: Any) -> None:
+    def on_sweep_end(self, study: StudyView, config: SweepConfig, summary: Any) -> None:
         if not self.tracker.enabled:
             return
         self._refresh(study)
@@ -159,10 +161,9 @@ class MlflowSweepHooks:
         self.tracker.log_study_metrics(numbers)
         self.tracker.end_study()
 
-    def _refresh(self, study: optuna.Study) -> None:
+    def _refresh(self, study: StudyView) -> None:
         self._last_refresh = time.monotonic()
-        table = pareto_rows_from_study(study, self._objectives or None, self._directions or None)
-        self.tracker.refresh_study(table)
+        self.tracker.refresh_study(pareto_of_study(study))
 
 
-__all__ = ["OUTCOME_OF_STATUS", "MlflowSweepHooks", "MlflowTrialHooks"]
+__all__ = ["MlflowSweepHooks", "MlflowTrialHooks", "SweepHooks"]

@@ -45,7 +45,8 @@ from tracking.claims import (
     Verdict,
     check_claims,
 )
-from tracking.pareto import ParetoTable, pareto_table, plot_pareto_png
+from tracking.pareto import ParetoTable, pareto_table
+from tracking.pareto_plots import plot_pareto_png
 
 __all__ = ["build_report", "log_study_artifacts", "render_report"]
 
@@ -760,10 +761,11 @@ def log_study_artifacts(
     """Upload ``paths`` under ``artifact_path`` on the study's parent run; returns its id.
 
     The parent run is found the way the sweep's tracker finds it
-    (:meth:`tracking.mlflow_store.MlflowStore.ensure_parent`: the run tagged with the
+    (:meth:`tracking.store.MlflowStore.ensure_parent`: the run tagged with the
     study and the study run kind); a study swept without tracking gets one, closed at once.
     """
-    from tracking.mlflow_store import MlflowStore, TrackingTarget, artifact_location
+    from tracking.store import MlflowStore
+    from tracking.target import TrackingTarget, artifact_location
 
     store = MlflowStore(
         TrackingTarget(

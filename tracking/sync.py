@@ -1,18 +1,17 @@
 """Rebuild MLflow from the Optuna study, which is the source of truth.
 
-``sync_study(study, tracker)`` gives every finished trial (COMPLETE, PRUNED, FAIL) its
-child run under the study's run, complete: knobs as params, the links and the outcome as
-tags, the intermediate values and the final scores as metrics, the artifacts still on
-disk, the run status of the outcome. Run twice, it changes nothing the second time.
-``pareto_rows_from_study`` ranks the COMPLETE trials for ``ropenope pareto``.
-
-Both take an ``optuna.Study`` or a list of ``FrozenTrial`` (then say the objectives and
-directions), so the CLI wiring is one call each.
+``sync_study(view, tracker)`` gives every finished trial (COMPLETE, PRUNED, FAIL) its
+child run under the study's run, complete: the run spec of :mod:`tracking.run_spec` (knobs
+as params, the links as tags), the outcome and reason, the intermediate values and the
+final scores as metrics, the artifacts still on disk, the run status of the outcome. Run
+twice, it changes nothing the second time. The live tracker ends every trial with
+:func:`sync_trial` too, so runs written live and rebuilt here agree.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,50 +19,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from space.names import (
-    ATTR_CANDIDATE_ID,
-    ATTR_CANDIDATE_NAME,
     ATTR_EVAL_METRIC,
-    ATTR_KNOBS,
     ATTR_MLFLOW_RUN_ID,
-    ATTR_PRESET,
-    ATTR_RAY_TRIAL_ID,
     ATTR_REASON,
-    ATTR_RERUN_OF,
-    ATTR_REUSED_FROM,
-    ATTR_SEED,
     ATTR_TRIAL_DIR,
     STEPS,
-    STUDY_ATTR_CONFIG,
-    STUDY_ATTR_OBJECTIVES,
-    TAG_CANDIDATE_ID,
-    TAG_CANDIDATE_NAME,
     TAG_OPTUNA_TRIAL,
     TAG_OUTCOME,
-    TAG_RAY_TRIAL_ID,
     TAG_REASON,
     TAG_SYNCED,
     VAL_BPB,
     is_score_name,
 )
-from tracking.mlflow_store import (
-    MLFLOW_PARENT_RUN_ID,
-    RUN_STATUS,
-    Tracker,
-    TrackingError,
-    config_params,
-    metric_key,
-    param_value,
-)
-from tracking.pareto import ParetoTable, normalize_direction, pareto_table
+from space.schema import load_config_text
+from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, metric_key
+from tracking.pareto import pareto_of_study
+from tracking.run_spec import spec_from_trial
+from tracking.store import TrackingError, now_ms
+from tracking.study_view import StudyView, TrialLike
+from tracking.tracker import Tracker
+from workers.layout import ARTIFACT_PATTERNS, CANDIDATE_FILE, read_scores, seed_dirs
 
 if TYPE_CHECKING:
-    import optuna
-    from optuna.trial import FrozenTrial
-
     from space.schema import SweepConfig
-
-# Files of a trial folder that belong in its run (what workers/candidate.py writes).
-ARTIFACT_PATTERNS = ("candidate.yaml", "scores.json", "*.png")
 
 CREATED = "created"
 COMPLETED = "completed"
@@ -71,70 +49,48 @@ UNCHANGED = "unchanged"
 SKIPPED = "skipped"
 
 
-# -- reading the study -----------------------------------------------------------------
-
-
-def _trials(study_or_trials: Any) -> list[FrozenTrial]:
-    if hasattr(study_or_trials, "get_trials"):
-        return list(study_or_trials.get_trials(deepcopy=False))
-    return list(study_or_trials)
-
-
-def study_objectives(study: Any, n_values: int | None = None) -> list[str]:
-    """The objective names of a study: its metric names, else the names ropenope stored,
-    else ``value_0, value_1, ...``."""
-    names = getattr(study, "metric_names", None)
-    if not names:
-        names = (getattr(study, "user_attrs", None) or {}).get(STUDY_ATTR_OBJECTIVES)
-    if names:
-        return list(names)
-    directions = getattr(study, "directions", None)
-    count = len(directions) if directions else (n_values or 1)
-    return [f"value_{i}" for i in range(count)]
-
-
-def study_config(study: Any) -> SweepConfig | None:
+def study_config(study: StudyView) -> SweepConfig | None:
     """The sweep file the driver stored on the study, if any."""
-    text = (getattr(study, "user_attrs", None) or {}).get(STUDY_ATTR_CONFIG)
-    if not text:
-        return None
-    from space.schema import parse_config, parse_yaml
-
-    return parse_config(parse_yaml(text), source=f"study {study.study_name}")
+    text = study.config_text
+    return load_config_text(text, source=f"study {study.name}") if text else None
 
 
-def pareto_rows_from_study(
-    study: Any,
-    objective_names: Sequence[str] | None = None,
-    directions: Sequence[Any] | None = None,
-) -> ParetoTable:
-    """The COMPLETE trials of ``study`` ranked by Pareto front (an ``optuna.Study``, or a
-    list of ``FrozenTrial`` with ``objective_names`` and ``directions``)."""
-    if directions is None:
-        if not hasattr(study, "directions"):
-            raise ValueError("pass directions with a list of trials")
-        directions = [d.name.lower() for d in study.directions]
-    directions = [normalize_direction(d) for d in directions]
-    names = list(objective_names) if objective_names else study_objectives(study, len(directions))
-    if len(names) != len(directions):
-        raise ValueError(f"{len(names)} objective names for {len(directions)} directions")
-    rows = []
-    for trial in _trials(study):
-        if trial.state.name != "COMPLETE":
+# -- a trial's folder as run contents --------------------------------------------------
+
+
+def _series_dirs(trial_dir: Path | None) -> list[tuple[str | None, Path]]:
+    """``(series, folder)`` of each seed a trial trained: with one seed its files go to the
+    run's root, with several under ``seed_<n>/``. A folder without seed folders is taken
+    as one seed."""
+    folders = seed_dirs(trial_dir)
+    if not folders:
+        return [(None, trial_dir)] if trial_dir is not None and trial_dir.is_dir() else []
+    if len(folders) == 1:
+        return [(None, folders[0])]
+    return [(p.name, p) for p in folders]
+
+
+def trial_artifacts(trial_dir: Path | None) -> dict[str, Path]:
+    """Artifact name -> file for what a trial wrote (candidate, scores, plots)."""
+    files: dict[str, Path] = {}
+    for series, folder in _series_dirs(trial_dir):
+        for pattern in ARTIFACT_PATTERNS:
+            for path in sorted(folder.glob(pattern)):
+                if path.is_file():
+                    files[f"{series}/{path.name}" if series else path.name] = path
+    return files
+
+
+def trial_histories(trial_dir: Path | None) -> list[tuple[str | None, list[Mapping[str, Any]]]]:
+    """The training history of each seed (its ``scores.json``), with its series name."""
+    out = []
+    for series, folder in _series_dirs(trial_dir):
+        data = read_scores(folder)
+        if data is None:
             continue
-        values = list(trial.values or [])
-        row: dict[str, Any] = {
-            "trial": trial.number,
-            "candidate": trial.user_attrs.get(ATTR_CANDIDATE_NAME, ""),
-        }
-        for i, name in enumerate(names):
-            row[name] = values[i] if i < len(values) else None
-        row["candidate_id"] = trial.user_attrs.get(ATTR_CANDIDATE_ID, "")
-        if trial.user_attrs.get(ATTR_MLFLOW_RUN_ID):
-            row[ATTR_MLFLOW_RUN_ID] = trial.user_attrs[ATTR_MLFLOW_RUN_ID]
-        rows.append(row)
-    title = f"Pareto front of {study.study_name}" if hasattr(study, "study_name") else None
-    return pareto_table(rows, names, directions, title=title or "Pareto front")
+        history = data.get("history")
+        out.append((series, [row for row in history or [] if isinstance(row, dict)]))
+    return out
 
 
 # -- writing the runs ------------------------------------------------------------------
@@ -170,74 +126,8 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _seed_dirs(trial_dir: Path | None) -> list[tuple[str | None, Path]]:
-    """``(series, folder)`` of each seed a trial trained: the driver's trial folder holds
-    one ``seed_<n>`` folder per seed; with one seed its files go to the run's root, with
-    several under ``seed_<n>/``. A folder without seed folders is taken as one seed."""
-    if trial_dir is None or not trial_dir.is_dir():
-        return []
-    seeds = sorted(p for p in trial_dir.glob("seed_*") if p.is_dir())
-    if not seeds:
-        return [(None, trial_dir)]
-    if len(seeds) == 1:
-        return [(None, seeds[0])]
-    return [(p.name, p) for p in seeds]
-
-
-def trial_artifacts(trial_dir: Path | None) -> dict[str, Path]:
-    """Artifact name -> file for what a trial wrote (candidate, scores, plots)."""
-    files: dict[str, Path] = {}
-    for series, folder in _seed_dirs(trial_dir):
-        for pattern in ARTIFACT_PATTERNS:
-            for path in sorted(folder.glob(pattern)):
-                if path.is_file():
-                    files[f"{series}/{path.name}" if series else path.name] = path
-    return files
-
-
-def trial_histories(trial_dir: Path | None) -> list[tuple[str | None, list[Mapping[str, Any]]]]:
-    """The training history of each seed (its ``scores.json``), with its series name."""
-    import json
-
-    out = []
-    for series, folder in _seed_dirs(trial_dir):
-        try:
-            data = json.loads((folder / "scores.json").read_text())
-        except (OSError, ValueError):
-            continue
-        history = data.get("history") if isinstance(data, dict) else None
-        out.append((series, [row for row in history or [] if isinstance(row, dict)]))
-    return out
-
-
-def _candidate_yaml(
-    trial: FrozenTrial, knobs: Mapping[str, Any], config: SweepConfig | None, folder: Path
-) -> Path:
-    """The resolved candidate, rebuilt from the trial's knobs (and the sweep file's model)."""
-    import yaml
-
-    attrs = trial.user_attrs
-    resolved: dict[str, Any] | None = None
-    if config is not None:
-        try:
-            resolved = config.candidate(knobs).to_dict()
-        except Exception:  # an invalid candidate has no layers: keep the knobs
-            resolved = None
-    if resolved is None:
-        resolved = {
-            "id": attrs.get(ATTR_CANDIDATE_ID),
-            "name": attrs.get(ATTR_CANDIDATE_NAME),
-            "knobs": dict(knobs),
-        }
-    if attrs.get(ATTR_SEED) is not None:
-        resolved["seed"] = attrs[ATTR_SEED]
-    path = folder / "candidate.yaml"
-    path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    return path
-
-
 def sync_trial(
-    trial: FrozenTrial,
+    trial: TrialLike,
     tracker: Tracker,
     objective_names: Sequence[str],
     config: SweepConfig | None = None,
@@ -245,10 +135,9 @@ def sync_trial(
 ) -> tuple[str, str | None]:
     """Make the child run of one finished trial complete; ``(what happened, run id)``.
 
-    Raises :class:`TrackingError` when MLflow fails (unlike the trial-time tracker).
+    Raises :class:`TrackingError` (or MLflow's error) when MLflow fails, unlike the
+    trial-time tracker.
     """
-    import tempfile
-
     from mlflow.entities import Metric
 
     state = trial.state.name
@@ -258,53 +147,31 @@ def sync_trial(
     parent = tracker.parent_run_id or store.ensure_parent(reopen=False)[0]
     tracker.parent_run_id = parent
     attrs = trial.user_attrs
-    candidate_id = attrs.get(ATTR_CANDIDATE_ID)
-    candidate_name = attrs.get(ATTR_CANDIDATE_NAME) or ""
+    spec = spec_from_trial(trial, config)
 
     run = store.get_run(attrs[ATTR_MLFLOW_RUN_ID]) if attrs.get(ATTR_MLFLOW_RUN_ID) else None
     if run is not None and run.data.tags.get(TAG_OPTUNA_TRIAL) not in (None, str(trial.number)):
         run = None  # a run id copied from another trial: never write into its run
     if run is None:
-        run = store.find_child(trial.number, candidate_id)
+        run = store.find_child(trial.number, spec.candidate_id)
     created = run is None
-    tags = {
-        TAG_OPTUNA_TRIAL: str(trial.number),
-        TAG_CANDIDATE_ID: str(candidate_id or ""),
-        TAG_CANDIDATE_NAME: candidate_name,
-        TAG_RAY_TRIAL_ID: str(attrs.get(ATTR_RAY_TRIAL_ID) or ""),
-        TAG_OUTCOME: state,
-        TAG_REASON: str(attrs.get(ATTR_REASON) or ""),
-    }
-    for key in (ATTR_PRESET, ATTR_REUSED_FROM, ATTR_RERUN_OF):
-        if attrs.get(key) is not None:
-            tags[key] = str(attrs[key])
+    tags = {**spec.tags, TAG_OUTCOME: state, TAG_REASON: str(attrs.get(ATTR_REASON) or "")}
     if created:
         run_id = store.create_child(
             parent,
-            f"t{trial.number:03d} {candidate_name}".strip(),
+            spec.run_name,
             {**tags, TAG_SYNCED: "true"},
             start_time=_ms(trial.datetime_start),
         )
         run = store.client.get_run(run_id)
     run_id = run.info.run_id
-    changes = 0
-
-    # Params: every knob (flat, YAML names), the seed, the fixed settings.
-    knobs = attrs.get(ATTR_KNOBS)
-    if not isinstance(knobs, Mapping):
-        knobs = dict(trial.params)
-    params = {name: param_value(value) for name, value in knobs.items()}
-    if attrs.get(ATTR_SEED) is not None:
-        params["seed"] = param_value(attrs[ATTR_SEED])
-    if config is not None:
-        params.update(config_params(config, ("model", "train", "data", "score")))
-    changes += store.log_params(run_id, params, run.data.params)
+    changes = store.log_params(run_id, spec.params, run.data.params)
     changes += store.set_tags(run_id, {**tags, MLFLOW_PARENT_RUN_ID: parent}, run.data.tags)
 
     # Metrics: the history (scores.json, else Optuna's intermediate values), final scores.
     trial_dir = Path(attrs[ATTR_TRIAL_DIR]) if attrs.get(ATTR_TRIAL_DIR) else None
     logged = store.metric_steps(run)
-    now = int(datetime.now().timestamp() * 1000)
+    now = now_ms()
     new: list[Metric] = []
 
     def add(key: str, value: float, step: int) -> None:
@@ -343,8 +210,7 @@ def sync_trial(
         latest = run.data.metrics.get(name)
         if latest is not None and (latest == value or (math.isnan(latest) and math.isnan(value))):
             continue
-        if any(m.key == name and m.step == final_step for m in new):
-            new = [m for m in new if not (m.key == name and m.step == final_step)]
+        new = [m for m in new if not (m.key == name and m.step == final_step)]
         new.append(Metric(name, value, now, final_step))
     if new:
         store.log_metrics(run_id, new)
@@ -354,8 +220,9 @@ def sync_trial(
     have = store.artifact_names(run_id)
     files = trial_artifacts(trial_dir)
     with tempfile.TemporaryDirectory(prefix="ropenope-sync-") as tmp:
-        if not any(n.endswith("candidate.yaml") for n in (*files, *have)):
-            files["candidate.yaml"] = _candidate_yaml(trial, knobs, config, Path(tmp))
+        if spec.candidate_yaml and not any(n.endswith(CANDIDATE_FILE) for n in (*files, *have)):
+            files[CANDIDATE_FILE] = Path(tmp) / CANDIDATE_FILE
+            files[CANDIDATE_FILE].write_text(spec.candidate_yaml)
         changes += len(store.log_files(run_id, files, skip=have))
 
     want = RUN_STATUS[state]
@@ -368,11 +235,9 @@ def sync_trial(
 
 
 def sync_study(
-    study: optuna.Study | Sequence[FrozenTrial],
+    study: StudyView,
     tracker: Tracker,
     *,
-    objective_names: Sequence[str] | None = None,
-    directions: Sequence[Any] | None = None,
     config: SweepConfig | None = None,
     eval_metric: str = VAL_BPB,
     refresh: bool = True,
@@ -384,35 +249,29 @@ def sync_study(
     params); trials still RUNNING or WAITING are left alone (``resume`` closes a dead
     driver's trials first). Raises :class:`TrackingError` if MLflow fails.
     """
-    study_name = getattr(study, "study_name", tracker.target.study)
-    if config is None and hasattr(study, "user_attrs"):
+    if config is None:
         config = study_config(study)
-    trials = _trials(study)
-    if directions is None and hasattr(study, "directions"):
-        directions = [d.name.lower() for d in study.directions]
-    n_values = len(directions) if directions else None
-    names = list(objective_names) if objective_names else study_objectives(study, n_values)
-    report = SyncReport(study=study_name)
+    report = SyncReport(study=study.name)
     try:
         if config is not None:
             parent, created = tracker._start_study(config, None, None, reopen=False)
         else:
             parent, created = tracker.store.ensure_parent(reopen=False)
         tracker.parent_run_id = report.parent_run_id = parent
-        for trial in trials:
-            what, run_id = sync_trial(trial, tracker, names, config, eval_metric)
+        for trial in study.trials:
+            what, run_id = sync_trial(trial, tracker, study.objectives, config, eval_metric)
             getattr(report, what).append(trial.number)
             if run_id is not None:
                 report.run_ids[trial.number] = run_id
-        if refresh and directions is not None:
-            tracker._refresh(pareto_rows_from_study(study, names, directions))
+        if refresh:
+            tracker._refresh(pareto_of_study(study))
         if created and not report.skipped:  # a study run made here for a finished study
             tracker.store.terminate(parent, "FINISHED")
     except TrackingError:
         raise
-    except Exception as err:  # the CLI prints it; the study is untouched
+    except Exception as err:  # the CLI prints it in one line; the study is untouched
         raise TrackingError(
-            f"sync of study {study_name!r} to {tracker.target.uri} failed: "
+            f"sync of study {study.name!r} to {tracker.target.shown_uri} failed: "
             f"{type(err).__name__}: {err}"
         ) from err
     return report

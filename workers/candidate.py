@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,43 +34,16 @@ from space.names import (
     acc_at,
     extrap_bpb,
 )
+from space.outcomes import RunStatus
 from space.schema import SweepConfig
 from workers import plots, scores
 from workers.batches import make_batch
 from workers.data import Corpus, load_corpus
+from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 from workers.model import HybridTransformer
+from workers.results import CandidateResult
 from workers.tasks import render, task_params
-from workers.train import STATUS_COMPLETE, TrainSettings, seed_everything, train
-
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass
-class CandidateResult:
-    status: str  # complete | diverged | stopped
-    reason: str | None
-    scores: dict[str, float] = field(default_factory=dict)
-    niah: dict[str, Any] = field(default_factory=dict)
-    attention_mass: dict[str, Any] | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    artifacts: dict[str, Path] = field(default_factory=dict)
-    candidate: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    resumed_from_step: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "reason": self.reason,
-            "scores": self.scores,
-            "niah": self.niah,
-            "attention_mass": self.attention_mass,
-            "history": self.history,
-            "artifacts": {k: str(v) for k, v in self.artifacts.items()},
-            "candidate": self.candidate,
-            "seed": self.seed,
-            "resumed_from_step": self.resumed_from_step,
-        }
+from workers.train import TrainSettings, seed_everything, train
 
 
 @lru_cache(maxsize=4)
@@ -145,8 +117,9 @@ def run_candidate(
     settings = train_settings(config, seed)
     params = {task: task_params(task, **t.task_params.get(task, {})) for task in t.task_mix}
 
-    (out_dir / "candidate.yaml").write_text(
-        yaml.safe_dump({**candidate.to_dict(), "seed": seed}, sort_keys=False)
+    write_atomic(
+        out_dir / CANDIDATE_FILE,
+        yaml.safe_dump({**candidate.to_dict(), "seed": seed}, sort_keys=False),
     )
     model = build_model(candidate, seed)
 
@@ -177,7 +150,7 @@ def run_candidate(
         device=dev,
         on_eval=on_eval,
         on_step=on_step,
-        checkpoint_path=out_dir / CHECKPOINT_NAME,
+        checkpoint_path=out_dir / CHECKPOINT_FILE,
         resume=resume,
     )
     result = CandidateResult(
@@ -211,16 +184,16 @@ def run_candidate(
     result.scores.update(cost)
     if outcome.last_metrics:
         result.scores[VAL_BPB] = outcome.last_metrics.get(VAL_BPB, float("nan"))
-    result.artifacts["candidate.yaml"] = out_dir / "candidate.yaml"
+    result.artifacts[CANDIDATE_FILE] = out_dir / CANDIDATE_FILE
     if outcome.history:
         result.artifacts["loss_curves.png"] = plots.plot_loss_curves(
             outcome.history, out_dir / "loss_curves.png"
         )
-    if outcome.status == STATUS_COMPLETE:
+    if outcome.status == RunStatus.COMPLETE:
         model.eval()
         result.scores.update(score_model(model, config, candidate, corpus, dev, result, out_dir))
-    (out_dir / "scores.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    result.artifacts["scores.json"] = out_dir / "scores.json"
+    write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), indent=2, default=str))
+    result.artifacts[SCORES_FILE] = out_dir / SCORES_FILE
     return result
 
 

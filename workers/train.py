@@ -13,7 +13,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,T), y (B,T), weights (B,T)
+from space.outcomes import RunStatus
 
-STATUS_COMPLETE = "complete"
-STATUS_DIVERGED = "diverged"
-STATUS_STOPPED = "stopped"
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,T), y (B,T), weights (B,T)
 
 
 @dataclass(frozen=True)
@@ -200,12 +198,12 @@ def train(
             logits = forward(x)
         loss = weighted_loss(logits, y, w)
         if not torch.isfinite(loss):
-            return finish(STATUS_DIVERGED, f"non-finite loss at step {step}")
+            return finish(RunStatus.DIVERGED, f"non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         if not torch.isfinite(grad_norm):
-            return finish(STATUS_DIVERGED, f"non-finite gradient at step {step}")
+            return finish(RunStatus.DIVERGED, f"non-finite gradient at step {step}")
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -234,7 +232,7 @@ def train(
             }
             loss_sum, loss_count = 0.0, 0
             if not all(math.isfinite(v) for v in metrics.values()):
-                return finish(STATUS_DIVERGED, f"non-finite validation metrics at step {step}")
+                return finish(RunStatus.DIVERGED, f"non-finite validation metrics at step {step}")
             history.append(metrics)
             last_metrics = metrics
         if checkpoint_path is not None and (at_eval or step % settings.checkpoint_every == 0):
@@ -248,9 +246,5 @@ def train(
                 extra={"loss_window": (loss_sum, loss_count)},
             )
         if at_eval and on_eval is not None and on_eval(last_metrics) and step < settings.steps:
-            return finish(STATUS_STOPPED, f"stopped by the caller at step {step}")
-    return finish(STATUS_COMPLETE, None)
-
-
-def settings_dict(settings: TrainSettings) -> dict[str, Any]:
-    return asdict(settings)
+            return finish(RunStatus.STOPPED, f"stopped by the caller at step {step}")
+    return finish(RunStatus.COMPLETE, None)

@@ -1,0 +1,158 @@
+"""Who runs a study: one driver per SQLite study (an OS file lock), several on PostgreSQL
+(a registry of live drivers with heartbeats, as study user attributes)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from search.errors import StudyLocked
+from space.names import ATTR_DRIVER, STUDY_ATTR_DRIVER_PREFIX
+
+
+class SqliteLock:
+    """One driver per study on SQLite: an OS lock on a file beside the database.
+
+    ``flock`` is released by the kernel when the holder dies (SIGKILL included), so a
+    lock that can be taken proves that no live driver runs the study.
+    """
+
+    def __init__(self, db_path: Path, study_name: str) -> None:
+        self.path = db_path.with_name(f"{db_path.name}.{study_name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StudyLocked(
+                f"another driver ({holder}) is running this study; SQLite allows one "
+                f"driver per study: wait for it, stop it, or use PostgreSQL for parallel "
+                f"drivers (lock: {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SqliteLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DriverRegistry:
+    """Live drivers of a study, as study user attributes with a heartbeat.
+
+    Each driver writes ``ropenope:driver:<id>`` = {host, pid, started, heartbeat, state};
+    its trials carry ``driver_id``. A driver is dead when it said it ended, when its pid
+    is gone on this host, or when its heartbeat is older than ``stale_after`` seconds.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        driver_id: str,
+        *,
+        heartbeat_s: float = 15.0,
+        stale_after_s: float = 120.0,
+    ) -> None:
+        self.study = study
+        self.driver_id = driver_id
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self.host = socket.gethostname()
+        self._last = 0.0
+        self._started = datetime.now().isoformat(timespec="seconds")
+
+    @property
+    def key(self) -> str:
+        return STUDY_ATTR_DRIVER_PREFIX + self.driver_id
+
+    def _write(self, state: str) -> None:
+        self._last = time.time()
+        self.study.set_user_attr(
+            self.key,
+            {
+                "host": self.host,
+                "pid": os.getpid(),
+                "started": self._started,
+                "heartbeat": self._last,
+                "state": state,
+            },
+        )
+
+    def register(self) -> None:
+        self._write("running")
+
+    def beat(self, force: bool = False) -> None:
+        if force or time.time() - self._last >= self.heartbeat_s:
+            self._write("running")
+
+    def close(self) -> None:
+        self._write("ended")
+
+    def drivers(self) -> dict[str, dict[str, Any]]:
+        attrs = self.study.user_attrs
+        n = len(STUDY_ATTR_DRIVER_PREFIX)
+        return {k[n:]: v for k, v in attrs.items() if k.startswith(STUDY_ATTR_DRIVER_PREFIX)}
+
+    def alive(self, driver_id: str | None, info: Mapping[str, Any] | None) -> bool:
+        if driver_id == self.driver_id:
+            return True
+        if not driver_id or not info or info.get("state") != "running":
+            return False
+        if info.get("host") == self.host and not _pid_alive(int(info.get("pid", -1))):
+            return False
+        return time.time() - float(info.get("heartbeat", 0)) < self.stale_after_s
+
+    def dead_trial_check(self) -> Callable[[FrozenTrial], bool]:
+        """A predicate for :func:`reconcile_interrupted`: is this RUNNING trial orphaned?"""
+        drivers = self.drivers()
+        now = datetime.now()
+
+        def is_dead(trial: FrozenTrial) -> bool:
+            driver = trial.user_attrs.get(ATTR_DRIVER)
+            if driver is None:
+                # Asked but not yet tagged: give its driver the grace period.
+                started = trial.datetime_start or now
+                return (now - started).total_seconds() > self.stale_after_s
+            return not self.alive(driver, drivers.get(driver))
+
+        return is_dead
+
+
+def driver_states(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Every driver recorded on a study (for ``ropenope status``)."""
+    n = len(STUDY_ATTR_DRIVER_PREFIX)
+    return {k[n:]: v for k, v in study.user_attrs.items() if k.startswith(STUDY_ATTR_DRIVER_PREFIX)}

@@ -1,0 +1,34 @@
+"""The few things ropenope needs from Optuna that its public API does not offer.
+
+Each is one small function here, and ``tests/test_study.py`` checks each against the
+installed Optuna, so an Optuna upgrade that moves them fails loudly there, not silently
+in a sweep.
+
+- ``FrozenTrial._trial_id``: the storage id of a trial. Optuna's public surface numbers
+  trials per study (``trial.number``); writing a user attribute through the storage (which
+  the driver does for trials it holds, without a live ``optuna.Trial``) needs the id.
+- the ``fixed_params`` system attribute: the params a trial was enqueued with
+  (``Study.enqueue_trial``); re-queueing an interrupted trial enqueues the same params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from optuna.trial import FrozenTrial, Trial
+
+_FIXED_PARAMS = "fixed_params"
+
+
+def storage_trial_id(trial: FrozenTrial | Trial) -> int:
+    """The storage id of a trial (``Trial`` has it publicly, ``FrozenTrial`` privately)."""
+    if isinstance(trial, Trial):
+        return trial._trial_id
+    return trial._trial_id
+
+
+def enqueued_params(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The params ``trial`` was enqueued with; None for a trial the sampler proposed."""
+    fixed = trial.system_attrs.get(_FIXED_PARAMS)
+    return dict(fixed) if isinstance(fixed, Mapping) else None

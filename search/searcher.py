@@ -1,0 +1,493 @@
+"""Ask/tell on the Optuna study as a Ray Tune ``Searcher``: Optuna asks, Ray Tune trains,
+Optuna is told exactly what happened.
+
+We do not use Tune's ``OptunaSearch`` (DESIGN §7: it tells Optuna that a trial the
+scheduler stopped is COMPLETE with its partial value, and merges unrelated sweeps under
+one default study name). :class:`StudySearcher`:
+
+- ``suggest`` asks Optuna (enqueued presets and re-runs first), samples the knobs,
+  builds the candidate, and answers without Ray what needs no training: an impossible
+  candidate is FAIL ``invalid_candidate``; a candidate already COMPLETE with the same
+  budget is COMPLETE again with its values and ``reused_from`` (dedup); one being
+  trained right now waits for its twin. The candidate goes to the trial serialised
+  (``Candidate.to_dict``): validated once, here.
+- every evaluation Tune receives is an Optuna intermediate value (the scheduler
+  metric, keyed by training step).
+- at the end, the trainable's last report holds its outcome (``workers.trial``):
+  complete -> COMPLETE with all objective values; diverged -> FAIL ``diverged``; an
+  exception -> FAIL ``error: <type>: <message>``. A trial that ends without an outcome
+  was stopped by the scheduler -> PRUNED with its intermediate values. Every FAIL and
+  PRUNED trial has a ``reason``.
+
+Links go both ways: Optuna trials carry ``ray_trial_id``, ``ray_trial_dir``,
+``candidate_id``/``candidate_name`` (and ``mlflow_run_id`` once tracking reports it);
+each Ray trial's config and folder name carry the Optuna trial number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
+
+from search.drivers import DriverRegistry
+from search.optuna_adapter import enqueued_params, storage_trial_id
+from search.progress import Progress
+from search.restore import find_restore
+from search.signature import budget_key
+from search.study import OpenedStudy
+from search.study_view import study_view
+from search.trials import (
+    count_toward_target,
+    find_reusable,
+    find_running_twin,
+    finish_trial,
+    reconcile_interrupted,
+    set_trial_attrs,
+)
+from space.errors import InvalidCandidate
+from space.expand import Candidate
+from space.names import (
+    ATTR_BUDGET,
+    ATTR_CANDIDATE_ID,
+    ATTR_CANDIDATE_NAME,
+    ATTR_DRIVER,
+    ATTR_EVAL_METRIC,
+    ATTR_KNOBS,
+    ATTR_PRESET,
+    ATTR_RAY_TRIAL_DIR,
+    ATTR_RAY_TRIAL_ID,
+    ATTR_REASON,
+    ATTR_REASON_DETAIL,
+    ATTR_REPEATS,
+    ATTR_RERUN_OF,
+    ATTR_RESTORE_FROM,
+    ATTR_REUSED_FROM,
+    ATTR_SEED,
+    ATTR_TRACKING_ERROR,
+    ATTR_TRIAL_DIR,
+    STEPS,
+    TRAIN_SECONDS,
+    VAL_BPB,
+    is_score_name,
+)
+from space.outcomes import Reason, RunStatus, error_reason
+from space.schema import SweepConfig
+from tracking.hooks import SweepHooks
+from workers.trial import EVALS_KEY, LINKS_KEY, OUTCOME_KEY, SEED_INDEX_KEY, TrialOutcome
+
+# Scores copied from a trial to a deduplicated one (besides every is_score_name key);
+# not trial_seconds: that is what the trial itself cost, and a reused one cost nothing.
+_EXTRA_SCORES = (VAL_BPB, TRAIN_SECONDS, STEPS)
+
+
+def ray_error_reason(text: str | None) -> str:
+    """``error: <Type>: <message>`` from a Ray error trace (its last informative line)."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Failure #", "File ", "^", "~"))]
+    last = lines[-1] if lines else "the Ray trial failed without an error message"
+    return error_reason(last[:300])
+
+
+@dataclass
+class _Ready:
+    trial: optuna.Trial
+    candidate: Candidate
+    restore_from: str | None
+
+
+@dataclass
+class _Waiting:
+    trial: optuna.Trial
+    candidate: Candidate
+    twin: int  # the trial number training the same candidate
+
+
+@dataclass
+class _Live:
+    trial: optuna.Trial
+    candidate: Candidate
+    source: str
+    evals: int = 0
+    links_seen: set[str] = field(default_factory=set)
+
+
+class StudySearcher(Searcher):
+    """Ask/tell on an Optuna study as a Tune ``Searcher`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        opened: OpenedStudy,
+        config: SweepConfig,
+        *,
+        target: int,
+        driver_id: str,
+        registry: DriverRegistry,
+        experiment_dir: Path,
+        trials_dir: Path,
+        dedup: bool,
+        progress: Progress,
+        hooks: SweepHooks,
+    ) -> None:
+        super().__init__(metric=None, mode=None)
+        self.opened = opened
+        self.study = opened.study
+        self.storage = opened.storage
+        self.config = config
+        self.target = target
+        self.driver_id = driver_id
+        self.registry = registry
+        self.experiment_dir = experiment_dir
+        self.trials_dir = trials_dir
+        self.dedup = dedup
+        self.progress = progress
+        self.tracking_warned = False
+        self.hooks = hooks
+        self.budget = budget_key(config)
+        self.seeds = [config.train.seed + i for i in range(config.study.repeats)]
+        self.eval_metric = config.scheduler.metric
+        self.total_steps = config.train.total_steps
+        self.live: dict[str, _Live] = {}  # Tune trial id -> trial being trained
+        self.waiting: dict[int, _Waiting] = {}  # Optuna number -> trial waiting on a twin
+        self.errored: dict[str, _Live] = {}  # Tune reported an error; details follow
+        self.trained: list[int] = []
+        self.trial_seconds = 0.0
+        self._idle_until = 0.0
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        return None  # the searcher's state is the Optuna study; nothing else to save
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its config into tuner.pkl for Tuner.restore, which we do not use:
+        # resuming goes through the study (`ropenope resume`). Keep only the names.
+        return {"study": self.study.study_name, "driver_id": self.driver_id}
+
+    # -- asking ----------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if len(self.live) >= self.config.resources.max_concurrent:
+            return None
+        if time.monotonic() < self._idle_until:
+            return None
+        self.registry.beat()
+        ready = self._resolve_waiting()
+        while ready is None:
+            trials = self.study.get_trials(deepcopy=False)
+            if count_toward_target(trials) >= self.target:
+                if self.waiting:
+                    self._idle_until = time.monotonic() + 1.0
+                    return None
+                return Searcher.FINISHED
+            ready = self._prepare(self.study.ask())
+        return self._launch(trial_id, ready)
+
+    def _base_attrs(self) -> dict[str, Any]:
+        return {
+            ATTR_DRIVER: self.driver_id,
+            ATTR_BUDGET: self.budget,
+            ATTR_SEED: self.seeds[0],
+            ATTR_REPEATS: len(self.seeds),
+            ATTR_EVAL_METRIC: self.eval_metric,
+        }
+
+    def _replay_params(self, trial: optuna.Trial) -> None:
+        """Suggest the enqueued params so Optuna records them as the trial's params."""
+        frozen = self.storage.get_trial(storage_trial_id(trial))
+        for name in enqueued_params(frozen) or {}:
+            spec = self.config.space.get(name)
+            if spec is not None and spec.searched:
+                spec.suggest(trial)
+
+    def _prepare(self, trial: optuna.Trial) -> _Ready | None:
+        """Knobs -> candidate for a fresh trial. Returns it when it must be trained;
+        closes it (invalid, reused) or parks it (twin running) otherwise."""
+        tid = storage_trial_id(trial)
+        set_trial_attrs(self.storage, tid, self._base_attrs())
+        given = trial.user_attrs.get(ATTR_KNOBS)
+        knobs: dict[str, Any] = {}
+        try:
+            if given is not None:
+                self._replay_params(trial)
+                knobs = dict(given)
+            else:
+                knobs = self.config.suggest(trial)
+            candidate = self.config.candidate(knobs)
+        except InvalidCandidate as err:
+            self._close(
+                trial.number,
+                TrialState.FAIL,
+                {ATTR_KNOBS: knobs, ATTR_REASON: Reason.INVALID, ATTR_REASON_DETAIL: str(err)},
+            )
+            return None
+        except Exception as err:  # a malformed sampled value, a sampler bug: FAIL, go on
+            self._close(
+                trial.number,
+                TrialState.FAIL,
+                {
+                    ATTR_REASON: error_reason(f"{type(err).__name__}: {err}"),
+                    ATTR_REASON_DETAIL: traceback.format_exc(limit=6)[-4000:],
+                },
+            )
+            return None
+        set_trial_attrs(
+            self.storage,
+            tid,
+            {
+                ATTR_CANDIDATE_ID: candidate.id,
+                ATTR_CANDIDATE_NAME: candidate.name,
+                ATTR_KNOBS: candidate.knobs,
+            },
+        )
+        if self.dedup:
+            # Read the study again now that this trial is tagged: a driver tagging the
+            # same candidate at this moment then sees this trial, or this trial sees it.
+            trials = self.study.get_trials(deepcopy=False)
+            source = find_reusable(trials, candidate.id, self.budget)
+            if source is not None:
+                self._reuse(trial.number, source)
+                return None
+            twin = find_running_twin(trials, candidate.id, self.budget, trial.number)
+            if twin is not None:
+                self.waiting[trial.number] = _Waiting(trial, candidate, twin.number)
+                self.progress.note(
+                    f"#{trial.number} waits for #{twin.number} (same candidate): {candidate.name}"
+                )
+                return None
+        return _Ready(trial, candidate, trial.user_attrs.get(ATTR_RESTORE_FROM))
+
+    def _resolve_waiting(self) -> _Ready | None:
+        """Waiting trials whose twin ended: reuse its result, or train them now."""
+        if not self.waiting:
+            return None
+        trials = self.study.get_trials(deepcopy=False)
+        by_number = {t.number: t for t in trials}
+        for number, w in list(self.waiting.items()):
+            twin = by_number.get(w.twin)
+            if twin is not None and twin.state == TrialState.RUNNING:
+                continue
+            del self.waiting[number]
+            source = find_reusable(trials, w.candidate.id, self.budget)
+            if source is not None:
+                self._reuse(number, source)
+                continue
+            other = find_running_twin(trials, w.candidate.id, self.budget, number)
+            if other is not None:
+                self.waiting[number] = _Waiting(w.trial, w.candidate, other.number)
+                continue
+            return _Ready(w.trial, w.candidate, w.trial.user_attrs.get(ATTR_RESTORE_FROM))
+        return None
+
+    def _reuse(self, number: int, source: FrozenTrial) -> None:
+        origin = source.user_attrs.get(ATTR_REUSED_FROM, source.number)
+        scores = {
+            k: v for k, v in source.user_attrs.items() if is_score_name(k) or k in _EXTRA_SCORES
+        }
+        attrs = {**scores, ATTR_REUSED_FROM: origin}
+        if ATTR_TRIAL_DIR in source.user_attrs:
+            attrs[ATTR_TRIAL_DIR] = source.user_attrs[ATTR_TRIAL_DIR]
+        self._close(number, TrialState.COMPLETE, attrs, values=list(source.values))
+
+    def _launch(self, tune_id: str, ready: _Ready) -> dict[str, Any]:
+        trial, number = ready.trial, ready.trial.number
+        trial_dir = self.trials_dir / f"{number:05d}"
+        attrs = {
+            ATTR_RAY_TRIAL_ID: tune_id,
+            ATTR_RAY_TRIAL_DIR: str(self.experiment_dir / trial_dirname(number, tune_id)),
+            ATTR_TRIAL_DIR: str(trial_dir),
+        }
+        set_trial_attrs(self.storage, storage_trial_id(trial), attrs)
+        source = describe_source(trial.user_attrs)
+        self.live[tune_id] = _Live(trial, ready.candidate, source)
+        return {
+            "optuna_trial": number,
+            "study": self.study.study_name,
+            "candidate": ready.candidate.to_dict(),
+            "seeds": list(self.seeds),
+            "trial_dir": str(trial_dir),
+            "restore_from": ready.restore_from,
+        }
+
+    # -- telling ---------------------------------------------------------------------
+
+    def _close(
+        self,
+        number: int,
+        state: TrialState,
+        attrs: Mapping[str, Any],
+        values: list[float] | None = None,
+    ) -> FrozenTrial | None:
+        ok = finish_trial(self.study, self.storage, number, state, values=values, attrs=attrs)
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        if not ok:
+            self.progress.note(f"#{number} was closed by another driver ({frozen.state.name})")
+            return frozen
+        self.progress.finished(frozen, self.study)
+        error = frozen.user_attrs.get(ATTR_TRACKING_ERROR)
+        if error and not self.tracking_warned:  # once per sweep; every trial keeps its own
+            self.tracking_warned = True
+            self.progress.note(
+                f"#{number} MLflow tracking failed ({error}); the sweep goes on and "
+                f"`ropenope sync {self.study.study_name}` rebuilds the runs later"
+            )
+        notify_trial_end(self.study, self.hooks, [frozen], self.progress)
+        return frozen
+
+    def record_result(self, tune_id: str, result: Mapping[str, Any]) -> None:
+        """An evaluation: the scheduler metric as an intermediate value, and links."""
+        live = self.live.get(tune_id)
+        if live is None:
+            return
+        tid = storage_trial_id(live.trial)
+        links = result.get(LINKS_KEY)
+        if links:
+            new = {k: v for k, v in json.loads(links).items() if k not in live.links_seen}
+            if new:
+                set_trial_attrs(self.storage, tid, new)
+                live.links_seen.update(new)
+        if EVALS_KEY not in result or self.eval_metric not in result:
+            return
+        step = int(result.get("step", 0)) + int(result.get(SEED_INDEX_KEY, 0)) * self.total_steps
+        value = float(result[self.eval_metric])
+        if int(result[EVALS_KEY]) > live.evals:
+            live.evals = int(result[EVALS_KEY])
+            self.storage.set_trial_intermediate_value(tid, step, value)
+            self.progress.evaluated(
+                live.trial.number, result.get("step", step), self.eval_metric, value
+            )
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        return None  # the callback records every result, including the one a stop follows
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        live = self.live.pop(trial_id, None)
+        if live is None:
+            return
+        if error:
+            self.errored[trial_id] = live  # SweepCallback.on_trial_error has the message
+            return
+        if result is None:
+            self.interrupt(live, "Tune removed the trial before it reported")
+            return
+        self.record_result(trial_id, result)
+        number = live.trial.number
+        if OUTCOME_KEY not in result or not result[OUTCOME_KEY]:
+            self._close(
+                number,
+                TrialState.PRUNED,
+                {
+                    ATTR_REASON: Reason.PRUNED,
+                    ATTR_REASON_DETAIL: f"stopped by the {self.config.scheduler.kind} scheduler "
+                    f"after {live.evals} evaluations",
+                },
+            )
+            return
+        outcome = TrialOutcome.from_json(result[OUTCOME_KEY])
+        attrs = outcome.attrs()
+        if outcome.status == RunStatus.COMPLETE:
+            self.trained.append(number)
+            self.trial_seconds += outcome.trial_seconds
+            values = [outcome.scores.get(m, math.nan) for m in self.config.objective_names()]
+            bad = [
+                m
+                for m, v in zip(self.config.objective_names(), values, strict=True)
+                if not math.isfinite(v)
+            ]
+            if bad:
+                attrs[ATTR_REASON] = error_reason(f"objective {bad[0]} is not a finite number")
+                self._close(number, TrialState.FAIL, attrs)
+            else:
+                self._close(number, TrialState.COMPLETE, attrs, values=values)
+        elif outcome.status == RunStatus.STOPPED:
+            attrs.update(
+                {ATTR_REASON: outcome.reason or Reason.PRUNED, ATTR_REASON_DETAIL: outcome.detail}
+            )
+            self._close(number, TrialState.PRUNED, attrs)
+        else:  # diverged | error
+            self.trained.append(number)
+            self.trial_seconds += outcome.trial_seconds
+            attrs.update({ATTR_REASON: outcome.reason, ATTR_REASON_DETAIL: outcome.detail})
+            self._close(number, TrialState.FAIL, attrs)
+
+    def on_trial_error(self, tune_id: str, error_text: str | None) -> None:
+        live = self.errored.pop(tune_id, None)
+        if live is None:
+            return
+        self._close(
+            live.trial.number,
+            TrialState.FAIL,
+            {
+                ATTR_REASON: ray_error_reason(error_text),
+                ATTR_REASON_DETAIL: (error_text or "")[-4000:],
+            },
+        )
+
+    def interrupt(self, live: _Live | _Waiting, detail: str) -> None:
+        """Close a trial this driver cannot finish as FAIL ``interrupted`` and enqueue its
+        candidate again, continuing from its newest checkpoint."""
+        number = live.trial.number
+        closed = reconcile_interrupted(
+            self.study,
+            self.storage,
+            lambda t: t.number == number,
+            restore_for=find_restore,
+            detail=detail,
+        )
+        self.progress.note(f"#{number} interrupted ({detail}); re-queued")
+        notify_closed(self.study, self.hooks, [n for n, _ in closed], self.progress)
+
+    def close_leftovers(self) -> list[int]:
+        """After Tune returns: whatever this driver still holds was interrupted (Ctrl-C).
+        Returns the numbers of the trials closed as interrupted."""
+        for tune_id in list(self.errored):
+            self.on_trial_error(tune_id, None)
+        held = [*self.live.values(), *self.waiting.values()]
+        for held_trial in held:
+            self.interrupt(held_trial, "the sweep stopped before the trial ended")
+        self.live.clear()
+        self.waiting.clear()
+        return [h.trial.number for h in held]
+
+
+def describe_source(attrs: Mapping[str, Any]) -> str:
+    if ATTR_RERUN_OF in attrs:
+        return f"re-run of #{attrs['rerun_of']}"
+    if ATTR_PRESET in attrs:
+        return f"preset {attrs[ATTR_PRESET]}"
+    return "sampled"
+
+
+def trial_dirname(number: int, tune_id: str) -> str:
+    return f"trial_{number:05d}_{tune_id}"
+
+
+def notify_trial_end(
+    study: optuna.Study, hooks: SweepHooks, trials: list[FrozenTrial], progress: Progress
+) -> None:
+    """``on_trial_end`` for trials whose outcome is now in the study; a hook that fails
+    is reported, never stops the sweep."""
+    view = study_view(study)
+    for trial in trials:
+        try:
+            hooks.on_trial_end(view, trial)
+        except Exception as err:  # tracking must not stop the sweep; say so
+            progress.note(f"#{trial.number} tracking hook failed: {type(err).__name__}: {err}")
+
+
+def notify_closed(
+    study: optuna.Study, hooks: SweepHooks, numbers: list[int], progress: Progress
+) -> None:
+    """``on_trial_end`` for trials closed outside the searcher (reconciled ones)."""
+    if numbers:
+        closed = [t for t in study.get_trials(deepcopy=False) if t.number in numbers]
+        notify_trial_end(study, hooks, closed, progress)

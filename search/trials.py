@@ -1,0 +1,170 @@
+"""A study's trials as sweep bookkeeping: which count toward the target, closing a trial
+with its attributes, dedup lookups, and re-queueing what a dead driver left RUNNING."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import StudyError
+from search.optuna_adapter import enqueued_params, storage_trial_id
+from space.names import (
+    ATTR_BUDGET,
+    ATTR_CANDIDATE_ID,
+    ATTR_KNOBS,
+    ATTR_PRESET,
+    ATTR_REASON,
+    ATTR_REASON_DETAIL,
+    ATTR_RERUN_OF,
+    ATTR_RESTORE_FROM,
+)
+from space.outcomes import Reason
+
+
+def counts_toward_target(trial: FrozenTrial) -> bool:
+    """Finished trials count, and running ones; an interrupted trial does not (its
+    candidate is re-run), nor does a queued one until it is asked."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+        return True
+    if trial.state == TrialState.FAIL:
+        return trial.user_attrs.get(ATTR_REASON) != Reason.INTERRUPTED
+    return False
+
+
+def count_toward_target(trials: Iterable[FrozenTrial]) -> int:
+    return sum(counts_toward_target(t) for t in trials)
+
+
+def _clean(value: Any) -> Any:
+    """User attributes are JSON: NaN and infinities become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def set_trial_attrs(storage: RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, _clean(value))
+
+
+def finish_trial(
+    study: optuna.Study,
+    storage: RDBStorage,
+    trial: FrozenTrial | int,
+    state: TrialState,
+    *,
+    values: list[float] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> bool:
+    """Write ``attrs`` then close the trial. Attributes go first: Optuna refuses them on a
+    finished trial. Returns False if someone else closed it first (PostgreSQL: two drivers
+    reconciling the same trial), True if this call did."""
+    frozen = trial if isinstance(trial, FrozenTrial) else _frozen(study, trial)
+    tid = storage_trial_id(frozen)
+    try:
+        if attrs:
+            set_trial_attrs(storage, tid, attrs)
+        study.tell(frozen.number, values, state=state)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
+        current = storage.get_trial(tid)
+        if current.state.is_finished():
+            return False
+        raise StudyError(f"could not close trial {frozen.number}: {err}") from err
+    return True
+
+
+def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return t
+    raise StudyError(f"study {study.study_name!r} has no trial {number}")
+
+
+def find_reusable(
+    trials: Iterable[FrozenTrial], candidate_id: str, budget: str
+) -> FrozenTrial | None:
+    """The earliest COMPLETE trial of this candidate with this budget, if any."""
+    best = None
+    for t in trials:
+        if (
+            t.state == TrialState.COMPLETE
+            and t.user_attrs.get(ATTR_CANDIDATE_ID) == candidate_id
+            and t.user_attrs.get(ATTR_BUDGET) == budget
+            and (best is None or t.number < best.number)
+        ):
+            best = t
+    return best
+
+
+def find_running_twin(
+    trials: Iterable[FrozenTrial], candidate_id: str, budget: str, number: int
+) -> FrozenTrial | None:
+    """The lowest-numbered RUNNING trial before ``number`` with this candidate and budget.
+
+    Only earlier trials count: when two drivers tag the same candidate at once, the later
+    trial waits for the earlier one and never the other way round (no trial is trained
+    twice, and no two trials wait for each other)."""
+    twins = [
+        t
+        for t in trials
+        if t.state == TrialState.RUNNING
+        and t.number < number
+        and t.user_attrs.get(ATTR_CANDIDATE_ID) == candidate_id
+        and t.user_attrs.get(ATTR_BUDGET) == budget
+    ]
+    return min(twins, key=lambda t: t.number, default=None)
+
+
+def reconcile_interrupted(
+    study: optuna.Study,
+    storage: RDBStorage,
+    is_dead: Callable[[FrozenTrial], bool],
+    *,
+    restore_for: Callable[[FrozenTrial], Path | None] = lambda t: None,
+    detail: str = "the driver running it stopped before the trial ended",
+) -> list[tuple[int, Path | None]]:
+    """Close RUNNING trials of dead drivers as FAIL ``interrupted`` and enqueue their
+    candidates again, continuing from ``restore_for(trial)`` when it finds a checkpoint.
+
+    Optuna's heartbeat does not cover ask/tell, so nothing else would ever close them
+    (DESIGN §7). Returns ``(number, restore_from)`` for each trial this call closed.
+    """
+    closed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_dead(trial):
+            continue
+        restore = restore_for(trial)
+        ok = finish_trial(
+            study,
+            storage,
+            trial,
+            TrialState.FAIL,
+            attrs={ATTR_REASON: Reason.INTERRUPTED, ATTR_REASON_DETAIL: detail},
+        )
+        if not ok:
+            continue  # another driver closed it and re-queued it
+        knobs = trial.user_attrs.get(ATTR_KNOBS)
+        if knobs is not None:
+            rerun_attrs = {ATTR_KNOBS: knobs, ATTR_RERUN_OF: trial.number}
+            if ATTR_PRESET in trial.user_attrs:
+                rerun_attrs[ATTR_PRESET] = trial.user_attrs[ATTR_PRESET]
+            if restore is not None:
+                rerun_attrs[ATTR_RESTORE_FROM] = str(restore)
+            params = enqueued_params(trial)
+            study.enqueue_trial(
+                dict(trial.params) if params is None else params, user_attrs=rerun_attrs
+            )
+        closed.append((trial.number, restore))
+    return closed

@@ -1,0 +1,358 @@
+"""The Pareto front drawn and written: a PNG (pairwise scatter, front highlighted), a
+self-contained interactive HTML page (inline SVG + JavaScript, no network), and the table's
+CSV / Markdown / JSON files."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from tracking.pareto import RANK, TRIAL, ParetoTable, direction_arrow
+
+
+def plot_pareto(table: ParetoTable, path: str | Path) -> Path:
+    """The interactive HTML page for a ``.html`` path, else the PNG."""
+    if str(path).lower().endswith((".html", ".htm")):
+        return write_pareto_html(table, path)
+    return plot_pareto_png(table, path)
+
+
+def write_pareto_files(
+    table: ParetoTable, folder: str | Path, stem: str = "pareto"
+) -> dict[str, Path]:
+    """Write CSV, Markdown, JSON, PNG and HTML into ``folder``; returns name -> path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {
+        f"{stem}.csv": folder / f"{stem}.csv",
+        f"{stem}.md": folder / f"{stem}.md",
+        f"{stem}.json": folder / f"{stem}.json",
+    }
+    out[f"{stem}.csv"].write_text(table.to_csv())
+    out[f"{stem}.md"].write_text(table.to_markdown())
+    out[f"{stem}.json"].write_text(table.to_json())
+    out[f"{stem}.png"] = plot_pareto_png(table, folder / f"{stem}.png")
+    out[f"{stem}.html"] = write_pareto_html(table, folder / f"{stem}.html")
+    return out
+
+
+_FRONT_COLOR = "#d62728"
+_RANK_COLORS = ("#ff7f0e", "#9467bd", "#8c8c8c")
+
+
+def _use_log(values: Sequence[float]) -> bool:
+    finite = [v for v in values if math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= 100
+
+
+def plot_pareto_png(table: ParetoTable, path: str | Path) -> Path:
+    """Pairwise scatter of the objectives, Pareto set in red and labelled by trial number.
+
+    One panel per pair of objectives (one panel of value by trial for a single
+    objective). A point of rank 0 may look dominated in a 2-D projection of three or
+    more objectives: the rank is computed in the full objective space.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names, dirs = table.objective_names, table.directions
+    ranked = [row for row in table.rows if row[RANK] is not None]
+    pairs = [(a, b) for a in range(len(names)) for b in range(a + 1, len(names))]
+    if not pairs:
+        pairs = [(-1, 0)]  # x = trial number
+    n_cols = min(3, len(pairs))
+    n_rows = math.ceil(len(pairs) / n_cols)
+    fig = Figure(figsize=(5.0 * n_cols, 4.2 * n_rows))
+    FigureCanvasAgg(fig)
+    n_excluded = len(table.rows) - len(ranked)
+    suptitle = f"{table.title}: {len(table.front)} of {len(ranked)} trials on the front"
+    if n_excluded:
+        suptitle += f" ({n_excluded} excluded)"
+    fig.suptitle(suptitle)
+    for k, (a, b) in enumerate(pairs):
+        ax = fig.add_subplot(n_rows, n_cols, k + 1)
+        xs = [float(r[TRIAL]) if a < 0 else float(r[names[a]]) for r in ranked]
+        ys = [float(r[names[b]]) for r in ranked]
+        colors = []
+        sizes = []
+        for r in ranked:
+            if r[RANK] == 0:
+                colors.append(_FRONT_COLOR)
+                sizes.append(60)
+            else:
+                colors.append(_RANK_COLORS[min(r[RANK] - 1, len(_RANK_COLORS) - 1)])
+                sizes.append(25)
+        order = sorted(range(len(ranked)), key=lambda i: -ranked[i][RANK])  # front on top
+        ax.scatter(
+            [xs[i] for i in order],
+            [ys[i] for i in order],
+            c=[colors[i] for i in order],
+            s=[sizes[i] for i in order],
+            edgecolors="black",
+            linewidths=0.4,
+        )
+        for i, r in enumerate(ranked):
+            if r[RANK] == 0:
+                ax.annotate(
+                    str(r[TRIAL]),
+                    (xs[i], ys[i]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                )
+        if a < 0:
+            ax.set_xlabel("trial")
+        else:
+            ax.set_xlabel(f"{names[a]} {direction_arrow(dirs[a])}")
+            if _use_log(xs):
+                ax.set_xscale("log")
+        ax.set_ylabel(f"{names[b]} {direction_arrow(dirs[b])}")
+        if _use_log(ys):
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    handles = [
+        _legend_handle(_FRONT_COLOR, "rank 0 (Pareto set)"),
+        _legend_handle(_RANK_COLORS[0], "rank 1"),
+        _legend_handle(_RANK_COLORS[1], "rank 2"),
+        _legend_handle(_RANK_COLORS[2], "rank 3+"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _legend_handle(color: str, label: str):
+    from matplotlib.lines import Line2D
+
+    return Line2D(
+        [], [], marker="o", linestyle="", markerfacecolor=color, markeredgecolor="k", label=label
+    )
+
+
+def write_pareto_html(table: ParetoTable, path: str | Path) -> Path:
+    """A self-contained interactive page: pick the axes, hover a point for its trial,
+    click it to find its row; the table sorts by any column. No network access needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "title": table.title,
+        "objectives": list(table.objective_names),
+        "directions": list(table.directions),
+        "columns": table.columns,
+        "rows": table.to_records(),
+    }
+    # Inside <script>, "</" would end the element: escape "<" in the JSON text.
+    data = json.dumps(payload, allow_nan=False, default=str).replace("<", "\\u003c")
+    page = (
+        _HTML_TEMPLATE.replace("__TITLE__", html.escape(table.title))
+        .replace("__STYLE__", _HTML_STYLE)
+        .replace("__SCRIPT__", _HTML_SCRIPT)
+        .replace("__DATA__", data)
+    )
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+_HTML_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>__TITLE__</title>
+<style>__STYLE__</style>
+</head>
+<body>
+<h1>__TITLE__</h1>
+<p id="summary"></p>
+<div id="controls">
+  <label>x <select id="x"></select></label>
+  <label>y <select id="y"></select></label>
+  <label><input type="checkbox" id="logx"> log x</label>
+  <label><input type="checkbox" id="logy"> log y</label>
+  <label><input type="checkbox" id="frontonly"> Pareto set only</label>
+</div>
+<div id="plotbox"><svg id="plot" width="720" height="460"></svg><div id="tip"></div></div>
+<table id="table"><thead></thead><tbody></tbody></table>
+<script id="data" type="application/json">__DATA__</script>
+<script>__SCRIPT__</script>
+</body>
+</html>
+"""
+
+_HTML_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+#controls label { margin-right: 1em; }
+#plotbox { position: relative; display: inline-block; }
+#tip { position: absolute; pointer-events: none; background: #fff; border: 1px solid #888;
+       padding: 4px 6px; font-size: 12px; display: none; white-space: pre; }
+table { border-collapse: collapse; margin-top: 1em; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+th { cursor: pointer; background: #f3f3f3; }
+td.text { text-align: left; }
+tr.front td { background: #fde8e8; }
+tr.picked td { outline: 2px solid #d62728; }
+circle { stroke: #000; stroke-width: 0.5; cursor: pointer; }
+"""
+
+_HTML_SCRIPT = r"""
+(function () {
+  "use strict";
+  var D = JSON.parse(document.getElementById("data").textContent);
+  var SVG = "http://www.w3.org/2000/svg";
+  var rankColors = ["#d62728", "#ff7f0e", "#9467bd", "#8c8c8c"];
+  var svg = document.getElementById("plot"), tip = document.getElementById("tip");
+  var W = 720, H = 460, M = {l: 80, r: 20, t: 20, b: 50};
+  var axes = ["trial"].concat(D.objectives);
+  var sortKey = "rank", sortAsc = true;
+
+  function dirOf(name) {
+    var i = D.objectives.indexOf(name);
+    return i < 0 ? "" : (D.directions[i] === "maximize" ? " (max)" : " (min)");
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) { return ""; }
+    if (typeof v === "number") {
+      return Number.isInteger(v) ? String(v) : Number(v.toPrecision(4)).toString();
+    }
+    if (typeof v === "boolean") { return v ? "yes" : "no"; }
+    return String(v);
+  }
+  function el(name, attrs, text) {
+    var e = document.createElementNS(SVG, name);
+    for (var k in attrs) { e.setAttribute(k, attrs[k]); }
+    if (text !== undefined) { e.textContent = text; }
+    return e;
+  }
+  function scale(vals, lo, hi, log) {
+    var f = log ? function (v) { return Math.log10(v); } : function (v) { return v; };
+    var t = vals.map(f), a = Math.min.apply(null, t), b = Math.max.apply(null, t);
+    if (a === b) { a -= 1; b += 1; }
+    var pad = (b - a) * 0.05; a -= pad; b += pad;
+    var s = function (v) { return lo + (f(v) - a) / (b - a) * (hi - lo); };
+    s.ticks = [];
+    for (var i = 0; i <= 4; i++) {
+      var u = a + (b - a) * i / 4;
+      s.ticks.push({pos: lo + (hi - lo) * i / 4, label: fmt(log ? Math.pow(10, u) : u)});
+    }
+    return s;
+  }
+  function usable(r, k, log) {
+    var v = r[k];
+    return typeof v === "number" && isFinite(v) && (!log || v > 0);
+  }
+  function draw() {
+    var xk = document.getElementById("x").value, yk = document.getElementById("y").value;
+    var lx = document.getElementById("logx").checked, ly = document.getElementById("logy").checked;
+    var only = document.getElementById("frontonly").checked;
+    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    var rows = D.rows.filter(function (r) {
+      return r.rank !== null && (!only || r.rank === 0) && usable(r, xk, lx) && usable(r, yk, ly);
+    });
+    if (!rows.length) {
+      svg.appendChild(el("text", {x: W / 2, y: H / 2, "text-anchor": "middle"}, "no points"));
+      return;
+    }
+    var sx = scale(rows.map(function (r) { return r[xk]; }), M.l, W - M.r, lx);
+    var sy = scale(rows.map(function (r) { return r[yk]; }), H - M.b, M.t, ly);
+    svg.appendChild(el("line", {x1: M.l, y1: H - M.b, x2: W - M.r, y2: H - M.b, stroke: "#000"}));
+    svg.appendChild(el("line", {x1: M.l, y1: M.t, x2: M.l, y2: H - M.b, stroke: "#000"}));
+    sx.ticks.forEach(function (t) {
+      svg.appendChild(el("text", {x: t.pos, y: H - M.b + 16, "text-anchor": "middle",
+                                  "font-size": 11}, t.label));
+    });
+    sy.ticks.forEach(function (t) {
+      svg.appendChild(el("text", {x: M.l - 6, y: t.pos + 4, "text-anchor": "end",
+                                  "font-size": 11}, t.label));
+    });
+    svg.appendChild(el("text", {x: (M.l + W - M.r) / 2, y: H - 12, "text-anchor": "middle"},
+                       xk + dirOf(xk)));
+    svg.appendChild(el("text", {x: 16, y: (M.t + H - M.b) / 2, "text-anchor": "middle",
+                                transform: "rotate(-90 16 " + (M.t + H - M.b) / 2 + ")"},
+                       yk + dirOf(yk)));
+    rows.slice().sort(function (a, b) { return b.rank - a.rank; }).forEach(function (r) {
+      var c = el("circle", {cx: sx(r[xk]), cy: sy(r[yk]), r: r.rank === 0 ? 7 : 4.5,
+                            fill: rankColors[Math.min(r.rank, rankColors.length - 1)]});
+      c.addEventListener("mousemove", function (ev) {
+        var lines = ["trial " + r.trial + "  rank " + r.rank, String(r.candidate)];
+        D.objectives.forEach(function (k) { lines.push(k + dirOf(k) + ": " + fmt(r[k])); });
+        tip.textContent = lines.join("\n");
+        tip.style.left = (ev.offsetX + 14) + "px";
+        tip.style.top = (ev.offsetY + 14) + "px";
+        tip.style.display = "block";
+      });
+      c.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+      c.addEventListener("click", function () { pick(r.trial); });
+      svg.appendChild(c);
+    });
+  }
+  function pick(trial) {
+    var rowsEl = document.querySelectorAll("#table tbody tr");
+    rowsEl.forEach(function (tr) {
+      var hit = tr.dataset.trial === String(trial);
+      tr.classList.toggle("picked", hit);
+      if (hit) { tr.scrollIntoView({block: "nearest"}); }
+    });
+  }
+  function compare(a, b) {
+    var u = a[sortKey], v = b[sortKey];
+    if (u === v) { return 0; }
+    if (u === null || u === undefined) { return 1; }
+    if (v === null || v === undefined) { return -1; }
+    var c = (typeof u === "number" && typeof v === "number") ? u - v
+      : String(u).localeCompare(String(v));
+    return sortAsc ? c : -c;
+  }
+  function table() {
+    var head = document.querySelector("#table thead"), body = document.querySelector("#table tbody");
+    head.innerHTML = ""; body.innerHTML = "";
+    var tr = document.createElement("tr");
+    D.columns.forEach(function (k) {
+      var th = document.createElement("th");
+      th.textContent = k + dirOf(k) + (k === sortKey ? (sortAsc ? " \u25b2" : " \u25bc") : "");
+      th.addEventListener("click", function () {
+        sortAsc = sortKey === k ? !sortAsc : true; sortKey = k; table();
+      });
+      tr.appendChild(th);
+    });
+    head.appendChild(tr);
+    D.rows.slice().sort(compare).forEach(function (r) {
+      var row = document.createElement("tr");
+      row.dataset.trial = String(r.trial);
+      if (r.rank === 0) { row.className = "front"; }
+      D.columns.forEach(function (k) {
+        var td = document.createElement("td");
+        td.textContent = fmt(r[k]);
+        if (typeof r[k] !== "number") { td.className = "text"; }
+        row.appendChild(td);
+      });
+      body.appendChild(row);
+    });
+  }
+  function init() {
+    var nFront = D.rows.filter(function (r) { return r.rank === 0; }).length;
+    var nRanked = D.rows.filter(function (r) { return r.rank !== null; }).length;
+    document.getElementById("summary").textContent = nFront + " of " + nRanked +
+      " ranked trials on the Pareto front; objectives: " +
+      D.objectives.map(function (k) { return k + dirOf(k); }).join(", ") +
+      (D.rows.length > nRanked ? "; " + (D.rows.length - nRanked) + " excluded" : "");
+    ["x", "y"].forEach(function (id, i) {
+      var s = document.getElementById(id);
+      axes.forEach(function (k) {
+        var o = document.createElement("option"); o.value = k; o.textContent = k; s.appendChild(o);
+      });
+      s.value = D.objectives.length > 1 ? D.objectives[i] : axes[i];
+      s.addEventListener("change", draw);
+    });
+    ["logx", "logy", "frontonly"].forEach(function (id) {
+      document.getElementById(id).addEventListener("change", draw);
+    });
+    draw(); table();
+  }
+  init();
+})();
+"""
