@@ -18,6 +18,8 @@ def _cmd_space(args: argparse.Namespace) -> int:
     from space.schema import load_config
 
     config = load_config(args.config)
+    for path, message in config.warnings:
+        print(f"ropenope space: warning: {path}: {message}", file=sys.stderr)
     if args.json:
         print(json.dumps(describe_space(config), indent=2, default=str))
     else:

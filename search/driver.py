@@ -138,6 +138,8 @@ def run_sweep(
             total_steps=config.train.total_steps,
             enabled=progress,
         )
+        for path, message in config.warnings:
+            show.note(f"warning: {path}: {message}")
         for w in opened.warnings:
             show.note(f"warning: {w}")
         show.note(

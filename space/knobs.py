@@ -17,11 +17,12 @@ the given value (or one of a list of values); otherwise it keeps its default.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from space.errors import ConfigError
+from space.yaml_io import echo
 
 # name -> (default, kind). kind drives value validation.
 _INT, _FLOAT, _WINDOW, _ENUM = "int", "float", "window", "enum"
@@ -67,6 +68,9 @@ KNOB_DEFAULTS: dict[str, Any] = {
 }
 
 KNOB_NAMES: tuple[str, ...] = tuple(KNOB_KINDS)
+
+# An integer knob (a window, a layer count, a temperature floor) above this is a typo.
+MAX_INT_KNOB = 2**40
 
 
 class Suggester(Protocol):
@@ -173,34 +177,46 @@ def check_value(name: str, value: Any, path: str) -> Any:
         if value is None and name == "global_temperature":
             return "none"
         if not isinstance(value, str) or value not in ENUM_VALUES[name]:
-            raise ConfigError.at(path, f"expected one of {list(ENUM_VALUES[name])}, got {value!r}")
+            raise ConfigError.at(
+                path, f"expected one of {list(ENUM_VALUES[name])}, got {echo(value)}"
+            )
         return value
     if kind == _WINDOW:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError.at(
-                path, f"expected a window in tokens (int > 0) or null, got {value!r}"
+                path, f"expected a window in tokens (int > 0) or null, got {echo(value)}"
             )
         if value <= 0:
             raise ConfigError.at(
-                path, f"expected a window > 0 tokens (or null = full), got {value}"
+                path, f"expected a window > 0 tokens (or null = full), got {echo(value)}"
             )
+        if value > MAX_INT_KNOB:
+            raise ConfigError.at(path, f"expected a window <= {MAX_INT_KNOB:,} tokens")
         return value
     if kind == _INT:
         if value is None and name in ("kv_heads", "global_temperature_floor", "global_every"):
             return 0 if name == "global_every" else None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError.at(path, f"expected an integer, got {value!r}")
+            raise ConfigError.at(path, f"expected an integer, got {echo(value)}")
         if value < 0 or (value == 0 and name != "global_every"):
-            raise ConfigError.at(path, f"expected a positive integer, got {value}")
+            raise ConfigError.at(path, f"expected a positive integer, got {echo(value)}")
+        if value > MAX_INT_KNOB:
+            raise ConfigError.at(path, f"expected an integer <= {MAX_INT_KNOB:,}")
         return value
     # float
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError.at(path, f"expected a number, got {value!r}")
-    if value <= 0:
-        raise ConfigError.at(path, f"expected a positive number, got {value}")
-    return float(value)
+        raise ConfigError.at(path, f"expected a number, got {echo(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError.at(path, f"expected a finite number, got {echo(value)}")
+    if number <= 0:
+        raise ConfigError.at(path, f"expected a positive number, got {echo(value)}")
+    return number
 
 
 _DOMAIN_KEYS = ("choice", "int", "float", "log")
@@ -256,8 +272,13 @@ def parse_knob(name: str, raw: Any, path: str) -> KnobSpec:
     if step is not None:
         if domain == "log":
             raise ConfigError.at(f"{path}.step", "a log range cannot have a step")
-        if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
-            raise ConfigError.at(f"{path}.step", f"expected a positive number, got {step!r}")
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, int | float)
+            or not math.isfinite(step)
+            or step <= 0
+        ):
+            raise ConfigError.at(f"{path}.step", f"expected a positive number, got {echo(step)}")
         if domain == "int" and not isinstance(step, int):
             raise ConfigError.at(f"{path}.step", "an int range needs an integer step")
     return KnobSpec(name, domain, low=low, high=high, step=step, when=when)
@@ -278,12 +299,33 @@ def _parse_when(raw: Any, path: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     return tuple(out)
 
 
-def knob_domain(spec: KnobSpec) -> tuple[Any, ...]:
-    """Every value a knob can take, for finite domains; () for continuous ones."""
+def knob_domain(spec: KnobSpec) -> Sequence[Any]:
+    """Every value a knob can take, for finite domains (an int range stays a lazy
+    ``range``: a billion values are never materialised); () for continuous ones."""
     if spec.domain == "fixed":
         return (spec.value,)
     if spec.domain == "choice":
         return spec.choices
     if spec.domain == "int":
-        return tuple(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
+        return range(int(spec.low), int(spec.high) + 1, int(spec.step or 1))
     return ()
+
+
+def domain_holds(spec: KnobSpec, value: Any) -> bool:
+    """Whether ``value`` is among the values the knob can take (no materialising)."""
+    if spec.domain in ("fixed", "choice"):
+        return any(repr(value) == repr(v) for v in knob_domain(spec))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if spec.domain == "int":
+        return isinstance(value, int) and value in knob_domain(spec)
+    return spec.low <= value <= spec.high
+
+
+def grid_size(spec: KnobSpec) -> int | None:
+    """How many values the grid sampler would visit for this knob; None if infinite."""
+    if spec.domain in ("fixed", "choice", "int"):
+        return len(knob_domain(spec))
+    if spec.domain == "float" and spec.step:
+        return int((spec.high - spec.low) // spec.step) + 1
+    return None

@@ -39,6 +39,7 @@ def describe_space(config: SweepConfig) -> dict[str, Any]:
         "model": config.model.model_dump(),
         "objectives": [o.model_dump() for o in config.study.objectives],
         "presets": presets,
+        "warnings": [{"path": p, "message": m} for p, m in config.warnings],
     }
 
 

@@ -11,12 +11,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate, build_candidate
-from space.knobs import KNOB_NAMES, KnobSpec, knob_domain, parse_knob
+from space.knobs import (
+    KNOB_NAMES,
+    KnobSpec,
+    check_value,
+    domain_holds,
+    grid_size,
+    knob_domain,
+    parse_knob,
+)
 from space.layers import ModelShape
 from space.names import (
     EVAL_METRICS,
@@ -29,6 +36,7 @@ from space.names import (
 from space.presets import BUILTIN_PRESETS
 from space.tasks import min_length, task_params
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
+from space.yaml_io import echo, parse_yaml, read_yaml_file
 
 SECTIONS = (
     "study",
@@ -45,7 +53,8 @@ SECTIONS = (
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # NaN and infinities are never a setting; strict: "10" is not 10, 1.0 is not true.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Objective(_Section):
@@ -59,6 +68,23 @@ DEFAULT_OBJECTIVES = (
     Objective(metric=KV_CACHE_BYTES, direction="minimize"),
 )
 
+
+# Upper bounds: far beyond any real sweep, low enough that a typo (or an attack) is an error
+# at validation, not an allocation of a billion layers or a loop of 10^30 steps.
+MAX_TRIALS = 1_000_000
+MAX_REPEATS = 1000
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_LAYERS = 1024
+MAX_WIDTH = 65536
+MAX_HEADS = 1024
+MAX_VOCAB = 2**24
+MAX_TOKENS_PER_SEQUENCE = 2**24
+MAX_BATCH = 2**20
+MAX_STEPS = 10**9
+MAX_SAMPLES = 100_000
+MAX_LENGTH_MULTIPLE = 1024
+MAX_CPUS = 4096
+MAX_GRID_POINTS = 100_000
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 STUDY_NAME_MAX_CHARS = 100
@@ -81,12 +107,16 @@ def study_name_problem(name: str) -> str | None:
 class StudySection(_Section):
     name: str
     storage: str | None = None  # SQLAlchemy URL; None = sqlite file under runs/
-    trials: int = Field(default=8, ge=1)
+    trials: int = Field(default=8, ge=1, le=MAX_TRIALS)
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
-    seed: int = 0
-    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    objectives: tuple[Objective, ...] = Field(
+        default=DEFAULT_OBJECTIVES, min_length=1, max_length=16
+    )
     dedup: bool = True
-    repeats: int = Field(default=1, ge=1)  # seeds per candidate (train.seed, +1, ...)
+    repeats: int = Field(
+        default=1, ge=1, le=MAX_REPEATS
+    )  # seeds per candidate (train.seed, +1, ...)
 
     @field_validator("name")
     @classmethod
@@ -98,30 +128,30 @@ class StudySection(_Section):
 
 
 class ModelSection(_Section):
-    layers: int = Field(ge=1)
-    d_model: int = Field(ge=2)
-    heads: int = Field(ge=1)
-    mlp_hidden: int = Field(ge=1)
+    layers: int = Field(ge=1, le=MAX_LAYERS)
+    d_model: int = Field(ge=2, le=MAX_WIDTH)
+    heads: int = Field(ge=1, le=MAX_HEADS)
+    mlp_hidden: int = Field(ge=1, le=MAX_WIDTH * 8)
     init_std: float = Field(default=0.02, gt=0)
     norm_eps: float = Field(default=1e-6, gt=0)
-    vocab_size: int | None = Field(default=None, ge=2)  # None = the byte vocabulary
+    vocab_size: int | None = Field(default=None, ge=2, le=MAX_VOCAB)  # None = the byte vocabulary
 
 
 class TrainSection(_Section):
-    seq_len: int = Field(ge=8)
-    batch_size: int = Field(ge=1)
-    steps: int | None = Field(default=None, ge=1)
-    tokens: int | None = Field(default=None, ge=1)
+    seq_len: int = Field(ge=8, le=MAX_TOKENS_PER_SEQUENCE)
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    tokens: int | None = Field(default=None, ge=1, le=MAX_STEPS * MAX_BATCH)
     lr: float = Field(default=3e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=50, ge=0)
+    warmup_steps: int = Field(default=50, ge=0, le=MAX_STEPS)
     weight_decay: float = Field(default=0.1, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    seed: int = 0
-    eval_every: int = Field(default=100, ge=1)
-    eval_windows: int = Field(default=16, ge=1)
-    checkpoint_every: int = Field(default=100, ge=1)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    eval_every: int = Field(default=100, ge=1, le=MAX_STEPS)
+    eval_windows: int = Field(default=16, ge=1, le=MAX_SAMPLES)
+    checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS)
     compile: bool = False
     task_mix: dict[Literal["passkey", "multikey", "multivalue"], float] = Field(
         default_factory=lambda: {"multikey": 1.0}
@@ -133,7 +163,9 @@ class TrainSection(_Section):
     lm_fraction: float = Field(default=0.5, ge=0, le=1)
     filler_weight: float = Field(default=0.1, ge=0)
     answer_weight: float = Field(default=1.0, ge=0)
-    threads: int | None = Field(default=None, ge=1)  # torch threads; None = CPUs given to the trial
+    threads: int | None = Field(
+        default=None, ge=1, le=MAX_CPUS
+    )  # torch threads; None = CPUs given to the trial
 
     @property
     def total_steps(self) -> int:
@@ -150,31 +182,33 @@ class DataSection(_Section):
 
 class ScoreSection(_Section):
     task: Literal["passkey", "multikey", "multivalue"] = "multikey"
-    lengths: tuple[int, ...] = (1, 2, 4, 8)  # multiples of train.seq_len
-    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    samples: int = Field(default=20, ge=1)
-    extrap: tuple[int, ...] = (2, 4)
-    val_windows: int = Field(default=32, ge=1)
-    kv_context_tokens: int = Field(default=131072, ge=1)
-    kv_dtype_bytes: int = Field(default=2, ge=1)
+    lengths: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1, max_length=32)  # x seq_len
+    depths: tuple[float, ...] = Field(
+        default=(0.0, 0.25, 0.5, 0.75, 1.0), min_length=1, max_length=64
+    )
+    samples: int = Field(default=20, ge=1, le=MAX_SAMPLES)
+    extrap: tuple[int, ...] = Field(default=(2, 4), max_length=32)
+    val_windows: int = Field(default=32, ge=1, le=MAX_SAMPLES)
+    kv_context_tokens: int = Field(default=131072, ge=1, le=2**40)
+    kv_dtype_bytes: int = Field(default=2, ge=1, le=16)
     attention_mass: bool = True
-    mass_lengths: tuple[int, ...] = (1, 4)
-    mass_samples: int = Field(default=8, ge=1)
-    seed: int = 1234
+    mass_lengths: tuple[int, ...] = Field(default=(1, 4), max_length=32)
+    mass_samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)
+    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
 
 class SchedulerSection(_Section):
     kind: Literal["none", "asha"] = "none"
     metric: str = "val_bpb"
     mode: Literal["min", "max"] = "min"
-    grace_period: int = Field(default=1, ge=1)  # in evaluations
-    reduction_factor: int = Field(default=2, ge=2)
+    grace_period: int = Field(default=1, ge=1, le=MAX_STEPS)  # in evaluations
+    reduction_factor: int = Field(default=2, ge=2, le=1000)
 
 
 class ResourcesSection(_Section):
-    cpus_per_trial: float = Field(default=1, gt=0)
-    gpus_per_trial: float = Field(default=0, ge=0)
-    max_concurrent: int = Field(default=2, ge=1)
+    cpus_per_trial: float = Field(default=1, gt=0, le=MAX_CPUS)
+    gpus_per_trial: float = Field(default=0, ge=0, le=MAX_CPUS)
+    max_concurrent: int = Field(default=2, ge=1, le=MAX_TRIALS)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -185,7 +219,7 @@ class TrackingSection(_Section):
 
 
 class PresetEntry(_Section):
-    name: str
+    name: str = Field(min_length=1, max_length=100)
     extends: str | None = None
     knobs: dict[str, Any] = Field(default_factory=dict)
 
@@ -202,6 +236,9 @@ class SweepConfig(_Section):
     tracking: TrackingSection = TrackingSection()
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> knobs
     source: str | None = None
+    # (dotted path, message): legal but probably not what was meant; shown by `ropenope
+    # space` and `submit`, never silenced.
+    warnings: tuple[tuple[str, str], ...] = ()
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -294,9 +331,14 @@ def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]
             msg = "required key is missing"
         else:
             got = e.get("input")
-            msg = f"{e['msg']} (got {got!r})" if not isinstance(got, dict | list) else e["msg"]
-        problems.append((path, msg))
-    return problems
+            msg = (
+                e["msg"]
+                if isinstance(got, dict | list | tuple)
+                else f"{e['msg']} (got {echo(got)})"
+            )
+        problems.append((path, msg[:300]))
+    # One line per key: a union type reports one error per member; keep the first.
+    return list(dict((path, msg) for path, msg in reversed(problems)).items())[::-1]
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -338,28 +380,6 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e4`` and ``1.0e4`` as strings; researchers mean numbers."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
 def parse_config(raw: Any, source: str | None = None) -> SweepConfig:
     """Validate a parsed YAML document. Raises ConfigError with every problem found."""
     if not isinstance(raw, Mapping):
@@ -389,10 +409,11 @@ def parse_config(raw: Any, source: str | None = None) -> SweepConfig:
         raise ConfigError(problems, source)
 
     config = SweepConfig(source=source, space=space, presets=presets, **sections)
-    _check_semantics(config, problems)
+    warnings: list[tuple[str, str]] = []
+    _check_semantics(config, problems, warnings)
     if problems:
         raise ConfigError(problems, source)
-    return config
+    return config.model_copy(update={"warnings": tuple(warnings)}) if warnings else config
 
 
 def _parse_space(raw: Any, problems: list) -> dict[str, KnobSpec]:
@@ -408,7 +429,7 @@ def _parse_space(raw: Any, problems: list) -> dict[str, KnobSpec]:
         except ConfigError as err:
             problems.extend(err.problems)
     for name, spec in space.items():
-        for i, (other, allowed) in enumerate(spec.when):
+        for other, allowed in spec.when:
             if other not in space:
                 problems.append(
                     (
@@ -418,17 +439,46 @@ def _parse_space(raw: Any, problems: list) -> dict[str, KnobSpec]:
                 )
             elif other == name:
                 problems.append((f"space.{name}.when.{other}", "a knob cannot depend on itself"))
-            else:
-                domain = knob_domain(space[other])
-                if domain and not set(map(repr, allowed)) & set(map(repr, domain)):
-                    problems.append(
-                        (
-                            f"space.{name}.when.{other}",
-                            f"no value in {list(allowed)} is possible for {other} ({list(domain)})",
-                        )
+            elif not any(domain_holds(space[other], value) for value in allowed):
+                problems.append(
+                    (
+                        f"space.{name}.when.{other}",
+                        f"no value in {echo(list(allowed))} is possible for {other} "
+                        f"({space[other].describe()[:80]})",
                     )
-            del i
+                )
+    cycle = _condition_cycle(space)
+    if cycle:
+        problems.append(
+            (f"space.{cycle[0]}.when", "conditions form a cycle: " + " -> ".join(cycle))
+        )
     return space
+
+
+def _condition_cycle(space: Mapping[str, KnobSpec]) -> list[str] | None:
+    """A cycle of ``when`` conditions (a -> b -> a), as the knob names along it."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        state[name] = 1
+        for other, _ in space[name].when:
+            if other not in space or other == name:
+                continue  # reported on its own
+            if state.get(other) == 1:
+                return [*path[path.index(other) :], other] if other in path else [name, other]
+            if other not in state:
+                found = visit(other, [*path, other])
+                if found:
+                    return found
+        state[name] = 2
+        return None
+
+    for name in space:
+        if name not in state:
+            found = visit(name, [name])
+            if found:
+                return found
+    return None
 
 
 def _parse_presets(raw: Any, problems: list) -> dict[str, dict[str, Any]]:
@@ -474,38 +524,82 @@ def _parse_presets(raw: Any, problems: list) -> dict[str, dict[str, Any]]:
                 (f"{path}.knobs.{bad[0]}", f"unknown knob; expected one of {list(KNOB_NAMES)}")
             )
             continue
+        own = knobs if isinstance(entry, str) else (entry.get("knobs") or {})
+        try:
+            for knob, value in own.items():
+                check_value(knob, value, f"{path}.knobs.{knob}")
+        except ConfigError as err:
+            problems.extend(err.problems)
+            continue
         out[name] = knobs
     return out
 
 
-def _check_semantics(config: SweepConfig, problems: list) -> None:
+def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> None:
     m = config.model
     if m.d_model % m.heads:
         problems.append(("model.heads", f"heads={m.heads} must divide d_model={m.d_model}"))
     elif (m.d_model // m.heads) % 2:
         problems.append(("model.heads", f"head_dim={m.d_model // m.heads} must be even for RoPE"))
     # Fixed and searched knob values checked against the model where they can be.
-    for name in ("global_every", "kv_heads"):
+    every = config.space.get("global_every")
+    if every is not None:
+        if every.domain == "int":
+            highest = int(every.high)
+        else:
+            highest = max((v for v in knob_domain(every) if v is not None), default=None)
+        if highest is not None and highest > m.layers:
+            problems.append(
+                (
+                    "space.global_every",
+                    f"global_every={echo(highest)} > model.layers={m.layers}; expected <= layers",
+                )
+            )
+    kv = config.space.get("kv_heads")
+    if kv is not None and kv.domain in ("fixed", "choice", "int"):
+        values = knob_domain(kv)
+        # Divisors of heads are at most heads: a huge int range is never walked past it.
+        small = (
+            values
+            if not isinstance(values, range)
+            else range(values.start, min(values.stop, m.heads + 1), values.step)
+        )
+        dividing = [v for v in small if v is None or (v > 0 and m.heads % v == 0)]
+        if not dividing:
+            what = (
+                f"kv_heads={echo(kv.value)} must divide"
+                if kv.domain == "fixed"
+                else f"no value of kv_heads ({kv.describe()[:60]}) divides"
+            )
+            problems.append(("space.kv_heads", f"{what} model.heads={m.heads}"))
+        elif kv.domain == "choice" and len(dividing) < len(values):
+            bad = [v for v in values if v not in dividing]
+            warnings.append(
+                (
+                    "space.kv_heads",
+                    f"kv_heads {echo(bad)} do not divide model.heads={m.heads}: those "
+                    "candidates fail as invalid_candidate",
+                )
+            )
+    for name in ("local_window", "global_window"):
         spec = config.space.get(name)
         if spec is None:
             continue
-        values = knob_domain(spec) or (spec.low, spec.high)
-        for v in values:
-            if v is None:
-                continue
-            if name == "global_every" and v > m.layers:
-                problems.append(
-                    (
-                        f"space.{name}",
-                        f"global_every={v} > model.layers={m.layers}; expected <= layers",
-                    )
+        domain = knob_domain(spec)
+        top = (
+            spec.high
+            if spec.domain == "int"
+            else max((v for v in domain if v is not None), default=None)
+        )
+        if top is not None and top >= config.train.seq_len:
+            warnings.append(
+                (
+                    f"space.{name}",
+                    f"a window of {echo(top)} tokens is not smaller than train.seq_len="
+                    f"{config.train.seq_len}: such a layer attends fully during training and "
+                    "is windowed only past the training length",
                 )
-                break
-            if name == "kv_heads" and spec.domain == "fixed" and m.heads % v:
-                problems.append(
-                    (f"space.{name}", f"kv_heads={v} must divide model.heads={m.heads}")
-                )
-                break
+            )
     t = config.train
     if t.steps is None and t.tokens is None:
         problems.append(("train.steps", "give a budget: train.steps or train.tokens"))
@@ -539,6 +633,10 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
         values = getattr(s, field)
         if any(v < 1 for v in values):
             problems.append((f"score.{field}", "multiples of train.seq_len must be >= 1"))
+        elif any(v > MAX_LENGTH_MULTIPLE for v in values):
+            problems.append(
+                (f"score.{field}", f"multiples of train.seq_len must be <= {MAX_LENGTH_MULTIPLE}")
+            )
     if 1 not in s.lengths:
         problems.append(("score.lengths", "must include 1 (accuracy at the training length)"))
     if any(not 0 <= d <= 1 for d in s.depths):
@@ -569,12 +667,23 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
             )
         )
     if config.study.sampler == "grid":
+        points = 1
         for name, spec in config.searched.items():
-            try:
-                spec.grid_values()
-            except ConfigError as err:
-                problems.extend(err.problems)
-            del name
+            size = grid_size(spec)
+            if size is None:
+                problems.append(
+                    (
+                        f"space.{name}",
+                        "the grid sampler needs a finite domain (choice, int, or float with step)",
+                    )
+                )
+                continue
+            points *= size
+            if points > MAX_GRID_POINTS:
+                problems.append(
+                    (f"space.{name}", f"the grid has more than {MAX_GRID_POINTS:,} points")
+                )
+                break
     # Fixed-only combinations that can never form a model.
     fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
     if not config.searched:
@@ -595,20 +704,11 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
 
 def load_config_text(text: str, source: str | None = None) -> SweepConfig:
     """Validate a sweep file's text (e.g. the one a study stored). Raises ConfigError."""
-    try:
-        raw = parse_yaml(text)
-    except yaml.YAMLError as err:
-        raise ConfigError([("", f"not valid YAML: {err}")], source) from None
-    return parse_config(raw, source=source)
+    return parse_config(parse_yaml(text, source), source=source)
 
 
 def load_config(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep file. Raises ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([("", f"no such file: {path}")], str(path))
-    try:
-        raw = parse_yaml(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError([("", f"not valid YAML: {err}")], str(path)) from None
+    """Read and validate a sweep file. Raises ConfigError (never anything else for a bad
+    file: see :mod:`space.yaml_io` for what is refused before validation)."""
+    raw, _ = read_yaml_file(path)
     return parse_config(raw, source=str(path))
