@@ -9,7 +9,6 @@ good metrics; it never raises for that.
 from __future__ import annotations
 
 import math
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from space.outcomes import RunStatus
+from workers import checkpoint
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,T), y (B,T), weights (B,T)
 
@@ -113,14 +113,7 @@ def save_checkpoint(
         "history": history,
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint.save(path, state)  # atomic, the previous one kept: see workers.checkpoint
 
 
 def train(
@@ -152,8 +145,9 @@ def train(
     history: list[dict[str, float]] = []
     loss_sum, loss_count = 0.0, 0  # training loss since the last evaluation
     resumed_from = None
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+    found = checkpoint.load_latest(checkpoint_path) if resume and checkpoint_path else None
+    if found is not None:
+        state, _ = found
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
