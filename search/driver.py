@@ -31,7 +31,7 @@ from search.signature import stored_config, target_trials
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import load_existing, open_study
 from search.study_view import study_view
-from search.trials import count_toward_target, reconcile_interrupted
+from search.trials import count_toward_target, reconcile_interrupted, requeue_worker_deaths
 from space.paths import runs_dir
 from space.schema import SweepConfig, load_config, study_name_problem
 from space.secrets import redact_url
@@ -158,6 +158,9 @@ def run_sweep(
                 f"#{number} was left RUNNING by a dead driver: FAIL interrupted, re-queued{where}"
             )
         notify_closed(study, hooks, [n for n, _ in closed], show)
+        for number, restore in requeue_worker_deaths(study, restore_for=find_restore):
+            where = f", continuing from {restore}" if restore else ""
+            show.note(f"#{number} ended because its worker died: re-queued{where}")
         summary = SweepSummary(
             name, redact_url(url), target, {}, 0.0, reconciled=[n for n, _ in closed]
         )

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -17,6 +19,8 @@ from optuna.trial import FrozenTrial
 
 from search.errors import StudyLocked
 from space.names import ATTR_DRIVER, STUDY_ATTR_DRIVER_PREFIX
+
+log = logging.getLogger("ropenope.driver")
 
 
 class SqliteLock:
@@ -77,6 +81,8 @@ class DriverRegistry:
     Each driver writes ``ropenope:driver:<id>`` = {host, pid, started, heartbeat, state};
     its trials carry ``driver_id``. A driver is dead when it said it ended, when its pid
     is gone on this host, or when its heartbeat is older than ``stale_after`` seconds.
+    The heartbeat runs on its own thread and clock (:meth:`register` starts it): a driver
+    whose loop is busy is still alive, and another driver never takes it for dead.
     """
 
     def __init__(
@@ -94,32 +100,47 @@ class DriverRegistry:
         self.host = socket.gethostname()
         self._last = 0.0
         self._started = datetime.now().isoformat(timespec="seconds")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.Lock()
 
     @property
     def key(self) -> str:
         return STUDY_ATTR_DRIVER_PREFIX + self.driver_id
 
     def _write(self, state: str) -> None:
-        self._last = time.time()
-        self.study.set_user_attr(
-            self.key,
-            {
-                "host": self.host,
-                "pid": os.getpid(),
-                "started": self._started,
-                "heartbeat": self._last,
-                "state": state,
-            },
-        )
+        with self._write_lock:
+            self._last = time.time()
+            self.study.set_user_attr(
+                self.key,
+                {
+                    "host": self.host,
+                    "pid": os.getpid(),
+                    "started": self._started,
+                    "heartbeat": self._last,
+                    "state": state,
+                },
+            )
 
     def register(self) -> None:
+        """Say this driver runs, and keep saying so every ``heartbeat_s`` seconds."""
         self._write("running")
+        self._thread = threading.Thread(
+            target=self._beat_forever, name="ropenope-heartbeat", daemon=True
+        )
+        self._thread.start()
 
-    def beat(self, force: bool = False) -> None:
-        if force or time.time() - self._last >= self.heartbeat_s:
-            self._write("running")
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._write("running")
+            except Exception as err:  # a database hiccup: say so, beat again next time
+                log.warning("heartbeat of driver %s not written: %s", self.driver_id, err)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         self._write("ended")
 
     def drivers(self) -> dict[str, dict[str, Any]]:

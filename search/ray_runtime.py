@@ -115,7 +115,7 @@ def fit(
             callbacks=[SweepCallback(searcher)],
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=config.resources.max_retries),
         ),
     )
     tuner.fit()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import traceback
 from collections.abc import Mapping
@@ -70,24 +71,39 @@ from space.names import (
     ATTR_REASON_DETAIL,
     ATTR_REPEATS,
     ATTR_RERUN_OF,
+    ATTR_RESTART_REASON,
     ATTR_RESTORE_FROM,
     ATTR_REUSED_FROM,
     ATTR_SEED,
     ATTR_TRACKING_ERROR,
     ATTR_TRIAL_DIR,
+    ATTR_WORKER_RESTARTS,
     STEPS,
     TRAIN_SECONDS,
     VAL_BPB,
     is_score_name,
 )
-from space.outcomes import Reason, RunStatus, error_reason
+from space.outcomes import Outcome, Reason, RunStatus, error_reason
 from space.schema import SweepConfig
 from tracking.hooks import SweepHooks
+from tracking.study_view import TrialSnapshot
 from workers.trial import EVALS_KEY, LINKS_KEY, OUTCOME_KEY, SEED_INDEX_KEY, TrialOutcome
 
 # Scores copied from a trial to a deduplicated one (besides every is_score_name key);
 # not trial_seconds: that is what the trial itself cost, and a reused one cost nothing.
 _EXTRA_SCORES = (VAL_BPB, TRAIN_SECONDS, STEPS)
+
+
+# What Ray says when a trial's process or node died (rather than its code raising).
+_WORKER_DEATH = re.compile(
+    r"ActorDiedError|WorkerCrashedError|NodeDiedError|OutOfMemoryError|ActorUnavailableError"
+    r"|RayActorError|died unexpectedly|SIGKILL|SIGSEGV|exited unexpectedly"
+)
+
+
+def worker_died(text: str | None) -> bool:
+    """Whether a Ray error trace says the trial's worker process or node died."""
+    return bool(text) and _WORKER_DEATH.search(text) is not None
 
 
 def ray_error_reason(text: str | None) -> str:
@@ -118,6 +134,7 @@ class _Live:
     candidate: Candidate
     source: str
     evals: int = 0
+    restarts: int = 0
     links_seen: set[str] = field(default_factory=set)
 
 
@@ -178,7 +195,6 @@ class StudySearcher(Searcher):
             return None
         if time.monotonic() < self._idle_until:
             return None
-        self.registry.beat()
         ready = self._resolve_waiting()
         while ready is None:
             trials = self.study.get_trials(deepcopy=False)
@@ -294,7 +310,22 @@ class StudySearcher(Searcher):
         attrs = {**scores, ATTR_REUSED_FROM: origin}
         if ATTR_TRIAL_DIR in source.user_attrs:
             attrs[ATTR_TRIAL_DIR] = source.user_attrs[ATTR_TRIAL_DIR]
+        # Its MLflow run is made now, so the run id is on the trial before Optuna closes it
+        # (Optuna refuses attributes on a finished trial).
+        current = self.storage.get_trial(storage_trial_id(self._trial_of(number)))
+        snapshot = TrialSnapshot(
+            number=number,
+            state=Outcome.COMPLETE,
+            values=list(source.values),
+            params=current.params,
+            user_attrs={**current.user_attrs, **attrs},
+            datetime_start=current.datetime_start,
+        )
+        attrs.update(self.hooks.link_trial(study_view(self.study), snapshot))
         self._close(number, TrialState.COMPLETE, attrs, values=list(source.values))
+
+    def _trial_of(self, number: int) -> FrozenTrial:
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
 
     def _launch(self, tune_id: str, ready: _Ready) -> dict[str, Any]:
         trial, number = ready.trial, ready.trial.number
@@ -419,17 +450,33 @@ class StudySearcher(Searcher):
             attrs.update({ATTR_REASON: outcome.reason, ATTR_REASON_DETAIL: outcome.detail})
             self._close(number, TrialState.FAIL, attrs)
 
+    def on_trial_restart(self, tune_id: str, error_text: str | None) -> None:
+        """Tune restarts a trial whose worker died, from its last checkpoint: count it on
+        the trial and say so."""
+        live = self.live.get(tune_id)
+        if live is None:
+            return
+        live.restarts += 1
+        why = ray_error_reason(error_text).removeprefix(f"{Reason.ERROR}: ")
+        set_trial_attrs(
+            self.storage,
+            storage_trial_id(live.trial),
+            {ATTR_WORKER_RESTARTS: live.restarts, ATTR_RESTART_REASON: why},
+        )
+        self.progress.note(
+            f"#{live.trial.number} its worker died ({why[:120]}); restarting from its "
+            f"newest checkpoint (restart {live.restarts} of {self.config.resources.max_retries})"
+        )
+
     def on_trial_error(self, tune_id: str, error_text: str | None) -> None:
         live = self.errored.pop(tune_id, None)
         if live is None:
             return
+        reason = Reason.WORKER_DIED if worker_died(error_text) else ray_error_reason(error_text)
         self._close(
             live.trial.number,
             TrialState.FAIL,
-            {
-                ATTR_REASON: ray_error_reason(error_text),
-                ATTR_REASON_DETAIL: (error_text or "")[-4000:],
-            },
+            {ATTR_REASON: reason, ATTR_REASON_DETAIL: (error_text or "")[-4000:]},
         )
 
     def interrupt(self, live: _Live | _Waiting, detail: str) -> None:

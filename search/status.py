@@ -20,7 +20,7 @@ from space.names import (
     ATTR_REUSED_FROM,
     ATTR_TRIAL_DIR,
 )
-from space.outcomes import Reason
+from space.outcomes import RERUN_REASONS
 from tracking.study_view import objective_names as study_objectives
 
 
@@ -37,8 +37,8 @@ def format_value(value: Any) -> str:
 
 
 def count_states(trials: Sequence[FrozenTrial]) -> Counter:
-    """Trials per state name, plus ``interrupted`` (FAIL trials a re-run replaces) and
-    one ``reason:<r>`` entry per FAIL/PRUNED reason."""
+    """Trials per state name, plus ``interrupted`` (FAIL trials a re-run replaces: the
+    driver or the worker died) and one ``reason:<r>`` entry per FAIL/PRUNED reason."""
     c: Counter = Counter({s.name: 0 for s in TrialState})
     c["interrupted"] = 0
     for t in trials:
@@ -46,7 +46,7 @@ def count_states(trials: Sequence[FrozenTrial]) -> Counter:
         if t.state in (TrialState.FAIL, TrialState.PRUNED):
             reason = str(t.user_attrs.get(ATTR_REASON, "unknown"))
             c[f"reason:{reason}"] += 1
-            if reason == Reason.INTERRUPTED:
+            if reason in RERUN_REASONS:
                 c["interrupted"] += 1
     return c
 

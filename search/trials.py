@@ -24,16 +24,16 @@ from space.names import (
     ATTR_RERUN_OF,
     ATTR_RESTORE_FROM,
 )
-from space.outcomes import Reason
+from space.outcomes import RERUN_REASONS, Reason
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:
-    """Finished trials count, and running ones; an interrupted trial does not (its
-    candidate is re-run), nor does a queued one until it is asked."""
+    """Finished trials count, and running ones; an interrupted trial or one whose worker
+    died does not (its candidate runs again), nor does a queued one until it is asked."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get(ATTR_REASON) != Reason.INTERRUPTED
+        return trial.user_attrs.get(ATTR_REASON) not in RERUN_REASONS
     return False
 
 
@@ -155,16 +155,40 @@ def reconcile_interrupted(
         )
         if not ok:
             continue  # another driver closed it and re-queued it
-        knobs = trial.user_attrs.get(ATTR_KNOBS)
-        if knobs is not None:
-            rerun_attrs = {ATTR_KNOBS: knobs, ATTR_RERUN_OF: trial.number}
-            if ATTR_PRESET in trial.user_attrs:
-                rerun_attrs[ATTR_PRESET] = trial.user_attrs[ATTR_PRESET]
-            if restore is not None:
-                rerun_attrs[ATTR_RESTORE_FROM] = str(restore)
-            params = enqueued_params(trial)
-            study.enqueue_trial(
-                dict(trial.params) if params is None else params, user_attrs=rerun_attrs
-            )
+        _requeue(study, trial, restore)
         closed.append((trial.number, restore))
     return closed
+
+
+def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> None:
+    """Enqueue ``trial``'s candidate again (``rerun_of``), continuing from ``restore``."""
+    knobs = trial.user_attrs.get(ATTR_KNOBS)
+    if knobs is None:
+        return
+    rerun_attrs = {ATTR_KNOBS: knobs, ATTR_RERUN_OF: trial.number}
+    if ATTR_PRESET in trial.user_attrs:
+        rerun_attrs[ATTR_PRESET] = trial.user_attrs[ATTR_PRESET]
+    if restore is not None:
+        rerun_attrs[ATTR_RESTORE_FROM] = str(restore)
+    params = enqueued_params(trial)
+    study.enqueue_trial(dict(trial.params) if params is None else params, user_attrs=rerun_attrs)
+
+
+def requeue_worker_deaths(
+    study: optuna.Study, *, restore_for: Callable[[FrozenTrial], Path | None] = lambda t: None
+) -> list[tuple[int, Path | None]]:
+    """Re-run the candidates of FAIL ``worker_died`` trials that no trial re-runs yet
+    (``ropenope resume``), from their newest checkpoint."""
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs.get(ATTR_RERUN_OF) for t in trials}
+    queued = []
+    for trial in trials:
+        if (
+            trial.state == TrialState.FAIL
+            and trial.user_attrs.get(ATTR_REASON) == Reason.WORKER_DIED
+            and trial.number not in rerun
+        ):
+            restore = restore_for(trial)
+            _requeue(study, trial, restore)
+            queued.append((trial.number, restore))
+    return queued

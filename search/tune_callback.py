@@ -20,7 +20,6 @@ class SweepCallback(tune.Callback):
         return {}  # see StudySearcher.__getstate__
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self.searcher.registry.beat()
         self.searcher.progress.tick(self.searcher.study)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -33,9 +32,15 @@ class SweepCallback(tune.Callback):
     ) -> None:
         self.searcher.record_result(trial.trial_id, result)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.on_trial_restart(trial.trial_id, _error_text(trial))
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        try:
-            text = trial.get_error()
-        except Exception as err:  # the error file itself is unreadable: say that instead
-            text = f"{type(err).__name__}: {err}"
-        self.searcher.on_trial_error(trial.trial_id, text)
+        self.searcher.on_trial_error(trial.trial_id, _error_text(trial))
+
+
+def _error_text(trial: Any) -> str | None:
+    try:
+        return trial.get_error()
+    except Exception as err:  # the error file itself is unreadable: say that instead
+        return f"{type(err).__name__}: {err}"

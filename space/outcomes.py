@@ -33,6 +33,12 @@ class Reason(StrEnum):
     INTERRUPTED = "interrupted"  # its driver or its worker died; the candidate runs again
     PRUNED = "pruned_by_scheduler"
     ERROR = "error"  # the prefix of "error: <Type>: <message>"
+    WORKER_DIED = "worker_died"  # its process or node died more often than retries allow
+
+
+# Reasons of a FAIL trial whose candidate runs again (``ropenope resume``; interrupted ones
+# at once): they do not count toward the study's target.
+RERUN_REASONS = frozenset({Reason.INTERRUPTED, Reason.WORKER_DIED})
 
 
 OUTCOME_OF_STATUS: dict[RunStatus, Outcome] = {

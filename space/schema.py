@@ -210,6 +210,10 @@ class ResourcesSection(_Section):
     gpus_per_trial: float = Field(default=0, ge=0, le=MAX_CPUS)
     max_concurrent: int = Field(default=2, ge=1, le=MAX_TRIALS)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # A trial whose worker process or node dies (SIGKILL, OOM, a node leaving) restarts
+    # from its newest checkpoint up to this many times; then it is FAIL worker_died and
+    # `ropenope resume` runs it again. An exception in the candidate's code is not retried.
+    max_retries: int = Field(default=2, ge=0, le=100)
 
 
 class TrackingSection(_Section):

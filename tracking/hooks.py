@@ -23,12 +23,14 @@ trial as ``tracking_error``; ``ropenope sync STUDY`` completes the runs later.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from space.names import ATTR_MLFLOW_RUN_ID
 from space.outcomes import OUTCOME_OF_STATUS, Outcome, RunStatus
+from tracking.background import Background
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import trial_run_spec
 from tracking.store import TrackingError
@@ -36,6 +38,8 @@ from tracking.study_view import StudyView, TrialLike
 from tracking.sync import sync_trial, trial_artifacts
 from tracking.tracker import Tracker
 from workers.trial import TrialHooks
+
+log = logging.getLogger("ropenope.tracking")
 
 if TYPE_CHECKING:
     from space.schema import SweepConfig
@@ -56,6 +60,11 @@ class SweepHooks:
     def on_sweep_start(self, study: StudyView, config: SweepConfig) -> None:
         return None
 
+    def link_trial(self, study: StudyView, trial: TrialLike) -> Mapping[str, Any]:
+        """Links (e.g. ``mlflow_run_id``) to record on a trial the driver is about to close
+        itself; ``trial`` is the trial as it will be."""
+        return {}
+
     def on_trial_end(self, study: StudyView, trial: TrialLike) -> None:
         return None
 
@@ -64,10 +73,23 @@ class SweepHooks:
 
 
 class MlflowTrialHooks(TrialHooks):
-    """The trial-process half: one child run per trial. Pickles (a :class:`Tracker`)."""
+    """The trial-process half: one child run per trial. Pickles (a :class:`Tracker`).
 
-    def __init__(self, tracker: Tracker) -> None:
+    Every MLflow call runs on a background thread (:mod:`tracking.background`): training
+    never waits for the tracking server. The run id reaches the driver with the next
+    evaluation's links; at the trial's end the calls still queued get a bounded wait
+    (none once the server is found not answering), and what is missing becomes the
+    trial's ``tracking_error`` for ``ropenope sync`` to mend.
+    """
+
+    def __init__(self, tracker: Tracker, end_timeout_s: float = 120.0) -> None:
         self.tracker = tracker
+        self.end_timeout_s = end_timeout_s
+        self._background = Background("ropenope-trial-tracking")
+
+    def _links(self) -> Mapping[str, Any] | None:
+        run_id = self.tracker.run_id
+        return {ATTR_MLFLOW_RUN_ID: run_id} if run_id else None
 
     def on_start(self, info: TrialInfo) -> Mapping[str, Any] | None:
         spec = trial_run_spec(
@@ -80,45 +102,70 @@ class MlflowTrialHooks(TrialHooks):
             config=info.config,
             candidate=info.candidate,
         )
-        run_id = self.tracker.trial_started(spec, tags=info.environment)
-        # Not created yet (MLflow down): trial_finished tries again; only what is still
-        # missing then becomes the trial's tracking_error.
-        return {ATTR_MLFLOW_RUN_ID: run_id} if run_id else None
+        self._background.submit(lambda: self.tracker.trial_started(spec, tags=info.environment))
+        return None  # the run id goes back with the next evaluation
 
-    def on_eval(self, info: TrialInfo, metrics: Mapping[str, float]) -> None:
+    def on_eval(self, info: TrialInfo, metrics: Mapping[str, float]) -> Mapping[str, Any] | None:
         step = metrics.get("step")
-        if step is None:
-            return
-        series = None
-        if len(info.seeds) > 1 and "seed" in metrics:
-            series = f"seed_{int(metrics['seed'])}"
-        self.tracker.trial_evaluated(int(step), metrics, series=series)
+        if step is not None:
+            series = None
+            if len(info.seeds) > 1 and "seed" in metrics:
+                series = f"seed_{int(metrics['seed'])}"
+            values = dict(metrics)
+            self._background.submit(
+                lambda: self.tracker.trial_evaluated(int(step), values, series=series)
+            )
+        return self._links()
 
     def on_end(self, info: TrialInfo, outcome: TrialOutcome) -> Mapping[str, Any] | None:
-        error = self.tracker.trial_finished(
-            OUTCOME_OF_STATUS.get(RunStatus(outcome.status), Outcome.FAIL),
-            outcome.reason,
-            outcome.scores,
-            trial_artifacts(info.out_dir),
+        artifacts = trial_artifacts(info.out_dir)
+        future = self._background.submit(
+            lambda: self.tracker.trial_finished(
+                OUTCOME_OF_STATUS.get(RunStatus(outcome.status), Outcome.FAIL),
+                outcome.reason,
+                outcome.scores,
+                artifacts,
+            )
         )
+        error = self._background.wait(future, self.end_timeout_s)
+        if not future.done():
+            error = (
+                f"the tracking server at {self.tracker.target.shown_uri} did not answer "
+                "before the trial ended"
+            )
         if error is not None:
             raise TrackingError(error)  # the trainable records it as tracking_error
-        run_id = self.tracker.run_id
-        return {ATTR_MLFLOW_RUN_ID: run_id} if run_id else None
+        return self._links()
 
 
 class MlflowSweepHooks(SweepHooks):
-    """The driver half.
+    """The driver half. Every MLflow call runs on a background thread, in order: the
+    sweep's loop (and with it the driver's heartbeat) never waits for the server.
 
     ``refresh_interval_s`` limits how often the Pareto artifacts are rebuilt while
-    trials finish (0 = after every trial); the sweep's end always refreshes.
+    trials finish (0 = after every trial); the sweep's end always refreshes, then waits
+    at most ``end_timeout_s`` for the calls still queued (none once the server is found
+    not answering). ``link_timeout_s`` bounds the wait for the run of a trial the driver
+    closes itself (a reused result), whose run id must be on the trial before Optuna
+    closes it.
     """
 
-    def __init__(self, tracker: Tracker, refresh_interval_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        refresh_interval_s: float = 0.0,
+        end_timeout_s: float = 120.0,
+        link_timeout_s: float = 30.0,
+    ) -> None:
         self.tracker = tracker
         self.refresh_interval_s = refresh_interval_s
+        self.end_timeout_s = end_timeout_s
+        self.link_timeout_s = link_timeout_s
         self._config: SweepConfig | None = None
         self._last_refresh = -float("inf")
+        self._background = Background("ropenope-sweep-tracking")
+        self._latest: StudyView | None = None
+        self._refresh_queued = False
 
     @classmethod
     def from_config(cls, config: SweepConfig, study_name: str | None = None) -> MlflowSweepHooks:
@@ -131,39 +178,77 @@ class MlflowSweepHooks(SweepHooks):
     def trial_hooks(self) -> TrialHooks | None:
         if not self.tracker.enabled:
             return None
-        # A fresh copy carrying the parent run id (the driver's tracker keeps its errors).
+        # A fresh copy carrying the parent run id if known yet (a trial finds the study's
+        # run by its tags otherwise); the driver's tracker keeps its own errors.
         return MlflowTrialHooks(Tracker(self.tracker.target, self.tracker.parent_run_id))
 
     def on_sweep_start(self, study: StudyView, config: SweepConfig) -> None:
         self._config = config
-        self.tracker.start_study(config)
+        if self.tracker.enabled:
+            self._background.submit(lambda: self.tracker.start_study(config))
+
+    def link_trial(self, study: StudyView, trial: TrialLike) -> Mapping[str, Any]:
+        """Create the run of a trial the driver is about to close (``trial`` as it will
+        be), so its id goes on the trial first; ``{}`` when tracking cannot say in time."""
+        if not self.tracker.enabled or self._background.stuck:
+            return {}
+
+        def link() -> str | None:
+            _, run_id = sync_trial(trial, self.tracker, study.objectives, self._config)
+            return run_id
+
+        try:
+            run_id = self._background.wait(
+                self._background.submit(
+                    lambda: self.tracker.attempt_value(f"link trial {trial.number}", link)
+                ),
+                self.link_timeout_s,
+            )
+        except Exception as err:  # recorded by the tracker; the trial closes unlinked
+            log.debug("link of trial %s failed: %s", trial.number, err)
+            return {}
+        return {ATTR_MLFLOW_RUN_ID: run_id} if run_id else {}
 
     def on_trial_end(self, study: StudyView, trial: TrialLike) -> None:
         if not self.tracker.enabled:
             return
-        self.tracker.attempt(
-            f"sync trial {trial.number}",
-            lambda: sync_trial(trial, self.tracker, study.objectives, self._config),
+        self._background.submit(
+            lambda: self.tracker.attempt(
+                f"sync trial {trial.number}",
+                lambda: sync_trial(trial, self.tracker, study.objectives, self._config),
+            )
         )
+        self._latest = study
         if time.monotonic() - self._last_refresh >= self.refresh_interval_s:
-            self._refresh(study)
+            self._queue_refresh()
+
+    def _queue_refresh(self) -> None:
+        if self._refresh_queued:
+            return  # one refresh in the queue reads the newest study view when it runs
+        self._refresh_queued = True
+        self._last_refresh = time.monotonic()
+
+        def refresh() -> None:
+            self._refresh_queued = False
+            if self._latest is not None:
+                self.tracker.refresh_study(pareto_of_study(self._latest))
+
+        self._background.submit(refresh)
 
     def on_sweep_end(self, study: StudyView, config: SweepConfig, summary: Any) -> None:
         if not self.tracker.enabled:
             return
-        self._refresh(study)
+        self._latest = study
+        self._queue_refresh()
         numbers = {
             f"trials_{state.lower()}": float(count)
             for state, count in (getattr(summary, "counts", None) or {}).items()
         }
         if getattr(summary, "wall_seconds", None) is not None:
             numbers["sweep_wall_seconds"] = float(summary.wall_seconds)
-        self.tracker.log_study_metrics(numbers)
-        self.tracker.end_study()
-
-    def _refresh(self, study: StudyView) -> None:
-        self._last_refresh = time.monotonic()
-        self.tracker.refresh_study(pareto_of_study(study))
+        self._background.submit(lambda: self.tracker.log_study_metrics(numbers))
+        self._background.submit(self.tracker.end_study)
+        self._background.drain(self.end_timeout_s)
 
 
 __all__ = ["MlflowSweepHooks", "MlflowTrialHooks", "SweepHooks"]

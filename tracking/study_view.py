@@ -47,6 +47,22 @@ class TrialLike(Protocol):
 FINISHED_STATES = frozenset(o.value for o in Outcome)  # COMPLETE, PRUNED, FAIL
 
 
+@dataclass(frozen=True)
+class TrialSnapshot:
+    """A trial as it is about to be recorded (the driver describes a trial it will close
+    this way, before Optuna has it). ``state`` is an :class:`Outcome` (its ``name`` is the
+    Optuna state name)."""
+
+    number: int
+    state: Outcome
+    values: Sequence[float] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    user_attrs: Mapping[str, Any] = field(default_factory=dict)
+    intermediate_values: Mapping[int, float] = field(default_factory=dict)
+    datetime_start: datetime | None = None
+    datetime_complete: datetime | None = None
+
+
 def is_finished(trial: TrialLike) -> bool:
     return trial.state.name in FINISHED_STATES
 

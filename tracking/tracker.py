@@ -198,6 +198,10 @@ class Tracker:
         _show_once(self.target.shown_uri, message)
         return message
 
+    def attempt_value(self, what: str, fn: Callable[[], _T]) -> _T | None:
+        """``fn()``, or None when it failed (the failure is recorded, never raised)."""
+        return self._soft(what, fn, force=True)
+
     def attempt(self, what: str, fn: Callable[[], object]) -> str | None:
         """Run ``fn`` now (no cool-down); returns the tracking error it caused, or None."""
         before = len(self.errors)

@@ -104,7 +104,7 @@ def run_trial(
                 nonlocal evals, last_value
                 evals += 1
                 last_value = float(metrics.get(metric, math.nan))
-                call_hook(links, hooks.on_eval, info, {**metrics, "seed": seed})
+                links.update(call_hook(links, hooks.on_eval, info, {**metrics, "seed": seed}) or {})
                 report = {
                     **metrics,
                     "seed": seed,

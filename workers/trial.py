@@ -53,9 +53,9 @@ class TrialInfo:
 class TrialHooks:
     """Callbacks inside the trial process; the default does nothing.
 
-    Tracking subclasses this (it must pickle: Ray ships it to the worker). ``on_start``
-    and ``on_end`` may return links to record on the Optuna trial, e.g.
-    ``{"mlflow_run_id": ...}``.
+    Tracking subclasses this (it must pickle: Ray ships it to the worker). ``on_start``,
+    ``on_eval`` and ``on_end`` may return links to record on the Optuna trial, e.g.
+    ``{"mlflow_run_id": ...}`` (sent to the driver with the next report).
     An exception in a hook never fails the trial: it is recorded on the Optuna trial
     as ``tracking_error``. A trial stopped early by the scheduler is killed, so
     ``on_end`` is not called for it; the driver's ``SweepHooks.on_trial_end`` is.
@@ -64,7 +64,7 @@ class TrialHooks:
     def on_start(self, info: TrialInfo) -> Mapping[str, Any] | None:
         return None
 
-    def on_eval(self, info: TrialInfo, metrics: Mapping[str, float]) -> None:
+    def on_eval(self, info: TrialInfo, metrics: Mapping[str, float]) -> Mapping[str, Any] | None:
         return None
 
     def on_end(self, info: TrialInfo, outcome: TrialOutcome) -> Mapping[str, Any] | None:
