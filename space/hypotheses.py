@@ -210,10 +210,16 @@ class Side(_Model):
 
     def describe(self) -> str:
         if self.preset is not None and self.where is not None:
-            return f"preset {self.preset} (else: {self.where.describe()})"
-        if self.preset is not None:
-            return f"preset {self.preset}"
-        return f"candidates with {self.where.describe()}"
+            text = f"preset {self.preset} (else: {self.where.describe()})"
+        elif self.preset is not None:
+            text = f"preset {self.preset}"
+        else:
+            text = f"candidates with {self.where.describe()}"
+        if self.pool:
+            text += ", pooled"
+        if self.layers is not None:
+            text += f" [layers: {self.layers.describe()}]"
+        return text
 
 
 Test = Literal["welch", "paired", "exact"]

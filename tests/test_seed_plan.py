@@ -8,13 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from studies import BAD_ROPE, GOOD_HYBRID, WORSE_QK, paper_trials, study
 
 from space.hypothesis_files import parse_hypotheses
+from space.schema import parse_config, parse_yaml
 from tracking.records import TrialRecord
-from tracking.seed_plan import format_open_hypotheses, plan_seeds
+from tracking.seed_plan import format_open_hypotheses, plan_for_study, plan_seeds
 from tracking.stats import Verdict
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
 from seed_error_rate import SCORE, hypothesis, simulate  # noqa: E402
 
 
@@ -146,3 +150,28 @@ def test_large_effect_is_supported_within_min_seeds(test):
         )
         assert out.verdicts[h.name] is Verdict.SUPPORTED
         assert out.decided_at[h.name] == 1 and out.runs == {"A": 3, "B": 3}
+
+
+def test_plan_for_study_reads_the_study_and_plans_the_paper_hypotheses():
+    """Three seeds of the four paper variants, adaptive seeds {min 2, max 4}: what is
+    decided stays decided; RoPE and QK-norm get seed 3 for the two QK-norm claims (once,
+    for both), NoPE for its degradation claim; the hybrid gets nothing more."""
+    raw = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    raw["study"]["repeats"] = {"min": 2, "max": 4}
+    config = parse_config(parse_yaml(yaml.safe_dump(raw)), base_dir=REPO / "configs")
+    trials = paper_trials(hybrid_acc=GOOD_HYBRID, rope_acc=BAD_ROPE, qk_acc=WORSE_QK)
+    plan = plan_for_study(study(trials), config)
+    states = {h.name: h for h in plan.hypotheses}
+    assert states["hybrid_less_kv"].state == "decided" and states["hybrid_less_kv"].look == 1
+    assert states["hybrid_beats_rope_long"].state == "decided"
+    assert states["hybrid_beats_rope_long"].verdict is Verdict.SUPPORTED
+    assert {r.name: (r.seeds, set(r.hypotheses)) for r in plan.requests} == {
+        "nope": ((3,), {"nope_degrades_past_T"}),
+        "rope": ((3,), {"qknorm_hurts_retrieval", "qknorm_flattens_attention"}),
+        "qknorm": ((3,), {"qknorm_hurts_retrieval", "qknorm_flattens_attention"}),
+    }
+    assert plan.requests[0].knobs  # enough to train it: the candidate's recorded knobs
+    lines = format_open_hypotheses(plan)
+    assert len(lines) == 3 and lines[0].startswith("nope_degrades_past_T: open at look 2/3")
+    fixed = parse_config(parse_yaml((REPO / "configs" / "paper.yaml").read_text()))
+    assert plan_for_study(study(trials), fixed) is None  # repeats: 3, nothing to plan

@@ -7,8 +7,14 @@ a :class:`Tracker` (``Tracker.from_config``), opens the study's run
 with ``refresh_study(pareto_rows_from_study(study))``. ``sync_study`` rebuilds the
 runs from the Optuna study; ``run_ui`` serves the MLflow UI on the store.
 The driver's hook objects are in :mod:`tracking.hooks` (``MlflowSweepHooks``).
+
+The study report (:func:`build_report`) judges the sweep's hypotheses
+(:func:`evaluate`); with adaptive seeds, :func:`plan_seeds` / :func:`plan_for_study`
+say which candidates need one more seed and :func:`format_open_hypotheses` what is
+still open (for ``ropenope status``).
 """
 
+from tracking.hypotheses import Finding, evaluate
 from tracking.mlflow_store import (
     OUTCOME_COMPLETE,
     OUTCOME_FAIL,
@@ -27,23 +33,32 @@ from tracking.mlflow_store import (
     ui_url,
 )
 from tracking.pareto import ParetoRanks, ParetoTable, pareto_ranks, pareto_table
+from tracking.report import build_report
+from tracking.seed_plan import SeedPlan, format_open_hypotheses, plan_for_study, plan_seeds
 from tracking.sync import SyncReport, pareto_rows_from_study, sync_study, sync_trial
 
 __all__ = [
+    "Finding",
     "OUTCOME_COMPLETE",
     "OUTCOME_FAIL",
     "OUTCOME_PRUNED",
     "MlflowStore",
     "ParetoRanks",
     "ParetoTable",
+    "SeedPlan",
     "SyncReport",
     "Tracker",
     "TrackingError",
     "TrackingTarget",
+    "build_report",
+    "evaluate",
+    "format_open_hypotheses",
     "metric_key",
     "pareto_ranks",
     "pareto_rows_from_study",
     "pareto_table",
+    "plan_for_study",
+    "plan_seeds",
     "resolve_tracking_uri",
     "run_ui",
     "runs_dir",

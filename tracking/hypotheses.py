@@ -302,10 +302,9 @@ def _detail(
         what = "a - b"
         if c.kind == "exact":
             ratio = f", ratio {sa.mean / sb.mean:.3g}" if sb.mean else ""
-            parts.append(
-                f"{what} {_fmt(c.diff, '+.3g')}{ratio} (computed from the layer layout, "
-                "no seed noise)"
-            )
+            in_bytes = (q_a.score or "").endswith("_bytes")
+            diff = _bytes(c.diff) if in_bytes else _fmt(c.diff, "+.3g")
+            parts.append(f"{what} {diff}{ratio} (computed from the layer layout, no seed noise)")
         else:
             kind = "paired by seed" if c.paired else "Welch"
             level = f"{100 * (1 - c.alpha):.3g}%"
@@ -315,7 +314,8 @@ def _detail(
             )
             if c.se == 0 and c.diff == margin:
                 parts.append("both sides identical with no spread: the task does not separate them")
-        parts.append(f"claim a - b {sign} {_fmt(margin)} -> {verdict.value}")
+        bound = _bytes(margin) if (q_a.score or "").endswith("_bytes") else _fmt(margin)
+        parts.append(f"claim a - b {sign} {bound} -> {verdict.value}")
     label = f"{m.label}: " if m.label else ""
     return label + "; ".join(parts)
 

@@ -34,6 +34,7 @@ __all__ = [
     "SeedPlan",
     "SeedRequest",
     "format_open_hypotheses",
+    "plan_for_study",
     "plan_seeds",
 ]
 
@@ -208,6 +209,26 @@ def _replay(
             return HypothesisState(h.name, BLOCKED, finding, look, looks, n, names, problem=problem)
     n_max = repeats_min + looks - 1
     return HypothesisState(h.name, EXHAUSTED, finding, looks, looks, n_max, names)
+
+
+def plan_for_study(study: Any, config: Any) -> SeedPlan | None:
+    """:func:`plan_seeds` on an ``optuna.Study`` swept with ``config`` (its
+    :class:`space.schema.SweepConfig`); None unless the sweep uses adaptive seeds. What
+    the sweep driver asks after each round, and ``ropenope status`` shows."""
+    if config is None or not config.study.adaptive:
+        return None
+    from tracking.records import study_records  # the one read of the study
+    from tracking.sides import candidate_layers
+
+    read = study_records(study)
+    return plan_seeds(
+        config.hypotheses,
+        aggregate(read.records, read.objective_names, read.directions),
+        candidate_layers(config),
+        repeats_min=config.study.repeats,
+        repeats_max=config.study.max_repeats,
+        base_seed=config.train.seed,
+    )
 
 
 def format_open_hypotheses(plan: SeedPlan) -> list[str]:

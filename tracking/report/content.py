@@ -1,7 +1,8 @@
 """What the report says, as one list of sections of typed blocks; the Markdown and HTML
 renderers (:mod:`tracking.report.markdown`, :mod:`tracking.report.html`) only lay it out.
 
-Text blocks may use ``**bold**`` and ```code``` spans; everything else is plain text.
+Text blocks may use ``**bold**``, ``*italic*`` and ```code``` spans; everything else is
+plain text.
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ figure img { max-width: 100%; }
 
 
 def inline(text: str) -> str:
-    """``**bold**`` and ```code``` spans to HTML, everything else escaped."""
+    """``**bold**``, ``*italic*`` and ```code``` spans to HTML, everything else escaped."""
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"(?<![\w*])\*(\S.*?)\*(?![\w*])", r"<i>\1</i>", out)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
