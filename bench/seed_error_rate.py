@@ -12,8 +12,8 @@ the truth is known. Each study has two candidates, A and B, and one hypothesis
 seed per round while the hypothesis is undecided, up to ``max``.
 
 Noise models: ``normal`` (sd 1), ``bounded`` (an accuracy-like score: a normal draw
-with sd 0.15 around 0.5 clipped to [0, 1]), ``skewed`` (lognormal, sd 1 after
-centring). With a zero effect any decision is wrong; the stated rate is
+with sd 0.15 around 0.8 clipped to [0, 1], so a good candidate piles up at 1.0 with no
+spread, as retrieval accuracy does), ``skewed`` (lognormal, sd 1 after centring). With a zero effect any decision is wrong; the stated rate is
 ``1 - confidence`` (0.05). The last column repeats the zero-effect studies with a naive
 procedure that looks at every round at the full 95% (no split of the error budget), to
 show what repeated looks cost. Prints a Markdown table; nothing is asserted.
@@ -66,7 +66,7 @@ def noise_model(kind: str) -> Callable[[np.random.Generator, float, float], floa
         return lambda rng, mean, shared: mean + shared + rng.normal()
     if kind == "bounded":
         return lambda rng, mean, shared: float(
-            np.clip(0.5 + mean + 0.15 * (shared + rng.normal()), 0.0, 1.0)
+            np.clip(0.8 + mean + 0.15 * (shared + rng.normal()), 0.0, 1.0)
         )
     if kind == "skewed":
         sd = float(np.sqrt((np.e - 1) * np.e))  # of a standard lognormal
