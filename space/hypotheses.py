@@ -67,7 +67,9 @@ NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # also an MLflow tag key: hypothesis.<name>
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 def _length_key(value: Any) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from space.layers import LayerSpec
 
@@ -38,7 +38,9 @@ __all__ = ["LayerMatch", "NumberMatch", "Predicate"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 class NumberMatch(_Model):
@@ -79,6 +81,15 @@ class NumberMatch(_Model):
             return cls(**bounds)
         raise ValueError(f"expected a number, a list of numbers or {{min, max}}, got {value!r}")
 
+    @model_serializer
+    def _as_written(self) -> Any:
+        """Dumped as the user writes it: a value, a list, or {min, max}."""
+        if self.is_exact:
+            return self.exact
+        if self.one_of is not None:
+            return list(self.one_of)
+        return {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
+
     def matches(self, value: float | None) -> bool:
         if self.is_exact:
             return value == self.exact if value is not None else self.exact is None
@@ -109,6 +120,8 @@ def _number_match(value: Any) -> Any:
 
 
 def _choices(value: Any) -> Any:
+    if value is None:
+        return None  # no condition
     return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 

@@ -412,9 +412,9 @@ def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
     """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8``; a plain integer
     stays as it is (every candidate gets that many seeds)."""
     out = dict(study)
-    if "repeats_max" in out:
+    if out.get("repeats_max") is not None:  # null: a dumped config read back
         problems.append(("study.repeats_max", "unknown key; write repeats: {min: 2, max: 8}"))
-        del out["repeats_max"]
+    out.pop("repeats_max", None)
     value = out.get("repeats")
     if not isinstance(value, Mapping):
         return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from space.hypotheses import Hypothesis, Measure, Quantity
@@ -84,7 +84,6 @@ class Finding:
     detail: str
     rule: str
     measures: tuple[MeasureResult, ...] = ()
-    evidence: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -116,7 +115,6 @@ class Finding:
             "excluded": list(self.excluded),
             "problems": list(self.problems),
             "measures": [m.to_dict() for m in self.measures],
-            "evidence": dict(self.evidence),
         }
 
 

@@ -116,10 +116,6 @@ class SeedPlan:
         """Nothing left to train or to wait for."""
         return all(h.state in (DECIDED, EXHAUSTED, BLOCKED) for h in self.hypotheses)
 
-    @property
-    def findings(self) -> list[Finding]:
-        return [h.finding for h in self.hypotheses if h.finding is not None]
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "done": self.done,

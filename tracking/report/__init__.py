@@ -17,14 +17,13 @@ from tracking.report.build import (
     judge,
     render_report,
 )
-from tracking.report.upload import hypothesis_tags, log_study_artifacts
+from tracking.report.upload import log_study_artifacts
 
 __all__ = [
     "HTML_NAME",
     "MD_NAME",
     "SUMMARY_NAME",
     "build_report",
-    "hypothesis_tags",
     "judge",
     "log_study_artifacts",
     "render_report",

@@ -1,20 +1,13 @@
 """The report on the study's MLflow run: its files under ``report/`` and one tag per
-hypothesis (``hypothesis.<name>`` = supported | contradicted | undecided)."""
+hypothesis (``space.names.TAG_HYPOTHESIS_PREFIX`` + name = supported | contradicted |
+undecided)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from space.names import TAG_HYPOTHESIS_PREFIX
-from tracking.hypotheses import Finding
-
-__all__ = ["hypothesis_tags", "log_study_artifacts"]
-
-
-def hypothesis_tags(findings: Sequence[Finding]) -> dict[str, str]:
-    """``{"hypothesis.<name>": "<verdict>"}`` for each finding."""
-    return {f"{TAG_HYPOTHESIS_PREFIX}{f.key}": f.verdict.value for f in findings}
+__all__ = ["log_study_artifacts"]
 
 
 def log_study_artifacts(
