@@ -1,13 +1,18 @@
 """space: what can vary.
 
 The sweep-file schema (:func:`load_config`), the knob vocabulary, the shipped
-presets and the expansion of knobs into per-layer specs (:func:`build_candidate`).
+presets, the expansion of knobs into per-layer specs (:func:`build_candidate`), and
+hypotheses as data (:class:`Hypothesis`, selecting candidates by a :class:`Predicate`
+on their layers; the paper's claims: :func:`shipped_hypotheses`).
 """
 
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate, build_candidate, candidate_name, global_layer_indices
+from space.hypotheses import Hypothesis
+from space.hypothesis_files import load_hypotheses, parse_hypotheses, shipped_hypotheses
 from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, KnobSpec
 from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm, Temperature
+from space.predicates import LayerMatch, Predicate
 from space.presets import BUILTIN_PRESETS
 from space.schema import SweepConfig, load_config, parse_config
 
@@ -17,12 +22,15 @@ __all__ = [
     "KNOB_NAMES",
     "Candidate",
     "ConfigError",
+    "Hypothesis",
     "InvalidCandidate",
     "KnobSpec",
+    "LayerMatch",
     "LayerKind",
     "LayerSpec",
     "ModelShape",
     "Position",
+    "Predicate",
     "QKNorm",
     "SweepConfig",
     "Temperature",
@@ -30,5 +38,8 @@ __all__ = [
     "candidate_name",
     "global_layer_indices",
     "load_config",
+    "load_hypotheses",
     "parse_config",
+    "parse_hypotheses",
+    "shipped_hypotheses",
 ]

@@ -89,6 +89,12 @@ class LayerSpec:
         )
 
 
+def layer_kind(spec: LayerSpec) -> str:
+    """``local_rope``, ``global_nope``, ``global_rope`` (or ``local_nope``): the label the
+    attention-mass score groups layers by."""
+    return f"{spec.kind.value}_{spec.position.value}"
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The fixed size of a candidate (not searched, except ``n_kv_heads``)."""

@@ -41,6 +41,10 @@ OBJECTIVE_SCORES = (
     ATTN_FLOPS_PER_TOKEN,
 )
 
+# Scores computed from the layer layout alone, with no seed noise: one run of each
+# candidate settles a comparison of them (a hypothesis's ``test: exact``).
+LAYOUT_SCORES = (KV_CACHE_BYTES, PARAMS, ATTN_FLOPS_PER_TOKEN)
+
 
 # What a trial reports at each evaluation, usable as the scheduler / intermediate metric.
 EVAL_METRICS = (VAL_BPB, TRAIN_LOSS, TOKENS_PER_S)
@@ -92,6 +96,8 @@ TAG_DEVICE = "device"
 TAG_PARETO_RANK = "pareto_rank"
 TAG_PARETO = "pareto"
 TAG_STUDY = "study"
+# On the study's run, one tag per hypothesis: hypothesis.<name> = supported | ...
+TAG_HYPOTHESIS_PREFIX = "hypothesis."
 
 # Sweep bookkeeping on Optuna trials (search/), also part of the interface.
 ATTR_DRIVER = "driver_id"  # the driver process that asked the trial

@@ -40,6 +40,8 @@ def describe_space(config: SweepConfig) -> dict[str, Any]:
         "objectives": [o.model_dump() for o in config.study.objectives],
         "presets": presets,
         "warnings": [{"path": p, "message": m} for p, m in config.warnings],
+        "hypotheses_from": config.hypotheses_from,
+        "hypotheses": [h.to_dict() for h in config.hypotheses],
     }
 
 
@@ -79,4 +81,22 @@ def format_space(config: SweepConfig) -> str:
                 f"  {layer['index']:>5}  {layer['kind']:<6}  {layer['position']:<8}  {base:>9}  "
                 f"{window:>6}  {layer['qk_norm']}{temp}"
             )
+    if config.hypotheses:
+        source = f" (from {config.hypotheses_from})" if config.hypotheses_from else ""
+        out += ["", f"hypotheses{source}:"]
+        for h in config.hypotheses:
+            out.append(f"  {h.name}: {h.statement}")
+            for m in h.measures:
+                label = f"{m.label}: " if m.label else ""
+                out.append(f"    {label}a = {m.a.describe()}; b = {m.b.describe()}")
+                gate = m.effective_gate()
+                gated = f"; only runs with {gate.score} >= {gate.min:g}" if gate else ""
+                out.append(f"    {m.describe()}{gated}")
+    if config.study.adaptive:
+        s = config.study
+        out += [
+            "",
+            f"adaptive seeds: {s.repeats} per candidate, then one more per round for the "
+            f"candidates of undecided hypotheses, up to {s.max_repeats} ({s.looks} looks)",
+        ]
     return "\n".join(out)

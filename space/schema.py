@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate, build_candidate
+from space.hypotheses import Hypothesis
+from space.hypothesis_files import check_hypotheses, sweep_hypotheses
 from space.knobs import (
     KNOB_NAMES,
     KnobSpec,
@@ -49,6 +51,8 @@ SECTIONS = (
     "resources",
     "tracking",
     "presets",
+    "hypotheses",
+    "hypotheses_from",
 )
 
 
@@ -114,9 +118,10 @@ class StudySection(_Section):
         default=DEFAULT_OBJECTIVES, min_length=1, max_length=16
     )
     dedup: bool = True
-    repeats: int = Field(
-        default=1, ge=1, le=MAX_REPEATS
-    )  # seeds per candidate (train.seed, +1, ...)
+    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS)  # seeds per candidate (seed, +1, ...)
+    # ``repeats: {min, max}`` in YAML: ``repeats`` is the min, this the max; adaptive
+    # seeds then add rounds up to it only where a hypothesis is still undecided.
+    repeats_max: int | None = Field(default=None, ge=1, le=MAX_REPEATS)
 
     @field_validator("name")
     @classmethod
@@ -125,6 +130,20 @@ class StudySection(_Section):
         if problem:
             raise ValueError(problem)
         return value
+
+    @property
+    def max_repeats(self) -> int:
+        return self.repeats if self.repeats_max is None else self.repeats_max
+
+    @property
+    def adaptive(self) -> bool:
+        """Seeds beyond ``repeats`` go only where a hypothesis is still undecided."""
+        return self.max_repeats > self.repeats
+
+    @property
+    def looks(self) -> int:
+        """Pre-planned looks at each hypothesis: one per round of seeds, min..max."""
+        return self.max_repeats - self.repeats + 1
 
 
 class ModelSection(_Section):
@@ -239,6 +258,8 @@ class SweepConfig(_Section):
     resources: ResourcesSection = ResourcesSection()
     tracking: TrackingSection = TrackingSection()
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> knobs
+    hypotheses: tuple[Hypothesis, ...] = ()  # the file's own, or those of hypotheses_from
+    hypotheses_from: str | None = None  # the file they came from, as written
     source: str | None = None
     # (dotted path, message): legal but probably not what was meant; shown by `ropenope
     # space` and `submit`, never silenced.
@@ -384,8 +405,14 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def parse_config(raw: Any, source: str | None = None) -> SweepConfig:
-    """Validate a parsed YAML document. Raises ConfigError with every problem found."""
+def parse_config(
+    raw: Any, source: str | None = None, base_dir: str | Path | None = None
+) -> SweepConfig:
+    """Validate a parsed YAML document. Raises ConfigError with every problem found.
+
+    ``base_dir`` is the sweep file's folder, where ``hypotheses_from`` is looked up
+    first; a sweep file read back from a study has none (see
+    :func:`space.hypotheses.resolve_hypotheses_file`)."""
     if not isinstance(raw, Mapping):
         raise ConfigError([("", "a sweep file must be a mapping of sections")], source)
     problems: list[tuple[str, str]] = []
@@ -402,6 +429,8 @@ def parse_config(raw: Any, source: str | None = None) -> SweepConfig:
         if not isinstance(value, Mapping):
             problems.append((name, f"expected a mapping, got {type(value).__name__}"))
             continue
+        if name == "study":
+            value = _split_repeats(value, problems)
         try:
             sections[name] = model.model_validate(_tuples(value))
         except ValidationError as err:
@@ -409,15 +438,55 @@ def parse_config(raw: Any, source: str | None = None) -> SweepConfig:
 
     space = _parse_space(raw.get("space"), problems)
     presets = _parse_presets(raw.get("presets"), problems)
+    hypotheses = sweep_hypotheses(raw, Path(base_dir) if base_dir else None, problems)
     if problems:
         raise ConfigError(problems, source)
 
-    config = SweepConfig(source=source, space=space, presets=presets, **sections)
+    config = SweepConfig(
+        source=source,
+        space=space,
+        presets=presets,
+        hypotheses=hypotheses,
+        hypotheses_from=raw.get("hypotheses_from"),
+        **sections,
+    )
     warnings: list[tuple[str, str]] = []
     _check_semantics(config, problems, warnings)
     if problems:
         raise ConfigError(problems, source)
     return config.model_copy(update={"warnings": tuple(warnings)}) if warnings else config
+
+
+def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
+    """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8``; a plain integer
+    stays as it is (every candidate gets that many seeds)."""
+    out = dict(study)
+    if out.get("repeats_max") is not None:  # null: a dumped config read back
+        problems.append(("study.repeats_max", "unknown key; write repeats: {min: 2, max: 8}"))
+    out.pop("repeats_max", None)
+    value = out.get("repeats")
+    if not isinstance(value, Mapping):
+        return out
+    unknown = sorted(set(value) - {"min", "max"})
+    if unknown:
+        problems.append((f"study.repeats.{unknown[0]}", "unknown key; expected min, max"))
+    for key in ("min", "max"):
+        v = value.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append((f"study.repeats.{key}", f"expected a whole number >= 1, got {v!r}"))
+            out.pop("repeats", None)
+            return out
+    if value["max"] < value["min"]:
+        problems.append(("study.repeats.max", f"max {value['max']} is below min {value['min']}"))
+    elif value["max"] > value["min"] and value["min"] < 2:
+        problems.append(
+            (
+                "study.repeats.min",
+                "adaptive seeds judge spreads: every candidate needs min >= 2 seeds first",
+            )
+        )
+    out["repeats"], out["repeats_max"] = value["min"], value["max"]
+    return out
 
 
 def _parse_space(raw: Any, problems: list) -> dict[str, KnobSpec]:
@@ -704,6 +773,26 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
             problems.extend(err.problems)
         except InvalidCandidate:
             pass  # shown as impossible in `ropenope space`; the trial fails with a reason
+    where = f"{config.hypotheses_from}: hypotheses" if config.hypotheses_from else "hypotheses"
+    problems.extend(
+        check_hypotheses(
+            config.hypotheses,
+            presets=list(config.presets),
+            lengths=s.lengths,
+            extrap=s.extrap,
+            mass_lengths=s.mass_lengths,
+            attention_mass=s.attention_mass,
+            path=where,
+        )
+    )
+    if config.study.adaptive and not config.hypotheses:
+        problems.append(
+            (
+                "study.repeats",
+                "adaptive seeds ({min, max}) add seeds where a hypothesis is undecided: "
+                "state hypotheses (hypotheses: or hypotheses_from:)",
+            )
+        )
 
 
 def load_config_text(text: str, source: str | None = None) -> SweepConfig:
@@ -715,4 +804,4 @@ def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep file. Raises ConfigError (never anything else for a bad
     file: see :mod:`space.yaml_io` for what is refused before validation)."""
     raw, _ = read_yaml_file(path)
-    return parse_config(raw, source=str(path))
+    return parse_config(raw, source=str(path), base_dir=Path(path).parent)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 TASKS = ("passkey", "multikey", "multivalue")
 
+# The parts of a retrieval prompt whose share of attention the attention-mass score
+# reports (the paper's Begin / Needle / Context / End).
+SEGMENTS = ("begin", "needle", "context", "end")
+
 # Keys are single upper-case ASCII letters: at most this many distinct keys in one example.
 N_KEYS = 26
 

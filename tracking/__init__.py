@@ -4,49 +4,69 @@ The only package that imports mlflow (lazily, inside functions); no torch and no
 the driver hands it a :class:`StudyView` (the study's name, objectives, directions and
 trials). The driver makes :class:`MlflowSweepHooks` (``tracking.hooks``), which opens the
 study's run, ships a :class:`Tracker` to each trial (``trial_started`` /
-``trial_evaluated`` / ``trial_finished``) and refreshes the Pareto front as trials end;
-:func:`sync_study` rebuilds the runs from the study; :func:`run_ui` serves the MLflow UI.
+``trial_evaluated`` / ``trial_finished``) and refreshes the Pareto front as trials end,
+all on a background thread; :func:`sync_study` rebuilds the runs from the study;
+:func:`run_ui` serves the MLflow UI. The study report (:func:`build_report`) judges the
+sweep's hypotheses (:func:`evaluate`); with adaptive seeds, :func:`plan_seeds` /
+:func:`plan_for_study` say which candidates need one more seed.
 
 Modules: ``target`` (where runs go), ``keys`` (MLflow spelling of names), ``provenance``
 (git), ``store`` (the raising client wrapper), ``tracker`` (the soft tracker),
-``run_spec`` (a trial run's params/tags, shared by live tracking and sync), ``sync``,
-``hooks``, ``pareto`` / ``pareto_plots``, ``ui``, ``study_view``, and the report
-(``aggregate``, ``claims``, ``report``).
+``background`` (calls off the caller's path), ``run_spec`` (a trial run's params/tags,
+shared by live tracking and sync), ``sync``, ``hooks``, ``pareto`` / ``pareto_plots``,
+``ui``, ``study_view``; the report: ``stats``, ``records``, ``aggregate``, ``sides``,
+``hypotheses``, ``stability``, ``seed_plan``, ``report/``.
+
+Names resolve on first use, so importing one module does not import them all.
 """
 
-from tracking.hooks import MlflowSweepHooks, MlflowTrialHooks, SweepHooks
-from tracking.keys import metric_key
-from tracking.pareto import ParetoRanks, ParetoTable, pareto_of_study, pareto_ranks, pareto_table
-from tracking.store import MlflowStore, TrackingError
-from tracking.study_view import StudyView, TrialLike
-from tracking.sync import SyncReport, sync_study, sync_trial
-from tracking.target import TrackingTarget, resolve_tracking_uri, tracking_target
-from tracking.tracker import Tracker
-from tracking.ui import run_ui, ui_command, ui_env, ui_url
+from __future__ import annotations
 
-__all__ = [
-    "MlflowStore",
-    "MlflowSweepHooks",
-    "MlflowTrialHooks",
-    "ParetoRanks",
-    "ParetoTable",
-    "StudyView",
-    "SweepHooks",
-    "SyncReport",
-    "Tracker",
-    "TrackingError",
-    "TrackingTarget",
-    "TrialLike",
-    "metric_key",
-    "pareto_of_study",
-    "pareto_ranks",
-    "pareto_table",
-    "resolve_tracking_uri",
-    "run_ui",
-    "sync_study",
-    "sync_trial",
-    "tracking_target",
-    "ui_command",
-    "ui_env",
-    "ui_url",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "MlflowSweepHooks": "tracking.hooks",
+    "MlflowTrialHooks": "tracking.hooks",
+    "SweepHooks": "tracking.hooks",
+    "Finding": "tracking.hypotheses",
+    "evaluate": "tracking.hypotheses",
+    "metric_key": "tracking.keys",
+    "ParetoRanks": "tracking.pareto",
+    "ParetoTable": "tracking.pareto",
+    "pareto_of_study": "tracking.pareto",
+    "pareto_ranks": "tracking.pareto",
+    "pareto_table": "tracking.pareto",
+    "build_report": "tracking.report",
+    "SeedPlan": "tracking.seed_plan",
+    "format_open_hypotheses": "tracking.seed_plan",
+    "plan_for_study": "tracking.seed_plan",
+    "plan_seeds": "tracking.seed_plan",
+    "MlflowStore": "tracking.store",
+    "TrackingError": "tracking.store",
+    "StudyView": "tracking.study_view",
+    "TrialLike": "tracking.study_view",
+    "SyncReport": "tracking.sync",
+    "sync_study": "tracking.sync",
+    "sync_trial": "tracking.sync",
+    "TrackingTarget": "tracking.target",
+    "resolve_tracking_uri": "tracking.target",
+    "tracking_target": "tracking.target",
+    "Tracker": "tracking.tracker",
+    "run_ui": "tracking.ui",
+    "ui_command": "tracking.ui",
+    "ui_env": "tracking.ui",
+    "ui_url": "tracking.ui",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'tracking' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

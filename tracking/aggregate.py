@@ -1,307 +1,59 @@
-"""A study's trials, grouped by candidate and summarised over seeds.
+"""A study's runs grouped by candidate and summarised over seeds. Pure: no storage,
+no files, no MLflow (:mod:`tracking.records` reads the study).
 
-A run is one (candidate, seed) training. A trial is either one run (its user attributes
-hold the seed, the scores, the NIAH grid and the attention mass) or, when the sweep
-trains ``repeats`` seeds inside one trial, several runs whose per-seed results lie in
-the trial's folder (:func:`seed_records`). :func:`aggregate` groups the COMPLETE runs
-by ``candidate_id`` and gives, for every numeric score, a :class:`Spread`: the
-per-seed values (keyed by seed, so two candidates or two layer kinds can be compared
-seed by seed), their mean, sample standard deviation, min, max and count. NIAH grids
-and attention-mass profiles are averaged cell by cell with the same :class:`Spread`.
+:func:`aggregate` groups the COMPLETE runs (:class:`tracking.records.TrialRecord`, one
+per seed) by ``candidate_id`` and gives, for every score, a
+:class:`tracking.stats.Spread`: the per-seed values keyed by seed (so two candidates or
+two layer kinds can be compared seed by seed), their mean, sample standard deviation,
+min, max and count. NIAH grids and attention-mass profiles are averaged cell by cell
+with the same Spread.
 
-Which trials count:
-- only COMPLETE trials enter the statistics; FAIL / PRUNED / RUNNING ones are counted
-  per candidate with their reasons (``CandidateSummary.not_complete``);
+Which runs count:
+- only COMPLETE runs enter the statistics; FAIL / PRUNED / RUNNING ones are counted per
+  candidate with their reasons (``CandidateSummary.not_complete``);
 - a trial that reused another trial's result (``reused_from``) is the same run twice,
-  not another seed: it is skipped, and so is a second COMPLETE trial of a
+  not another seed: it is skipped, and so is a second COMPLETE run of a
   (candidate, seed) already counted (the earlier trial number wins);
 - a NaN or missing score is left out of that score's spread and counted in
   ``Spread.n_missing``.
-
-:func:`aggregate` is pure: it reads :class:`TrialRecord` objects, or objects with
-Optuna's ``FrozenTrial`` surface (``number``, ``state``, ``values``, ``user_attrs``), and
-never touches storage, files or MLflow; :func:`aggregate_study` and :func:`seed_records`
-read the study and the trial folders.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import numbers
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from space.knobs import KNOB_DEFAULTS
-from space.names import (
-    ATTR_ATTENTION_MASS,
-    ATTR_CANDIDATE_ID,
-    ATTR_CANDIDATE_NAME,
-    ATTR_KNOBS,
-    ATTR_NIAH,
-    ATTR_PRESET,
-    ATTR_REASON,
-    ATTR_REPEATS,
-    ATTR_RERUN_OF,
-    ATTR_RESUMED_FROM_STEP,
-    ATTR_REUSED_FROM,
-    ATTR_SEED,
-    ATTR_SEEDS,
-    ATTR_TRIAL_DIR,
-    STUDY_ATTR_OBJECTIVES,
-    multiple_of,
-)
+from space.names import multiple_of
+from tracking.records import COMPLETE, FINISHED_STATES, TrialRecord, as_float, study_records
+from tracking.stats import Spread
 
 __all__ = [
     "CandidateSummary",
     "NiahMean",
-    "Spread",
     "StudyAggregate",
-    "TrialRecord",
     "aggregate",
     "aggregate_study",
-    "multiple_of",
-    "seed_records",
 ]
-
-SEED_DIR_PREFIX = "seed_"  # <trial_dir>/seed_<n>/ holds one seed's run
-SEED_SCORES_FILE = "scores.json"
-COMPLETE = "COMPLETE"
-
-# Numeric user attributes that are bookkeeping, not scores.
-_NOT_SCORES = frozenset(
-    {ATTR_SEED, ATTR_REPEATS, ATTR_RESUMED_FROM_STEP, ATTR_RERUN_OF, ATTR_REUSED_FROM}
-)
-
-
-# -- one score over seeds --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spread:
-    """One score over seeds: ``values[i]`` came from the run labelled ``keys[i]`` (its
-    seed, or ``"trial N"`` when the trial recorded no seed).
-
-    ``std`` is the sample standard deviation (ddof=1); with fewer than two values it is
-    NaN, as is ``sem`` (std / sqrt(n)): one run says nothing about spread.
-    """
-
-    values: tuple[float, ...]
-    keys: tuple[Any, ...] = ()
-    n_missing: int = 0
-
-    def __post_init__(self) -> None:
-        if self.keys and len(self.keys) != len(self.values):
-            raise ValueError(f"{len(self.keys)} keys for {len(self.values)} values")
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values)) if self.values else math.nan
-
-    @property
-    def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if self.n >= 2 else math.nan
-
-    @property
-    def sem(self) -> float:
-        return self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
-
-    @property
-    def min(self) -> float:
-        return float(min(self.values)) if self.values else math.nan
-
-    @property
-    def max(self) -> float:
-        return float(max(self.values)) if self.values else math.nan
-
-    def by_key(self) -> dict[Any, float]:
-        keys = self.keys or tuple(range(self.n))
-        return dict(zip(keys, self.values, strict=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        def clean(x: float) -> float | None:
-            return x if math.isfinite(x) else None
-
-        return {
-            "mean": clean(self.mean),
-            "std": clean(self.std),
-            "min": clean(self.min),
-            "max": clean(self.max),
-            "n": self.n,
-            "n_missing": self.n_missing,
-            "values": list(self.values),
-            "keys": [str(k) for k in self.keys],
-        }
-
-    def format(self, spec: str = ".3g", *, range_: bool = False) -> str:
-        """``0.91 ± 0.04`` (mean ± std), ``0.91 (n=1)`` for one run, ``-`` for none;
-        ``range_`` appends ``[min, max]``."""
-        if not self.values:
-            return "-"
-        if self.n == 1:
-            return f"{self.mean:{spec}} (n=1)"
-        text = f"{self.mean:{spec}} ± {self.std:{spec}}"
-        if range_:
-            text += f" [{self.min:{spec}}, {self.max:{spec}}]"
-        return text
 
 
 def _spread(pairs: Iterable[tuple[Any, Any]]) -> Spread:
     """A Spread from (key, value) pairs; missing/NaN/non-numeric values are counted."""
     keys, values, missing = [], [], 0
     for key, value in pairs:
-        number = _as_float(value)
+        number = as_float(value)
         if number is None or not math.isfinite(number):
             missing += 1
             continue
         keys.append(key)
         values.append(number)
     return Spread(tuple(values), tuple(keys), missing)
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    return float(value)
-
-
-# -- one trial -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """What the report needs from one trial, read from its user attributes."""
-
-    number: int
-    state: str  # Optuna's TrialState name: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
-    candidate_id: str
-    candidate_name: str | None
-    preset: str | None
-    seed: int | None
-    knobs: Mapping[str, Any]
-    scores: Mapping[str, float]
-    niah: Mapping[str, Any] | None
-    attention_mass: Mapping[str, Any] | None
-    reason: str | None
-    reused_from: Any = None
-    repeats: int | None = None
-    has_id: bool = True  # False: no candidate_id recorded (a queued preset, a foreign trial)
-
-    @property
-    def run_key(self) -> Any:
-        """The label of this run among its candidate's runs: the seed if known."""
-        return self.seed if self.seed is not None else f"trial {self.number}"
-
-    @classmethod
-    def from_trial(cls, trial: Any, objective_names: Sequence[str] | None = None) -> TrialRecord:
-        """From an Optuna ``FrozenTrial`` (or anything with the same attributes).
-
-        Scores are the numeric user attributes; an objective value with no user
-        attribute of its name is added under that name.
-        """
-        attrs = dict(trial.user_attrs)
-        state = getattr(trial.state, "name", str(trial.state))
-        scores: dict[str, float] = {}
-        for key, value in attrs.items():
-            if key in _NOT_SCORES:
-                continue
-            number = _as_float(value)
-            if number is not None:
-                scores[key] = number
-            elif value is None and _looks_like_score(key):
-                scores[key] = math.nan  # NaN stored as JSON null
-        values = getattr(trial, "values", None) or []
-        for name, value in zip(objective_names or (), values, strict=False):
-            scores.setdefault(name, float(value))
-        candidate_id = attrs.get(ATTR_CANDIDATE_ID)
-        candidate_name = attrs.get(ATTR_CANDIDATE_NAME)
-        preset = attrs.get(ATTR_PRESET)
-        has_id = candidate_id is not None
-        if candidate_id is None:
-            candidate_id = candidate_name or preset or f"trial-{trial.number}"
-        seed = attrs.get(ATTR_SEED)
-        knobs = attrs.get(ATTR_KNOBS)
-        repeats = attrs.get(ATTR_REPEATS)
-        return cls(
-            number=int(trial.number),
-            state=state,
-            candidate_id=str(candidate_id),
-            candidate_name=candidate_name,
-            preset=preset,
-            seed=int(seed) if _as_float(seed) is not None else None,
-            knobs=dict(knobs) if isinstance(knobs, Mapping) else {},
-            scores=scores,
-            niah=attrs.get(ATTR_NIAH) if isinstance(attrs.get(ATTR_NIAH), Mapping) else None,
-            attention_mass=(
-                attrs.get(ATTR_ATTENTION_MASS)
-                if isinstance(attrs.get(ATTR_ATTENTION_MASS), Mapping)
-                else None
-            ),
-            reason=attrs.get(ATTR_REASON),
-            reused_from=attrs.get(ATTR_REUSED_FROM),
-            repeats=int(repeats) if _as_float(repeats) is not None else None,
-            has_id=has_id,
-        )
-
-
-def seed_records(trial: Any, objective_names: Sequence[str] | None = None) -> list[TrialRecord]:
-    """The runs behind one trial: one record per seed.
-
-    A trial that trained several seeds (``repeats`` > 1) stores their mean as score
-    attributes and each seed's own scores, NIAH grid and attention mass in the
-    ``seeds`` attribute. Trials recorded without it are read from
-    ``<trial_dir>/seed_<n>/scores.json`` (written by ``workers.candidate``) when that
-    folder is readable; otherwise the trial is one record built from its attributes.
-    """
-    base = TrialRecord.from_trial(trial, objective_names)
-    entries = trial.user_attrs.get(ATTR_SEEDS)
-    if not (isinstance(entries, list) and entries):
-        entries = _seed_files(trial.user_attrs.get(ATTR_TRIAL_DIR))
-    records = []
-    for data in entries:
-        if not isinstance(data, Mapping):
-            continue
-        scores = {k: v for k, v in (data.get("scores") or {}).items() if _as_float(v) is not None}
-        records.append(
-            replace(
-                base,
-                seed=data.get("seed"),
-                scores={k: float(v) for k, v in scores.items()},
-                niah=data.get("niah") or None,
-                attention_mass=data.get("attention_mass") or None,
-                repeats=None,
-            )
-        )
-    return records or [base]
-
-
-def _seed_files(trial_dir: str | None) -> list[dict[str, Any]]:
-    if not trial_dir:
-        return []
-    out = []
-    for path in sorted(Path(trial_dir).glob(f"{SEED_DIR_PREFIX}*/{SEED_SCORES_FILE}")):
-        data = json.loads(path.read_text())
-        if data.get("seed") is None:
-            suffix = path.parent.name[len(SEED_DIR_PREFIX) :]
-            data["seed"] = int(suffix) if suffix.lstrip("-").isdigit() else None
-        out.append(data)
-    return out
-
-
-def _looks_like_score(key: str) -> bool:
-    from space.names import is_score_name
-
-    return is_score_name(key)
 
 
 # -- one candidate ---------------------------------------------------------------------
@@ -352,6 +104,8 @@ class CandidateSummary:
     attention_mass: Mapping[str, Any] = field(default_factory=dict)
     not_complete: Mapping[str, int] = field(default_factory=dict)  # "FAIL: diverged" -> 2
     aliases: tuple[str, ...] = ()  # other preset names that resolved to the same candidate
+    spent_seeds: tuple[Any, ...] = ()  # run keys of finished runs, complete or not
+    pending_seeds: tuple[Any, ...] = ()  # run keys of runs still queued or running
 
     @property
     def n(self) -> int:
@@ -378,6 +132,18 @@ class CandidateSummary:
             return self.attention_mass[length]["per_kind"][kind][segment]
         except KeyError:
             return None
+
+    def layer_mass(self, length: str, indices: Sequence[int], segment: str) -> Spread | None:
+        """Per run, the mean fraction of attention on ``segment`` over the layers
+        ``indices`` at ``length`` (runs that recorded all of them); None if any layer
+        has no record at that length."""
+        layers = {e["index"]: e for e in self.attention_mass.get(length, {}).get("per_layer", ())}
+        if not indices or any(i not in layers or segment not in layers[i] for i in indices):
+            return None
+        per_layer = [layers[i][segment].by_key() for i in indices]
+        keys = [k for k in per_layer[0] if all(k in m for m in per_layer[1:])]
+        values = tuple(float(np.mean([m[k] for m in per_layer])) for k in keys)
+        return Spread(values, tuple(keys))
 
 
 @dataclass(frozen=True)
@@ -458,15 +224,10 @@ def aggregate(
 
 
 def aggregate_study(study: Any) -> StudyAggregate:
-    """:func:`aggregate` over an ``optuna.Study``, each trial expanded into its seeds'
-    runs (:func:`seed_records`, which reads the trial folders); objective names come
-    from the study (the sweep driver records them), directions from the study itself."""
-    names = study.user_attrs.get(STUDY_ATTR_OBJECTIVES) or getattr(study, "metric_names", None)
-    directions = [d.name.lower() for d in study.directions]
-    if names is not None and len(names) != len(directions):
-        names = None
-    records = [r for t in study.get_trials(deepcopy=False) for r in seed_records(t, names)]
-    return aggregate(records, names, directions)
+    """:func:`aggregate` over an ``optuna.Study``, read by
+    :func:`tracking.records.study_records` (each trial expanded into its seeds' runs)."""
+    read = study_records(study)
+    return aggregate(read.records, read.objective_names, read.directions)
 
 
 def _summarise(cid: str, group: list[TrialRecord], notes: list[str]) -> CandidateSummary:
@@ -479,6 +240,8 @@ def _summarise(cid: str, group: list[TrialRecord], notes: list[str]) -> Candidat
     used: list[TrialRecord] = []
     seen: dict[Any, int] = {}
     not_complete: Counter[str] = Counter()
+    spent = [r.run_key for r in group if r.state in FINISHED_STATES]
+    pending = [r.run_key for r in group if r.state not in FINISHED_STATES]
     for r in group:
         if r.state != COMPLETE:
             label = r.state if not r.reason else f"{r.state}: {r.reason}"
@@ -519,6 +282,8 @@ def _summarise(cid: str, group: list[TrialRecord], notes: list[str]) -> Candidat
         attention_mass=_mass_mean(display, used, notes),
         not_complete=dict(not_complete),
         aliases=tuple(presets[1:]),
+        spent_seeds=tuple(dict.fromkeys(spent)),
+        pending_seeds=tuple(dict.fromkeys(pending)),
     )
 
 

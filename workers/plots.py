@@ -1,4 +1,7 @@
-"""PNG plots of one candidate's scores (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of one candidate's scores (matplotlib, Agg backend: no display needed).
+
+The heatmap cells and stacked bars are drawn by :mod:`workers.drawing`, which the
+study report shares."""
 
 from __future__ import annotations
 
@@ -13,15 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from space.tasks import SEGMENTS  # noqa: E402
+from workers.drawing import draw_niah_cells, stacked_bars  # noqa: E402
 from workers.scores import NiahResult  # noqa: E402
-from workers.tasks import SEGMENTS  # noqa: E402
-
-SEGMENT_COLORS = {
-    "begin": "#4c72b0",
-    "needle": "#dd8452",
-    "context": "#bfbfbf",
-    "end": "#55a868",
-}
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
@@ -42,22 +39,9 @@ def plot_niah_heatmap(
     fig, ax = plt.subplots(
         figsize=(1.2 + 0.9 * len(result.depths), 1.2 + 0.5 * len(result.lengths))
     )
-    im = ax.imshow(acc, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
-    ax.set_xticks(range(len(result.depths)), [f"{d:g}" for d in result.depths])
-    ax.set_yticks(range(len(result.lengths)), [str(n) for n in result.lengths])
+    im = draw_niah_cells(ax, acc, result.lengths, result.depths)
     ax.set_xlabel("needle depth")
     ax.set_ylabel("context length (tokens)")
-    for i in range(acc.shape[0]):
-        for j in range(acc.shape[1]):
-            ax.text(
-                j,
-                i,
-                f"{acc[i, j]:.2f}",
-                ha="center",
-                va="center",
-                color="black" if acc[i, j] > 0.5 else "white",
-                fontsize=8,
-            )
     fig.colorbar(im, ax=ax, label="exact-match accuracy")
     ax.set_title(title or f"{result.task}: accuracy by length and depth")
     return _save(fig, path)
@@ -76,26 +60,15 @@ def plot_attention_mass(mass: Mapping, path: str | os.PathLike[str], title: str 
         sharey=True,
     )
     layer_labels = [f"{e['index']}\n{e['kind']}" for e in per_layer]
-    _stacked(ax_l, layer_labels, [[e[s] for s in SEGMENTS] for e in per_layer])
+    stacked_bars(ax_l, layer_labels, [[e[s] for s in SEGMENTS] for e in per_layer])
     ax_l.set_title("per layer")
     ax_l.set_ylabel("fraction of attention (last prompt position)")
-    _stacked(ax_k, list(per_kind), [[per_kind[k][s] for s in SEGMENTS] for k in per_kind])
+    stacked_bars(ax_k, list(per_kind), [[per_kind[k][s] for s in SEGMENTS] for k in per_kind])
     ax_k.set_title("per layer kind")
     ax_k.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     if title:
         fig.suptitle(title, y=1.02)
     return _save(fig, path)
-
-
-def _stacked(ax: plt.Axes, labels: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
-    values = np.asarray(rows, dtype=float).reshape(len(labels), len(SEGMENTS))
-    bottom = np.zeros(len(labels))
-    x = np.arange(len(labels))
-    for k, seg in enumerate(SEGMENTS):
-        ax.bar(x, values[:, k], bottom=bottom, color=SEGMENT_COLORS[seg], label=seg.capitalize())
-        bottom += values[:, k]
-    ax.set_xticks(x, labels, fontsize=7)
-    ax.set_ylim(0.0, 1.0)
 
 
 def plot_loss_curves(history: Sequence[Mapping], path: str | os.PathLike[str]) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from space.layers import LayerSpec, ModelShape
+from space.layers import LayerSpec, ModelShape, layer_kind
 from workers.tasks import SEGMENTS, Example, example_seed, render, segment_labels
 from workers.tokens import DOC, NEEDLE_CLOSE
 
@@ -284,11 +284,6 @@ def _sum_min_keys(n: int, window: int | None) -> int:
 
 
 # --------------------------------------------------------------------------- attention mass
-
-
-def layer_kind(spec: LayerSpec) -> str:
-    """``local_rope``, ``global_nope``, ``global_rope`` (or ``local_nope``)."""
-    return f"{spec.kind.value}_{spec.position.value}"
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from space.tasks import (  # noqa: F401 - re-exported: the task rules live in space/
+    SEGMENTS,
     TASK_DEFAULTS,
     TASKS,
     answer_len,
@@ -48,8 +49,6 @@ from space.tasks import (  # noqa: F401 - re-exported: the task rules live in sp
     task_params,
 )
 from workers.tokens import DOC, N_BYTE_TOKENS, NEEDLE_CLOSE, NEEDLE_OPEN, TOKEN_DTYPE
-
-SEGMENTS = ("begin", "needle", "context", "end")
 
 KEY_ALPHABET = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8).astype(TOKEN_DTYPE)
 DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8).astype(TOKEN_DTYPE)

@@ -1,0 +1,294 @@
+"""Hypotheses as data: what a sweep is meant to find out, validated with the sweep file.
+
+A sweep file states its hypotheses in a ``hypotheses:`` section, or points at a file
+of them with ``hypotheses_from: FILE`` (relative to the sweep file). Each hypothesis
+compares two groups of candidates, ``a`` and ``b``::
+
+    hypotheses:
+      groups:                                   # optional: named selectors
+        hybrid: {preset: rnope_swa, where: {global: {position: nope},
+                                            local: {position: rope, windowed: true}}}
+      hypotheses:
+        - name: hybrid_beats_rope_long
+          statement: The hybrid beats RoPE on retrieval beyond the training length.
+          a: hybrid                             # a group's name, or a preset's
+          b: {preset: rope}
+          quantity: long_acc                    # any score a trial reports
+          direction: greater                    # a - b > margin ("less": a - b < margin)
+          margin: 0                             # or {relative: 0.02, of: b}
+          test: welch                           # welch | paired (by seed) | exact
+
+A side (``a`` / ``b``) picks candidates by ``preset`` (the candidate enqueued under that
+name), by ``where`` (a :class:`space.predicates.Predicate` on its layers), or both (the
+preset if the study ran it, else the candidates ``where`` selects stand in);
+``pool: true`` pools every selected candidate's runs, otherwise exactly one candidate
+must be selected. A side may carry its own ``quantity`` (the two sides of a paired
+within-candidate comparison, e.g. ``acc@1x`` against ``{mean: acc, from: 4}``) and, for
+attention-mass quantities, the ``layers`` whose mass it reads (a
+:class:`space.predicates.LayerMatch`; default every layer).
+
+Quantities: a score name (``long_acc``, ``short_bpb``, ``acc@4x``, ``extrap_bpb@4x``,
+``kv_cache_bytes``, ...); ``{mass: needle, at: 1x}`` (the fraction of attention on a
+prompt segment at a length); ``{mean: acc, from: 4, to: 8}`` (per run, the mean of
+``acc@Nx`` over the lengths N in [from, to] the study scored); ``{diff: [Q1, Q2]}`` (per
+run, Q1 - Q2).
+
+A hypothesis with ``measures: [...]`` (each a comparison as above, with a ``label``) is
+supported when at least one measure supports it and none contradicts it, contradicted in
+the mirror case, undecided otherwise.
+
+**Competence gate**: a comparison whose quantity reads retrieval beyond the training
+length T (``long_acc``, ``acc@Nx`` with N > 1, a mean over such lengths, attention mass
+beyond 1x) is judged only on runs that learned the task at T: ``acc@1x`` at least 0.9.
+``gate: {min: 0.8}`` (or ``{score: ..., min: ...}``) changes it, ``gate: false`` turns it
+off, ``gate: true`` forces it on.
+
+What needs the study (a selector that matches no candidate, a score no trial reports, a
+paired test without common seeds) is found when the hypotheses are evaluated and
+reported as an undecided verdict naming the hypothesis and the field, not here. Reading
+the section, the file and the checks against the sweep's scoring are in
+:mod:`space.hypothesis_files`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from space.names import LAYOUT_SCORES, LONG_ACC, is_score_name, multiple_of
+from space.predicates import LayerMatch, Predicate
+from space.tasks import SEGMENTS
+
+__all__ = ["Gate", "Hypothesis", "Margin", "Measure", "Quantity", "Side"]
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # also an MLflow tag key: hypothesis.<name>
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True
+    )
+
+
+def _length_key(value: Any) -> str:
+    """``1``, ``"1x"`` -> ``"1x"`` (the key of a length in the attention-mass records)."""
+    text = str(value)
+    m = multiple_of("@" + (text if text.endswith("x") else text + "x"), "@")
+    if m is None or m < 1 or isinstance(value, bool):
+        raise ValueError(f"expected a length multiple like 1x or 4x, got {value!r}")
+    return f"{m}x"
+
+
+class Quantity(_Model):
+    """One number per run: a score, an attention mass, a mean over lengths or a
+    difference of two quantities. Exactly one of ``score``, ``mass``, ``mean``,
+    ``diff`` is set."""
+
+    score: str | None = None
+    mass: str | None = None  # a prompt segment (space.tasks.SEGMENTS)
+    at: str | None = None
+    mean: Literal["acc", "extrap_bpb"] | None = None
+    from_: int | None = Field(default=None, alias="from", ge=1)
+    to: int | None = Field(default=None, ge=1)
+    diff: tuple[Quantity, Quantity] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"score": value} if isinstance(value, str) else value
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at(cls, value: Any) -> Any:
+        return None if value is None else _length_key(value)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Quantity:
+        forms = [f for f in ("score", "mass", "mean", "diff") if getattr(self, f) is not None]
+        if len(forms) != 1:
+            raise ValueError(
+                "a quantity is a score name, {mass: SEGMENT, at: 1x}, {mean: acc, from: N} "
+                f"or {{diff: [Q1, Q2]}}; got {forms or 'none of them'}"
+            )
+        if self.score is not None and not is_score_name(self.score):
+            raise ValueError(f"unknown score {self.score!r}")
+        if self.mass is not None and self.mass not in SEGMENTS:
+            raise ValueError(f"unknown segment {self.mass!r}; expected one of {list(SEGMENTS)}")
+        if self.at is not None and self.mass is None:
+            raise ValueError("'at' belongs to a mass quantity")
+        if self.mass is not None and self.at is None:
+            raise ValueError(f"say at which length: {{mass: {self.mass}, at: 1x}}")
+        if (self.from_ is not None or self.to is not None) and self.mean is None:
+            raise ValueError("'from' and 'to' belong to a mean quantity")
+        if self.mean is not None and self.from_ is None:
+            raise ValueError(f"say from which length: {{mean: {self.mean}, from: 4}}")
+        if self.to is not None and self.from_ is not None and self.to < self.from_:
+            raise ValueError(f"to {self.to} < from {self.from_}")
+        return self
+
+    def reads_beyond_t(self) -> bool:
+        """Whether this reads retrieval beyond the training length (gated by default)."""
+        if self.diff is not None:
+            return any(q.reads_beyond_t() for q in self.diff)
+        if self.score is not None:
+            m = multiple_of(self.score, "acc@")
+            return self.score == LONG_ACC or (m is not None and m > 1)
+        if self.mass is not None:
+            return self.at != "1x"
+        return self.mean == "acc" and (self.to is None or self.to > 1)
+
+    def multiple_range(self) -> tuple[int, int | None]:
+        return (self.from_ or 1, self.to)
+
+    def describe(self) -> str:
+        if self.score is not None:
+            return self.score
+        if self.mass is not None:
+            return f"{self.mass} mass at {self.at} T"
+        if self.mean is not None:
+            upto = f" to {self.to}x" if self.to is not None else ""
+            return f"mean {self.mean}@Nx from {self.from_}x{upto}"
+        left, right = self.diff
+        return f"({left.describe()} - {right.describe()})"
+
+
+class Margin(_Model):
+    """The threshold on ``a - b``: absolute, or a fraction of one side's mean."""
+
+    value: float = 0.0
+    relative_to: Literal["a", "b"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"value": float(value)}
+        if isinstance(value, Mapping) and "relative" in value:
+            unknown = sorted(set(value) - {"relative", "of"})
+            if unknown:
+                raise ValueError(f"a relative margin is {{relative: x, of: a|b}}; got {unknown}")
+            rel = value["relative"]
+            if isinstance(rel, bool) or not isinstance(rel, int | float):
+                raise ValueError(f"relative must be a number, got {rel!r}")
+            return {"value": float(rel), "relative_to": value.get("of", "b")}
+        return value
+
+    def describe(self) -> str:
+        if self.relative_to is None:
+            return f"{self.value:g}"
+        return f"{self.value:+.3g} x mean({self.relative_to})"
+
+
+class Gate(_Model):
+    """Runs whose ``score`` is below ``min`` are left out: they did not learn the task."""
+
+    score: str = "acc@1x"
+    min: float = 0.9
+
+    @field_validator("score")
+    @classmethod
+    def _score(cls, value: str) -> str:
+        if not is_score_name(value):
+            raise ValueError(f"unknown score {value!r}")
+        return value
+
+
+class Side(_Model):
+    """One group of a comparison; see the module docstring."""
+
+    preset: str | None = None
+    where: Predicate | None = None
+    pool: bool = False
+    quantity: Quantity | None = None
+    layers: LayerMatch | None = None
+
+    @model_validator(mode="after")
+    def _selects(self) -> Side:
+        if self.preset is None and self.where is None:
+            raise ValueError("select candidates by preset, by where, or both")
+        return self
+
+    def describe(self) -> str:
+        if self.preset is not None and self.where is not None:
+            text = f"preset {self.preset} (else: {self.where.describe()})"
+        elif self.preset is not None:
+            text = f"preset {self.preset}"
+        else:
+            text = f"candidates with {self.where.describe()}"
+        if self.pool:
+            text += ", pooled"
+        if self.layers is not None:
+            text += f" [layers: {self.layers.describe()}]"
+        return text
+
+
+Test = Literal["welch", "paired", "exact"]
+
+
+class Measure(_Model):
+    """One comparison of ``a`` and ``b``."""
+
+    label: str | None = None
+    a: Side
+    b: Side
+    quantity: Quantity | None = None
+    direction: Literal["greater", "less"]
+    margin: Margin = Margin()
+    test: Test = "welch"
+    gate: Gate | bool | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Measure:
+        for side in ("a", "b"):
+            if self.quantity is None and getattr(self, side).quantity is None:
+                raise ValueError(f"no quantity for side {side}: give quantity (or {side}.quantity)")
+        if self.test == "paired" and (self.a.pool or self.b.pool):
+            raise ValueError("a paired test compares two single candidates: drop pool")
+        if self.test == "exact":
+            for side in ("a", "b"):
+                q = self.quantity_of(side)
+                if q.score not in LAYOUT_SCORES:
+                    raise ValueError(
+                        f"test exact is for scores computed from the layout ({list(LAYOUT_SCORES)}"
+                        f"), which have no seed noise; {q.describe()} varies by seed"
+                    )
+        return self
+
+    def quantity_of(self, side: str) -> Quantity:
+        own = getattr(self, side).quantity
+        return own if own is not None else self.quantity
+
+    def effective_gate(self) -> Gate | None:
+        """The competence gate this comparison applies (see the module docstring)."""
+        if isinstance(self.gate, Gate):
+            return self.gate
+        if self.gate is None:
+            beyond = any(self.quantity_of(s).reads_beyond_t() for s in ("a", "b"))
+            return Gate() if beyond else None
+        return Gate() if self.gate else None
+
+    def describe(self) -> str:
+        qa, qb = self.quantity_of("a"), self.quantity_of("b")
+        what = qa.describe() if qa == qb else f"{qa.describe()} (a) vs {qb.describe()} (b)"
+        sign = ">" if self.direction == "greater" else "<"
+        return f"{what}: a - b {sign} {self.margin.describe()} ({self.test})"
+
+
+class Hypothesis(_Model):
+    """A named statement and the comparisons that decide it."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    statement: str = Field(min_length=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    measures: tuple[Measure, ...]
+
+    @model_validator(mode="after")
+    def _measured(self) -> Hypothesis:
+        if not self.measures:
+            raise ValueError("a hypothesis needs a comparison (a, b, quantity, direction)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,209 @@
+"""Reading a study into per-seed run records: the only I/O behind the report.
+
+A run is one (candidate, seed) training. A trial is either one run (its user attributes
+hold the seed, the scores, the NIAH grid and the attention mass) or, when the sweep
+trains several seeds inside one trial, several runs: each seed's own result is in the
+trial's ``seeds`` user attribute, or, for trials recorded before it existed, in
+``<trial_dir>/seed_<n>/scores.json``. :func:`study_records` reads a whole study;
+:func:`seed_records` one trial. Which user attributes are scores is decided by
+:func:`space.names.is_score_name` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from space.names import (
+    ATTR_ATTENTION_MASS,
+    ATTR_CANDIDATE_ID,
+    ATTR_CANDIDATE_NAME,
+    ATTR_KNOBS,
+    ATTR_NIAH,
+    ATTR_PRESET,
+    ATTR_REASON,
+    ATTR_REPEATS,
+    ATTR_REUSED_FROM,
+    ATTR_SEED,
+    ATTR_SEEDS,
+    ATTR_TRIAL_DIR,
+    STUDY_ATTR_OBJECTIVES,
+    is_score_name,
+)
+
+__all__ = [
+    "COMPLETE",
+    "FINISHED_STATES",
+    "StudyRecords",
+    "TrialRecord",
+    "as_float",
+    "seed_records",
+    "study_records",
+]
+
+SEED_DIR_PREFIX = "seed_"  # <trial_dir>/seed_<n>/ holds one seed's run
+SEED_SCORES_FILE = "scores.json"
+COMPLETE = "COMPLETE"
+# A run in one of these states will not change: its seed has been spent.
+FINISHED_STATES = frozenset({"COMPLETE", "FAIL", "PRUNED"})
+
+
+def as_float(value: Any) -> float | None:
+    """A real number as float (booleans are not numbers here); None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One run, read from a trial's user attributes (or one seed's entry of them)."""
+
+    number: int
+    state: str  # Optuna's TrialState name: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+    candidate_id: str
+    candidate_name: str | None
+    preset: str | None
+    seed: int | None
+    knobs: Mapping[str, Any]
+    scores: Mapping[str, float]
+    niah: Mapping[str, Any] | None
+    attention_mass: Mapping[str, Any] | None
+    reason: str | None
+    reused_from: Any = None
+    repeats: int | None = None
+    has_id: bool = True  # False: no candidate_id recorded (a queued preset, a foreign trial)
+
+    @property
+    def run_key(self) -> Any:
+        """The label of this run among its candidate's runs: the seed if known."""
+        return self.seed if self.seed is not None else f"trial {self.number}"
+
+    @classmethod
+    def from_trial(cls, trial: Any, objective_names: Sequence[str] | None = None) -> TrialRecord:
+        """From an Optuna ``FrozenTrial`` (or anything with the same attributes).
+
+        Scores are the user attributes that :func:`space.names.is_score_name` names
+        (NaN where the driver stored null); an objective value with no user attribute of
+        its name is added under that name.
+        """
+        attrs = dict(trial.user_attrs)
+        state = getattr(trial.state, "name", str(trial.state))
+        scores = _scores(attrs)
+        values = getattr(trial, "values", None) or []
+        for name, value in zip(objective_names or (), values, strict=False):
+            scores.setdefault(name, float(value))
+        candidate_id = attrs.get(ATTR_CANDIDATE_ID)
+        candidate_name = attrs.get(ATTR_CANDIDATE_NAME)
+        preset = attrs.get(ATTR_PRESET)
+        has_id = candidate_id is not None
+        if candidate_id is None:
+            candidate_id = candidate_name or preset or f"trial-{trial.number}"
+        seed = attrs.get(ATTR_SEED)
+        knobs = attrs.get(ATTR_KNOBS)
+        repeats = attrs.get(ATTR_REPEATS)
+        niah = attrs.get(ATTR_NIAH)
+        mass = attrs.get(ATTR_ATTENTION_MASS)
+        return cls(
+            number=int(trial.number),
+            state=state,
+            candidate_id=str(candidate_id),
+            candidate_name=candidate_name,
+            preset=preset,
+            seed=int(seed) if as_float(seed) is not None else None,
+            knobs=dict(knobs) if isinstance(knobs, Mapping) else {},
+            scores=scores,
+            niah=niah if isinstance(niah, Mapping) else None,
+            attention_mass=mass if isinstance(mass, Mapping) else None,
+            reason=attrs.get(ATTR_REASON),
+            reused_from=attrs.get(ATTR_REUSED_FROM),
+            repeats=int(repeats) if as_float(repeats) is not None else None,
+            has_id=has_id,
+        )
+
+
+def _scores(attrs: Mapping[str, Any]) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for key, value in attrs.items():
+        if not is_score_name(key):
+            continue
+        number = as_float(value)
+        if number is not None:
+            scores[key] = number
+        elif value is None:
+            scores[key] = math.nan  # NaN stored as JSON null
+    return scores
+
+
+def seed_records(trial: Any, objective_names: Sequence[str] | None = None) -> list[TrialRecord]:
+    """The runs behind one trial: one record per seed.
+
+    A trial that trained several seeds (``repeats`` > 1) stores their mean as score
+    attributes and each seed's own scores, NIAH grid and attention mass in the
+    ``seeds`` attribute. Trials recorded without it are read from
+    ``<trial_dir>/seed_<n>/scores.json`` (written by ``workers.candidate``) when that
+    folder is readable; otherwise the trial is one record built from its attributes.
+    """
+    base = TrialRecord.from_trial(trial, objective_names)
+    entries = trial.user_attrs.get(ATTR_SEEDS)
+    if not (isinstance(entries, list) and entries):
+        entries = _seed_files(trial.user_attrs.get(ATTR_TRIAL_DIR))
+    records = []
+    for data in entries:
+        if not isinstance(data, Mapping):
+            continue
+        scores = {
+            k: float(v)
+            for k, v in (data.get("scores") or {}).items()
+            if is_score_name(k) and as_float(v) is not None
+        }
+        records.append(
+            replace(
+                base,
+                seed=data.get("seed"),
+                scores=scores,
+                niah=data.get("niah") or None,
+                attention_mass=data.get("attention_mass") or None,
+                repeats=None,
+            )
+        )
+    return records or [base]
+
+
+def _seed_files(trial_dir: str | None) -> list[dict[str, Any]]:
+    if not trial_dir:
+        return []
+    out = []
+    for path in sorted(Path(trial_dir).glob(f"{SEED_DIR_PREFIX}*/{SEED_SCORES_FILE}")):
+        data = json.loads(path.read_text())
+        if data.get("seed") is None:
+            suffix = path.parent.name[len(SEED_DIR_PREFIX) :]
+            data["seed"] = int(suffix) if suffix.lstrip("-").isdigit() else None
+        out.append(data)
+    return out
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    """Every run of a study, with the study's objective names and directions."""
+
+    records: tuple[TrialRecord, ...]
+    objective_names: tuple[str, ...] | None
+    directions: tuple[str, ...]
+
+
+def study_records(study: Any) -> StudyRecords:
+    """Every trial of an ``optuna.Study`` expanded into its seeds' runs
+    (:func:`seed_records`, which may read the trial folders); objective names come from
+    the study (the sweep driver records them), directions from the study itself."""
+    names = study.user_attrs.get(STUDY_ATTR_OBJECTIVES) or getattr(study, "metric_names", None)
+    directions = tuple(d.name.lower() for d in study.directions)
+    if names is not None and len(names) != len(directions):
+        names = None
+    records = tuple(r for t in study.get_trials(deepcopy=False) for r in seed_records(t, names))
+    return StudyRecords(records, tuple(names) if names is not None else None, directions)

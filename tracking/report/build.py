@@ -1,0 +1,174 @@
+"""Building the report of a study: read and aggregate its runs, judge the hypotheses
+(the sweep file's, else the paper's), rank stability, figures, then write
+``report.html`` (self-contained), ``report.md`` (images beside it), ``summary.json``,
+the PNGs and the Pareto files of candidate means."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from space.hypothesis_files import PAPER_FILE, shipped_hypotheses
+from tracking.aggregate import StudyAggregate, aggregate
+from tracking.hypotheses import Finding, evaluate
+from tracking.pareto import ParetoTable, pareto_table
+from tracking.pareto_plots import plot_pareto_png
+from tracking.records import study_records
+from tracking.report.content import (
+    FIG_CURVES,
+    FIG_MASS,
+    FIG_NIAH,
+    FIG_PARETO,
+    ReportInput,
+    sections,
+)
+from tracking.report.figures import plot_curves, plot_mass, plot_niah
+from tracking.report.html import render_html
+from tracking.report.markdown import render_markdown
+from tracking.report.summary import summary
+from tracking.seed_plan import SeedPlan, plan_seeds
+from tracking.sides import candidate_layers
+from tracking.stability import rank_stability
+
+__all__ = ["HTML_NAME", "MD_NAME", "SUMMARY_NAME", "build_report", "judge", "render_report"]
+
+HTML_NAME = "report.html"
+MD_NAME = "report.md"
+SUMMARY_NAME = "summary.json"
+
+
+def judge(agg: StudyAggregate, config: Any | None) -> tuple[list[Finding], str, SeedPlan | None]:
+    """The findings on ``agg``, where the hypotheses came from, and (adaptive seeds) the
+    seed plan whose looks decided them.
+
+    The sweep file's hypotheses, else (a study whose file states none, or no file) the
+    shipped paper hypotheses. With adaptive seeds each hypothesis is reported at the
+    look that decided it (or its latest), at the level the error budget gives a look;
+    otherwise on all runs at the hypothesis's confidence.
+    """
+    layers_of = candidate_layers(config)
+    if config is not None and config.hypotheses:
+        hypotheses = config.hypotheses
+        source = f"{config.hypotheses_from}" if config.hypotheses_from else "the sweep file"
+    else:
+        hypotheses = shipped_hypotheses()
+        source = f"configs/{PAPER_FILE} (the paper's claims: the sweep file states none)"
+    if config is None or not config.study.adaptive:
+        return evaluate(hypotheses, agg, layers_of), source, None
+    plan = plan_seeds(
+        hypotheses,
+        agg,
+        layers_of,
+        repeats_min=config.study.repeats,
+        repeats_max=config.study.max_repeats,
+        base_seed=config.train.seed,
+    )
+    by_name = {h.name: h.finding for h in plan.hypotheses}
+    looks = config.study.looks
+    findings = [
+        by_name.get(h.name) or evaluate([h], agg, layers_of, looks=looks)[0] for h in hypotheses
+    ]
+    return findings, source, plan
+
+
+def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> dict[str, Path]:
+    """Aggregate ``study`` (an ``optuna.Study``), judge its hypotheses, write the report
+    into ``out_dir``; returns file name -> path. ``config`` is the study's sweep file
+    (:class:`space.schema.SweepConfig`; None: a study without one)."""
+    read = study_records(study)
+    agg = aggregate(read.records, read.objective_names, read.directions)
+    findings, source, plan = judge(agg, config)
+    train_len = config.train.seq_len if config is not None else None
+    return render_report(
+        agg,
+        out_dir,
+        study_name=study.study_name,
+        train_len=train_len,
+        findings=findings,
+        hypotheses_source=source,
+        seed_plan=plan,
+    )
+
+
+def _train_len_from_niah(agg: StudyAggregate) -> int | None:
+    lengths = [min(c.niah.lengths) for c in agg.candidates if c.niah is not None and c.niah.lengths]
+    return min(lengths) if lengths else None
+
+
+def candidate_pareto(agg: StudyAggregate) -> ParetoTable | None:
+    """The Pareto front of candidate means (one point per candidate, not per seed run);
+    ``trial`` is the candidate's row number in the report's table."""
+    names, dirs = agg.objective_names, agg.directions
+    if not names or len(names) != len(dirs):
+        return None
+    rows = []
+    for i, c in enumerate(agg.candidates, start=1):
+        row: dict[str, Any] = {"trial": i, "candidate": c.name, "n": c.n}
+        for name in names:
+            s = c.spread(name)
+            row[name] = s.mean if s is not None and s.n else None
+        rows.append(row)
+    return pareto_table(rows, names, dirs, title="Pareto front of candidate means")
+
+
+def render_report(
+    agg: StudyAggregate,
+    out_dir: str | Path,
+    *,
+    study_name: str,
+    train_len: int | None = None,
+    findings: Sequence[Finding] | None = None,
+    hypotheses_source: str = "",
+    seed_plan: SeedPlan | None = None,
+) -> dict[str, Path]:
+    """Write the report of an aggregate (see :func:`build_report`); without
+    ``findings``, the shipped paper hypotheses are judged (by preset name only)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if findings is None:
+        findings, hypotheses_source, seed_plan = judge(agg, None)
+    train_len = train_len or _train_len_from_niah(agg)
+    paths: dict[str, Path] = {}
+    figures: dict[str, Path | None] = {}
+    if agg.candidates:
+        figures[FIG_CURVES] = plot_curves(agg, out / FIG_CURVES, train_len)
+        figures[FIG_NIAH] = plot_niah(agg, out / FIG_NIAH)
+        figures[FIG_MASS] = plot_mass(agg, out / FIG_MASS, train_len)
+    pareto = candidate_pareto(agg) if agg.candidates else None
+    if pareto is not None and any(r["rank"] is not None for r in pareto.rows):
+        figures[FIG_PARETO] = plot_pareto_png(pareto, out / FIG_PARETO)
+        for kind, text in (
+            ("csv", pareto.to_csv()),
+            ("json", pareto.to_json()),
+            ("md", pareto.to_markdown()),
+        ):
+            p = out / f"pareto.{kind}"
+            p.write_text(text)
+            paths[p.name] = p
+    paths.update({name: p for name, p in figures.items() if p is not None})
+
+    report = ReportInput(
+        agg=agg,
+        study_name=study_name,
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        findings=tuple(findings),
+        hypotheses_source=hypotheses_source,
+        train_len=train_len,
+        pareto=pareto,
+        figures=figures,
+        stability=tuple(rank_stability(agg)),
+        seed_plan=seed_plan,
+    )
+    content = sections(report)
+    paths[MD_NAME] = out / MD_NAME
+    paths[MD_NAME].write_text(render_markdown(report, content))
+    paths[HTML_NAME] = out / HTML_NAME
+    paths[HTML_NAME].write_text(render_html(report, content))
+    paths[SUMMARY_NAME] = out / SUMMARY_NAME
+    paths[SUMMARY_NAME].write_text(
+        json.dumps(summary(report), indent=2, allow_nan=False, default=str)
+    )
+    return paths

@@ -1,0 +1,273 @@
+"""What the report says, as one list of sections of typed blocks; the Markdown and HTML
+renderers (:mod:`tracking.report.markdown`, :mod:`tracking.report.html`) only lay it out.
+
+Text blocks may use ``**bold**``, ``*italic*`` and ```code``` spans; everything else is
+plain text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from space.describe import describe_knobs
+from space.presets import DESCRIPTIONS
+from tracking.aggregate import StudyAggregate
+from tracking.hypotheses import Finding
+from tracking.pareto import ParetoTable
+from tracking.report.tables import (
+    Table,
+    candidate_table,
+    mass_table,
+    pareto_rows,
+    seed_plan_table,
+    stability_table,
+)
+from tracking.seed_plan import SeedPlan
+from tracking.stability import RankStability
+from tracking.stats import Verdict
+
+__all__ = [
+    "FIG_CURVES",
+    "FIG_MASS",
+    "FIG_NIAH",
+    "FIG_PARETO",
+    "Bullets",
+    "Figure",
+    "Findings",
+    "ReportInput",
+    "Section",
+    "TableBlock",
+    "Text",
+    "sections",
+]
+
+FIG_CURVES = "accuracy_vs_length.png"
+FIG_NIAH = "niah_heatmaps.png"
+FIG_MASS = "attention_mass.png"
+FIG_PARETO = "pareto.png"
+
+GLOSSARY = (
+    "Every variant is a decoder-only transformer whose layers differ only in how attention "
+    "sees positions. **RoPE** (rotary position embedding) rotates queries and keys by an "
+    "angle proportional to their position, so attention scores depend on relative distance; "
+    "it is the usual Llama-style choice. **NoPE** uses no positional signal at all: the "
+    "causal mask alone lets the model infer order. A **sliding window** (SWA) lets a layer "
+    "attend only to the last W tokens, so its KV cache holds W tokens instead of the whole "
+    "context. **QK-norm** applies an RMSNorm to queries and keys before attention. "
+    'The paper ("Rope to Nope and Back Again", Yang et al. 2025) proposes **RNoPE-SWA**: '
+    "three of every four layers use RoPE with a sliding window (local context), every "
+    "fourth layer uses NoPE with full attention (long-range retrieval). Scores: "
+    "`short_bpb` is bits per byte on held-out text at the training length T (lower is "
+    "better); `acc@Nx` is needle-in-a-haystack exact-match accuracy with a context of N x T "
+    "tokens; `long_acc` is the mean accuracy beyond T; `extrap_bpb@Nx` is bits per byte at "
+    "N x T; `kv_cache_bytes` is the KV cache at the target context, from the layer layout; "
+    "`tokens_per_s` is measured training throughput."
+)
+
+RULE_TEXT = (
+    "How findings are decided: each comparison takes the difference of means a - b and its "
+    "confidence interval (Welch's t interval for two candidates; a paired t interval, "
+    "matched by seed, for two measurements of the same runs or candidates trained with the "
+    "same seeds; scores computed from the layer layout are compared exactly). A hypothesis "
+    "is *supported* when the whole interval lies on its claimed side of the margin, "
+    "*contradicted* when it lies wholly on the other side, and *undecided* when it "
+    "straddles the margin, when a side has fewer than two runs, or when a candidate or "
+    "score is missing (the finding names the hypothesis and field). Comparisons of "
+    "retrieval beyond T count only runs that learned the task at T (the competence gate, "
+    "acc@1x >= 0.9 unless the hypothesis says otherwise); the runs left out are named."
+)
+
+STABILITY_TEXT = (
+    "Kendall's tau between the candidate rankings from two disjoint halves of each "
+    "candidate's seeds (alternate seeds), per objective: 1 = the same order, 0 = "
+    "unrelated, -1 = reversed. Each half is an independent replication with half the "
+    "seeds, so the ranking by the mean of all seeds (the table above) is more stable than "
+    "tau says. With fewer than 4 seeds each half is a single seed: tau is then how well one "
+    "seed's ranking predicts another's."
+)
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    style: str = ""  # "" (a paragraph), "meta" or "rule" (small print)
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    table: Table
+    empty: str = "No data."
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    alt: str
+    path: Path | None
+
+
+@dataclass(frozen=True)
+class Findings:
+    findings: tuple[Finding, ...]
+
+
+Block = Text | Bullets | TableBlock | Figure | Findings
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str
+    title: str
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """Everything the report shows."""
+
+    agg: StudyAggregate
+    study_name: str
+    created: str
+    findings: Sequence[Finding] = ()
+    hypotheses_source: str = ""
+    train_len: int | None = None
+    pareto: ParetoTable | None = None
+    figures: Mapping[str, Path | None] = field(default_factory=dict)
+    stability: Sequence[RankStability] = ()
+    seed_plan: SeedPlan | None = None
+    notes: Sequence[str] = ()
+
+
+def overview(r: ReportInput) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(r.agg.state_counts.items()))
+    t = f"; training length T = {r.train_len} tokens" if r.train_len else ""
+    return (
+        f"{len(r.agg.candidates)} candidates with completed runs, "
+        f"{sum(c.n for c in r.agg.candidates)} runs counted (trials: {counts or 'none'}){t}. "
+        "Every number is a mean over seeds ± the sample standard deviation, [min, max] below "
+        "it; n is the number of seeds."
+    )
+
+
+def tally(findings: Sequence[Finding]) -> str:
+    counts = {v: sum(f.verdict is v for f in findings) for v in Verdict}
+    return ", ".join(f"{n} {v.value}" for v, n in counts.items()) + f" of {len(findings)}"
+
+
+def _variants(r: ReportInput) -> tuple[str, ...]:
+    out = []
+    for c in (*r.agg.candidates, *r.agg.without_complete):
+        sentence = describe_knobs(c.knobs) if c.knobs else "(knobs not recorded)"
+        if c.preset in DESCRIPTIONS:
+            sentence = f"{sentence} {DESCRIPTIONS[c.preset]}"
+        if c.aliases:
+            sentence += f" Same model as preset(s) {', '.join(c.aliases)}."
+        layout = f" (`{c.candidate_name}`)" if c.candidate_name else ""
+        out.append(f"**{c.name}**{layout}: {sentence}")
+    return tuple(out)
+
+
+def _notes(r: ReportInput) -> tuple[str, ...]:
+    notes = [*r.notes, *r.agg.warnings]
+    for c in (*r.agg.candidates, *r.agg.without_complete):
+        if c.not_complete:
+            parts = ", ".join(f"{n} {label}" for label, n in c.not_complete.items())
+            notes.append(f"{c.name}: runs not counted: {parts}")
+    if r.pareto is not None:
+        for row in r.pareto.rows:
+            if row.get("excluded"):
+                notes.append(f"Pareto: {row['candidate']} left out ({row['excluded']})")
+    return tuple(notes) or ("every trial completed; no notes.",)
+
+
+def sections(r: ReportInput) -> list[Section]:
+    """The report, top to bottom."""
+    findings_intro = f"{tally(r.findings)}."
+    if r.hypotheses_source:
+        findings_intro += f" Hypotheses: {r.hypotheses_source}."
+    out = [
+        Section(
+            "variants",
+            "What the variants are",
+            (Text(GLOSSARY), Bullets(_variants(r))),
+        ),
+        Section(
+            "findings",
+            "Findings: the hypotheses on this study",
+            (Text(findings_intro), Findings(tuple(r.findings)), Text(RULE_TEXT, "rule")),
+        ),
+    ]
+    if r.seed_plan is not None:
+        out.append(
+            Section(
+                "seeds",
+                "Adaptive seeds: where each hypothesis stands",
+                (
+                    Text(
+                        "Seeds went to the candidates of undecided hypotheses, one round at a "
+                        "time; each hypothesis is judged once per round, its confidence split "
+                        "evenly over the planned rounds (Bonferroni), and stays decided once "
+                        "decided."
+                    ),
+                    TableBlock(seed_plan_table(r.seed_plan)),
+                ),
+            )
+        )
+    out += [
+        Section(
+            "table",
+            "Per-candidate scores (mean ± std over seeds)",
+            (TableBlock(candidate_table(r.agg), "No completed runs."),),
+        ),
+        Section(
+            "stability",
+            "Rank stability across seeds",
+            (Text(STABILITY_TEXT), TableBlock(stability_table(r.stability), "No objectives.")),
+        ),
+        Section(
+            "curves",
+            "Accuracy and loss vs context length",
+            (_figure(r, FIG_CURVES, "accuracy and bits/byte vs context length"),),
+        ),
+        Section(
+            "niah",
+            "Needle-in-a-haystack heatmaps (mean over seeds)",
+            (_figure(r, FIG_NIAH, "NIAH heatmaps"),),
+        ),
+        Section(
+            "mass",
+            "Attention mass per layer kind (Begin / Needle / Context / End)",
+            (
+                _figure(r, FIG_MASS, "attention mass per layer kind"),
+                TableBlock(mass_table(r.agg), "No attention-mass data in this study."),
+            ),
+        ),
+    ]
+    if r.pareto is None:
+        pareto: tuple[Block, ...] = (Text("No objectives recorded on the study: no Pareto front."),)
+    else:
+        pareto = (
+            TableBlock(pareto_rows(r.pareto)),
+            Text(
+                "★ = on the Pareto front (rank 0) of the candidates' mean scores; # is the "
+                "row in the table of scores.",
+                "meta",
+            ),
+            _figure(r, FIG_PARETO, "Pareto front"),
+        )
+    out += [
+        Section("pareto", "Pareto front (candidate means)", pareto),
+        Section("notes", "Runs and notes", (Bullets(_notes(r)),)),
+    ]
+    return out
+
+
+def _figure(r: ReportInput, name: str, alt: str) -> Figure:
+    return Figure(name, alt, r.figures.get(name))

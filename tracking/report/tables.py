@@ -1,0 +1,170 @@
+"""The report's tables as data (header + rows of (text, detail) cells), rendered to
+Markdown and HTML by :mod:`tracking.report.markdown` and :mod:`tracking.report.html`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB, TOKENS_PER_S
+from space.tasks import SEGMENTS
+from tracking.aggregate import CandidateSummary, StudyAggregate
+from tracking.pareto import ParetoTable
+from tracking.seed_plan import SeedPlan
+from tracking.stability import RankStability
+from tracking.stats import Spread
+
+__all__ = [
+    "Table",
+    "candidate_table",
+    "human_bytes",
+    "mass_table",
+    "pareto_rows",
+    "seed_plan_table",
+    "stability_table",
+]
+
+Cell = tuple[str, str]  # (main text, detail: a "[min, max]" range or a small note)
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[Cell]]
+    text_columns: int = 2  # the first columns hold names: left-aligned
+
+
+def human_bytes(n: float) -> str:
+    if not math.isfinite(n):
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def spread_cell(s: Spread | None, score: str) -> Cell:
+    """``mean ± std`` with ``[min, max]`` as detail; bytes in binary units."""
+    if s is None or s.n == 0:
+        return "-", ""
+    if score == KV_CACHE_BYTES or score.endswith("_bytes"):
+        main = human_bytes(s.mean)
+        if s.n > 1 and s.std > 0:
+            main += f" ± {human_bytes(s.std)}"
+        return main, ""
+    if score == TOKENS_PER_S:
+        spec = ",.0f"
+    elif score.startswith("acc") or score == LONG_ACC:
+        spec = ".2f"
+    else:
+        spec = ".3f"
+    if s.n == 1:
+        return f"{s.mean:{spec}} (n=1)", ""
+    return f"{s.mean:{spec}} ± {s.std:{spec}}", f"[{s.min:{spec}}, {s.max:{spec}}]"
+
+
+def _score_columns(agg: StudyAggregate) -> list[tuple[str, str]]:
+    """(score name, column label) in display order, only those some candidate has."""
+    have = {name for c in agg.candidates for name in c.scores}
+    cols = [(SHORT_BPB, "short_bpb ↓")]
+    cols += [(f"acc@{m}x", f"acc@{m}x ↑") for m in agg.multiples("acc@")]
+    cols += [(LONG_ACC, "long_acc ↑")]
+    cols += [(f"extrap_bpb@{m}x", f"bpb@{m}x ↓") for m in agg.multiples("extrap_bpb@")]
+    cols += [(KV_CACHE_BYTES, "KV cache ↓"), (TOKENS_PER_S, "tokens/s ↑")]
+    return [(name, label) for name, label in cols if name in have]
+
+
+def _seeds(c: CandidateSummary) -> str:
+    return "seeds " + ", ".join(str(s) for s in c.seeds)
+
+
+def candidate_table(agg: StudyAggregate) -> Table:
+    cols = _score_columns(agg)
+    header = ["#", "candidate", "n", *[label for _, label in cols]]
+    rows = []
+    for i, c in enumerate(agg.candidates, start=1):
+        row = [(str(i), ""), (c.name, c.candidate_name or ""), (str(c.n), _seeds(c))]
+        row += [spread_cell(c.spread(name), name) for name, _ in cols]
+        rows.append(row)
+    return Table(header, rows)
+
+
+def mass_table(agg: StudyAggregate) -> Table:
+    header = ["candidate", "layer kind", "length", *[s.capitalize() for s in SEGMENTS]]
+    rows = []
+    for length in agg.mass_lengths():
+        for c in agg.candidates:
+            mass = c.attention_mass.get(length)
+            if not mass:
+                continue
+            for kind, segs in mass["per_kind"].items():
+                cells = [spread_cell(segs.get(s), "mass") for s in SEGMENTS]
+                rows.append([(c.name, ""), (kind, ""), (length, ""), *cells])
+    return Table(header, rows, text_columns=3)
+
+
+def pareto_rows(p: ParetoTable) -> Table:
+    """The front of candidate means; ★ marks rank 0."""
+    header = ["#", "rank", "candidate", "n"]
+    header += [f"{n} ({d[:3]})" for n, d in zip(p.objective_names, p.directions, strict=True)]
+    rows = []
+    for r in p.rows:
+        rank = "-" if r["rank"] is None else str(r["rank"])
+        star = "★ " if r["rank"] == 0 else ""
+        cells: list[Cell] = [
+            (str(r["trial"]), ""),
+            (rank, ""),
+            (f"{star}{r['candidate']}", ""),
+            (str(r.get("n", "")), ""),
+        ]
+        for name in p.objective_names:
+            v = r.get(name)
+            if v is None:
+                cells.append(("-", ""))
+            elif name == KV_CACHE_BYTES or name.endswith("_bytes"):
+                cells.append((human_bytes(float(v)), ""))
+            else:
+                cells.append((f"{float(v):.4g}", ""))
+        rows.append(cells)
+    return Table(header, rows, text_columns=3)
+
+
+def stability_table(rows: Sequence[RankStability]) -> Table:
+    header = ["objective", "direction", "Kendall's tau", "candidates", "fewest seeds", "meaning"]
+    out = []
+    for r in rows:
+        tau = "-" if r.tau is None else f"{r.tau:+.2f}"
+        left = f"left out: {', '.join(r.left_out)}" if r.left_out else ""
+        out.append(
+            [
+                (r.objective, ""),
+                (r.direction, ""),
+                (tau, ""),
+                (str(r.candidates), left),
+                (str(r.seeds), ""),
+                (r.meaning, ""),
+            ]
+        )
+    return Table(header, out)
+
+
+def seed_plan_table(plan: SeedPlan) -> Table:
+    header = ["hypothesis", "state", "verdict", "look", "seeds", "interval", "next runs"]
+    rows = []
+    for h in plan.hypotheses:
+        interval = h.finding.interval if h.finding is not None else None
+        iv = "-" if interval is None else f"[{interval[0]:.3g}, {interval[1]:.3g}]"
+        runs = sum(len(r.seeds) for r in h.requests)
+        rows.append(
+            [
+                (h.name, h.problem or ""),
+                (h.state, ""),
+                (h.verdict.value, ""),
+                (f"{h.look}/{h.looks}", ""),
+                (str(h.seeds_per_candidate), ""),
+                (iv, ""),
+                (str(runs), ", ".join(r.name for r in h.requests)),
+            ]
+        )
+    return Table(header, rows, text_columns=3)

@@ -1,0 +1,96 @@
+"""Rank stability: would another set of seeds rank the candidates the same way?
+
+For each objective, each candidate's runs are split into two disjoint halves of its
+seeds (alternate seeds in seed order: 1st, 3rd, 5th, ... against 2nd, 4th, ...), the
+candidates are ranked by their mean in each half, and Kendall's tau-b compares the two
+rankings: 1 = the same order, 0 = unrelated, -1 = reversed. Candidates with fewer than
+two runs of the objective cannot be split and are left out (named).
+
+What it means: each half is an independent replication with half the seeds, so tau
+estimates how reproducible a ranking from ``n/2`` seeds is; the ranking the report
+shows (the mean over all ``n`` seeds) is more stable than that. With fewer than 4 seeds
+a half holds a single seed: tau then says how well one seed's ranking predicts
+another's, a lower bound. Layout-only objectives (KV cache, parameters) have no seed
+noise: their tau is 1, or undefined where candidates tie.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tracking.aggregate import StudyAggregate
+from tracking.stats import kendall_tau
+
+__all__ = ["RankStability", "rank_stability"]
+
+
+@dataclass(frozen=True)
+class RankStability:
+    objective: str
+    direction: str
+    tau: float | None  # None: fewer than 2 candidates, or a half where all tie
+    candidates: int  # candidates ranked
+    seeds: int  # the fewest runs of a ranked candidate (each half has at least seeds // 2)
+    left_out: tuple[str, ...]  # candidates with fewer than 2 runs
+
+    @property
+    def meaning(self) -> str:
+        if self.tau is None:
+            if self.candidates < 2:
+                return "fewer than 2 candidates with 2 or more seeds: nothing to rank"
+            return "undefined: every candidate ties in a half"
+        if self.seeds < 4:
+            return "one seed per half: how well a single seed's ranking predicts another's"
+        return f"rankings from {self.seeds // 2}+ seeds each agree this well"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "direction": self.direction,
+            "tau": self.tau,
+            "candidates": self.candidates,
+            "seeds": self.seeds,
+            "left_out": list(self.left_out),
+            "meaning": self.meaning,
+        }
+
+
+def _seed_order(key: Any) -> tuple:
+    return (0, key, "") if isinstance(key, int | float) else (1, 0, str(key))
+
+
+def rank_stability(agg: StudyAggregate) -> list[RankStability]:
+    """Kendall's tau between rankings from disjoint halves of the seeds, per objective."""
+    out = []
+    for objective, direction in zip(agg.objective_names, agg.directions, strict=False):
+        halves: list[tuple[float, float]] = []
+        left_out, counts = [], []
+        for c in agg.candidates:
+            s = c.spread(objective)
+            if s is None or s.n < 2:
+                left_out.append(c.name)
+                continue
+            runs = sorted(s.by_key().items(), key=lambda kv: _seed_order(kv[0]))
+            first = [v for i, (_, v) in enumerate(runs) if i % 2 == 0]
+            second = [v for i, (_, v) in enumerate(runs) if i % 2 == 1]
+            halves.append((float(np.mean(first)), float(np.mean(second))))
+            counts.append(s.n)
+        tau = None
+        if len(halves) >= 2:
+            value = kendall_tau([h[0] for h in halves], [h[1] for h in halves])
+            tau = value if math.isfinite(value) else None
+        out.append(
+            RankStability(
+                objective,
+                direction,
+                tau,
+                len(halves),
+                min(counts) if counts else 0,
+                tuple(left_out),
+            )
+        )
+    return out
