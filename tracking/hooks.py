@@ -35,6 +35,7 @@ from tracking.mlflow_store import (
     Tracker,
     TrackingError,
 )
+from tracking.runs_view import ui_hint
 from tracking.sync import pareto_rows_from_study, trial_artifacts
 from workers.ray_trainable import TrialHooks
 
@@ -158,6 +159,10 @@ class MlflowSweepHooks:
             numbers["sweep_wall_seconds"] = float(summary.wall_seconds)
         self.tracker.log_study_metrics(numbers)
         self.tracker.end_study()
+        # the runs table's address (the id is known since the study started: no network)
+        experiment_id = self.tracker._soft("find the experiment", self.tracker.store.experiment_id)
+        if experiment_id is not None and hasattr(summary, "ui"):
+            summary.ui = ui_hint(self.tracker.target, experiment_id)
 
     def _refresh(self, study: optuna.Study) -> None:
         self._last_refresh = time.monotonic()

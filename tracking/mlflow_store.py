@@ -58,6 +58,14 @@ from space.names import (
     TAG_STUDY,
     TAG_TORCH_VERSION,
 )
+from tracking.runs_view import (
+    ensure_view,
+    experiment_tags,
+    open_study_page,
+    runs_url,
+    set_study_note,
+    study_note,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -340,7 +348,9 @@ class MlflowStore:
             if experiment is None:
                 try:
                     self._experiment_id = self.client.create_experiment(
-                        name, artifact_location=self.target.artifact_location
+                        name,
+                        artifact_location=self.target.artifact_location,
+                        tags=experiment_tags(),  # model training: the UI's runs table
                     )
                 except MlflowException:  # created meanwhile by another process
                     experiment = self.client.get_experiment_by_name(name)
@@ -734,6 +744,13 @@ class Tracker:
                 params[f"space.{name}"] = param_value(spec.to_dict())
             self.store.log_params(run_id, params, run.data.params)
             self.store.set_tags(run_id, {"study_trials": str(config.study.trials)}, run.data.tags)
+            # the page `ropenope ui` opens: trials by Pareto rank, objectives and knobs shown
+            ensure_view(
+                self.store.client,
+                self.store.experiment_id(),
+                config.objective_names(),
+                list(config.searched),
+            )
             with tempfile.TemporaryDirectory(prefix="ropenope-study-") as tmp:
                 sweep = Path(tmp) / "sweep.yaml"
                 if config.source and Path(config.source).is_file():
@@ -1037,6 +1054,10 @@ class Tracker:
                 Metric("trials_ranked", float(n_ranked), now, n_ranked),
             ],
         )
+        # what the sweep found, as the study run's (and experiment's) description
+        set_study_note(
+            store.client, store.experiment_id(), parent, study_note(table, self.target.study)
+        )
 
 
 def _redact(url: str) -> str:
@@ -1056,9 +1077,9 @@ def ui_url(
     uri: str, host: str = "127.0.0.1", port: int = 5000, experiment_id: str | None = None
 ) -> str:
     """Where to open the UI: the server itself for a tracking server, else the local UI;
-    with ``experiment_id``, the study's experiment page."""
+    with ``experiment_id``, the study's runs table (``tracking.runs_view``)."""
     base = uri.rstrip("/") if is_remote(uri) else f"http://{host}:{port}"
-    return f"{base}/#/experiments/{experiment_id}" if experiment_id else base
+    return runs_url(base, experiment_id) if experiment_id else base
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str] | None:
@@ -1093,9 +1114,8 @@ def run_ui(tracker: Tracker, host: str = "127.0.0.1", port: int = 5000) -> int:
     its store until Ctrl-C (for a tracking server, only print its URL)."""
     target = tracker.target
     experiment_id = None
-    try:
-        found = tracker.store.client.get_experiment_by_name(target.experiment)
-        experiment_id = found.experiment_id if found is not None else None
+    try:  # the experiment, with the saved view the link opens
+        experiment_id = open_study_page(tracker.store)
     except Exception as err:  # the UI can still be opened; say why the link is generic
         print(f"ropenope ui: could not read {target.uri}: {err}", file=sys.stderr)
     url = ui_url(target.uri, host, port, experiment_id)
