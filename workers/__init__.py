@@ -1,14 +1,26 @@
 """workers: one candidate.
 
 Build the PyTorch model from per-layer specs, train it, and score short- and
-long-context ability. Runs under plain pytest: no Ray, no MLflow here (the Ray
-adapter is ``workers.ray_trainable``, imported only by the sweep driver).
+long-context ability; export a trained one as a Hugging Face folder (``hf_export``; the
+stock class that reproduces it is chosen in ``hf_layout``, transformers is imported only
+when exporting). Runs under plain pytest: no Ray, no MLflow here (the Ray adapter is
+``workers.ray_trainable``, imported only by the sweep driver).
 """
 
 from workers.attention import BACKENDS, attend, choose_backend
 from workers.batches import make_batch
 from workers.candidate import CandidateResult, run_candidate
 from workers.data import Corpus, DataError, load_corpus
+from workers.hf_card import CardFacts, render_card
+from workers.hf_export import (
+    ExportError,
+    ExportMismatch,
+    ExportResult,
+    check_export,
+    export_candidate,
+)
+from workers.hf_layout import NotExpressible, StockLayout, stock_layout
+from workers.hf_tokenizer import byte_tokenizer, save_byte_tokenizer
 from workers.model import HybridTransformer
 from workers.plots import plot_attention_mass, plot_loss_curves, plot_niah_heatmap
 from workers.scores import (
@@ -31,11 +43,17 @@ __all__ = [
     "TASKS",
     "VOCAB_SIZE",
     "CandidateResult",
+    "CardFacts",
     "Corpus",
     "DataError",
     "Example",
+    "ExportError",
+    "ExportMismatch",
+    "ExportResult",
     "HybridTransformer",
     "NiahResult",
+    "NotExpressible",
+    "StockLayout",
     "TrainOutcome",
     "TrainSettings",
     "acc_at",
@@ -43,7 +61,10 @@ __all__ = [
     "attention_flops_per_token",
     "attention_mass",
     "bits_per_byte",
+    "byte_tokenizer",
+    "check_export",
     "choose_backend",
+    "export_candidate",
     "kv_cache_bytes",
     "load_corpus",
     "long_acc",
@@ -53,7 +74,10 @@ __all__ = [
     "plot_loss_curves",
     "plot_niah_heatmap",
     "render",
+    "render_card",
     "run_candidate",
+    "save_byte_tokenizer",
+    "stock_layout",
     "task_params",
     "train",
 ]
