@@ -361,16 +361,12 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for trial in trials:
         seeds = _seed_entries(trial)
-        seed = args.seed
-        n_seeds = len(seeds)
-        if args.pareto:
-            base = args.out or _default_out(study.study_name, trial.number, 0, 1).parent
-            leaf = _default_out(study.study_name, trial.number, seed or 0, n_seeds).name
-            out_dir = Path(base) / leaf
+        seed = args.seed if args.seed is not None else min(seeds, default=0)
+        default = _default_out(study.study_name, trial.number, seed, len(seeds))
+        if args.pareto:  # --out is the parent of one folder per trial
+            out_dir = Path(args.out) / default.name if args.out else default
         else:
-            out_dir = args.out or _default_out(
-                study.study_name, trial.number, seed if seed is not None else 0, n_seeds
-            )
+            out_dir = args.out or default
         name = trial.user_attrs.get("candidate_name", "")
         try:
             exported, extra = export_trial(

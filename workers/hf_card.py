@@ -26,7 +26,7 @@ SCORE_NOTES = {
     SHORT_BPB: "validation bits per byte at the training length (lower is better)",
     LONG_ACC: "mean needle retrieval accuracy beyond the training length",
     ACC_AT_T: "needle retrieval accuracy at the training length",
-    KV_CACHE_BYTES: "KV cache at the scored context length, in bytes",
+    KV_CACHE_BYTES: "KV cache at the sweep's score.kv_context_tokens of context, in bytes",
     PARAMS: "parameters (tied embedding counted once)",
     TOKENS_PER_S: "training throughput, tokens/s",
 }

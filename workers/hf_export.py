@@ -154,6 +154,7 @@ def remote_config(candidate: Candidate, max_position_embeddings: int) -> dict[st
         "max_position_embeddings": int(max_position_embeddings),
         "layer_specs": [spec.to_dict() for spec in candidate.layers],
         "tie_word_embeddings": True,
+        "dtype": "float32",
         "architectures": [REMOTE_ARCHITECTURE],
         "auto_map": dict(AUTO_MAP),
         **special_token_ids(candidate),

@@ -222,6 +222,7 @@ def stock_layout(
         "attention_bias": False,
         "attention_dropout": 0.0,
         "use_cache": True,
+        "dtype": "float32",  # the weights as trained (AdamW keeps fp32 masters)
         # Always explicit (DESIGN §7): which layers slide, in the stock classes' words.
         "layer_types": [SLIDING if s.window_tokens is not None else FULL for s in layers],
         **{k: v for k, v in (special_tokens or {}).items()},
