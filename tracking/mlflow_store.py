@@ -1056,7 +1056,11 @@ class Tracker:
         )
         # what the sweep found, as the study run's (and experiment's) description
         set_study_note(
-            store.client, store.experiment_id(), parent, study_note(table, self.target.study)
+            store.client,
+            store.experiment_id(),
+            parent,
+            study_note(table, self.target.study),
+            on_experiment=self.target.experiment == self.target.study,  # not a shared one
         )
 
 

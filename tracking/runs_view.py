@@ -175,12 +175,17 @@ def _number(value: Any) -> str:
     return "?" if value is None else str(value)
 
 
-def set_study_note(client: Any, experiment_id: str, run_id: str, note: str) -> None:
-    """The note becomes the study run's description, and the experiment's unless the user
+def set_study_note(
+    client: Any, experiment_id: str, run_id: str, note: str, *, on_experiment: bool = True
+) -> None:
+    """The note becomes the study run's description and, with ``on_experiment`` (an
+    experiment of its own, not one several studies share), the experiment's, unless the user
     wrote their own there."""
     run = client.get_run(run_id)
     if run.data.tags.get(NOTE_TAG) != note:
         client.set_tag(run_id, NOTE_TAG, note)
+    if not on_experiment:
+        return
     experiment = client.get_experiment(experiment_id)
     current = experiment.tags.get(NOTE_TAG)
     if current != note and (current is None or NOTE_MARK in current):
