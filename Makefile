@@ -24,7 +24,7 @@ lint: install
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -q
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 test: lint $(CHROMIUM)
 	$(VENV)/bin/pytest -q

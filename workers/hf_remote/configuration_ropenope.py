@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+try:  # transformers 5 spells it PreTrainedConfig; the old name is an alias
+    from transformers import PreTrainedConfig
+except ImportError:  # pragma: no cover - older transformers
+    from transformers import PretrainedConfig as PreTrainedConfig
 
 
-class RopenopeConfig(PretrainedConfig):
+class RopenopeConfig(PreTrainedConfig):
     model_type = "ropenope_hybrid"
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
