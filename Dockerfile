@@ -30,7 +30,7 @@ COPY deploy ./deploy
 RUN python -m pip install \
         "ray[default,tune]==${RAY_VERSION}" \
         "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" \
-        . \
+        ".[export]" \
     && python -c "import torch, ray, optuna, mlflow, psycopg; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ray', ray.__version__)"
 
 CMD ["ropenope", "--help"]

@@ -53,19 +53,7 @@ class SweepSummary:
     experiment_dir: str | None = None
     interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
     pareto: ParetoTable | None = None  # the study's COMPLETE trials by Pareto rank
-    ui: str | None = None  # how to open the study's MLflow runs (None: tracking off)
-
-
-def ui_hint(config: SweepConfig, study_name: str) -> str | None:
-    """The command that opens the MLflow UI on this study, or a tracking server's URL."""
-    if not config.tracking.enabled:
-        return None
-    from tracking.target import is_remote, tracking_target
-
-    target = tracking_target(config, study_name)
-    if is_remote(target.uri):
-        return f"MLflow UI: {target.shown_uri}  (experiment {target.experiment!r})"
-    return f"MLflow UI: ropenope ui {study_name}  (then open http://127.0.0.1:5000)"
+    ui: str | None = None  # how to open the study's MLflow runs (set by tracking; None: off)
 
 
 def study_dir(study_name: str) -> Path:
@@ -197,7 +185,6 @@ def run_sweep(
         summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
         summary.wall_seconds = time.perf_counter() - t_start
         summary.pareto = pareto_of_study(view)
-        summary.ui = ui_hint(config, name)
         show.note(
             f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
         )

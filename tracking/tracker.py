@@ -42,6 +42,7 @@ from tracking.keys import (
 from tracking.pareto_plots import write_pareto_files
 from tracking.provenance import source_tags
 from tracking.run_spec import TrialRunSpec
+from tracking.runs_view import ensure_view, set_study_note, study_note
 from tracking.store import MlflowStore, now_ms, same_value
 from tracking.target import TrackingTarget, artifact_location, tracking_target
 
@@ -264,6 +265,13 @@ class Tracker:
                 params[f"space.{name}"] = param_value(spec.to_dict())
             self.store.log_params(run_id, params, run.data.params)
             self.store.set_tags(run_id, {"study_trials": str(config.study.trials)}, run.data.tags)
+            # the page `ropenope ui` opens: trials by Pareto rank, objectives and knobs shown
+            ensure_view(
+                self.store.client,
+                self.store.experiment_id(),
+                config.objective_names(),
+                list(config.searched),
+            )
             with tempfile.TemporaryDirectory(prefix="ropenope-study-") as tmp:
                 sweep = Path(tmp) / "sweep.yaml"
                 sweep.write_text(sweep_file_text(config))
@@ -495,4 +503,12 @@ class Tracker:
                 Metric("pareto_size", float(len(front)), now, n_ranked),
                 Metric("trials_ranked", float(n_ranked), now, n_ranked),
             ],
+        )
+        # what the sweep found, as the study run's (and experiment's) description
+        set_study_note(
+            store.client,
+            store.experiment_id(),
+            parent,
+            study_note(table, self.target.study),
+            on_experiment=self.target.experiment == self.target.study,  # not a shared one
         )

@@ -1,7 +1,9 @@
 """workers: one candidate.
 
 Build the PyTorch model from per-layer specs, train it, and score short- and
-long-context ability. Runs under plain pytest: no Ray, no MLflow here (the Ray
+long-context ability; export a trained one as a Hugging Face folder (``hf_export``; the
+stock class that reproduces it is chosen in ``hf_layout``, transformers is imported only
+when exporting). Runs under plain pytest: no Ray, no MLflow here (the Ray
 adapter is ``workers.ray_trainable``, imported only by the sweep driver).
 
 Names are imported on first use (PEP 562): ``import workers.trial`` or
@@ -18,6 +20,18 @@ _EXPORTS = {
     "attend": "workers.attention",
     "choose_backend": "workers.attention",
     "make_batch": "workers.batches",
+    "CardFacts": "workers.hf_card",
+    "render_card": "workers.hf_card",
+    "ExportError": "workers.hf_export",
+    "ExportMismatch": "workers.hf_export",
+    "ExportResult": "workers.hf_export",
+    "check_export": "workers.hf_export",
+    "export_candidate": "workers.hf_export",
+    "NotExpressible": "workers.hf_layout",
+    "StockLayout": "workers.hf_layout",
+    "stock_layout": "workers.hf_layout",
+    "byte_tokenizer": "workers.hf_tokenizer",
+    "save_byte_tokenizer": "workers.hf_tokenizer",
     "run_candidate": "workers.candidate",
     "CandidateResult": "workers.results",
     "Corpus": "workers.data",
