@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import RemoteError
+from space.secrets import contains_secret, redact_url
 
 STORAGE_ENV = "ROPENOPE_STORAGE"  # the study's SQLAlchemy URL (read by search/study.py)
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -348,15 +349,33 @@ def job_env(
     the cluster's own environment."""
     env: dict[str, str] = {}
     notes: list[str] = []
+    # A job's environment is shown by the Jobs API and the Ray dashboard: a URL with a
+    # password is never sent (the cluster's nodes hold their own, see docker-compose.yml).
+    if storage and contains_secret(storage):
+        raise RemoteError(
+            f"--storage {redact_url(storage)} holds a password, which a Ray job would show "
+            f"to anyone who can list jobs: leave it to the cluster's {STORAGE_ENV} (set on "
+            "its nodes), or use a URL without a password (a pgpass file on the nodes)"
+        )
     if storage:
         env[STORAGE_ENV] = storage
         notes.append(f"{STORAGE_ENV} from --storage (overrides the cluster's)")
     elif environ.get(STORAGE_ENV):
-        env[STORAGE_ENV] = environ[STORAGE_ENV]
-        notes.append(f"{STORAGE_ENV} from your environment (overrides the cluster's)")
+        if contains_secret(environ[STORAGE_ENV]):
+            notes.append(
+                f"{STORAGE_ENV} of your shell holds a password: not sent, the cluster's is used"
+            )
+        else:
+            env[STORAGE_ENV] = environ[STORAGE_ENV]
+            notes.append(f"{STORAGE_ENV} from your environment (overrides the cluster's)")
     if environ.get(TRACKING_ENV):
-        env[TRACKING_ENV] = environ[TRACKING_ENV]
-        notes.append(f"{TRACKING_ENV} from your environment (overrides the cluster's)")
+        if contains_secret(environ[TRACKING_ENV]):
+            notes.append(
+                f"{TRACKING_ENV} of your shell holds a password: not sent, the cluster's is used"
+            )
+        else:
+            env[TRACKING_ENV] = environ[TRACKING_ENV]
+            notes.append(f"{TRACKING_ENV} from your environment (overrides the cluster's)")
     if not env:
         notes.append(f"stores: the cluster's {STORAGE_ENV} and {TRACKING_ENV}")
     for name in (STORAGE_ENV, TRACKING_ENV):

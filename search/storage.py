@@ -24,7 +24,7 @@ from optuna.storages import RDBStorage
 
 from search.errors import StoreError, StudyNotFound
 from space.paths import runs_dir
-from space.secrets import redact_text, redact_url
+from space.secrets import is_redacted, redact_text, redact_url
 
 log = logging.getLogger("ropenope.storage")
 
@@ -41,6 +41,11 @@ def resolve_storage_url(url: str | None) -> str:
     url = url or os.environ.get(STORAGE_ENV)
     if not url:
         return f"sqlite:///{runs_dir() / DB_NAME}"
+    if is_redacted(url):
+        raise StoreError(
+            f"the storage URL {url} had its password removed (a study stores none): give the "
+            f"real one with --storage or ${STORAGE_ENV}"
+        )
     if "://" not in url:
         return f"sqlite:///{Path(url).expanduser().resolve()}"
     return url

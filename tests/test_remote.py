@@ -42,8 +42,8 @@ def test_remote_forwards_sweep_options_but_not_submission_ones():
 
 def test_remote_job_env_takes_storage_from_flag_then_shell():
     root = REPO
-    env, notes = remote.job_env("postgresql+psycopg://u:p@db:5432/optuna", {}, root)
-    assert env[remote.STORAGE_ENV] == "postgresql+psycopg://u:p@db:5432/optuna"
+    env, notes = remote.job_env("postgresql+psycopg://u@db:5432/optuna", {}, root)
+    assert env[remote.STORAGE_ENV] == "postgresql+psycopg://u@db:5432/optuna"
     assert remote.TRACKING_ENV not in env
     assert any("from --storage" in n for n in notes)
 
@@ -54,6 +54,20 @@ def test_remote_job_env_takes_storage_from_flag_then_shell():
     env, notes = remote.job_env(None, shell, root)
     assert env[remote.STORAGE_ENV] == shell[remote.STORAGE_ENV]
     assert env[remote.TRACKING_ENV] == "http://ml:5000"
+
+
+def test_remote_job_env_never_sends_a_password(capsys):
+    # A job's environment is shown by the Jobs API and the dashboard (issue 11).
+    with pytest.raises(remote.RemoteError, match="holds a password") as err:
+        remote.job_env("postgresql+psycopg://u:s3cret@db:5432/optuna", {}, REPO)
+    assert "s3cret" not in str(err.value)
+    shell = {
+        remote.STORAGE_ENV: "postgresql+psycopg://u:s3cret@db/optuna",
+        remote.TRACKING_ENV: "http://u:s3cret@ml:5000",
+    }
+    env, notes = remote.job_env(None, shell, REPO)
+    assert remote.STORAGE_ENV not in env and remote.TRACKING_ENV not in env
+    assert "s3cret" not in " ".join(notes) and any("not sent" in n for n in notes)
 
 
 def test_remote_job_env_leaves_stores_to_the_cluster_and_sends_the_commit():

@@ -44,6 +44,9 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # MLflow prints each run's address when it ends: noise in a sweep's output, and the
+    # address would carry a tracking URI's password.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
