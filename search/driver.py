@@ -51,6 +51,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
 from search.progress import Progress
+from search.status import saturation_warnings
 from search.study import (
     DriverRegistry,
     OpenedStudy,
@@ -154,6 +155,7 @@ class SweepSummary:
     interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
     pareto: Any = None  # tracking.pareto.ParetoTable of the study's COMPLETE trials
     ui: str | None = None  # how to open the study's MLflow runs (None: tracking off)
+    warnings: list[str] = field(default_factory=list)  # e.g. saturated objectives
 
 
 def _ui_hint(config: SweepConfig, study_name: str) -> str | None:
@@ -759,6 +761,7 @@ def run_sweep(
         if count_toward_target(study.get_trials(deepcopy=False)) >= target:
             show.note(f"study {name} already has {target} trials; raise the target with --trials N")
         else:
+            corpus = _prepare_corpus(config, show, progress)
             started_ray, summary.ray_start_seconds = _start_ray(address)
             _check_resources(config)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -778,7 +781,7 @@ def run_sweep(
                 hooks=hooks,
             )
             try:
-                _fit(config, searcher, experiment, folder / "ray", hooks, runner)
+                _fit(config, searcher, experiment, folder / "ray", hooks, runner, corpus)
             finally:
                 summary.interrupted = searcher.close_leftovers()
             if summary.interrupted:
@@ -791,6 +794,7 @@ def run_sweep(
         from tracking.sync import pareto_rows_from_study
 
         summary.pareto = pareto_rows_from_study(study, config.objective_names())
+        summary.warnings = saturation_warnings(trials_now, config.objective_names())
         summary.ui = _ui_hint(config, name)
         show.note(
             f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
@@ -804,6 +808,20 @@ def run_sweep(
             ray.shutdown()
         if lock is not None:
             lock.release()
+
+
+def _prepare_corpus(config: SweepConfig, show: Progress, progress: bool) -> Any:
+    """Tokenize the corpus once, before any trial, into the shared cache under the runs
+    folder (issue 13); trials only open the handle read-only."""
+    from workers.corpus import prepare
+    from workers.data import DataError
+
+    try:
+        handle = prepare(config, runs_dir() / "cache", progress=progress)
+    except DataError as err:
+        raise StudyError(f"data: {err}") from None
+    show.note(f"corpus: {handle.description} [{handle.tokenizer_kind}, cache {handle.key}]")
+    return handle
 
 
 def _notify_closed(
@@ -827,6 +845,7 @@ def _fit(
     storage_path: Path,
     hooks: SweepHooks,
     runner: Any,
+    corpus: Any = None,
 ) -> None:
     scheduler = None
     s = config.scheduler
@@ -844,7 +863,9 @@ def _fit(
         )
     r = config.resources
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner),
+        tune.with_parameters(
+            run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner, corpus=corpus
+        ),
         {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial},
     )
     tuner = tune.Tuner(

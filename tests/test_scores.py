@@ -22,7 +22,7 @@ from workers.scores import (
     long_acc,
     niah_grid,
 )
-from workers.tasks import SEGMENTS, TASKS, render
+from workers.tasks import NEEDLE_TASKS, SEGMENTS, render
 from workers.tokens import NEEDLE_CLOSE, NEEDLE_OPEN, VOCAB_SIZE, encode
 
 # --------------------------------------------------------------------------- fakes
@@ -124,7 +124,7 @@ def test_bits_per_byte_rejects_too_few_tokens():
 # --------------------------------------------------------------------------- retrieval
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", NEEDLE_TASKS)
 def test_niah_grid_oracle_scores_one_and_uniform_scores_zero(task, filler):
     kw = dict(task=task, lengths=[64, 128], depths=(0.0, 0.5, 1.0), samples=3, seed=1)
     oracle = niah_grid(OracleModel(), filler, **kw, task_params={"value_len": 3})
@@ -136,7 +136,13 @@ def test_niah_grid_oracle_scores_one_and_uniform_scores_zero(task, filler):
 def test_niah_grid_rows_are_lengths_and_columns_depths(filler):
     # The oracle sees only needles in the first 64 tokens: the long row fails at depth 1 only.
     result = niah_grid(
-        OracleModel(reach=64), filler, lengths=[64, 256], depths=(0.0, 1.0), samples=4, seed=0
+        OracleModel(reach=64),
+        filler,
+        lengths=[64, 256],
+        depths=(0.0, 1.0),
+        samples=4,
+        seed=0,
+        graded=False,
     )
     assert result.lengths == (64, 256) and result.depths == (0.0, 1.0)
     assert result.acc == ((1.0, 1.0), (1.0, 0.0))

@@ -267,9 +267,11 @@ def run_trial(
     sweep: SweepConfig,
     hooks: TrialHooks | None = None,
     runner: Runner | None = None,
+    corpus: Any = None,
 ) -> None:
     """The Tune function trainable. ``params`` is what the driver's searcher suggested:
-    ``optuna_trial``, ``study``, ``knobs``, ``seeds``, ``trial_dir``, ``restore_from``."""
+    ``optuna_trial``, ``study``, ``knobs``, ``seeds``, ``trial_dir``, ``restore_from``.
+    ``corpus`` is the driver's prepared corpus (a ``workers.corpus.CorpusHandle``)."""
     from ray import tune
 
     if runner is None:
@@ -344,6 +346,7 @@ def run_trial(
                 resume=True,
                 device=trial_device(sweep),
                 threads=trial_threads(sweep),
+                **({} if corpus is None else {"corpus": corpus}),
             )
             results.append(result)
             if result.status != "complete":
