@@ -379,7 +379,7 @@ class SweepConfig(_Section):
 def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]) -> list:
     problems = []
     for e in err.errors():
-        loc = [prefix, *[str(p) for p in e["loc"]]]
+        loc = [prefix, *[str(p) for p in e["loc"] if p != "[key]"]]  # a bad mapping key
         path = ".".join(p for p in loc if p)
         if e["type"] == "extra_forbidden":
             fields = _fields_at(model, e["loc"][:-1])
@@ -616,7 +616,7 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
             task_params(task, **params)
         except ValueError as err:
             problems.append((f"train.task_params.{task}", str(err)))
-    _check_data(config, problems)
+    data_ok = _check_data(config, problems)
     _check_tasks(config, problems)
     s = config.score
     for field in ("lengths", "extrap", "mass_lengths"):
@@ -657,6 +657,8 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
             except ConfigError as err:
                 problems.extend(err.problems)
             del name
+    if not data_ok:
+        return  # no vocabulary, hence no model shape to check candidates against
     # Fixed-only combinations that can never form a model.
     fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
     if not config.searched:
@@ -678,8 +680,12 @@ def _check_semantics(config: SweepConfig, problems: list) -> None:
 _TOKEN_FILE_SUFFIXES = (".npy", ".bin")
 
 
-def _check_data(config: SweepConfig, problems: list) -> None:
+def _check_data(config: SweepConfig, problems: list) -> bool:
+    """Data checks; False when the vocabulary cannot be known (no model shape then)."""
     d, m = config.data, config.model
+    if d.tokenizer.bpe is not None and d.tokenizer.file is not None:
+        problems.append(("data.tokenizer", "give bpe or file, not both"))
+        return False
     pretokenized = d.source is not None and d.source.lower().endswith(_TOKEN_FILE_SUFFIXES)
     if d.vocab_size is not None and not pretokenized:
         problems.append(
@@ -697,7 +703,7 @@ def _check_data(config: SweepConfig, problems: list) -> None:
         vocab = d.vocabulary()
     except ValueError as err:
         problems.append(("data.tokenizer.file", str(err)))
-        return
+        return False
     if m.vocab_size is not None and m.vocab_size < vocab.size:
         problems.append(
             (
@@ -706,6 +712,7 @@ def _check_data(config: SweepConfig, problems: list) -> None:
                 f"({vocab.text_size} tokenizer ids and the control tokens)",
             )
         )
+    return True
 
 
 def _check_tasks(config: SweepConfig, problems: list) -> None:

@@ -230,8 +230,8 @@ def question_len(task: str, params: dict[str, int | str], bounds: TokenBounds = 
 
 def body_len(task: str, params: dict[str, int | str], bounds: TokenBounds = BYTE_BOUNDS) -> int:
     """Tokens of the needles (statements, or the shortest word list), at the most."""
-    if task == "commonwords":  # each common word count_ratio times
-        return int(params["n_common"]) * int(params["count_ratio"]) * bounds.item
+    if task == "commonwords":  # SEP, then each common word count_ratio times
+        return 1 + int(params["n_common"]) * int(params["count_ratio"]) * bounds.item
     k, v = bounds.key(params), bounds.value(params)
     if task == "vartrack":  # OPEN name SEP rhs CLOSE; rhs a value or a name
         chains, n = int(params["n_chains"]), int(params["n_vars"])

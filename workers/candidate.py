@@ -61,9 +61,11 @@ class CandidateResult:
     candidate: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     resumed_from_step: int | None = None
+    corpus: dict[str, Any] = field(default_factory=dict)  # which prepared corpus it used
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "corpus": self.corpus,
             "status": self.status,
             "reason": self.reason,
             "scores": self.scores,
@@ -75,12 +77,6 @@ class CandidateResult:
             "seed": self.seed,
             "resumed_from_step": self.resumed_from_step,
         }
-
-
-def corpus_for(config: SweepConfig, handle: CorpusHandle | None = None) -> PreparedCorpus:
-    """The study's tokenized corpus: ``handle`` (what the sweep driver prepared before the
-    first trial), else prepared here in the default cache (``ropenope train``)."""
-    return (handle if handle is not None else prepare(config)).open()
 
 
 def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
@@ -141,7 +137,8 @@ def run_candidate(
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     dev = pick_device(config, device)
-    data = corpus_for(config, corpus)
+    handle = corpus if corpus is not None else prepare(config)
+    data = handle.open()
     tokenizer, vocab = data.tokenizer, data.vocab
     t = config.train
     settings = train_settings(config, seed)
@@ -197,6 +194,12 @@ def run_candidate(
         candidate=candidate.to_dict(),
         seed=seed,
         resumed_from_step=outcome.resumed_from_step,
+        corpus={
+            "key": handle.key,
+            "entry": handle.entry,
+            "tokenizer": handle.tokenizer_kind,
+            "description": handle.description,
+        },
     )
     cost = {
         PARAMS: float(model.num_parameters()),

@@ -12,7 +12,7 @@ content of its file). Rebuilding is skipped when the entry exists; a changed fil
 gives a new key. Building takes a lock file next to the entry and finishes with an
 atomic rename, so two processes building at once neither corrupt nor duplicate it: the
 second waits and then reads what the first built. Every build appends one line to
-``builds.log`` in the cache folder (what the tests count).
+``builds.log`` in the cache folder as it starts (what the tests count).
 
 Layout of an entry ``<cache_dir>/corpus/<key>/``: ``train.bin`` and ``val.bin`` (raw
 token ids, uint16 or uint32), ``meta.json`` (dtype, counts, description, vocabulary) and,
@@ -256,6 +256,8 @@ def _build(config: SweepConfig, entry: Path, key: str, label: str, progress: boo
     d = config.data
     t0 = time.perf_counter()
     _say(progress, f"corpus cache: building {entry} from {label}")
+    with open(entry.parent / BUILD_LOG, "a") as log:
+        log.write(json.dumps({"key": key, "pid": os.getpid(), "at": time.time()}) + "\n")
     corpus = load_corpus(
         d.source,
         val_fraction=d.val_fraction,
@@ -319,8 +321,6 @@ def _build(config: SweepConfig, entry: Path, key: str, label: str, progress: boo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    with open(entry.parent / BUILD_LOG, "a") as log:
-        log.write(json.dumps({"key": key, "pid": os.getpid(), "at": meta["built_at"]}) + "\n")
     ratio = meta["train_bytes"] / max(1, meta["train_tokens"])
     _say(
         progress,

@@ -20,9 +20,9 @@ learnable by a tiny model within a CPU budget). Formats (``k`` a key, ``v`` a va
 - ``vartrack``: statements ``OPEN name SEP rhs CLOSE`` forming chains ``X1 = 12345``,
   ``X2 = X1``, ... (in context order); the question ``QUERY 12345 SEP`` asks which names
   hold the value, the answer lists them in chain order, ``X1 SEP X2 SEP ... CLOSE``.
-- ``commonwords``: after the Begin segment, a list of words (each `` word``, a space then
-  the word); a few common words occur ``count_ratio`` times as often as the most
-  frequent other word. The question is ``QUERY``; the answer lists the common words in
+- ``commonwords``: after the Begin segment, ``SEP`` and a list of words (each `` word``, a
+  space then the word); a few common words occur ``count_ratio`` times as often as the
+  most frequent other word. The question is ``QUERY``; the answer lists the common words in
   order of first appearance, ``word1 SEP word2 ... CLOSE``. No needle, hence no depth.
 
 The last ``query_gap_tokens`` of the body are always filler, so a needle never sits
@@ -403,7 +403,7 @@ def _render_commonwords(
     n_answer = sum(len(items[i]) for i in common) + n_common
     prompt_len = length - n_answer
     begin = int(p["begin_tokens"])
-    budget = prompt_len - begin - len(question)  # tokens for the list
+    budget = prompt_len - begin - 1 - len(question)  # tokens for the list after its SEP
     common_cost = sum(len(items[i]) for i in common)
     if budget < ratio * common_cost:
         raise _too_short("commonwords", length, p)
@@ -426,9 +426,9 @@ def _render_commonwords(
     # Tokens the list could not use lengthen the Begin segment's filler.
     filler = _filler_window(filler_tokens, begin - 1 + left, rng, vocab)
 
-    parts = [codec.marks(vocab.doc), filler]
+    parts = [codec.marks(vocab.doc), filler, codec.marks(vocab.sep)]
     needle_spans: list[Span] = []
-    pos = begin + left
+    pos = begin + left + 1
     first_seen: list[int] = []
     for i in words:
         parts.append(items[i])
