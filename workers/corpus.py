@@ -294,12 +294,18 @@ def _build(config: SweepConfig, entry: Path, key: str, label: str, progress: boo
             train = _encode(train_docs, tokenizer, "train", progress)
             val = _encode(list(_documents(corpus.val)), tokenizer, "val", progress)
         dtype = tokenizer.token_dtype
+        description = corpus.description
+        if tok.kind != "bytes":  # the loader counted byte tokens
+            description += (
+                f"; {tok.kind} tokenizer ({tokenizer.vocab.text_size} ids): "
+                f"{len(train)} / {len(val)} tokens"
+            )
         train.astype(dtype, copy=False).tofile(tmp / "train.bin")
         val.astype(dtype, copy=False).tofile(tmp / "val.bin")
         meta = {
             "format": CACHE_FORMAT,
             "key": key,
-            "description": corpus.description,
+            "description": description,
             "dtype": str(dtype),
             "train_tokens": int(len(train)),
             "val_tokens": int(len(val)),

@@ -209,8 +209,8 @@ class HFTokenizer(Tokenizer):
 
     @property
     def is_byte_level(self) -> bool:
-        """GPT-2-style byte-level: every id stands for exact bytes (never fewer than one
-        token per ASCII character... and never more)."""
+        """GPT-2-style byte-level: every id stands for exact bytes, so text never takes
+        more tokens than it has bytes."""
         return self._byte_table is not None
 
     @property
