@@ -208,3 +208,30 @@ def test_uint32_token_file_with_a_50k_vocabulary_trains_one_step(tmp_path):
     with pytest.raises(DataError, match="beyond the declared vocabulary") as info:
         prepare(bad, tmp_path / "cache", progress=False)
     assert "bad.bin" in str(info.value)
+
+
+def test_run_candidate_prepares_locally_when_the_handle_is_not_on_this_machine(
+    tmp_path, monkeypatch
+):
+    # A cluster worker that does not share the driver's runs folder: the handle's shards
+    # are not there, so the trial prepares the same corpus in its own cache.
+    import dataclasses
+
+    from workers.candidate import run_candidate
+    from workers.corpus import TokenRef
+
+    source = _folder(tmp_path / "src")
+    config = _config(data={"source": str(source)}, train={"steps": 2, "eval_every": 2})
+    driver_side = prepare(config, tmp_path / "driver-cache", progress=False)
+    elsewhere = dataclasses.replace(
+        driver_side,
+        train=TokenRef("/nonexistent/train.bin", "uint16", 0, len(driver_side.train)),
+        val=TokenRef("/nonexistent/val.bin", "uint16", 0, len(driver_side.val)),
+    )
+    assert driver_side.is_here() and not elsewhere.is_here()
+    monkeypatch.setenv("ROPENOPE_HOME", str(tmp_path / "worker-runs"))
+    candidate = config.candidate({"global_every": 1, "global_position": "rope"})
+    result = run_candidate(config, candidate, seed=0, out_dir=tmp_path / "run", corpus=elsewhere)
+    assert result.status == "complete"
+    assert result.corpus["key"] == driver_side.key  # the same content, the same key
+    assert result.corpus["entry"].startswith(str(tmp_path / "worker-runs"))

@@ -27,6 +27,7 @@ from tracking.mlflow_store import (
     ui_url,
 )
 from tracking.pareto import ParetoRanks, ParetoTable, pareto_ranks, pareto_table
+from tracking.saturation import Saturation, saturated_objectives, saturation_warning
 from tracking.sync import SyncReport, pareto_rows_from_study, sync_study, sync_trial
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "MlflowStore",
     "ParetoRanks",
     "ParetoTable",
+    "Saturation",
     "SyncReport",
     "Tracker",
     "TrackingError",
@@ -47,6 +49,8 @@ __all__ = [
     "resolve_tracking_uri",
     "run_ui",
     "runs_dir",
+    "saturated_objectives",
+    "saturation_warning",
     "sync_study",
     "sync_trial",
     "tracking_target",

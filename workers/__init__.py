@@ -1,19 +1,22 @@
 """workers: one candidate.
 
-Build the PyTorch model from per-layer specs, train it, and score short- and
-long-context ability. Runs under plain pytest: no Ray, no MLflow here (the Ray
+Build the PyTorch model from per-layer specs, train it on the study's prepared corpus
+(:func:`workers.corpus.prepare`, once per sweep), and score short- and long-context ability. Runs under plain pytest: no Ray, no MLflow here (the Ray
 adapter is ``workers.ray_trainable``, imported only by the sweep driver).
 """
 
 from workers.attention import BACKENDS, attend, choose_backend
 from workers.batches import make_batch
 from workers.candidate import CandidateResult, run_candidate
+from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.data import Corpus, DataError, load_corpus
 from workers.model import HybridTransformer
 from workers.plots import plot_attention_mass, plot_loss_curves, plot_niah_heatmap
 from workers.scores import (
     NiahResult,
     acc_at,
+    answer_correct,
+    answer_likelihood,
     attention_flops_per_token,
     attention_mass,
     bits_per_byte,
@@ -22,6 +25,7 @@ from workers.scores import (
     niah_grid,
 )
 from workers.tasks import SEGMENTS, TASKS, Example, render, task_params
+from workers.tokenizer import Tokenizer, load_tokenizer_file, train_bpe
 from workers.tokens import VOCAB_SIZE
 from workers.train import TrainOutcome, TrainSettings, train
 
@@ -32,13 +36,18 @@ __all__ = [
     "VOCAB_SIZE",
     "CandidateResult",
     "Corpus",
+    "CorpusHandle",
     "DataError",
     "Example",
     "HybridTransformer",
     "NiahResult",
+    "PreparedCorpus",
     "TrainOutcome",
+    "Tokenizer",
     "TrainSettings",
     "acc_at",
+    "answer_correct",
+    "answer_likelihood",
     "attend",
     "attention_flops_per_token",
     "attention_mass",
@@ -46,14 +55,17 @@ __all__ = [
     "choose_backend",
     "kv_cache_bytes",
     "load_corpus",
+    "load_tokenizer_file",
     "long_acc",
     "make_batch",
     "niah_grid",
     "plot_attention_mass",
     "plot_loss_curves",
     "plot_niah_heatmap",
+    "prepare",
     "render",
     "run_candidate",
     "task_params",
     "train",
+    "train_bpe",
 ]

@@ -137,7 +137,9 @@ def run_candidate(
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     dev = pick_device(config, device)
-    handle = corpus if corpus is not None else prepare(config)
+    # The driver's prepared corpus; on a worker that does not share its runs folder, or
+    # without one (`ropenope train`), prepared (or found) in this machine's cache.
+    handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
     data = handle.open()
     tokenizer, vocab = data.tokenizer, data.vocab
     t = config.train

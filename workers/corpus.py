@@ -101,6 +101,11 @@ class CorpusHandle:
         """The corpus, memory-mapped read-only (one per process: cached)."""
         return _open(self)
 
+    def is_here(self) -> bool:
+        """Whether this machine sees the shards (a cluster worker without the shared runs
+        volume does not)."""
+        return Path(self.train.path).is_file() and Path(self.val.path).is_file()
+
 
 @dataclass(frozen=True, eq=False)
 class PreparedCorpus:
