@@ -42,6 +42,8 @@ def _print_sweep_summary(summary) -> None:
     if summary.pareto is not None:
         print()
         print(tracking_cmd.format_pareto(summary.pareto))
+    for warning in getattr(summary, "warnings", []):
+        print(f"warning: {warning}")
     if summary.ui:
         print()
         print(summary.ui)

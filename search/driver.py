@@ -28,6 +28,7 @@ from search.ray_runtime import check_resources, fit, start_ray
 from search.restore import find_restore
 from search.searcher import StudySearcher, notify_closed
 from search.signature import stored_config, target_trials
+from search.status import saturation_warnings
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import load_existing, open_study
 from search.study_view import study_view
@@ -54,6 +55,7 @@ class SweepSummary:
     interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
     pareto: ParetoTable | None = None  # the study's COMPLETE trials by Pareto rank
     ui: str | None = None  # how to open the study's MLflow runs (set by tracking; None: off)
+    warnings: list[str] = field(default_factory=list)  # e.g. saturated objectives
 
 
 def study_dir(study_name: str) -> Path:
@@ -155,6 +157,7 @@ def run_sweep(
         if count_toward_target(study.get_trials(deepcopy=False)) >= target:
             show.note(f"study {name} already has {target} trials; raise the target with --trials N")
         else:
+            corpus = prepare_corpus(config, show, progress)
             started_ray, summary.ray_start_seconds = start_ray(address)
             check_resources(config)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -174,7 +177,7 @@ def run_sweep(
                 hooks=hooks,
             )
             try:
-                fit(config, searcher, experiment, folder / "ray", hooks, runner)
+                fit(config, searcher, experiment, folder / "ray", hooks, runner, corpus)
             finally:
                 summary.interrupted = searcher.close_leftovers()
             if summary.interrupted:
@@ -185,6 +188,7 @@ def run_sweep(
         summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
         summary.wall_seconds = time.perf_counter() - t_start
         summary.pareto = pareto_of_study(view)
+        summary.warnings = saturation_warnings(view.trials, config.objective_names())
         show.note(
             f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
         )
@@ -197,6 +201,20 @@ def run_sweep(
             ray.shutdown()
         if lock is not None:
             lock.release()
+
+
+def prepare_corpus(config: SweepConfig, show: Progress, progress: bool) -> Any:
+    """Tokenize the corpus once, before any trial, into the shared cache under the runs
+    folder (issue 13); trials only open the handle read-only."""
+    from workers.corpus import prepare
+    from workers.data import DataError
+
+    try:
+        handle = prepare(config, runs_dir() / "cache", progress=progress)
+    except DataError as err:
+        raise StudyError(f"data: {err}") from None
+    show.note(f"corpus: {handle.description} [{handle.tokenizer_kind}, cache {handle.key}]")
+    return handle
 
 
 def _read_config(path: str | Path) -> tuple[SweepConfig, str]:

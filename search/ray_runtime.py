@@ -77,6 +77,7 @@ def fit(
     storage_path: Path,
     hooks: SweepHooks,
     runner: Any,
+    corpus: Any = None,
 ) -> None:
     scheduler = None
     s = config.scheduler
@@ -94,7 +95,9 @@ def fit(
         )
     r = config.resources
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner),
+        tune.with_parameters(
+            run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner, corpus=corpus
+        ),
         {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial},
     )
     tuner = tune.Tuner(

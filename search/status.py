@@ -96,6 +96,18 @@ def pareto_set(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list
     return [t for t, r in zip(done, ranks, strict=True) if r == 0]
 
 
+def saturation_warnings(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[str]:
+    """Warnings for accuracy objectives every COMPLETE candidate scores at 0 or 1 (one
+    trial per candidate: a deduplicated trial repeats its source's values)."""
+    from tracking.saturation import saturated_objectives, saturation_warning
+
+    seen: dict[Any, list[float]] = {}
+    for t in _complete(trials):
+        if ATTR_REUSED_FROM not in t.user_attrs:
+            seen.setdefault(t.user_attrs.get(ATTR_CANDIDATE_ID, t.number), list(t.values))
+    return [saturation_warning(x) for x in saturated_objectives(objectives, list(seen.values()))]
+
+
 def summarize(study: optuna.Study, *, target: int | None = None) -> dict[str, Any]:
     """Everything `ropenope status` shows, as JSON-able data."""
     from search.drivers import driver_states
@@ -145,6 +157,7 @@ def summarize(study: optuna.Study, *, target: int | None = None) -> dict[str, An
             for t in pareto_set(trials, directions)
         ],
         "drivers": drivers,
+        "warnings": saturation_warnings(trials, objectives),
     }
 
 
@@ -178,4 +191,6 @@ def format_summary(s: dict[str, Any]) -> str:
         for p in s["pareto"]:
             vals = "".join(f"{format_value(p['values'].get(m)):>16}" for m in names)
             lines.append(f"  {p['number']:<5}{vals}  {p['candidate']}")
+    for warning in s.get("warnings", []):
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)

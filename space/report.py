@@ -37,12 +37,34 @@ def describe_space(config: SweepConfig) -> dict[str, Any]:
         "fixed": {k: v.to_dict()["value"] for k, v in config.fixed.items()},
         "conditions": {k: dict(v.to_dict()["when"]) for k, v in config.space.items() if v.when},
         "model": config.model.model_dump(),
+        "vocab_size": config.base_shape().vocab_size,
+        "tasks": list(config.score.families),
         "objectives": [o.model_dump() for o in config.study.objectives],
         "presets": presets,
         "warnings": [{"path": p, "message": m} for p, m in config.warnings],
         "hypotheses_from": config.hypotheses_from,
         "hypotheses": [h.to_dict() for h in config.hypotheses],
     }
+
+
+def describe_data(config: SweepConfig) -> str:
+    """One line: the corpus, the tokenizer and model vocabulary, the scored task families."""
+    d, s = config.data, config.score
+    tok = d.tokenizer
+    if tok.bpe is not None:
+        tokenizer = f"bpe {tok.bpe.vocab_size}"
+    elif tok.file is not None:
+        tokenizer = f"file {tok.file}"
+    elif d.vocab_size is not None:
+        tokenizer = f"pre-tokenized ids < {d.vocab_size}"
+    else:
+        tokenizer = "bytes"
+    tasks = ", ".join(s.families) or "none"
+    headline = f" (long_acc over {', '.join(s.headline_tasks)})" if s.families else ""
+    return (
+        f"data: {d.source or 'python stdlib'}, tokenizer {tokenizer} "
+        f"(model vocabulary {config.base_shape().vocab_size}); tasks: {tasks}{headline}"
+    )
 
 
 def format_space(config: SweepConfig) -> str:
@@ -54,6 +76,7 @@ def format_space(config: SweepConfig) -> str:
         f"model: {m.layers} layers, d_model {m.d_model}, {m.heads} heads, mlp {m.mlp_hidden}; "
         f"train T={config.train.seq_len}, {config.train.total_steps} steps"
     )
+    out.append(describe_data(config))
     out.append(
         "objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in config.study.objectives)
     )

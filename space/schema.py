@@ -9,9 +9,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate, build_candidate
@@ -31,13 +39,16 @@ from space.names import (
     EVAL_METRICS,
     KV_CACHE_BYTES,
     LONG_ACC,
+    LONG_ANSWER_NLL,
     SHORT_BPB,
     is_score_name,
+    is_task_score,
     multiple_of,
+    split_task_score,
 )
 from space.presets import BUILTIN_PRESETS
 from space.tasks import min_length, task_params
-from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
+from space.vocab import BYTES, Vocabulary, subword_vocabulary, tokenizer_file_text_size
 from space.yaml_io import echo, parse_yaml, read_yaml_file
 
 SECTIONS = (
@@ -59,6 +70,26 @@ SECTIONS = (
 class _Section(BaseModel):
     # NaN and infinities are never a setting; strict: "10" is not 10, 1.0 is not true.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    # Fields added after studies were stored: dumped only when set away from their
+    # default, so that a sweep file that does not use them dumps as before (the study's
+    # budget key for dedup, the MLflow params of older runs).
+    _added_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _dump_without_unused_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            fields = type(self).model_fields
+            for name in self._added_fields:
+                default = fields[name].get_default(call_default_factory=True)
+                if name in data and getattr(self, name) == default:
+                    del data[name]
+        return data
+
+
+# The task families (space.tasks.TASKS; a test keeps the two lists equal).
+TaskName = Literal["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
 
 
 class Objective(_Section):
@@ -172,13 +203,9 @@ class TrainSection(_Section):
     eval_windows: int = Field(default=16, ge=1, le=MAX_SAMPLES)
     checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS)
     compile: bool = False
-    task_mix: dict[Literal["passkey", "multikey", "multivalue"], float] = Field(
-        default_factory=lambda: {"multikey": 1.0}
-    )
+    task_mix: dict[TaskName, float] = Field(default_factory=lambda: {"multikey": 1.0})
     # Task parameters shared by training and scoring, e.g. {multikey: {n_needles: 2}}.
-    task_params: dict[Literal["passkey", "multikey", "multivalue"], dict[str, int]] = Field(
-        default_factory=dict
-    )
+    task_params: dict[TaskName, dict[str, int | str]] = Field(default_factory=dict)
     lm_fraction: float = Field(default=0.5, ge=0, le=1)
     filler_weight: float = Field(default=0.1, ge=0)
     answer_weight: float = Field(default=1.0, ge=0)
@@ -193,14 +220,78 @@ class TrainSection(_Section):
         return max(1, self.tokens // (self.batch_size * self.seq_len))
 
 
+class BpeSection(_Section):
+    """A byte-level BPE trained on the corpus's training split (Hugging Face tokenizers)."""
+
+    vocab_size: int = Field(ge=257)  # text tokens: the 256 bytes and the merges
+    min_frequency: int = Field(default=2, ge=1)  # a merge must occur this often
+
+
+class TokenizerSection(_Section):
+    """``data.tokenizer``: ``bytes`` (the default), ``{bpe: {vocab_size: N}}`` or
+    ``{file: PATH}`` (a ``tokenizer.json`` or a folder holding one)."""
+
+    bpe: BpeSection | None = None
+    file: str | None = None
+
+    @property
+    def kind(self) -> Literal["bytes", "bpe", "file"]:
+        if self.bpe is not None:
+            return "bpe"
+        if self.file is not None:
+            return "file"
+        return "bytes"
+
+
 class DataSection(_Section):
     source: str | None = None  # None = the Python standard library's source
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    dtype: Literal["uint8", "uint16"] | None = None  # for pre-tokenized files
+    # Pre-tokenized files: the element type of a .bin file, and the vocabulary of its
+    # tokens when they are not bytes (ids < vocab_size).
+    dtype: Literal["uint8", "uint16", "uint32"] | None = None
+    vocab_size: int | None = Field(default=None, ge=2)
+    text_field: str = Field(default="text", min_length=1)  # JSON Lines field / column
+    tokenizer: TokenizerSection = TokenizerSection()
+    # How much text (UTF-8 bytes) the corpus reads; null = all of it.
+    max_text_bytes: int | None = Field(default=4_000_000, ge=1)
+
+    _added_fields = frozenset({"vocab_size", "text_field", "tokenizer", "max_text_bytes"})
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _tokenizer_forms(cls, value: Any) -> Any:
+        if value == "bytes" or value is None:
+            return TokenizerSection()
+        if isinstance(value, str):
+            raise ValueError(
+                f"expected bytes, {{bpe: {{vocab_size: N}}}} or {{file: PATH}}, got {value!r}"
+            )
+        return value
+
+    def vocabulary(self) -> Vocabulary:
+        """The model's vocabulary for this data (reads a tokenizer file's JSON; no torch).
+        Raises ValueError for a tokenizer file that cannot be read."""
+        tok = self.tokenizer
+        if tok.bpe is not None:
+            return subword_vocabulary(tok.bpe.vocab_size)
+        if tok.file is not None:
+            return subword_vocabulary(tokenizer_file_text_size(tok.file))
+        if self.vocab_size is not None:
+            return subword_vocabulary(self.vocab_size)
+        return BYTES
+
+    @property
+    def has_text_tokenizer(self) -> bool:
+        """False for pre-tokenized ids of an unknown tokenizer: no task can be rendered."""
+        return not (self.tokenizer.kind == "bytes" and self.vocab_size is not None)
 
 
 class ScoreSection(_Section):
-    task: Literal["passkey", "multikey", "multivalue"] = "multikey"
+    task: TaskName = "multikey"  # the primary family: the bare acc@Nx, answer_nll@Nx, ...
+    # Families scored, each with its grid and ``<task>/...`` scores; None = [task].
+    tasks: tuple[TaskName, ...] | None = None
+    # Families averaged into long_acc and long_answer_nll; None = the primary family.
+    long_tasks: tuple[TaskName, ...] | None = None
     lengths: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1, max_length=32)  # x seq_len
     depths: tuple[float, ...] = Field(
         default=(0.0, 0.25, 0.5, 0.75, 1.0), min_length=1, max_length=64
@@ -214,6 +305,31 @@ class ScoreSection(_Section):
     mass_lengths: tuple[int, ...] = Field(default=(1, 4), max_length=32)
     mass_samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+
+    _added_fields = frozenset({"tasks", "long_tasks"})
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Every scored family, the primary first."""
+        if self.tasks is None:
+            return (self.task,)
+        primary = self.primary_task
+        return tuple(dict.fromkeys([primary, *self.tasks])) if primary else ()
+
+    @property
+    def primary_task(self) -> str | None:
+        """``score.task`` when given (or no ``tasks``), else the first of ``tasks``."""
+        if self.tasks is None or "task" in self.model_fields_set:
+            return self.task
+        return self.tasks[0] if self.tasks else None
+
+    @property
+    def headline_tasks(self) -> tuple[str, ...]:
+        """The families long_acc and long_answer_nll average."""
+        if self.long_tasks is not None:
+            return self.long_tasks
+        primary = self.primary_task
+        return (primary,) if primary else ()
 
 
 class SchedulerSection(_Section):
@@ -268,10 +384,14 @@ class SweepConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     # -- derived views -------------------------------------------------------
+    def vocabulary(self) -> Vocabulary:
+        """The tokenizer's ids and the reserved control tokens (see space.vocab)."""
+        return self.data.vocabulary()
+
     def base_shape(self) -> ModelShape:
         vocab = self.model.vocab_size
         if vocab is None:
-            vocab = BYTE_VOCAB_SIZE
+            vocab = self.vocabulary().size
         return ModelShape(
             n_layers=self.model.layers,
             d_model=self.model.d_model,
@@ -347,7 +467,7 @@ class SweepConfig(_Section):
 def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]) -> list:
     problems = []
     for e in err.errors():
-        loc = [prefix, *[str(p) for p in e["loc"]]]
+        loc = [prefix, *[str(p) for p in e["loc"] if p != "[key]"]]  # a bad mapping key
         path = ".".join(p for p in loc if p)
         if e["type"] == "extra_forbidden":
             fields = _fields_at(model, e["loc"][:-1])
@@ -689,18 +809,8 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
             task_params(task, **params)
         except ValueError as err:
             problems.append((f"train.task_params.{task}", str(err)))
-    for task in {*t.task_mix, config.score.task}:
-        try:
-            need = min_length(task, **t.task_params.get(task, {}))
-        except ValueError:
-            continue
-        if need > t.seq_len + 1:
-            problems.append(
-                (
-                    "train.seq_len",
-                    f"task {task!r} needs at least {need} tokens; seq_len={t.seq_len}",
-                )
-            )
+    data_ok = _check_data(config, problems)
+    _check_tasks(config, problems)
     s = config.score
     for field in ("lengths", "extrap", "mass_lengths"):
         values = getattr(s, field)
@@ -724,11 +834,9 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
     # An objective must be a score the configured scoring produces.
     for i, objective in enumerate(config.study.objectives):
         path, name = f"study.objectives[{i}].metric", objective.metric
-        if name == LONG_ACC and not any(m > 1 for m in s.lengths):
-            problems.append((path, "long_acc needs a score.lengths multiple beyond 1"))
-        acc_m, bpb_m = multiple_of(name, "acc@"), multiple_of(name, "extrap_bpb@")
-        if acc_m is not None and acc_m not in s.lengths:
-            problems.append((path, f"{name} needs {acc_m} in score.lengths"))
+        if is_score_name(name) and is_task_score(name):
+            _check_task_objective(config, path, name, problems)
+        bpb_m = multiple_of(name, "extrap_bpb@")
         if bpb_m is not None and bpb_m not in s.extrap:
             problems.append((path, f"{name} needs {bpb_m} in score.extrap"))
     if config.scheduler.metric not in EVAL_METRICS:
@@ -757,6 +865,8 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
                     (f"space.{name}", f"the grid has more than {MAX_GRID_POINTS:,} points")
                 )
                 break
+    if not data_ok:
+        return  # no vocabulary, hence no model shape to check candidates against
     # Fixed-only combinations that can never form a model.
     fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
     if not config.searched:
@@ -798,6 +908,111 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
 def load_config_text(text: str, source: str | None = None) -> SweepConfig:
     """Validate a sweep file's text (e.g. the one a study stored). Raises ConfigError."""
     return parse_config(parse_yaml(text, source), source=source)
+
+
+_TOKEN_FILE_SUFFIXES = (".npy", ".bin")
+
+
+def _check_data(config: SweepConfig, problems: list) -> bool:
+    """Data checks; False when the vocabulary cannot be known (no model shape then)."""
+    d, m = config.data, config.model
+    if d.tokenizer.bpe is not None and d.tokenizer.file is not None:
+        problems.append(("data.tokenizer", "give bpe or file, not both"))
+        return False
+    pretokenized = d.source is not None and d.source.lower().endswith(_TOKEN_FILE_SUFFIXES)
+    if d.vocab_size is not None and not pretokenized:
+        problems.append(
+            ("data.vocab_size", "is for pre-tokenized .npy/.bin files; text gets data.tokenizer")
+        )
+    if d.vocab_size is not None and d.tokenizer.kind != "bytes":
+        problems.append(
+            ("data.vocab_size", "the tokenizer decides the vocabulary; leave data.vocab_size out")
+        )
+    if d.tokenizer.bpe is not None and pretokenized:
+        problems.append(
+            ("data.tokenizer.bpe", f"a BPE is trained on text; {d.source} is already tokens")
+        )
+    try:
+        vocab = d.vocabulary()
+    except ValueError as err:
+        problems.append(("data.tokenizer.file", str(err)))
+        return False
+    if m.vocab_size is not None and m.vocab_size < vocab.size:
+        problems.append(
+            (
+                "model.vocab_size",
+                f"{m.vocab_size} is below the data's vocabulary of {vocab.size} "
+                f"({vocab.text_size} tokenizer ids and the control tokens)",
+            )
+        )
+    return True
+
+
+def _check_tasks(config: SweepConfig, problems: list) -> None:
+    t, s, d = config.train, config.score, config.data
+    if s.tasks is not None:
+        if len(set(s.tasks)) != len(s.tasks):
+            problems.append(("score.tasks", "each task may appear once"))
+        if "task" in s.model_fields_set and s.task not in s.tasks:
+            problems.append(("score.task", f"{s.task!r} is not among score.tasks {list(s.tasks)}"))
+    for task in s.long_tasks or ():
+        if task not in s.families:
+            problems.append(("score.long_tasks", f"{task!r} is not scored; add it to score.tasks"))
+    if s.long_tasks is not None and not s.long_tasks and s.families:
+        problems.append(("score.long_tasks", "name at least one scored task"))
+    if not d.has_text_tokenizer:
+        # Ids of an unknown tokenizer: no text (keys, values, words) can be rendered.
+        if s.families:
+            problems.append(
+                (
+                    "score.tasks",
+                    "pre-tokenized data without a tokenizer cannot render task text; "
+                    "set score.tasks: [] or give data.tokenizer: {file: tokenizer.json}",
+                )
+            )
+        if t.lm_fraction < 1:
+            problems.append(
+                (
+                    "train.lm_fraction",
+                    "pre-tokenized data without a tokenizer trains on plain text only; "
+                    "set train.lm_fraction: 1",
+                )
+            )
+    if d.tokenizer.kind != "bytes":
+        # Lengths in tokens of another tokenizer are known once it exists: checked when
+        # the corpus is prepared (workers.corpus.prepare), before any trial.
+        return
+    for task in dict.fromkeys([*t.task_mix, *s.families]):
+        try:
+            need = min_length(task, **t.task_params.get(task, {}))
+        except ValueError:
+            continue
+        if need > t.seq_len + 1:
+            problems.append(
+                (
+                    "train.seq_len",
+                    f"task {task!r} needs at least {need} tokens; seq_len={t.seq_len}",
+                )
+            )
+
+
+def _check_task_objective(config: SweepConfig, path: str, name: str, problems: list) -> None:
+    s = config.score
+    task, base = split_task_score(name)
+    if task is not None and task not in s.families:
+        problems.append((path, f"{name} needs {task!r} in score.tasks"))
+        return
+    if task is None and base in (LONG_ACC, LONG_ANSWER_NLL):
+        if not s.headline_tasks:
+            problems.append((path, f"{name} needs a scored task (score.tasks is empty)"))
+    elif task is None and s.primary_task is None:
+        problems.append((path, f"{name} needs a scored task (score.tasks is empty)"))
+    if base in (LONG_ACC, LONG_ANSWER_NLL) and not any(m > 1 for m in s.lengths):
+        problems.append((path, f"{base} needs a score.lengths multiple beyond 1"))
+    for prefix in ("acc@", "answer_nll@", "token_acc@"):
+        m = multiple_of(base, prefix)
+        if m is not None and m not in s.lengths:
+            problems.append((path, f"{name} needs {m} in score.lengths"))
 
 
 def load_config(path: str | Path) -> SweepConfig:

@@ -325,6 +325,95 @@ BAD_FILES = [
     ({"train": {"seq_len": 64, "batch_size": 2}}, "train.steps", "budget"),
     ({"score": {"lengths": [2, 4]}}, "score.lengths", "include 1"),
     ({"resources": {"gpus_per_trial": -1}}, "resources.gpus_per_trial", "greater than or equal"),
+    # data, tokenizers, task families
+    ({"data": {"tokenizer": "sentencepiece"}}, "data.tokenizer", "expected bytes"),
+    ({"data": {"tokenizer": {"bpe": {"vocab_size": 100}}}}, "data.tokenizer.bpe.vocab_size", "257"),
+    ({"data": {"tokenizer": {"bpe": {"vocab": 512}}}}, "data.tokenizer.bpe.vocab", "unknown key"),
+    (
+        {"data": {"tokenizer": {"bpe": {"vocab_size": 512}, "file": "t.json"}}},
+        "data.tokenizer",
+        "not both",
+    ),
+    ({"data": {"tokenizer": {"file": "/nonexistent/t.json"}}}, "data.tokenizer.file", "no such"),
+    ({"data": {"source": "corpus.txt", "vocab_size": 50000}}, "data.vocab_size", "pre-tokenized"),
+    ({"data": {"source": "ids.bin", "vocab_size": 50000}}, "score.tasks", "score.tasks: []"),
+    (
+        {"data": {"source": "ids.bin", "vocab_size": 50000}, "score": {"tasks": []}},
+        "train.lm_fraction",
+        "lm_fraction: 1",
+    ),
+    (
+        {"data": {"source": "ids.bin", "tokenizer": {"bpe": {"vocab_size": 512}}}},
+        "data.tokenizer.bpe",
+        "already tokens",
+    ),
+    (
+        {
+            "model": {"layers": 4, "d_model": 64, "heads": 4, "mlp_hidden": 128, "vocab_size": 300},
+            "data": {"tokenizer": {"bpe": {"vocab_size": 512}}},
+        },
+        "model.vocab_size",
+        "below",
+    ),
+    (
+        {"train": {"seq_len": 64, "batch_size": 2, "steps": 10, "task_mix": {"sudoku": 1}}},
+        "train.task_mix.sudoku",
+        "passkey",
+    ),
+    (
+        {
+            "train": {
+                "seq_len": 64,
+                "batch_size": 2,
+                "steps": 10,
+                "task_params": {"vartrack": {"key_kind": "emoji"}},
+            }
+        },
+        "train.task_params.vartrack",
+        "letter",
+    ),
+    (
+        {"train": {"seq_len": 64, "batch_size": 2, "steps": 10, "task_mix": {"vartrack": 1.0}}},
+        "train.seq_len",
+        "'vartrack' needs at least",
+    ),
+    ({"score": {"tasks": ["passkey", "passkey"]}}, "score.tasks", "once"),
+    ({"score": {"task": "multikey", "tasks": ["passkey"]}}, "score.task", "not among"),
+    (
+        {"score": {"tasks": ["passkey"], "long_tasks": ["vartrack"]}},
+        "score.long_tasks",
+        "not scored",
+    ),
+    (
+        {
+            "study": {
+                "name": "t",
+                "objectives": [{"metric": "vartrack/long_acc", "direction": "maximize"}],
+            }
+        },
+        "study.objectives[0].metric",
+        "needs 'vartrack' in score.tasks",
+    ),
+    (
+        {
+            "study": {
+                "name": "t",
+                "objectives": [{"metric": "answer_nll@16x", "direction": "minimize"}],
+            }
+        },
+        "study.objectives[0].metric",
+        "needs 16 in score.lengths",
+    ),
+    (
+        {
+            "study": {
+                "name": "t",
+                "objectives": [{"metric": "sudoku/long_acc", "direction": "maximize"}],
+            }
+        },
+        "study.objectives[0].metric",
+        "unknown score",
+    ),
 ]
 
 
@@ -381,3 +470,104 @@ def test_cli_space_bad_file_exits_nonzero_without_traceback(tmp_path):
     assert out.returncode != 0
     assert "space.local_window" in out.stderr
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+# -- data, tokenizers and task families ------------------------------------------
+
+
+def test_config_task_names_match_the_task_rules():
+    from typing import get_args
+
+    from space.schema import TaskName
+    from space.tasks import TASKS
+
+    assert get_args(TaskName) == TASKS
+
+
+def test_config_files_without_the_new_keys_dump_as_before():
+    # The study's budget key and MLflow params come from these dumps: a sweep file that
+    # does not use the data/score additions must dump exactly as it did before them.
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.data.model_dump(mode="json") == {
+        "source": None,
+        "val_fraction": 0.1,
+        "dtype": None,
+    }
+    assert set(config.score.model_dump(mode="json")) == {
+        "task", "lengths", "depths", "samples", "extrap", "val_windows", "kv_context_tokens",
+        "kv_dtype_bytes", "attention_mass", "mass_lengths", "mass_samples", "seed",
+    }  # fmt: skip
+    assert config.base_shape().vocab_size == 264
+    assert config.preset_candidate("rnope_swa").id == "d7c6bb7238bd"  # unchanged since v1
+    bpe = parse_config(_config(data={"tokenizer": {"bpe": {"vocab_size": 512}}}))
+    assert bpe.data.model_dump(mode="json")["tokenizer"] == {
+        "bpe": {"vocab_size": 512, "min_frequency": 2},
+        "file": None,
+    }
+
+
+def test_config_vocabulary_follows_the_tokenizer():
+    from space.vocab import BYTES
+
+    assert parse_config(_config()).vocabulary() == BYTES
+    assert parse_config(_config(data={"tokenizer": "bytes"})).vocabulary() == BYTES
+    bpe = parse_config(_config(data={"tokenizer": {"bpe": {"vocab_size": 512}}}))
+    assert (bpe.vocabulary().text_size, bpe.vocabulary().size) == (512, 576)
+    assert (bpe.vocabulary().doc, bpe.vocabulary().open) == (513, 514)
+    assert bpe.base_shape().vocab_size == 576
+    ids = parse_config(
+        _config(
+            data={"source": "ids.bin", "dtype": "uint32", "vocab_size": 50000},
+            train={"seq_len": 64, "batch_size": 2, "steps": 10, "lm_fraction": 1.0},
+            score={"tasks": []},
+            study={"name": "t", "objectives": [{"metric": "short_bpb", "direction": "minimize"}]},
+        )
+    )
+    assert ids.base_shape().vocab_size == 50048 and ids.score.families == ()
+    # A different vocabulary is a different model: another candidate id.
+    knobs = {"global_every": 1}
+    assert bpe.candidate(knobs).id != parse_config(_config()).candidate(knobs).id
+
+
+def test_config_score_families_primary_and_headline():
+    s = parse_config(_config()).score
+    assert (s.families, s.primary_task, s.headline_tasks) == (
+        ("multikey",),
+        "multikey",
+        ("multikey",),
+    )
+    train = {"seq_len": 128, "batch_size": 2, "steps": 10}
+    s = parse_config(_config(train=train, score={"tasks": ["vartrack", "passkey"]})).score
+    assert (s.families, s.primary_task, s.headline_tasks) == (
+        ("vartrack", "passkey"),
+        "vartrack",
+        ("vartrack",),
+    )
+    s = parse_config(
+        _config(
+            train={"seq_len": 128, "batch_size": 2, "steps": 10},
+            score={
+                "task": "passkey",
+                "tasks": ["vartrack", "passkey"],
+                "long_tasks": ["passkey", "vartrack"],
+            },
+        )
+    ).score
+    assert (s.families, s.primary_task, s.headline_tasks) == (
+        ("passkey", "vartrack"),
+        "passkey",
+        ("passkey", "vartrack"),
+    )
+
+
+def test_score_names_of_task_families():
+    from space.names import is_accuracy_score, is_score_name, split_task_score
+
+    for name in ("answer_nll@4x", "token_acc@2x", "long_answer_nll", "vartrack/long_acc",
+                 "commonwords/acc@8x", "multiquery/answer_nll@2x", "passkey/acc_at_T"):  # fmt: skip
+        assert is_score_name(name), name
+    for name in ("vartrack/short_bpb", "sudoku/long_acc", "answer_nll@x", "vartrack/"):
+        assert not is_score_name(name), name
+    assert split_task_score("vartrack/acc@4x") == ("vartrack", "acc@4x")
+    assert is_accuracy_score("vartrack/long_acc") and is_accuracy_score("token_acc@2x")
+    assert not is_accuracy_score("long_answer_nll") and not is_accuracy_score("short_bpb")

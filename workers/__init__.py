@@ -1,7 +1,8 @@
 """workers: one candidate.
 
 Build the PyTorch model from per-layer specs, train it, and score short- and
-long-context ability; export a trained one as a Hugging Face folder (``hf_export``; the
+long-context ability on the study's prepared corpus (:func:`workers.corpus.prepare`,
+once per sweep); export a trained one as a Hugging Face folder (``hf_export``; the
 stock class that reproduces it is chosen in ``hf_layout``, transformers is imported only
 when exporting). Runs under plain pytest: no Ray, no MLflow here (the Ray
 adapter is ``workers.ray_trainable``, imported only by the sweep driver).
@@ -20,6 +21,14 @@ _EXPORTS = {
     "attend": "workers.attention",
     "choose_backend": "workers.attention",
     "make_batch": "workers.batches",
+    "CorpusHandle": "workers.corpus",
+    "PreparedCorpus": "workers.corpus",
+    "prepare": "workers.corpus",
+    "answer_correct": "workers.scores",
+    "answer_likelihood": "workers.scores",
+    "Tokenizer": "workers.tokenizer",
+    "load_tokenizer_file": "workers.tokenizer",
+    "train_bpe": "workers.tokenizer",
     "CardFacts": "workers.hf_card",
     "render_card": "workers.hf_card",
     "ExportError": "workers.hf_export",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from space.names import (
     ATTN_FLOPS_PER_TOKEN,
     KV_CACHE_BYTES,
     LONG_ACC,
+    LONG_ANSWER_NLL,
     PARAMS,
     PEAK_MEMORY_BYTES,
     SHORT_BPB,
@@ -32,29 +32,21 @@ from space.names import (
     TRAIN_SECONDS,
     VAL_BPB,
     acc_at,
+    answer_nll_at,
     extrap_bpb,
+    task_score,
+    token_acc_at,
 )
 from space.outcomes import RunStatus
 from space.schema import SweepConfig
 from workers import plots, scores
 from workers.batches import make_batch
-from workers.data import Corpus, load_corpus
+from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
 from workers.tasks import render, task_params
 from workers.train import TrainSettings, seed_everything, train
-
-
-@lru_cache(maxsize=4)
-def _corpus(source: str | None, val_fraction: float, dtype: str | None) -> Corpus:
-    # One load per process: trials reuse the corpus (Ray reuses worker processes).
-    return load_corpus(source, val_fraction=val_fraction, dtype=dtype)
-
-
-def corpus_for(config: SweepConfig) -> Corpus:
-    d = config.data
-    return _corpus(d.source, d.val_fraction, d.dtype)
 
 
 def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
@@ -99,20 +91,27 @@ def run_candidate(
     device: str | None = None,
     threads: int | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
+    corpus: CorpusHandle | None = None,
 ) -> CandidateResult:
     """Train ``candidate`` with ``seed`` and score it; artifacts go to ``out_dir``.
 
     Divergence is an outcome (status ``diverged``), not an exception; a stop
     requested by ``on_eval`` returns status ``stopped`` with the metrics so far;
     ``on_step(step, loss, tokens_per_s)`` feeds a progress display.
-    ``resume`` continues from ``out_dir/checkpoint.pt`` when present.
+    ``resume`` continues from ``out_dir/checkpoint.pt`` when present. ``corpus`` is
+    the prepared corpus (:func:`workers.corpus.prepare`); without it the corpus is
+    prepared (or found) in the default cache first.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     dev = pick_device(config, device)
-    corpus = corpus_for(config)
+    # The driver's prepared corpus; on a worker that does not share its runs folder, or
+    # without one (`ropenope train`), prepared (or found) in this machine's cache.
+    handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
+    data = handle.open()
+    tokenizer, vocab = data.tokenizer, data.vocab
     t = config.train
     settings = train_settings(config, seed)
     params = {task: task_params(task, **t.task_params.get(task, {})) for task in t.task_mix}
@@ -125,7 +124,7 @@ def run_candidate(
 
     def next_batch(rng: np.random.Generator):
         return make_batch(
-            corpus.train,
+            data.train,
             rng,
             t.batch_size,
             t.seq_len,
@@ -134,11 +133,19 @@ def run_candidate(
             t.filler_weight,
             t.answer_weight,
             task_params=params,
+            tokenizer=tokenizer,
         )
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         bpb = scores.bits_per_byte(
-            m, corpus.val, t.seq_len, n_windows=t.eval_windows, batch_size=8, device=dev
+            m,
+            data.val,
+            t.seq_len,
+            n_windows=t.eval_windows,
+            batch_size=8,
+            device=dev,
+            count_bytes=tokenizer.count_bytes,
+            doc=vocab.doc,
         )
         return {VAL_BPB: bpb}
 
@@ -160,6 +167,12 @@ def run_candidate(
         candidate=candidate.to_dict(),
         seed=seed,
         resumed_from_step=outcome.resumed_from_step,
+        corpus={
+            "key": handle.key,
+            "entry": handle.entry,
+            "tokenizer": handle.tokenizer_kind,
+            "description": handle.description,
+        },
     )
     cost = {
         PARAMS: float(model.num_parameters()),
@@ -191,7 +204,7 @@ def run_candidate(
         )
     if outcome.status == RunStatus.COMPLETE:
         model.eval()
-        result.scores.update(score_model(model, config, candidate, corpus, dev, result, out_dir))
+        result.scores.update(score_model(model, config, candidate, data, dev, result, out_dir))
     write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), indent=2, default=str))
     result.artifacts[SCORES_FILE] = out_dir / SCORES_FILE
     return result
@@ -202,46 +215,97 @@ def score_model(
     model: torch.nn.Module,
     config: SweepConfig,
     candidate: Candidate,
-    corpus: Corpus,
+    data: PreparedCorpus,
     dev: torch.device,
     result: CandidateResult,
     out_dir: Path,
 ) -> dict[str, float]:
-    """Every score of a trained model (DESIGN §5); fills ``result`` niah/mass/artifacts."""
+    """Every score of a trained model (DESIGN §5); fills ``result`` niah/mass/artifacts.
+
+    Each scored task family gets its grid and ``<task>/...`` scores; the bare names
+    (``acc@Nx``, ``answer_nll@Nx`` ...) are the primary family's, and ``long_acc`` /
+    ``long_answer_nll`` the mean over ``score.long_tasks``.
+    """
     s, t = config.score, config.train
     T = t.seq_len
+    tokenizer = data.tokenizer
     out: dict[str, float] = {}
-    out[SHORT_BPB] = scores.bits_per_byte(
-        model, corpus.val, T, n_windows=s.val_windows, batch_size=8, device=dev
-    )
-    for m in s.extrap:
-        out[extrap_bpb(m)] = scores.bits_per_byte(
-            model, corpus.val, m * T, n_windows=max(4, s.val_windows // m), batch_size=4, device=dev
+
+    def bpb(length: int, windows: int, batch: int) -> float:
+        return scores.bits_per_byte(
+            model,
+            data.val,
+            length,
+            n_windows=windows,
+            batch_size=batch,
+            device=dev,
+            count_bytes=tokenizer.count_bytes,
+            doc=data.vocab.doc,
         )
-    tparams = t.task_params.get(s.task, {})
-    niah = scores.niah_grid(
-        model,
-        corpus.val,
-        task=s.task,
-        lengths=[m * T for m in s.lengths],
-        depths=s.depths,
-        samples=s.samples,
-        seed=s.seed,
-        device=dev,
-        task_params=tparams,
-    )
-    result.niah = niah.to_dict()
-    out[ACC_AT_T] = scores.acc_at(niah, T)
-    out[LONG_ACC] = scores.long_acc(niah, T) if any(m > 1 for m in s.lengths) else float("nan")
-    for m in s.lengths:
-        out[acc_at(m)] = scores.acc_at(niah, m * T)
+
+    out[SHORT_BPB] = bpb(T, s.val_windows, 8)
+    for m in s.extrap:
+        out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
+
+    beyond = any(m > 1 for m in s.lengths)
+    grids: dict[str, scores.NiahResult] = {}
+    for task in s.families:
+        grid = scores.niah_grid(
+            model,
+            data.val,
+            task=task,
+            lengths=[m * T for m in s.lengths],
+            depths=s.depths,
+            samples=s.samples,
+            seed=s.seed,
+            device=dev,
+            task_params=t.task_params.get(task, {}),
+            tokenizer=tokenizer,
+        )
+        grids[task] = grid
+        if len(s.families) > 1:  # one family: its scores are the bare names alone
+            for name, value in family_scores(grid, T, s.lengths).items():
+                out[task_score(task, name)] = value
+    primary = s.primary_task
+    if primary is not None:
+        out.update(family_scores(grids[primary], T, s.lengths))
+    headline = [grids[task] for task in s.headline_tasks]
+    if headline:
+        nan = float("nan")
+        out[LONG_ACC] = float(np.mean([scores.long_acc(g, T) for g in headline])) if beyond else nan
+        out[LONG_ANSWER_NLL] = (
+            float(np.mean([scores.long_answer_nll(g, T) for g in headline])) if beyond else nan
+        )
     title = f"{candidate.name}  (seed {result.seed})"
-    result.artifacts["niah.png"] = plots.plot_niah_heatmap(niah, out_dir / "niah.png", title)
-    if s.attention_mass:
+    if primary is not None:
+        result.niah = {
+            **grids[primary].to_dict(),
+            "task": primary,
+            "tasks": {task: g.to_dict() for task, g in grids.items()},
+        }
+        result.artifacts["niah.png"] = plots.plot_niah_heatmap(
+            grids[primary], out_dir / "niah.png", f"{title}, {primary}"
+        )
+        for task, grid in grids.items():
+            if task != primary:
+                name = f"niah_{task}.png"
+                result.artifacts[name] = plots.plot_niah_heatmap(
+                    grid, out_dir / name, f"{title}, {task}"
+                )
+    if s.attention_mass and primary is not None:
+        tparams = t.task_params.get(primary, {})
         mass: dict[str, Any] = {}
         for m in s.mass_lengths:
             examples = [
-                render(s.task, m * T, depth, s.seed + 7919 * i, corpus.val, **tparams)
+                render(
+                    primary,
+                    m * T,
+                    depth,
+                    s.seed + 7919 * i,
+                    data.val,
+                    tokenizer=tokenizer,
+                    **tparams,
+                )
                 for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
             ]
             mass[f"{m}x"] = scores.attention_mass(model, examples, candidate.layers, device=dev)
@@ -250,4 +314,18 @@ def score_model(
                 mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"
             )
         result.attention_mass = mass
+    return out
+
+
+def family_scores(grid: scores.NiahResult, train_len: int, multiples: Any) -> dict[str, float]:
+    """One family's scores by their bare names: accuracy, answer NLL and token accuracy
+    at each length, at T, and their means beyond T."""
+    out = {ACC_AT_T: scores.acc_at(grid, train_len)}
+    for m in multiples:
+        out[acc_at(m)] = scores.acc_at(grid, m * train_len)
+        out[answer_nll_at(m)] = scores.answer_nll_at(grid, m * train_len)
+        out[token_acc_at(m)] = scores.token_acc_at(grid, m * train_len)
+    beyond = any(m > 1 for m in multiples)
+    out[LONG_ACC] = scores.long_acc(grid, train_len) if beyond else float("nan")
+    out[LONG_ANSWER_NLL] = scores.long_answer_nll(grid, train_len) if beyond else float("nan")
     return out
