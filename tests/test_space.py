@@ -71,6 +71,7 @@ def test_expand_every_preset_exact_layout():
         "gemma3_like": {5, 11},
         "llama4_like": {3, 7, 11},
         "gptoss_like": {1, 3, 5, 7, 9, 11},
+        "cohere2_like": {3, 7, 11},
     }
     assert set(expected_globals) == set(BUILTIN_PRESETS)
     for name, globals_ in expected_globals.items():
