@@ -281,6 +281,31 @@ class Candidate:
             out["rope_scaling_at_eval"] = scaled
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        """The inverse of :meth:`to_dict` (a candidate crossing to a trial process as data).
+        Refuses a dict whose id does not match its content."""
+        knobs = dict(d["knobs"])
+        layers = tuple(LayerSpec.from_dict(layer) for layer in d["layers"])
+        stages: list[CandidateStage] = []
+        plans: list[StagePlan] = []
+        for entry in d.get("stages", ()):
+            plan = StagePlan(
+                **{k: entry[k] for k in StagePlan.__dataclass_fields__ if k != "knobs"},
+                knobs=dict(entry.get("knobs", {})),
+            )
+            plans.append(plan)
+            stage_layers = tuple(LayerSpec.from_dict(layer) for layer in entry["layers"])
+            stages.append(
+                CandidateStage(plan, stage_knobs(knobs, plans, len(plans) - 1), stage_layers)
+            )
+        candidate = cls(
+            knobs=knobs, shape=ModelShape(**d["shape"]), layers=layers, stages=tuple(stages)
+        )
+        if "id" in d and d["id"] != candidate.id:
+            raise ValueError(f"candidate {d['id']} does not match its layers ({candidate.id})")
+        return candidate
+
 
 def _base(value: float) -> str:
     exp = math.log10(value)

@@ -98,6 +98,18 @@ class RopeScaling:
     beta_slow: float = 1.0  # YaRN
     attention_factor: float = 1.0  # YaRN: multiplies the cos/sin tables
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RopeScaling:
+        """The inverse of :meth:`to_dict` (fields a kind does not use take their defaults)."""
+        return cls(
+            kind=RopeScalingKind(d["kind"]),
+            factor=float(d["factor"]),
+            original_tokens=int(d.get("original_tokens", 0)),
+            beta_fast=float(d.get("beta_fast", 32.0)),
+            beta_slow=float(d.get("beta_slow", 1.0)),
+            attention_factor=float(d.get("attention_factor", 1.0)),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "factor": self.factor}
         if self.kind is not RopeScalingKind.LINEAR:
@@ -174,6 +186,27 @@ class LayerSpec:
         if self.rope_scaling is not None:
             out["rope_scaling"] = self.rope_scaling.to_dict()
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerSpec:
+        """The inverse of :meth:`to_dict`."""
+        temp = d.get("temperature")
+        scaling = d.get("rope_scaling")
+        return cls(
+            index=int(d["index"]),
+            kind=LayerKind(d["kind"]),
+            position=Position(d["position"]),
+            rope_base=None if d.get("rope_base") is None else float(d["rope_base"]),
+            window_tokens=d.get("window"),
+            qk_norm=QKNorm(d["qk_norm"]),
+            temperature=None
+            if temp is None
+            else Temperature(int(temp["floor_tokens"]), float(temp["scale"])),
+            window_kind=WindowKind(d.get("window_kind", WindowKind.SLIDING.value)),
+            attention_sink=AttentionSink(d.get("attention_sink", AttentionSink.NONE.value)),
+            rope_fraction=float(d.get("rope_fraction", 1.0)),
+            rope_scaling=None if scaling is None else RopeScaling.from_dict(scaling),
+        )
 
     def parameter_layout(self) -> tuple[bool, bool]:
         """What this layer adds to the attention's parameters: (QK-norm weights, sink logits).

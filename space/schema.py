@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate, build_candidate
@@ -174,10 +174,9 @@ class TrainSection(_Section):
         """Global steps after which training evaluates (every ``eval_every``, each stage's end)."""
         return eval_steps(self.stage_plans(), self.eval_every)
 
-    def stable_dump(self) -> dict[str, Any]:
-        """``model_dump`` without fields added later while they hold their default, so hashes
-        of the section (the dedup budget) stay what they were for older sweep files."""
-        return _stable_dump(self, {"stages": ()})
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return _without_later_defaults(self, handler(self), {"stages": ()})
 
 
 class DataSection(_Section):
@@ -203,16 +202,20 @@ class ScoreSection(_Section):
     # after the last one.
     after_each_stage: bool = False
 
-    def stable_dump(self) -> dict[str, Any]:
-        """``model_dump`` without fields added later while they hold their default."""
-        return _stable_dump(self, {"after_each_stage": False})
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return _without_later_defaults(self, handler(self), {"after_each_stage": False})
 
 
-def _stable_dump(section: BaseModel, later_defaults: Mapping[str, Any]) -> dict[str, Any]:
-    dumped = section.model_dump(mode="json")
+def _without_later_defaults(
+    section: BaseModel, dumped: dict[str, Any], later_defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A section's dump without the fields added after the first release while they hold
+    their default: what hashes it (the dedup budget) and the MLflow params logged from it
+    stay what they were for every sweep file that does not use them."""
     for name, default in later_defaults.items():
         if getattr(section, name) == default:
-            dumped.pop(name)
+            dumped.pop(name, None)
     return dumped
 
 

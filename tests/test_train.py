@@ -37,13 +37,13 @@ def _tiny_model(seed: int = 0) -> HybridTransformer:
     return HybridTransformer(cand.shape, cand.layers)
 
 
-def _batches(rng: np.random.Generator):
+def _batches(rng: np.random.Generator, stage: int = 0):
     x = torch.from_numpy(rng.integers(0, 256, size=(4, 16)))
     y = torch.roll(x, -1, dims=1)
     return x, y, torch.ones_like(x, dtype=torch.float32)
 
 
-def _evaluate(model):
+def _evaluate(model, stage: int = 0):
     return {"val_bpb": 1.0}
 
 
