@@ -363,7 +363,7 @@ def flex_window_attention(
     ``compiled=False`` runs PyTorch's eager flex path (dense underneath, forward only on CPU):
     the same mask and GQA wiring, without the compile cost; for tests.
     """
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     offset = start_pos % window_tokens if window_tokens else 0
     block_mask = _flex_block_mask(q.shape[-2], window_tokens, window_kind, offset, str(q.device))
@@ -371,7 +371,10 @@ def flex_window_attention(
     gqa = k.shape[1] != q.shape[1]
     if sinks is None:
         return kernel(q, k, v, block_mask=block_mask, enable_gqa=gqa)
-    out, lse = kernel(q, k, v, block_mask=block_mask, enable_gqa=gqa, return_lse=True)
+    out, aux = kernel(
+        q, k, v, block_mask=block_mask, enable_gqa=gqa, return_aux=AuxRequest(lse=True)
+    )
+    lse = aux.lse  # (B, H, T), natural log
     # The real keys keep exp(lse) / (exp(lse) + exp(sink)) of the mass: sigmoid(lse - sink).
     kept = torch.sigmoid(lse.float() - sinks.float().view(1, -1, 1))  # (B, H, T)
     return (out.float() * kept[..., None]).to(q.dtype)
