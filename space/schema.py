@@ -342,8 +342,9 @@ class SweepConfig(_Section):
 def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]) -> list:
     problems = []
     for e in err.errors():
-        loc = [prefix, *[str(p) for p in e["loc"]]]
-        path = ".".join(p for p in loc if p)
+        path = prefix
+        for part in e["loc"]:  # list items as [i], like every other path we report
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
         if e["type"] == "extra_forbidden":
             fields = _fields_at(model, e["loc"][:-1])
             msg = f"unknown key; expected one of {fields}" if fields else "unknown key"
@@ -359,6 +360,8 @@ def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     current: Any = model
     for part in loc:
+        if isinstance(part, int):  # an item of a list section (train.stages[1])
+            continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
