@@ -199,7 +199,8 @@ def _with_sink_key(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor) -> tuple[Tens
 
     ``q``: (B, H', L, D); ``k, v``: (B, H', S, D); ``sinks``: (H',). Query dim D is 1, real keys' is 0, so real
     scores are unchanged; the sink key is 0 except ``sink / scale`` there, so with SDPA's
-    ``scale = 1/sqrt(D)`` its score is the sink logit; its value is 0.
+    ``scale = 1/sqrt(D)`` its score is the sink logit; its value is 0. Values carry the extra
+    dimension as well (0 everywhere): callers keep the first D output dimensions.
     """
     batch, heads, length, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim)
@@ -208,7 +209,9 @@ def _with_sink_key(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor) -> tuple[Tens
     sink = (sinks.to(k.dtype) / scale).view(1, heads, 1, 1).expand(batch, heads, 1, 1)
     sink_key = torch.cat([k.new_zeros(batch, heads, 1, head_dim), sink], dim=-1)
     k1 = torch.cat([sink_key, k1], dim=2)  # (B, H', 1 + S, D + 1)
-    v1 = torch.cat([v.new_zeros(batch, heads, 1, head_dim), v], dim=2)
+    # Values get the extra dimension too (zeros; the output's is dropped): with a value head
+    # size unlike the queries', SDPA on CPU leaves its fused kernel for the T x T math path.
+    v1 = F.pad(torch.cat([v.new_zeros(batch, heads, 1, head_dim), v], dim=2), (0, 1))
     return q1, k1, v1, scale
 
 
@@ -223,7 +226,8 @@ def _causal(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor | None) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     q1, k1, v1, scale = _with_sink_key(q, k, v, sinks)
     q1 = torch.cat([q1.new_zeros(q1.shape[0], q1.shape[1], 1, q1.shape[3]), q1], dim=2)
-    return F.scaled_dot_product_attention(q1, k1, v1, is_causal=True, scale=scale)[:, :, 1:]
+    out = F.scaled_dot_product_attention(q1, k1, v1, is_causal=True, scale=scale)
+    return out[:, :, 1:, : q.shape[-1]]
 
 
 def _blocks(x: Tensor, width: int) -> tuple[Tensor, int]:
@@ -307,6 +311,7 @@ def _sliding(q: Tensor, k: Tensor, v: Tensor, w: int, sinks: Tensor | None) -> T
         q1, k1, v1, scale = _with_sink_key(q_rest, k_rest, v_rest, block_sinks)
         band = torch.cat([band.new_ones(w, 1), band], dim=1)  # (W, 1 + 2W)
         rest = F.scaled_dot_product_attention(q1, k1, v1, attn_mask=band, scale=scale)
+        rest = rest[..., :head_dim]
     rest = rest.reshape(batch, n_heads, (n_blocks - 1) * w, head_dim)
     return torch.cat([first, rest], dim=2)[:, :, :seq_len]
 
