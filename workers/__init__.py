@@ -23,7 +23,7 @@ from workers.scores import (
 )
 from workers.tasks import SEGMENTS, TASKS, Example, render, task_params
 from workers.tokens import VOCAB_SIZE
-from workers.train import TrainOutcome, TrainSettings, train
+from workers.train import StageSettings, TrainOutcome, TrainSettings, train
 
 __all__ = [
     "BACKENDS",
@@ -36,6 +36,7 @@ __all__ = [
     "Example",
     "HybridTransformer",
     "NiahResult",
+    "StageSettings",
     "TrainOutcome",
     "TrainSettings",
     "acc_at",
