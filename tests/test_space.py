@@ -741,3 +741,19 @@ def test_cli_space_json_shows_new_knobs_and_stages(tmp_path):
     assert {x["attention_sink"] for x in data["presets"]["gptoss_like"]["layers"]} == {"learned"}
     text = _ropenope("space", str(path)).stdout
     assert "chunk 64" in text and "stage 2" in text and "scored with RoPE scaling yarn x4" in text
+
+
+def test_config_knobs_and_extension_configs_validate():
+    knobs = load_config(REPO / "configs" / "knobs.yaml")
+    names = {name: knobs.preset_candidate(name).name for name in knobs.presets}
+    assert names["llama4_like"] == "L4 3:1 rope1e4 chunk32/nope temp qk:none"
+    assert names["gptoss_like"] == "L4 1:1 rope1e4 swa32 sink/rope1e4 sink qk:none"
+    # the demo's rope and rnope_swa: the same candidates, the same budget as configs/demo.yaml
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    for name in ("rope", "rnope_swa"):
+        assert knobs.preset_candidate(name).id == demo.preset_candidate(name).id
+    assert knobs.train.model_dump() == demo.train.model_dump()
+    extension = load_config(REPO / "configs" / "extension.yaml")
+    rope = extension.preset_candidate("rope")
+    assert rope.multi_stage and rope.final_layers[0].rope_base == 1e6
+    assert extension.train.total_steps == 1000 and extension.score.after_each_stage
