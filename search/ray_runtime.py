@@ -23,8 +23,9 @@ from workers.trial import EVALS_KEY
 
 
 def evals_per_seed(config: SweepConfig) -> int:
-    steps, every = config.train.total_steps, config.train.eval_every
-    return steps // every + (1 if steps % every else 0)
+    """Evaluations one seed's training reports (every eval_every steps and at each stage's
+    end): the scheduler's time axis."""
+    return len(config.train.eval_steps())
 
 
 class _NoTunerRestoreHint(logging.Filter):

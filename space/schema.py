@@ -26,6 +26,7 @@ from space.expand import Candidate, build_candidate
 from space.hypotheses import Hypothesis
 from space.hypothesis_files import check_hypotheses, sweep_hypotheses
 from space.knobs import (
+    KNOB_DEFAULTS,
     KNOB_NAMES,
     KnobSpec,
     check_value,
@@ -47,6 +48,15 @@ from space.names import (
     split_task_score,
 )
 from space.presets import BUILTIN_PRESETS
+from space.stages import (
+    LAYOUT_KNOBS,
+    SHAPE_KNOBS,
+    StagePlan,
+    describe_layout_change,
+    eval_steps,
+    layout_changes,
+    layout_knob_values,
+)
 from space.tasks import min_length, task_params
 from space.vocab import BYTES, Vocabulary, subword_vocabulary, tokenizer_file_text_size
 from space.yaml_io import echo, parse_yaml, read_yaml_file
@@ -187,6 +197,20 @@ class ModelSection(_Section):
     vocab_size: int | None = Field(default=None, ge=2, le=MAX_VOCAB)  # None = the byte vocabulary
 
 
+class StageSection(_Section):
+    """One entry of ``train.stages``; what it leaves out comes from the train section."""
+
+    steps: int = Field(ge=1)
+    seq_len: int | None = Field(default=None, ge=8)
+    batch_size: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    warmup_steps: int | None = Field(default=None, ge=0)
+    min_lr_ratio: float | None = Field(default=None, ge=0, le=1)
+    task_mix: dict[TaskName, float] | None = None
+    lm_fraction: float | None = Field(default=None, ge=0, le=1)
+    knobs: dict[str, Any] = Field(default_factory=dict)  # overrides, stage 2 on
+
+
 class TrainSection(_Section):
     seq_len: int = Field(ge=8, le=MAX_TOKENS_PER_SEQUENCE)
     batch_size: int = Field(ge=1, le=MAX_BATCH)
@@ -212,12 +236,47 @@ class TrainSection(_Section):
     threads: int | None = Field(
         default=None, ge=1, le=MAX_CPUS
     )  # torch threads; None = CPUs given to the trial
+    # Several stages in one trial (e.g. a short stage, then a long one with a larger RoPE
+    # base); empty: the fields above are the one stage.
+    stages: tuple[StageSection, ...] = ()
 
     @property
     def total_steps(self) -> int:
+        """Optimizer steps over every stage."""
+        if self.stages:
+            return sum(stage.steps for stage in self.stages)
         if self.steps is not None:
             return self.steps
         return max(1, self.tokens // (self.batch_size * self.seq_len))
+
+    def stage_plans(self) -> tuple[StagePlan, ...]:
+        """Every stage with its settings resolved; one stage when ``stages`` is not given."""
+        if not self.stages:
+            return (self._plan(StageSection(steps=self.total_steps)),)
+        return tuple(self._plan(stage) for stage in self.stages)
+
+    def _plan(self, stage: StageSection) -> StagePlan:
+        def pick(name: str) -> Any:
+            own = getattr(stage, name)
+            return getattr(self, name) if own is None else own
+
+        return StagePlan(
+            steps=stage.steps,
+            seq_len=pick("seq_len"),
+            batch_size=pick("batch_size"),
+            lr=pick("lr"),
+            warmup_steps=pick("warmup_steps"),
+            min_lr_ratio=pick("min_lr_ratio"),
+            task_mix=dict(pick("task_mix")),
+            lm_fraction=pick("lm_fraction"),
+            knobs=dict(stage.knobs),
+        )
+
+    def eval_steps(self) -> tuple[int, ...]:
+        """Global steps after which training evaluates (every ``eval_every``, each stage's end)."""
+        return eval_steps(self.stage_plans(), self.eval_every)
+
+    _added_fields = frozenset({"stages"})
 
 
 class BpeSection(_Section):
@@ -306,7 +365,11 @@ class ScoreSection(_Section):
     mass_samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
 
-    _added_fields = frozenset({"tasks", "long_tasks"})
+    # Score after every stage of train.stages too (keys "stage1/short_bpb", ...), not only
+    # after the last one.
+    after_each_stage: bool = False
+
+    _added_fields = frozenset({"tasks", "long_tasks", "after_each_stage"})
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -445,7 +508,8 @@ class SweepConfig(_Section):
         return self.knobs_for({k: v for k, v in values.items() if self.space[k].searched})
 
     def candidate(self, knobs: Mapping[str, Any], path: str = "knobs") -> Candidate:
-        return build_candidate(knobs, self.base_shape(), self.train.seq_len, path)
+        stages = self.train.stage_plans() if self.train.stages else ()
+        return build_candidate(knobs, self.base_shape(), self.train.seq_len, path, stages)
 
     def preset_candidate(self, name: str) -> Candidate:
         return self.candidate(self.presets[name], path=f"presets.{name}")
@@ -467,8 +531,11 @@ class SweepConfig(_Section):
 def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]) -> list:
     problems = []
     for e in err.errors():
-        loc = [prefix, *[str(p) for p in e["loc"] if p != "[key]"]]  # a bad mapping key
-        path = ".".join(p for p in loc if p)
+        path = prefix
+        for part in e["loc"]:  # list items as [i], like every other path we report
+            if part == "[key]":
+                continue  # a bad mapping key: the path names the mapping
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
         if e["type"] == "extra_forbidden":
             fields = _fields_at(model, e["loc"][:-1])
             msg = f"unknown key; expected one of {fields}" if fields else "unknown key"
@@ -489,6 +556,8 @@ def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     current: Any = model
     for part in loc:
+        if isinstance(part, int):  # an item of a list section (train.stages[1])
+            continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
@@ -793,8 +862,15 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
                     "is windowed only past the training length",
                 )
             )
+    _check_rope_knobs(config, problems)
     t = config.train
-    if t.steps is None and t.tokens is None:
+    if t.stages:
+        for name in ("steps", "tokens"):
+            if getattr(t, name) is not None:
+                problems.append(
+                    (f"train.{name}", "with train.stages, each stage gives its own steps")
+                )
+    elif t.steps is None and t.tokens is None:
         problems.append(("train.steps", "give a budget: train.steps or train.tokens"))
     if t.steps is not None and t.tokens is not None:
         problems.append(("train.tokens", "give train.steps or train.tokens, not both"))
@@ -811,6 +887,7 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
             problems.append((f"train.task_params.{task}", str(err)))
     data_ok = _check_data(config, problems)
     _check_tasks(config, problems)
+    _check_stages(config, problems)
     s = config.score
     for field in ("lengths", "extrap", "mass_lengths"):
         values = getattr(s, field)
@@ -869,7 +946,8 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
         return  # no vocabulary, hence no model shape to check candidates against
     # Fixed-only combinations that can never form a model.
     fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
-    if not config.searched:
+    stage_problem = any(p.startswith("train.stages") for p, _ in problems)
+    if not config.searched and not stage_problem:
         try:
             config.candidate(fixed, path="space")
         except InvalidCandidate as err:
@@ -879,8 +957,8 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
     for name, knobs in config.presets.items():
         try:
             config.candidate(knobs, path=f"presets.{name}")
-        except ConfigError as err:
-            problems.extend(err.problems)
+        except ConfigError as err:  # a stage's own problems are reported once, above
+            problems.extend(p for p in err.problems if not p[0].startswith("train.stages"))
         except InvalidCandidate:
             pass  # shown as impossible in `ropenope space`; the trial fails with a reason
     where = f"{config.hypotheses_from}: hypotheses" if config.hypotheses_from else "hypotheses"
@@ -1013,6 +1091,138 @@ def _check_task_objective(config: SweepConfig, path: str, name: str, problems: l
         m = multiple_of(base, prefix)
         if m is not None and m not in s.lengths:
             problems.append((path, f"{name} needs {m} in score.lengths"))
+
+
+def _rotary_problem(fraction: float, head_dim: int) -> str | None:
+    dims = int(head_dim * fraction)
+    if dims >= 2 and dims % 2 == 0:
+        return None
+    return (
+        f"rope_fraction={fraction:g} rotates int({head_dim} x {fraction:g}) = {dims} of "
+        f"head_dim {head_dim} dimensions; RoPE needs an even number >= 2"
+    )
+
+
+def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
+    """Partial rotary against the head size, and a factor wherever a RoPE scaling is set."""
+    m = config.model
+    if m.d_model % m.heads:
+        return
+    head_dim = m.d_model // m.heads
+    spec = config.space.get("rope_fraction")
+    if spec is not None:
+        for value in knob_domain(spec):
+            problem = _rotary_problem(value, head_dim)
+            if problem:
+                problems.append(("space.rope_fraction", problem))
+                break
+    scaling = config.space.get("rope_scaling")
+    if (
+        scaling is not None
+        and "rope_scaling_factor" not in config.space
+        and any(v != "none" for v in knob_domain(scaling))
+    ):
+        problems.append(
+            (
+                "space.rope_scaling_factor",
+                "required when rope_scaling can be linear, ntk or yarn (a factor >= 1)",
+            )
+        )
+
+
+def _check_stages(config: SweepConfig, problems: list) -> None:
+    """``train.stages``: each stage's data fits its length, and its knob overrides are values
+    that keep every weight (a stage may change how layers attend, not which weights exist)."""
+    t = config.train
+    if not t.stages:
+        return
+    plans = t.stage_plans()
+    head_dim = config.model.d_model // config.model.heads
+    if t.stages[0].knobs:
+        problems.append(
+            (
+                "train.stages[0].knobs",
+                "the first stage trains the candidate's own knobs; fix them in space:",
+            )
+        )
+    for i, plan in enumerate(plans):
+        path = f"train.stages[{i}]"
+        if any(v < 0 for v in plan.task_mix.values()):
+            problems.append((f"{path}.task_mix", "mix weights must be >= 0"))
+        if plan.lm_fraction < 1 and not any(v > 0 for v in plan.task_mix.values()):
+            problems.append(
+                (f"{path}.task_mix", "lm_fraction < 1 needs at least one task with weight > 0")
+            )
+        for task in plan.task_mix:
+            try:
+                need = min_length(task, **t.task_params.get(task, {}))
+            except ValueError:
+                continue
+            if need > plan.seq_len + 1:
+                problems.append(
+                    (
+                        f"{path}.seq_len",
+                        f"task {task!r} needs at least {need} tokens; seq_len={plan.seq_len}",
+                    )
+                )
+        if i == 0:
+            continue
+        for name, value in plan.knobs.items():
+            where = f"{path}.knobs.{name}"
+            if name not in KNOB_NAMES:
+                problems.append((where, f"unknown knob; expected one of {list(KNOB_NAMES)}"))
+            elif isinstance(value, Mapping):
+                problems.append((where, "a stage fixes knob values; search them in space:"))
+            elif name in SHAPE_KNOBS:
+                problems.append((where, "a stage cannot change parameter shapes"))
+            else:
+                try:
+                    checked = check_value(name, value, where)
+                except ConfigError as err:
+                    problems.extend(err.problems)
+                    continue
+                if name == "rope_fraction" and (problem := _rotary_problem(checked, head_dim)):
+                    problems.append((where, problem))
+    if any(p.startswith("train.stages") for p, _ in problems):
+        return
+    _check_stage_layouts(config, plans, problems)
+
+
+def _check_stage_layouts(config: SweepConfig, plans: tuple[StagePlan, ...], problems: list) -> None:
+    """No override may add or drop QK-norm weights or sink logits on any layer, for any
+    candidate the space or a preset can make (the candidate's own check is the backstop)."""
+    n_layers = config.model.layers
+    domains: dict[str, tuple[Any, ...]] = {}
+    for name in LAYOUT_KNOBS:
+        spec = config.space.get(name)
+        values = knob_domain(spec) if spec is not None else ()
+        if spec is None or spec.when:  # inactive conditional knobs keep their default
+            values = (*values, KNOB_DEFAULTS[name])
+        domains[name] = tuple(dict.fromkeys(values))
+    bases = [{**KNOB_DEFAULTS, **combo} for combo in layout_knob_values(domains) or []]
+    bases += [{**KNOB_DEFAULTS, **knobs} for knobs in config.presets.values()]
+    overrides: dict[str, Any] = {}
+    for i, plan in enumerate(plans[1:], start=1):
+        overrides.update(plan.knobs)
+        if not set(overrides) & set(LAYOUT_KNOBS):
+            continue
+        for base in bases:
+            try:
+                changed = layout_changes(base, overrides, n_layers)
+            except ValueError:  # a preset with a malformed value: reported on its own
+                continue
+            if changed:
+                key = changed[0]
+                where = f"train.stages[{i}].knobs" + ("" if key == "*" else f".{key}")
+                layout = ", ".join(f"{k}={base[k]}" for k in LAYOUT_KNOBS)
+                problems.append(
+                    (
+                        where,
+                        "changes parameter shapes, so the weights cannot carry over: with "
+                        f"{layout}, {describe_layout_change(base, overrides, n_layers)}",
+                    )
+                )
+                break
 
 
 def load_config(path: str | Path) -> SweepConfig:

@@ -296,9 +296,9 @@ def test_hf_tokenizer_round_trips_text_and_control_tokens(tmp_path):
         assert ids == tokens.encode(text).tolist()  # exactly the training encoding
         assert tok.decode(ids) == text
     # control tokens: by id, shown by name, parsed back from a trusted string
-    ids = [DOC, *b"key ", NEEDLE_OPEN, *b"4213", NEEDLE_CLOSE, 261, PAD]
+    ids = [DOC, *b"key ", NEEDLE_OPEN, *b"4213", NEEDLE_CLOSE, 261, 263, PAD]
     shown = tok.decode(ids)
-    assert shown == tokens.decode(ids) == "<DOC>key <OPEN>4213<CLOSE><T261><PAD>"
+    assert shown == tokens.decode(ids) == "<DOC>key <OPEN>4213<CLOSE><SEP><T263><PAD>"
     assert tok(shown, split_special_tokens=False)["input_ids"] == ids
     assert tok.convert_tokens_to_ids(["<DOC>", "<OPEN>", "<CLOSE>"]) == [
         DOC,

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm
+from space.layers import (
+    AttentionSink,
+    LayerKind,
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    WindowKind,
+)
+from workers.attention import window_mask
 from workers.scores import (
     NiahResult,
     acc_at,
@@ -266,6 +276,37 @@ def test_attention_flops_per_token_hand_built_layouts():
         shape, FULL, 131072
     )
     assert 0.25 < ratio < 0.26
+
+
+CHUNKED = [replace(spec, window_kind=WindowKind.CHUNKED) for spec in WINDOWED]
+
+
+def test_kv_cache_bytes_chunked_and_sink_layers():
+    ctx = 131072
+    # a chunked layer holds at most its chunk (the one being filled): as much as a window
+    assert kv_cache_bytes(_shape(), CHUNKED, ctx) == kv_cache_bytes(_shape(), WINDOWED, ctx)
+    assert kv_cache_bytes(_shape(), CHUNKED, 10) == kv_cache_bytes(_shape(), WINDOWED, 10)
+    # sink logits are parameters, not cache
+    sinks = [replace(spec, attention_sink=AttentionSink.LEARNED) for spec in MIXED]
+    assert kv_cache_bytes(_shape(), sinks, ctx) == kv_cache_bytes(_shape(), MIXED, ctx)
+
+
+def test_attention_flops_per_token_chunked_counts_the_visible_keys_of_the_mask():
+    shape = _shape()
+    # chunks of 2 over 5 tokens: 1, 2, 1, 2, 1 keys -> mean 1.4
+    c2 = [replace(_spec(0, LayerKind.LOCAL, Position.ROPE, 2), window_kind=WindowKind.CHUNKED)]
+    assert attention_flops_per_token(shape, c2, 5) == pytest.approx(4 * 4 * 32 * 1.4)
+    for n in (1, 63, 64, 65, 300):
+        # the reference: keys each query sees in the mask the kernels use
+        keys = float(window_mask(n, 64, window_kind=WindowKind.CHUNKED).sum())
+        assert attention_flops_per_token(shape, CHUNKED, n) == pytest.approx(
+            4 * (4 * 4 * 32) * keys / n
+        )
+    # long context: chunks cost about half a sliding window of the same size
+    ratio = attention_flops_per_token(shape, CHUNKED, 131072) / attention_flops_per_token(
+        shape, WINDOWED, 131072
+    )
+    assert 0.5 < ratio < 0.51
 
 
 # --------------------------------------------------------------------------- attention mass

@@ -64,6 +64,7 @@ _EXPORTS = {
     "render": "workers.tasks",
     "task_params": "workers.tasks",
     "VOCAB_SIZE": "workers.tokens",
+    "StageSettings": "workers.train",
     "TrainOutcome": "workers.train",
     "TrainSettings": "workers.train",
     "train": "workers.train",

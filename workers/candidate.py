@@ -1,9 +1,12 @@
 """Train and score one candidate: the whole per-trial pipeline, with no Ray and no MLflow.
 
 ``run_candidate`` builds the model from the candidate's layer specs, trains it
-on the configured data and task mix, then computes every score of DESIGN §5 and
-writes the artifacts (resolved candidate, NIAH heatmap, attention-mass charts,
-loss curves, scores.json) to ``out_dir``.
+on the configured data and task mix (stage after stage when ``train.stages`` has
+several, switching the layers a stage's knob overrides change), then computes every
+score of DESIGN §5 and writes the artifacts (resolved candidate, NIAH heatmap,
+attention-mass charts, loss curves, scores.json) to ``out_dir``. With
+``score.after_each_stage`` the stages before the last are scored too, their scores
+keyed ``stage1/short_bpb``, ... and their charts in ``out_dir/stage1/``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import yaml
 
 from space.expand import Candidate
+from space.layers import LayerSpec
 from space.names import (
     ACC_AT_T,
     ATTN_FLOPS_PER_TOKEN,
@@ -46,7 +50,7 @@ from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_a
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
 from workers.tasks import render, task_params
-from workers.train import TrainSettings, seed_everything, train
+from workers.train import StageSettings, TrainSettings, seed_everything, train
 
 
 def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
@@ -56,8 +60,26 @@ def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
     return torch.device(wanted)
 
 
+def stage_key(stage: int, score: str) -> str:
+    """The key of a score taken after stage ``stage`` (0-based): ``stage1/short_bpb``."""
+    return f"stage{stage + 1}/{score}"
+
+
 def train_settings(config: SweepConfig, seed: int) -> TrainSettings:
     t = config.train
+    stages = ()
+    if t.stages:
+        stages = tuple(
+            StageSettings(
+                steps=p.steps,
+                seq_len=p.seq_len,
+                batch_size=p.batch_size,
+                lr=p.lr,
+                min_lr_ratio=p.min_lr_ratio,
+                warmup_steps=p.warmup_steps,
+            )
+            for p in t.stage_plans()
+        )
     return TrainSettings(
         steps=t.total_steps,
         batch_size=t.batch_size,
@@ -72,6 +94,7 @@ def train_settings(config: SweepConfig, seed: int) -> TrainSettings:
         checkpoint_every=t.checkpoint_every,
         seed=seed,
         compile=t.compile,
+        stages=stages,
     )
 
 
@@ -114,7 +137,9 @@ def run_candidate(
     tokenizer, vocab = data.tokenizer, data.vocab
     t = config.train
     settings = train_settings(config, seed)
-    params = {task: task_params(task, **t.task_params.get(task, {})) for task in t.task_mix}
+    plans = t.stage_plans()
+    tasks = {task for plan in plans for task in plan.task_mix}
+    params = {task: task_params(task, **t.task_params.get(task, {})) for task in tasks}
 
     write_atomic(
         out_dir / CANDIDATE_FILE,
@@ -122,25 +147,26 @@ def run_candidate(
     )
     model = build_model(candidate, seed)
 
-    def next_batch(rng: np.random.Generator):
+    def next_batch(rng: np.random.Generator, stage: int):
+        plan = plans[stage]
         return make_batch(
             data.train,
             rng,
-            t.batch_size,
-            t.seq_len,
-            t.task_mix,
-            t.lm_fraction,
+            plan.batch_size,
+            plan.seq_len,
+            plan.task_mix,
+            plan.lm_fraction,
             t.filler_weight,
             t.answer_weight,
             task_params=params,
             tokenizer=tokenizer,
         )
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+    def evaluate(m: torch.nn.Module, stage: int) -> dict[str, float]:
         bpb = scores.bits_per_byte(
             m,
             data.val,
-            t.seq_len,
+            plans[stage].seq_len,
             n_windows=t.eval_windows,
             batch_size=8,
             device=dev,
@@ -148,6 +174,21 @@ def run_candidate(
             doc=vocab.doc,
         )
         return {VAL_BPB: bpb}
+
+    def begin_stage(stage: int) -> None:
+        if candidate.stages:
+            model.set_layers(candidate.stages[stage].layers)
+
+    def score_stage(stage: int, m: torch.nn.Module) -> dict[str, float]:
+        """Every score of the model as it is after ``stage``, keyed ``stage<n>/...``."""
+        folder = out_dir / f"stage{stage + 1}"
+        folder.mkdir(exist_ok=True)
+        interim = CandidateResult(status=RunStatus.COMPLETE, reason=None, seed=seed)
+        layers = candidate.stages[stage].layers
+        got = score_model(m, config, candidate, data, dev, interim, folder, layers=layers)
+        return {stage_key(stage, k): v for k, v in got.items()}
+
+    per_stage = config.score.after_each_stage and candidate.multi_stage
 
     outcome = train(
         model,
@@ -159,6 +200,8 @@ def run_candidate(
         on_step=on_step,
         checkpoint_path=out_dir / CHECKPOINT_FILE,
         resume=resume,
+        begin_stage=begin_stage,
+        between_stages=score_stage if per_stage else None,
     )
     result = CandidateResult(
         status=outcome.status,
@@ -174,19 +217,20 @@ def run_candidate(
             "description": handle.description,
         },
     )
+    served = candidate.final_layers  # the layers the last stage trained and scoring uses
     cost = {
         PARAMS: float(model.num_parameters()),
         KV_CACHE_BYTES: float(
             scores.kv_cache_bytes(
                 candidate.shape,
-                candidate.layers,
+                served,
                 config.score.kv_context_tokens,
                 config.score.kv_dtype_bytes,
             )
         ),
         ATTN_FLOPS_PER_TOKEN: float(
             scores.attention_flops_per_token(
-                candidate.shape, candidate.layers, config.score.kv_context_tokens
+                candidate.shape, served, config.score.kv_context_tokens
             )
         ),
         TOKENS_PER_S: outcome.tokens_per_s,
@@ -202,9 +246,15 @@ def run_candidate(
         result.artifacts["loss_curves.png"] = plots.plot_loss_curves(
             outcome.history, out_dir / "loss_curves.png"
         )
+    for _, stage_scores in sorted(outcome.stage_results.items()):
+        result.scores.update(stage_scores)
     if outcome.status == RunStatus.COMPLETE:
         model.eval()
-        result.scores.update(score_model(model, config, candidate, data, dev, result, out_dir))
+        final = score_model(model, config, candidate, data, dev, result, out_dir)
+        result.scores.update(final)
+        if per_stage:  # the last stage's scores under its key too, for tables across stages
+            last = len(candidate.stages) - 1
+            result.scores.update({stage_key(last, k): v for k, v in final.items()})
     write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), indent=2, default=str))
     result.artifacts[SCORES_FILE] = out_dir / SCORES_FILE
     return result
@@ -219,14 +269,20 @@ def score_model(
     dev: torch.device,
     result: CandidateResult,
     out_dir: Path,
+    layers: tuple[LayerSpec, ...] | None = None,
 ) -> dict[str, float]:
     """Every score of a trained model (DESIGN §5); fills ``result`` niah/mass/artifacts.
 
     Each scored task family gets its grid and ``<task>/...`` scores; the bare names
     (``acc@Nx``, ``answer_nll@Nx`` ...) are the primary family's, and ``long_acc`` /
     ``long_answer_nll`` the mean over ``score.long_tasks``.
+
+    ``layers`` are the specs the model runs with (default: the candidate's last stage's),
+    for the per-layer attention mass. Lengths are multiples of ``train.seq_len`` in every
+    stage, so scores of stages and candidates compare at the same absolute lengths.
     """
     s, t = config.score, config.train
+    layers = candidate.final_layers if layers is None else layers
     T = t.seq_len
     tokenizer = data.tokenizer
     out: dict[str, float] = {}
@@ -308,7 +364,7 @@ def score_model(
                 )
                 for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
             ]
-            mass[f"{m}x"] = scores.attention_mass(model, examples, candidate.layers, device=dev)
+            mass[f"{m}x"] = scores.attention_mass(model, examples, layers, device=dev)
             name = f"attention_mass@{m}x.png"
             result.artifacts[name] = plots.plot_attention_mass(
                 mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"

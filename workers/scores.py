@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from space.layers import LayerSpec, ModelShape, layer_kind
+from space.layers import LayerSpec, ModelShape, WindowKind, layer_kind
 from workers.tasks import DEPTHLESS_TASKS, SEGMENTS, Example, example_seed, render, segment_labels
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import DOC
@@ -386,7 +386,8 @@ def kv_cache_bytes(
 ) -> int:
     """KV-cache bytes for one sequence of ``context_tokens``: per layer, K and V of
     ``n_kv_heads x head_dim`` for ``min(context_tokens, window_tokens)`` tokens (a
-    full-attention layer keeps the whole context)."""
+    full-attention layer keeps the whole context; a sliding layer its last W tokens; a chunked
+    layer at most W, the chunk being filled). Sink logits are parameters, not cache."""
     per_token = 2 * shape.n_kv_heads * shape.head_dim * dtype_bytes
     return sum(per_token * _kept_tokens(spec, context_tokens) for spec in layers)
 
@@ -403,17 +404,21 @@ def attention_flops_per_token(
     """Attention-score FLOPs per token, averaged over a sequence of ``context_tokens``.
 
     Convention: a multiply-add counts as 2 FLOPs; only ``Q K^T`` and ``A V`` are
-    counted (no projections, softmax or MLP), forward pass, all ``n_heads`` query
-    heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
-    attends to ``min(i + 1, window)`` keys, so per layer and token it costs
-    ``2 * 2 * n_heads * head_dim * mean_i(min(i + 1, window))``.
+    counted (no projections, softmax, sink logits or MLP), forward pass, all ``n_heads``
+    query heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
+    attends to ``min(i + 1, window)`` keys with a sliding window and to ``i mod W + 1`` keys
+    with chunks of W (on average about half a sliding window's), so per layer and token it
+    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``.
     """
     if context_tokens < 1:
         raise ValueError(f"context_tokens must be >= 1, got {context_tokens}")
     per_key = 4 * shape.n_heads * shape.head_dim
     total = 0.0
     for spec in layers:
-        keys = _sum_min_keys(context_tokens, spec.window_tokens) / context_tokens
+        if spec.window_kind is WindowKind.CHUNKED and spec.window_tokens is not None:
+            keys = _sum_chunk_keys(context_tokens, spec.window_tokens) / context_tokens
+        else:
+            keys = _sum_min_keys(context_tokens, spec.window_tokens) / context_tokens
         total += per_key * keys
     return total
 
@@ -423,6 +428,12 @@ def _sum_min_keys(n: int, window: int | None) -> int:
     if window is None or window >= n:
         return n * (n + 1) // 2
     return window * (window + 1) // 2 + (n - window) * window
+
+
+def _sum_chunk_keys(n: int, window: int) -> int:
+    """sum over i in [0, n) of (i mod window) + 1: whole chunks, then the part-filled last."""
+    whole, rest = divmod(n, window)
+    return whole * window * (window + 1) // 2 + rest * (rest + 1) // 2
 
 
 # --------------------------------------------------------------------------- attention mass

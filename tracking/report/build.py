@@ -83,6 +83,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     agg = aggregate(read.records, read.objective_names, read.directions)
     findings, source, plan = judge(agg, config)
     train_len = config.train.seq_len if config is not None else None
+    stages = config.train.stage_plans() if config is not None else ()
     return render_report(
         agg,
         out_dir,
@@ -91,6 +92,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
         findings=findings,
         hypotheses_source=source,
         seed_plan=plan,
+        stages=tuple(stages) if len(stages) > 1 else (),
     )
 
 
@@ -137,6 +139,7 @@ def render_report(
     findings: Sequence[Finding] | None = None,
     hypotheses_source: str = "",
     seed_plan: SeedPlan | None = None,
+    stages: Sequence[Any] = (),
 ) -> dict[str, Path]:
     """Write the report of an aggregate (see :func:`build_report`); without
     ``findings``, the shipped paper hypotheses are judged (by preset name only)."""
@@ -166,6 +169,7 @@ def render_report(
 
     report = ReportInput(
         notes=tuple(saturation_notes(agg)),
+        stages=stages,
         agg=agg,
         study_name=study_name,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

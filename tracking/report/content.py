@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from space.describe import describe_knobs
 from space.presets import DESCRIPTIONS
@@ -143,6 +144,7 @@ class ReportInput:
     stability: Sequence[RankStability] = ()
     seed_plan: SeedPlan | None = None
     notes: Sequence[str] = ()
+    stages: Sequence[Any] = ()  # the sweep's train.stage_plans() when it has several
 
 
 def overview(r: ReportInput) -> str:
@@ -164,7 +166,7 @@ def tally(findings: Sequence[Finding]) -> str:
 def _variants(r: ReportInput) -> tuple[str, ...]:
     out = []
     for c in (*r.agg.candidates, *r.agg.without_complete):
-        sentence = describe_knobs(c.knobs) if c.knobs else "(knobs not recorded)"
+        sentence = describe_knobs(c.knobs, r.stages) if c.knobs else "(knobs not recorded)"
         if c.preset in DESCRIPTIONS:
             sentence = f"{sentence} {DESCRIPTIONS[c.preset]}"
         if c.aliases:
