@@ -173,6 +173,9 @@ class StudySearcher(Searcher):
         self.seeds = [config.train.seed + i for i in range(config.study.repeats)]
         self.eval_metric = config.scheduler.metric
         self.total_steps = config.train.total_steps
+        # Trials run at once; the Ray runtime lowers it when the cluster holds fewer trials
+        # with all their workers (search.ray_runtime.concurrent_trials).
+        self.max_concurrent = config.resources.max_concurrent
         self.live: dict[str, _Live] = {}  # Tune trial id -> trial being trained
         self.waiting: dict[int, _Waiting] = {}  # Optuna number -> trial waiting on a twin
         self.errored: dict[str, _Live] = {}  # Tune reported an error; details follow
@@ -191,7 +194,7 @@ class StudySearcher(Searcher):
     # -- asking ----------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if len(self.live) >= self.config.resources.max_concurrent:
+        if len(self.live) >= self.max_concurrent:
             return None
         if time.monotonic() < self._idle_until:
             return None

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from space.layers import LayerSpec, ModelShape, WindowKind, layer_kind
+from workers.kv_cache import KVCache
+from workers.model import HybridTransformer
 from workers.tasks import DEPTHLESS_TASKS, SEGMENTS, Example, example_seed, render, segment_labels
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import DOC
@@ -158,6 +160,9 @@ def answer_correct(
     examples: Sequence[Example],
     device: str | torch.device = "cpu",
     tokenizer: Tokenizer | None = None,
+    *,
+    kv_cache: bool = True,
+    prefill_chunk_tokens: int | None = None,
 ) -> np.ndarray:
     """(N,) bool: does greedy decoding from each prompt reproduce its answer exactly?
 
@@ -167,23 +172,31 @@ def answer_correct(
     scored; training still teaches the marker). Another tokenization of the same string
     scores the same, so a score means the same under bytes and under BPE.
 
-    Decoding is batched per prompt length, without a KV cache: each step runs the model
-    on the prompt plus the tokens decoded so far, so the model never sees an answer token
+    Decoding is batched per prompt length and greedy: the model never sees an answer token
     it has not produced itself (a model that peeks ahead cannot score). A row is decided
     once its text covers the answer or departs from it; decoding stops when every row
     is decided, or after as many tokens as the answer has bytes.
+
+    With ``kv_cache`` (a ``HybridTransformer``), the prompt is prefilled once, in chunks of
+    ``prefill_chunk_tokens`` (default: :func:`prefill_chunk`), then each answer token is
+    one step against the cache (:class:`Decoder`); without it, or for any other module,
+    every step runs the model on the prompt plus the tokens decoded so far: the reference,
+    which gives the same tokens.
     """
     tokenizer = tokenizer or BYTE_TOKENIZER
     correct = np.zeros(len(examples), dtype=bool)
-    for prompt_len, rows in _by_prompt_len(examples).items():
-        del prompt_len
+    for rows in _by_prompt_len(examples).values():
         expected = [tokenizer.units(examples[r].scored) for r in rows]
         prompts = np.stack([examples[r].prompt.astype(np.int64) for r in rows])
-        seq = torch.from_numpy(prompts).to(device)
+        budget = max(len(e) for e in expected)
+        decoder = Decoder(
+            model, torch.from_numpy(prompts).to(device), budget, kv_cache, prefill_chunk_tokens
+        )
         generated: list[list[int]] = [[] for _ in rows]
         open_rows = set(range(len(rows)))
-        for _ in range(max(len(e) for e in expected)):
-            nxt = _logits(model, seq)[:, -1].argmax(dim=-1)  # (N,)
+        logits = decoder.first()
+        for produced in range(1, budget + 1):
+            nxt = logits.argmax(dim=-1)  # (N,)
             tokens = nxt.tolist()
             for k in list(open_rows):
                 generated[k].append(tokens[k])
@@ -193,10 +206,75 @@ def answer_correct(
                     open_rows.discard(k)
                 elif units != want[: len(units)]:
                     open_rows.discard(k)
-            if not open_rows:
+            if not open_rows or produced == budget:
                 break
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            logits = decoder.next(nxt)
     return correct
+
+
+# Score elements (batch x heads x chunk x keys) one prefill chunk may hold on a path that
+# materialises them (SDPA with a mask on CPU): 2^26 fp32 scores are 256 MiB.
+PREFILL_SCORE_ELEMENTS = 2**26
+
+
+def prefill_chunk(batch: int, heads: int, total_tokens: int) -> int:
+    """Prompt tokens per prefill chunk: as many as keep ``batch x heads x chunk x
+    total_tokens`` attention scores within ``PREFILL_SCORE_ELEMENTS`` (at least 64)."""
+    return max(64, PREFILL_SCORE_ELEMENTS // max(1, batch * heads * total_tokens))
+
+
+class Decoder:
+    """Greedy decoding of a batch of equal-length prompts ``(B, P)`` for up to ``budget``
+    tokens: :meth:`first` gives the logits after the prompt ``(B, vocab)``, :meth:`next`
+    those after one more token per row.
+
+    Cached (``kv_cache`` and a ``HybridTransformer``): the prompt is prefilled once into a
+    ``workers.kv_cache.KVCache`` sized for ``P + budget`` tokens, in chunks, then each
+    token is one ``model.step``. Uncached: the whole sequence is run every time (the
+    reference). Either way an NTK scaling sizes its base for the whole ``P + budget``
+    tokens, so the two paths compute the same thing.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prompts: torch.Tensor,
+        budget: int,
+        kv_cache: bool = True,
+        prefill_chunk_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.seq = prompts
+        self.total = prompts.shape[1] + budget
+        self.hybrid = isinstance(model, HybridTransformer)
+        self.cache: KVCache | None = None
+        self.chunk = prefill_chunk_tokens
+        if kv_cache and self.hybrid:
+            batch = prompts.shape[0]
+            self.cache = model.new_cache(batch, self.total, device=prompts.device)
+            if self.chunk is None:
+                self.chunk = prefill_chunk(batch, model.shape.n_heads, self.total)
+
+    def first(self) -> torch.Tensor:
+        if self.cache is None:
+            return self._whole()
+        logits = None
+        for start in range(0, self.seq.shape[1], self.chunk):
+            part = self.seq[:, start : start + self.chunk]
+            logits = self.model.step(part, self.cache, rope_length=self.total)
+        return logits
+
+    def next(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits after appending ``tokens`` (B,), one per row."""
+        if self.cache is None:
+            self.seq = torch.cat([self.seq, tokens[:, None]], dim=1)
+            return self._whole()
+        return self.model.step(tokens[:, None], self.cache, rope_length=self.total)
+
+    def _whole(self) -> torch.Tensor:
+        if self.hybrid:
+            return self.model(self.seq, rope_length=self.total)[:, -1]
+        return _logits(self.model, self.seq)[:, -1]
 
 
 @torch.no_grad()
@@ -240,8 +318,24 @@ def answer_likelihood(
 
 
 @torch.no_grad()
-def greedy_decode(model: torch.nn.Module, prompts: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """Append ``n_tokens`` greedy tokens to ``prompts`` (B, P) -> (B, n_tokens). No KV cache."""
+def greedy_decode(
+    model: torch.nn.Module, prompts: torch.Tensor, n_tokens: int, *, kv_cache: bool = False
+) -> torch.Tensor:
+    """Append ``n_tokens`` greedy tokens to ``prompts`` (B, P) -> (B, n_tokens).
+
+    Without a KV cache (the default) every step runs the model on the whole sequence, its
+    own length being the one an NTK scaling sizes its base for, as in a Hugging Face forward
+    of that sequence. ``kv_cache``: the :class:`Decoder`'s cached path (NTK sized for
+    ``P + n_tokens``)."""
+    if kv_cache:
+        decoder = Decoder(model, prompts, n_tokens, kv_cache=True)
+        logits, out = decoder.first(), []
+        for i in range(n_tokens):
+            nxt = logits.argmax(dim=-1)
+            out.append(nxt[:, None])
+            if i + 1 < n_tokens:
+                logits = decoder.next(nxt)
+        return torch.cat(out, dim=1)
     seq = prompts
     out = []
     for _ in range(n_tokens):
