@@ -378,6 +378,30 @@ class HybridTransformer(nn.Module):
         of ``workers.attention.BACKENDS``; None picks automatically per layer.
         ``rope_length``: the length an NTK scaling sizes its base for (``rope_cos_sin``).
         """
+        x, attn = self._trunk(idx, return_attn, start_pos, attn_backend, rope_length)
+        logits = self.head(x)  # (B, T, vocab)
+        return (logits, attn) if return_attn else logits
+
+    def features(
+        self, idx: Tensor, *, start_pos: int = 0, rope_length: int | None = None
+    ) -> Tensor:
+        """The final normed hidden states (B, T, C): ``head`` of them are ``forward``'s
+        logits. Scores that need a few positions' logits (or the logits in slices) start
+        here, so a long sequence never holds (T, vocab) at once."""
+        return self._trunk(idx, False, start_pos, None, rope_length)[0]
+
+    def head(self, h: Tensor) -> Tensor:
+        """Logits of hidden states (..., C) -> (..., vocab): the tied embedding."""
+        return F.linear(h, self.embed.weight)
+
+    def _trunk(
+        self,
+        idx: Tensor,
+        return_attn: bool,
+        start_pos: int,
+        attn_backend: str | None,
+        rope_length: int | None,
+    ) -> tuple[Tensor, list[Tensor]]:
         T = idx.shape[1]
         positions = torch.arange(start_pos, start_pos + T, device=idx.device)  # (T,)
         x = self.embed(idx)  # (B, T, C)
@@ -391,8 +415,7 @@ class HybridTransformer(nn.Module):
                 x, probs = block(*args)
             if probs is not None:
                 attn.append(probs)
-        logits = F.linear(self.norm(x), self.embed.weight)  # (B, T, vocab)
-        return (logits, attn) if return_attn else logits
+        return self.norm(x), attn
 
     # -- decoding with a KV cache ------------------------------------------------------------
 
@@ -441,5 +464,5 @@ class HybridTransformer(nn.Module):
             if probs is not None:
                 attn.append(probs)
         cache.length = start + L
-        logits = F.linear(self.norm(x[:, -1]), self.embed.weight)  # (B, vocab)
+        logits = self.head(self.norm(x[:, -1]))  # (B, vocab)
         return (logits, attn) if return_attn else logits

@@ -78,12 +78,8 @@ def bits_per_byte(
                 for s in starts[i : i + batch_size]
             ]
             batch = torch.from_numpy(np.stack(rows)).to(device)
-            logits = _logits(model, batch[:, :-1]).float()[:, 1:]  # skip the DOC-only guess
             targets = batch[:, 2:]
-            nats = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
-            )
-            total_nats += float(nats.double().sum())
+            total_nats += _target_nats(model, batch[:, :-1], targets)
             if count_bytes is None:
                 total_bytes += targets.numel()
             else:
@@ -93,6 +89,32 @@ def bits_per_byte(
     if total_bytes == 0:
         raise ValueError("the scored windows hold no text bytes")
     return total_nats / total_bytes / math.log(2)
+
+
+# Positions whose logits one slice holds when a HybridTransformer is scored (its hidden
+# states are kept, the (T, vocab) logits never at once).
+LOGIT_SLICE_TOKENS = 1024
+
+
+def _target_nats(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Total next-token cross-entropy (nats) of ``targets`` (B, T - 1) given ``inputs``
+    (B, T), the first prediction (from the separator alone) not scored."""
+    if not isinstance(model, HybridTransformer):
+        logits = _logits(model, inputs).float()[:, 1:]
+        nats = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+        )
+        return float(nats.double().sum())
+    hidden = model.features(inputs)[:, 1:]  # (B, T - 1, C)
+    total = 0.0
+    for start in range(0, hidden.shape[1], LOGIT_SLICE_TOKENS):
+        part = slice(start, start + LOGIT_SLICE_TOKENS)
+        logits = model.head(hidden[:, part]).float()
+        nats = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets[:, part].reshape(-1), reduction="none"
+        )
+        total += float(nats.double().sum())
+    return total
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -304,13 +326,16 @@ def answer_likelihood(
             chunk = rows[start : start + batch_size]
             batch = np.stack([examples[r].tokens.astype(np.int64) for r in chunk])
             idx = torch.from_numpy(batch).to(device)
-            logp = torch.log_softmax(_logits(model, idx[:, :-1]).float(), dim=-1)
+            hybrid = isinstance(model, HybridTransformer)
+            # a HybridTransformer: the logits of the answer positions only, never (T, vocab)
+            out = model.features(idx[:, :-1]) if hybrid else _logits(model, idx[:, :-1])
             for k, r in enumerate(chunk):
                 e = examples[r]
                 n = len(e.scored)
                 positions = torch.arange(e.prompt_len - 1, e.prompt_len - 1 + n, device=device)
                 targets = idx[k, positions + 1]
-                row = logp[k, positions]  # (n, V)
+                logits = model.head(out[k, positions]) if hybrid else out[k, positions]
+                row = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
                 token_nll = -row.gather(-1, targets[:, None]).squeeze(-1)
                 nll[r] = float(token_nll.double().sum()) / max(1, len(tokenizer.units(e.scored)))
                 acc[r] = float((row.argmax(dim=-1) == targets).double().mean())
@@ -587,14 +612,37 @@ def attention_mass(
 def _segment_mass(
     model: torch.nn.Module, examples: Sequence[Example], n_layers: int, device: str | torch.device
 ) -> np.ndarray:
-    """(n_layers, n_segments): summed over these examples, averaged over heads."""
-    prompts = np.stack([e.prompt.astype(np.int64) for e in examples])
-    _, attn = model(torch.from_numpy(prompts).to(device), return_attn=True)
-    if len(attn) != n_layers:
-        raise ValueError(f"model returned attention for {len(attn)} layers, specs for {n_layers}")
+    """(n_layers, n_segments): summed over these examples, averaged over heads.
+
+    A ``HybridTransformer`` prefills all but the last prompt token into a KV cache and
+    steps the last one, whose probabilities over the kept keys are all the mass needs:
+    memory linear in the length (a windowed layer's keys beyond its window have none).
+    Any other module returns the full (T, T) maps (``return_attn=True``)."""
+    prompts = torch.from_numpy(np.stack([e.prompt.astype(np.int64) for e in examples]))
+    prompts = prompts.to(device)
     onehot = np.stack([np.eye(len(SEGMENTS))[segment_labels(e)] for e in examples])  # (B, T, S)
+    if isinstance(model, HybridTransformer):
+        batch, length = prompts.shape
+        cache = model.new_cache(batch, length)
+        chunk = prefill_chunk(batch, model.shape.n_heads, length)
+        for start in range(0, length - 1, chunk):
+            model.step(
+                prompts[:, start : min(start + chunk, length - 1)], cache, rope_length=length
+            )
+        _, attn = model.step(prompts[:, -1:], cache, rope_length=length, return_attn=True)
+        rows = [
+            (a[:, :, -1, :].double().mean(dim=1), layer.pos)  # (B, slots), slot positions
+            for a, layer in zip(attn, cache.layers, strict=True)
+        ]
+    else:
+        _, attn = model(prompts, return_attn=True)
+        positions = torch.arange(prompts.shape[1], device=prompts.device)
+        rows = [(a[:, :, -1, :].double().mean(dim=1), positions) for a in attn]  # (B, T)
+    if len(rows) != n_layers:
+        raise ValueError(f"model returned attention for {len(rows)} layers, specs for {n_layers}")
     out = np.zeros((n_layers, len(SEGMENTS)), dtype=np.float64)
-    for k, a in enumerate(attn):
-        last = a[:, :, -1, :].double().mean(dim=1).cpu().numpy()  # (B, T): heads averaged
-        out[k] = np.einsum("bt,bts->s", last, onehot)
+    for k, (weights, pos) in enumerate(rows):
+        held = (pos >= 0).cpu().numpy()
+        last = weights.cpu().numpy()[:, held]  # (B, kept keys)
+        out[k] = np.einsum("bt,bts->s", last, onehot[:, pos.cpu().numpy()[held]])
     return out
