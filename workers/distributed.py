@@ -46,6 +46,14 @@ from torch import nn
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=12)
 
 
+def worker_rows(batch_rows: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``batch_rows`` rows: shares differ by at most one
+    row, the first ``batch_rows mod world_size`` ranks taking one more."""
+    base, extra = divmod(batch_rows, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
 class ParallelKind(StrEnum):
     DDP = "ddp"
     FSDP = "fsdp"
@@ -137,18 +145,20 @@ class DataParallel(Workers):
             ids = [device.index] if device.type == "cuda" else None
             return DistributedDataParallel(model, device_ids=ids)
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         mesh = init_device_mesh(device.type, (self.world_size,))
         for block in getattr(model, "blocks", ()):
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)  # the embedding (tied to the output) and the final norm
+        # Scores call these instead of forward: they gather the root's weights the same way.
+        for method in ("features", "head"):
+            if hasattr(model, method):
+                register_fsdp_forward_method(model, method)
         return model
 
     def rows(self, batch_rows: int) -> slice:
-        base, extra = divmod(batch_rows, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (1 if self.rank < extra else 0))
+        return worker_rows(batch_rows, self.rank, self.world_size)
 
     def gradient_sync(self, wrapped: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         if enabled:
@@ -286,4 +296,4 @@ def _name_keyed(
     return {"state": state, "param_groups": groups}
 
 
-__all__ = ["COLLECTIVE_TIMEOUT", "DataParallel", "ParallelKind", "Workers"]
+__all__ = ["COLLECTIVE_TIMEOUT", "DataParallel", "ParallelKind", "Workers", "worker_rows"]

@@ -234,15 +234,19 @@ def answer_correct(
     return correct
 
 
-# Score elements (batch x heads x chunk x keys) one prefill chunk may hold on a path that
-# materialises them (SDPA with a mask on CPU): 2^26 fp32 scores are 256 MiB.
+# A prompt is prefilled in chunks of at most this many tokens: a chunk's attention scores
+# (batch x heads x chunk x keys, on paths that materialise them, as SDPA with a mask does on
+# CPU) then grow linearly with the keys, never with their square.
+PREFILL_CHUNK_TOKENS = 512
+# ... and fewer when even that many would hold more scores than this (2^26 fp32: 256 MiB).
 PREFILL_SCORE_ELEMENTS = 2**26
 
 
 def prefill_chunk(batch: int, heads: int, total_tokens: int) -> int:
-    """Prompt tokens per prefill chunk: as many as keep ``batch x heads x chunk x
-    total_tokens`` attention scores within ``PREFILL_SCORE_ELEMENTS`` (at least 64)."""
-    return max(64, PREFILL_SCORE_ELEMENTS // max(1, batch * heads * total_tokens))
+    """Prompt tokens per prefill chunk: ``PREFILL_CHUNK_TOKENS``, fewer (down to 32) where
+    ``batch x heads x chunk x total_tokens`` scores would pass ``PREFILL_SCORE_ELEMENTS``."""
+    fit = PREFILL_SCORE_ELEMENTS // max(1, batch * heads * total_tokens)
+    return max(32, min(PREFILL_CHUNK_TOKENS, fit))
 
 
 class Decoder:
