@@ -142,11 +142,16 @@ def compile_model(module: nn.Module) -> nn.Module:
 
 
 def compile_failure(err: BaseException) -> str:
-    """The one-line message of a model that trains eager because it cannot compile."""
-    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    """The one-line message of a model that trains eager because it cannot compile: the
+    error and the one that caused it (what the compiler's backend raised)."""
+    root = err
+    while (getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = getattr(root, "inner_exception", None) or root.__cause__
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    kind = type(err).__name__ if root is err else f"{type(err).__name__}: {type(root).__name__}"
     return (
         f"train.compile: torch.compile cannot compile this model "
-        f"({type(err).__name__}: {first}); training eager"
+        f"({kind}: {lines[0][:300] if lines else ''}); training eager"
     )
 
 
