@@ -7,6 +7,7 @@ local Ray: 2 workers x 1 CPU (gloo), the launching Tune function on no CPU.
   checkpoint (one worker restart, resumed past step 0) and COMPLETEs;
 - an exception in the candidate's code on the workers is a FAIL with its reason, never a
   restart;
+- a trial the scheduler stops is PRUNED and its workers stop, so the next trial runs;
 - the resource check and the number of trials at once count a trial's workers.
 """
 
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from engines import failing_runner, pid_reporting_runner, tiny_config_file
+from engines import failing_runner, handicap_runner, pid_reporting_runner, tiny_config_file
+from optuna.trial import TrialState
 from test_interface import GOLDEN, collect_interface
 
 from search import driver
@@ -140,6 +142,29 @@ def test_workers_per_trial_candidate_error_is_a_fail_with_its_reason(
     (trial,) = optuna.load_study(study_name="twofail", storage=url).get_trials()
     assert trial.user_attrs[ATTR_REASON] == "error: RuntimeError: injected failure"
     assert ATTR_WORKER_RESTARTS not in trial.user_attrs
+
+
+def test_workers_per_trial_scheduler_stop_prunes_and_frees_the_workers(
+    tmp_path, runs_home, ray_local
+):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "twoasha", "trials": 3},
+        presets=["rope", "nope"],  # rope runs first; handicap_runner makes nope look worse
+        scheduler={"kind": "asha", "metric": "val_bpb", "mode": "min", "grace_period": 1},
+        resources={**TWO_WORKERS, "max_concurrent": 1},
+    )
+    summary = driver.submit(
+        path, storage=url, address=ray_local, runner=handicap_runner, progress=False
+    )
+    rope, nope, third = optuna.load_study(study_name="twoasha", storage=url).get_trials()
+    assert rope.state == TrialState.COMPLETE
+    assert nope.state == TrialState.PRUNED and nope.values is None
+    assert list(nope.intermediate_values) == [10]  # stopped at the first rung
+    # the stopped trial's workers let go of both CPUs: the next trial ran to its end
+    assert third.state in (TrialState.COMPLETE, TrialState.PRUNED), third.state
+    assert summary.counts["FAIL"] == 0
 
 
 def _config(tmp_path: Path, **resources) -> object:
