@@ -7,7 +7,7 @@
 What one measurement is: greedy decoding of ``--tokens`` answer tokens from ``--batch``
 needle prompts (the sweep's task, rendered at ``m x T`` tokens from the validation text)
 with the preset's model (random weights: decoding costs the same whatever they learned),
-once through ``workers.scores.Decoder`` with the cache (prefill in chunks, then one step
+once through ``workers.decoding.Decoder`` with the cache (prefill in chunks, then one step
 per token) and once without it (the reference: the whole sequence per token). The scorer
 stops a row once it is decided; this bench always decodes all ``--tokens``, the worst case.
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from space.schema import load_config  # noqa: E402
 from workers.candidate import build_model  # noqa: E402
 from workers.corpus import prepare  # noqa: E402
-from workers.scores import Decoder  # noqa: E402
+from workers.decoding import Decoder  # noqa: E402
 from workers.tasks import render  # noqa: E402
 
 

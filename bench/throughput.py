@@ -14,7 +14,7 @@ for windows) or one forced on every layer; ``flex`` has no backward on CPU.
 MFU = model FLOPs per second / peak FLOPs per second. Model FLOPs per training token:
 6 x the weights a token multiplies by (every matrix; the tied embedding once, as the
 output head) + 3 x the attention score FLOPs of the candidate's layers at this length
-(``workers.scores.attention_flops_per_token``: windows and chunks count only the keys they
+(``workers.serving_cost.attention_flops_per_token``: windows and chunks count only the keys they
 see). Peak: on CUDA the device's dense bf16 tensor-core peak from its data sheet (or
 ``--peak-tflops``); on CPU a measured one, the best of a few square matmuls of the
 precision's dtype on the same threads. Peak memory as in bench/attention.py.
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _training_speed import MIB, measure  # noqa: E402
 
 from space.schema import load_config  # noqa: E402
-from workers.scores import attention_flops_per_token  # noqa: E402
+from workers.serving_cost import attention_flops_per_token  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets.
 CUDA_BF16_PEAK_TFLOPS = {

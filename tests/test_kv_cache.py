@@ -19,16 +19,13 @@ from test_attention import PeakLiveBytes
 from space.layers import WindowKind
 from space.presets import BUILTIN_PRESETS
 from space.schema import load_config_text
+from workers.attention_mass import attention_mass
 from workers.corpus import prepare
+from workers.decoding import Decoder, greedy_decode
 from workers.kv_cache import LayerCache
 from workers.model import HybridTransformer
-from workers.scores import (
-    Decoder,
-    answer_correct,
-    attention_mass,
-    greedy_decode,
-    kv_cache_bytes,
-)
+from workers.scores import answer_correct
+from workers.serving_cost import kv_cache_bytes
 from workers.tasks import Example, render
 
 EXTRA_PRESETS = [

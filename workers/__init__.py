@@ -6,7 +6,7 @@ once per sweep); export a trained one as a Hugging Face folder (``hf_export``; t
 stock class that reproduces it is chosen in ``hf_layout``, transformers is imported only
 when exporting). Train one candidate on several processes (``distributed``:
 DDP or FSDP2 through ``torch.distributed``, each worker its share of the global batch) and
-score it by greedy decoding with a KV cache (``kv_cache``, ``scores.Decoder``). Runs
+score it by greedy decoding with a KV cache (``kv_cache``, ``decoding``). Runs
 under plain pytest: no Ray, no MLflow here (the Ray adapter, which also starts a
 trial's Ray Train workers, is ``workers.ray_trainable``, imported only by the sweep
 driver).
@@ -58,15 +58,15 @@ _EXPORTS = {
     "plot_attention_mass": "workers.plots",
     "plot_loss_curves": "workers.plots",
     "plot_niah_heatmap": "workers.plots",
-    "Decoder": "workers.scores",
+    "Decoder": "workers.decoding",
     "NiahResult": "workers.scores",
     "acc_at": "workers.scores",
-    "attention_flops_per_token": "workers.scores",
-    "attention_mass": "workers.scores",
+    "attention_flops_per_token": "workers.serving_cost",
+    "attention_mass": "workers.attention_mass",
     "bits_per_byte": "workers.scores",
-    "kv_cache_bytes": "workers.scores",
+    "kv_cache_bytes": "workers.serving_cost",
     "long_acc": "workers.scores",
-    "greedy_decode": "workers.scores",
+    "greedy_decode": "workers.decoding",
     "niah_grid": "workers.scores",
     "SEGMENTS": "workers.tasks",
     "TASKS": "workers.tasks",

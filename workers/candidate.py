@@ -43,7 +43,7 @@ from space.names import (
 )
 from space.outcomes import RunStatus
 from space.schema import SweepConfig
-from workers import plots, scores
+from workers import attention_mass, plots, scores, serving_cost
 from workers.batches import make_batch
 from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.distributed import Workers
@@ -237,7 +237,7 @@ def run_candidate(
     cost = {
         PARAMS: float(model.num_parameters()),
         KV_CACHE_BYTES: float(
-            scores.kv_cache_bytes(
+            serving_cost.kv_cache_bytes(
                 candidate.shape,
                 served,
                 config.score.kv_context_tokens,
@@ -245,7 +245,7 @@ def run_candidate(
             )
         ),
         ATTN_FLOPS_PER_TOKEN: float(
-            scores.attention_flops_per_token(
+            serving_cost.attention_flops_per_token(
                 candidate.shape, served, config.score.kv_context_tokens
             )
         ),
@@ -380,7 +380,7 @@ def score_model(
                 )
                 for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
             ]
-            mass[f"{m}x"] = scores.attention_mass(model, examples, layers, device=dev)
+            mass[f"{m}x"] = attention_mass.attention_mass(model, examples, layers, device=dev)
             name = f"attention_mass@{m}x.png"
             result.artifacts[name] = plots.plot_attention_mass(
                 mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"

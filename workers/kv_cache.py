@@ -11,7 +11,7 @@ allocated once for the longest sequence the decoding will reach (``max_tokens``)
   the old one slot by slot; the mask hides what is left of it).
 
 So the bytes a candidate holds for a context of ``N`` tokens are
-``workers.scores.kv_cache_bytes`` of its layers at ``N`` exactly (per sequence, at the
+``workers.serving_cost.kv_cache_bytes`` of its layers at ``N`` exactly (per sequence, at the
 cache's element size): :meth:`KVCache.nbytes` measures them. Keys are stored after QK-norm,
 RoPE and everything else a key goes through; the slot order does not matter, since the
 mask is computed from each slot's absolute position (``LayerCache.pos``, -1 when empty).

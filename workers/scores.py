@@ -1,8 +1,11 @@
-"""Scores of one trained candidate: loss, retrieval, serving cost, attention mass.
+"""Scores of one trained candidate: language-modelling loss (bits per byte) and retrieval
+(the needle grid: greedy exact match, answer likelihood).
 
-Every function takes the model as any ``torch.nn.Module`` whose ``model(idx)``
-returns logits ``(B, T, V)`` (and, for :func:`attention_mass`,
-``model(idx, return_attn=True)`` returns ``(logits, [(B, H, T, T) per layer])``).
+Every function takes the model as any ``torch.nn.Module`` whose ``model(idx)`` returns
+logits ``(B, T, V)``; a ``HybridTransformer`` is scored in memory linear in the length.
+Greedy decoding itself (with a KV cache or without) is ``workers.decoding``; the
+attention-mass profile is ``workers.attention_mass``; the serving cost computed from the
+layer layout (KV-cache bytes, attention FLOPs) is ``workers.serving_cost``.
 """
 
 from __future__ import annotations
@@ -15,21 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from space.layers import LayerSpec, ModelShape, WindowKind, layer_kind
-from workers.kv_cache import KVCache
+from workers.decoding import Decoder, model_logits
 from workers.model import HybridTransformer
-from workers.tasks import DEPTHLESS_TASKS, SEGMENTS, Example, example_seed, render, segment_labels
+from workers.tasks import DEPTHLESS_TASKS, Example, example_seed, render
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import DOC
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_SAMPLES = 20
-DEFAULT_KV_CONTEXT_TOKENS = 131072
-
-
-def _logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    out = model(idx)
-    return out[0] if isinstance(out, tuple) else out
 
 
 # --------------------------------------------------------------------------- language modelling
@@ -100,7 +96,7 @@ def _target_nats(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Te
     """Total next-token cross-entropy (nats) of ``targets`` (B, T - 1) given ``inputs``
     (B, T), the first prediction (from the separator alone) not scored."""
     if not isinstance(model, HybridTransformer):
-        logits = _logits(model, inputs).float()[:, 1:]
+        logits = model_logits(model, inputs).float()[:, 1:]
         nats = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
         )
@@ -200,10 +196,10 @@ def answer_correct(
     is decided, or after as many tokens as the answer has bytes.
 
     With ``kv_cache`` (a ``HybridTransformer``), the prompt is prefilled once, in chunks of
-    ``prefill_chunk_tokens`` (default: :func:`prefill_chunk`), then each answer token is
-    one step against the cache (:class:`Decoder`); without it, or for any other module,
-    every step runs the model on the prompt plus the tokens decoded so far: the reference,
-    which gives the same tokens.
+    ``prefill_chunk_tokens`` (default: ``workers.decoding.prefill_chunk``), then each answer
+    token is one step against the cache (``workers.decoding.Decoder``); without it, or for
+    any other module, every step runs the model on the prompt plus the tokens decoded so
+    far: the reference, which gives the same tokens.
     """
     tokenizer = tokenizer or BYTE_TOKENIZER
     correct = np.zeros(len(examples), dtype=bool)
@@ -232,75 +228,6 @@ def answer_correct(
                 break
             logits = decoder.next(nxt)
     return correct
-
-
-# A prompt is prefilled in chunks of at most this many tokens: a chunk's attention scores
-# (batch x heads x chunk x keys, on paths that materialise them, as SDPA with a mask does on
-# CPU) then grow linearly with the keys, never with their square.
-PREFILL_CHUNK_TOKENS = 512
-# ... and fewer when even that many would hold more scores than this (2^26 fp32: 256 MiB).
-PREFILL_SCORE_ELEMENTS = 2**26
-
-
-def prefill_chunk(batch: int, heads: int, total_tokens: int) -> int:
-    """Prompt tokens per prefill chunk: ``PREFILL_CHUNK_TOKENS``, fewer (down to 32) where
-    ``batch x heads x chunk x total_tokens`` scores would pass ``PREFILL_SCORE_ELEMENTS``."""
-    fit = PREFILL_SCORE_ELEMENTS // max(1, batch * heads * total_tokens)
-    return max(32, min(PREFILL_CHUNK_TOKENS, fit))
-
-
-class Decoder:
-    """Greedy decoding of a batch of equal-length prompts ``(B, P)`` for up to ``budget``
-    tokens: :meth:`first` gives the logits after the prompt ``(B, vocab)``, :meth:`next`
-    those after one more token per row.
-
-    Cached (``kv_cache`` and a ``HybridTransformer``): the prompt is prefilled once into a
-    ``workers.kv_cache.KVCache`` sized for ``P + budget`` tokens, in chunks, then each
-    token is one ``model.step``. Uncached: the whole sequence is run every time (the
-    reference). Either way an NTK scaling sizes its base for the whole ``P + budget``
-    tokens, so the two paths compute the same thing.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        prompts: torch.Tensor,
-        budget: int,
-        kv_cache: bool = True,
-        prefill_chunk_tokens: int | None = None,
-    ) -> None:
-        self.model = model
-        self.seq = prompts
-        self.total = prompts.shape[1] + budget
-        self.hybrid = isinstance(model, HybridTransformer)
-        self.cache: KVCache | None = None
-        self.chunk = prefill_chunk_tokens
-        if kv_cache and self.hybrid:
-            batch = prompts.shape[0]
-            self.cache = model.new_cache(batch, self.total, device=prompts.device)
-            if self.chunk is None:
-                self.chunk = prefill_chunk(batch, model.shape.n_heads, self.total)
-
-    def first(self) -> torch.Tensor:
-        if self.cache is None:
-            return self._whole()
-        logits = None
-        for start in range(0, self.seq.shape[1], self.chunk):
-            part = self.seq[:, start : start + self.chunk]
-            logits = self.model.step(part, self.cache, rope_length=self.total)
-        return logits
-
-    def next(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits after appending ``tokens`` (B,), one per row."""
-        if self.cache is None:
-            self.seq = torch.cat([self.seq, tokens[:, None]], dim=1)
-            return self._whole()
-        return self.model.step(tokens[:, None], self.cache, rope_length=self.total)
-
-    def _whole(self) -> torch.Tensor:
-        if self.hybrid:
-            return self.model(self.seq, rope_length=self.total)[:, -1]
-        return _logits(self.model, self.seq)[:, -1]
 
 
 @torch.no_grad()
@@ -332,7 +259,7 @@ def answer_likelihood(
             idx = torch.from_numpy(batch).to(device)
             hybrid = isinstance(model, HybridTransformer)
             # a HybridTransformer: the logits of the answer positions only, never (T, vocab)
-            out = model.features(idx[:, :-1]) if hybrid else _logits(model, idx[:, :-1])
+            out = model.features(idx[:, :-1]) if hybrid else model_logits(model, idx[:, :-1])
             for k, r in enumerate(chunk):
                 e = examples[r]
                 n = len(e.scored)
@@ -344,34 +271,6 @@ def answer_likelihood(
                 nll[r] = float(token_nll.double().sum()) / max(1, len(tokenizer.units(e.scored)))
                 acc[r] = float((row.argmax(dim=-1) == targets).double().mean())
     return nll, acc
-
-
-@torch.no_grad()
-def greedy_decode(
-    model: torch.nn.Module, prompts: torch.Tensor, n_tokens: int, *, kv_cache: bool = False
-) -> torch.Tensor:
-    """Append ``n_tokens`` greedy tokens to ``prompts`` (B, P) -> (B, n_tokens).
-
-    Without a KV cache (the default) every step runs the model on the whole sequence, its
-    own length being the one an NTK scaling sizes its base for, as in a Hugging Face forward
-    of that sequence. ``kv_cache``: the :class:`Decoder`'s cached path (NTK sized for
-    ``P + n_tokens``)."""
-    if kv_cache:
-        decoder = Decoder(model, prompts, n_tokens, kv_cache=True)
-        logits, out = decoder.first(), []
-        for i in range(n_tokens):
-            nxt = logits.argmax(dim=-1)
-            out.append(nxt[:, None])
-            if i + 1 < n_tokens:
-                logits = decoder.next(nxt)
-        return torch.cat(out, dim=1)
-    seq = prompts
-    out = []
-    for _ in range(n_tokens):
-        nxt = _logits(model, seq)[:, -1].argmax(dim=-1, keepdim=True)
-        out.append(nxt)
-        seq = torch.cat([seq, nxt], dim=1)
-    return torch.cat(out, dim=1)
 
 
 def grid_depths(task: str, depths: Sequence[float]) -> tuple[float, ...]:
@@ -496,157 +395,3 @@ def token_acc_at(result: NiahResult, length: int) -> float:
 def long_answer_nll(result: NiahResult, train_len: int) -> float:
     """Mean answer NLL over every cell with length > ``train_len``."""
     return _beyond_mean(result, result.answer_nll, train_len, "answer NLL")
-
-
-# --------------------------------------------------------------------------- serving cost
-
-
-def kv_cache_bytes(
-    shape: ModelShape,
-    layers: Sequence[LayerSpec],
-    context_tokens: int = DEFAULT_KV_CONTEXT_TOKENS,
-    dtype_bytes: int = 2,
-) -> int:
-    """KV-cache bytes for one sequence of ``context_tokens``: per layer, K and V of
-    ``n_kv_heads x head_dim`` for ``min(context_tokens, window_tokens)`` tokens (a
-    full-attention layer keeps the whole context; a sliding layer its last W tokens; a chunked
-    layer at most W, the chunk being filled). Sink logits are parameters, not cache."""
-    per_token = 2 * shape.n_kv_heads * shape.head_dim * dtype_bytes
-    return sum(per_token * _kept_tokens(spec, context_tokens) for spec in layers)
-
-
-def _kept_tokens(spec: LayerSpec, context_tokens: int) -> int:
-    if spec.window_tokens is None:
-        return context_tokens
-    return min(context_tokens, spec.window_tokens)
-
-
-def attention_flops_per_token(
-    shape: ModelShape, layers: Sequence[LayerSpec], context_tokens: int
-) -> float:
-    """Attention-score FLOPs per token, averaged over a sequence of ``context_tokens``.
-
-    Convention: a multiply-add counts as 2 FLOPs; only ``Q K^T`` and ``A V`` are
-    counted (no projections, softmax, sink logits or MLP), forward pass, all ``n_heads``
-    query heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
-    attends to ``min(i + 1, window)`` keys with a sliding window and to ``i mod W + 1`` keys
-    with chunks of W (on average about half a sliding window's), so per layer and token it
-    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``.
-    """
-    if context_tokens < 1:
-        raise ValueError(f"context_tokens must be >= 1, got {context_tokens}")
-    per_key = 4 * shape.n_heads * shape.head_dim
-    total = 0.0
-    for spec in layers:
-        if spec.window_kind is WindowKind.CHUNKED and spec.window_tokens is not None:
-            keys = _sum_chunk_keys(context_tokens, spec.window_tokens) / context_tokens
-        else:
-            keys = _sum_min_keys(context_tokens, spec.window_tokens) / context_tokens
-        total += per_key * keys
-    return total
-
-
-def _sum_min_keys(n: int, window: int | None) -> int:
-    """sum over i in [0, n) of min(i + 1, window)."""
-    if window is None or window >= n:
-        return n * (n + 1) // 2
-    return window * (window + 1) // 2 + (n - window) * window
-
-
-def _sum_chunk_keys(n: int, window: int) -> int:
-    """sum over i in [0, n) of (i mod window) + 1: whole chunks, then the part-filled last."""
-    whole, rest = divmod(n, window)
-    return whole * window * (window + 1) // 2 + rest * (rest + 1) // 2
-
-
-# --------------------------------------------------------------------------- attention mass
-
-
-@torch.no_grad()
-def attention_mass(
-    model: torch.nn.Module,
-    examples: Sequence[Example],
-    layers: Sequence[LayerSpec],
-    *,
-    device: str | torch.device = "cpu",
-    batch_size: int = 16,
-) -> dict:
-    """Where the last prompt position looks: fraction of attention on each segment.
-
-    The last prompt position is the one that predicts the first answer token. Its
-    attention probabilities are summed over each segment (Begin / Needle / Context
-    / End, see :mod:`workers.tasks`), then averaged over heads and examples. Result::
-
-        {"segments": [...],
-         "per_layer": [{"index": i, "kind": "local_rope", "begin": .., "needle": ..,
-                        "context": .., "end": ..}, ...],
-         "per_kind": {"local_rope": {"begin": .., ...}, ...}}   # mean over that kind's layers
-
-    Each layer's fractions sum to 1 (up to float error).
-    """
-    if not examples:
-        raise ValueError("attention_mass needs at least one example")
-    sums = np.zeros((len(layers), len(SEGMENTS)), dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        by_len: dict[int, list[Example]] = {}
-        for e in examples:
-            by_len.setdefault(e.prompt_len, []).append(e)
-        for group in by_len.values():
-            for i in range(0, len(group), batch_size):
-                chunk = group[i : i + batch_size]
-                sums += _segment_mass(model, chunk, len(layers), device)
-    finally:
-        model.train(was_training)
-    mean = sums / len(examples)
-
-    per_layer = []
-    for spec, row in zip(layers, mean, strict=True):
-        entry = {"index": spec.index, "kind": layer_kind(spec)}
-        entry.update({s: float(v) for s, v in zip(SEGMENTS, row, strict=True)})
-        per_layer.append(entry)
-    per_kind: dict[str, dict[str, float]] = {}
-    for kind in dict.fromkeys(layer_kind(s) for s in layers):
-        rows = mean[[k for k, s in enumerate(layers) if layer_kind(s) == kind]]
-        per_kind[kind] = {s: float(v) for s, v in zip(SEGMENTS, rows.mean(axis=0), strict=True)}
-    return {"segments": list(SEGMENTS), "per_layer": per_layer, "per_kind": per_kind}
-
-
-def _segment_mass(
-    model: torch.nn.Module, examples: Sequence[Example], n_layers: int, device: str | torch.device
-) -> np.ndarray:
-    """(n_layers, n_segments): summed over these examples, averaged over heads.
-
-    A ``HybridTransformer`` prefills all but the last prompt token into a KV cache and
-    steps the last one, whose probabilities over the kept keys are all the mass needs:
-    memory linear in the length (a windowed layer's keys beyond its window have none).
-    Any other module returns the full (T, T) maps (``return_attn=True``)."""
-    prompts = torch.from_numpy(np.stack([e.prompt.astype(np.int64) for e in examples]))
-    prompts = prompts.to(device)
-    onehot = np.stack([np.eye(len(SEGMENTS))[segment_labels(e)] for e in examples])  # (B, T, S)
-    if isinstance(model, HybridTransformer):
-        batch, length = prompts.shape
-        cache = model.new_cache(batch, length)
-        chunk = prefill_chunk(batch, model.shape.n_heads, length)
-        for start in range(0, length - 1, chunk):
-            model.step(
-                prompts[:, start : min(start + chunk, length - 1)], cache, rope_length=length
-            )
-        _, attn = model.step(prompts[:, -1:], cache, rope_length=length, return_attn=True)
-        rows = [
-            (a[:, :, -1, :].double().mean(dim=1), layer.pos)  # (B, slots), slot positions
-            for a, layer in zip(attn, cache.layers, strict=True)
-        ]
-    else:
-        _, attn = model(prompts, return_attn=True)
-        positions = torch.arange(prompts.shape[1], device=prompts.device)
-        rows = [(a[:, :, -1, :].double().mean(dim=1), positions) for a in attn]  # (B, T)
-    if len(rows) != n_layers:
-        raise ValueError(f"model returned attention for {len(rows)} layers, specs for {n_layers}")
-    out = np.zeros((n_layers, len(SEGMENTS)), dtype=np.float64)
-    for k, (weights, pos) in enumerate(rows):
-        held = (pos >= 0).cpu().numpy()
-        last = weights.cpu().numpy()[:, held]  # (B, kept keys)
-        out[k] = np.einsum("bt,bts->s", last, onehot[:, pos.cpu().numpy()[held]])
-    return out
