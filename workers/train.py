@@ -281,9 +281,11 @@ def train(
         loss_sum, loss_count = state["extra"].get("loss_window", (0.0, 0))
         stage_results = {int(k): v for k, v in state["extra"].get("stage_results", {}).items()}
         resumed_from = step
-    if workers.all_max(float(step)) != -workers.all_max(-float(step)):
+    highest, lowest = workers.all_max(float(step)), -workers.all_max(-float(step))
+    if highest != lowest:  # every worker must continue from the same step
         raise RuntimeError(
-            f"the workers of this run found different checkpoints at {checkpoint_path}: "
+            f"the workers of this run found different checkpoints at {checkpoint_path} "
+            f"(steps {lowest:.0f} to {highest:.0f}): "
             "several workers per trial need the runs folder on storage that every node of "
             "the trial sees"
         )
