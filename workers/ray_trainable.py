@@ -265,6 +265,17 @@ def _raise_worker_failure(err: BaseException) -> None:
     ) from err
 
 
+# How long a stopped trial's Train run may take to end before its channel is closed anyway.
+WIND_DOWN_S = 600.0
+
+
+def _wind_down(fit: threading.Thread, channel: _Channel) -> None:
+    """After the launcher stopped waiting: let a stopped Train run end (its main worker still
+    sends its result through the channel), then free the channel's queues."""
+    fit.join(timeout=WIND_DOWN_S)
+    channel.close()
+
+
 def train_on_workers(
     sweep: SweepConfig,
     candidate: Candidate,
@@ -346,11 +357,18 @@ def train_on_workers(
                 result = payload
         done = True
     finally:
-        if not done:  # Tune stops the trial (or the launcher failed): stop the workers too
+        if done:
+            channel.close()
+        else:  # Tune stops the trial (or the launcher failed): stop the workers too
             with contextlib.suppress(Exception):
                 channel.answers.put(True, timeout=5)
-            thread.join(timeout=10)
-        channel.close()
+            # ... without waiting for them here: Tune gives a stopped trial's thread 2 s
+            # before it reuses the process for the next trial (and fails that one when the
+            # thread is still alive). The Train run ends on its own at the answer, releasing
+            # its workers' resources; the channel stays open until it has.
+            threading.Thread(
+                target=_wind_down, args=(thread, channel), name="ray-train-wind-down", daemon=True
+            ).start()
     if failure:
         _raise_worker_failure(failure[0])
     if result is None:
