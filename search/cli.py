@@ -42,6 +42,11 @@ def _print_sweep_summary(summary) -> None:
     if summary.pareto is not None:
         print()
         print(tracking_cmd.format_pareto(summary.pareto))
+    if summary.seed_plan is not None:
+        from search.seed_rounds import format_decisions
+
+        print()
+        print("\n".join(format_decisions(summary.seed_plan, summary.runs)))
     if summary.ui:
         print()
         print(summary.ui)

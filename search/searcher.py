@@ -10,7 +10,10 @@ one default study name). :class:`StudySearcher`:
   candidate is FAIL ``invalid_candidate``; a candidate already COMPLETE with the same
   budget is COMPLETE again with its values and ``reused_from`` (dedup); one being
   trained right now waits for its twin. The candidate goes to the trial serialised
-  (``Candidate.to_dict``): validated once, here.
+  (``Candidate.to_dict``): validated once, here, with the seeds the trial trains.
+- adaptive seeds (``study.repeats: {min, max}``): once the study holds its target,
+  ``suggest`` starts the trials of seeds the planner asks for, queueing them first
+  (:mod:`search.seed_rounds`), until every hypothesis is settled.
 - every evaluation Tune receives is an Optuna intermediate value (the scheduler
   metric, keyed by training step).
 - at the end, the trainable's last report holds its outcome (``workers.trial``):
@@ -41,10 +44,11 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from search.drivers import DriverRegistry
-from search.optuna_adapter import enqueued_params, storage_trial_id
+from search.optuna_adapter import claim_waiting, enqueued_params, storage_trial_id
 from search.progress import Progress
 from search.restore import find_restore
-from search.signature import budget_key
+from search.seed_rounds import SeedRounds, queued_seed_trials, trial_seeds, unsettled
+from search.signature import budget_key, sweep_seeds
 from search.study import OpenedStudy
 from search.study_view import study_view
 from search.trials import (
@@ -70,6 +74,8 @@ from space.names import (
     ATTR_REASON,
     ATTR_REASON_DETAIL,
     ATTR_REPEATS,
+    ATTR_REQUESTED_FOR,
+    ATTR_REQUESTED_SEEDS,
     ATTR_RERUN_OF,
     ATTR_RESTART_REASON,
     ATTR_RESTORE_FROM,
@@ -119,13 +125,16 @@ class _Ready:
     trial: optuna.Trial
     candidate: Candidate
     restore_from: str | None
+    seeds: tuple[int, ...]
 
 
 @dataclass
 class _Waiting:
     trial: optuna.Trial
     candidate: Candidate
-    twin: int  # the trial number training the same candidate
+    twin: int  # the trial number training the same candidate with the same seeds
+    seeds: tuple[int, ...]
+    budget: str
 
 
 @dataclass
@@ -169,8 +178,9 @@ class StudySearcher(Searcher):
         self.progress = progress
         self.tracking_warned = False
         self.hooks = hooks
-        self.budget = budget_key(config)
-        self.seeds = [config.train.seed + i for i in range(config.study.repeats)]
+        self.seeds = sweep_seeds(config)
+        # Adaptive seeds: the rounds after the target (None for a fixed number of seeds).
+        self.rounds = SeedRounds(self.study, config, progress) if config.study.adaptive else None
         self.eval_metric = config.scheduler.metric
         self.total_steps = config.train.total_steps
         self.live: dict[str, _Live] = {}  # Tune trial id -> trial being trained
@@ -199,6 +209,8 @@ class StudySearcher(Searcher):
         while ready is None:
             trials = self.study.get_trials(deepcopy=False)
             if count_toward_target(trials) >= self.target:
+                if self.rounds is not None:
+                    return self._seed_round(trial_id)
                 if self.waiting:
                     self._idle_until = time.monotonic() + 1.0
                     return None
@@ -206,12 +218,52 @@ class StudySearcher(Searcher):
             ready = self._prepare(self.study.ask())
         return self._launch(trial_id, ready)
 
-    def _base_attrs(self) -> dict[str, Any]:
+    def _seed_round(self, tune_id: str) -> dict[str, Any] | str | None:
+        """Past the target of an adaptive study: start the next queued trial of seeds
+        (queueing the planner's requests when none is queued); FINISHED once every
+        hypothesis is settled and nothing runs; None to wait for running seeds."""
+        assert self.rounds is not None
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            queued = queued_seed_trials(trials)
+            for frozen in queued:
+                trial = claim_waiting(self.study, frozen)
+                if trial is None:
+                    continue  # another driver started it
+                ready = self._prepare(trial)
+                if ready is not None:
+                    return self._launch(tune_id, ready)
+            if queued:
+                continue  # each was started, closed or parked: look at the study again
+            if not self.rounds.queue(trials):
+                break
+        plan = self.rounds.plan(trials)
+        if (
+            self.live
+            or self.waiting
+            or (not plan.done and any(t.state == TrialState.RUNNING for t in trials))
+        ):
+            self._idle_until = time.monotonic() + 1.0
+            return None
+        if not plan.done:
+            waiting = unsettled(plan)
+            why = (
+                "seeds it asked for ended without a result"
+                if self.rounds.stuck
+                else "they wait for seeds no driver trains"
+            )
+            self.progress.note(
+                f"adaptive seeds stop with hypotheses {', '.join(waiting)} open: {why}; "
+                f"`ropenope status {self.study.study_name}` shows where each stands"
+            )
+        return Searcher.FINISHED
+
+    def _base_attrs(self, seeds: tuple[int, ...]) -> dict[str, Any]:
         return {
             ATTR_DRIVER: self.driver_id,
-            ATTR_BUDGET: self.budget,
-            ATTR_SEED: self.seeds[0],
-            ATTR_REPEATS: len(self.seeds),
+            ATTR_BUDGET: budget_key(self.config, seeds),
+            ATTR_SEED: seeds[0],
+            ATTR_REPEATS: len(seeds),
             ATTR_EVAL_METRIC: self.eval_metric,
         }
 
@@ -227,7 +279,9 @@ class StudySearcher(Searcher):
         """Knobs -> candidate for a fresh trial. Returns it when it must be trained;
         closes it (invalid, reused) or parks it (twin running) otherwise."""
         tid = storage_trial_id(trial)
-        set_trial_attrs(self.storage, tid, self._base_attrs())
+        requested = trial.user_attrs.get(ATTR_REQUESTED_SEEDS)
+        seeds = tuple(int(s) for s in requested) if requested else self.seeds
+        set_trial_attrs(self.storage, tid, self._base_attrs(seeds))
         given = trial.user_attrs.get(ATTR_KNOBS)
         knobs: dict[str, Any] = {}
         try:
@@ -254,31 +308,33 @@ class StudySearcher(Searcher):
                 },
             )
             return None
-        set_trial_attrs(
-            self.storage,
-            tid,
-            {
-                ATTR_CANDIDATE_ID: candidate.id,
-                ATTR_CANDIDATE_NAME: candidate.name,
-                ATTR_KNOBS: candidate.knobs,
-            },
-        )
+        tagged = {
+            ATTR_CANDIDATE_ID: candidate.id,
+            ATTR_CANDIDATE_NAME: candidate.name,
+            ATTR_KNOBS: candidate.knobs,
+        }
+        chosen = trial_seeds(self.config, trial.user_attrs, candidate)
+        if chosen != seeds:  # repeats.others: a candidate no hypothesis compares
+            seeds = chosen
+            tagged.update(self._base_attrs(seeds))
+        budget = budget_key(self.config, seeds)
+        set_trial_attrs(self.storage, tid, tagged)
         if self.dedup:
             # Read the study again now that this trial is tagged: a driver tagging the
             # same candidate at this moment then sees this trial, or this trial sees it.
             trials = self.study.get_trials(deepcopy=False)
-            source = find_reusable(trials, candidate.id, self.budget)
+            source = find_reusable(trials, candidate.id, budget)
             if source is not None:
                 self._reuse(trial.number, source)
                 return None
-            twin = find_running_twin(trials, candidate.id, self.budget, trial.number)
+            twin = find_running_twin(trials, candidate.id, budget, trial.number)
             if twin is not None:
-                self.waiting[trial.number] = _Waiting(trial, candidate, twin.number)
+                self.waiting[trial.number] = _Waiting(trial, candidate, twin.number, seeds, budget)
                 self.progress.note(
                     f"#{trial.number} waits for #{twin.number} (same candidate): {candidate.name}"
                 )
                 return None
-        return _Ready(trial, candidate, trial.user_attrs.get(ATTR_RESTORE_FROM))
+        return _Ready(trial, candidate, trial.user_attrs.get(ATTR_RESTORE_FROM), seeds)
 
     def _resolve_waiting(self) -> _Ready | None:
         """Waiting trials whose twin ended: reuse its result, or train them now."""
@@ -291,15 +347,17 @@ class StudySearcher(Searcher):
             if twin is not None and twin.state == TrialState.RUNNING:
                 continue
             del self.waiting[number]
-            source = find_reusable(trials, w.candidate.id, self.budget)
+            source = find_reusable(trials, w.candidate.id, w.budget)
             if source is not None:
                 self._reuse(number, source)
                 continue
-            other = find_running_twin(trials, w.candidate.id, self.budget, number)
+            other = find_running_twin(trials, w.candidate.id, w.budget, number)
             if other is not None:
-                self.waiting[number] = _Waiting(w.trial, w.candidate, other.number)
+                self.waiting[number] = _Waiting(
+                    w.trial, w.candidate, other.number, w.seeds, w.budget
+                )
                 continue
-            return _Ready(w.trial, w.candidate, w.trial.user_attrs.get(ATTR_RESTORE_FROM))
+            return _Ready(w.trial, w.candidate, w.trial.user_attrs.get(ATTR_RESTORE_FROM), w.seeds)
         return None
 
     def _reuse(self, number: int, source: FrozenTrial) -> None:
@@ -342,7 +400,7 @@ class StudySearcher(Searcher):
             "optuna_trial": number,
             "study": self.study.study_name,
             "candidate": ready.candidate.to_dict(),
-            "seeds": list(self.seeds),
+            "seeds": list(ready.seeds),
             "trial_dir": str(trial_dir),
             "restore_from": ready.restore_from,
         }
@@ -509,6 +567,9 @@ class StudySearcher(Searcher):
 def describe_source(attrs: Mapping[str, Any]) -> str:
     if ATTR_RERUN_OF in attrs:
         return f"re-run of #{attrs['rerun_of']}"
+    if ATTR_REQUESTED_FOR in attrs:
+        seeds = ", ".join(str(s) for s in attrs.get(ATTR_REQUESTED_SEEDS) or ())
+        return f"seeds {seeds} for {', '.join(attrs[ATTR_REQUESTED_FOR])}"
     if ATTR_PRESET in attrs:
         return f"preset {attrs[ATTR_PRESET]}"
     return "sampled"

@@ -122,6 +122,9 @@ class StudySection(_Section):
     # ``repeats: {min, max}`` in YAML: ``repeats`` is the min, this the max; adaptive
     # seeds then add rounds up to it only where a hypothesis is still undecided.
     repeats_max: int | None = Field(default=None, ge=1, le=MAX_REPEATS)
+    # ``repeats: {min, max, others}``: seeds of a candidate no hypothesis compares (None:
+    # ``repeats``, like every other candidate).
+    repeats_others: int | None = Field(default=None, ge=1, le=MAX_REPEATS)
 
     @field_validator("name")
     @classmethod
@@ -139,6 +142,11 @@ class StudySection(_Section):
     def adaptive(self) -> bool:
         """Seeds beyond ``repeats`` go only where a hypothesis is still undecided."""
         return self.max_repeats > self.repeats
+
+    @property
+    def others_repeats(self) -> int:
+        """Seeds of a candidate that no hypothesis compares (``repeats: {others: n}``)."""
+        return self.repeats if self.repeats_others is None else self.repeats_others
 
     @property
     def looks(self) -> int:
@@ -458,18 +466,20 @@ def parse_config(
 
 
 def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
-    """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8``; a plain integer
-    stays as it is (every candidate gets that many seeds)."""
+    """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8`` (and ``others: 1``
+    -> ``repeats_others: 1``); a plain integer stays as it is (every candidate gets that
+    many seeds)."""
     out = dict(study)
-    if out.get("repeats_max") is not None:  # null: a dumped config read back
-        problems.append(("study.repeats_max", "unknown key; write repeats: {min: 2, max: 8}"))
-    out.pop("repeats_max", None)
+    for key in ("repeats_max", "repeats_others"):
+        if out.get(key) is not None:  # null: a dumped config read back
+            problems.append((f"study.{key}", "unknown key; write repeats: {min: 2, max: 8}"))
+        out.pop(key, None)
     value = out.get("repeats")
     if not isinstance(value, Mapping):
         return out
-    unknown = sorted(set(value) - {"min", "max"})
+    unknown = sorted(set(value) - {"min", "max", "others"})
     if unknown:
-        problems.append((f"study.repeats.{unknown[0]}", "unknown key; expected min, max"))
+        problems.append((f"study.repeats.{unknown[0]}", "unknown key; expected min, max, others"))
     for key in ("min", "max"):
         v = value.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -486,6 +496,18 @@ def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
             )
         )
     out["repeats"], out["repeats_max"] = value["min"], value["max"]
+    others = value.get("others")
+    if others is not None:
+        if isinstance(others, bool) or not isinstance(others, int) or others < 1:
+            problems.append(
+                ("study.repeats.others", f"expected a whole number >= 1, got {others!r}")
+            )
+        elif others > value["max"]:
+            problems.append(
+                ("study.repeats.others", f"others {others} is above max {value['max']}")
+            )
+        else:
+            out["repeats_others"] = others
     return out
 
 
@@ -785,6 +807,14 @@ def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> Non
             path=where,
         )
     )
+    if config.study.repeats_others is not None and not config.hypotheses:
+        problems.append(
+            (
+                "study.repeats.others",
+                "others sets the seeds of candidates no hypothesis compares: state "
+                "hypotheses (hypotheses: or hypotheses_from:)",
+            )
+        )
     if config.study.adaptive and not config.hypotheses:
         problems.append(
             (
