@@ -34,7 +34,12 @@ from search.signature import stored_config, target_trials
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import load_existing, open_study
 from search.study_view import study_view
-from search.trials import count_toward_target, reconcile_interrupted, requeue_worker_deaths
+from search.trials import (
+    adds_seeds,
+    count_toward_target,
+    reconcile_interrupted,
+    requeue_worker_deaths,
+)
 from space.paths import runs_dir
 from space.schema import SweepConfig, load_config, study_name_problem
 from space.secrets import redact_url
@@ -208,7 +213,9 @@ def run_sweep(
         view = study_view(study)
         summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
         summary.wall_seconds = time.perf_counter() - t_start
-        summary.pareto = pareto_of_study(view)
+        # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
+        first = [t for t in view.trials if not adds_seeds(t)]
+        summary.pareto = pareto_of_study(study_view(study, first))
         summary.ui = ui_hint(config, name)
         if config.study.adaptive:
             summary.seed_plan = plan_for_study(study, config)

@@ -239,7 +239,8 @@ class SeedRounds:
             if plan is None:
                 raise StudyError("adaptive seed rounds need study.repeats: {min, max}")
             self._plan, self._key = plan, key
-            self._say_what_changed(plan)
+            busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+            self._say_what_changed(plan, busy)
         return self._plan
 
     def queue(self, trials: Sequence[FrozenTrial]) -> int:
@@ -264,8 +265,10 @@ class SeedRounds:
     def _pairs(r: SeedRequest) -> set[tuple[str, int]]:
         return {(r.candidate_id, s) for s in r.seeds}
 
-    def _say_what_changed(self, plan: SeedPlan) -> None:
+    def _say_what_changed(self, plan: SeedPlan, busy: bool) -> None:
         for h in plan.hypotheses:
+            if busy and h.state == BLOCKED:
+                continue  # a candidate still training has no completed run yet
             if h.state in _SETTLED and self._states.get(h.name) != h.state:
                 self.progress.note(f"hypothesis {describe_state(h)}")
             self._states[h.name] = h.state
