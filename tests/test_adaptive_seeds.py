@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -217,6 +218,12 @@ def test_queued_seed_trials_link_their_candidate_and_never_count(tmp_path):
     assert trial is not None and trial.number == first.number
     assert claim_waiting(s, first) is None  # already started
     assert [t.number for t in queued_seed_trials(s.get_trials())] == [t.number for t in waiting[1:]]
+    # Seeds that are not consecutive go to one trial per run of them (seed, repeats).
+    gappy = replace(plan.requests[0], seeds=(5, 6, 8))
+    blocks = [b for _, b in queue_requests(s, config, [gappy], s.get_trials())]
+    assert blocks == [(5, 6), (8,)]
+    last = queued_seed_trials(s.get_trials())[-2:]
+    assert [(t.user_attrs[ATTR_SEED], t.user_attrs[ATTR_REPEATS]) for t in last] == [(5, 2), (8, 1)]
 
 
 def test_interrupted_seed_trial_reruns_the_same_seeds_and_is_not_spent(tmp_path):
@@ -368,3 +375,24 @@ def test_adaptive_sweep_killed_between_rounds_resumes_the_same_plan(tmp_path, ru
     assert rerun.user_attrs[ATTR_RESUMED_FROM_STEP] >= 10  # from its checkpoint
     dead = next(t for t in found["trials"] if t.number == killed.number)
     assert dead.user_attrs[ATTR_REASON] == Reason.INTERRUPTED
+
+
+def test_paper_adaptive_is_the_paper_sweep_with_adaptive_seeds():
+    """configs/paper_adaptive.yaml (the README's benchmark) changes only the study name
+    and the seeds: min 3 for the paper's four variants, one for the six ablations."""
+    fixed = load_config(REPO / "configs" / "paper.yaml")
+    adaptive = load_config(REPO / "configs" / "paper_adaptive.yaml")
+    for section in ("model", "train", "data", "score", "resources", "space", "presets"):
+        assert getattr(adaptive, section) == getattr(fixed, section), section
+    assert adaptive.hypotheses == fixed.hypotheses
+    assert adaptive.study.model_dump(
+        exclude={"name", "repeats", "repeats_max", "repeats_others"}
+    ) == (fixed.study.model_dump(exclude={"name", "repeats", "repeats_max", "repeats_others"}))
+    seeds = {
+        name: first_seeds(adaptive, adaptive.preset_candidate(name), name)
+        for name in adaptive.presets
+    }
+    compared = {"rope", "qknorm", "nope", "rnope_swa"}
+    assert {n: s for n, s in seeds.items() if s == (0, 1, 2)}.keys() == compared
+    assert all(s == (0,) for n, s in seeds.items() if n not in compared)
+    assert adaptive.study.max_repeats == 5
