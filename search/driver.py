@@ -34,8 +34,9 @@ from search.study import load_existing, open_study
 from search.study_view import study_view
 from search.trials import count_toward_target, reconcile_interrupted, requeue_worker_deaths
 from space.paths import runs_dir
-from space.schema import SweepConfig, load_config, study_name_problem
+from space.schema import SweepConfig, load_config
 from space.secrets import redact_url
+from space.sections import study_name_problem
 from tracking.hooks import MlflowSweepHooks, SweepHooks
 from tracking.pareto import ParetoTable, pareto_of_study
 
