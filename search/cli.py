@@ -57,9 +57,9 @@ def _run_sweep(start: Callable[..., object], first: str, **kwargs: object) -> in
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from search import driver, remote
+    from search import driver, jobs, remote
 
-    if remote.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
+    if jobs.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
         return remote.submit_job(args)
     return _run_sweep(
         driver.submit,
@@ -90,11 +90,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from search import remote
+    from search import jobs, remote
     from search.status import format_summary, summarize
     from search.study import load_existing
 
-    if remote.is_jobs_address(args.address) or args.study.startswith(remote.JOB_ID_PREFIX):
+    if jobs.is_jobs_address(args.address) or args.study.startswith(jobs.JOB_ID_PREFIX):
         return remote.run_study_status(args)
 
     opened = load_existing(args.study, args.storage)
