@@ -44,7 +44,7 @@ _EXPORTS = {
     "run_candidate": "workers.candidate",
     "CandidateResult": "workers.results",
     "Corpus": "workers.data",
-    "DataError": "workers.data",
+    "DataError": "workers.data_files",
     "load_corpus": "workers.data",
     "HybridTransformer": "workers.model",
     "plot_attention_mass": "workers.plots",
