@@ -324,22 +324,9 @@ def job_env(
     if storage:
         env[STORAGE_ENV] = storage
         notes.append(f"{STORAGE_ENV} from --storage (overrides the cluster's)")
-    elif environ.get(STORAGE_ENV):
-        if contains_secret(environ[STORAGE_ENV]):
-            notes.append(
-                f"{STORAGE_ENV} of your shell holds a password: not sent, the cluster's is used"
-            )
-        else:
-            env[STORAGE_ENV] = environ[STORAGE_ENV]
-            notes.append(f"{STORAGE_ENV} from your environment (overrides the cluster's)")
-    if environ.get(TRACKING_ENV):
-        if contains_secret(environ[TRACKING_ENV]):
-            notes.append(
-                f"{TRACKING_ENV} of your shell holds a password: not sent, the cluster's is used"
-            )
-        else:
-            env[TRACKING_ENV] = environ[TRACKING_ENV]
-            notes.append(f"{TRACKING_ENV} from your environment (overrides the cluster's)")
+    else:
+        _forward_shell_store(STORAGE_ENV, environ, env, notes)
+    _forward_shell_store(TRACKING_ENV, environ, env, notes)
     if not env:
         notes.append(f"stores: the cluster's {STORAGE_ENV} and {TRACKING_ENV}")
     for name in (STORAGE_ENV, TRACKING_ENV):
@@ -352,6 +339,20 @@ def job_env(
     if commit:
         env[GIT_COMMIT_ENV] = commit
     return env, notes
+
+
+def _forward_shell_store(
+    name: str, environ: Mapping[str, str], env: dict[str, str], notes: list[str]
+) -> None:
+    """A store URL set in the user's shell goes to the job, unless it holds a password."""
+    value = environ.get(name)
+    if not value:
+        return
+    if contains_secret(value):
+        notes.append(f"{name} of your shell holds a password: not sent, the cluster's is used")
+    else:
+        env[name] = value
+        notes.append(f"{name} from your environment (overrides the cluster's)")
 
 
 def git_commit(root: Path) -> str | None:

@@ -46,7 +46,7 @@ from space.sections import (
     _Section,
 )
 from space.vocab import Vocabulary
-from space.yaml_io import echo, parse_yaml, read_yaml_file
+from space.yaml_io import echo, frozen, parse_yaml, read_yaml_file
 
 
 class SweepConfig(_Section):
@@ -214,15 +214,6 @@ _SECTION_MODELS: dict[str, type[_Section]] = {
 _REQUIRED = ("study", "model", "train")
 
 
-def _tuples(value: Any) -> Any:
-    """YAML lists become tuples (the schema is frozen and strict)."""
-    if isinstance(value, Mapping):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def parse_config(
     raw: Any, source: str | None = None, base_dir: str | Path | None = None
 ) -> SweepConfig:
@@ -250,7 +241,7 @@ def parse_config(
         if name == "study":
             value = _split_repeats(value, problems)
         try:
-            sections[name] = model.model_validate(_tuples(value))
+            sections[name] = model.model_validate(frozen(value))
         except ValidationError as err:
             problems.extend(_pydantic_problems(err, name, model))
 
