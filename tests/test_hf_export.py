@@ -46,8 +46,9 @@ EXPECTED = {
     "rnope_swa": SMOLLM3,
     "rnope": SMOLLM3,
     "gemma3_like": None,  # two RoPE bases
-    "llama4_like": None,  # NoPE query temperature
-    "gptoss_like": SMOLLM3,
+    "llama4_like": None,  # chunked local attention, NoPE query temperature
+    "gptoss_like": None,  # learned attention sinks
+    "cohere2_like": SMOLLM3,
 }
 
 
