@@ -297,18 +297,6 @@ def _new_knob_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> 
                 f"{_indices(rope)}: stock classes have one rope_parameters for every layer",
             )
         )
-    for scaling in {s.rope_scaling for s in scaled} - {None}:
-        if scaling.kind is RopeScalingKind.YARN:
-            for name in ("beta_fast", "beta_slow"):
-                if getattr(scaling, name) == 0:
-                    reasons.append(
-                        Reason(
-                            f"rope_scaling_{name}",
-                            0,
-                            "Hugging Face's yarn reads 0 as its default (beta_fast 32, "
-                            "beta_slow 1)",
-                        )
-                    )
     fractions = sorted({s.rope_fraction for s in rope})
     if len(fractions) > 1:
         reasons.append(
@@ -471,6 +459,12 @@ def stock_layout(
         "layer_types": [SLIDING if s.window_tokens is not None else FULL for s in layers],
         **{k: v for k, v in (special_tokens or {}).items()},
     }
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        # Hugging Face reads YaRN's extended context as max_position_embeddings and warns on
+        # every load when it is not factor x original (gpt-oss: 32 x 4096 = 131072).
+        extended = scaling.factor * scaling.original_tokens
+        if float(extended).is_integer():
+            common["max_position_embeddings"] = int(extended)
     chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
     if chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
         architecture = LLAMA4
