@@ -156,22 +156,19 @@ class RopenopeAttention(nn.Module):
         if spec.get("attention_sink", "none") == "learned":
             self.sinks = nn.Parameter(torch.zeros(self.n_heads))  # loaded from the weights
 
-    def _cos_sin(self, positions: Tensor, lengths: list[int], dtype: torch.dtype):
-        """Rotation tables (B, 1, S, R) for absolute positions (B, S). Row b turns with the
-        frequencies of a sequence of ``lengths[b]`` tokens (only NTK depends on it)."""
-        ntk = self.rope_scaling is not None and self.rope_scaling["kind"] == "ntk"
-        per_row = lengths if ntk else [0]
-        tables = []
-        for length in per_row:
-            inv_freq, factor = rope_inv_freq(
-                self.rotary_dims, self.rope_base, self.rope_scaling, length
-            )
-            tables.append((inv_freq.to(positions.device), factor))
-        if ntk:
-            inv_freq = torch.stack([f for f, _ in tables])[:, None, :]  # (B, 1, R / 2)
+    def _cos_sin(self, positions: Tensor, lengths: list[int] | None, dtype: torch.dtype):
+        """Rotation tables (B, 1, S, R) for absolute positions (B, S). With NTK, row b turns with
+        the frequencies of a sequence of ``lengths[b]`` tokens; every other kind ignores it."""
+        if lengths is None:
+            inv_freq, factor = rope_inv_freq(self.rotary_dims, self.rope_base, self.rope_scaling, 0)
+            inv_freq = inv_freq.to(positions.device)[None, None, :]  # (1, 1, R / 2)
         else:
-            inv_freq = tables[0][0][None, None, :]  # (1, 1, R / 2)
-        factor = tables[0][1]  # the attention factor never depends on the length
+            rows = [
+                rope_inv_freq(self.rotary_dims, self.rope_base, self.rope_scaling, n)
+                for n in lengths
+            ]
+            inv_freq = torch.stack([f for f, _ in rows]).to(positions.device)[:, None, :]
+            factor = rows[0][1]  # (B, 1, R / 2); the table factor does not depend on the length
         freqs = positions.float()[..., None] * inv_freq  # (B, S, R / 2), fp32 angles
         emb = torch.cat([freqs, freqs], dim=-1)  # (B, S, R)
         return (emb.cos() * factor).to(dtype)[:, None], (emb.sin() * factor).to(dtype)[:, None]
@@ -201,8 +198,10 @@ class RopenopeAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)
         S = k.shape[2]
         if self.rope:
-            # NTK's frequencies follow the current length: the largest position + 1 of each row
-            lengths = (positions.max(dim=-1).values + 1).tolist()
+            lengths = None
+            if self.rope_scaling is not None and self.rope_scaling["kind"] == "ntk":
+                # NTK's frequencies follow the current length: each row's largest position + 1
+                lengths = (positions.max(dim=-1).values + 1).tolist()
             q = apply_rope(q, *self._cos_sin(positions, lengths, q.dtype))  # tables (B, 1, T, R)
             k = apply_rope(k, *self._cos_sin(key_positions, lengths, k.dtype))  # (B, 1, S, R)
             if self.qk_norm == "post_rope":
