@@ -315,9 +315,8 @@ def _new_knob_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> 
 def _chunked_reasons(
     layers: Sequence[LayerSpec], knobs: Mapping[str, Any], chunked: Sequence[LayerSpec]
 ) -> list[Reason]:
-    """Chunked attention is Llama4's alone (dense, ``moe_layers: []``): what of the rest it lacks.
-
-    Two chunk sizes or chunks beside sliding windows are covered by the window reasons."""
+    """Chunked attention is Llama4's alone (dense, ``moe_layers: []``): what of the rest it lacks
+    (a temperature, sinks, NTK, two bases or two window sizes have reasons of their own)."""
     value = f"chunked (chunks of {chunked[0].window_tokens} on layers {_indices(chunked)}) with "
     why = "Llama4 (the stock class with attention_chunk_size) has {}"
     reasons = []
