@@ -1,7 +1,7 @@
 """Which stock Hugging Face ``transformers`` class reproduces a candidate exactly, and its config.
 
 Our block is the Llama block (pre-norm RMSNorm, SwiGLU, GQA, ``rotate_half`` RoPE, tied
-embeddings, no biases); three stock classes add per-layer options on top of it, each checked
+embeddings, no biases); five stock classes add per-layer options on top of it, each checked
 against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``:
 
 - ``LlamaForCausalLM``: every layer RoPE with one base, full attention, no QK-norm.
@@ -11,12 +11,52 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
 - ``SmolLM3ForCausalLM``: no QK-norm; each layer RoPE (one base) or NoPE (``no_rope_layers``,
   where 1 means RoPE), full or sliding with one window size (``layer_types``: always written,
   since SmolLM3's default pattern puts the window on the NoPE layers, DESIGN §7).
+- ``Phi3ForCausalLM``: partial rotary (``rope_parameters["partial_rotary_factor"]``, the
+  leading fraction of each head turns, as ours): every layer RoPE with one base and one
+  fraction, no QK-norm, no RoPE scaling (Phi3 accepts only its own ``longrope``), and every
+  layer full or every layer sliding with one window (Phi3 has one ``sliding_window`` for all
+  layers). Its q/k/v and gate/up projections are fused (``qkv_proj``, ``gate_up_proj``): the
+  same arithmetic, the weights concatenated (:func:`workers.hf_export.hf_state_dict`). Llama,
+  Qwen3 and SmolLM3 rotate whole heads only (their ``apply_rotary_pos_emb`` does not split).
+- ``Llama4ForCausalLM`` without experts (``moe_layers: []``, every layer the dense SwiGLU
+  ``feed_forward``): chunked attention (``attention_chunk_size``, ``layer_types``
+  ``chunked_attention``), each layer RoPE (one base) or NoPE (``no_rope_layers``, 1 = RoPE),
+  no sliding windows, no QK-norm (``use_qk_norm: false``; Llama 4's own is a weightless L2 norm),
+  no temperature. Llama 4 turns interleaved pairs ``(2i, 2i + 1)`` where we turn
+  ``(i, i + D/2)``: the export reorders each head's q and k rows, which maps one onto the
+  other exactly. Its NoPE query temperature would match ours without padding, but it counts
+  positions over left padding (``cache_position``), so a candidate with ``global_temperature``
+  is not exported to it.
 
-What none of them expresses (QK-norm on some layers only, a learned QK-norm after RoPE, QK-norm
-together with NoPE layers, NoPE query temperature, two RoPE bases, two window sizes) is a
-:class:`NotExpressible` naming the knob and its value; such a candidate exports with its own
-modeling file (``--remote-code``). Per-layer fields this module does not know (new knobs) are
-refused outright, remote code included, rather than exported as something else.
+RoPE scaling is ``rope_parameters`` on Llama, Qwen3 and SmolLM3 (``linear``; ``yarn`` with
+``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``attention_factor`` and
+``truncate: true``, all written explicitly), the same for every RoPE layer.
+
+The knobs of issue 17 that no stock class reproduces with our block, each checked:
+
+- chunked local attention beside sliding windows, QK-norm, partial rotary or NoPE
+  temperature (Llama4 has none of these with chunks);
+- learned sinks (``attention_sink: learned``): only ``GptOss`` has them, inside a block whose
+  MLP is a mixture of experts with a clamped SwiGLU, not ours;
+- NTK scaling (``rope_scaling: ntk``, Hugging Face ``dynamic``): Hugging Face keeps the
+  frequencies of the longest sequence the model has seen (a shorter one later is turned with
+  them too) and its KV cache keeps keys turned at the length they were cached, so
+  ``generate()`` past the original length differs; our model turns every key with the
+  frequencies of the current length;
+- a scaling on some RoPE layers only (``rope_scaling_layers: local | global`` with RoPE on both
+  kinds): one ``rope_parameters`` serves every layer;
+- partial rotary together with NoPE layers, QK-norm, mixed windows or a scaling (no class has
+  ``partial_rotary_factor`` and those).
+
+What none of them expresses (these, and QK-norm on some layers only, a learned QK-norm after
+RoPE, QK-norm together with NoPE layers, NoPE query temperature, two RoPE bases, two window
+sizes) is a :class:`NotExpressible` naming the knob and its value; such a candidate exports with
+its own modeling file (``--remote-code``, ``workers/hf_remote``), which implements every field
+of :class:`space.layers.LayerSpec`. Per-layer fields this module does not know (knobs newer than
+it) are refused outright, remote code included, rather than exported as something else.
+
+The layers given are the ones the weights run with: a candidate's last training stage
+(``Candidate.final_layers``).
 
 Pure: no torch, no transformers; the config is a plain dict for the class's ``from_dict``.
 """
@@ -27,22 +67,55 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm
+from space.layers import (
+    AttentionSink,
+    LayerKind,
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    RopeScaling,
+    RopeScalingKind,
+    WindowKind,
+)
 
 # Keys of LayerSpec.to_dict() this module (and the remote-code model) implements. A new
 # per-layer field appears in to_dict() only when it differs from its default, so its mere
 # presence means the layer does something we cannot export.
 KNOWN_LAYER_FIELDS = frozenset(
-    {"index", "kind", "position", "rope_base", "window", "qk_norm", "temperature"}
+    {
+        "index",
+        "kind",
+        "position",
+        "rope_base",
+        "window",
+        "qk_norm",
+        "temperature",
+        "window_kind",
+        "attention_sink",
+        "rope_fraction",
+        "rope_scaling",
+    }
 )
 
 LLAMA = "LlamaForCausalLM"
 QWEN3 = "Qwen3ForCausalLM"
 SMOLLM3 = "SmolLM3ForCausalLM"
-MODEL_TYPES = {LLAMA: "llama", QWEN3: "qwen3", SMOLLM3: "smollm3"}
+PHI3 = "Phi3ForCausalLM"
+LLAMA4 = "Llama4ForCausalLM"
+MODEL_TYPES = {
+    LLAMA: "llama",
+    QWEN3: "qwen3",
+    SMOLLM3: "smollm3",
+    PHI3: "phi3",
+    LLAMA4: "llama4_text",
+}
+# Hugging Face's rope_type for each of our scalings that a stock class reproduces exactly.
+HF_ROPE_TYPES = {RopeScalingKind.LINEAR: "linear", RopeScalingKind.YARN: "yarn"}
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
+CHUNKED = "chunked_attention"
 # The base written for a model without any RoPE layer (SmolLM3 needs one; no layer uses it).
 UNUSED_ROPE_BASE = 10_000.0
 
@@ -120,7 +193,8 @@ def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list
                 "global_temperature",
                 _knob(knobs, "global_temperature", "log"),
                 f"Llama 4 scaling of NoPE queries from {t.floor_tokens} tokens on, scale "
-                f"{t.scale:g}: only Llama4 has it, and its block is not ours",
+                f"{t.scale:g}: only Llama4 has it, and it counts positions over left padding "
+                "(cache_position), so a padded batch differs from ours",
             )
         )
     normed = [s for s in layers if s.qk_norm is not QKNorm.NONE]
@@ -176,7 +250,162 @@ def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list
                 "stock classes have one sliding_window for every windowed layer",
             )
         )
+    reasons += _new_knob_reasons(layers, knobs)
     return reasons
+
+
+def _indices(layers: Sequence[LayerSpec]) -> list[int]:
+    return [s.index for s in layers]
+
+
+def _new_knob_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """The knobs of issue 17: chunks, sinks, partial rotary, RoPE scaling (module docstring)."""
+    reasons: list[Reason] = []
+    chunked = [s for s in layers if s.window_kind is WindowKind.CHUNKED and s.window_tokens]
+    if chunked:
+        reasons += _chunked_reasons(layers, knobs, chunked)
+    sinks = [s for s in layers if s.attention_sink is AttentionSink.LEARNED]
+    if sinks:
+        reasons.append(
+            Reason(
+                "attention_sink",
+                "learned",
+                f"learned sink logits on layers {_indices(sinks)}: only GptOss has them, and "
+                "its block is not ours (a mixture of experts with a clamped SwiGLU)",
+            )
+        )
+    rope = [s for s in layers if s.position is Position.ROPE]
+    scalings = {s.rope_scaling for s in rope}
+    scaled = [s for s in rope if s.rope_scaling is not None]
+    ntk = [s for s in scaled if s.rope_scaling.kind is RopeScalingKind.NTK]
+    if ntk:
+        reasons.append(
+            Reason(
+                "rope_scaling",
+                "ntk",
+                "Hugging Face's dynamic RoPE keeps the frequencies of the longest sequence it "
+                "has seen and caches keys turned at the length they were cached, so it differs "
+                f"from ours past {ntk[0].rope_scaling.original_tokens} tokens",
+            )
+        )
+    if len(scalings) > 1:
+        reasons.append(
+            Reason(
+                "rope_scaling_layers",
+                _knob(knobs, "rope_scaling_layers", "?"),
+                f"RoPE scaling on layers {_indices(scaled)} of the RoPE layers "
+                f"{_indices(rope)}: stock classes have one rope_parameters for every layer",
+            )
+        )
+    fractions = sorted({s.rope_fraction for s in rope})
+    if len(fractions) > 1:
+        reasons.append(
+            Reason(
+                "rope_fraction",
+                ", ".join(_show(f) for f in fractions),
+                "stock classes rotate one fraction of every RoPE layer",
+            )
+        )
+    partial = [s for s in rope if s.rope_fraction != 1.0]
+    if partial:
+        reasons += _partial_rotary_reasons(layers, knobs, partial[0].rope_fraction)
+    return reasons
+
+
+def _chunked_reasons(
+    layers: Sequence[LayerSpec], knobs: Mapping[str, Any], chunked: Sequence[LayerSpec]
+) -> list[Reason]:
+    """Chunked attention is Llama4's alone (dense, ``moe_layers: []``): what of the rest it lacks
+    (a temperature, sinks, NTK, two bases or two window sizes have reasons of their own)."""
+    value = f"chunked (chunks of {chunked[0].window_tokens} on layers {_indices(chunked)}) with "
+    why = "Llama4 (the stock class with attention_chunk_size) has {}"
+    reasons = []
+    sliding = [s for s in layers if s.window_tokens and s.window_kind is WindowKind.SLIDING]
+    if sliding:
+        reasons.append(
+            Reason(
+                "local_attention",
+                value + f"sliding windows on layers {_indices(sliding)}",
+                why.format("no sliding windows"),
+            )
+        )
+    if any(s.qk_norm is not QKNorm.NONE for s in layers):
+        reasons.append(
+            Reason(
+                "local_attention",
+                value + f"qk_norm={_knob(knobs, 'qk_norm', '?')}",
+                why.format("only a weightless L2 norm after RoPE"),
+            )
+        )
+    if any(s.rope_fraction != 1.0 for s in layers):
+        reasons.append(
+            Reason(
+                "local_attention",
+                value + f"rope_fraction={_show(_knob(knobs, 'rope_fraction', '?'))}",
+                why.format("no partial rotary"),
+            )
+        )
+    return reasons
+
+
+def _partial_rotary_reasons(
+    layers: Sequence[LayerSpec], knobs: Mapping[str, Any], fraction: float
+) -> list[Reason]:
+    """Partial rotary is Phi3's alone: what of the rest Phi3 lacks."""
+    value = f"{_show(fraction)} with "
+    why = "Phi3 (the stock class with partial_rotary_factor) has {}; Llama, Qwen3 and SmolLM3 "
+    why += "rotate whole heads"
+    reasons = []
+    nope = [s for s in layers if s.position is Position.NOPE]
+    if nope:
+        reasons.append(
+            Reason("rope_fraction", value + f"NoPE layers {_indices(nope)}", why.format("no NoPE"))
+        )
+    if any(s.qk_norm is not QKNorm.NONE for s in layers):
+        qk = _knob(knobs, "qk_norm", "?")
+        reasons.append(Reason("rope_fraction", value + f"qk_norm={qk}", why.format("no QK-norm")))
+    windows = {s.window_tokens for s in layers}
+    if len(windows) > 1:
+        reasons.append(
+            Reason(
+                "rope_fraction",
+                value + "windows " + ", ".join(_show(w) for w in sorted(windows, key=str)),
+                why.format("one sliding_window for every layer"),
+            )
+        )
+    scaled = [s.rope_scaling for s in layers if s.rope_scaling is not None]
+    if scaled:
+        reasons.append(
+            Reason(
+                "rope_fraction",
+                value + f"rope_scaling={scaled[0].kind.value}",
+                why.format("no RoPE scaling but its own longrope"),
+            )
+        )
+    return reasons
+
+
+def rope_parameters(base: float, scaling: RopeScaling | None, fraction: float) -> dict[str, Any]:
+    """Hugging Face ``rope_parameters`` for one base, scaling (linear or YaRN) and fraction.
+
+    Every field the rope-init function reads is written, so no Hugging Face default decides
+    anything (YaRN's ``truncate: true`` is ours; gpt-oss's checkpoints say false).
+    """
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(base)}
+    if scaling is not None:
+        params["rope_type"] = HF_ROPE_TYPES[scaling.kind]
+        params["factor"] = float(scaling.factor)
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        params.update(
+            original_max_position_embeddings=int(scaling.original_tokens),
+            beta_fast=float(scaling.beta_fast),
+            beta_slow=float(scaling.beta_slow),
+            attention_factor=float(scaling.attention_factor),
+            truncate=True,
+        )
+    if fraction != 1.0:
+        params["partial_rotary_factor"] = float(fraction)
+    return params
 
 
 def stock_layout(
@@ -201,6 +430,8 @@ def stock_layout(
 
     rope = [s for s in layers if s.position is Position.ROPE]
     base = rope[0].rope_base if rope else UNUSED_ROPE_BASE
+    scaling = rope[0].rope_scaling if rope else None  # stock_reasons: the same on every one
+    fraction = rope[0].rope_fraction if rope else 1.0
     windows = {s.window_tokens for s in layers if s.window_tokens is not None}
     window = windows.pop() if windows else None
     qk_norm = any(s.qk_norm is not QKNorm.NONE for s in layers)
@@ -216,7 +447,7 @@ def stock_layout(
         "hidden_act": "silu",
         "rms_norm_eps": shape.norm_eps,
         "initializer_range": shape.init_std,
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(base)},
+        "rope_parameters": rope_parameters(base, scaling, fraction),
         "max_position_embeddings": int(max_position_embeddings),
         "tie_word_embeddings": True,
         "attention_bias": False,
@@ -227,7 +458,28 @@ def stock_layout(
         "layer_types": [SLIDING if s.window_tokens is not None else FULL for s in layers],
         **{k: v for k, v in (special_tokens or {}).items()},
     }
-    if qk_norm:  # stock_reasons made sure: every layer RoPE, one base, normalised before RoPE
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        # Hugging Face reads YaRN's extended context as max_position_embeddings and warns on
+        # every load when it is not factor x original (gpt-oss: 32 x 4096 = 131072).
+        extended = scaling.factor * scaling.original_tokens
+        if float(extended).is_integer():
+            common["max_position_embeddings"] = int(extended)
+    chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
+    if chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
+        architecture = LLAMA4
+        config = {
+            **common,
+            "head_dim": shape.head_dim,
+            "intermediate_size_mlp": shape.mlp_hidden,  # the dense MLP of every layer
+            "moe_layers": [],  # no mixture of experts
+            "use_qk_norm": False,
+            "attn_temperature_tuning": False,  # stock_reasons: no temperature
+            "attention_chunk_size": chunk.pop(),
+            "layer_types": [CHUNKED if s.window_tokens is not None else FULL for s in layers],
+            # Llama 4's inverted flag, as SmolLM3's: 1 = this layer uses RoPE.
+            "no_rope_layers": [int(s.position is Position.ROPE) for s in layers],
+        }
+    elif qk_norm:  # stock_reasons made sure: every layer RoPE, one base, normalised before RoPE
         architecture = QWEN3
         config = {
             **common,
@@ -235,6 +487,15 @@ def stock_layout(
             "use_sliding_window": window is not None,
             "sliding_window": window,
             "max_window_layers": shape.n_layers,  # unused: layer_types is explicit
+        }
+    elif fraction != 1.0:  # stock_reasons made sure: all RoPE, one base, one window, unscaled
+        architecture = PHI3
+        config = {
+            **{k: v for k, v in common.items() if k not in ("layer_types", "attention_bias")},
+            "sliding_window": window,  # Phi3: every layer, or None
+            "original_max_position_embeddings": int(max_position_embeddings),
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
         }
     elif all_rope and window is None:
         architecture = LLAMA
@@ -256,12 +517,16 @@ def stock_layout(
 
 __all__ = [
     "KNOWN_LAYER_FIELDS",
+    "HF_ROPE_TYPES",
     "LLAMA",
+    "LLAMA4",
+    "PHI3",
     "QWEN3",
     "SMOLLM3",
     "NotExpressible",
     "Reason",
     "StockLayout",
+    "rope_parameters",
     "stock_layout",
     "stock_reasons",
     "unknown_layer_fields",
