@@ -60,7 +60,7 @@ _EXPORTS = {
     "niah_grid": "workers.scores",
     "SEGMENTS": "workers.tasks",
     "TASKS": "workers.tasks",
-    "Example": "workers.tasks",
+    "Example": "workers.examples",
     "render": "workers.tasks",
     "task_params": "workers.tasks",
     "VOCAB_SIZE": "workers.tokens",

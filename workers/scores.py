@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from space.layers import LayerSpec, ModelShape, WindowKind, layer_kind
-from workers.tasks import DEPTHLESS_TASKS, SEGMENTS, Example, example_seed, render, segment_labels
+from workers.examples import Example, example_seed, segment_labels
+from workers.tasks import DEPTHLESS_TASKS, SEGMENTS, render
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import DOC
 
