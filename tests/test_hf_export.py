@@ -36,9 +36,9 @@ from workers.hf_layout import (  # noqa: E402
     PHI3,
     QWEN3,
     SMOLLM3,
-    NotExpressible,
     stock_layout,
 )
+from workers.hf_reasons import NotExpressible  # noqa: E402
 from workers.model import HybridTransformer  # noqa: E402
 from workers.scores import greedy_decode  # noqa: E402
 

@@ -36,7 +36,7 @@ _EXPORTS = {
     "ExportResult": "workers.hf_export",
     "check_export": "workers.hf_export",
     "export_candidate": "workers.hf_export",
-    "NotExpressible": "workers.hf_layout",
+    "NotExpressible": "workers.hf_reasons",
     "StockLayout": "workers.hf_layout",
     "stock_layout": "workers.hf_layout",
     "byte_tokenizer": "workers.hf_tokenizer",

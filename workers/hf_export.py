@@ -39,14 +39,8 @@ from space.expand import Candidate
 from space.layers import LayerSpec, ModelShape
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from workers.hf_layout import (
-    LLAMA4,
-    PHI3,
-    NotExpressible,
-    StockLayout,
-    stock_layout,
-    unknown_layer_fields,
-)
+from workers.hf_layout import LLAMA4, PHI3, StockLayout, stock_layout
+from workers.hf_reasons import NotExpressible, unknown_layer_fields
 from workers.model import HybridTransformer
 
 INFO_NAME = "ropenope.json"  # provenance; also marks a folder as ours (safe to replace)
