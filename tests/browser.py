@@ -267,21 +267,25 @@ class Page:
     def wait_for(self, expression: str, timeout_s: float = 30.0) -> Any:
         """Poll ``expression`` until it is truthy; returns its value."""
         deadline = time.monotonic() + timeout_s
+        error = ""
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as err:  # e.g. the page is between two documents
+                value, error = None, str(err)
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{expression!r} stayed false for {timeout_s} s")
+                raise TimeoutError(f"{expression!r} stayed false for {timeout_s} s {error}")
             time.sleep(0.1)
 
     def goto(self, url: str, timeout_s: float = 60.0) -> None:
+        # A mark on the current document: the next one to finish loading lacks it.
+        self.evaluate("window.__leftBehind = true")
         answer = self.send("Page.navigate", {"url": url})
         if answer.get("errorText"):
             raise RuntimeError(f"{url}: {answer['errorText']}")
-        self.wait_for(
-            "document.readyState === 'complete' && location.href !== 'about:blank'", timeout_s
-        )
+        self.wait_for("!window.__leftBehind && document.readyState === 'complete'", timeout_s)
 
     def dom(self) -> str:
         """The rendered DOM now, as HTML (what ``--dump-dom`` prints)."""
