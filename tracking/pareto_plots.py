@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from space.units import human_bytes, is_bytes_score
 from tracking.pareto import RANK, TRIAL, ParetoTable, direction_arrow
 
 
@@ -46,6 +47,21 @@ _RANK_COLORS = ("#ff7f0e", "#9467bd", "#8c8c8c")
 def _use_log(values: Sequence[float]) -> bool:
     finite = [v for v in values if math.isfinite(v)]
     return bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= 100
+
+
+def _bytes_axis(axis, limits: tuple[float, float], scale: str) -> None:
+    """A byte axis in binary units, ticked at round numbers of its unit (1, 2, 2.5, 5 MiB
+    ...), not at round numbers of bytes (3.81 MiB)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
+    lo, hi = limits
+    top = max(abs(lo), abs(hi))
+    if scale != "linear" or not math.isfinite(top) or top == 0:
+        return
+    unit = next((size for size in (2**30, 2**20, 2**10) if top >= size), 1)
+    ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo / unit, hi / unit)
+    axis.set_major_locator(FixedLocator([t * unit for t in ticks if lo <= t * unit <= hi]))
 
 
 def plot_pareto_png(table: ParetoTable, path: str | Path) -> Path:
@@ -114,6 +130,10 @@ def plot_pareto_png(table: ParetoTable, path: str | Path) -> Path:
         ax.set_ylabel(f"{names[b]} {direction_arrow(dirs[b])}")
         if _use_log(ys):
             ax.set_yscale("log")
+        if a >= 0 and is_bytes_score(names[a]):
+            _bytes_axis(ax.xaxis, ax.get_xlim(), ax.get_xscale())
+        if is_bytes_score(names[b]):
+            _bytes_axis(ax.yaxis, ax.get_ylim(), ax.get_yscale())
         ax.grid(True, alpha=0.3)
     handles = [
         _legend_handle(_FRONT_COLOR, "rank 0 (Pareto set)"),

@@ -14,13 +14,13 @@ from typing import Any
 
 from space.describe import describe_knobs
 from space.presets import DESCRIPTIONS
+from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import StudyAggregate
 from tracking.hypotheses import Finding
 from tracking.pareto import MAXIMIZE, ParetoTable, direction_arrow
 from tracking.report.tables import (
     Table,
     candidate_table,
-    human_bytes,
     mass_table,
     pareto_rows,
     seed_plan_table,
@@ -165,7 +165,7 @@ def tally(findings: Sequence[Finding]) -> str:
 
 
 def _value(name: str, v: float) -> str:
-    return human_bytes(v) if name.endswith("_bytes") else f"{v:.3g}"
+    return human_bytes(v) if is_bytes_score(name) else f"{v:.3g}"
 
 
 def _names(names: Sequence[str], most: int = 3) -> str:
