@@ -4,13 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= configs/demo.yaml
+# The headless browser of the page tests (tests/browser.py: the MLflow UI, the report, the
+# Pareto page, optuna-dashboard), from the distribution: a missing one fails `make test`.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install test lint demo ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,export]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +25,11 @@ lint: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/vulture space workers tracking search vulture_whitelist.py --min-confidence 80
 
-test: lint
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+test: lint $(CHROMIUM)
 	$(VENV)/bin/pytest -q
 
 demo: install

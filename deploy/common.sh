@@ -20,6 +20,16 @@ require_env() {
     ((${#missing[@]} == 0)) || die "set ${missing[*]} (see .env.example)"
 }
 
+# refuse_placeholder NAME...: fail when a variable still holds a placeholder secret of
+# .env.example ("change-me-..."): a cluster must never run with a published password.
+refuse_placeholder() {
+    local name
+    for name in "$@"; do
+        [[ "${!name:-}" != *change-me* ]] ||
+            die "$name still holds the placeholder of .env.example: set a real secret in .env"
+    done
+}
+
 # add_opt ARRAY FLAG VALUE: append "FLAG VALUE" to the named array when VALUE is set.
 add_opt() {
     local -n _args=$1

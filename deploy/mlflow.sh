@@ -14,6 +14,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 require_env MLFLOW_BACKEND_STORE_URI MLFLOW_ARTIFACTS_DESTINATION
+refuse_placeholder MLFLOW_BACKEND_STORE_URI
 MLFLOW_HOST=${MLFLOW_HOST:-127.0.0.1}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 if [[ "$MLFLOW_ARTIFACTS_DESTINATION" != *://* ]]; then
@@ -21,7 +22,10 @@ if [[ "$MLFLOW_ARTIFACTS_DESTINATION" != *://* ]]; then
 fi
 
 log "serving on $MLFLOW_HOST:$MLFLOW_PORT"
+# The store's URI holds the database password: `mlflow server` reads it from
+# MLFLOW_BACKEND_STORE_URI (and the artifact folder from MLFLOW_ARTIFACTS_DESTINATION),
+# so it never appears on the command line that `ps` shows.
+export MLFLOW_BACKEND_STORE_URI MLFLOW_ARTIFACTS_DESTINATION
 exec mlflow server \
     --host "$MLFLOW_HOST" --port "$MLFLOW_PORT" --workers "${MLFLOW_WORKERS:-2}" \
-    --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
-    --serve-artifacts --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"
+    --serve-artifacts

@@ -9,8 +9,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 require_env ROPENOPE_STORAGE
-OPTUNA_DASHBOARD_HOST=${OPTUNA_DASHBOARD_HOST:-127.0.0.1}
-OPTUNA_DASHBOARD_PORT=${OPTUNA_DASHBOARD_PORT:-8080}
+refuse_placeholder ROPENOPE_STORAGE
+export OPTUNA_DASHBOARD_HOST=${OPTUNA_DASHBOARD_HOST:-127.0.0.1}
+export OPTUNA_DASHBOARD_PORT=${OPTUNA_DASHBOARD_PORT:-8080}
 
 # optuna-dashboard opens the storage without creating Optuna's tables: create them
 # (idempotent; also waits out a database that is still starting).
@@ -24,5 +25,9 @@ for attempt in $(seq 30); do
 done
 
 log "serving on $OPTUNA_DASHBOARD_HOST:$OPTUNA_DASHBOARD_PORT"
-exec optuna-dashboard --host "$OPTUNA_DASHBOARD_HOST" --port "$OPTUNA_DASHBOARD_PORT" \
-    "$ROPENOPE_STORAGE"
+# The storage URL holds the database password: it is read from the environment, never
+# put on the command line (which any user of the host sees in `ps`).
+exec python -c 'import os, optuna_dashboard
+optuna_dashboard.run_server(os.environ["ROPENOPE_STORAGE"],
+    host=os.environ["OPTUNA_DASHBOARD_HOST"], port=int(os.environ["OPTUNA_DASHBOARD_PORT"]))'
+

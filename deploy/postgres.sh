@@ -18,6 +18,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 require_env PGDATA POSTGRES_USER POSTGRES_PASSWORD
+refuse_placeholder POSTGRES_PASSWORD
 OPTUNA_DB=${OPTUNA_DB:-optuna}
 MLFLOW_DB=${MLFLOW_DB:-mlflow}
 POSTGRES_HOST=${POSTGRES_HOST:-127.0.0.1}

@@ -21,6 +21,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+refuse_placeholder RAY_AUTH_TOKEN ROPENOPE_STORAGE
+
 args=(start --head --block --disable-usage-stats
     --port "${RAY_GCS_PORT:-6379}"
     --dashboard-host "${RAY_DASHBOARD_HOST:-127.0.0.1}"

@@ -18,6 +18,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 require_env RAY_HEAD_ADDRESS
+refuse_placeholder RAY_AUTH_TOKEN ROPENOPE_STORAGE
 gpus_per_worker=${RAY_GPUS_PER_WORKER:-all}
 gpu_count=${RAY_GPU_COUNT:-}
 if [[ -z "$gpu_count" ]]; then

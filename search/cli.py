@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from search import report_cmd, tracking_cmd
+from search import export_cmd, report_cmd, tracking_cmd
 from search.errors import CliError
 from space.errors import ConfigError, InvalidCandidate
 
@@ -42,6 +42,8 @@ def _print_sweep_summary(summary) -> None:
     if summary.pareto is not None:
         print()
         print(tracking_cmd.format_pareto(summary.pareto))
+    for warning in getattr(summary, "warnings", []):
+        print(f"warning: {warning}")
     if summary.seed_plan is not None:
         from search.seed_rounds import format_decisions
 
@@ -60,9 +62,9 @@ def _run_sweep(start: Callable[..., object], first: str, **kwargs: object) -> in
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from search import driver, remote
+    from search import driver, jobs, remote
 
-    if remote.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
+    if jobs.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
         return remote.submit_job(args)
     return _run_sweep(
         driver.submit,
@@ -93,11 +95,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from search import remote
+    from search import jobs, remote
     from search.status import format_summary, summarize
     from search.study import load_existing
 
-    if remote.is_jobs_address(args.address) or args.study.startswith(remote.JOB_ID_PREFIX):
+    if jobs.is_jobs_address(args.address) or args.study.startswith(jobs.JOB_ID_PREFIX):
         return remote.run_study_status(args)
 
     opened = load_existing(args.study, args.storage)
@@ -183,6 +185,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "logs": (_cmd_remote, "print or follow the output of a sweep submitted as a Ray Job"),
     "job-status": (_cmd_remote, "status of a sweep submitted as a Ray Job (all jobs without JOB)"),
     "report": (report_cmd.run, report_cmd.HELP),
+    "export": (export_cmd.run, export_cmd.HELP),
     **{name: (fn, tracking_cmd.HELP[name]) for name, fn in tracking_cmd.COMMANDS.items()},
 }
 
@@ -201,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_cmd.add_parser(sub)
     report_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
     tracking_cmd.add_parsers(sub)  # pareto, sync, ui
     _add_sweep_parsers(sub)
     from search import remote

@@ -31,6 +31,7 @@ from search.restore import find_restore
 from search.searcher import StudySearcher, notify_closed
 from search.seed_rounds import rounds_left, study_runs
 from search.signature import stored_config, target_trials
+from search.status import saturation_warnings
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import load_existing, open_study
 from search.study_view import study_view
@@ -41,8 +42,9 @@ from search.trials import (
     requeue_worker_deaths,
 )
 from space.paths import runs_dir
-from space.schema import SweepConfig, load_config, study_name_problem
+from space.schema import SweepConfig, load_config
 from space.secrets import redact_url
+from space.sections import study_name_problem
 from tracking.hooks import MlflowSweepHooks, SweepHooks
 from tracking.pareto import ParetoTable, pareto_of_study
 from tracking.seed_plan import SeedPlan, plan_for_study
@@ -62,21 +64,10 @@ class SweepSummary:
     experiment_dir: str | None = None
     interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
     pareto: ParetoTable | None = None  # the study's COMPLETE trials by Pareto rank
-    ui: str | None = None  # how to open the study's MLflow runs (None: tracking off)
+    ui: str | None = None  # how to open the study's MLflow runs (set by tracking; None: off)
+    warnings: list[str] = field(default_factory=list)  # e.g. saturated objectives
     seed_plan: SeedPlan | None = None  # adaptive seeds: where each hypothesis ended
     runs: int | None = None  # adaptive seeds: completed runs (candidate x seed) in the study
-
-
-def ui_hint(config: SweepConfig, study_name: str) -> str | None:
-    """The command that opens the MLflow UI on this study, or a tracking server's URL."""
-    if not config.tracking.enabled:
-        return None
-    from tracking.target import is_remote, tracking_target
-
-    target = tracking_target(config, study_name)
-    if is_remote(target.uri):
-        return f"MLflow UI: {target.shown_uri}  (experiment {target.experiment!r})"
-    return f"MLflow UI: ropenope ui {study_name}  (then open http://127.0.0.1:5000)"
 
 
 def study_dir(study_name: str) -> Path:
@@ -184,6 +175,7 @@ def run_sweep(
                 "--trials N"
             )
         else:
+            corpus = prepare_corpus(config, show, progress)
             started_ray, summary.ray_start_seconds = start_ray(address)
             check_resources(config)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -203,7 +195,7 @@ def run_sweep(
                 hooks=hooks,
             )
             try:
-                fit(config, searcher, experiment, folder / "ray", hooks, runner)
+                fit(config, searcher, experiment, folder / "ray", hooks, runner, corpus)
             finally:
                 summary.interrupted = searcher.close_leftovers()
             if summary.interrupted:
@@ -216,7 +208,7 @@ def run_sweep(
         # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
         first = [t for t in view.trials if not adds_seeds(t)]
         summary.pareto = pareto_of_study(study_view(study, first))
-        summary.ui = ui_hint(config, name)
+        summary.warnings = saturation_warnings(view.trials, config.objective_names())
         if config.study.adaptive:
             summary.seed_plan = plan_for_study(study, config)
             summary.runs = study_runs(study)
@@ -232,6 +224,20 @@ def run_sweep(
             ray.shutdown()
         if lock is not None:
             lock.release()
+
+
+def prepare_corpus(config: SweepConfig, show: Progress, progress: bool) -> Any:
+    """Tokenize the corpus once, before any trial, into the shared cache under the runs
+    folder (issue 13); trials only open the handle read-only."""
+    from workers.corpus import prepare
+    from workers.data import DataError
+
+    try:
+        handle = prepare(config, runs_dir() / "cache", progress=progress)
+    except DataError as err:
+        raise StudyError(f"data: {err}") from None
+    show.note(f"corpus: {handle.description} [{handle.tokenizer_kind}, cache {handle.key}]")
+    return handle
 
 
 def _read_config(path: str | Path) -> tuple[SweepConfig, str]:

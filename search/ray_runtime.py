@@ -23,8 +23,9 @@ from workers.trial import EVALS_KEY
 
 
 def evals_per_seed(config: SweepConfig) -> int:
-    steps, every = config.train.total_steps, config.train.eval_every
-    return steps // every + (1 if steps % every else 0)
+    """Evaluations one seed's training reports (every eval_every steps and at each stage's
+    end): the scheduler's time axis."""
+    return len(config.train.eval_steps())
 
 
 class _NoTunerRestoreHint(logging.Filter):
@@ -77,6 +78,7 @@ def fit(
     storage_path: Path,
     hooks: SweepHooks,
     runner: Any,
+    corpus: Any = None,
 ) -> None:
     scheduler = None
     s = config.scheduler
@@ -94,7 +96,9 @@ def fit(
         )
     r = config.resources
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner),
+        tune.with_parameters(
+            run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner, corpus=corpus
+        ),
         {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial},
     )
     tuner = tune.Tuner(

@@ -20,14 +20,13 @@ plan again; seeds queued or running are pending and never asked for twice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyError
 from search.presets import fixed_params
-from search.progress import Progress
 from search.signature import sweep_seeds
 from search.trials import adds_seeds
 from space.errors import ConfigError, InvalidCandidate
@@ -55,6 +54,9 @@ from tracking.seed_plan import (
     SeedRequest,
     plan_for_study,
 )
+
+if TYPE_CHECKING:  # annotation only: progress -> status -> seed_rounds at run time
+    from search.progress import Progress
 
 __all__ = [
     "SeedRounds",

@@ -19,6 +19,7 @@ from space.names import (
     STUDY_ATTR_TARGET,
 )
 from space.schema import SweepConfig, load_config_text
+from space.secrets import redact_text
 
 
 def _normal(value: Any) -> Any:
@@ -109,7 +110,9 @@ def record_config(study: optuna.Study, config: SweepConfig, config_text: str | N
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(config.objective_names())
     if config_text is not None:
-        study.set_user_attr(STUDY_ATTR_CONFIG, config_text)
+        # The file as written, with every URL's password masked: the real URLs come from
+        # the command line or the environment when the study is continued.
+        study.set_user_attr(STUDY_ATTR_CONFIG, redact_text(config_text))
 
 
 def stored_config(study: optuna.Study) -> SweepConfig:

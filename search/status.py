@@ -141,6 +141,18 @@ def seed_plan_summary(study: optuna.Study, config: Any = None) -> dict[str, Any]
     }
 
 
+def saturation_warnings(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[str]:
+    """Warnings for accuracy objectives every COMPLETE candidate scores at 0 or 1 (one
+    trial per candidate: a deduplicated trial repeats its source's values)."""
+    from tracking.saturation import saturated_objectives, saturation_warning
+
+    seen: dict[Any, list[float]] = {}
+    for t in _complete(trials):
+        if ATTR_REUSED_FROM not in t.user_attrs:
+            seen.setdefault(t.user_attrs.get(ATTR_CANDIDATE_ID, t.number), list(t.values))
+    return [saturation_warning(x) for x in saturated_objectives(objectives, list(seen.values()))]
+
+
 def summarize(
     study: optuna.Study, *, target: int | None = None, config: Any = None
 ) -> dict[str, Any]:
@@ -193,6 +205,7 @@ def summarize(
         ],
         "drivers": drivers,
         "seed_plan": seed_plan_summary(study, config),
+        "warnings": saturation_warnings(trials, objectives),
     }
 
 
@@ -227,6 +240,8 @@ def format_summary(s: dict[str, Any]) -> str:
             vals = "".join(f"{format_value(p['values'].get(m)):>16}" for m in names)
             lines.append(f"  {p['number']:<5}{vals}  {p['candidate']}")
     lines += format_seed_plan(s.get("seed_plan"))
+    for warning in s.get("warnings", []):
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
 

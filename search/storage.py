@@ -11,8 +11,10 @@ file that is not already an Optuna database is refused, never given Optuna's tab
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ from optuna.storages import RDBStorage
 
 from search.errors import StoreError, StudyNotFound
 from space.paths import runs_dir
-from space.secrets import redact_text, redact_url
+from space.secrets import is_redacted, redact_text, redact_url
+
+log = logging.getLogger("ropenope.storage")
 
 STORAGE_ENV = "ROPENOPE_STORAGE"  # the storage URL when neither --storage nor the file gives one
 DB_NAME = "optuna.db"
@@ -37,6 +41,11 @@ def resolve_storage_url(url: str | None) -> str:
     url = url or os.environ.get(STORAGE_ENV)
     if not url:
         return f"sqlite:///{runs_dir() / DB_NAME}"
+    if is_redacted(url):
+        raise StoreError(
+            f"the storage URL {url} had its password removed (a study stores none): give the "
+            f"real one with --storage or ${STORAGE_ENV}"
+        )
     if "://" not in url:
         return f"sqlite:///{Path(url).expanduser().resolve()}"
     return url
@@ -105,6 +114,104 @@ def store_errors(url: str, what: str = "open the study database") -> Iterator[No
         ) from None
 
 
+# How long a sweep waits out a database that went away (a PostgreSQL restart, a network
+# blip) before the operation fails for good.
+OUTAGE_S = 180.0
+
+
+def _connection_lost(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) says the connection to the database was lost
+    or could not be made, as opposed to a statement the database refused."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = err
+    while seen is not None:
+        text = str(seen).lower()
+        if isinstance(seen, sqlite3.OperationalError) or "sqlite" in text:
+            # SQLite has no connection to lose: only a writer holding the file is transient
+            if "locked" in text or "busy" in text:
+                return True
+        elif (
+            isinstance(seen, sqlalchemy.exc.DBAPIError)
+            and seen.connection_invalidated
+            or isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+            or type(seen).__name__ in ("OperationalError", "InterfaceError")
+            and type(seen).__module__.startswith("psycopg")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class ResilientStorage(RDBStorage):
+    """Optuna's RDB storage, waiting out a lost database connection: every public call
+    that fails because the connection was lost is retried, with backoff, for up to
+    :data:`OUTAGE_S` seconds (a PostgreSQL restart mid-sweep costs a pause, not the sweep).
+    A statement the database refuses is not retried."""
+
+    _RETRIED = [
+        "check_trial_is_updatable",
+        "create_new_study",
+        "create_new_trial",
+        "delete_study",
+        "get_all_studies",
+        "get_all_trials",
+        "get_best_trial",
+        "get_n_trials",
+        "get_study_directions",
+        "get_study_id_from_name",
+        "get_study_name_from_id",
+        "get_study_system_attrs",
+        "get_study_user_attrs",
+        "get_trial",
+        "get_trial_id_from_study_id_trial_number",
+        "get_trial_number_from_id",
+        "get_trial_param",
+        "get_trial_params",
+        "get_trial_system_attrs",
+        "get_trial_user_attrs",
+        "set_study_system_attr",
+        "set_study_user_attr",
+        "set_trial_intermediate_value",
+        "set_trial_param",
+        "set_trial_state_values",
+        "set_trial_system_attr",
+        "set_trial_user_attr",
+    ]
+
+    def __init__(self, url: str, *, outage_s: float = OUTAGE_S, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._shown_url = redact_url(url)
+        self._outage_s = outage_s
+        for name in self._RETRIED:
+            setattr(self, name, self._retrying(getattr(self, name), name))
+
+    def _retrying(self, fn: Any, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + self._outage_s
+            delay = 0.5
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as err:
+                    if not _connection_lost(err) or time.monotonic() + delay > deadline:
+                        raise
+                    log.warning(
+                        "the study database %s is unreachable (%s); retrying %s in %.1f s",
+                        self._shown_url,
+                        redact_text(str(err).splitlines()[0] if str(err) else type(err).__name__)[
+                            :200
+                        ],
+                        name,
+                        delay,
+                    )
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+
+        call.__name__ = name
+        return call
+
+
 def make_storage(url: str, *, create: bool = True) -> RDBStorage:
     """An Optuna RDB storage for ``url``. SQLite gets WAL (readers never block the driver)
     and a generous busy timeout; server engines get pre-ping (dropped connections).
@@ -124,7 +231,7 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
                     "commands never create them: check --storage"
                 )
             engine_kwargs = {"pool_pre_ping": True}
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        return ResilientStorage(url, engine_kwargs=engine_kwargs)
 
 
 def study_names(storage: RDBStorage) -> list[str]:

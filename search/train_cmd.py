@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from workers.candidate import run_candidate
+    from workers.corpus import prepare
+    from workers.data import DataError
 
     config = load_config(args.config)
     candidate = resolve_candidate(config, args.preset, parse_sets(args.sets))
@@ -94,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "train" / f"{candidate.id}-s{seed}"
     steps = config.train.total_steps
     print(f"candidate {candidate.name} [{candidate.id}] seed {seed} -> {out}", file=sys.stderr)
+    try:
+        corpus = prepare(config)  # tokenized once, in the runs folder's cache
+    except DataError as err:
+        print(f"ropenope train: data: {err}", file=sys.stderr)
+        return 2
     bar = tqdm(total=steps, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def on_step(step: int, loss: float, tokens_per_s: float) -> None:
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             on_step=on_step,
             resume=not args.fresh,
             threads=args.threads,
+            corpus=corpus,
         )
     finally:
         bar.close()
@@ -142,8 +150,15 @@ def format_summary(result: Any, candidate: Candidate, out: Path) -> str:
             value = result.scores[key]
             text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
             lines.append(f"  {key:<22} {text}")
-    for key in sorted(k for k in result.scores if k.startswith(("acc@", "extrap_bpb@"))):
+    prefixes = ("acc@", "extrap_bpb@", "answer_nll@", "long_answer_nll")
+    for key in sorted(k for k in result.scores if k.startswith(prefixes)):
         lines.append(f"  {key:<22} {result.scores[key]:.4g}")
+    families = (result.niah or {}).get("tasks") or {}
+    if len(families) > 1:  # several task families: each one's long-context mean
+        for task in families:
+            key = f"{task}/long_acc"
+            if key in result.scores:
+                lines.append(f"  {key:<22} {result.scores[key]:.4g}")
     if result.niah:
         lines.append("NIAH accuracy (rows: length, columns: depth)")
         depths = result.niah["depths"]

@@ -1,39 +1,66 @@
 """space: what can vary.
 
 The sweep-file schema (:func:`load_config`), the knob vocabulary, the shipped
-presets, the expansion of knobs into per-layer specs (:func:`build_candidate`), and
-hypotheses as data (:class:`Hypothesis`, selecting candidates by a :class:`Predicate`
-on their layers; the paper's claims: :func:`shipped_hypotheses`).
+presets, the training stages, the expansion of knobs into per-layer specs
+(:func:`build_candidate`), and hypotheses as data (:class:`Hypothesis`, selecting
+candidates by a :class:`Predicate` on their layers; the paper's claims:
+:func:`shipped_hypotheses`).
 """
 
 from space.errors import ConfigError, InvalidCandidate
-from space.expand import Candidate, build_candidate, candidate_name, global_layer_indices
+from space.expand import (
+    Candidate,
+    CandidateStage,
+    build_candidate,
+    candidate_name,
+    global_layer_indices,
+)
 from space.hypotheses import Hypothesis
 from space.hypothesis_files import load_hypotheses, parse_hypotheses, shipped_hypotheses
 from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, KnobSpec
-from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm, Temperature
+from space.layers import (
+    AttentionSink,
+    LayerKind,
+    LayerPlacement,
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    RopeScaling,
+    RopeScalingKind,
+    Temperature,
+    WindowKind,
+)
 from space.predicates import LayerMatch, Predicate
 from space.presets import BUILTIN_PRESETS
 from space.schema import SweepConfig, load_config, parse_config
+from space.stages import StagePlan
 
 __all__ = [
     "BUILTIN_PRESETS",
     "KNOB_DEFAULTS",
     "KNOB_NAMES",
+    "AttentionSink",
     "Candidate",
+    "CandidateStage",
     "ConfigError",
     "Hypothesis",
     "InvalidCandidate",
     "KnobSpec",
     "LayerMatch",
     "LayerKind",
+    "LayerPlacement",
     "LayerSpec",
     "ModelShape",
     "Position",
     "Predicate",
     "QKNorm",
+    "RopeScaling",
+    "RopeScalingKind",
+    "StagePlan",
     "SweepConfig",
     "Temperature",
+    "WindowKind",
     "build_candidate",
     "candidate_name",
     "global_layer_indices",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from space.knobs import KNOB_DEFAULTS
+from space.stages import StagePlan
+
+_WHERE = {"all": "all layers", "local": "the local layers", "global": "the global layers"}
 
 
 def _base(value: Any) -> str:
@@ -15,19 +18,46 @@ def _base(value: Any) -> str:
         return "base ?"
 
 
-def _attention(window: Any) -> str:
-    return "full causal attention" if window is None else f"a {window}-token sliding window"
+def _attention(window: Any, kind: str = "sliding") -> str:
+    if window is None:
+        return "full causal attention"
+    if kind == "chunked":
+        return f"attention within {window}-token chunks"
+    return f"a {window}-token sliding window"
 
 
-def describe_knobs(knobs: Mapping[str, Any]) -> str:
-    """One plain-English sentence for a candidate's resolved knobs."""
+def _rope(k: Mapping[str, Any], base_knob: str) -> str:
+    text = f"RoPE ({_base(k.get(base_knob))}"
+    fraction = k.get("rope_fraction", 1.0)
+    if fraction not in (None, 1, 1.0):
+        text += f", on the first {float(fraction):g} of each head's dimensions"
+    return text + ")"
+
+
+def _scaling(k: Mapping[str, Any]) -> str:
+    kind = k.get("rope_scaling")
+    if kind in (None, "none"):
+        return ""
+    factor = k.get("rope_scaling_factor")
+    factor_text = "?" if factor is None else f"{float(factor):g}"
+    where = _WHERE.get(k.get("rope_scaling_layers"), str(k.get("rope_scaling_layers")))
+    return f"; {kind} RoPE scaling x{factor_text} on the RoPE layers among {where}"
+
+
+def describe_knobs(knobs: Mapping[str, Any], stages: Sequence[StagePlan] = ()) -> str:
+    """One plain-English sentence for a candidate's resolved knobs.
+
+    ``stages`` (the sweep's ``train.stage_plans()``) adds what each later stage trains and
+    changes, so a reader sees which candidates were scored with a RoPE scaling.
+    """
     k = {**KNOB_DEFAULTS, **knobs}
     every = k.get("global_every")
     if k.get("global_position") == "rope":
-        global_pos = f"RoPE ({_base(k.get('global_rope_base'))})"
+        global_pos = _rope(k, "global_rope_base")
     else:
         global_pos = "no positional encoding (NoPE)"
-    local = f"RoPE ({_base(k.get('local_rope_base'))}) with {_attention(k.get('local_window'))}"
+    local_attention = _attention(k.get("local_window"), k.get("local_attention", "sliding"))
+    local = f"{_rope(k, 'local_rope_base')} with {local_attention}"
     glob = f"{global_pos} with {_attention(k.get('global_window'))}"
     if every == 1:
         text = f"Every layer: {glob}"
@@ -39,17 +69,30 @@ def describe_knobs(knobs: Mapping[str, Any]) -> str:
         )
     qk = k.get("qk_norm")
     if qk and qk != "none":
-        where = {"all": "all layers", "local": "the local layers", "global": "the global layers"}
         when = "before" if qk == "pre_rope" else "after"
         text += (
             f"; QK-norm (RMSNorm on queries and keys, {when} the rotation) on "
-            f"{where.get(k.get('qk_norm_layers'), str(k.get('qk_norm_layers')))}"
+            f"{_WHERE.get(k.get('qk_norm_layers'), str(k.get('qk_norm_layers')))}"
         )
+    if k.get("attention_sink") not in (None, "none"):
+        where = _WHERE.get(k.get("attention_sink_layers"), str(k.get("attention_sink_layers")))
+        text += f"; learned attention-sink logits on {where}"
     if k.get("global_temperature") not in (None, "none"):
         text += f"; {k['global_temperature']} temperature scaling of global queries past T"
     if k.get("kv_heads"):
         text += f"; {k['kv_heads']} KV heads (grouped-query attention)"
+    text += _scaling(k)
+    for i, stage in enumerate(stages[1:], start=2):
+        text += f"; then stage {i}: {stage.steps} steps at T={stage.seq_len}"
+        if stage.knobs:
+            text += " with " + ", ".join(f"{name}={_value(v)}" for name, v in stage.knobs.items())
+    if stages[1:] and any(s.knobs.get("rope_scaling") not in (None, "none") for s in stages):
+        text += " (the RoPE scaling is in force when the candidate is scored)"
     return text + "."
+
+
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _ordinal(n: int) -> str:

@@ -17,14 +17,20 @@ from typing import Any
 from space.errors import ConfigError, InvalidCandidate
 from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, check_value
 from space.layers import (
+    AttentionSink,
     LayerKind,
+    LayerPlacement,
     LayerSpec,
     ModelShape,
     Position,
     QKNorm,
-    QKNormLayers,
+    RopeScaling,
+    RopeScalingKind,
     Temperature,
+    WindowKind,
+    yarn_default_attention_factor,
 )
+from space.stages import SHAPE_KNOBS, StagePlan, describe_layout_change, stage_knobs
 
 
 def global_layer_indices(n_layers: int, global_every: int) -> tuple[int, ...]:
@@ -50,7 +56,11 @@ def resolve_knobs(knobs: Mapping[str, Any], path: str = "knobs") -> dict[str, An
 def expand_layers(
     knobs: Mapping[str, Any], shape: ModelShape, train_seq_len: int
 ) -> tuple[LayerSpec, ...]:
-    """Expand resolved knobs into one LayerSpec per layer. Raises InvalidCandidate."""
+    """Expand resolved knobs into one LayerSpec per layer. Raises InvalidCandidate.
+
+    ``train_seq_len`` is the training length T: the default floor of the NoPE temperature and
+    the default original length of a RoPE scaling.
+    """
     k = knobs["global_every"]
     if k > shape.n_layers:
         raise InvalidCandidate(
@@ -62,13 +72,18 @@ def expand_layers(
         )
     globals_ = set(global_layer_indices(shape.n_layers, k))
     qk_norm = QKNorm(knobs["qk_norm"])
-    qk_where = QKNormLayers(knobs["qk_norm_layers"])
+    qk_where = LayerPlacement(knobs["qk_norm_layers"])
+    sink = AttentionSink(knobs["attention_sink"])
+    sink_where = LayerPlacement(knobs["attention_sink_layers"])
     temperature = None
     if knobs["global_temperature"] == "log":
         floor = knobs["global_temperature_floor"] or train_seq_len
         temperature = Temperature(
             floor_tokens=int(floor), scale=float(knobs["global_temperature_scale"])
         )
+    scaling = _rope_scaling(knobs, train_seq_len)
+    scaling_where = LayerPlacement(knobs["rope_scaling_layers"])
+    local_window_kind = WindowKind(knobs["local_attention"])
 
     layers = []
     for i in range(shape.n_layers):
@@ -77,6 +92,7 @@ def expand_layers(
             position = Position(knobs["global_position"])
             base = knobs["global_rope_base"] if position is Position.ROPE else None
             window = knobs["global_window"]
+            window_kind = WindowKind.SLIDING
             temp = temperature
         else:
             position, base, window, temp = (
@@ -85,7 +101,8 @@ def expand_layers(
                 knobs["local_window"],
                 None,
             )
-        norm_here = qk_where is QKNormLayers.ALL or qk_where.value == kind.value
+            window_kind = local_window_kind
+        rope = position is Position.ROPE
         layers.append(
             LayerSpec(
                 index=i,
@@ -93,11 +110,63 @@ def expand_layers(
                 position=position,
                 rope_base=None if base is None else float(base),
                 window_tokens=window,
-                qk_norm=qk_norm if norm_here else QKNorm.NONE,
+                qk_norm=qk_norm if qk_where.covers(kind) else QKNorm.NONE,
                 temperature=temp,
+                # chunked with no window is full attention: the same layer as sliding-none
+                window_kind=window_kind if window is not None else WindowKind.SLIDING,
+                attention_sink=sink if sink_where.covers(kind) else AttentionSink.NONE,
+                rope_fraction=float(knobs["rope_fraction"]) if rope else 1.0,
+                rope_scaling=scaling if rope and scaling_where.covers(kind) else None,
             )
         )
+    _check_rotary(layers, shape)
     return tuple(layers)
+
+
+def _rope_scaling(knobs: Mapping[str, Any], train_seq_len: int) -> RopeScaling | None:
+    if knobs["rope_scaling"] == "none":
+        return None
+    kind = RopeScalingKind(knobs["rope_scaling"])
+    factor = knobs["rope_scaling_factor"]
+    if factor is None:
+        raise InvalidCandidate(f"rope_scaling: {kind.value} needs rope_scaling_factor (>= 1)")
+    beta_fast, beta_slow = knobs["rope_scaling_beta_fast"], knobs["rope_scaling_beta_slow"]
+    if kind is RopeScalingKind.YARN and not beta_fast > beta_slow:
+        raise InvalidCandidate(
+            f"rope_scaling_beta_fast={beta_fast:g} must exceed rope_scaling_beta_slow="
+            f"{beta_slow:g} (YaRN interpolates dimensions that turn fewer than beta_slow times)"
+        )
+    attention_factor = 1.0
+    if kind is RopeScalingKind.YARN:
+        attention_factor = knobs["rope_scaling_attention_factor"]
+        if attention_factor is None:
+            attention_factor = yarn_default_attention_factor(factor)
+    return RopeScaling(
+        kind=kind,
+        factor=float(factor),
+        original_tokens=int(knobs["rope_scaling_original_tokens"] or train_seq_len),
+        beta_fast=float(beta_fast),
+        beta_slow=float(beta_slow),
+        attention_factor=float(attention_factor),
+    )
+
+
+def _check_rotary(layers: list[LayerSpec], shape: ModelShape) -> None:
+    """RoPE turns pairs of dimensions: the rotated part of a head must be even (and NTK's
+    exponent ``d / (d - 2)`` needs ``d >= 4``)."""
+    for layer in layers:
+        if layer.position is not Position.ROPE:
+            continue
+        dims = layer.rotary_dims(shape.head_dim)
+        if dims < 2 or dims % 2:
+            raise InvalidCandidate(
+                f"rope_fraction={layer.rope_fraction:g} rotates int({shape.head_dim} x "
+                f"{layer.rope_fraction:g}) = {dims} of head_dim {shape.head_dim} dimensions; "
+                "RoPE needs an even number >= 2"
+            )
+        scaling = layer.rope_scaling
+        if scaling is not None and scaling.kind is RopeScalingKind.NTK and dims < 4:
+            raise InvalidCandidate(f"rope_scaling: ntk needs >= 4 rotated dimensions, got {dims}")
 
 
 def check_shape(shape: ModelShape) -> None:
@@ -110,16 +179,45 @@ def check_shape(shape: ModelShape) -> None:
 
 
 @dataclass(frozen=True)
+class CandidateStage:
+    """One training stage of a candidate: its plan, the knobs in force and their layers."""
+
+    plan: StagePlan
+    knobs: dict[str, Any]
+    layers: tuple[LayerSpec, ...]
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """One concrete architecture: resolved knobs, the model size and its layers."""
+    """One concrete architecture: resolved knobs, the model size and its layers.
+
+    ``layers`` are the layers training starts with. ``stages`` is the training plan with the
+    layers of each stage (empty: one stage, the train section); a later stage may override
+    knobs, so the layers that are scored, ``final_layers``, can differ from ``layers``.
+    """
 
     knobs: dict[str, Any]
     shape: ModelShape
     layers: tuple[LayerSpec, ...]
+    stages: tuple[CandidateStage, ...] = ()
+
+    @property
+    def multi_stage(self) -> bool:
+        return len(self.stages) > 1
+
+    @property
+    def final_layers(self) -> tuple[LayerSpec, ...]:
+        """The layers in force after the last stage: what is scored and served."""
+        return self.stages[-1].layers if self.stages else self.layers
 
     def canonical(self) -> dict[str, Any]:
-        """What makes two candidates the same model (knobs that do not change a layer do not count)."""
-        return {
+        """What makes two candidates the same model (knobs that do not change a layer do not count).
+
+        A plan of several stages is part of the candidate (its steps, lengths, schedules, task
+        mixes and each stage's layers); one stage adds nothing, so ids made before stages existed
+        stay the same.
+        """
+        out: dict[str, Any] = {
             "shape": {
                 "n_layers": self.shape.n_layers,
                 "d_model": self.shape.d_model,
@@ -132,6 +230,15 @@ class Candidate:
             },
             "layers": [layer.to_dict() for layer in self.layers],
         }
+        if self.multi_stage:
+            out["stages"] = [
+                {
+                    **{k: v for k, v in stage.plan.to_dict().items() if k != "knobs"},
+                    "layers": [layer.to_dict() for layer in stage.layers],
+                }
+                for stage in self.stages
+            ]
+        return out
 
     @property
     def id(self) -> str:
@@ -140,20 +247,60 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return candidate_name(self.shape, self.layers)
+        name = candidate_name(self.shape, self.layers)
+        previous = self.layers
+        for stage in self.stages[1:]:
+            name += f" > T{stage.plan.seq_len}"
+            if stage.layers != previous:
+                name += " " + " ".join(_layout_parts(stage.layers))
+            previous = stage.layers
+        return name
+
+    def scaled_at_eval(self) -> dict[str, Any] | None:
+        """The RoPE scaling in force when the candidate is scored, or None.
+
+        ``{"layers": [indices], "scaling": {kind, factor, ...}}`` (the first scaled layer's
+        scaling; one knob sets them all). Scores of a scaled candidate beyond T measure the
+        scaling as much as the architecture: reports say which candidates had one.
+        """
+        scaled = [layer for layer in self.final_layers if layer.rope_scaling is not None]
+        if not scaled:
+            return None
+        return {
+            "layers": [layer.index for layer in scaled],
+            "scaling": scaled[0].rope_scaling.to_dict(),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "knobs": dict(self.knobs), **self.canonical()}
+        out = {"id": self.id, "name": self.name, "knobs": dict(self.knobs), **self.canonical()}
+        if self.multi_stage:
+            for entry, stage in zip(out["stages"], self.stages, strict=True):
+                entry["knobs"] = dict(stage.plan.knobs)
+        scaled = self.scaled_at_eval()
+        if scaled is not None:
+            out["rope_scaling_at_eval"] = scaled
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
-        """The inverse of :meth:`to_dict` (how a candidate crosses to a trial process:
-        validated once by the driver, never re-expanded). Refuses a dict whose id does
-        not match its content."""
+        """The inverse of :meth:`to_dict` (a candidate crossing to a trial process as data).
+        Refuses a dict whose id does not match its content."""
+        knobs = dict(d["knobs"])
+        layers = tuple(LayerSpec.from_dict(layer) for layer in d["layers"])
+        stages: list[CandidateStage] = []
+        plans: list[StagePlan] = []
+        for entry in d.get("stages", ()):
+            plan = StagePlan(
+                **{k: entry[k] for k in StagePlan.__dataclass_fields__ if k != "knobs"},
+                knobs=dict(entry.get("knobs", {})),
+            )
+            plans.append(plan)
+            stage_layers = tuple(LayerSpec.from_dict(layer) for layer in entry["layers"])
+            stages.append(
+                CandidateStage(plan, stage_knobs(knobs, plans, len(plans) - 1), stage_layers)
+            )
         candidate = cls(
-            knobs=dict(d["knobs"]),
-            shape=ModelShape(**d["shape"]),
-            layers=tuple(LayerSpec.from_dict(layer) for layer in d["layers"]),
+            knobs=knobs, shape=ModelShape(**d["shape"]), layers=layers, stages=tuple(stages)
         )
         if "id" in d and d["id"] != candidate.id:
             raise ValueError(f"candidate {d['id']} does not match its layers ({candidate.id})")
@@ -166,25 +313,42 @@ def _base(value: float) -> str:
 
 
 def _attn(spec: LayerSpec) -> str:
-    pos = "nope" if spec.position is Position.NOPE else f"rope{_base(spec.rope_base)}"
-    win = f" swa{spec.window_tokens}" if spec.window_tokens is not None else ""
+    if spec.position is Position.NOPE:
+        pos = "nope"
+    else:
+        pos = f"rope{_base(spec.rope_base)}"
+        if spec.rope_fraction != 1.0:
+            pos += f" rot{spec.rope_fraction:g}"
+        if spec.rope_scaling is not None:
+            pos += f" {spec.rope_scaling.kind.value}{spec.rope_scaling.factor:g}"
+    win = ""
+    if spec.window_tokens is not None:
+        prefix = "chunk" if spec.window_kind is WindowKind.CHUNKED else "swa"
+        win = f" {prefix}{spec.window_tokens}"
     temp = " temp" if spec.temperature is not None else ""
-    return pos + win + temp
+    sink = " sink" if spec.attention_sink is AttentionSink.LEARNED else ""
+    return pos + win + temp + sink
+
+
+def _layout_parts(layers: tuple[LayerSpec, ...]) -> list[str]:
+    """The interleaving and each kind's attention, e.g. ``["3:1", "rope1e4 swa32/nope"]``."""
+    n_global = sum(layer.kind is LayerKind.GLOBAL for layer in layers)
+    n_local = len(layers) - n_global
+    local = next((layer for layer in layers if layer.kind is LayerKind.LOCAL), None)
+    glob = next((layer for layer in layers if layer.kind is LayerKind.GLOBAL), None)
+    if local is None:
+        return ["global", _attn(glob)]
+    if glob is None:
+        return ["local", _attn(local)]
+    ratio = f"{n_local // n_global}:1" if n_local % n_global == 0 else f"{n_local}:{n_global}"
+    return [ratio, f"{_attn(local)}/{_attn(glob)}"]
 
 
 def candidate_name(shape: ModelShape, layers: tuple[LayerSpec, ...]) -> str:
     """Readable name, e.g. ``L4 3:1 rope1e4 swa32/nope qk:none``."""
     n_global = sum(layer.kind is LayerKind.GLOBAL for layer in layers)
     n_local = len(layers) - n_global
-    local = next((layer for layer in layers if layer.kind is LayerKind.LOCAL), None)
-    glob = next((layer for layer in layers if layer.kind is LayerKind.GLOBAL), None)
-    if local is None:
-        parts = ["global", _attn(glob)]
-    elif glob is None:
-        parts = ["local", _attn(local)]
-    else:
-        ratio = f"{n_local // n_global}:1" if n_local % n_global == 0 else f"{n_local}:{n_global}"
-        parts = [ratio, f"{_attn(local)}/{_attn(glob)}"]
+    parts = _layout_parts(layers)
     norms = {layer.qk_norm for layer in layers} - {QKNorm.NONE}
     if not norms:
         qk = "qk:none"
@@ -199,12 +363,17 @@ def candidate_name(shape: ModelShape, layers: tuple[LayerSpec, ...]) -> str:
 
 
 def build_candidate(
-    knobs: Mapping[str, Any], base_shape: ModelShape, train_seq_len: int, path: str = "knobs"
+    knobs: Mapping[str, Any],
+    base_shape: ModelShape,
+    train_seq_len: int,
+    path: str = "knobs",
+    stages: tuple[StagePlan, ...] = (),
 ) -> Candidate:
-    """Resolve knobs, apply ``kv_heads`` to the shape, expand the layers.
+    """Resolve knobs, apply ``kv_heads`` to the shape, expand the layers of every stage.
 
-    Raises ConfigError for a malformed knob value and InvalidCandidate for a
-    well-formed but impossible combination.
+    ``stages`` is the training plan (empty or one stage: the knobs alone decide the layers).
+    Raises ConfigError for a malformed knob value and InvalidCandidate for a well-formed but
+    impossible combination, a stage override that changes parameter shapes included.
     """
     resolved = resolve_knobs(knobs, path)
     kv_heads = resolved["kv_heads"] or base_shape.n_heads
@@ -220,4 +389,22 @@ def build_candidate(
     )
     check_shape(shape)
     layers = expand_layers(resolved, shape, train_seq_len)
-    return Candidate(knobs=resolved, shape=shape, layers=layers)
+    if not stages:
+        return Candidate(knobs=resolved, shape=shape, layers=layers)
+    if stages[0].knobs:
+        raise InvalidCandidate(
+            "the first stage trains the candidate's own knobs; it overrides none"
+        )
+    planned = [CandidateStage(stages[0], resolved, layers)]
+    for i in range(1, len(stages)):
+        where = f"train.stages[{i}].knobs"
+        knobs_i = resolve_knobs(stage_knobs(resolved, stages, i), where)
+        for name in SHAPE_KNOBS:
+            if knobs_i[name] != resolved[name]:
+                raise InvalidCandidate(f"{where}.{name}: a stage cannot change parameter shapes")
+        layers_i = expand_layers(knobs_i, shape, train_seq_len)
+        if [x.parameter_layout() for x in layers_i] != [x.parameter_layout() for x in layers]:
+            change = describe_layout_change(resolved, knobs_i, shape.n_layers)
+            raise InvalidCandidate(f"{where}: a stage cannot change parameter shapes ({change})")
+        planned.append(CandidateStage(stages[i], knobs_i, layers_i))
+    return Candidate(knobs=resolved, shape=shape, layers=layers, stages=tuple(planned))

@@ -9,6 +9,7 @@ or a mapping with exactly one domain key::
     global_temperature_scale: {float: [0.05, 0.2]}
     local_rope_base: {log: [1000, 1000000]}  # log-uniform float range
     global_rope_base: {log: [1.0e4, 1.0e6], when: {global_position: rope}}
+    rope_fraction: {choice: [0.25, 0.5, 1.0]}  # a fraction in (0, 1]
 
 ``when`` makes a knob conditional: it is sampled only when every named knob has
 the given value (or one of a list of values); otherwise it keeps its default.
@@ -26,12 +27,20 @@ from space.yaml_io import echo
 
 # name -> (default, kind). kind drives value validation.
 _INT, _FLOAT, _WINDOW, _ENUM = "int", "float", "window", "enum"
+_FRACTION, _FACTOR = "fraction", "factor"  # a real in (0, 1]; a real >= 1
+
+_PLACEMENT = ("all", "local", "global")
 
 ENUM_VALUES: dict[str, tuple[str, ...]] = {
     "global_position": ("nope", "rope"),
     "global_temperature": ("none", "log"),
     "qk_norm": ("none", "pre_rope", "post_rope"),
-    "qk_norm_layers": ("all", "local", "global"),
+    "qk_norm_layers": _PLACEMENT,
+    "local_attention": ("sliding", "chunked"),
+    "attention_sink": ("none", "learned"),
+    "attention_sink_layers": _PLACEMENT,
+    "rope_scaling": ("none", "linear", "ntk", "yarn"),
+    "rope_scaling_layers": _PLACEMENT,
 }
 
 KNOB_KINDS: dict[str, str] = {
@@ -47,6 +56,18 @@ KNOB_KINDS: dict[str, str] = {
     "qk_norm": _ENUM,
     "qk_norm_layers": _ENUM,
     "kv_heads": _INT,
+    # Llama 4 chunked local attention, gpt-oss sinks, GPT-NeoX partial rotary, RoPE scaling.
+    "local_attention": _ENUM,
+    "attention_sink": _ENUM,
+    "attention_sink_layers": _ENUM,
+    "rope_fraction": _FRACTION,
+    "rope_scaling": _ENUM,
+    "rope_scaling_factor": _FACTOR,
+    "rope_scaling_layers": _ENUM,
+    "rope_scaling_original_tokens": _INT,
+    "rope_scaling_beta_fast": _FLOAT,
+    "rope_scaling_beta_slow": _FLOAT,
+    "rope_scaling_attention_factor": _FLOAT,
 }
 
 # Defaults describe the plain Llama-style baseline: every layer global, RoPE,
@@ -65,7 +86,28 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "qk_norm": "none",
     "qk_norm_layers": "all",
     "kv_heads": None,
+    # The knobs below came later; at these defaults a candidate is what it was before them.
+    "local_attention": "sliding",
+    "attention_sink": "none",
+    "attention_sink_layers": "all",
+    "rope_fraction": 1.0,
+    "rope_scaling": "none",
+    "rope_scaling_factor": None,  # required when rope_scaling is not none
+    "rope_scaling_layers": "all",
+    "rope_scaling_original_tokens": None,  # None = the training length (train.seq_len)
+    "rope_scaling_beta_fast": 32.0,
+    "rope_scaling_beta_slow": 1.0,
+    "rope_scaling_attention_factor": None,  # None = YaRN's 0.1 ln(factor) + 1
 }
+
+# Knobs whose null is a value (a default decided later), not an error.
+_NULLABLE = (
+    "kv_heads",
+    "global_temperature_floor",
+    "rope_scaling_factor",
+    "rope_scaling_original_tokens",
+    "rope_scaling_attention_factor",
+)
 
 KNOB_NAMES: tuple[str, ...] = tuple(KNOB_KINDS)
 
@@ -195,9 +237,11 @@ def check_value(name: str, value: Any, path: str) -> Any:
         if value > MAX_INT_KNOB:
             raise ConfigError.at(path, f"expected a window <= {MAX_INT_KNOB:,} tokens")
         return value
+    if value is None and name in _NULLABLE:
+        return None
     if kind == _INT:
-        if value is None and name in ("kv_heads", "global_temperature_floor", "global_every"):
-            return 0 if name == "global_every" else None
+        if value is None and name == "global_every":
+            return 0
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError.at(path, f"expected an integer, got {echo(value)}")
         if value < 0 or (value == 0 and name != "global_every"):
@@ -205,7 +249,7 @@ def check_value(name: str, value: Any, path: str) -> Any:
         if value > MAX_INT_KNOB:
             raise ConfigError.at(path, f"expected an integer <= {MAX_INT_KNOB:,}")
         return value
-    # float
+    # float, fraction, factor
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError.at(path, f"expected a number, got {echo(value)}")
     try:
@@ -214,6 +258,10 @@ def check_value(name: str, value: Any, path: str) -> Any:
         number = math.inf
     if not math.isfinite(number):
         raise ConfigError.at(path, f"expected a finite number, got {echo(value)}")
+    if kind == _FRACTION and not 0 < number <= 1:
+        raise ConfigError.at(path, f"expected a fraction in (0, 1], got {echo(value)}")
+    if kind == _FACTOR and number < 1:
+        raise ConfigError.at(path, f"expected a scaling factor >= 1, got {echo(value)}")
     if number <= 0:
         raise ConfigError.at(path, f"expected a positive number, got {echo(value)}")
     return number
@@ -260,7 +308,7 @@ def parse_knob(name: str, raw: Any, path: str) -> KnobSpec:
         raise ConfigError.at(f"{path}.{domain}", "expected [low, high]")
     if domain == "int" and kind not in (_INT, _WINDOW):
         raise ConfigError.at(f"{path}.int", f"knob {name!r} is not an integer knob")
-    if domain in ("float", "log") and kind != _FLOAT:
+    if domain in ("float", "log") and kind not in (_FLOAT, _FRACTION, _FACTOR):
         raise ConfigError.at(f"{path}.{domain}", f"knob {name!r} is not a real-valued knob")
     low = check_value(name, bounds[0], f"{path}.{domain}[0]")
     high = check_value(name, bounds[1], f"{path}.{domain}[1]")
@@ -329,3 +377,14 @@ def grid_size(spec: KnobSpec) -> int | None:
     if spec.domain == "float" and spec.step:
         return int((spec.high - spec.low) // spec.step) + 1
     return None
+
+
+def rotary_problem(fraction: float, head_dim: int) -> str | None:
+    """Why ``rope_fraction`` cannot rotate part of a head of ``head_dim`` (None: it can)."""
+    dims = int(head_dim * fraction)
+    if dims >= 2 and dims % 2 == 0:
+        return None
+    return (
+        f"rope_fraction={fraction:g} rotates int({head_dim} x {fraction:g}) = {dims} of "
+        f"head_dim {head_dim} dimensions; RoPE needs an even number >= 2"
+    )

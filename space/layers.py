@@ -7,8 +7,10 @@ layer's spec and never does ``layer_idx % k`` arithmetic itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class LayerKind(StrEnum):
@@ -27,10 +29,98 @@ class QKNorm(StrEnum):
     POST_ROPE = "post_rope"
 
 
-class QKNormLayers(StrEnum):
+class LayerPlacement(StrEnum):
+    """Which layer kinds a per-layer option (QK-norm, sinks, RoPE scaling) applies to."""
+
     ALL = "all"
     LOCAL = "local"
     GLOBAL = "global"
+
+    def covers(self, kind: LayerKind) -> bool:
+        return self is LayerPlacement.ALL or self.value == kind.value
+
+
+# The QK-norm placement knob predates the other placements; one type, two names.
+QKNormLayers = LayerPlacement
+
+
+class WindowKind(StrEnum):
+    """How a window of ``W`` tokens limits attention.
+
+    ``SLIDING``: the query at position ``i`` sees keys ``i - W < j <= i`` (Mistral, Gemma,
+    gpt-oss). ``CHUNKED``: positions are cut into chunks ``[cW, (c + 1)W)`` counted from
+    position 0, and a query sees the keys of its own chunk up to itself (Llama 4's
+    ``attention_chunk_size``): the first query of a chunk sees only itself.
+    """
+
+    SLIDING = "sliding"
+    CHUNKED = "chunked"
+
+
+class AttentionSink(StrEnum):
+    """``LEARNED``: one logit per query head, a virtual key that every query sees, which takes
+    softmax mass and adds nothing to the output (gpt-oss ``sinks``)."""
+
+    NONE = "none"
+    LEARNED = "learned"
+
+
+class RopeScalingKind(StrEnum):
+    """RoPE frequency scaling, as Hugging Face's ``rope_type`` (``modeling_rope_utils``).
+
+    ``LINEAR``: every frequency divided by the factor (position interpolation).
+    ``NTK``: Hugging Face ``dynamic``: the base grows with the current length ``L`` past the
+    original length, ``base * (factor * L / original - (factor - 1)) ** (d / (d - 2))``;
+    exactly the unscaled RoPE while ``L <= original``.
+    ``YARN``: high frequencies kept, low ones interpolated by the factor, a linear ramp
+    between (``beta_fast``, ``beta_slow`` rotations over the original length), and the
+    rotation tables multiplied by ``attention_factor``.
+    """
+
+    LINEAR = "linear"
+    NTK = "ntk"
+    YARN = "yarn"
+
+
+def yarn_default_attention_factor(factor: float) -> float:
+    """YaRN's ``0.1 * ln(factor) + 1`` (1 for factor <= 1), Hugging Face's default."""
+    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """One RoPE layer's frequency scaling. Only the fields its kind uses count (``to_dict``)."""
+
+    kind: RopeScalingKind
+    factor: float
+    original_tokens: int  # the length the unscaled base was trained at (NTK, YaRN)
+    beta_fast: float = 32.0  # YaRN
+    beta_slow: float = 1.0  # YaRN
+    attention_factor: float = 1.0  # YaRN: multiplies the cos/sin tables
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RopeScaling:
+        """The inverse of :meth:`to_dict` (fields a kind does not use take their defaults)."""
+        return cls(
+            kind=RopeScalingKind(d["kind"]),
+            factor=float(d["factor"]),
+            original_tokens=int(d.get("original_tokens", 0)),
+            beta_fast=float(d.get("beta_fast", 32.0)),
+            beta_slow=float(d.get("beta_slow", 1.0)),
+            attention_factor=float(d.get("attention_factor", 1.0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind.value, "factor": self.factor}
+        if self.kind is not RopeScalingKind.LINEAR:
+            out["original_tokens"] = self.original_tokens
+        if self.kind is RopeScalingKind.YARN:
+            out.update(
+                beta_fast=self.beta_fast,
+                beta_slow=self.beta_slow,
+                attention_factor=self.attention_factor,
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -49,7 +139,11 @@ class Temperature:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """What one transformer layer does. ``None`` means "not applicable/full"."""
+    """What one transformer layer does. ``None`` means "not applicable/full".
+
+    The fields after ``temperature`` came later; at their defaults they leave the layer (and
+    its ``to_dict``, hence every candidate id made before them) as it was.
+    """
 
     index: int
     kind: LayerKind
@@ -58,9 +152,20 @@ class LayerSpec:
     window_tokens: int | None  # None = full causal attention
     qk_norm: QKNorm
     temperature: Temperature | None  # only on NoPE layers
+    window_kind: WindowKind = WindowKind.SLIDING  # how window_tokens limits attention
+    attention_sink: AttentionSink = AttentionSink.NONE
+    rope_fraction: float = 1.0  # RoPE layers: the leading fraction of head dims rotated
+    rope_scaling: RopeScaling | None = None  # RoPE layers only
+
+    def rotary_dims(self, head_dim: int) -> int:
+        """Leading head dimensions that turn: ``int(head_dim * rope_fraction)`` (GPT-NeoX
+        ``rotary_ndims``), 0 on a NoPE layer."""
+        if self.position is Position.NOPE:
+            return 0
+        return int(head_dim * self.rope_fraction)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "index": self.index,
             "kind": self.kind.value,
             "position": self.position.value,
@@ -71,11 +176,22 @@ class LayerSpec:
             if self.temperature is None
             else {"floor_tokens": self.temperature.floor_tokens, "scale": self.temperature.scale},
         }
+        # Later fields only where they differ from their default: ids stay stable.
+        if self.window_kind is not WindowKind.SLIDING:
+            out["window_kind"] = self.window_kind.value
+        if self.attention_sink is not AttentionSink.NONE:
+            out["attention_sink"] = self.attention_sink.value
+        if self.rope_fraction != 1.0:
+            out["rope_fraction"] = self.rope_fraction
+        if self.rope_scaling is not None:
+            out["rope_scaling"] = self.rope_scaling.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerSpec:
         """The inverse of :meth:`to_dict`."""
         temp = d.get("temperature")
+        scaling = d.get("rope_scaling")
         return cls(
             index=int(d["index"]),
             kind=LayerKind(d["kind"]),
@@ -86,7 +202,19 @@ class LayerSpec:
             temperature=None
             if temp is None
             else Temperature(int(temp["floor_tokens"]), float(temp["scale"])),
+            window_kind=WindowKind(d.get("window_kind", WindowKind.SLIDING.value)),
+            attention_sink=AttentionSink(d.get("attention_sink", AttentionSink.NONE.value)),
+            rope_fraction=float(d.get("rope_fraction", 1.0)),
+            rope_scaling=None if scaling is None else RopeScaling.from_dict(scaling),
         )
+
+    def parameter_layout(self) -> tuple[bool, bool]:
+        """What this layer adds to the attention's parameters: (QK-norm weights, sink logits).
+
+        Two specs with the same layout can share one set of weights (a later training stage
+        may switch between them); anything else changes parameter shapes.
+        """
+        return (self.qk_norm is not QKNorm.NONE, self.attention_sink is AttentionSink.LEARNED)
 
 
 def layer_kind(spec: LayerSpec) -> str:

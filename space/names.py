@@ -6,6 +6,8 @@ tools read them, so they are part of the interface.
 
 from __future__ import annotations
 
+from space.tasks import TASKS
+
 # Scores a trial reports (also MLflow metric names and Optuna user attributes).
 SHORT_BPB = "short_bpb"
 LONG_ACC = "long_acc"
@@ -29,9 +31,44 @@ def acc_at(multiple: int) -> str:
     return f"acc@{multiple}x"
 
 
-# Scores usable as objectives (plus any extrap_bpb@Nx / acc@Nx).
+# Graded retrieval scores (teacher forcing): they still rank candidates when exact-match
+# accuracy is 1.0 (or 0.0) for all of them.
+LONG_ANSWER_NLL = "long_answer_nll"  # mean answer_nll over lengths beyond T
+
+
+def answer_nll_at(multiple: int) -> str:
+    """Mean negative log-likelihood of the answer, nats per answer byte, at N x T."""
+    return f"answer_nll@{multiple}x"
+
+
+def token_acc_at(multiple: int) -> str:
+    """Fraction of answer tokens the model predicts right under teacher forcing, at N x T."""
+    return f"token_acc@{multiple}x"
+
+
+# Per task family: ``<task>/<score>``, e.g. ``vartrack/long_acc``, ``multiquery/acc@4x``.
+# The bare names (``acc@4x``, ``long_acc``, ...) keep their meaning: the primary family
+# (``score.task``), and for long_acc / long_answer_nll the mean over ``score.long_tasks``.
+TASK_SCORE_SEPARATOR = "/"
+
+
+def task_score(task: str, name: str) -> str:
+    return f"{task}{TASK_SCORE_SEPARATOR}{name}"
+
+
+def split_task_score(name: str) -> tuple[str | None, str]:
+    """``("vartrack", "acc@4x")`` for ``vartrack/acc@4x``; ``(None, name)`` for a bare name."""
+    task, sep, base = name.partition(TASK_SCORE_SEPARATOR)
+    if sep and task in TASKS:
+        return task, base
+    return None, name
+
+
+# Scores usable as objectives (plus any extrap_bpb@Nx / acc@Nx / answer_nll@Nx /
+# token_acc@Nx, and the per-family names).
 OBJECTIVE_SCORES = (
     LONG_ACC,
+    LONG_ANSWER_NLL,
     SHORT_BPB,
     KV_CACHE_BYTES,
     ACC_AT_T,
@@ -57,10 +94,37 @@ def multiple_of(name: str, prefix: str) -> int | None:
     return None
 
 
+# Scores one task family reports (bare for the primary family, ``<task>/...`` for each).
+TASK_SCORES = (LONG_ACC, LONG_ANSWER_NLL, ACC_AT_T)
+TASK_SCORE_PREFIXES = ("acc@", "answer_nll@", "token_acc@")
+
+# Scores bounded to [0, 1] where 1 is best: the ones that saturate.
+ACCURACY_SCORES = (LONG_ACC, ACC_AT_T)
+ACCURACY_PREFIXES = ("acc@", "token_acc@")
+
+
+def is_task_score(name: str) -> bool:
+    """A retrieval score of one task family (bare or ``<task>/...``)."""
+    _, base = split_task_score(name)
+    return base in TASK_SCORES or any(multiple_of(base, p) is not None for p in TASK_SCORE_PREFIXES)
+
+
+def is_accuracy_score(name: str) -> bool:
+    """A score in [0, 1], higher is better (exact-match or token accuracy)."""
+    _, base = split_task_score(name)
+    return base in ACCURACY_SCORES or any(
+        multiple_of(base, p) is not None for p in ACCURACY_PREFIXES
+    )
+
+
 def is_score_name(name: str) -> bool:
+    task, base = split_task_score(name)
+    if task is not None:
+        return is_task_score(base)
     if name in OBJECTIVE_SCORES:
         return True
-    return any(multiple_of(name, prefix) is not None for prefix in ("extrap_bpb@", "acc@"))
+    prefixes = ("extrap_bpb@", *TASK_SCORE_PREFIXES)
+    return any(multiple_of(name, prefix) is not None for prefix in prefixes)
 
 
 # Optuna trial user attributes (interface: other tools read them).

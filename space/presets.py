@@ -26,13 +26,28 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "local_window": 64,
         "qk_norm": "pre_rope",
     },
+    # Llama 4: local layers attend within chunks (attention_chunk_size), not a sliding window.
     "llama4_like": {
         "global_every": 4,
         "global_position": "nope",
         "local_window": 64,
+        "local_attention": "chunked",
         "global_temperature": "log",
     },
-    "gptoss_like": {"global_every": 2, "global_position": "rope", "local_window": 128},
+    # gpt-oss: window-128 and full layers alternate, every layer with learned sink logits.
+    "gptoss_like": {
+        "global_every": 2,
+        "global_position": "rope",
+        "local_window": 128,
+        "attention_sink": "learned",
+    },
+    # Cohere2 (Command R7B / A): 3 sliding-window RoPE layers (rope_theta 50k) : 1 full NoPE.
+    "cohere2_like": {
+        "global_every": 4,
+        "global_position": "nope",
+        "local_window": 64,
+        "local_rope_base": 50000.0,
+    },
 }
 
 BUILTIN_PRESETS: MappingProxyType = MappingProxyType(
@@ -46,6 +61,7 @@ DESCRIPTIONS: dict[str, str] = {
     "rnope_swa": "3 of 4 layers RoPE with a sliding window; every 4th layer NoPE with full attention (the paper's hybrid, Command A/R7B).",
     "rnope": "3:1 RoPE:NoPE interleaving without a window on the RoPE layers.",
     "gemma3_like": "5 windowed RoPE layers to 1 global RoPE layer with a larger base, QK-norm (Gemma 3).",
-    "llama4_like": "3:1 windowed RoPE : NoPE with log temperature scaling of NoPE queries (Llama 4).",
-    "gptoss_like": "Alternating windowed and full-attention RoPE layers (gpt-oss).",
+    "llama4_like": "3:1 chunked-attention RoPE : full NoPE with log temperature scaling of NoPE queries (Llama 4).",
+    "gptoss_like": "Alternating sliding-window and full-attention RoPE layers, each with learned attention-sink logits (gpt-oss).",
+    "cohere2_like": "3 sliding-window RoPE layers (base 50k) to 1 full-attention NoPE layer (Cohere2, Command R7B / A).",
 }

@@ -1,12 +1,43 @@
-"""What `ropenope space` prints: searched and fixed knobs, and each preset's layers."""
+"""What `ropenope space` prints: searched and fixed knobs, the training stages, and each
+preset's layers (per stage when a later stage changes them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from space.errors import ConfigError, InvalidCandidate
+from space.expand import Candidate
+from space.layers import LayerSpec
 from space.presets import BUILTIN_PRESETS
 from space.schema import SweepConfig
+
+
+def layer_row(layer: LayerSpec) -> dict[str, Any]:
+    """One layer for `ropenope space --json`: every field, defaults included."""
+    return {
+        **{k: v for k, v in layer.to_dict().items() if k != "temperature"},
+        "temperature": layer.temperature is not None,
+        "window_kind": layer.window_kind.value,
+        "attention_sink": layer.attention_sink.value,
+        "rope_fraction": layer.rope_fraction,
+        "rope_scaling": None if layer.rope_scaling is None else layer.rope_scaling.to_dict(),
+    }
+
+
+def _preset_entry(cand: Candidate) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": cand.id,
+        "name": cand.name,
+        "knobs": cand.knobs,
+        "layers": [layer_row(layer) for layer in cand.layers],
+        "rope_scaling_at_eval": cand.scaled_at_eval(),
+    }
+    if cand.multi_stage:
+        entry["stages"] = [
+            {**stage.plan.to_dict(), "layers": [layer_row(layer) for layer in stage.layers]}
+            for stage in cand.stages
+        ]
+    return entry
 
 
 def describe_space(config: SweepConfig) -> dict[str, Any]:
@@ -20,16 +51,7 @@ def describe_space(config: SweepConfig) -> dict[str, Any]:
         except (InvalidCandidate, ConfigError) as err:
             presets[name] = {"error": str(err), "knobs": knobs, "layers": []}
             continue
-        presets[name] = {
-            "id": cand.id,
-            "name": cand.name,
-            "knobs": cand.knobs,
-            "layers": [
-                {k: v for k, v in layer.to_dict().items() if k != "temperature"}
-                | {"temperature": layer.temperature is not None}
-                for layer in cand.layers
-            ],
-        }
+        presets[name] = _preset_entry(cand)
     return {
         "study": config.study.name,
         "source": config.source,
@@ -37,12 +59,76 @@ def describe_space(config: SweepConfig) -> dict[str, Any]:
         "fixed": {k: v.to_dict()["value"] for k, v in config.fixed.items()},
         "conditions": {k: dict(v.to_dict()["when"]) for k, v in config.space.items() if v.when},
         "model": config.model.model_dump(),
+        "vocab_size": config.base_shape().vocab_size,
+        "tasks": list(config.score.families),
+        "stages": [plan.to_dict() for plan in config.train.stage_plans()],
         "objectives": [o.model_dump() for o in config.study.objectives],
         "presets": presets,
         "warnings": [{"path": p, "message": m} for p, m in config.warnings],
         "hypotheses_from": config.hypotheses_from,
         "hypotheses": [h.to_dict() for h in config.hypotheses],
     }
+
+
+def describe_data(config: SweepConfig) -> str:
+    """One line: the corpus, the tokenizer and model vocabulary, the scored task families."""
+    d, s = config.data, config.score
+    tok = d.tokenizer
+    if tok.bpe is not None:
+        tokenizer = f"bpe {tok.bpe.vocab_size}"
+    elif tok.file is not None:
+        tokenizer = f"file {tok.file}"
+    elif d.vocab_size is not None:
+        tokenizer = f"pre-tokenized ids < {d.vocab_size}"
+    else:
+        tokenizer = "bytes"
+    tasks = ", ".join(s.families) or "none"
+    headline = f" (long_acc over {', '.join(s.headline_tasks)})" if s.families else ""
+    return (
+        f"data: {d.source or 'python stdlib'}, tokenizer {tokenizer} "
+        f"(model vocabulary {config.base_shape().vocab_size}); tasks: {tasks}{headline}"
+    )
+
+
+def _scaling_text(scaling: dict[str, Any] | None) -> str:
+    if scaling is None:
+        return "-"
+    text = f"{scaling['kind']} x{scaling['factor']:g}"
+    if "original_tokens" in scaling:
+        text += f" from {scaling['original_tokens']}"
+    return text
+
+
+def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
+    """The layer table; the newer columns only when some layer uses them."""
+    show_rot = any(x["rope_fraction"] != 1.0 for x in layers)
+    show_scaling = any(x["rope_scaling"] is not None for x in layers)
+    show_sink = any(x["attention_sink"] != "none" for x in layers)
+    head = f"  {'layer':>5}  {'kind':<6}  {'position':<8}  {'rope_base':>9}  {'window':>9}  "
+    head += f"{'qk_norm':<9}"
+    head += f"  {'rot':>4}" if show_rot else ""
+    head += f"  {'rope_scaling':<20}" if show_scaling else ""
+    head += "  sink   " if show_sink else ""
+    out = [head.rstrip()]
+    for layer in layers:
+        base = "-" if layer["rope_base"] is None else f"{layer['rope_base']:g}"
+        window = "full" if layer["window"] is None else str(layer["window"])
+        if layer["window"] is not None and layer["window_kind"] == "chunked":
+            window = f"chunk {window}"
+        row = (
+            f"  {layer['index']:>5}  {layer['kind']:<6}  {layer['position']:<8}  {base:>9}  "
+            f"{window:>9}  {layer['qk_norm']:<9}"
+        )
+        if show_rot:
+            row += f"  {layer['rope_fraction']:>4g}"
+        if show_scaling:
+            row += f"  {_scaling_text(layer['rope_scaling']):<20}"
+        if show_sink:
+            row += f"  {layer['attention_sink']:<7}"
+        if layer["temperature"]:
+            row += "  +temperature"
+        out.append(row.rstrip())
+    return out
 
 
 def format_space(config: SweepConfig) -> str:
@@ -54,32 +140,48 @@ def format_space(config: SweepConfig) -> str:
         f"model: {m.layers} layers, d_model {m.d_model}, {m.heads} heads, mlp {m.mlp_hidden}; "
         f"train T={config.train.seq_len}, {config.train.total_steps} steps"
     )
+    out.append(describe_data(config))
+    if config.train.stages:
+        for i, plan in enumerate(config.train.stage_plans(), start=1):
+            knobs = ", ".join(f"{k}={v}" for k, v in plan.knobs.items())
+            out.append(
+                f"  stage {i}: {plan.steps} steps at T={plan.seq_len}, batch {plan.batch_size}, "
+                f"lr {plan.lr:g} (warmup {plan.warmup_steps}, min ratio {plan.min_lr_ratio:g})"
+                + (f"; knobs {knobs}" if knobs else "")
+            )
     out.append(
         "objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in config.study.objectives)
     )
     out.append("")
     out.append("searched knobs:" if config.searched else "searched knobs: (none)")
     for name, spec in config.searched.items():
-        out.append(f"  {name:<26} {spec.describe()}")
+        out.append(f"  {name:<30} {spec.describe()}")
     out.append("fixed knobs:" if config.fixed else "fixed knobs: (none, defaults apply)")
     for name, spec in config.fixed.items():
-        out.append(f"  {name:<26} {spec.describe()}")
+        out.append(f"  {name:<30} {spec.describe()}")
     for name, info in desc["presets"].items():
         out.append("")
         if info.get("error"):
             out.append(f"preset {name}: impossible with this model: {info['error']}")
             continue
         out.append(f"preset {name}: {info['name']}  [id {info['id']}]")
-        out.append(
-            f"  {'layer':>5}  {'kind':<6}  {'position':<8}  {'rope_base':>9}  {'window':>6}  qk_norm"
-        )
-        for layer in info["layers"]:
-            base = "-" if layer["rope_base"] is None else f"{layer['rope_base']:g}"
-            window = "full" if layer["window"] is None else str(layer["window"])
-            temp = "  +temperature" if layer["temperature"] else ""
+        stages = info.get("stages")
+        if not stages:
+            out.extend(_layer_table(info["layers"]))
+        else:
+            previous = None
+            for i, stage in enumerate(stages, start=1):
+                if stage["layers"] == previous:
+                    out.append(f"  stage {i}: layers as in stage {i - 1}")
+                    continue
+                out.append(f"  stage {i}:")
+                out.extend("  " + row for row in _layer_table(stage["layers"]))
+                previous = stage["layers"]
+        scaled = info.get("rope_scaling_at_eval")
+        if scaled:
             out.append(
-                f"  {layer['index']:>5}  {layer['kind']:<6}  {layer['position']:<8}  {base:>9}  "
-                f"{window:>6}  {layer['qk_norm']}{temp}"
+                f"  scored with RoPE scaling {_scaling_text(scaled['scaling'])} on layers "
+                f"{', '.join(map(str, scaled['layers']))}"
             )
     if config.hypotheses:
         source = f" (from {config.hypotheses_from})" if config.hypotheses_from else ""

@@ -70,3 +70,9 @@ def redact_text(text: str) -> str:
 def contains_secret(url: str) -> bool:
     """Whether :func:`redact_url` would change ``url``."""
     return redact_url(url) != url
+
+
+def is_redacted(url: str | None) -> bool:
+    """Whether ``url`` had its secret masked (a URL read back from a study or a run):
+    it cannot be used to connect."""
+    return bool(url) and (f":{MASK}@" in url or f"={MASK}" in url)

@@ -9,7 +9,13 @@ import pytest
 
 # The engines every integration module shares, registered once for the whole session
 # (one PostgreSQL server, one local Ray), whichever modules run.
-from engines import postgres_server, ray_local, runs_home, storage_url  # noqa: F401
+from engines import (  # noqa: F401
+    postgres_server,
+    ray_local,
+    runs_home,
+    storage_url,
+    template_db,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,18 @@ The fixtures are registered for every test module in ``conftest.py``.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -201,9 +209,6 @@ def seed_effect_runner(
     short_bpb plus ``NULL_GAP_BY_SEED[seed]`` (none). A seed in ``slow_seeds`` sleeps
     after each evaluation (its checkpoint is saved), so a test can kill the driver
     while it trains."""
-    import json
-    import time
-
     from workers.candidate import run_candidate
     from workers.layout import SCORES_FILE, write_atomic
 
@@ -228,3 +233,184 @@ def seed_effect_runner(
         out_dir = kwargs["out_dir"]
         write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), default=str))
     return result
+
+
+# -- MLflow -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    """An initialised MLflow SQLite database; tests copy it (creating one takes seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts.
+
+    Started in its own process group so that stopping it (by its PID) also stops the
+    uvicorn worker it spawns; the job runner is off (it would start a pool of consumers).
+    """
+
+    def __init__(self, folder: Path, template_db: Path) -> None:
+        self.folder = folder
+        self.db = folder / "server.db"
+        shutil.copyfile(template_db, self.db)  # skips the schema migration at start
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - closed by the process end
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.db}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server not healthy after {timeout_s}s: {self._log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # our own group: the server and its worker
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        # The uvicorn worker may outlive its parent by a moment: wait until the port is free.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self._listening():
+            time.sleep(0.2)
+        self.proc = None
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def _log_tail(self) -> str:
+        return (self.folder / "server.log").read_text(errors="replace")[-3000:]
+
+    # -- the REST API, read without the MLflow client ------------------------------------
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}/api/2.0/mlflow/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+
+    def runs(self, experiment: str) -> list[dict]:
+        exp = self.api("GET", f"experiments/get-by-name?experiment_name={experiment}")
+        found = self.api(
+            "POST",
+            "runs/search",
+            {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 1000},
+        )
+        return found.get("runs", [])
+
+    def artifacts(self, run_id: str, path: str = "") -> set[str]:
+        listing = self.api("GET", f"artifacts/list?run_id={run_id}&path={path}")
+        out: set[str] = set()
+        for item in listing.get("files", []):
+            if item.get("is_dir"):
+                out |= self.artifacts(run_id, item["path"])
+            else:
+                out.add(item["path"])
+        return out
+
+    def download(self, run_id: str, path: str) -> bytes:
+        url = f"{self.url}/get-artifact?path={urllib.parse.quote(path)}&run_uuid={run_id}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.read()
+
+
+def pid_reporting_runner(config: Any, candidate: Any, *, pid_file: str, **kwargs: Any) -> Any:
+    """run_candidate, except that at the first evaluation of the first attempt it writes its
+    process id to ``pid_file`` and pauses, so a test can kill the worker mid-training."""
+    from workers.candidate import run_candidate
+
+    inner = kwargs.pop("on_eval")
+
+    def on_eval(metrics: dict) -> Any:
+        stop = inner(metrics)
+        marker = Path(pid_file)
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(30)  # killed here; a restart finds the marker and does not wait
+        return stop
+
+    return run_candidate(config, candidate, on_eval=on_eval, **kwargs)
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: what a hung
+    tracking server looks like to a client."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._held: list[socket.socket] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self._held.append(conn)  # read nothing, answer nothing, close nothing
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+        self.sock.close()

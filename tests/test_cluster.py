@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -100,6 +101,12 @@ class Cluster:
     @property
     def mlflow_uri(self) -> str:
         return f"http://{LOCAL}:{self.mlflow_port}"
+
+    @property
+    def mlflow_uri_with_password(self) -> str:
+        """How a tracking server behind basic auth is addressed: the nodes use this one, so
+        the sweep carries a password in its tracking URI too (the server ignores it)."""
+        return f"http://{DB_USER}:{self.password}@{LOCAL}:{self.mlflow_port}"
 
     @property
     def jobs_address(self) -> str:
@@ -206,7 +213,7 @@ def cluster() -> Iterator[Cluster]:
         sweep_env = {
             **env,
             "ROPENOPE_STORAGE": c.storage,
-            "MLFLOW_TRACKING_URI": c.mlflow_uri,
+            "MLFLOW_TRACKING_URI": c.mlflow_uri_with_password,
             "ROPENOPE_HOME": str(base / "runs"),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": c.token,
@@ -336,12 +343,28 @@ def test_cluster_sweep_submitted_as_ray_job_lands_in_postgres_mlflow_and_both_no
     nodes = cluster.alive_nodes()
     assert sorted(nodes.values()) == [HEAD_IP, WORKER_IP]
 
-    submitted = ropenope(cluster, "submit", CONFIG, "--address", address)
-    assert submitted.returncode == 0, submitted.stderr + cluster.logs()
-    job_id = re.search(r"as Ray job (\S+) to", submitted.stdout).group(1)
-    assert f"ropenope logs {job_id} --address {address} --follow" in submitted.stdout
+    # Every process's command line, sampled while the sweep runs: `ps` is what any user of
+    # the host sees; the password must never be there.
+    command_lines: list[str] = []
+    sampling = threading.Event()
 
-    followed = ropenope(cluster, "logs", job_id, "--address", address, "--follow", timeout=420)
+    def sample_ps() -> None:
+        while not sampling.is_set():
+            done = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True)
+            command_lines.extend(done.stdout.splitlines())
+            sampling.wait(1.0)
+
+    sampler = threading.Thread(target=sample_ps, daemon=True)
+    sampler.start()
+    try:
+        submitted = ropenope(cluster, "submit", CONFIG, "--address", address)
+        assert submitted.returncode == 0, submitted.stderr + cluster.logs()
+        job_id = re.search(r"as Ray job (\S+) to", submitted.stdout).group(1)
+        assert f"ropenope logs {job_id} --address {address} --follow" in submitted.stdout
+        followed = ropenope(cluster, "logs", job_id, "--address", address, "--follow", timeout=420)
+    finally:
+        sampling.set()
+        sampler.join(timeout=10)
     status = ropenope(cluster, "job-status", job_id, "--address", address, "--json")
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
@@ -386,10 +409,50 @@ def test_cluster_sweep_submitted_as_ray_job_lands_in_postgres_mlflow_and_both_no
     text = ropenope(cluster, "status", job_id, "--address", address, timeout=180)
     assert text.returncode == 0, text.stdout + text.stderr
     assert f"job {job_id}: SUCCEEDED" in text.stdout and f"study {STUDY}" in text.stdout
-    listed = ropenope(cluster, "job-status", "--address", address, "--json")
-    listed = json.loads(listed.stdout)
+    listed_run = ropenope(cluster, "job-status", "--address", address, "--json")
+    listed = json.loads(listed_run.stdout)
     assert job_id in [j["job_id"] for j in listed]
     assert not [j for j in listed if "ropenope_query" in j["metadata"]]  # queries deleted
+
+    # No password anywhere (issue 11): the storage URL and the tracking URI both hold
+    # one; search every printed line, the Ray jobs' metadata, `ps`, both databases, every
+    # artifact and every file in the runs folder.
+    secret = cluster.password
+    printed = [submitted, followed, status, shown, text, listed_run]
+    for done in printed:
+        assert secret not in done.stdout + done.stderr, done.args
+    assert command_lines and not [line for line in command_lines if secret in line]
+    leaks = [
+        f"{db}.{where}" for db in ("optuna", "mlflow") for where in _rows_with(cluster, db, secret)
+    ]
+    assert not leaks, leaks
+    folders = [cluster.base / "runs", cluster.base / "mlflow-artifacts"]
+    leaked_files = [
+        str(path)
+        for folder in folders
+        for path in folder.rglob("*")
+        if path.is_file() and secret.encode() in path.read_bytes()
+    ]
+    assert not leaked_files, leaked_files
+
+
+def _rows_with(cluster: Cluster, database: str, needle: str) -> list[str]:
+    """``table`` names of every table of ``database`` holding ``needle`` in any column."""
+    import psycopg
+
+    url = f"postgresql://{DB_USER}:{cluster.password}@{LOCAL}:{cluster.pg_port}/{database}"
+    found = []
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+        for (table,) in tables:
+            hit = conn.execute(
+                f'SELECT count(*) FROM "{table}" AS t WHERE t::text LIKE %s', (f"%{needle}%",)
+            ).fetchone()[0]
+            if hit:
+                found.append(table)
+    return found
 
 
 def test_cluster_optuna_dashboard_reads_the_study_database(cluster):

@@ -305,3 +305,55 @@ def test_deploy_worker_with_all_gpus_leaves_them_to_ray(fake_ray, tmp_path):
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
+
+
+def test_compose_every_service_has_a_health_check():
+    for name, service in compose()["services"].items():
+        check = service.get("healthcheck")
+        assert check and check.get("test"), f"{name} has no healthcheck"
+
+
+def test_compose_services_run_as_a_non_root_user():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in ("root", "0")  # the image's services
+    for name, service in compose()["services"].items():
+        user = service.get("user")
+        if "image" in service and "build" not in service:  # a third-party image: say who
+            assert user and user not in ("root", "0"), f"{name} runs as root"
+        else:  # the ropenope image: its USER, unless overridden
+            assert user not in ("root", "0"), f"{name} runs as root"
+
+
+@pytest.mark.parametrize(
+    ("script", "variable", "env"),
+    [
+        ("postgres.sh", "POSTGRES_PASSWORD", {"PGDATA": "/nonexistent", "POSTGRES_USER": "u"}),
+        ("ray-head.sh", "RAY_AUTH_TOKEN", {}),
+        ("ray-worker.sh", "RAY_AUTH_TOKEN", {"RAY_HEAD_ADDRESS": "head:6379"}),
+    ],
+)
+def test_deploy_scripts_refuse_the_placeholder_secrets_of_env_example(script, variable, env):
+    placeholder = env_example()[variable]
+    assert "change-me" in placeholder
+    done = run_script(script, {**env, variable: placeholder})
+    assert done.returncode == 1
+    assert variable in done.stderr and ".env" in done.stderr
+
+
+@pytest.mark.parametrize("script", ["mlflow.sh", "optuna-dashboard.sh"])
+def test_deploy_scripts_refuse_a_placeholder_password_inside_a_store_url(script, tmp_path):
+    url = f"postgresql+psycopg://u:{env_example()['POSTGRES_PASSWORD']}@db:5432/x"
+    env = {"MLFLOW_BACKEND_STORE_URI": url, "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path)}
+    env["ROPENOPE_STORAGE"] = url
+    done = run_script(script, env)
+    assert done.returncode == 1 and "placeholder" in done.stderr
+
+
+def test_deploy_scripts_never_put_a_store_url_on_a_command_line():
+    # `ps` shows every process's arguments to every user of the host.
+    for name in ("mlflow.sh", "optuna-dashboard.sh"):
+        text = (DEPLOY / name).read_text()
+        for line in text.splitlines():
+            if line.lstrip().startswith("exec "):
+                assert "STORE_URI" not in line and "ROPENOPE_STORAGE" not in line, line

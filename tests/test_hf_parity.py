@@ -17,7 +17,13 @@ Which HF class checks what:
   k, shared by heads), with some layers windowed via ``layer_types``. HF has no Llama-style class
   with a learned QK-norm after RoPE (Llama 4 normalises after its RoPE but with no weight, with
   interleaved-pair RoPE and MoE layers), so ``POST_ROPE`` is covered by the reference test only.
-- ``Llama4TextAttention`` (one NoPE layer, on its own): the query temperature.
+- ``Llama4TextAttention`` (one NoPE layer, on its own): the query temperature; (one RoPE
+  layer) chunked attention with HF's ``chunked_causal_mask_function``.
+- ``GptOssAttention``: learned attention sinks, on a sliding-window and a full layer, with
+  YaRN-scaled RoPE from HF's own rotary module.
+- ``GPTNeoXAttention``: partial rotary (``rotary_pct``).
+- ``modeling_rope_utils.ROPE_INIT_FUNCTIONS`` (``linear``, ``dynamic``, ``yarn``): the scaled
+  frequencies themselves, and ``LlamaForCausalLM`` with each scaling beyond its original length.
 
 HF's sliding window keeps key j for query i when ``i - W < j <= i`` (``sliding_window_overlay``),
 and we check the mask itself against HF's mask function too. All HF models run with
@@ -31,9 +37,21 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm, Temperature  # noqa: E402
+from space.layers import (  # noqa: E402
+    AttentionSink,
+    LayerKind,
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    RopeScaling,
+    RopeScalingKind,
+    Temperature,
+    WindowKind,
+    yarn_default_attention_factor,
+)
 from workers.attention import window_mask  # noqa: E402
-from workers.model import Attention, HybridTransformer  # noqa: E402
+from workers.model import Attention, HybridTransformer, rope_inv_freq  # noqa: E402
 
 SHAPE = ModelShape(
     n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, vocab_size=64, init_std=0.08
@@ -209,3 +227,257 @@ def test_window_mask_matches_hf_sliding_window_mask_function():
     for window in (1, 3, 12):
         theirs = sliding_window_causal_mask_function(window)(0, 0, q_idx, kv_idx)
         assert torch.equal(window_mask(12, window), theirs)
+
+
+# ---------------------------------------------------------------- the newer knobs, layer by layer
+#
+# Llama 4 (chunked attention), gpt-oss (sinks, YaRN) and GPT-NeoX (partial rotary) wrap their
+# attention in blocks unlike ours (MoE, parallel residuals, LayerNorm), so these compare one
+# attention layer: the same weights, the same input, HF's own rotary module and HF's own mask
+# functions, against our Attention with every backend.
+
+BACKENDS = ("dense", "blocked", None)
+
+
+def additive_mask(mask_fn, seq_len: int, start_pos: int = 0) -> torch.Tensor:
+    """HF mask function -> (1, 1, T, T) float mask (0 visible, -inf hidden) at absolute positions."""
+    idx = torch.arange(start_pos, start_pos + seq_len)
+    visible = mask_fn(0, 0, idx[:, None], idx[None, :])
+    return torch.zeros(seq_len, seq_len).masked_fill(~visible, float("-inf"))[None, None]
+
+
+def attn_spec(window, kind, *, rope_base=ROPE_BASE, **extra) -> LayerSpec:
+    return LayerSpec(
+        0,
+        LayerKind.LOCAL if window else LayerKind.GLOBAL,
+        Position.ROPE if rope_base else Position.NOPE,
+        rope_base,
+        window,
+        QKNorm.NONE,
+        None,
+        window_kind=kind,
+        **extra,
+    )
+
+
+def run_ours(ours: Attention, x: torch.Tensor, start_pos: int) -> dict:
+    positions = torch.arange(start_pos, start_pos + x.shape[1])
+    with torch.no_grad():
+        return {b: ours(x, positions, backend=b, return_attn=False)[0] for b in BACKENDS}
+
+
+@pytest.mark.parametrize("start_pos", [0, 3])
+def test_hf_parity_llama4_chunked_rope_attention(start_pos):
+    from transformers.masking_utils import chunked_causal_mask_function
+    from transformers.models.llama4.modeling_llama4 import (
+        Llama4TextAttention,
+        Llama4TextRotaryEmbedding,
+    )
+
+    chunk, seq_len, dim = 5, 17, SHAPE.head_dim
+    config = transformers.Llama4TextConfig(
+        hidden_size=SHAPE.d_model,
+        num_attention_heads=SHAPE.n_heads,
+        num_key_value_heads=SHAPE.n_kv_heads,
+        head_dim=dim,
+        num_hidden_layers=1,
+        no_rope_layers=[1],  # 1 = this layer uses RoPE (HF's inverted flag)
+        attention_chunk_size=chunk,
+        use_qk_norm=False,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_BASE},
+        attn_implementation="eager",
+    )
+    assert config.layer_types == ["chunked_attention"]
+    torch.manual_seed(0)
+    theirs = Llama4TextAttention(config, layer_idx=0).eval()
+    ours = Attention(SHAPE, attn_spec(chunk, WindowKind.CHUNKED)).eval()
+    # Llama 4 turns interleaved pairs (2i, 2i+1); we turn (i, i + D/2) with the same frequency.
+    # Reordering each head's q and k rows maps one onto the other (dot products are unchanged).
+    halves = torch.cat([torch.arange(0, dim, 2), torch.arange(1, dim, 2)])
+    state = dict(theirs.state_dict())
+    for name, heads in (("q_proj.weight", SHAPE.n_heads), ("k_proj.weight", SHAPE.n_kv_heads)):
+        w = state[name].view(heads, dim, -1)
+        state[name] = w[:, halves].reshape(heads * dim, -1)
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(2, seq_len, SHAPE.d_model, generator=torch.Generator().manual_seed(3))
+    positions = torch.arange(start_pos, start_pos + seq_len)[None].expand(2, -1)
+    mask_fn = chunked_causal_mask_function(chunk, torch.zeros(2, dtype=torch.long))
+    with torch.no_grad():
+        freqs_cis = Llama4TextRotaryEmbedding(config)(x, positions)
+        want, _ = theirs(
+            x,
+            position_embeddings=freqs_cis,
+            attention_mask=additive_mask(mask_fn, seq_len, start_pos),
+        )
+    for backend, got in run_ours(ours, x, start_pos).items():
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=str(backend))
+
+
+@pytest.mark.parametrize("window", [5, None])
+def test_hf_parity_gptoss_sinks_with_yarn(window):
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssAttention, GptOssRotaryEmbedding
+
+    original, factor, seq_len = 8, 4.0, 21
+    config = transformers.GptOssConfig(
+        hidden_size=SHAPE.d_model,
+        num_attention_heads=SHAPE.n_heads,
+        num_key_value_heads=SHAPE.n_kv_heads,
+        head_dim=SHAPE.head_dim,
+        num_hidden_layers=2,
+        sliding_window=5,
+        attention_bias=False,
+        max_position_embeddings=original * int(factor),
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": ROPE_BASE,
+            "factor": factor,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": True,  # HF's default; gpt-oss's checkpoints say False
+            "original_max_position_embeddings": original,
+        },
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    theirs = GptOssAttention(config, layer_idx=0 if window else 1).eval()
+    with torch.no_grad():  # HF leaves the sinks uninitialised (torch.empty)
+        theirs.sinks.copy_(2 * torch.randn(SHAPE.n_heads))
+    yarn = RopeScaling(
+        RopeScalingKind.YARN,
+        factor,
+        original,
+        attention_factor=yarn_default_attention_factor(factor),
+    )
+    spec = attn_spec(
+        window, WindowKind.SLIDING, attention_sink=AttentionSink.LEARNED, rope_scaling=yarn
+    )
+    ours = Attention(SHAPE, spec).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # q/k/v/o_proj and sinks, one to one
+    x = torch.randn(2, seq_len, SHAPE.d_model, generator=torch.Generator().manual_seed(3))
+    mask_fn = sliding_window_causal_mask_function(window) if window else causal_mask_function
+    with torch.no_grad():
+        cos_sin = GptOssRotaryEmbedding(config)(x, torch.arange(seq_len)[None].expand(2, -1))
+        want, _ = theirs(
+            x, position_embeddings=cos_sin, attention_mask=additive_mask(mask_fn, seq_len)
+        )
+    for backend, got in run_ours(ours, x, 0).items():
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=str(backend))
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_hf_parity_gpt_neox_partial_rotary(fraction):
+    from transformers.masking_utils import causal_mask_function
+    from transformers.models.gpt_neox.modeling_gpt_neox import (
+        GPTNeoXAttention,
+        GPTNeoXRotaryEmbedding,
+    )
+
+    shape = ModelShape(1, 64, 4, 4, 48, 64)  # GPT-NeoX has no GQA; head_dim 16
+    dim, seq_len = shape.head_dim, 19
+    config = transformers.GPTNeoXConfig(
+        hidden_size=shape.d_model,
+        num_attention_heads=shape.n_heads,
+        num_hidden_layers=1,
+        rotary_pct=fraction,
+        rotary_emb_base=ROPE_BASE,
+        attention_bias=False,
+        attn_implementation="eager",
+    )
+    assert config.rope_parameters["partial_rotary_factor"] == fraction
+    torch.manual_seed(0)
+    theirs = GPTNeoXAttention(config, layer_idx=0).eval()
+    ours = Attention(shape, attn_spec(None, WindowKind.SLIDING, rope_fraction=fraction)).eval()
+    assert theirs.rotary_ndims == attn_spec(
+        None, WindowKind.SLIDING, rope_fraction=fraction
+    ).rotary_dims(dim)
+    # GPT-NeoX fuses q, k, v per head: rows [q_h, k_h, v_h] for each head h.
+    fused = theirs.query_key_value.weight.view(shape.n_heads, 3, dim, shape.d_model)
+    ours.load_state_dict(
+        {
+            "q_proj.weight": fused[:, 0].reshape(-1, shape.d_model),
+            "k_proj.weight": fused[:, 1].reshape(-1, shape.d_model),
+            "v_proj.weight": fused[:, 2].reshape(-1, shape.d_model),
+            "o_proj.weight": theirs.dense.weight,
+        }
+    )
+    x = torch.randn(2, seq_len, shape.d_model, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cos_sin = GPTNeoXRotaryEmbedding(config)(x, torch.arange(seq_len)[None].expand(2, -1))
+        want, _ = theirs(
+            x,
+            attention_mask=additive_mask(causal_mask_function, seq_len),
+            position_embeddings=cos_sin,
+        )
+    for backend, got in run_ours(ours, x, 0).items():
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=str(backend))
+
+
+# ---------------------------------------------------------------- RoPE scaling
+
+HF_ROPE_TYPE = {"linear": "linear", "ntk": "dynamic", "yarn": "yarn"}
+
+
+def hf_rope_config(kind: str, factor: float, original: int, fraction: float = 1.0, **yarn):
+    params = {"rope_type": HF_ROPE_TYPE[kind], "rope_theta": ROPE_BASE, "factor": factor}
+    if fraction != 1.0:
+        params["partial_rotary_factor"] = fraction
+    if kind == "yarn":
+        params.update(original_max_position_embeddings=original, **yarn)
+    # HF's dynamic NTK reads the original length from max_position_embeddings
+    return {**HF_COMMON, "rope_parameters": params, "max_position_embeddings": original}
+
+
+@pytest.mark.parametrize("kind", ["linear", "ntk", "yarn"])
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+@pytest.mark.parametrize("seq_len", [16, 200])
+def test_rope_inv_freq_matches_hf_rope_init_functions(kind, fraction, seq_len):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    head_dim, original, factor = 32, 16, 8.0
+    yarn = {"beta_fast": 16.0, "beta_slow": 2.0} if kind == "yarn" else {}
+    config = transformers.LlamaConfig(
+        **{**hf_rope_config(kind, factor, original, fraction, **yarn), "head_dim": head_dim}
+    )
+    want, want_factor = ROPE_INIT_FUNCTIONS[HF_ROPE_TYPE[kind]](config, "cpu", seq_len=seq_len)
+    scaling = RopeScaling(
+        RopeScalingKind(kind),
+        factor,
+        original,
+        **yarn,
+        attention_factor=yarn_default_attention_factor(factor) if kind == "yarn" else 1.0,
+    )
+    got, got_factor = rope_inv_freq(int(head_dim * fraction), ROPE_BASE, scaling, seq_len)
+    torch.testing.assert_close(got, want, atol=0, rtol=1e-6)
+    assert got_factor == pytest.approx(want_factor)
+
+
+@pytest.mark.parametrize("kind", ["linear", "ntk", "yarn"])
+def test_hf_parity_llama_with_rope_scaling_beyond_the_original_length(kind):
+    # The whole model: the scaled tables (and YaRN's attention factor) in every layer, at 3x the
+    # original length so NTK's length-dependent base is in play too.
+    original, factor, seq_len = 8, 4.0, 24
+    scaling = RopeScaling(
+        RopeScalingKind(kind),
+        factor,
+        original,
+        attention_factor=yarn_default_attention_factor(factor) if kind == "yarn" else 1.0,
+    )
+    layers = tuple(
+        LayerSpec(
+            i,
+            LayerKind.GLOBAL,
+            Position.ROPE,
+            ROPE_BASE,
+            None,
+            QKNorm.NONE,
+            None,
+            rope_scaling=scaling,
+        )
+        for i in range(SHAPE.n_layers)
+    )
+    config = transformers.LlamaConfig(
+        **hf_rope_config(kind, factor, original), head_dim=SHAPE.head_dim
+    )
+    ours, hf = ours_and_hf(layers, transformers.LlamaForCausalLM, config)
+    compare_logits(ours, hf, seq_len=seq_len)

@@ -1,4 +1,5 @@
-"""HybridTransformer: each layer gets the mask, RoPE table, QK-norm and temperature its spec says."""
+"""HybridTransformer: each layer gets the mask, RoPE table, QK-norm, temperature, sink, partial
+rotary and RoPE scaling its spec says."""
 
 from __future__ import annotations
 
@@ -7,9 +8,26 @@ import math
 import pytest
 import torch
 
-from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm, Temperature
+from space.layers import (
+    AttentionSink,
+    LayerKind,
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    RopeScaling,
+    RopeScalingKind,
+    Temperature,
+    WindowKind,
+)
 from workers.attention import window_mask
-from workers.model import HybridTransformer, apply_rope, rope_cos_sin, temperature_scale
+from workers.model import (
+    HybridTransformer,
+    apply_rope,
+    rope_cos_sin,
+    rope_inv_freq,
+    temperature_scale,
+)
 
 SHAPE = ModelShape(
     n_layers=5, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, vocab_size=40, init_std=0.08
@@ -23,6 +41,10 @@ def spec(
     window: int | None = None,
     qk_norm: QKNorm = QKNorm.NONE,
     temperature: Temperature | None = None,
+    chunked: bool = False,
+    sink: bool = False,
+    rope_fraction: float = 1.0,
+    scaling: RopeScaling | None = None,
 ) -> LayerSpec:
     """A hand-built layer: RoPE when rope_base is set, NoPE otherwise."""
     return LayerSpec(
@@ -33,6 +55,10 @@ def spec(
         window_tokens=window,
         qk_norm=qk_norm,
         temperature=temperature,
+        window_kind=WindowKind.CHUNKED if chunked else WindowKind.SLIDING,
+        attention_sink=AttentionSink.LEARNED if sink else AttentionSink.NONE,
+        rope_fraction=rope_fraction,
+        rope_scaling=scaling,
     )
 
 
@@ -46,13 +72,37 @@ MIXED = (
 )
 
 
+# The newer knobs, each layer different again: chunks shorter than the sequences below (with
+# a sink), partial rotary (half, a quarter of head_dim 8), linear RoPE scaling, sinks on a NoPE
+# layer with temperature, and a chunked layer with everything at once.
+LINEAR4 = RopeScaling(RopeScalingKind.LINEAR, factor=4.0, original_tokens=16)
+MIXED_NEW = (
+    spec(0, rope_base=10_000.0, window=4, chunked=True, sink=True),
+    spec(1, rope_base=500.0, window=7, rope_fraction=0.5),
+    spec(2, rope_base=10_000.0, qk_norm=QKNorm.POST_ROPE, rope_fraction=0.25, scaling=LINEAR4),
+    spec(3, rope_base=None, sink=True, temperature=Temperature(4, 0.5)),
+    spec(
+        4,
+        rope_base=100.0,
+        window=5,
+        chunked=True,
+        sink=True,
+        qk_norm=QKNorm.PRE_ROPE,
+        rope_fraction=0.5,
+        scaling=LINEAR4,
+    ),
+)
+
+
 def build(layers=MIXED, shape=SHAPE, seed: int = 0) -> HybridTransformer:
     torch.manual_seed(seed)
     model = HybridTransformer(shape, layers)
-    with torch.no_grad():  # QK-norm weights start at 1; make pre/post-rope placement matter
+    with torch.no_grad():  # QK-norm weights start at 1, sinks at 0; make them matter
         for name, p in model.named_parameters():
             if name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.copy_(1 + 0.5 * torch.randn_like(p))
+            if name.endswith("sinks"):
+                p.copy_(2 * torch.randn_like(p))
     return model
 
 
@@ -67,7 +117,9 @@ def reference_probs(attn, layer: LayerSpec, x: torch.Tensor, positions: list[int
     """Attention probabilities (B, H, T, T) recomputed from the spec in float64.
 
     Written differently from the model on purpose: RoPE as complex multiplication of the pairs
-    (d, d + D/2), temperature with math.log1p, the mask with explicit index comparisons.
+    (d, d + R/2) of the first R = rope_fraction * D dims, linear scaling as positions divided by
+    the factor, temperature with math.log1p, the mask with explicit index comparisons, the sink
+    as one more column of logits.
     """
     n_heads, n_kv, dim = SHAPE.n_heads, SHAPE.n_kv_heads, SHAPE.head_dim
     x = x.double()
@@ -79,14 +131,19 @@ def reference_probs(attn, layer: LayerSpec, x: torch.Tensor, positions: list[int
         return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + SHAPE.norm_eps) * weight.double()
 
     def rotate(t):
-        half = dim // 2
-        freq = layer.rope_base ** (-torch.arange(half, dtype=torch.float64) * 2 / dim)
-        angle = torch.tensor(positions, dtype=torch.float64)[:, None] * freq  # (T, D/2)
+        turns = int(dim * layer.rope_fraction)
+        half = turns // 2
+        freq = layer.rope_base ** (-torch.arange(half, dtype=torch.float64) * 2 / turns)
+        where = torch.tensor(positions, dtype=torch.float64)
+        if layer.rope_scaling is not None:  # only linear here: positions interpolated
+            assert layer.rope_scaling.kind is RopeScalingKind.LINEAR
+            where = where / layer.rope_scaling.factor
+        angle = where[:, None] * freq  # (T, R/2)
         turned = (
-            torch.complex(t[..., :half], t[..., half:])
+            torch.complex(t[..., :half], t[..., half:turns])
             * torch.polar(torch.ones_like(angle), angle)[None, :, None, :]
         )
-        return torch.cat([turned.real, turned.imag], dim=-1)
+        return torch.cat([turned.real, turned.imag, t[..., turns:]], dim=-1)
 
     rope = layer.position is Position.ROPE
     if layer.qk_norm is QKNorm.PRE_ROPE or (layer.qk_norm is QKNorm.POST_ROPE and not rope):
@@ -105,9 +162,16 @@ def reference_probs(attn, layer: LayerSpec, x: torch.Tensor, positions: list[int
     i = torch.arange(seq_len)[:, None]
     j = torch.arange(seq_len)[None, :]
     visible = j <= i
-    if layer.window_tokens is not None:
+    if layer.window_tokens is not None and layer.window_kind is WindowKind.CHUNKED:
+        start, w = positions[0], layer.window_tokens
+        visible &= (i + start) // w == (j + start) // w
+    elif layer.window_tokens is not None:
         visible &= i - j < layer.window_tokens
-    return scores.masked_fill(~visible, -math.inf).softmax(-1)
+    scores = scores.masked_fill(~visible, -math.inf)
+    if layer.attention_sink is AttentionSink.LEARNED:
+        sink = attn.sinks.double()[None, :, None, None].expand(batch, -1, seq_len, 1)
+        return torch.cat([scores, sink], dim=-1).softmax(-1)[..., :seq_len]
+    return scores.softmax(-1)
 
 
 def layer_inputs(model: HybridTransformer, idx: torch.Tensor, start_pos: int):
@@ -134,6 +198,27 @@ def test_model_each_layer_attention_follows_its_spec(start_pos):
     for layer, block, x, probs in zip(MIXED, model.blocks, inputs, attn, strict=True):
         want = reference_probs(block.attn, layer, x, positions)
         torch.testing.assert_close(probs.double(), want, atol=1e-5, rtol=1e-4, msg=str(layer))
+
+
+@pytest.mark.parametrize("start_pos", [0, 13])
+def test_model_new_knobs_each_layer_attention_follows_its_spec(start_pos):
+    model = build(MIXED_NEW)
+    inputs, attn = layer_inputs(model, tokens(2, 24), start_pos)
+    positions = list(range(start_pos, start_pos + 24))
+    for layer, block, x, probs in zip(MIXED_NEW, model.blocks, inputs, attn, strict=True):
+        want = reference_probs(block.attn, layer, x, positions)
+        torch.testing.assert_close(probs.double(), want, atol=1e-5, rtol=1e-4, msg=str(layer))
+
+
+def test_model_reference_check_detects_sliding_for_chunked_and_full_for_partial_rotary():
+    model = build(MIXED_NEW)
+    inputs, attn = layer_inputs(model, tokens(1, 24), 0)
+    sliding = spec(0, rope_base=10_000.0, window=4, sink=True)
+    want = reference_probs(model.blocks[0].attn, sliding, inputs[0], list(range(24)))
+    assert (attn[0].double() - want).abs().max() > 1e-3
+    full_rotary = spec(1, rope_base=500.0, window=7)
+    want = reference_probs(model.blocks[1].attn, full_rotary, inputs[1], list(range(24)))
+    assert (attn[1].double() - want).abs().max() > 1e-3
 
 
 def test_model_reference_check_detects_wrong_rope_base():
@@ -184,6 +269,51 @@ def test_model_backends_agree_forward_and_backward(seq_len):
         torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
         for name, grad in grads.items():
             torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("seq_len", [5, 23, 40])
+def test_model_new_knobs_backends_agree_forward_and_backward(seq_len):
+    model = build(MIXED_NEW)
+    idx = tokens(2, seq_len)
+    results = {}
+    for backend in ("dense", "blocked", None):
+        model.zero_grad()
+        logits = model(idx, attn_backend=backend, start_pos=3)
+        logits.square().mean().backward()
+        results[backend] = (
+            logits.detach(),
+            {n: p.grad.clone() for n, p in model.named_parameters()},
+        )
+    ref_logits, ref_grads = results["dense"]
+    assert ref_grads["blocks.0.attn.sinks"].abs().sum() > 0  # the sinks learn
+    for backend in ("blocked", None):
+        logits, grads = results[backend]
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_model_set_layers_switches_specs_and_keeps_weights():
+    model = build(MIXED_NEW)
+    yarn = RopeScaling(RopeScalingKind.YARN, 4.0, 16, attention_factor=1.2)
+    later = (
+        spec(0, rope_base=1e6, window=8, chunked=True, sink=True, scaling=yarn),
+        *MIXED_NEW[1:],
+    )
+    fresh = build(later)  # same seed, same weights, built with the later specs
+    idx = tokens(2, 20)
+    model.set_layers(later)
+    assert model.layers == later and model.blocks[0].attn.spec == later[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), fresh(idx))
+    gains_norm = (
+        spec(0, rope_base=1e6, window=8, chunked=True, sink=True, qk_norm=QKNorm.PRE_ROPE),
+    )
+    with pytest.raises(ValueError, match="other parameters"):
+        model.set_layers(gains_norm + MIXED_NEW[1:])
+    loses_sink = (spec(0, rope_base=1e6, window=8, chunked=True),)
+    with pytest.raises(ValueError, match="other parameters"):
+        model.set_layers(loses_sink + MIXED_NEW[1:])
 
 
 def test_model_return_attn_logits_equal_fast_path():
@@ -268,6 +398,32 @@ def test_temperature_scale_is_identity_below_floor_and_follows_formula():
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
 
 
+def test_apply_rope_partial_turns_only_the_leading_dims():
+    x = torch.randn(1, 2, 6, 8)
+    cos, sin = rope_cos_sin(torch.arange(6), 4, 500.0, torch.float32)  # 4 of 8 dims
+    turned = apply_rope(x, cos, sin)
+    torch.testing.assert_close(turned[..., 4:], x[..., 4:])  # the rest is position-free
+    full = apply_rope(x[..., :4], cos, sin)
+    torch.testing.assert_close(turned[..., :4], full)
+
+
+def test_rope_scaling_tables_follow_their_definitions():
+    positions = torch.arange(40)
+    plain = rope_inv_freq(8, 500.0)[0]
+    linear = RopeScaling(RopeScalingKind.LINEAR, 4.0, 16)
+    torch.testing.assert_close(rope_inv_freq(8, 500.0, linear)[0], plain / 4)
+    ntk = RopeScaling(RopeScalingKind.NTK, 4.0, 16)
+    # NTK is exactly RoPE up to the original length, and slower beyond it
+    torch.testing.assert_close(rope_inv_freq(8, 500.0, ntk, seq_len=16)[0], plain)
+    beyond = rope_inv_freq(8, 500.0, ntk, seq_len=40)[0]
+    assert beyond[0] == plain[0] and torch.all(beyond[1:] < plain[1:])
+    yarn = RopeScaling(RopeScalingKind.YARN, 4.0, 16, attention_factor=1.3)
+    freq, factor = rope_inv_freq(8, 500.0, yarn)
+    assert factor == 1.3 and torch.all(freq <= plain) and torch.all(freq >= plain / 4)
+    cos, sin = rope_cos_sin(positions, 8, 500.0, torch.float32, yarn)
+    torch.testing.assert_close(cos.square() + sin.square(), torch.full((40, 8), 1.3**2))
+
+
 # ---------------------------------------------------------------- construction
 
 
@@ -292,6 +448,17 @@ def test_model_num_parameters_counts_tied_embedding_once():
     assert not any("bias" in name for name, _ in model.named_parameters())
 
 
+def test_model_sinks_are_one_logit_per_query_head():
+    model = build(MIXED_NEW)
+    sinks = {n: p.shape for n, p in model.named_parameters() if n.endswith("sinks")}
+    assert sinks == {f"blocks.{i}.attn.sinks": (SHAPE.n_heads,) for i in (0, 3, 4)}
+    assert all(
+        torch.all(p == 0)
+        for n, p in HybridTransformer(SHAPE, MIXED_NEW).named_parameters()
+        if n.endswith("sinks")
+    )
+
+
 def test_model_rejects_inconsistent_layers():
     with pytest.raises(ValueError, match="layer specs"):
         HybridTransformer(SHAPE, MIXED[:3])
@@ -302,3 +469,6 @@ def test_model_rejects_inconsistent_layers():
         HybridTransformer(SHAPE, (bad, *MIXED[1:]))
     with pytest.raises(ValueError, match="n_kv_heads"):
         HybridTransformer(ModelShape(5, 32, 4, 3, 48, 40), MIXED)
+    odd = spec(0, rope_base=1e4, rope_fraction=0.375)  # 3 of 8 dims cannot turn in pairs
+    with pytest.raises(ValueError, match="rope_fraction"):
+        HybridTransformer(SHAPE, (odd, *MIXED[1:]))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from engines import free_port
 
-from search import remote
+from search import jobs, remote
 from search.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,10 +24,10 @@ def parse(*argv: str):
 
 
 def test_remote_only_http_addresses_go_to_the_jobs_api():
-    assert remote.is_jobs_address("http://head:8265")
-    assert remote.is_jobs_address("https://ray.example:443")
+    assert jobs.is_jobs_address("http://head:8265")
+    assert jobs.is_jobs_address("https://ray.example:443")
     for address in (None, "", "auto", "head:6379", "ray://head:10001"):
-        assert not remote.is_jobs_address(address)
+        assert not jobs.is_jobs_address(address)
 
 
 def test_remote_forwards_sweep_options_but_not_submission_ones():
@@ -42,8 +42,8 @@ def test_remote_forwards_sweep_options_but_not_submission_ones():
 
 def test_remote_job_env_takes_storage_from_flag_then_shell():
     root = REPO
-    env, notes = remote.job_env("postgresql+psycopg://u:p@db:5432/optuna", {}, root)
-    assert env[remote.STORAGE_ENV] == "postgresql+psycopg://u:p@db:5432/optuna"
+    env, notes = remote.job_env("postgresql+psycopg://u@db:5432/optuna", {}, root)
+    assert env[remote.STORAGE_ENV] == "postgresql+psycopg://u@db:5432/optuna"
     assert remote.TRACKING_ENV not in env
     assert any("from --storage" in n for n in notes)
 
@@ -54,6 +54,20 @@ def test_remote_job_env_takes_storage_from_flag_then_shell():
     env, notes = remote.job_env(None, shell, root)
     assert env[remote.STORAGE_ENV] == shell[remote.STORAGE_ENV]
     assert env[remote.TRACKING_ENV] == "http://ml:5000"
+
+
+def test_remote_job_env_never_sends_a_password(capsys):
+    # A job's environment is shown by the Jobs API and the dashboard (issue 11).
+    with pytest.raises(remote.RemoteError, match="holds a password") as err:
+        remote.job_env("postgresql+psycopg://u:s3cret@db:5432/optuna", {}, REPO)
+    assert "s3cret" not in str(err.value)
+    shell = {
+        remote.STORAGE_ENV: "postgresql+psycopg://u:s3cret@db/optuna",
+        remote.TRACKING_ENV: "http://u:s3cret@ml:5000",
+    }
+    env, notes = remote.job_env(None, shell, REPO)
+    assert remote.STORAGE_ENV not in env and remote.TRACKING_ENV not in env
+    assert "s3cret" not in " ".join(notes) and any("not sent" in n for n in notes)
 
 
 def test_remote_job_env_leaves_stores_to_the_cluster_and_sends_the_commit():
@@ -70,13 +84,11 @@ def test_remote_job_env_warns_about_loopback_store_urls():
 
 
 def test_remote_auth_header_from_token_or_token_file(tmp_path):
-    assert remote.auth_headers({"RAY_AUTH_TOKEN": "abc"}) == {"Authorization": "Bearer abc"}
+    assert jobs.auth_headers({"RAY_AUTH_TOKEN": "abc"}) == {"Authorization": "Bearer abc"}
     path = tmp_path / "token"
     path.write_text("xyz\n")
-    assert remote.auth_headers({"RAY_AUTH_TOKEN_PATH": str(path)}) == {
-        "Authorization": "Bearer xyz"
-    }
-    assert remote.auth_headers({}) == {}
+    assert jobs.auth_headers({"RAY_AUTH_TOKEN_PATH": str(path)}) == {"Authorization": "Bearer xyz"}
+    assert jobs.auth_headers({}) == {}
 
 
 def test_remote_submit_refuses_a_sweep_file_outside_the_uploaded_folder(tmp_path, capsys):

@@ -278,3 +278,32 @@ def test_report_modules_do_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert out.stdout.strip() == "False"
+
+
+def test_report_draws_one_accuracy_panel_per_task_family_and_warns_on_saturation(tmp_path):
+    # Two families scored separately (their '<family>/acc@Nx' scores), and long_acc at 1.0
+    # for every candidate: the report shows both families and says the objective is saturated.
+    from studies import attrs, complete
+
+    from tracking.aggregate import aggregate
+    from tracking.records import study_records
+    from tracking.report.build import saturation_notes
+    from tracking.report.figures import task_families
+
+    trials = []
+    for name in ("rope", "rnope_swa"):
+        for seed in (0, 1):
+            a = attrs(name, seed, acc={1: 1.0, 2: 1.0, 4: 1.0})
+            for family, level in (("passkey", 1.0), ("vartrack", 0.4)):
+                a.update({f"{family}/acc@{m}x": level for m in (1, 2, 4)})
+            trials.append(complete(a))
+    s = study(trials)
+    read = study_records(s)
+    agg = aggregate(read.records, read.objective_names, read.directions)
+    assert task_families(agg) == ["passkey", "vartrack"]
+    notes = saturation_notes(agg)
+    assert len(notes) == 1 and "long_acc" in notes[0] and "long_answer_nll" in notes[0]
+    paths = build_report(s, tmp_path)
+    summary = json.loads(paths["summary.json"].read_text())
+    assert any("long_acc" in w and "saturated" in w for w in summary["warnings"])
+    assert "long_acc" in paths["report.md"].read_text().split("Runs and notes", 1)[1]

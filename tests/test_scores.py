@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm
+from space.layers import (
+    AttentionSink,
+    LayerKind,
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    WindowKind,
+)
+from workers.attention import window_mask
 from workers.scores import (
     NiahResult,
     acc_at,
     answer_correct,
+    answer_likelihood,
     attention_flops_per_token,
     attention_mass,
     bits_per_byte,
@@ -22,7 +33,7 @@ from workers.scores import (
     long_acc,
     niah_grid,
 )
-from workers.tasks import SEGMENTS, TASKS, render
+from workers.tasks import NEEDLE_TASKS, SEGMENTS, render
 from workers.tokens import NEEDLE_CLOSE, NEEDLE_OPEN, VOCAB_SIZE, encode
 
 # --------------------------------------------------------------------------- fakes
@@ -124,7 +135,7 @@ def test_bits_per_byte_rejects_too_few_tokens():
 # --------------------------------------------------------------------------- retrieval
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", NEEDLE_TASKS)
 def test_niah_grid_oracle_scores_one_and_uniform_scores_zero(task, filler):
     kw = dict(task=task, lengths=[64, 128], depths=(0.0, 0.5, 1.0), samples=3, seed=1)
     oracle = niah_grid(OracleModel(), filler, **kw, task_params={"value_len": 3})
@@ -136,7 +147,13 @@ def test_niah_grid_oracle_scores_one_and_uniform_scores_zero(task, filler):
 def test_niah_grid_rows_are_lengths_and_columns_depths(filler):
     # The oracle sees only needles in the first 64 tokens: the long row fails at depth 1 only.
     result = niah_grid(
-        OracleModel(reach=64), filler, lengths=[64, 256], depths=(0.0, 1.0), samples=4, seed=0
+        OracleModel(reach=64),
+        filler,
+        lengths=[64, 256],
+        depths=(0.0, 1.0),
+        samples=4,
+        seed=0,
+        graded=False,
     )
     assert result.lengths == (64, 256) and result.depths == (0.0, 1.0)
     assert result.acc == ((1.0, 1.0), (1.0, 0.0))
@@ -261,6 +278,37 @@ def test_attention_flops_per_token_hand_built_layouts():
     assert 0.25 < ratio < 0.26
 
 
+CHUNKED = [replace(spec, window_kind=WindowKind.CHUNKED) for spec in WINDOWED]
+
+
+def test_kv_cache_bytes_chunked_and_sink_layers():
+    ctx = 131072
+    # a chunked layer holds at most its chunk (the one being filled): as much as a window
+    assert kv_cache_bytes(_shape(), CHUNKED, ctx) == kv_cache_bytes(_shape(), WINDOWED, ctx)
+    assert kv_cache_bytes(_shape(), CHUNKED, 10) == kv_cache_bytes(_shape(), WINDOWED, 10)
+    # sink logits are parameters, not cache
+    sinks = [replace(spec, attention_sink=AttentionSink.LEARNED) for spec in MIXED]
+    assert kv_cache_bytes(_shape(), sinks, ctx) == kv_cache_bytes(_shape(), MIXED, ctx)
+
+
+def test_attention_flops_per_token_chunked_counts_the_visible_keys_of_the_mask():
+    shape = _shape()
+    # chunks of 2 over 5 tokens: 1, 2, 1, 2, 1 keys -> mean 1.4
+    c2 = [replace(_spec(0, LayerKind.LOCAL, Position.ROPE, 2), window_kind=WindowKind.CHUNKED)]
+    assert attention_flops_per_token(shape, c2, 5) == pytest.approx(4 * 4 * 32 * 1.4)
+    for n in (1, 63, 64, 65, 300):
+        # the reference: keys each query sees in the mask the kernels use
+        keys = float(window_mask(n, 64, window_kind=WindowKind.CHUNKED).sum())
+        assert attention_flops_per_token(shape, CHUNKED, n) == pytest.approx(
+            4 * (4 * 4 * 32) * keys / n
+        )
+    # long context: chunks cost about half a sliding window of the same size
+    ratio = attention_flops_per_token(shape, CHUNKED, 131072) / attention_flops_per_token(
+        shape, WINDOWED, 131072
+    )
+    assert 0.5 < ratio < 0.51
+
+
 # --------------------------------------------------------------------------- attention mass
 
 
@@ -354,3 +402,184 @@ def test_answer_correct_scores_the_value_not_the_final_stop_marker(filler, task)
     examples = [render(task, 120, 0.5, s, filler) for s in range(4)]
     assert answer_correct(NoStopOracle(), examples).all()
     assert not answer_correct(OffByOneDigit(), examples).any()
+
+
+# --------------------------------------------------------------------------- any family, any
+# tokenizer: scores compare decoded text
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from workers.data import load_corpus
+    from workers.tokenizer import train_bpe
+
+    corpus = load_corpus(max_tokens=300_000)
+    text = bytes(np.asarray(corpus.train[corpus.train < 256], dtype=np.uint8)).decode(
+        "utf-8", "replace"
+    )
+    return train_bpe([text[i : i + 5000] for i in range(0, len(text), 5000)], 512)
+
+
+def _tokenizer_and_filler(name: str, bpe, filler):
+    from workers.tokenizer import BYTE_TOKENIZER
+
+    if name == "bytes":
+        return BYTE_TOKENIZER, filler
+    text = bytes(filler.astype(np.uint8)).decode()
+    return bpe, bpe.encode(text).astype(np.uint16)
+
+
+class CopyModel(torch.nn.Module):
+    """Knows the examples' answers: at every answer position it predicts the next answer
+    token as ``emit(example)`` spells it (the example's own tokens by default)."""
+
+    def __init__(self, examples, vocab_size: int, emit=None):
+        super().__init__()
+        self.examples = examples
+        self.vocab_size = vocab_size
+        self.emit = emit or (lambda e: e.answer.tolist())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*idx.shape, self.vocab_size)
+        for b, row in enumerate(idx.tolist()):
+            e = next(
+                e
+                for e in self.examples
+                if len(row) >= e.prompt_len and row[: e.prompt_len] == e.prompt.tolist()
+            )
+            answer = self.emit(e)
+            for j in range(e.prompt_len - 1, len(row)):
+                k = j - (e.prompt_len - 1)
+                if k < len(answer):
+                    logits[b, j, answer[k]] = 30.0
+        return logits
+
+
+class NoiseModel(torch.nn.Module):
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.gen = torch.Generator().manual_seed(0)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.randn(*idx.shape, self.vocab_size, generator=self.gen) * 3.0
+
+
+ALL_FAMILIES = ["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
+
+
+@pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
+@pytest.mark.parametrize("task", ALL_FAMILIES)
+def test_answer_scores_copying_the_answer_is_one_and_noise_is_zero(
+    task, tokenizer_name, bpe, filler
+):
+    tokenizer, tokens = _tokenizer_and_filler(tokenizer_name, bpe, filler)
+    examples = [
+        render(task, 300, d, s, tokens, tokenizer=tokenizer) for s, d in enumerate((0.1, 0.5, 0.9))
+    ]
+    V = tokenizer.vocab.size
+    copy = CopyModel(examples, V)
+    assert answer_correct(copy, examples, tokenizer=tokenizer).all()
+    nll, acc = answer_likelihood(copy, examples, tokenizer=tokenizer)
+    assert (nll < 1e-6).all() and (acc == 1.0).all()
+    noise = NoiseModel(V)
+    assert not answer_correct(noise, examples, tokenizer=tokenizer).any()
+    nll, acc = answer_likelihood(noise, examples, tokenizer=tokenizer)
+    assert (nll > 1.0).all() and (acc < 0.5).all()
+
+    # One wrong character in the answer's text makes it wrong.
+    def wrong_last_character(e):
+        ids = e.answer.tolist()
+        k = max(i for i, t in enumerate(ids[:-1]) if t < tokenizer.vocab.text_size)
+        text = tokenizer.text_bytes([ids[k]]).decode()
+        swapped = text[:-1] + ("x" if text[-1] != "x" else "y")
+        return ids[:k] + tokenizer.encode(swapped).tolist() + ids[k + 1 :]
+
+    wrong = CopyModel(examples, V, wrong_last_character)
+    assert not answer_correct(wrong, examples, tokenizer=tokenizer).any()
+
+
+def test_answer_correct_accepts_another_tokenization_of_the_same_text(bpe, filler):
+    tokenizer, tokens = _tokenizer_and_filler("bpe", bpe, filler)
+    examples = [
+        render("multiquery", 300, 0.5, s, tokens, tokenizer=tokenizer, key_kind="word")
+        for s in range(4)
+    ]
+
+    def byte_by_byte(e):  # the same text, one token per byte (never how BPE encodes it)
+        ids = []
+        for t in e.answer.tolist():
+            if t >= tokenizer.vocab.text_size:
+                ids.append(t)
+            else:
+                for b in tokenizer.text_bytes([t]):
+                    ids.extend(tokenizer.encode(bytes([b]).decode()).tolist())
+        return ids
+
+    assert any(len(byte_by_byte(e)) > len(e.answer) for e in examples)
+    model = CopyModel(examples, tokenizer.vocab.size, byte_by_byte)
+    assert answer_correct(model, examples, tokenizer=tokenizer).all()
+
+
+def test_answer_likelihood_is_nats_per_answer_byte():
+    # A model that gives every answer token probability 1/2: each passkey value is 4
+    # digits (4 bytes, 4 tokens), so 4 ln 2 nats over 4 bytes.
+    examples = [render("passkey", 64, 0.5, s, encode("abc " * 100)) for s in range(3)]
+
+    class Half(torch.nn.Module):
+        def forward(self, idx):
+            logits = torch.full((*idx.shape, VOCAB_SIZE), -1e9)
+            for b, row in enumerate(idx.tolist()):
+                e = next(e for e in examples if row[: e.prompt_len] == e.prompt.tolist())
+                for j in range(e.prompt_len - 1, len(row)):
+                    k = j - (e.prompt_len - 1)
+                    if k < len(e.answer):
+                        logits[b, j, e.answer[k]] = 0.0
+                        logits[b, j, (e.answer[k] + 1) % 256] = 0.0  # the rival: p = 1/2
+            return logits
+
+    nll, acc = answer_likelihood(Half(), examples)
+    assert nll == pytest.approx(np.full(3, math.log(2)))
+    assert (acc == 1.0).all()  # a tie goes to the lower id: the right one here
+
+
+class Dyadic(torch.nn.Module):
+    """Knows ``tokens``: gives the token at input position j probability 2 ** -(its bytes,
+    at least 1), the rest to PAD."""
+
+    def __init__(self, tokens: np.ndarray, tokenizer) -> None:
+        super().__init__()
+        self.tokens, self.tokenizer = tokens, tokenizer
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        vocab = self.tokenizer.vocab
+        logits = torch.full((*idx.shape, vocab.size), -1e9, dtype=torch.float64)
+        for j in range(idx.shape[1]):
+            target = int(self.tokens[j])
+            bits = max(1, self.tokenizer.count_bytes(np.array([target])))
+            logits[:, j, target] = 0.0
+            logits[:, j, vocab.pad] = math.log(2**bits - 1)
+        return logits
+
+
+def test_bits_per_byte_counts_utf8_bytes_of_text_whatever_the_tokenizer(bpe):
+    # Each target costs one bit per byte of its text under any tokenizer; the DOC
+    # separator costs a bit but holds no byte of text.
+    from workers.tokenizer import BYTE_TOKENIZER
+
+    text = "def f(x):\n    return 'héllo wörld' + x  # ünïcode\n" * 40
+    n_bytes = len(text.encode())
+    for tokenizer in (BYTE_TOKENIZER, bpe):
+        tokens = np.concatenate([tokenizer.encode(text), [tokenizer.vocab.doc]])
+        bpb = bits_per_byte(
+            Dyadic(tokens, tokenizer),
+            np.concatenate([tokens, [tokenizer.vocab.doc]]),
+            len(tokens),
+            n_windows=1,
+            count_bytes=tokenizer.count_bytes,
+            doc=tokenizer.vocab.doc,
+        )
+        # Scored targets: tokens[1:] (the first is predicted from DOC alone), so every
+        # byte but the first token's, and the final DOC.
+        first = tokenizer.count_bytes(tokens[:1])
+        assert bpb == pytest.approx((n_bytes - first + 1) / (n_bytes - first), rel=1e-6)

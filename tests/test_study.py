@@ -188,6 +188,7 @@ def test_study_reconcile_closes_dead_drivers_trials_and_requeues_them(tmp_path, 
     assert rerun[0].user_attrs[ATTR_PRESET] == "rope"
     queued = by_number[orphan.number].system_attrs["fixed_params"]
     assert rerun[0].system_attrs["fixed_params"] == queued
+    me.close()  # stops its heartbeat thread
 
 
 def test_study_two_pg_reconcilers_requeue_a_trial_once(tmp_path, postgres_server):
@@ -367,3 +368,20 @@ def test_study_registry_says_who_is_alive(tmp_path):
     )
     assert not me.alive(None, None)
     assert STUDY_ATTR_CONFIG not in study.user_attrs
+    me.close()
+
+
+def test_optuna_adapter_reads_what_this_optuna_stores(storage_url):
+    # The two private Optuna fields ropenope reads live in search/optuna_adapter.py; if an
+    # Optuna upgrade moves them, this fails here rather than a sweep failing later.
+    from search.optuna_adapter import enqueued_params
+
+    study = optuna.create_study(storage=storage_url, study_name="adapter")
+    study.enqueue_trial({"x": 3})
+    trial = study.ask()
+    assert study._storage.get_trial(storage_trial_id(trial)).number == trial.number
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert storage_trial_id(frozen) == storage_trial_id(trial)
+    assert enqueued_params(frozen) == {"x": 3}
+    sampled = study.ask()
+    assert enqueued_params(study.get_trials(deepcopy=False)[sampled.number]) is None

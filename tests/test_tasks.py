@@ -6,16 +6,19 @@ import numpy as np
 import pytest
 import torch
 
+from space.vocab import CLOSE_OFFSET, OPEN_OFFSET, QUERY_OFFSET, SEP_OFFSET
 from workers.batches import make_batch
+from workers.data import load_corpus
+from workers.examples import example_seed, segment_labels
 from workers.tasks import (
     SEGMENTS,
     TASKS,
     answer_len,
-    example_seed,
     min_length,
     render,
-    segment_labels,
+    task_params,
 )
+from workers.tokenizer import BYTE_TOKENIZER, Tokenizer, train_bpe
 from workers.tokens import DOC, NEEDLE_CLOSE, NEEDLE_OPEN, encode
 
 DIGITS = set(b"0123456789")
@@ -225,3 +228,193 @@ def test_make_batch_rejects_bad_mix(filler):
     # All-LM batches need no task at all.
     _, _, w = _batch(filler, lm_fraction=1.0, task_mix={})
     assert (w == 1.0).all()
+
+
+# --------------------------------------------------------------------------- every family,
+# every tokenizer: a reference solver reads the answer off the prompt
+
+
+@pytest.fixture(scope="module")
+def bpe() -> Tokenizer:
+    """A byte-level BPE of 512 tokens trained on the embedded corpus."""
+    corpus = load_corpus(max_tokens=400_000)
+    docs = [d.decode("utf-8", "replace") for d in _split_docs(corpus.train)]
+    return train_bpe(docs, 512)
+
+
+def _split_docs(tokens: np.ndarray) -> list[bytes]:
+    stream = np.asarray(tokens)
+    cuts = [*np.flatnonzero(stream == DOC).tolist(), len(stream)]
+    return [
+        stream[a + 1 : b].astype(np.uint8).tobytes()
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
+
+
+def _pieces(tokenizer: Tokenizer, ids: np.ndarray) -> list[str | int]:
+    """Ids -> text runs (str) and control tokens (their offset, int), in order."""
+    out: list[str | int] = []
+    run: list[int] = []
+    for t in ids.tolist():
+        if t < tokenizer.vocab.text_size:
+            run.append(t)
+            continue
+        if run:
+            out.append(tokenizer.text_bytes(run).decode("utf-8"))
+            run = []
+        out.append(t - tokenizer.vocab.text_size)
+    if run:
+        out.append(tokenizer.text_bytes(run).decode("utf-8"))
+    return out
+
+
+OPEN, CLOSE, QUERY, SEP = OPEN_OFFSET, CLOSE_OFFSET, QUERY_OFFSET, SEP_OFFSET
+
+
+def _bracketed(pieces: list, start: int, stop: int) -> list[list[str]]:
+    """Texts between each OPEN and the next CLOSE (split at SEP), in context order."""
+    out, i = [], 0
+    while i < len(pieces):
+        if pieces[i] == start:
+            j = pieces.index(stop, i)
+            inner = pieces[i + 1 : j]
+            out.append([p for p in inner if isinstance(p, str)])
+            i = j
+        i += 1
+    return out
+
+
+def solve(task: str, prompt_pieces: list, params: dict) -> list:
+    """The answer's pieces (text and control offsets, final CLOSE dropped), computed from
+    the prompt alone."""
+    if task in ("passkey", "multikey", "multivalue"):
+        key = prompt_pieces[-1]  # ... OPEN key
+        body = prompt_pieces[:-2]
+        values = [n[0][len(key) :] for n in _bracketed(body, OPEN, CLOSE) if n[0].startswith(key)]
+        if task != "multivalue":
+            assert len(values) == 1  # exactly one needle per key
+        out: list = []
+        for v in values:
+            out += [v, CLOSE]
+        return out[:-1]
+    if task == "multiquery":
+        q = len(prompt_pieces) - 1
+        asked = []
+        while prompt_pieces[q - 1] == QUERY:  # ... QUERY k1 QUERY k2
+            asked.insert(0, prompt_pieces[q])
+            q -= 2
+        needles = _bracketed(prompt_pieces[: q + 1], OPEN, CLOSE)
+        out = []
+        for key in asked:
+            (text,) = [n[0] for n in needles if n[0].startswith(key) and n[0][len(key) :].isalnum()]
+            out += [OPEN, text, CLOSE]
+        return out[:-1]
+    if task == "vartrack":
+        value = prompt_pieces[-2]  # ... QUERY value SEP
+        statements = [(n[0], n[1]) for n in _bracketed(prompt_pieces[:-3], OPEN, CLOSE)]
+        bound, names = {value}, []
+        changed = True
+        while changed:  # follow every chain, whatever the order
+            changed = False
+            for name, rhs in statements:
+                if rhs in bound and name not in bound:
+                    bound.add(name)
+                    names.append(name)
+                    changed = True
+        order = [name for name, _ in statements if name in names]  # first appearance
+        out = []
+        for name in order:
+            out += [name, SEP]
+        return out[:-1]
+    if task == "commonwords":
+        text = prompt_pieces[prompt_pieces.index(SEP) + 1]  # SEP word word ... QUERY
+        words = text.split(" ")[1:]
+        counts = {w: words.count(w) for w in words}
+        top = sorted(counts, key=lambda w: -counts[w])[: params["n_common"]]
+        assert min(counts[w] for w in top) > max(
+            [counts[w] for w in counts if w not in top], default=0
+        )  # the common words are unambiguous
+        out = []
+        for w in [w for w in dict.fromkeys(words) if w in top]:
+            out += [" " + w, SEP]
+        return out[:-1]
+    raise AssertionError(task)
+
+
+VARIANTS = [
+    ("passkey", {}),
+    ("passkey", {"key_kind": "word", "value_kind": "uuid", "value_len": 8}),
+    ("multikey", {}),
+    ("multikey", {"key_kind": "word"}),
+    ("multivalue", {"n_values": 3}),
+    ("multiquery", {}),
+    ("multiquery", {"n_needles": 5, "n_queries": 3, "key_kind": "word", "value_kind": "uuid"}),
+    ("vartrack", {}),
+    ("vartrack", {"n_vars": 3, "n_chains": 3, "key_kind": "word"}),
+    ("commonwords", {}),
+    ("commonwords", {"n_common": 2, "count_ratio": 2}),
+]
+
+
+@pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
+@pytest.mark.parametrize("task, params", VARIANTS)
+def test_render_answer_is_what_a_reference_solver_reads_off_the_prompt(
+    task, params, tokenizer_name, bpe, filler
+):
+    tokenizer = BYTE_TOKENIZER if tokenizer_name == "bytes" else bpe
+    corpus = filler if tokenizer_name == "bytes" else _retokenize(filler, bpe)
+    full = task_params(task, **params)
+    for i, (length, depth) in enumerate([(400, 0.0), (400, 0.5), (700, 1.0), (1500, 0.3)]):
+        ex = render(
+            task, length, depth, seed=100 + i, filler_tokens=corpus, tokenizer=tokenizer, **params
+        )
+        assert len(ex.tokens) == length and ex.tokens[0] == tokenizer.vocab.doc
+        assert ex.answer[-1] == tokenizer.vocab.close
+        expected = solve(task, _pieces(tokenizer, ex.prompt), full)
+        assert _pieces(tokenizer, ex.scored) == expected
+        # Segments still cover the prompt, the needle segment holds what was asked for.
+        assert (segment_labels(ex) >= 0).all()
+        if task != "commonwords":
+            assert ex.segments["needle"] and all(a < b for a, b in ex.segments["needle"])
+
+
+def _retokenize(byte_tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    parts = []
+    for doc in _split_docs(np.concatenate([[DOC], byte_tokens])):
+        parts += [[tokenizer.vocab.doc], tokenizer.encode(doc.decode("utf-8", "replace"))]
+    return np.concatenate(parts).astype(np.uint16)
+
+
+def test_render_vartrack_chain_follows_depth_and_binds_every_name(filler):
+    shallow = render("vartrack", 600, 0.0, 5, filler, n_vars=4, n_chains=2)
+    deep = render("vartrack", 600, 1.0, 5, filler, n_vars=4, n_chains=2)
+    # The queried chain's first statement moves from the Begin segment towards the query.
+    assert shallow.segments["needle"][0][0] == 4
+    assert deep.segments["needle"][0][0] > 400
+    assert len(shallow.segments["needle"]) == 4  # every statement of the queried chain
+
+
+def test_render_commonwords_frequencies_scale_with_length(filler):
+    for length in (200, 2000, 8000):
+        ex = render("commonwords", length, 0.0, 3, filler)
+        pieces = _pieces(BYTE_TOKENIZER, ex.prompt)
+        words = pieces[pieces.index(SEP) + 1].split(" ")[1:]
+        counts = sorted({w: words.count(w) for w in words}.values(), reverse=True)
+        assert counts[2] >= 3 * counts[3]  # count_ratio between the common and the others
+        assert len(ex.tokens) == length
+
+
+def test_render_new_families_min_length_is_the_boundary_under_bytes(filler):
+    for task in ("multiquery", "vartrack", "commonwords"):
+        shortest = min_length(task)
+        assert len(render(task, shortest, 1.0, 0, filler).tokens) == shortest
+        with pytest.raises(ValueError, match="too short"):
+            render(task, shortest - 1, 1.0, 0, filler)
+
+
+def test_render_under_bpe_has_markers_no_text_can_make(bpe):
+    text = "<OPEN> <|endoftext|> \x00 " * 50 + "".join(chr(c) for c in range(32, 400))
+    ids = bpe.encode(text)
+    assert (ids < 512).all()  # every id is a text id; the controls sit above
+    assert bpe.text_bytes(ids.tolist()).decode() == text  # byte-level: nothing lost
+    assert bpe.vocab.open == 512 + 2 and bpe.vocab.size == 576

@@ -15,7 +15,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from engines import free_port, tiny_config_file
+from engines import MlflowServer, free_port, tiny_config_file
 from mlflow import MlflowClient
 
 from search import driver
@@ -96,14 +95,6 @@ TRIAL_ARTIFACTS = {
 
 
 # -- fixtures ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory) -> Path:
-    """An initialised MLflow SQLite database; tests copy it (creating one takes seconds)."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
 
 
 @pytest.fixture
@@ -573,122 +564,6 @@ def test_pareto_rows_from_study_agree_with_brute_force(tmp_path, config):
 # -- a real MLflow tracking server -------------------------------------------------------------
 
 
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts.
-
-    Started in its own process group so that stopping it (by its PID) also stops the
-    uvicorn worker it spawns; the job runner is off (it would start a pool of consumers).
-    """
-
-    def __init__(self, folder: Path, template_db: Path) -> None:
-        self.folder = folder
-        self.db = folder / "server.db"
-        shutil.copyfile(template_db, self.db)  # skips the schema migration at start
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 120.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - closed by the process end
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.db}",
-                "--artifacts-destination",
-                str(self.folder / "artifacts"),
-                "--serve-artifacts",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self._log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow server not healthy after {timeout_s}s: {self._log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # our own group: the server and its worker
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        # The uvicorn worker may outlive its parent by a moment: wait until the port is free.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and self._listening():
-            time.sleep(0.2)
-        self.proc = None
-
-    def _listening(self) -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def _log_tail(self) -> str:
-        return (self.folder / "server.log").read_text(errors="replace")[-3000:]
-
-    # -- the REST API, read without the MLflow client ------------------------------------
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"{self.url}/api/2.0/mlflow/{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"{}")
-
-    def runs(self, experiment: str) -> list[dict]:
-        exp = self.api("GET", f"experiments/get-by-name?experiment_name={experiment}")
-        found = self.api(
-            "POST",
-            "runs/search",
-            {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 1000},
-        )
-        return found.get("runs", [])
-
-    def artifacts(self, run_id: str, path: str = "") -> set[str]:
-        listing = self.api("GET", f"artifacts/list?run_id={run_id}&path={path}")
-        out: set[str] = set()
-        for item in listing.get("files", []):
-            if item.get("is_dir"):
-                out |= self.artifacts(run_id, item["path"])
-            else:
-                out.add(item["path"])
-        return out
-
-    def download(self, run_id: str, path: str) -> bytes:
-        url = f"{self.url}/get-artifact?path={urllib.parse.quote(path)}&run_uuid={run_id}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.read()
-
-
 def _history(trial) -> list[dict]:
     folder = Path(trial.user_attrs[ATTR_TRIAL_DIR]) / "seed_0"
     return json.loads((folder / "scores.json").read_text())["history"]
@@ -1036,3 +911,35 @@ def test_cli_ui_serves_the_study_store_and_prints_its_url(tmp_path, config, serv
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_background_calls_a_silent_server_stuck_sooner_than_a_slow_one(monkeypatch):
+    """A call in flight is "stuck" after FIRST_ANSWER_STUCK_AFTER_S while nothing has come
+    back in this process (a server that never answered), after STUCK_AFTER_S once one call
+    has (a server known to answer, maybe slowly)."""
+    from tracking import background
+
+    monkeypatch.setattr(background, "FIRST_ANSWER_STUCK_AFTER_S", 0.2)
+    monkeypatch.setattr(background, "STUCK_AFTER_S", 1.0)
+    release = threading.Event()
+
+    silent = background.Background("test-silent")
+    hung = silent.submit(release.wait)
+    time.sleep(0.4)
+    assert silent.stuck and not hung.done()
+    started = time.monotonic()
+    assert silent.drain(timeout_s=30) is False  # gives up at once, not after 30 s
+    assert time.monotonic() - started < 0.5
+    release.set()
+    assert hung.result(timeout=5) is True and silent.drain(timeout_s=5)
+
+    release.clear()
+    slow = background.Background("test-slow")
+    assert slow.wait(slow.submit(lambda: "answered"), timeout_s=5) == "answered"
+    late = slow.submit(release.wait)
+    time.sleep(0.4)
+    assert not slow.stuck  # a server that answered before gets the longer grace
+    time.sleep(0.8)
+    assert slow.stuck and slow.wait(late, timeout_s=30) is None
+    release.set()
+    assert late.result(timeout=5) is True

@@ -15,7 +15,7 @@ import torch
 from space.schema import load_config
 from workers.candidate import run_candidate
 from workers.model import HybridTransformer
-from workers.train import TrainSettings, lr_at, train
+from workers.train import StageSettings, TrainSettings, lr_at, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "data" / "tiny.yaml"
@@ -37,13 +37,13 @@ def _tiny_model(seed: int = 0) -> HybridTransformer:
     return HybridTransformer(cand.shape, cand.layers)
 
 
-def _batches(rng: np.random.Generator):
+def _batches(rng: np.random.Generator, stage: int = 0):
     x = torch.from_numpy(rng.integers(0, 256, size=(4, 16)))
     y = torch.roll(x, -1, dims=1)
     return x, y, torch.ones_like(x, dtype=torch.float32)
 
 
-def _evaluate(model):
+def _evaluate(model, stage: int = 0):
     return {"val_bpb": 1.0}
 
 
@@ -173,3 +173,152 @@ def test_cli_train_unknown_knob_is_a_clear_error(tmp_path):
         cwd=REPO,
     )
     assert out.returncode == 2 and "windw" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- training stages
+
+
+def _staged_batches(rng: np.random.Generator, stage: int):
+    seq_len = (16, 24)[stage]  # each stage its own rows
+    x = torch.from_numpy(rng.integers(0, 256, size=(4, seq_len)))
+    return x, torch.roll(x, -1, dims=1), torch.ones_like(x, dtype=torch.float32)
+
+
+def test_train_stages_run_in_order_with_their_own_rows_and_schedules(tmp_path):
+    settings = TrainSettings(
+        steps=9,
+        batch_size=4,
+        seq_len=16,
+        eval_every=4,
+        seed=1,
+        stages=(
+            StageSettings(steps=5, seq_len=16, batch_size=4, lr=1e-2, warmup_steps=2),
+            StageSettings(steps=4, seq_len=24, batch_size=4, lr=1e-3, warmup_steps=2),
+        ),
+    )
+    begun, between, seen = [], [], []
+
+    def batches(rng, stage):
+        seen.append(stage)
+        return _staged_batches(rng, stage)
+
+    out = train(
+        _tiny_model(),
+        settings,
+        batches,
+        _evaluate,
+        device=torch.device("cpu"),
+        checkpoint_path=tmp_path / "c.pt",
+        begin_stage=begun.append,
+        between_stages=lambda stage, model: between.append(stage) or {"stage1/x": 1.0},
+    )
+    assert out.status == "complete" and out.step == 9 and out.stage == 1
+    assert begun == [0, 1] and between == [0] and seen == [0] * 5 + [1] * 4
+    assert out.stage_results == {0: {"stage1/x": 1.0}}
+    # evaluations every 4 steps and at each stage's end; the stage and its tokens recorded
+    assert [h["step"] for h in out.history] == [4, 5, 8, 9]
+    assert [h["stage"] for h in out.history] == [1, 1, 2, 2]
+    assert out.history[-1]["tokens"] == 5 * 4 * 16 + 4 * 4 * 24
+    # each stage warms up and decays on its own: step 6 is the second step of stage 2
+    assert out.history[2]["lr"] == pytest.approx(lr_at(2, settings.stages[1]))
+    assert lr_at(0, settings.stages[1]) == pytest.approx(5e-4)
+    state = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert state["step"] == 9 and state["extra"]["stage"] == 1
+    assert state["extra"]["stage_results"] == {0: {"stage1/x": 1.0}}
+
+
+class Crash(RuntimeError):
+    """A kill between two checkpoints: the process's state is lost, the files stay."""
+
+
+TWO_STAGE = {
+    "study": {"name": "staged"},
+    "model": {"layers": 2, "d_model": 32, "heads": 2, "mlp_hidden": 64, "init_std": 0.08},
+    "space": {"global_every": 2, "local_window": 8},
+    "train": {
+        "seq_len": 32,
+        "batch_size": 4,
+        "warmup_steps": 2,
+        "eval_every": 4,
+        "checkpoint_every": 3,
+        "eval_windows": 2,
+        "lm_fraction": 0.5,
+        "task_mix": {"passkey": 1.0},
+        "stages": [
+            {"steps": 7},
+            {
+                "steps": 6,
+                "seq_len": 48,
+                "lr": 1.0e-3,
+                "knobs": {
+                    "global_rope_base": 1.0e5,
+                    "rope_scaling": "yarn",
+                    "rope_scaling_factor": 2,
+                },
+            },
+        ],
+    },
+    "score": {
+        "task": "passkey",
+        "lengths": [1, 2],
+        "depths": [0.0, 1.0],
+        "samples": 2,
+        "extrap": [2],
+        "val_windows": 2,
+        "mass_lengths": [1],
+        "mass_samples": 2,
+        "after_each_stage": True,
+    },
+}
+
+
+def _run_staged(config, out_dir, crash_at=None):
+    def on_step(step, loss, tps):
+        if step == crash_at:
+            raise Crash(f"killed at step {step}")
+
+    return run_candidate(
+        config, config.candidate({}), seed=0, out_dir=out_dir, threads=1, on_step=on_step
+    )
+
+
+def test_run_candidate_two_stages_resumes_exactly_after_a_kill_in_either_stage(tmp_path):
+    from space.schema import parse_config
+
+    config = parse_config(TWO_STAGE)
+    cand = config.candidate({})
+    assert cand.multi_stage and cand.final_layers[1].rope_scaling is not None
+
+    whole = _run_staged(config, tmp_path / "whole")
+    assert whole.status == "complete" and whole.resumed_from_step is None
+
+    killed = tmp_path / "killed"
+    with pytest.raises(Crash):  # stage 1, 1 step after the checkpoint at step 4
+        _run_staged(config, killed, crash_at=5)
+    with pytest.raises(Crash):  # stage 2, 2 steps after the checkpoint at step 9
+        _run_staged(config, killed, crash_at=11)
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["extra"]["stage"] == 1
+    resumed = _run_staged(config, killed)
+    assert resumed.status == "complete" and resumed.resumed_from_step == 9
+
+    def final_weights(folder):
+        return torch.load(folder / "checkpoint.pt", weights_only=False)["model"]
+
+    want = final_weights(tmp_path / "whole")
+    for name, tensor in final_weights(killed).items():
+        assert torch.equal(tensor, want[name]), name
+    timing = {"tokens_per_s", "train_seconds", "peak_memory_bytes"}
+
+    def untimed(history):
+        return [{k: v for k, v in h.items() if k not in timing} for h in history]
+
+    assert untimed(resumed.history) == untimed(whole.history)
+    assert {k: v for k, v in resumed.scores.items() if k not in timing} == {
+        k: v for k, v in whole.scores.items() if k not in timing
+    }
+    # scores after each stage, the last one's equal to the final scores
+    for key in ("short_bpb", "acc@2x", "extrap_bpb@2x"):
+        assert math.isfinite(whole.scores[f"stage1/{key}"])
+        assert whole.scores[f"stage2/{key}"] == whole.scores[key]
+    assert (tmp_path / "whole" / "stage1" / "niah.png").exists()
+    assert [h["stage"] for h in whole.history] == [1, 1, 2, 2, 2]

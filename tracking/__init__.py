@@ -14,7 +14,8 @@ Modules: ``target`` (where runs go), ``keys`` (MLflow spelling of names), ``prov
 (git), ``store`` (the raising client wrapper), ``tracker`` (the soft tracker),
 ``background`` (calls off the caller's path), ``run_spec`` (a trial run's params/tags,
 shared by live tracking and sync), ``sync``, ``hooks``, ``pareto`` / ``pareto_plots``,
-``ui``, ``study_view``; the report: ``stats``, ``records``, ``aggregate``, ``sides``,
+``ui``, ``runs_view`` (the page the UI opens on), ``registry`` (exported models in the
+MLflow Model Registry), ``study_view``; the report: ``stats``, ``records``, ``aggregate``, ``sides``,
 ``hypotheses``, ``stability``, ``seed_plan``, ``report/``.
 
 Names resolve on first use, so importing one module does not import them all.
@@ -38,6 +39,9 @@ _WHERE = {
     "pareto_ranks": "tracking.pareto",
     "pareto_table": "tracking.pareto",
     "build_report": "tracking.report",
+    "Saturation": "tracking.saturation",
+    "saturated_objectives": "tracking.saturation",
+    "saturation_warning": "tracking.saturation",
     "SeedPlan": "tracking.seed_plan",
     "format_open_hypotheses": "tracking.seed_plan",
     "plan_for_study": "tracking.seed_plan",
@@ -53,6 +57,13 @@ _WHERE = {
     "resolve_tracking_uri": "tracking.target",
     "tracking_target": "tracking.target",
     "Tracker": "tracking.tracker",
+    "RegisteredVersion": "tracking.registry",
+    "RegistryError": "tracking.registry",
+    "register_exported_model": "tracking.registry",
+    "ensure_view": "tracking.runs_view",
+    "runs_url": "tracking.runs_view",
+    "set_study_note": "tracking.runs_view",
+    "study_note": "tracking.runs_view",
     "run_ui": "tracking.ui",
     "ui_command": "tracking.ui",
     "ui_env": "tracking.ui",

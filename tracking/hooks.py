@@ -33,6 +33,7 @@ from space.outcomes import OUTCOME_OF_STATUS, Outcome, RunStatus
 from tracking.background import Background
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import trial_run_spec
+from tracking.runs_view import ui_hint
 from tracking.store import TrackingError
 from tracking.study_view import StudyView, TrialLike
 from tracking.sync import sync_trial, trial_artifacts
@@ -249,6 +250,9 @@ class MlflowSweepHooks(SweepHooks):
         self._background.submit(lambda: self.tracker.log_study_metrics(numbers))
         self._background.submit(self.tracker.end_study)
         self._background.drain(self.end_timeout_s)
+        # the runs table's address: the experiment id is known once the study run was
+        # opened (no network here); without it, the generic way in
+        summary.ui = ui_hint(self.tracker.target, self.tracker.store.known_experiment_id)
 
 
 __all__ = ["MlflowSweepHooks", "MlflowTrialHooks", "SweepHooks"]

@@ -30,6 +30,7 @@ from space.names import (
 )
 from tracking.keys import MAX_TAG_CHARS, MLFLOW_PARENT_RUN_ID
 from tracking.provenance import source_tags
+from tracking.runs_view import experiment_tags
 from tracking.target import TrackingTarget, is_remote, sqlite_file
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # MLflow prints each run's address when it ends: noise in a sweep's output, and the
+    # address would carry a tracking URI's password.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
@@ -95,6 +99,11 @@ class MlflowStore:
             self._client = MlflowClient(tracking_uri=self.target.uri)
         return self._client
 
+    @property
+    def known_experiment_id(self) -> str | None:
+        """The experiment's id if this store has looked it up already (no network)."""
+        return self._experiment_id
+
     def experiment_id(self) -> str:
         """The study's experiment, created on first use (with our artifact location)."""
         if self._experiment_id is None:
@@ -105,7 +114,9 @@ class MlflowStore:
             if experiment is None:
                 try:
                     self._experiment_id = self.client.create_experiment(
-                        name, artifact_location=self.target.artifact_location
+                        name,
+                        artifact_location=self.target.artifact_location,
+                        tags=experiment_tags(),  # model training: the UI's runs table
                     )
                 except MlflowException:  # created meanwhile by another process
                     experiment = self.client.get_experiment_by_name(name)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from space.errors import ConfigError
 from space.paths import runs_dir
-from space.secrets import redact_url
+from space.secrets import is_redacted, redact_url
 
 if TYPE_CHECKING:
     from space.schema import SweepConfig
@@ -95,7 +96,17 @@ def tracking_target(
     study ``study_name`` (``--study`` may rename it); ``uri`` overrides the file's
     (``--tracking-uri``). The experiment defaults to the study name."""
     experiment = (config.tracking.experiment if config else None) or study_name
-    resolved = resolve_tracking_uri(uri or (config.tracking.uri if config else None), runs)
+    configured = config.tracking.uri if config else None
+    if is_redacted(configured):
+        # read back from a study: its password was never stored; the environment has it
+        if not (uri or os.environ.get(URI_ENV)):
+            raise ConfigError.at(
+                "tracking.uri",
+                f"{configured} had its password removed (a study stores none): set "
+                f"${URI_ENV} (or pass --tracking-uri) to the real one",
+            )
+        configured = None
+    resolved = resolve_tracking_uri(uri or configured, runs)
     return TrackingTarget(
         uri=resolved,
         experiment=experiment,

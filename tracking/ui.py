@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+from tracking.runs_view import open_study_page, runs_url
 from tracking.target import is_remote
 from tracking.tracker import Tracker
 
@@ -18,9 +19,9 @@ def ui_url(
     uri: str, host: str = "127.0.0.1", port: int = 5000, experiment_id: str | None = None
 ) -> str:
     """Where to open the UI: the server itself for a tracking server, else the local UI;
-    with ``experiment_id``, the study's experiment page."""
+    with ``experiment_id``, the study's runs table (``tracking.runs_view``)."""
     base = uri.rstrip("/") if is_remote(uri) else f"http://{host}:{port}"
-    return f"{base}/#/experiments/{experiment_id}" if experiment_id else base
+    return runs_url(base, experiment_id) if experiment_id else base
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str] | None:
@@ -60,9 +61,8 @@ def run_ui(tracker: Tracker, host: str = "127.0.0.1", port: int = 5000) -> int:
     its store until Ctrl-C (for a tracking server, only print its URL)."""
     target = tracker.target
     experiment_id = None
-    try:
-        found = tracker.store.client.get_experiment_by_name(target.experiment)
-        experiment_id = found.experiment_id if found is not None else None
+    try:  # the experiment, with the saved view the link opens
+        experiment_id = open_study_page(tracker.store)
     except Exception as err:  # the UI can still be opened; say why the link is generic
         print(f"ropenope ui: could not read {target.shown_uri}: {err}", file=sys.stderr)
     url = ui_url(target.uri, host, port, experiment_id)

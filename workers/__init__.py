@@ -1,7 +1,10 @@
 """workers: one candidate.
 
 Build the PyTorch model from per-layer specs, train it, and score short- and
-long-context ability. Runs under plain pytest: no Ray, no MLflow here (the Ray
+long-context ability on the study's prepared corpus (:func:`workers.corpus.prepare`,
+once per sweep); export a trained one as a Hugging Face folder (``hf_export``; the
+stock class that reproduces it is chosen in ``hf_layout``, transformers is imported only
+when exporting). Runs under plain pytest: no Ray, no MLflow here (the Ray
 adapter is ``workers.ray_trainable``, imported only by the sweep driver).
 
 Names are imported on first use (PEP 562): ``import workers.trial`` or
@@ -18,10 +21,30 @@ _EXPORTS = {
     "attend": "workers.attention",
     "choose_backend": "workers.attention",
     "make_batch": "workers.batches",
+    "CorpusHandle": "workers.corpus",
+    "PreparedCorpus": "workers.corpus",
+    "prepare": "workers.corpus",
+    "answer_correct": "workers.scores",
+    "answer_likelihood": "workers.scores",
+    "Tokenizer": "workers.tokenizer",
+    "load_tokenizer_file": "workers.tokenizer",
+    "train_bpe": "workers.tokenizer",
+    "CardFacts": "workers.hf_card",
+    "render_card": "workers.hf_card",
+    "ExportError": "workers.hf_export",
+    "ExportMismatch": "workers.hf_export",
+    "ExportResult": "workers.hf_export",
+    "check_export": "workers.hf_export",
+    "export_candidate": "workers.hf_export",
+    "NotExpressible": "workers.hf_reasons",
+    "StockLayout": "workers.hf_layout",
+    "stock_layout": "workers.hf_layout",
+    "byte_tokenizer": "workers.hf_tokenizer",
+    "save_byte_tokenizer": "workers.hf_tokenizer",
     "run_candidate": "workers.candidate",
     "CandidateResult": "workers.results",
     "Corpus": "workers.data",
-    "DataError": "workers.data",
+    "DataError": "workers.data_files",
     "load_corpus": "workers.data",
     "HybridTransformer": "workers.model",
     "plot_attention_mass": "workers.plots",
@@ -37,10 +60,11 @@ _EXPORTS = {
     "niah_grid": "workers.scores",
     "SEGMENTS": "workers.tasks",
     "TASKS": "workers.tasks",
-    "Example": "workers.tasks",
+    "Example": "workers.examples",
     "render": "workers.tasks",
     "task_params": "workers.tasks",
     "VOCAB_SIZE": "workers.tokens",
+    "StageSettings": "workers.train",
     "TrainOutcome": "workers.train",
     "TrainSettings": "workers.train",
     "train": "workers.train",

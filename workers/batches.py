@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from workers.tasks import TASKS, render_with_rng
-from workers.tokens import DOC
+from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 
 
 def make_batch(
@@ -31,7 +31,8 @@ def make_batch(
     filler_weight: float,
     answer_weight: float,
     depth_range: tuple[float, float] = (0.0, 1.0),
-    task_params: Mapping[str, Mapping[str, int]] | None = None,
+    task_params: Mapping[str, Mapping[str, int | str]] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch ``(x, y, w)``: (B, T) int64 inputs, int64 targets, float32 loss weights.
 
@@ -40,8 +41,11 @@ def make_batch(
     task drawn by ``task_mix`` weights, depth uniform in ``depth_range``, filler
     from ``train_tokens``), shifted by one into inputs and targets. LM rows come
     first. Deterministic given the state of ``rng``. ``task_params`` maps a task
-    name to its parameters (see :func:`workers.tasks.task_params`).
+    name to its parameters (see :func:`workers.tasks.task_params`); ``tokenizer`` is the
+    corpus's (bytes by default): it renders the tasks' text and knows the DOC token.
     """
+    tokenizer = tokenizer or BYTE_TOKENIZER
+    doc = tokenizer.vocab.doc
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
     if not 0.0 <= lm_fraction <= 1.0:
@@ -65,13 +69,15 @@ def make_batch(
     for row, start in enumerate(starts):
         # Every row opens with DOC, as task rows and evaluation windows do.
         window = np.concatenate(
-            [[DOC], np.asarray(train_tokens[start : start + seq_len], dtype=np.int64)]
+            [[doc], np.asarray(train_tokens[start : start + seq_len], dtype=np.int64)]
         )
         x[row], y[row], w[row] = window[:-1], window[1:], 1.0
     for row in range(n_lm, batch_size):
         task = names[int(rng.choice(len(names), p=probs))]
         depth = float(rng.uniform(lo, hi))
-        ex = render_with_rng(task, seq_len + 1, depth, rng, train_tokens, **params.get(task, {}))
+        ex = render_with_rng(
+            task, seq_len + 1, depth, rng, train_tokens, tokenizer=tokenizer, **params.get(task, {})
+        )
         tokens = ex.tokens.astype(np.int64)
         x[row], y[row] = tokens[:-1], tokens[1:]
         w[row] = filler_weight

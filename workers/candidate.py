@@ -1,16 +1,18 @@
 """Train and score one candidate: the whole per-trial pipeline, with no Ray and no MLflow.
 
 ``run_candidate`` builds the model from the candidate's layer specs, trains it
-on the configured data and task mix, then computes every score of DESIGN §5 and
-writes the artifacts (resolved candidate, NIAH heatmap, attention-mass charts,
-loss curves, scores.json) to ``out_dir``.
+on the configured data and task mix (stage after stage when ``train.stages`` has
+several, switching the layers a stage's knob overrides change), then computes every
+score of DESIGN §5 and writes the artifacts (resolved candidate, NIAH heatmap,
+attention-mass charts, loss curves, scores.json) to ``out_dir``. With
+``score.after_each_stage`` the stages before the last are scored too, their scores
+keyed ``stage1/short_bpb``, ... and their charts in ``out_dir/stage1/``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,13 @@ import torch
 import yaml
 
 from space.expand import Candidate
+from space.layers import LayerSpec
 from space.names import (
     ACC_AT_T,
     ATTN_FLOPS_PER_TOKEN,
     KV_CACHE_BYTES,
     LONG_ACC,
+    LONG_ANSWER_NLL,
     PARAMS,
     PEAK_MEMORY_BYTES,
     SHORT_BPB,
@@ -32,29 +36,21 @@ from space.names import (
     TRAIN_SECONDS,
     VAL_BPB,
     acc_at,
+    answer_nll_at,
     extrap_bpb,
+    task_score,
+    token_acc_at,
 )
 from space.outcomes import RunStatus
 from space.schema import SweepConfig
 from workers import plots, scores
 from workers.batches import make_batch
-from workers.data import Corpus, load_corpus
+from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
 from workers.tasks import render, task_params
-from workers.train import TrainSettings, seed_everything, train
-
-
-@lru_cache(maxsize=4)
-def _corpus(source: str | None, val_fraction: float, dtype: str | None) -> Corpus:
-    # One load per process: trials reuse the corpus (Ray reuses worker processes).
-    return load_corpus(source, val_fraction=val_fraction, dtype=dtype)
-
-
-def corpus_for(config: SweepConfig) -> Corpus:
-    d = config.data
-    return _corpus(d.source, d.val_fraction, d.dtype)
+from workers.train import StageSettings, TrainSettings, seed_everything, train
 
 
 def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
@@ -64,8 +60,26 @@ def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
     return torch.device(wanted)
 
 
+def stage_key(stage: int, score: str) -> str:
+    """The key of a score taken after stage ``stage`` (0-based): ``stage1/short_bpb``."""
+    return f"stage{stage + 1}/{score}"
+
+
 def train_settings(config: SweepConfig, seed: int) -> TrainSettings:
     t = config.train
+    stages = ()
+    if t.stages:
+        stages = tuple(
+            StageSettings(
+                steps=p.steps,
+                seq_len=p.seq_len,
+                batch_size=p.batch_size,
+                lr=p.lr,
+                min_lr_ratio=p.min_lr_ratio,
+                warmup_steps=p.warmup_steps,
+            )
+            for p in t.stage_plans()
+        )
     return TrainSettings(
         steps=t.total_steps,
         batch_size=t.batch_size,
@@ -80,6 +94,7 @@ def train_settings(config: SweepConfig, seed: int) -> TrainSettings:
         checkpoint_every=t.checkpoint_every,
         seed=seed,
         compile=t.compile,
+        stages=stages,
     )
 
 
@@ -99,23 +114,32 @@ def run_candidate(
     device: str | None = None,
     threads: int | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
+    corpus: CorpusHandle | None = None,
 ) -> CandidateResult:
     """Train ``candidate`` with ``seed`` and score it; artifacts go to ``out_dir``.
 
     Divergence is an outcome (status ``diverged``), not an exception; a stop
     requested by ``on_eval`` returns status ``stopped`` with the metrics so far;
     ``on_step(step, loss, tokens_per_s)`` feeds a progress display.
-    ``resume`` continues from ``out_dir/checkpoint.pt`` when present.
+    ``resume`` continues from ``out_dir/checkpoint.pt`` when present. ``corpus`` is
+    the prepared corpus (:func:`workers.corpus.prepare`); without it the corpus is
+    prepared (or found) in the default cache first.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     dev = pick_device(config, device)
-    corpus = corpus_for(config)
+    # The driver's prepared corpus; on a worker that does not share its runs folder, or
+    # without one (`ropenope train`), prepared (or found) in this machine's cache.
+    handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
+    data = handle.open()
+    tokenizer, vocab = data.tokenizer, data.vocab
     t = config.train
     settings = train_settings(config, seed)
-    params = {task: task_params(task, **t.task_params.get(task, {})) for task in t.task_mix}
+    plans = t.stage_plans()
+    tasks = {task for plan in plans for task in plan.task_mix}
+    params = {task: task_params(task, **t.task_params.get(task, {})) for task in tasks}
 
     write_atomic(
         out_dir / CANDIDATE_FILE,
@@ -123,24 +147,48 @@ def run_candidate(
     )
     model = build_model(candidate, seed)
 
-    def next_batch(rng: np.random.Generator):
+    def next_batch(rng: np.random.Generator, stage: int):
+        plan = plans[stage]
         return make_batch(
-            corpus.train,
+            data.train,
             rng,
-            t.batch_size,
-            t.seq_len,
-            t.task_mix,
-            t.lm_fraction,
+            plan.batch_size,
+            plan.seq_len,
+            plan.task_mix,
+            plan.lm_fraction,
             t.filler_weight,
             t.answer_weight,
             task_params=params,
+            tokenizer=tokenizer,
         )
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+    def evaluate(m: torch.nn.Module, stage: int) -> dict[str, float]:
         bpb = scores.bits_per_byte(
-            m, corpus.val, t.seq_len, n_windows=t.eval_windows, batch_size=8, device=dev
+            m,
+            data.val,
+            plans[stage].seq_len,
+            n_windows=t.eval_windows,
+            batch_size=8,
+            device=dev,
+            count_bytes=tokenizer.count_bytes,
+            doc=vocab.doc,
         )
         return {VAL_BPB: bpb}
+
+    def begin_stage(stage: int) -> None:
+        if candidate.stages:
+            model.set_layers(candidate.stages[stage].layers)
+
+    def score_stage(stage: int, m: torch.nn.Module) -> dict[str, float]:
+        """Every score of the model as it is after ``stage``, keyed ``stage<n>/...``."""
+        folder = out_dir / f"stage{stage + 1}"
+        folder.mkdir(exist_ok=True)
+        interim = CandidateResult(status=RunStatus.COMPLETE, reason=None, seed=seed)
+        layers = candidate.stages[stage].layers
+        got = score_model(m, config, candidate, data, dev, interim, folder, layers=layers)
+        return {stage_key(stage, k): v for k, v in got.items()}
+
+    per_stage = config.score.after_each_stage and candidate.multi_stage
 
     outcome = train(
         model,
@@ -152,6 +200,8 @@ def run_candidate(
         on_step=on_step,
         checkpoint_path=out_dir / CHECKPOINT_FILE,
         resume=resume,
+        begin_stage=begin_stage,
+        between_stages=score_stage if per_stage else None,
     )
     result = CandidateResult(
         status=outcome.status,
@@ -160,20 +210,27 @@ def run_candidate(
         candidate=candidate.to_dict(),
         seed=seed,
         resumed_from_step=outcome.resumed_from_step,
+        corpus={
+            "key": handle.key,
+            "entry": handle.entry,
+            "tokenizer": handle.tokenizer_kind,
+            "description": handle.description,
+        },
     )
+    served = candidate.final_layers  # the layers the last stage trained and scoring uses
     cost = {
         PARAMS: float(model.num_parameters()),
         KV_CACHE_BYTES: float(
             scores.kv_cache_bytes(
                 candidate.shape,
-                candidate.layers,
+                served,
                 config.score.kv_context_tokens,
                 config.score.kv_dtype_bytes,
             )
         ),
         ATTN_FLOPS_PER_TOKEN: float(
             scores.attention_flops_per_token(
-                candidate.shape, candidate.layers, config.score.kv_context_tokens
+                candidate.shape, served, config.score.kv_context_tokens
             )
         ),
         TOKENS_PER_S: outcome.tokens_per_s,
@@ -189,9 +246,15 @@ def run_candidate(
         result.artifacts["loss_curves.png"] = plots.plot_loss_curves(
             outcome.history, out_dir / "loss_curves.png"
         )
+    for _, stage_scores in sorted(outcome.stage_results.items()):
+        result.scores.update(stage_scores)
     if outcome.status == RunStatus.COMPLETE:
         model.eval()
-        result.scores.update(score_model(model, config, candidate, corpus, dev, result, out_dir))
+        final = score_model(model, config, candidate, data, dev, result, out_dir)
+        result.scores.update(final)
+        if per_stage:  # the last stage's scores under its key too, for tables across stages
+            last = len(candidate.stages) - 1
+            result.scores.update({stage_key(last, k): v for k, v in final.items()})
     write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), indent=2, default=str))
     result.artifacts[SCORES_FILE] = out_dir / SCORES_FILE
     return result
@@ -202,52 +265,123 @@ def score_model(
     model: torch.nn.Module,
     config: SweepConfig,
     candidate: Candidate,
-    corpus: Corpus,
+    data: PreparedCorpus,
     dev: torch.device,
     result: CandidateResult,
     out_dir: Path,
+    layers: tuple[LayerSpec, ...] | None = None,
 ) -> dict[str, float]:
-    """Every score of a trained model (DESIGN §5); fills ``result`` niah/mass/artifacts."""
+    """Every score of a trained model (DESIGN §5); fills ``result`` niah/mass/artifacts.
+
+    Each scored task family gets its grid and ``<task>/...`` scores; the bare names
+    (``acc@Nx``, ``answer_nll@Nx`` ...) are the primary family's, and ``long_acc`` /
+    ``long_answer_nll`` the mean over ``score.long_tasks``.
+
+    ``layers`` are the specs the model runs with (default: the candidate's last stage's),
+    for the per-layer attention mass. Lengths are multiples of ``train.seq_len`` in every
+    stage, so scores of stages and candidates compare at the same absolute lengths.
+    """
     s, t = config.score, config.train
+    layers = candidate.final_layers if layers is None else layers
     T = t.seq_len
+    tokenizer = data.tokenizer
     out: dict[str, float] = {}
-    out[SHORT_BPB] = scores.bits_per_byte(
-        model, corpus.val, T, n_windows=s.val_windows, batch_size=8, device=dev
-    )
-    for m in s.extrap:
-        out[extrap_bpb(m)] = scores.bits_per_byte(
-            model, corpus.val, m * T, n_windows=max(4, s.val_windows // m), batch_size=4, device=dev
+
+    def bpb(length: int, windows: int, batch: int) -> float:
+        return scores.bits_per_byte(
+            model,
+            data.val,
+            length,
+            n_windows=windows,
+            batch_size=batch,
+            device=dev,
+            count_bytes=tokenizer.count_bytes,
+            doc=data.vocab.doc,
         )
-    tparams = t.task_params.get(s.task, {})
-    niah = scores.niah_grid(
-        model,
-        corpus.val,
-        task=s.task,
-        lengths=[m * T for m in s.lengths],
-        depths=s.depths,
-        samples=s.samples,
-        seed=s.seed,
-        device=dev,
-        task_params=tparams,
-    )
-    result.niah = niah.to_dict()
-    out[ACC_AT_T] = scores.acc_at(niah, T)
-    out[LONG_ACC] = scores.long_acc(niah, T) if any(m > 1 for m in s.lengths) else float("nan")
-    for m in s.lengths:
-        out[acc_at(m)] = scores.acc_at(niah, m * T)
+
+    out[SHORT_BPB] = bpb(T, s.val_windows, 8)
+    for m in s.extrap:
+        out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
+
+    beyond = any(m > 1 for m in s.lengths)
+    grids: dict[str, scores.NiahResult] = {}
+    for task in s.families:
+        grid = scores.niah_grid(
+            model,
+            data.val,
+            task=task,
+            lengths=[m * T for m in s.lengths],
+            depths=s.depths,
+            samples=s.samples,
+            seed=s.seed,
+            device=dev,
+            task_params=t.task_params.get(task, {}),
+            tokenizer=tokenizer,
+        )
+        grids[task] = grid
+        if len(s.families) > 1:  # one family: its scores are the bare names alone
+            for name, value in family_scores(grid, T, s.lengths).items():
+                out[task_score(task, name)] = value
+    primary = s.primary_task
+    if primary is not None:
+        out.update(family_scores(grids[primary], T, s.lengths))
+    headline = [grids[task] for task in s.headline_tasks]
+    if headline:
+        nan = float("nan")
+        out[LONG_ACC] = float(np.mean([scores.long_acc(g, T) for g in headline])) if beyond else nan
+        out[LONG_ANSWER_NLL] = (
+            float(np.mean([scores.long_answer_nll(g, T) for g in headline])) if beyond else nan
+        )
     title = f"{candidate.name}  (seed {result.seed})"
-    result.artifacts["niah.png"] = plots.plot_niah_heatmap(niah, out_dir / "niah.png", title)
-    if s.attention_mass:
+    if primary is not None:
+        result.niah = {
+            **grids[primary].to_dict(),
+            "task": primary,
+            "tasks": {task: g.to_dict() for task, g in grids.items()},
+        }
+        result.artifacts["niah.png"] = plots.plot_niah_heatmap(
+            grids[primary], out_dir / "niah.png", f"{title}, {primary}"
+        )
+        for task, grid in grids.items():
+            if task != primary:
+                name = f"niah_{task}.png"
+                result.artifacts[name] = plots.plot_niah_heatmap(
+                    grid, out_dir / name, f"{title}, {task}"
+                )
+    if s.attention_mass and primary is not None:
+        tparams = t.task_params.get(primary, {})
         mass: dict[str, Any] = {}
         for m in s.mass_lengths:
             examples = [
-                render(s.task, m * T, depth, s.seed + 7919 * i, corpus.val, **tparams)
+                render(
+                    primary,
+                    m * T,
+                    depth,
+                    s.seed + 7919 * i,
+                    data.val,
+                    tokenizer=tokenizer,
+                    **tparams,
+                )
                 for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
             ]
-            mass[f"{m}x"] = scores.attention_mass(model, examples, candidate.layers, device=dev)
+            mass[f"{m}x"] = scores.attention_mass(model, examples, layers, device=dev)
             name = f"attention_mass@{m}x.png"
             result.artifacts[name] = plots.plot_attention_mass(
                 mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"
             )
         result.attention_mass = mass
+    return out
+
+
+def family_scores(grid: scores.NiahResult, train_len: int, multiples: Any) -> dict[str, float]:
+    """One family's scores by their bare names: accuracy, answer NLL and token accuracy
+    at each length, at T, and their means beyond T."""
+    out = {ACC_AT_T: scores.acc_at(grid, train_len)}
+    for m in multiples:
+        out[acc_at(m)] = scores.acc_at(grid, m * train_len)
+        out[answer_nll_at(m)] = scores.answer_nll_at(grid, m * train_len)
+        out[token_acc_at(m)] = scores.token_acc_at(grid, m * train_len)
+    beyond = any(m > 1 for m in multiples)
+    out[LONG_ACC] = scores.long_acc(grid, train_len) if beyond else float("nan")
+    out[LONG_ANSWER_NLL] = scores.long_answer_nll(grid, train_len) if beyond else float("nan")
     return out

@@ -1,4 +1,4 @@
-"""Corpora as byte-token arrays, split into train and validation. Nothing is downloaded.
+"""Corpora from local files, split into train and validation. Nothing is downloaded.
 
 Sources (``load_corpus(source)``):
 
@@ -7,17 +7,29 @@ Sources (``load_corpus(source)``):
   folders and the codec tables in ``encodings/``). Every machine with the same
   Python version gets the same corpus.
 - a text file, a folder of text files (recursive), or a glob pattern;
-- a pre-tokenized token file, ``.npy`` or ``.bin`` of uint8 / uint16, memory-mapped.
+- JSON Lines (``.jsonl``, ``.ndjson``): one document per line, its text in the field
+  ``text_field``; Parquet (``.parquet``): one document per row of the column
+  ``text_field``; a glob of either;
+- a Hugging Face ``datasets`` folder written by ``save_to_disk`` (a ``Dataset`` or a
+  ``DatasetDict``, every split read): one document per row of ``text_field``, read from
+  its Arrow files with pyarrow (the ``datasets`` package is not needed);
+- a pre-tokenized token file, ``.npy`` or ``.bin`` of uint8 / uint16 / uint32,
+  memory-mapped: byte tokens (with ``DOC`` separators) by default, or the ids of
+  another tokenizer when ``vocab_size`` is given.
+
+Text sources give byte tokens (uint16, a ``DOC`` token before each document); another
+tokenizer re-encodes them (:mod:`workers.corpus`), document by document.
 
 How the split is made:
 
-- several text files: BY FILE. A file is in validation when a hash of its
-  relative path falls below ``val_fraction``, so no file is in both splits and the
-  split does not depend on the machine or on directory listing order. Files are
-  taken in the order of a second hash until each split holds its share of
-  ``max_tokens``, then joined (sorted by path) with a ``DOC`` token before each
-  document. When the files cannot be split that way (one file, or every file
-  hashed to one side), the last ``val_fraction`` of the joined stream is validation.
+- several documents (files, records): BY DOCUMENT. A document is in validation when a
+  hash of its name (relative path, ``path#row`` for records) falls below
+  ``val_fraction``, so no document is in both splits and the split does not depend on
+  the machine or on listing order. Text files are taken in the order of a second hash,
+  records in file order, until each split holds its share of ``max_tokens`` bytes; then
+  each split is joined with a ``DOC`` token before each document. When the documents
+  cannot be split that way (one document, or every one hashed to one side), the last
+  ``val_fraction`` of the joined stream is validation.
 - one text file or a token file: the last ``val_fraction`` of the tokens.
 """
 
@@ -25,43 +37,48 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
-import json
 import os
 import sys
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from workers.tokens import DOC, N_BYTE_TOKENS, TOKEN_DTYPE
+from workers.data_files import (
+    HF_DATASET_DICT,
+    HF_DATASET_STATE,
+    DataError,
+    hf_dataset_files,
+    read_token_file,
+    records,
+)
+from workers.tokens import DOC, TOKEN_DTYPE
 
 DEFAULT_MIN_TOKENS = 16_384
 # A few MB of text is plenty for CPU-sized runs and cheap to hold in every worker.
 DEFAULT_MAX_TOKENS = 4_000_000
 
 TOKEN_FILE_SUFFIXES = (".npy", ".bin")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
 # Installed packages and tests are not the standard library proper; `encodings` is
 # mostly generated codec tables, which would skew the loss towards trivia.
 _SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "encodings"}
 )
 _BINARY_SNIFF_BYTES = 8192
-_CACHE_FORMAT = 1
-
-
-class DataError(ValueError):
-    """The data source is missing, empty, too small, or not usable text/tokens."""
 
 
 @dataclass(frozen=True, eq=False)
 class Corpus:
     """Train and validation token arrays of one source.
 
-    ``train``/``val`` are uint16 arrays for text sources; token files keep their
-    own dtype (uint8 or uint16) and stay memory-mapped. ``train_sources`` and
-    ``val_sources`` name the files in each split (relative paths; one entry for a
-    single-file source, which is then split by position).
+    ``train``/``val`` are uint16 byte tokens for text sources (``is_text``); token files
+    keep their own dtype and stay memory-mapped. ``train_sources`` and ``val_sources``
+    name the documents in each split (relative paths, ``path#row`` for records; one
+    entry for a single-file source, which is then split by position).
     """
 
     train: np.ndarray
@@ -69,6 +86,7 @@ class Corpus:
     description: str
     train_sources: tuple[str, ...] = field(default=())
     val_sources: tuple[str, ...] = field(default=())
+    is_text: bool = True  # byte tokens of text (False: a pre-tokenized file)
 
 
 def load_corpus(
@@ -78,32 +96,51 @@ def load_corpus(
     min_tokens: int = DEFAULT_MIN_TOKENS,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     dtype: str | np.dtype | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
+    text_field: str = "text",
+    vocab_size: int | None = None,
 ) -> Corpus:
     """Load ``source`` (see the module docstring) and split it deterministically.
 
-    ``max_tokens`` caps how much text is read into memory (None = no cap); token
-    files are memory-mapped and used whole. ``dtype`` overrides the element type of
-    a ``.bin`` token file. With ``cache_dir``, the tokenized text corpus is stored
-    there and reused while the files are unchanged; nothing is cached otherwise.
-    Raises :class:`DataError` naming the path and the problem.
+    ``max_tokens`` caps how much text is read, in bytes (None = no cap); token files
+    are memory-mapped and used whole. ``dtype`` overrides the element type of a ``.bin``
+    token file; ``vocab_size`` declares that a token file holds ids below it (of some
+    other tokenizer) rather than bytes. Raises :class:`DataError` naming the path and
+    the problem.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if max_tokens is not None and max_tokens < min_tokens:
         raise ValueError(f"max_tokens={max_tokens} is below min_tokens={min_tokens}")
+    kind, files, base, label = resolve_source(source)
+    if kind == "tokens":
+        return _load_token_file(files[0], val_fraction, min_tokens, dtype, vocab_size)
+    if vocab_size is not None:
+        raise DataError(f"data source {label}: vocab_size is for pre-tokenized .npy/.bin files")
+    if kind in ("jsonl", "parquet", "hf_dataset"):
+        docs = records(kind, files, base, text_field)
+        return _split_records(docs, label, val_fraction, min_tokens, max_tokens)
+    if kind == "stdlib":
+        return _load_text_files(files, base, label, val_fraction, min_tokens, max_tokens)
+    text_files = _refuse_binary(files, label)
+    return _load_text_files(text_files, base, label, val_fraction, min_tokens, max_tokens)
 
+
+def resolve_source(
+    source: str | os.PathLike[str] | None,
+) -> tuple[str, list[Path], Path, str]:
+    """``(kind, files, base, label)``: what ``source`` is and every file its content
+    comes from (what a content-addressed cache must hash). ``kind`` is one of
+    ``stdlib``, ``text``, ``jsonl``, ``parquet``, ``hf_dataset``, ``tokens``."""
     if source is None:
         root = Path(sysconfig.get_paths()["stdlib"])
-        files = _stdlib_files(root)
         v = sys.version_info
         label = f"python-stdlib {v.major}.{v.minor}.{v.micro} ({root})"
-        return _load_text_files(
-            files, root, label, val_fraction, min_tokens, max_tokens, cache_dir, n_binary=0
-        )
+        return "stdlib", _stdlib_files(root), root, label
 
     path = Path(os.fspath(source)).expanduser()
     if path.is_dir():
+        if (path / HF_DATASET_STATE).is_file() or (path / HF_DATASET_DICT).is_file():
+            return "hf_dataset", hf_dataset_files(path), path, f"datasets folder {path}"
         files = sorted(
             p
             for p in path.rglob("*")
@@ -111,55 +148,39 @@ def load_corpus(
         )
         if not files:
             raise DataError(f"data source {path}: folder contains no files")
-        text_files, n_binary = _drop_binary(files)
-        if not text_files:
-            raise DataError(f"data source {path}: no text files ({n_binary} binary files skipped)")
-        return _load_text_files(
-            text_files,
-            path,
-            f"folder {path}",
-            val_fraction,
-            min_tokens,
-            max_tokens,
-            cache_dir,
-            n_binary=n_binary,
-        )
+        return "text", files, path, f"folder {path}"
     if path.is_file():
-        if path.suffix.lower() in TOKEN_FILE_SUFFIXES:
-            return _load_token_file(path, val_fraction, min_tokens, dtype)
-        return _load_text_files(
-            [path],
-            path.parent,
-            f"text file {path}",
-            val_fraction,
-            min_tokens,
-            max_tokens,
-            cache_dir,
-            n_binary=0,
-        )
+        kind = _file_kind(path)
+        label = {"tokens": "token file", "text": "text file"}.get(kind, f"{kind} file")
+        return kind, [path], path.parent, f"{label} {path}"
     if any(ch in str(source) for ch in "*?["):
         matches = sorted(Path(p) for p in globlib.glob(str(path), recursive=True))
         files = [p for p in matches if p.is_file()]
         if not files:
             raise DataError(f"data source {source}: glob pattern matches no files")
-        text_files, n_binary = _drop_binary(files)
-        if not text_files:
+        kinds = {_file_kind(p) for p in files}
+        if len(kinds) > 1:
             raise DataError(
-                f"data source {source}: no text files among the matches "
-                f"({n_binary} binary files skipped)"
+                f"data source {source}: the glob mixes kinds of files ({sorted(kinds)}); "
+                "narrow it to one kind (e.g. *.jsonl)"
             )
-        base = Path(os.path.commonpath([str(p.parent) for p in text_files]))
-        return _load_text_files(
-            text_files,
-            base,
-            f"glob {source}",
-            val_fraction,
-            min_tokens,
-            max_tokens,
-            cache_dir,
-            n_binary=n_binary,
-        )
+        kind = kinds.pop()
+        if kind == "tokens":
+            raise DataError(f"data source {source}: name one token file, not a glob")
+        base = Path(os.path.commonpath([str(p.parent) for p in files]))
+        return kind, files, base, f"glob {source}"
     raise DataError(f"data source {path}: no such file or folder")
+
+
+def _file_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in TOKEN_FILE_SUFFIXES:
+        return "tokens"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    return "text"
 
 
 # --------------------------------------------------------------------------- text sources
@@ -188,20 +209,25 @@ def is_binary(data: bytes) -> bool:
     return controls / len(head) > 0.1
 
 
-def _drop_binary(files: list[Path]) -> tuple[list[Path], int]:
-    text, n_binary = [], 0
+def _refuse_binary(files: list[Path], label: str) -> list[Path]:
+    """Text sources hold text: a binary file among them is an error naming it (a corpus
+    silently missing files, or training on image bytes, is worse than stopping)."""
+    binary = []
     for p in files:
         with open(p, "rb") as f:
-            head = f.read(_BINARY_SNIFF_BYTES)
-        if is_binary(head):
-            n_binary += 1
-        else:
-            text.append(p)
-    return text, n_binary
+            if is_binary(f.read(_BINARY_SNIFF_BYTES)):
+                binary.append(p)
+    if binary:
+        more = f" and {len(binary) - 1} more" if len(binary) > 1 else ""
+        raise DataError(
+            f"data source {binary[0]}: binary file, not text{more} (in {label}); "
+            "select the text files with a glob, e.g. 'folder/**/*.txt'"
+        )
+    return files
 
 
 def _unit_hash(salt: str, rel: str) -> float:
-    """A number in [0, 1) from a path; the same on every machine."""
+    """A number in [0, 1) from a name; the same on every machine."""
     digest = hashlib.sha256(f"{salt}:{rel}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
@@ -231,6 +257,13 @@ def _join(docs: list[bytes]) -> np.ndarray:
     return out
 
 
+def _caps(max_tokens: int | None, val_fraction: float) -> dict[str, int | None]:
+    return {
+        "train": None if max_tokens is None else int(max_tokens * (1 - val_fraction)),
+        "val": None if max_tokens is None else max_tokens - int(max_tokens * (1 - val_fraction)),
+    }
+
+
 def _load_text_files(
     files: list[Path],
     base: Path,
@@ -238,17 +271,8 @@ def _load_text_files(
     val_fraction: float,
     min_tokens: int,
     max_tokens: int | None,
-    cache_dir: str | os.PathLike[str] | None,
-    *,
-    n_binary: int,
 ) -> Corpus:
     rels = [p.relative_to(base).as_posix() for p in files]
-    cache_path = None
-    if cache_dir is not None:
-        cache_path = _cache_path(Path(cache_dir), files, rels, val_fraction, max_tokens)
-        if cache_path.exists():
-            return _read_cache(cache_path)
-
     if len(files) == 1:
         data = _read_text(files[0], max_tokens)
         if not data:
@@ -256,27 +280,9 @@ def _load_text_files(
         tokens = _join([data])[1:]  # a single document needs no separator
         if max_tokens is not None and len(data) == max_tokens:
             label += f" (first {max_tokens} bytes)"
-        corpus = _split_tail(tokens, val_fraction, min_tokens, label, files[0], rels)
-    else:
-        corpus = _split_by_file(files, rels, label, val_fraction, min_tokens, max_tokens, n_binary)
-    if cache_path is not None:
-        _write_cache(cache_path, corpus)
-    return corpus
+        return _split_tail(tokens, val_fraction, min_tokens, label, files[0], rels)
 
-
-def _split_by_file(
-    files: list[Path],
-    rels: list[str],
-    label: str,
-    val_fraction: float,
-    min_tokens: int,
-    max_tokens: int | None,
-    n_binary: int,
-) -> Corpus:
-    caps = {
-        "train": None if max_tokens is None else int(max_tokens * (1 - val_fraction)),
-        "val": None if max_tokens is None else max_tokens - int(max_tokens * (1 - val_fraction)),
-    }
+    caps = _caps(max_tokens, val_fraction)
     chosen: dict[str, list[tuple[str, bytes]]] = {"train": [], "val": []}
     sizes = {"train": 0, "val": 0}
     order = sorted(range(len(files)), key=lambda i: _unit_hash("order", rels[i]))
@@ -292,24 +298,36 @@ def _split_by_file(
             continue
         chosen[split].append((rels[i], data))
         sizes[split] += len(data) + 1
-    total = sizes["train"] + sizes["val"]
-    if total == 0:
+    if sizes["train"] + sizes["val"] == 0:
         raise DataError(f"data source {label}: all {len(files)} files are empty")
+    for split in chosen:
+        chosen[split].sort()
+    return _split_documents(chosen, caps, label, val_fraction, min_tokens, max_tokens, "file")
 
+
+def _split_documents(
+    chosen: dict[str, list[tuple[str, bytes]]],
+    caps: dict[str, int | None],
+    label: str,
+    val_fraction: float,
+    min_tokens: int,
+    max_tokens: int | None,
+    unit: str,
+) -> Corpus:
     streams, sources = {}, {}
     for split in ("train", "val"):
-        docs = sorted(chosen[split])
-        sources[split] = tuple(rel for rel, _ in docs)
+        docs = chosen[split]
+        sources[split] = tuple(name for name, _ in docs)
         stream = _join([d for _, d in docs])
         streams[split] = stream if caps[split] is None else stream[: caps[split]]
 
     if len(streams["train"]) < 2 or len(streams["val"]) < 2:
-        # Too few files to split by file: fall back to the tail of the joined stream.
+        # Too few documents to split by document: fall back to the tail of the stream.
         everything = sorted(chosen["train"] + chosen["val"])
         tokens = _join([d for _, d in everything])
         if max_tokens is not None:
             tokens = tokens[:max_tokens]
-        names = [rel for rel, _ in everything]
+        names = [name for name, _ in everything]
         return _split_tail(
             tokens, val_fraction, min_tokens, label + " (split by position)", None, names
         )
@@ -317,10 +335,10 @@ def _split_by_file(
     n = len(streams["train"]) + len(streams["val"])
     if n < min_tokens:
         raise DataError(f"data source {label}: {n} tokens, fewer than min_tokens={min_tokens}")
-    skipped = f", {n_binary} binary files skipped" if n_binary else ""
     description = (
-        f"{label}: split by file, {len(sources['train'])} train / {len(sources['val'])} val files, "
-        f"{len(streams['train'])} / {len(streams['val'])} tokens (max_tokens={max_tokens}{skipped})"
+        f"{label}: split by {unit}, {len(sources['train'])} train / {len(sources['val'])} val "
+        f"{unit}s, {len(streams['train'])} / {len(streams['val'])} tokens "
+        f"(max_tokens={max_tokens})"
     )
     return Corpus(
         train=streams["train"],
@@ -338,6 +356,7 @@ def _split_tail(
     label: str,
     path: Path | None,
     names: list[str],
+    is_text: bool = True,
 ) -> Corpus:
     where = str(path) if path is not None else label
     n = len(tokens)
@@ -358,105 +377,60 @@ def _split_tail(
         description=description,
         train_sources=tuple(names),
         val_sources=tuple(names),
+        is_text=is_text,
     )
+
+
+def _split_records(
+    docs: Iterator[tuple[str, str]],
+    label: str,
+    val_fraction: float,
+    min_tokens: int,
+    max_tokens: int | None,
+) -> Corpus:
+    """By document, in reading order, until each split holds its share of the cap."""
+    caps = _caps(max_tokens, val_fraction)
+    chosen: dict[str, list[tuple[str, bytes]]] = {"train": [], "val": []}
+    sizes = {"train": 0, "val": 0}
+    n_docs = 0
+    for name, text in docs:
+        n_docs += 1
+        split = "val" if _unit_hash("split", name) < val_fraction else "train"
+        cap = caps[split]
+        if cap is not None and sizes[split] >= cap:
+            if all(caps[s] is not None and sizes[s] >= caps[s] for s in caps):
+                break
+            continue
+        data = text.encode("utf-8")
+        if not data:
+            continue
+        chosen[split].append((name, data))
+        sizes[split] += len(data) + 1
+    if n_docs == 0:
+        raise DataError(f"data source {label}: no records")
+    if sizes["train"] + sizes["val"] == 0:
+        raise DataError(f"data source {label}: all {n_docs} records are empty")
+    return _split_documents(chosen, caps, label, val_fraction, min_tokens, max_tokens, "record")
 
 
 # --------------------------------------------------------------------------- token files
 
 
-def _token_file_dtype(path: Path, dtype: str | np.dtype | None) -> np.dtype:
-    if dtype is not None:
-        dt = np.dtype(dtype)
-    else:
-        name = path.name.lower()
-        dt = np.dtype(np.uint8) if name.endswith((".u8.bin", ".uint8.bin")) else np.dtype(np.uint16)
-    if dt not in (np.dtype(np.uint8), np.dtype(np.uint16)):
-        raise DataError(f"data source {path}: token dtype {dt} is not uint8 or uint16")
-    return dt
-
-
 def _load_token_file(
-    path: Path, val_fraction: float, min_tokens: int, dtype: str | np.dtype | None
+    path: Path,
+    val_fraction: float,
+    min_tokens: int,
+    dtype: str | np.dtype | None,
+    vocab_size: int | None,
 ) -> Corpus:
-    size = path.stat().st_size
-    if size == 0:
-        raise DataError(f"data source {path}: file is empty")
-    if path.suffix.lower() == ".npy":
-        try:
-            tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise DataError(f"data source {path}: not a readable .npy array ({e})") from e
-        if tokens.ndim != 1 or tokens.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
-            raise DataError(
-                f"data source {path}: expected a 1-D uint8/uint16 array, "
-                f"got shape {tokens.shape} dtype {tokens.dtype}"
-            )
-        if dtype is not None and np.dtype(dtype) != tokens.dtype:
-            raise DataError(f"data source {path}: file holds {tokens.dtype}, dtype={dtype} given")
-    else:
-        dt = _token_file_dtype(path, dtype)
-        if size % dt.itemsize:
-            raise DataError(f"data source {path}: {size} bytes is not a whole number of {dt}")
-        tokens = np.memmap(path, dtype=dt, mode="r")
-    _check_token_range(path, tokens)
-    corpus = _split_tail(
-        tokens, val_fraction, min_tokens, f"token file {path} ({tokens.dtype})", path, [path.name]
+    tokens = read_token_file(path, dtype, vocab_size)
+    what = "bytes" if vocab_size is None else f"vocabulary {vocab_size}"
+    return _split_tail(
+        tokens,
+        val_fraction,
+        min_tokens,
+        f"token file {path} ({tokens.dtype}, {what})",
+        path,
+        [path.name],
+        is_text=vocab_size is None,
     )
-    return corpus
-
-
-def _check_token_range(path: Path, tokens: np.ndarray) -> None:
-    """A corpus holds bytes and DOC separators only: task markers must stay unambiguous."""
-    if tokens.dtype == np.uint8:
-        return
-    chunk = 1 << 22
-    for start in range(0, len(tokens), chunk):
-        part = np.asarray(tokens[start : start + chunk])
-        bad = (part >= N_BYTE_TOKENS) & (part != DOC)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(
-                f"data source {path}: token {int(part[i])} at index {start + i} is outside the "
-                f"byte vocabulary (allowed: 0..{N_BYTE_TOKENS - 1} and DOC={DOC}); a byte file "
-                f"read as uint16? pass dtype='uint8' or name it *.u8.bin"
-            )
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def _cache_path(
-    cache_dir: Path, files: list[Path], rels: list[str], val_fraction: float, max_tokens: int | None
-) -> Path:
-    h = hashlib.sha256()
-    h.update(json.dumps([_CACHE_FORMAT, val_fraction, max_tokens]).encode())
-    for p, rel in zip(files, rels, strict=True):
-        st = p.stat()
-        h.update(f"{p.resolve()}\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return cache_dir / f"corpus-{h.hexdigest()[:20]}.npz"
-
-
-def _write_cache(path: Path, corpus: Corpus) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps(
-        {
-            "description": corpus.description,
-            "train_sources": list(corpus.train_sources),
-            "val_sources": list(corpus.val_sources),
-        }
-    )
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, train=corpus.train, val=corpus.val, meta=np.array(meta))
-    os.replace(tmp, path)
-
-
-def _read_cache(path: Path) -> Corpus:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        return Corpus(
-            train=z["train"],
-            val=z["val"],
-            description=meta["description"] + " [cached]",
-            train_sources=tuple(meta["train_sources"]),
-            val_sources=tuple(meta["val_sources"]),
-        )

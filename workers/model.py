@@ -4,9 +4,13 @@ Llama-style: pre-norm RMSNorm, grouped-query attention, SwiGLU MLP, tied input/o
 embeddings, final RMSNorm, no biases. Per layer, from ``space.layers.LayerSpec``:
 
 - position: RoPE with the layer's own ``rope_base`` (Hugging Face ``rotate_half`` layout, so
-  Llama weights load unchanged), or NoPE (no rotation at all);
-- window: full causal attention, or a sliding window of ``window_tokens`` keys counting the
-  query itself (Hugging Face ``sliding_window`` semantics, see ``workers.attention``);
+  Llama weights load unchanged), or NoPE (no rotation at all); partial rotary turns only the
+  leading ``rope_fraction`` of each head (GPT-NeoX ``rotary_pct``); a RoPE scaling (linear,
+  NTK, YaRN) changes the frequencies exactly as Hugging Face's rope-init functions do;
+- window: full causal attention, a sliding window of ``window_tokens`` keys counting the
+  query itself (Hugging Face ``sliding_window``), or chunks of ``window_tokens`` (Llama 4), see
+  ``workers.attention``;
+- attention sink: one learned logit per query head that takes softmax mass (gpt-oss ``sinks``);
 - QK-norm: RMSNorm over ``head_dim`` on queries and keys (one learned weight each, shared by all
   heads), before or after the rotation; on a NoPE layer both placements are the same thing;
 - temperature: Llama 4 scaling of NoPE queries by their absolute position.
@@ -16,13 +20,23 @@ Reads top to bottom: norms and RoPE helpers, attention, MLP, block, model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from space.layers import LayerSpec, ModelShape, Position, QKNorm, Temperature
+from space.layers import (
+    AttentionSink,
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    RopeScaling,
+    RopeScalingKind,
+    Temperature,
+)
 from workers.attention import attend, dense_attention
 
 
@@ -43,20 +57,65 @@ class RMSNorm(nn.Module):
 # ---------------------------------------------------------------- RoPE and temperature helpers
 
 
-def rope_cos_sin(
-    positions: Tensor, head_dim: int, rope_base: float, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """Rotation tables for absolute positions (T,) -> cos, sin of shape (T, head_dim).
+def rope_inv_freq(
+    rotary_dims: int, rope_base: float, scaling: RopeScaling | None = None, seq_len: int = 0
+) -> tuple[Tensor, float]:
+    """Inverse frequencies (rotary_dims / 2,) fp32 and the factor the tables are multiplied by.
 
-    Frequency k (of head_dim / 2) turns by ``rope_base ** (-2k / head_dim)`` radians per token.
-    Both halves of the head repeat the same frequencies (``rotate_half`` layout).
+    Unscaled, frequency k turns by ``rope_base ** (-2k / rotary_dims)`` radians per token. The
+    scalings follow Hugging Face ``modeling_rope_utils`` line for line (``linear``, ``dynamic``
+    for NTK, ``yarn`` with ``truncate=True``); ``seq_len`` is the current length (the largest
+    position + 1), which only NTK reads.
     """
-    inv_freq = 1.0 / rope_base ** (
-        torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
-    )
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim / 2), fp32 angles
-    emb = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    dim = rotary_dims
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    if scaling is None:
+        return 1.0 / rope_base**exponents, 1.0
+    factor = scaling.factor
+    if scaling.kind is RopeScalingKind.LINEAR:
+        return 1.0 / rope_base**exponents / factor, 1.0
+    original = scaling.original_tokens
+    if scaling.kind is RopeScalingKind.NTK:
+        # the base grows with the length past the original; unchanged up to it
+        length = max(seq_len, original)
+        base = rope_base * ((factor * length / original) - (factor - 1)) ** (dim / (dim - 2))
+        return 1.0 / base**exponents, 1.0
+
+    # YaRN: dimensions that turn more than beta_fast times over the original length keep their
+    # frequency, those under beta_slow turns are interpolated by the factor, a ramp between.
+    def correction_dim(turns: float) -> float:
+        return (dim * math.log(original / (turns * 2 * math.pi))) / (2 * math.log(rope_base))
+
+    low = max(math.floor(correction_dim(scaling.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(scaling.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # Hugging Face's guard against a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = rope_base**exponents
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    keep = 1 - ramp  # 1: keep the frequency (fast dims), 0: interpolate (slow dims)
+    return interpolation * (1 - keep) + extrapolation * keep, scaling.attention_factor
+
+
+def rope_cos_sin(
+    positions: Tensor,
+    rotary_dims: int,
+    rope_base: float,
+    dtype: torch.dtype,
+    scaling: RopeScaling | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Rotation tables for absolute positions (T,) -> cos, sin of shape (T, rotary_dims).
+
+    Both halves of the rotated part repeat the same frequencies (``rotate_half`` layout); a
+    YaRN scaling multiplies both tables by its attention factor, as Hugging Face does.
+    """
+    ntk = scaling is not None and scaling.kind is RopeScalingKind.NTK
+    seq_len = int(positions.max()) + 1 if ntk and positions.numel() else 0  # only NTK reads it
+    inv_freq, attention_factor = rope_inv_freq(rotary_dims, rope_base, scaling, seq_len)
+    inv_freq = inv_freq.to(positions.device)
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, rotary_dims / 2), fp32 angles
+    emb = torch.cat([freqs, freqs], dim=-1)  # (T, rotary_dims)
+    return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -66,8 +125,15 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, T, D) by the (T, D) tables: pair (d, d + D/2) turns as one complex number."""
-    return x * cos + rotate_half(x) * sin
+    """Rotate (B, H, T, D) by the (T, R) tables: pair (d, d + R/2) turns as one complex number.
+
+    ``R < D`` is partial rotary (GPT-NeoX): the first ``R`` dims turn, the rest pass through.
+    """
+    rotary_dims = cos.shape[-1]
+    if rotary_dims == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    turn, keep = x[..., :rotary_dims], x[..., rotary_dims:]
+    return torch.cat([turn * cos + rotate_half(turn) * sin, keep], dim=-1)
 
 
 def temperature_scale(positions: Tensor, temperature: Temperature) -> Tensor:
@@ -97,10 +163,21 @@ class Attention(nn.Module):
         if spec.qk_norm is not QKNorm.NONE:
             self.q_norm = RMSNorm(self.head_dim, shape.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, shape.norm_eps)
+        if spec.attention_sink is AttentionSink.LEARNED:
+            # one logit per query head (gpt-oss ``sinks``); 0 to start: the sink weighs as much
+            # as one key with score 0
+            self.sinks = nn.Parameter(torch.zeros(shape.n_heads))
 
     def forward(
-        self, x: Tensor, positions: Tensor, backend: str | None, return_attn: bool
+        self,
+        x: Tensor,
+        positions: Tensor,
+        backend: str | None,
+        return_attn: bool,
+        start_pos: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """``positions`` (T,) are absolute; ``start_pos`` is ``positions[0]`` if known (chunk
+        boundaries are absolute), else read from ``positions``."""
         spec = self.spec
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -118,17 +195,26 @@ class Attention(nn.Module):
         if normalize_first:
             q, k = self.q_norm(q), self.k_norm(k)
         if spec.position is Position.ROPE:
-            cos, sin = rope_cos_sin(positions, D, spec.rope_base, q.dtype)  # (T, D)
+            cos, sin = rope_cos_sin(
+                positions, spec.rotary_dims(D), spec.rope_base, q.dtype, spec.rope_scaling
+            )  # (T, R)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if spec.qk_norm is QKNorm.POST_ROPE:
                 q, k = self.q_norm(q), self.k_norm(k)
         if spec.temperature is not None:
             q = q * temperature_scale(positions, spec.temperature).to(q.dtype)[:, None]
 
+        if start_pos is None:
+            start_pos = int(positions[0]) if T else 0
+        mask = {
+            "window_kind": spec.window_kind,
+            "sinks": getattr(self, "sinks", None),
+            "start_pos": start_pos,
+        }
         if return_attn:
-            y, probs = dense_attention(q, k, v, spec.window_tokens)  # probs (B, H, T, T)
+            y, probs = dense_attention(q, k, v, spec.window_tokens, **mask)  # probs (B, H, T, T)
         else:
-            y, probs = attend(q, k, v, spec.window_tokens, backend), None  # (B, H, T, D)
+            y, probs = attend(q, k, v, spec.window_tokens, backend, **mask), None  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H * D)
         return self.o_proj(y), probs
 
@@ -156,9 +242,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(shape)
 
     def forward(
-        self, x: Tensor, positions: Tensor, backend: str | None, return_attn: bool
+        self, x: Tensor, positions: Tensor, backend: str | None, return_attn: bool, start_pos: int
     ) -> tuple[Tensor, Tensor | None]:
-        a, probs = self.attn(self.attn_norm(x), positions, backend, return_attn)
+        a, probs = self.attn(self.attn_norm(x), positions, backend, return_attn, start_pos)
         x = x + a
         x = x + self.mlp(self.mlp_norm(x))
         return x, probs
@@ -184,6 +270,12 @@ def check_layers(shape: ModelShape, layers: Sequence[LayerSpec]) -> None:
             raise ValueError(f"layer {i}: window_tokens must be >= 1, got {spec.window_tokens}")
         if spec.temperature is not None and spec.position is not Position.NOPE:
             raise ValueError(f"layer {i}: temperature applies to NoPE layers only")
+        if spec.position is Position.ROPE:
+            dims = spec.rotary_dims(shape.head_dim)
+            if dims < 2 or dims % 2:
+                raise ValueError(f"layer {i}: rope_fraction rotates {dims} dims; need even >= 2")
+        elif spec.rope_scaling is not None:
+            raise ValueError(f"layer {i}: rope_scaling applies to RoPE layers only")
 
 
 class HybridTransformer(nn.Module):
@@ -199,6 +291,22 @@ class HybridTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=shape.init_std)
+
+    def set_layers(self, layers: Sequence[LayerSpec]) -> None:
+        """Switch every layer to a new spec with the same parameters (a later training stage:
+        another RoPE base, a RoPE scaling, another window). ValueError if any layer would need
+        other weights (QK-norm, sinks)."""
+        layers = tuple(layers)
+        check_layers(self.shape, layers)
+        for old, new in zip(self.layers, layers, strict=True):
+            if old.parameter_layout() != new.parameter_layout():
+                raise ValueError(
+                    f"layer {new.index}: {new} needs other parameters than {old}; "
+                    "a new spec must keep QK-norm and sinks where they were"
+                )
+        self.layers = layers
+        for block, spec in zip(self.blocks, layers, strict=True):
+            block.attn.spec = spec
 
     def num_parameters(self) -> int:
         """Unique parameters; the tied embedding counts once."""
@@ -223,7 +331,7 @@ class HybridTransformer(nn.Module):
         x = self.embed(idx)  # (B, T, C)
         attn: list[Tensor] = []
         for block in self.blocks:
-            x, probs = block(x, positions, attn_backend, return_attn)
+            x, probs = block(x, positions, attn_backend, return_attn, start_pos)
             if probs is not None:
                 attn.append(probs)
         logits = F.linear(self.norm(x), self.embed.weight)  # (B, T, vocab)

@@ -52,10 +52,12 @@ def run_trial(
     sweep: SweepConfig,
     hooks: TrialHooks | None = None,
     runner: Runner | None = None,
+    corpus: Any = None,
 ) -> None:
     """The Tune function trainable. ``params`` is what the driver's searcher suggested:
     ``optuna_trial``, ``study``, ``candidate`` (``Candidate.to_dict()``: validated once in
-    the driver, not re-expanded here), ``seeds``, ``trial_dir``, ``restore_from``."""
+    the driver, not re-expanded here), ``seeds``, ``trial_dir``, ``restore_from``.
+    ``corpus`` is the driver's prepared corpus (a ``workers.corpus.CorpusHandle``)."""
     from ray import tune
 
     if runner is None:
@@ -131,6 +133,7 @@ def run_trial(
                 resume=True,
                 device=trial_device(sweep),
                 threads=trial_threads(sweep),
+                **({} if corpus is None else {"corpus": corpus}),
             )
             results.append(result)
             if result.status != RunStatus.COMPLETE:

@@ -23,9 +23,11 @@ class CandidateResult:
     candidate: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     resumed_from_step: int | None = None
+    corpus: dict[str, Any] = field(default_factory=dict)  # which prepared corpus it used
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "corpus": self.corpus,
             "status": self.status,
             "reason": self.reason,
             "scores": self.scores,

@@ -8,16 +8,18 @@ returns logits ``(B, T, V)`` (and, for :func:`attention_mass`,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from space.layers import LayerSpec, ModelShape, layer_kind
-from workers.tasks import SEGMENTS, Example, example_seed, render, segment_labels
-from workers.tokens import DOC, NEEDLE_CLOSE
+from space.layers import LayerSpec, ModelShape, WindowKind, layer_kind
+from workers.examples import Example, example_seed, segment_labels
+from workers.tasks import DEPTHLESS_TASKS, SEGMENTS, render
+from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
+from workers.tokens import DOC
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_SAMPLES = 20
@@ -41,16 +43,23 @@ def bits_per_byte(
     n_windows: int = 32,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    count_bytes: Callable[[np.ndarray], int] | None = None,
+    doc: int = DOC,
 ) -> float:
-    """Mean next-token cross-entropy in bits over ``n_windows`` evenly spaced windows.
+    """Bits per UTF-8 byte of text over ``n_windows`` evenly spaced windows: the total
+    next-token cross-entropy of the scored targets, in bits, over their bytes.
 
     Window ``k`` starts at ``round(k * (len(tokens) - seq_len) / (n_windows - 1))``.
-    Each row is ``[DOC] + tokens[start : start + seq_len]`` (``seq_len`` inputs), like
+    Each row is ``[doc] + tokens[start : start + seq_len]`` (``seq_len`` inputs), like
     every training row: a model trained on sequences that open with the separator
     uses it as an attention sink, and a window without one would measure that
-    artefact instead of language modelling. The first target (predicted from DOC
-    alone) is not scored, so ``seq_len - 1`` targets per window count. With the
-    byte vocabulary one token is one byte, so this is bits per byte.
+    artefact instead of language modelling. The first target (predicted from the
+    separator alone) is not scored, so ``seq_len - 1`` targets per window count.
+
+    ``count_bytes(ids)`` gives the UTF-8 bytes of the text that target ids stand for
+    (control tokens such as DOC: none, though predicting them costs bits too), so the
+    number means the same whatever the tokenizer (``Tokenizer.count_bytes``). Without
+    it, every target counts as one byte: bits per token.
     """
     n = len(tokens)
     if n < seq_len + 1:
@@ -60,11 +69,11 @@ def bits_per_byte(
     starts = np.unique(np.round(np.linspace(0, n - seq_len, n_windows)).astype(np.int64))
     was_training = model.training
     model.eval()
-    total_nats, total_targets = 0.0, 0
+    total_nats, total_bytes = 0.0, 0
     try:
         for i in range(0, len(starts), batch_size):
             rows = [
-                np.concatenate([[DOC], np.asarray(tokens[s : s + seq_len], dtype=np.int64)])
+                np.concatenate([[doc], np.asarray(tokens[s : s + seq_len], dtype=np.int64)])
                 for s in starts[i : i + batch_size]
             ]
             batch = torch.from_numpy(np.stack(rows)).to(device)
@@ -74,10 +83,15 @@ def bits_per_byte(
                 logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
             )
             total_nats += float(nats.double().sum())
-            total_targets += targets.numel()
+            if count_bytes is None:
+                total_bytes += targets.numel()
+            else:
+                total_bytes += sum(count_bytes(row) for row in targets.cpu().numpy())
     finally:
         model.train(was_training)
-    return total_nats / total_targets / math.log(2)
+    if total_bytes == 0:
+        raise ValueError("the scored windows hold no text bytes")
+    return total_nats / total_bytes / math.log(2)
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -85,67 +99,145 @@ def bits_per_byte(
 
 @dataclass(frozen=True)
 class NiahResult:
-    """Exact-match accuracy per cell: ``acc[i][j]`` at ``lengths[i]``, ``depths[j]``."""
+    """Scores per cell of one task family: ``acc[i][j]`` at ``lengths[i]``, ``depths[j]``.
+
+    ``acc`` is greedy exact match; ``answer_nll`` (nats per answer byte) and ``token_acc``
+    are graded scores under teacher forcing (None when not computed). A depthless family
+    (commonwords) has a single column.
+    """
 
     lengths: tuple[int, ...]
     depths: tuple[float, ...]
     acc: tuple[tuple[float, ...], ...]
     task: str = "passkey"
     samples: int = DEFAULT_SAMPLES
+    answer_nll: tuple[tuple[float, ...], ...] | None = None
+    token_acc: tuple[tuple[float, ...], ...] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "lengths": list(self.lengths),
             "depths": list(self.depths),
             "acc": [list(row) for row in self.acc],
         }
+        if self.answer_nll is not None:
+            out["answer_nll"] = [list(row) for row in self.answer_nll]
+        if self.token_acc is not None:
+            out["token_acc"] = [list(row) for row in self.token_acc]
+        return out
 
     @classmethod
     def from_dict(
         cls, d: dict, *, task: str = "passkey", samples: int = DEFAULT_SAMPLES
     ) -> NiahResult:
+        def grid(key: str) -> tuple[tuple[float, ...], ...] | None:
+            if d.get(key) is None:
+                return None
+            return tuple(tuple(float(a) for a in row) for row in d[key])
+
         return cls(
             lengths=tuple(int(x) for x in d["lengths"]),
             depths=tuple(float(x) for x in d["depths"]),
-            acc=tuple(tuple(float(a) for a in row) for row in d["acc"]),
+            acc=grid("acc") or (),
             task=task,
             samples=samples,
+            answer_nll=grid("answer_nll"),
+            token_acc=grid("token_acc"),
         )
+
+
+def _by_prompt_len(examples: Sequence[Example]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(e.prompt_len, []).append(i)
+    return groups
 
 
 @torch.no_grad()
 def answer_correct(
-    model: torch.nn.Module, examples: Sequence[Example], device: str | torch.device = "cpu"
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    device: str | torch.device = "cpu",
+    tokenizer: Tokenizer | None = None,
 ) -> np.ndarray:
-    """(N,) bool: does greedy decoding from each prompt reproduce its value exactly?
+    """(N,) bool: does greedy decoding from each prompt reproduce its answer exactly?
 
-    The value is the answer without its final closing marker: every digit (and, for
-    several values, the marker between them) must match, as in RULER-style NIAH scoring,
-    but whether the model then stops is not scored. Training still teaches the marker.
+    Compared as text, RULER-style: the generated tokens are decoded (text as UTF-8 bytes,
+    control tokens as themselves) and must begin with the decoded scored answer (the
+    answer without its final closing marker: whether the model then stops is not
+    scored; training still teaches the marker). Another tokenization of the same string
+    scores the same, so a score means the same under bytes and under BPE.
 
-    Examples must share one prompt length and answer length. Decoding is batched,
-    without a KV cache: each step runs the model on the prompt plus the tokens
-    decoded so far, so the model never sees an answer token it has not produced
-    itself (a model that peeks ahead cannot score). Stops after the answer length,
-    or earlier once every row has gone wrong.
+    Decoding is batched per prompt length, without a KV cache: each step runs the model
+    on the prompt plus the tokens decoded so far, so the model never sees an answer token
+    it has not produced itself (a model that peeks ahead cannot score). A row is decided
+    once its text covers the answer or departs from it; decoding stops when every row
+    is decided, or after as many tokens as the answer has bytes.
     """
-    if not examples:
-        return np.zeros(0, dtype=bool)
-    if len({e.prompt_len for e in examples}) != 1 or len({len(e.answer) for e in examples}) != 1:
-        raise ValueError("answer_correct needs examples of one prompt length and answer length")
-    prompts = torch.from_numpy(np.stack([e.prompt.astype(np.int64) for e in examples])).to(device)
-    answers = torch.from_numpy(np.stack([e.answer.astype(np.int64) for e in examples])).to(device)
-    if answers.size(1) > 1 and bool((answers[:, -1] == NEEDLE_CLOSE).all()):
-        answers = answers[:, :-1]  # the terminator after the last value is not scored
-    correct = torch.ones(len(examples), dtype=torch.bool, device=device)
-    seq = prompts
-    for k in range(answers.size(1)):
-        nxt = _logits(model, seq)[:, -1].argmax(dim=-1)  # (N,)
-        correct &= nxt == answers[:, k]
-        if not bool(correct.any()):
-            break
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-    return correct.cpu().numpy()
+    tokenizer = tokenizer or BYTE_TOKENIZER
+    correct = np.zeros(len(examples), dtype=bool)
+    for prompt_len, rows in _by_prompt_len(examples).items():
+        del prompt_len
+        expected = [tokenizer.units(examples[r].scored) for r in rows]
+        prompts = np.stack([examples[r].prompt.astype(np.int64) for r in rows])
+        seq = torch.from_numpy(prompts).to(device)
+        generated: list[list[int]] = [[] for _ in rows]
+        open_rows = set(range(len(rows)))
+        for _ in range(max(len(e) for e in expected)):
+            nxt = _logits(model, seq)[:, -1].argmax(dim=-1)  # (N,)
+            tokens = nxt.tolist()
+            for k in list(open_rows):
+                generated[k].append(tokens[k])
+                units, want = tokenizer.units(generated[k]), expected[k]
+                if len(units) >= len(want):
+                    correct[rows[k]] = units[: len(want)] == want
+                    open_rows.discard(k)
+                elif units != want[: len(units)]:
+                    open_rows.discard(k)
+            if not open_rows:
+                break
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+    return correct
+
+
+@torch.no_grad()
+def answer_likelihood(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    device: str | torch.device = "cpu",
+    tokenizer: Tokenizer | None = None,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Graded scores under teacher forcing: ``(answer_nll, token_acc)``, each (N,).
+
+    ``answer_nll``: the negative log-likelihood of the scored answer tokens given the
+    prompt (and the answer's earlier tokens), summed, over the answer's bytes (each
+    control token in it counts as one): nats per answer byte, comparable across
+    tokenizers. ``token_acc``: the fraction of scored answer tokens that are the model's
+    top prediction. Both move smoothly while exact match is stuck at 1.0 or 0.0.
+    """
+    tokenizer = tokenizer or BYTE_TOKENIZER
+    nll = np.zeros(len(examples), dtype=np.float64)
+    acc = np.zeros(len(examples), dtype=np.float64)
+    by_len: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_len.setdefault(len(e.tokens), []).append(i)
+    for rows in by_len.values():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = np.stack([examples[r].tokens.astype(np.int64) for r in chunk])
+            idx = torch.from_numpy(batch).to(device)
+            logp = torch.log_softmax(_logits(model, idx[:, :-1]).float(), dim=-1)
+            for k, r in enumerate(chunk):
+                e = examples[r]
+                n = len(e.scored)
+                positions = torch.arange(e.prompt_len - 1, e.prompt_len - 1 + n, device=device)
+                targets = idx[k, positions + 1]
+                row = logp[k, positions]  # (n, V)
+                token_nll = -row.gather(-1, targets[:, None]).squeeze(-1)
+                nll[r] = float(token_nll.double().sum()) / max(1, len(tokenizer.units(e.scored)))
+                acc[r] = float((row.argmax(dim=-1) == targets).double().mean())
+    return nll, acc
 
 
 @torch.no_grad()
@@ -160,6 +252,11 @@ def greedy_decode(model: torch.nn.Module, prompts: torch.Tensor, n_tokens: int) 
     return torch.cat(out, dim=1)
 
 
+def grid_depths(task: str, depths: Sequence[float]) -> tuple[float, ...]:
+    """The depth columns of ``task``'s grid: one for a depthless family."""
+    return (0.0,) if task in DEPTHLESS_TASKS else tuple(float(d) for d in depths)
+
+
 def niah_grid(
     model: torch.nn.Module,
     filler_tokens: np.ndarray,
@@ -171,23 +268,31 @@ def niah_grid(
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
-    task_params: dict[str, int] | None = None,
+    task_params: dict[str, int | str] | None = None,
+    tokenizer: Tokenizer | None = None,
+    graded: bool = True,
 ) -> NiahResult:
-    """Greedy exact-match accuracy of ``task`` on every (length, depth) cell.
+    """Greedy exact-match accuracy of ``task`` on every (length, depth) cell, and with
+    ``graded`` the teacher-forced answer NLL and token accuracy.
 
     Sample ``s`` at length ``L`` is rendered with ``example_seed(seed, L, s)`` at
     every depth: the same needle and haystack moved through the depths, so the
-    depth axis compares like with like.
+    depth axis compares like with like. A depthless family has one column holding
+    ``samples * len(depths)`` examples (the same work per length).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    columns = grid_depths(task, depths)
+    per_cell = samples if len(columns) == len(depths) else samples * len(depths)
     was_training = model.training
     model.eval()
     acc: list[tuple[float, ...]] = []
+    nll: list[tuple[float, ...]] = []
+    tok: list[tuple[float, ...]] = []
     try:
         for length in lengths:
-            row = []
-            for depth in depths:
+            row, nll_row, tok_row = [], [], []
+            for depth in columns:
                 examples = [
                     render(
                         task,
@@ -195,42 +300,80 @@ def niah_grid(
                         float(depth),
                         example_seed(seed, int(length), s),
                         filler_tokens,
+                        tokenizer=tokenizer,
                         **(task_params or {}),
                     )
-                    for s in range(samples)
+                    for s in range(per_cell)
                 ]
                 hits = np.concatenate(
                     [
-                        answer_correct(model, examples[i : i + batch_size], device)
-                        for i in range(0, samples, batch_size)
+                        answer_correct(model, examples[i : i + batch_size], device, tokenizer)
+                        for i in range(0, per_cell, batch_size)
                     ]
                 )
                 row.append(float(hits.mean()))
+                if graded:
+                    cell_nll, cell_acc = answer_likelihood(
+                        model, examples, device, tokenizer, batch_size
+                    )
+                    nll_row.append(float(cell_nll.mean()))
+                    tok_row.append(float(cell_acc.mean()))
             acc.append(tuple(row))
+            nll.append(tuple(nll_row))
+            tok.append(tuple(tok_row))
     finally:
         model.train(was_training)
     return NiahResult(
         lengths=tuple(int(x) for x in lengths),
-        depths=tuple(float(d) for d in depths),
+        depths=columns,
         acc=tuple(acc),
         task=task,
-        samples=samples,
+        samples=per_cell,
+        answer_nll=tuple(nll) if graded else None,
+        token_acc=tuple(tok) if graded else None,
     )
+
+
+def _row_mean(result: NiahResult, grid: tuple | None, length: int, what: str) -> float:
+    if grid is None:
+        raise ValueError(f"the grid holds no {what} (scored without graded=True)")
+    if length not in result.lengths:
+        raise ValueError(f"length {length} not in the grid {list(result.lengths)}")
+    return float(np.mean(grid[result.lengths.index(length)]))
+
+
+def _beyond_mean(result: NiahResult, grid: tuple | None, train_len: int, what: str) -> float:
+    if grid is None:
+        raise ValueError(f"the grid holds no {what} (scored without graded=True)")
+    rows = [row for n, row in zip(result.lengths, grid, strict=True) if n > train_len]
+    if not rows:
+        raise ValueError(f"no grid length beyond train_len={train_len}: {list(result.lengths)}")
+    return float(np.mean(rows))
 
 
 def acc_at(result: NiahResult, length: int) -> float:
     """Mean accuracy over depths at ``length``."""
-    if length not in result.lengths:
-        raise ValueError(f"length {length} not in the grid {list(result.lengths)}")
-    return float(np.mean(result.acc[result.lengths.index(length)]))
+    return _row_mean(result, result.acc, length, "accuracy")
 
 
 def long_acc(result: NiahResult, train_len: int) -> float:
     """Mean accuracy over every cell with length > ``train_len`` (the headline score)."""
-    rows = [row for n, row in zip(result.lengths, result.acc, strict=True) if n > train_len]
-    if not rows:
-        raise ValueError(f"no grid length beyond train_len={train_len}: {list(result.lengths)}")
-    return float(np.mean(rows))
+    return _beyond_mean(result, result.acc, train_len, "accuracy")
+
+
+def answer_nll_at(result: NiahResult, length: int) -> float:
+    """Mean answer NLL (nats per answer byte) over depths at ``length``."""
+    return _row_mean(result, result.answer_nll, length, "answer NLL")
+
+
+def token_acc_at(result: NiahResult, length: int) -> float:
+    """Mean teacher-forced token accuracy over depths at ``length``."""
+    return _row_mean(result, result.token_acc, length, "token accuracy")
+
+
+def long_answer_nll(result: NiahResult, train_len: int) -> float:
+    """Mean answer NLL over every cell with length > ``train_len``."""
+    return _beyond_mean(result, result.answer_nll, train_len, "answer NLL")
 
 
 # --------------------------------------------------------------------------- serving cost
@@ -244,7 +387,8 @@ def kv_cache_bytes(
 ) -> int:
     """KV-cache bytes for one sequence of ``context_tokens``: per layer, K and V of
     ``n_kv_heads x head_dim`` for ``min(context_tokens, window_tokens)`` tokens (a
-    full-attention layer keeps the whole context)."""
+    full-attention layer keeps the whole context; a sliding layer its last W tokens; a chunked
+    layer at most W, the chunk being filled). Sink logits are parameters, not cache."""
     per_token = 2 * shape.n_kv_heads * shape.head_dim * dtype_bytes
     return sum(per_token * _kept_tokens(spec, context_tokens) for spec in layers)
 
@@ -261,17 +405,21 @@ def attention_flops_per_token(
     """Attention-score FLOPs per token, averaged over a sequence of ``context_tokens``.
 
     Convention: a multiply-add counts as 2 FLOPs; only ``Q K^T`` and ``A V`` are
-    counted (no projections, softmax or MLP), forward pass, all ``n_heads`` query
-    heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
-    attends to ``min(i + 1, window)`` keys, so per layer and token it costs
-    ``2 * 2 * n_heads * head_dim * mean_i(min(i + 1, window))``.
+    counted (no projections, softmax, sink logits or MLP), forward pass, all ``n_heads``
+    query heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
+    attends to ``min(i + 1, window)`` keys with a sliding window and to ``i mod W + 1`` keys
+    with chunks of W (on average about half a sliding window's), so per layer and token it
+    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``.
     """
     if context_tokens < 1:
         raise ValueError(f"context_tokens must be >= 1, got {context_tokens}")
     per_key = 4 * shape.n_heads * shape.head_dim
     total = 0.0
     for spec in layers:
-        keys = _sum_min_keys(context_tokens, spec.window_tokens) / context_tokens
+        if spec.window_kind is WindowKind.CHUNKED and spec.window_tokens is not None:
+            keys = _sum_chunk_keys(context_tokens, spec.window_tokens) / context_tokens
+        else:
+            keys = _sum_min_keys(context_tokens, spec.window_tokens) / context_tokens
         total += per_key * keys
     return total
 
@@ -281,6 +429,12 @@ def _sum_min_keys(n: int, window: int | None) -> int:
     if window is None or window >= n:
         return n * (n + 1) // 2
     return window * (window + 1) // 2 + (n - window) * window
+
+
+def _sum_chunk_keys(n: int, window: int) -> int:
+    """sum over i in [0, n) of (i mod window) + 1: whole chunks, then the part-filled last."""
+    whole, rest = divmod(n, window)
+    return whole * window * (window + 1) // 2 + rest * (rest + 1) // 2
 
 
 # --------------------------------------------------------------------------- attention mass

@@ -29,6 +29,7 @@ from tracking.report.figures import plot_curves, plot_mass, plot_niah
 from tracking.report.html import render_html
 from tracking.report.markdown import render_markdown
 from tracking.report.summary import summary
+from tracking.saturation import saturated_objectives, saturation_warning
 from tracking.seed_plan import SeedPlan, plan_seeds
 from tracking.sides import candidate_layers
 from tracking.stability import rank_stability
@@ -82,6 +83,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     agg = aggregate(read.records, read.objective_names, read.directions)
     findings, source, plan = judge(agg, config)
     train_len = config.train.seq_len if config is not None else None
+    stages = config.train.stage_plans() if config is not None else ()
     return render_report(
         agg,
         out_dir,
@@ -90,7 +92,21 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
         findings=findings,
         hypotheses_source=source,
         seed_plan=plan,
+        stages=tuple(stages) if len(stages) > 1 else (),
     )
+
+
+def saturation_notes(agg: StudyAggregate) -> list[str]:
+    """A warning for each accuracy objective on which every candidate's mean sits at 0 or
+    1: the search cannot rank them on it (tracking.saturation says what to use instead)."""
+    rows = []
+    for c in agg.candidates:
+        row = []
+        for name in agg.objective_names:
+            spread = c.spread(name)
+            row.append(spread.mean if spread is not None and spread.n else None)
+        rows.append(row)
+    return [saturation_warning(s) for s in saturated_objectives(agg.objective_names, rows)]
 
 
 def _train_len_from_niah(agg: StudyAggregate) -> int | None:
@@ -123,6 +139,7 @@ def render_report(
     findings: Sequence[Finding] | None = None,
     hypotheses_source: str = "",
     seed_plan: SeedPlan | None = None,
+    stages: Sequence[Any] = (),
 ) -> dict[str, Path]:
     """Write the report of an aggregate (see :func:`build_report`); without
     ``findings``, the shipped paper hypotheses are judged (by preset name only)."""
@@ -151,6 +168,8 @@ def render_report(
     paths.update({name: p for name, p in figures.items() if p is not None})
 
     report = ReportInput(
+        notes=tuple(saturation_notes(agg)),
+        stages=stages,
         agg=agg,
         study_name=study_name,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from space.names import SHORT_BPB
+from space.names import SHORT_BPB, multiple_of
 from space.tasks import SEGMENTS
 from tracking.aggregate import StudyAggregate
 from workers.drawing import draw_niah_cells, new_figure, stacked_bars
@@ -35,25 +35,44 @@ def _mult_label(m: int, train_len: int | None) -> str:
     return f"{m}x\n({m * train_len})" if train_len else f"{m}x"
 
 
+def task_families(agg: StudyAggregate) -> list[str]:
+    """The task families the study scored separately (scores named ``<family>/acc@Nx``);
+    ``[]`` when it scored one family under the bare names."""
+    found = {
+        name.split("/", 1)[0]
+        for c in agg.candidates
+        for name in c.scores
+        if "/" in name and multiple_of(name.split("/", 1)[1], "acc@") is not None
+    }
+    return sorted(found)
+
+
 def plot_curves(agg: StudyAggregate, path: Path, train_len: int | None) -> Path:
-    """Accuracy vs context length (left) and bits/byte vs length (right), mean over seeds
-    with error bars of one standard deviation, every candidate on the same axes."""
-    fig = new_figure(13, 5)
-    ax_acc, ax_bpb = fig.subplots(1, 2)
+    """Accuracy vs context length, one panel per task family, and bits/byte vs length
+    (right), mean over seeds with error bars of one standard deviation, every candidate
+    on the same axes."""
+    families = task_families(agg)
+    panels = [(f"{f}: accuracy vs context length", f"{f}/acc@") for f in families] or [
+        ("NIAH accuracy vs context length", "acc@")
+    ]
+    fig = new_figure(6.5 * (len(panels) + 1), 5)
+    axes = list(np.atleast_1d(fig.subplots(1, len(panels) + 1)))
+    acc_axes, ax_bpb = axes[:-1], axes[-1]
     styles = _styles(len(agg.candidates))
     offsets = np.linspace(-0.06, 0.06, max(len(agg.candidates), 1))
     for (color, marker, ls), c, dx in zip(styles, agg.candidates, offsets, strict=False):
         style = {"color": color, "marker": marker, "linestyle": ls, "capsize": 3, "markersize": 5}
-        acc = c.by_multiple("acc@")
-        if acc:
-            xs = np.array(list(acc)) * 2**dx  # a small dodge so error bars do not overlap
-            ax_acc.errorbar(
-                xs,
-                [s.mean for s in acc.values()],
-                yerr=[s.std if s.n > 1 else 0.0 for s in acc.values()],
-                label=f"{c.name} (n={c.n})",
-                **style,
-            )
+        for ax_acc, (_, prefix) in zip(acc_axes, panels, strict=True):
+            acc = c.by_multiple(prefix)
+            if acc:
+                xs = np.array(list(acc)) * 2**dx  # a small dodge so error bars do not overlap
+                ax_acc.errorbar(
+                    xs,
+                    [s.mean for s in acc.values()],
+                    yerr=[s.std if s.n > 1 else 0.0 for s in acc.values()],
+                    label=f"{c.name} (n={c.n})",
+                    **style,
+                )
         bpb = {}
         short = c.spread(SHORT_BPB)
         if short is not None and short.n:
@@ -67,11 +86,15 @@ def plot_curves(agg: StudyAggregate, path: Path, train_len: int | None) -> Path:
                 label=c.name,
                 **style,
             )
-    ticks = sorted({m for c in agg.candidates for m in c.by_multiple("acc@")} | {1, 2, 4})
-    for ax, title, ylabel in (
-        (ax_acc, "NIAH accuracy vs context length", "exact-match accuracy (mean ± std)"),
-        (ax_bpb, "Bits per byte vs context length", "bits per byte (mean ± std)"),
-    ):
+    ticks = sorted(
+        {m for c in agg.candidates for _, p in panels for m in c.by_multiple(p)} | {1, 2, 4}
+    )
+    titled = [
+        (ax, title, "exact-match accuracy (mean ± std)")
+        for ax, (title, _) in zip(acc_axes, panels, strict=True)
+    ]
+    titled.append((ax_bpb, "Bits per byte vs context length", "bits per byte (mean ± std)"))
+    for ax, title, ylabel in titled:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks)
         ax.set_xticklabels([_mult_label(m, train_len) for m in ticks], fontsize=8)
@@ -80,8 +103,9 @@ def plot_curves(agg: StudyAggregate, path: Path, train_len: int | None) -> Path:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-    ax_acc.set_ylim(-0.03, 1.03)
-    handles, labels = ax_acc.get_legend_handles_labels()
+    for ax_acc in acc_axes:
+        ax_acc.set_ylim(-0.03, 1.03)
+    handles, labels = acc_axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
@@ -103,7 +127,7 @@ def plot_niah(agg: StudyAggregate, path: Path) -> Path | None:
     image = None
     for ax, c in zip(axes.flat, with_grid, strict=False):
         g = c.niah
-        image = draw_niah_cells(ax, g.acc, g.lengths, g.depths, fontsize=6)
+        image = draw_niah_cells(ax, g.acc, g.lengths, g.depths, fontsize=8)
         ax.set_title(f"{c.name} (n={g.n})", fontsize=9)
         ax.set_xlabel("needle depth", fontsize=8)
     for ax in axes[:, 0]:

@@ -1,0 +1,255 @@
+"""Which stock Hugging Face ``transformers`` class reproduces a candidate exactly, and its config.
+
+Our block is the Llama block (pre-norm RMSNorm, SwiGLU, GQA, ``rotate_half`` RoPE, tied
+embeddings, no biases); five stock classes add per-layer options on top of it, each checked
+against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``:
+
+- ``LlamaForCausalLM``: every layer RoPE with one base, full attention, no QK-norm.
+- ``Qwen3ForCausalLM``: every layer RoPE with one base and QK-norm before the rotation (one
+  RMSNorm weight for q and one for k, shared by the heads), each layer full or sliding with one
+  window size (``layer_types``).
+- ``SmolLM3ForCausalLM``: no QK-norm; each layer RoPE (one base) or NoPE (``no_rope_layers``,
+  where 1 means RoPE), full or sliding with one window size (``layer_types``: always written,
+  since SmolLM3's default pattern puts the window on the NoPE layers, DESIGN §7).
+- ``Phi3ForCausalLM``: partial rotary (``rope_parameters["partial_rotary_factor"]``, the
+  leading fraction of each head turns, as ours): every layer RoPE with one base and one
+  fraction, no QK-norm, no RoPE scaling (Phi3 accepts only its own ``longrope``), and every
+  layer full or every layer sliding with one window (Phi3 has one ``sliding_window`` for all
+  layers). Its q/k/v and gate/up projections are fused (``qkv_proj``, ``gate_up_proj``): the
+  same arithmetic, the weights concatenated (:func:`workers.hf_export.hf_state_dict`). Llama,
+  Qwen3 and SmolLM3 rotate whole heads only (their ``apply_rotary_pos_emb`` does not split).
+- ``Llama4ForCausalLM`` without experts (``moe_layers: []``, every layer the dense SwiGLU
+  ``feed_forward``): chunked attention (``attention_chunk_size``, ``layer_types``
+  ``chunked_attention``), each layer RoPE (one base) or NoPE (``no_rope_layers``, 1 = RoPE),
+  no sliding windows, no QK-norm (``use_qk_norm: false``; Llama 4's own is a weightless L2 norm),
+  no temperature. Llama 4 turns interleaved pairs ``(2i, 2i + 1)`` where we turn
+  ``(i, i + D/2)``: the export reorders each head's q and k rows, which maps one onto the
+  other exactly. Its NoPE query temperature would match ours without padding, but it counts
+  positions over left padding (``cache_position``), so a candidate with ``global_temperature``
+  is not exported to it.
+
+RoPE scaling is ``rope_parameters`` on Llama, Qwen3 and SmolLM3 (``linear``; ``yarn`` with
+``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``attention_factor`` and
+``truncate: true``, all written explicitly), the same for every RoPE layer.
+
+The knobs of issue 17 that no stock class reproduces with our block, each checked:
+
+- chunked local attention beside sliding windows, QK-norm, partial rotary or NoPE
+  temperature (Llama4 has none of these with chunks);
+- learned sinks (``attention_sink: learned``): only ``GptOss`` has them, inside a block whose
+  MLP is a mixture of experts with a clamped SwiGLU, not ours;
+- NTK scaling (``rope_scaling: ntk``, Hugging Face ``dynamic``): Hugging Face keeps the
+  frequencies of the longest sequence the model has seen (a shorter one later is turned with
+  them too) and its KV cache keeps keys turned at the length they were cached, so
+  ``generate()`` past the original length differs; our model turns every key with the
+  frequencies of the current length;
+- a scaling on some RoPE layers only (``rope_scaling_layers: local | global`` with RoPE on both
+  kinds): one ``rope_parameters`` serves every layer;
+- partial rotary together with NoPE layers, QK-norm, mixed windows or a scaling (no class has
+  ``partial_rotary_factor`` and those).
+
+What none of them expresses (these, and QK-norm on some layers only, a learned QK-norm after
+RoPE, QK-norm together with NoPE layers, NoPE query temperature, two RoPE bases, two window
+sizes) is a :class:`NotExpressible` naming the knob and its value; such a candidate exports with
+its own modeling file (``--remote-code``, ``workers/hf_remote``), which implements every field
+of :class:`space.layers.LayerSpec`. Per-layer fields this module does not know (knobs newer than
+it) are refused outright, remote code included, rather than exported as something else.
+
+The layers given are the ones the weights run with: a candidate's last training stage
+(``Candidate.final_layers``).
+
+Pure: no torch, no transformers; the config is a plain dict for the class's ``from_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from space.layers import (
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    RopeScaling,
+    RopeScalingKind,
+    WindowKind,
+)
+from workers.hf_reasons import NotExpressible, stock_reasons, unknown_layer_fields
+
+LLAMA = "LlamaForCausalLM"
+QWEN3 = "Qwen3ForCausalLM"
+SMOLLM3 = "SmolLM3ForCausalLM"
+PHI3 = "Phi3ForCausalLM"
+LLAMA4 = "Llama4ForCausalLM"
+MODEL_TYPES = {
+    LLAMA: "llama",
+    QWEN3: "qwen3",
+    SMOLLM3: "smollm3",
+    PHI3: "phi3",
+    LLAMA4: "llama4_text",
+}
+# Hugging Face's rope_type for each of our scalings that a stock class reproduces exactly.
+HF_ROPE_TYPES = {RopeScalingKind.LINEAR: "linear", RopeScalingKind.YARN: "yarn"}
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+CHUNKED = "chunked_attention"
+# The base written for a model without any RoPE layer (SmolLM3 needs one; no layer uses it).
+UNUSED_ROPE_BASE = 10_000.0
+
+
+@dataclass(frozen=True)
+class StockLayout:
+    """A stock class and the ``config.json`` fields that make it our candidate."""
+
+    architecture: str  # e.g. "SmolLM3ForCausalLM"
+    config: dict[str, Any]  # for the class's config, with "model_type" and "architectures"
+
+    @property
+    def model_type(self) -> str:
+        return MODEL_TYPES[self.architecture]
+
+
+def rope_parameters(base: float, scaling: RopeScaling | None, fraction: float) -> dict[str, Any]:
+    """Hugging Face ``rope_parameters`` for one base, scaling (linear or YaRN) and fraction.
+
+    Every field the rope-init function reads is written, so no Hugging Face default decides
+    anything (YaRN's ``truncate: true`` is ours; gpt-oss's checkpoints say false).
+    """
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(base)}
+    if scaling is not None:
+        params["rope_type"] = HF_ROPE_TYPES[scaling.kind]
+        params["factor"] = float(scaling.factor)
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        params.update(
+            original_max_position_embeddings=int(scaling.original_tokens),
+            beta_fast=float(scaling.beta_fast),
+            beta_slow=float(scaling.beta_slow),
+            attention_factor=float(scaling.attention_factor),
+            truncate=True,
+        )
+    if fraction != 1.0:
+        params["partial_rotary_factor"] = float(fraction)
+    return params
+
+
+def stock_layout(
+    shape: ModelShape,
+    layers: Sequence[LayerSpec],
+    knobs: Mapping[str, Any] | None = None,
+    *,
+    max_position_embeddings: int,
+    special_tokens: Mapping[str, int | None] | None = None,
+) -> StockLayout:
+    """The stock class that reproduces the candidate and its config; raises NotExpressible.
+
+    ``special_tokens`` gives ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id``.
+    """
+    knobs = dict(knobs or {})
+    unknown = unknown_layer_fields(layers)
+    if unknown:
+        raise NotExpressible(unknown, remote_code_possible=False)
+    reasons = stock_reasons(layers, knobs)
+    if reasons:
+        raise NotExpressible(reasons)
+
+    rope = [s for s in layers if s.position is Position.ROPE]
+    base = rope[0].rope_base if rope else UNUSED_ROPE_BASE
+    scaling = rope[0].rope_scaling if rope else None  # stock_reasons: the same on every one
+    fraction = rope[0].rope_fraction if rope else 1.0
+    windows = {s.window_tokens for s in layers if s.window_tokens is not None}
+    window = windows.pop() if windows else None
+    qk_norm = any(s.qk_norm is not QKNorm.NONE for s in layers)
+    all_rope = len(rope) == len(layers)
+
+    common: dict[str, Any] = {
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.d_model,
+        "intermediate_size": shape.mlp_hidden,
+        "num_hidden_layers": shape.n_layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": shape.n_kv_heads,
+        "hidden_act": "silu",
+        "rms_norm_eps": shape.norm_eps,
+        "initializer_range": shape.init_std,
+        "rope_parameters": rope_parameters(base, scaling, fraction),
+        "max_position_embeddings": int(max_position_embeddings),
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_cache": True,
+        "dtype": "float32",  # the weights as trained (AdamW keeps fp32 masters)
+        # Always explicit (DESIGN §7): which layers slide, in the stock classes' words.
+        "layer_types": [SLIDING if s.window_tokens is not None else FULL for s in layers],
+        **{k: v for k, v in (special_tokens or {}).items()},
+    }
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        # Hugging Face reads YaRN's extended context as max_position_embeddings and warns on
+        # every load when it is not factor x original (gpt-oss: 32 x 4096 = 131072).
+        extended = scaling.factor * scaling.original_tokens
+        if float(extended).is_integer():
+            common["max_position_embeddings"] = int(extended)
+    chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
+    if chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
+        architecture = LLAMA4
+        config = {
+            **common,
+            "head_dim": shape.head_dim,
+            "intermediate_size_mlp": shape.mlp_hidden,  # the dense MLP of every layer
+            "moe_layers": [],  # no mixture of experts
+            "use_qk_norm": False,
+            "attn_temperature_tuning": False,  # stock_reasons: no temperature
+            "attention_chunk_size": chunk.pop(),
+            "layer_types": [CHUNKED if s.window_tokens is not None else FULL for s in layers],
+            # Llama 4's inverted flag, as SmolLM3's: 1 = this layer uses RoPE.
+            "no_rope_layers": [int(s.position is Position.ROPE) for s in layers],
+        }
+    elif qk_norm:  # stock_reasons made sure: every layer RoPE, one base, normalised before RoPE
+        architecture = QWEN3
+        config = {
+            **common,
+            "head_dim": shape.head_dim,
+            "use_sliding_window": window is not None,
+            "sliding_window": window,
+            "max_window_layers": shape.n_layers,  # unused: layer_types is explicit
+        }
+    elif fraction != 1.0:  # stock_reasons made sure: all RoPE, one base, one window, unscaled
+        architecture = PHI3
+        config = {
+            **{k: v for k, v in common.items() if k not in ("layer_types", "attention_bias")},
+            "sliding_window": window,  # Phi3: every layer, or None
+            "original_max_position_embeddings": int(max_position_embeddings),
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+        }
+    elif all_rope and window is None:
+        architecture = LLAMA
+        config = {**common, "head_dim": shape.head_dim, "mlp_bias": False}
+    else:
+        architecture = SMOLLM3
+        config = {
+            **common,
+            "mlp_bias": False,
+            "use_sliding_window": window is not None,
+            "sliding_window": window,
+            # SmolLM3's inverted flag: 1 = this layer uses RoPE.
+            "no_rope_layers": [int(s.position is Position.ROPE) for s in layers],
+        }
+    config["model_type"] = MODEL_TYPES[architecture]
+    config["architectures"] = [architecture]
+    return StockLayout(architecture=architecture, config=config)
+
+
+__all__ = [
+    "HF_ROPE_TYPES",
+    "LLAMA",
+    "LLAMA4",
+    "PHI3",
+    "QWEN3",
+    "SMOLLM3",
+    "StockLayout",
+    "rope_parameters",
+    "stock_layout",
+]
