@@ -44,6 +44,11 @@ def _print_sweep_summary(summary) -> None:
         print(tracking_cmd.format_pareto(summary.pareto))
     for warning in getattr(summary, "warnings", []):
         print(f"warning: {warning}")
+    if summary.seed_plan is not None:
+        from search.seed_rounds import format_decisions
+
+        print()
+        print("\n".join(format_decisions(summary.seed_plan, summary.runs)))
     if summary.ui:
         print()
         print(summary.ui)

@@ -250,6 +250,14 @@ def _check_hypotheses(config: SweepConfig, problems: list) -> None:
             path=where,
         )
     )
+    if config.study.repeats_others is not None and not config.hypotheses:
+        problems.append(
+            (
+                "study.repeats.others",
+                "others sets the seeds of candidates no hypothesis compares: state "
+                "hypotheses (hypotheses: or hypotheses_from:)",
+            )
+        )
     if config.study.adaptive and not config.hypotheses:
         problems.append(
             (

@@ -267,18 +267,20 @@ def parse_config(
 
 
 def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
-    """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8``; a plain integer
-    stays as it is (every candidate gets that many seeds)."""
+    """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8`` (and ``others: 1``
+    -> ``repeats_others: 1``); a plain integer stays as it is (every candidate gets that
+    many seeds)."""
     out = dict(study)
-    if out.get("repeats_max") is not None:  # null: a dumped config read back
-        problems.append(("study.repeats_max", "unknown key; write repeats: {min: 2, max: 8}"))
-    out.pop("repeats_max", None)
+    for key in ("repeats_max", "repeats_others"):
+        if out.get(key) is not None:  # null: a dumped config read back
+            problems.append((f"study.{key}", "unknown key; write repeats: {min: 2, max: 8}"))
+        out.pop(key, None)
     value = out.get("repeats")
     if not isinstance(value, Mapping):
         return out
-    unknown = sorted(set(value) - {"min", "max"})
+    unknown = sorted(set(value) - {"min", "max", "others"})
     if unknown:
-        problems.append((f"study.repeats.{unknown[0]}", "unknown key; expected min, max"))
+        problems.append((f"study.repeats.{unknown[0]}", "unknown key; expected min, max, others"))
     for key in ("min", "max"):
         v = value.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -295,6 +297,18 @@ def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
             )
         )
     out["repeats"], out["repeats_max"] = value["min"], value["max"]
+    others = value.get("others")
+    if others is not None:
+        if isinstance(others, bool) or not isinstance(others, int) or others < 1:
+            problems.append(
+                ("study.repeats.others", f"expected a whole number >= 1, got {others!r}")
+            )
+        elif others > value["max"]:
+            problems.append(
+                ("study.repeats.others", f"others {others} is above max {value['max']}")
+            )
+        else:
+            out["repeats_others"] = others
     return out
 
 

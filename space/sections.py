@@ -130,6 +130,9 @@ class StudySection(_Section):
     # ``repeats: {min, max}`` in YAML: ``repeats`` is the min, this the max; adaptive
     # seeds then add rounds up to it only where a hypothesis is still undecided.
     repeats_max: int | None = Field(default=None, ge=1, le=MAX_REPEATS)
+    # ``repeats: {min, max, others}``: seeds of a candidate no hypothesis compares (None:
+    # ``repeats``, like every other candidate).
+    repeats_others: int | None = Field(default=None, ge=1, le=MAX_REPEATS)
 
     @field_validator("name")
     @classmethod
@@ -147,6 +150,11 @@ class StudySection(_Section):
     def adaptive(self) -> bool:
         """Seeds beyond ``repeats`` go only where a hypothesis is still undecided."""
         return self.max_repeats > self.repeats
+
+    @property
+    def others_repeats(self) -> int:
+        """Seeds of a candidate that no hypothesis compares (``repeats: {others: n}``)."""
+        return self.repeats if self.repeats_others is None else self.repeats_others
 
     @property
     def looks(self) -> int:
