@@ -1,5 +1,14 @@
 """Ray and Tune for a sweep: start or join Ray, check the resources, build and run the
-Tuner around the study searcher."""
+Tuner around the study searcher.
+
+What a trial costs: with one worker per trial, its Tune function trains and holds
+``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs. With ``workers_per_trial: N > 1`` the
+Tune function only launches and reports (no CPU or GPU; :data:`LAUNCHER_MEMORY_BYTES` of
+memory, since Tune cannot schedule a trial that asks for nothing) and its N Ray Train
+workers hold ``cpus_per_trial`` and ``gpus_per_trial`` each, in a placement group of their
+own (Ray Train V2): :func:`trial_cost`. The resource check and the number of trials run at
+once (:func:`concurrent_trials`) count the workers.
+"""
 
 from __future__ import annotations
 
@@ -56,9 +65,86 @@ def start_ray(address: str | None) -> tuple[bool, float]:
     return True, time.perf_counter() - t0
 
 
+# What the Tune function of a multi-worker trial reserves: it trains nothing, but Tune needs
+# a trial to ask for some resource, and the process (torch, tracking) does use memory.
+LAUNCHER_MEMORY_BYTES = 256 * 2**20
+
+
+def trial_resources(config: SweepConfig) -> dict[str, float]:
+    """What the Tune function of one trial asks for (``tune.with_resources``)."""
+    r = config.resources
+    if r.workers_per_trial == 1:
+        return {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial}
+    return {"cpu": 0, "gpu": 0, "memory": LAUNCHER_MEMORY_BYTES}
+
+
+def trial_cost(config: SweepConfig) -> dict[str, float]:
+    """CPUs and GPUs one running trial holds, its workers included."""
+    r = config.resources
+    return {
+        "CPU": r.workers_per_trial * r.cpus_per_trial,
+        "GPU": r.workers_per_trial * r.gpus_per_trial,
+    }
+
+
+def concurrent_trials(config: SweepConfig, have: dict[str, float]) -> int:
+    """How many trials run at once: ``resources.max_concurrent``, or, with several workers
+    per trial, fewer when the cluster's CPUs or GPUs cannot hold that many trials with all
+    their workers (1 at least: :func:`check_resources` refuses a trial that does not fit at
+    all). One-worker trials wait in Tune's queue instead, as they always did."""
+    cap = config.resources.max_concurrent
+    if config.resources.workers_per_trial == 1:
+        return cap
+    for key, need in trial_cost(config).items():
+        if need > 0:
+            cap = min(cap, int(have.get(key, 0) / need + 1e-9))
+    return max(1, cap)
+
+
+def _check_placement(config: SweepConfig, nodes: list[dict[str, float]]) -> None:
+    """Several workers per trial: each worker on one node, the strict strategies' nodes."""
+    r = config.resources
+    fits = [
+        n
+        for n in nodes
+        if n.get("CPU", 0) >= r.cpus_per_trial and n.get("GPU", 0) >= r.gpus_per_trial
+    ]
+    worker = f"{r.cpus_per_trial:g} CPU and {r.gpus_per_trial:g} GPU"
+    if not fits:
+        raise StudyError(
+            f"resources: no node of the Ray cluster holds one worker ({worker}, "
+            "cpus_per_trial and gpus_per_trial are per worker)"
+        )
+    n = r.workers_per_trial
+    if r.placement == "strict_pack" and not any(
+        node.get("CPU", 0) >= n * r.cpus_per_trial and node.get("GPU", 0) >= n * r.gpus_per_trial
+        for node in nodes
+    ):
+        raise StudyError(
+            f"resources.placement=strict_pack: no node holds all {n} workers ({worker} each)"
+        )
+    if r.placement == "strict_spread" and len(fits) < n:
+        raise StudyError(
+            f"resources.placement=strict_spread: {n} workers need {n} nodes holding "
+            f"{worker} each; the cluster has {len(fits)}"
+        )
+
+
 def check_resources(config: SweepConfig) -> None:
     have = ray.cluster_resources()
     r = config.resources
+    if r.workers_per_trial > 1:
+        cost = trial_cost(config)
+        for key, name in (("CPU", "cpus_per_trial"), ("GPU", "gpus_per_trial")):
+            if cost[key] > have.get(key, 0):
+                raise StudyError(
+                    f"resources: a trial's {r.workers_per_trial} workers x {name}="
+                    f"{getattr(r, name):g} need {cost[key]:g} {key}s but the Ray cluster "
+                    f"has {have.get(key, 0):g}"
+                )
+        nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+        _check_placement(config, nodes)
+        return
     if r.cpus_per_trial > have.get("CPU", 0):
         raise StudyError(
             f"resources.cpus_per_trial={r.cpus_per_trial} but the Ray cluster has "
@@ -95,11 +181,19 @@ def fit(
             reduction_factor=s.reduction_factor,
         )
     r = config.resources
+    at_once = concurrent_trials(config, ray.cluster_resources())
+    if at_once < r.max_concurrent:
+        searcher.progress.note(
+            f"{at_once} trial(s) at a time, not resources.max_concurrent={r.max_concurrent}: "
+            f"each holds {r.workers_per_trial} worker(s) x {r.cpus_per_trial:g} CPU / "
+            f"{r.gpus_per_trial:g} GPU"
+        )
+    searcher.max_concurrent = at_once
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner, corpus=corpus
         ),
-        {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial},
+        trial_resources(config),
     )
     tuner = tune.Tuner(
         trainable,

@@ -147,6 +147,9 @@ class StudySearcher(Searcher):
         self.rounds = SeedRounds(self.study, config, progress) if config.study.adaptive else None
         self.eval_metric = config.scheduler.metric
         self.total_steps = config.train.total_steps
+        # Trials run at once; the Ray runtime lowers it when the cluster holds fewer trials
+        # with all their workers (search.ray_runtime.concurrent_trials).
+        self.max_concurrent = config.resources.max_concurrent
         self.live: dict[str, _Live] = {}  # Tune trial id -> trial being trained
         self.errored: dict[str, _Live] = {}  # Tune reported an error; details follow
         self.trained: list[int] = []
@@ -164,7 +167,7 @@ class StudySearcher(Searcher):
     # -- asking ----------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if len(self.live) >= self.config.resources.max_concurrent:
+        if len(self.live) >= self.max_concurrent:
             return None
         if time.monotonic() < self._idle_until:
             return None

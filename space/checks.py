@@ -22,7 +22,7 @@ from space.names import (
     split_task_score,
 )
 from space.sections import MAX_GRID_POINTS, MAX_LENGTH_MULTIPLE
-from space.train_checks import check_train
+from space.train_checks import check_parallel, check_train
 from space.yaml_io import echo
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def check_semantics(config: SweepConfig, problems: list, warnings: list) -> None
     _check_model_knobs(config, problems, warnings)
     _check_rope_knobs(config, problems)
     data_ok = check_train(config, problems)
+    check_parallel(config, problems, warnings)
     _check_score(config, problems)
     _check_grid(config, problems)
     if data_ok:  # else no vocabulary, hence no model shape to check candidates against

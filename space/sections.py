@@ -201,7 +201,19 @@ class TrainSection(_Section):
     eval_every: int = Field(default=100, ge=1, le=MAX_STEPS)
     eval_windows: int = Field(default=16, ge=1, le=MAX_SAMPLES)
     checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS)
+    # torch.compile of the model; a candidate that cannot compile trains eager (one message).
     compile: bool = False
+    # Autocast precision, fp32 master weights and optimizer state either way; auto: bf16 on
+    # CUDA, fp32 elsewhere (what every study before this field trained with).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Recompute each block's activations in the backward pass (less memory, ~1/3 more compute).
+    activation_checkpointing: bool = False
+    # With resources.workers_per_trial > 1: DDP (a full replica per worker) or FSDP2 (weights,
+    # gradients and optimizer state sharded across the workers).
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # Rows per forward/backward on one worker; a worker's share of the global batch beyond it
+    # is gradient accumulation. None: the whole share at once.
+    micro_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     task_mix: dict[TaskName, float] = Field(default_factory=lambda: {"multikey": 1.0})
     # Task parameters shared by training and scoring, e.g. {multikey: {n_needles: 2}}.
     task_params: dict[TaskName, dict[str, int | str]] = Field(default_factory=dict)
@@ -251,7 +263,9 @@ class TrainSection(_Section):
         """Global steps after which training evaluates (every ``eval_every``, each stage's end)."""
         return eval_steps(self.stage_plans(), self.eval_every)
 
-    _added_fields = frozenset({"stages"})
+    _added_fields = frozenset(
+        {"stages", "precision", "activation_checkpointing", "parallel", "micro_batch_size"}
+    )
 
 
 class BpeSection(_Section):
@@ -387,6 +401,14 @@ class ResourcesSection(_Section):
     # from its newest checkpoint up to this many times; then it is FAIL worker_died and
     # `ropenope resume` runs it again. An exception in the candidate's code is not retried.
     max_retries: int = Field(default=2, ge=0, le=100)
+    # Data-parallel training workers per trial (Ray Train); cpus_per_trial and gpus_per_trial
+    # are then per worker. 1: the trial trains in its own process, without Ray Train.
+    workers_per_trial: int = Field(default=1, ge=1, le=MAX_CPUS)
+    # Where a trial's workers go (a Ray placement group strategy): pack (fill a node first),
+    # spread (one per node where possible), strict_pack (one node), strict_spread (one per node).
+    placement: Literal["pack", "spread", "strict_pack", "strict_spread"] = "pack"
+
+    _added_fields = frozenset({"workers_per_trial", "placement"})
 
 
 class TrackingSection(_Section):

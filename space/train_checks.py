@@ -56,6 +56,45 @@ def check_train(config: SweepConfig, problems: list) -> bool:
     return data_ok
 
 
+def check_parallel(config: SweepConfig, problems: list, warnings: list) -> None:
+    """Several workers per trial: every stage's global batch must give each a row."""
+    t, workers = config.train, config.resources.workers_per_trial
+    if workers > 1:
+        batches = [("train.batch_size", t.batch_size)]
+        batches += [
+            (f"train.stages[{i}].batch_size", stage.batch_size)
+            for i, stage in enumerate(t.stages)
+            if stage.batch_size is not None
+        ]
+        for path, rows in batches:
+            if rows < workers:
+                problems.append(
+                    (
+                        "resources.workers_per_trial",
+                        f"{workers} workers share a global batch of {rows} rows ({path}): "
+                        "each worker needs at least one row",
+                    )
+                )
+    elif t.parallel == "fsdp":
+        warnings.append(
+            (
+                "train.parallel",
+                "fsdp shards across the workers of a trial; with resources.workers_per_trial: 1 "
+                "the trial trains unsharded",
+            )
+        )
+    if t.micro_batch_size is not None:
+        largest = max([t.batch_size, *(s.batch_size or 0 for s in t.stages)])
+        if t.micro_batch_size * workers >= largest:
+            warnings.append(
+                (
+                    "train.micro_batch_size",
+                    f"{t.micro_batch_size} rows per step on each of {workers} worker(s) cover "
+                    f"the largest global batch ({largest}): no gradient accumulation happens",
+                )
+            )
+
+
 def _check_data(config: SweepConfig, problems: list) -> bool:
     """Data checks; False when the vocabulary cannot be known (no model shape then)."""
     d, m = config.data, config.model

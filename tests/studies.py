@@ -46,7 +46,7 @@ KINDS = {
 
 
 def mass(kinds: list[str], profile: dict[str, tuple[float, ...]]) -> dict:
-    """An attention-mass dict shaped like ``workers.scores.attention_mass``."""
+    """An attention-mass dict shaped like ``workers.attention_mass.attention_mass``."""
     per_layer = []
     for i, kind in enumerate(kinds):
         per_layer.append(

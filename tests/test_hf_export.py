@@ -23,6 +23,7 @@ from space.presets import BUILTIN_PRESETS  # noqa: E402
 from space.stages import StagePlan  # noqa: E402
 from space.vocab import DOC, NEEDLE_CLOSE, NEEDLE_OPEN, PAD, VOCAB_SIZE  # noqa: E402
 from workers import tokens  # noqa: E402
+from workers.decoding import greedy_decode  # noqa: E402
 from workers.hf_export import (  # noqa: E402
     INFO_NAME,
     ExportError,
@@ -40,7 +41,6 @@ from workers.hf_layout import (  # noqa: E402
 )
 from workers.hf_reasons import NotExpressible  # noqa: E402
 from workers.model import HybridTransformer  # noqa: E402
-from workers.scores import greedy_decode  # noqa: E402
 
 # Six layers, so gemma3_like's 5:1 pattern has its global layer; two KV heads for four heads.
 SHAPE = ModelShape(

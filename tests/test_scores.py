@@ -17,22 +17,21 @@ from space.layers import (
     Position,
     QKNorm,
     WindowKind,
+    layer_kind,
 )
 from workers.attention import window_mask
+from workers.attention_mass import attention_mass
+from workers.decoding import greedy_decode
 from workers.scores import (
     NiahResult,
     acc_at,
     answer_correct,
     answer_likelihood,
-    attention_flops_per_token,
-    attention_mass,
     bits_per_byte,
-    greedy_decode,
-    kv_cache_bytes,
-    layer_kind,
     long_acc,
     niah_grid,
 )
+from workers.serving_cost import attention_flops_per_token, kv_cache_bytes
 from workers.tasks import NEEDLE_TASKS, SEGMENTS, render
 from workers.tokens import NEEDLE_CLOSE, NEEDLE_OPEN, VOCAB_SIZE, encode
 

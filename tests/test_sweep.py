@@ -40,7 +40,7 @@ from space.names import (
     KV_CACHE_BYTES,
 )
 from space.outcomes import Reason
-from workers import scores
+from workers import serving_cost
 from workers.layout import finished_seed, restore_into, snapshot
 from workers.results import CandidateResult
 from workers.trial import TrialOutcome, combine
@@ -156,7 +156,7 @@ def test_sweep_outcomes_are_exact_in_the_study(tmp_path, runs_home, ray_local, s
     assert rope.user_attrs[ATTR_CANDIDATE_ID] == expected.id
     assert rope.user_attrs[ATTR_CANDIDATE_NAME] == expected.name
     assert rope.values == [rope.user_attrs[m] for m in OBJECTIVES]
-    kv = scores.kv_cache_bytes(
+    kv = serving_cost.kv_cache_bytes(
         expected.shape,
         expected.layers,
         config.score.kv_context_tokens,

@@ -4,8 +4,12 @@ Build the PyTorch model from per-layer specs, train it, and score short- and
 long-context ability on the study's prepared corpus (:func:`workers.corpus.prepare`,
 once per sweep); export a trained one as a Hugging Face folder (``hf_export``; the
 stock class that reproduces it is chosen in ``hf_layout``, transformers is imported only
-when exporting). Runs under plain pytest: no Ray, no MLflow here (the Ray
-adapter is ``workers.ray_trainable``, imported only by the sweep driver).
+when exporting). Train one candidate on several processes (``distributed``:
+DDP or FSDP2 through ``torch.distributed``, each worker its share of the global batch) and
+score it by greedy decoding with a KV cache (``kv_cache``, ``decoding``). Runs
+under plain pytest: no Ray, no MLflow here (the Ray adapter, which also starts a
+trial's Ray Train workers, is ``workers.ray_trainable``, imported only by the sweep
+driver).
 
 Names are imported on first use (PEP 562): ``import workers.trial`` or
 ``workers.layout`` (torch-free, used by tracking and the driver) does not import torch.
@@ -22,6 +26,10 @@ _EXPORTS = {
     "choose_backend": "workers.attention",
     "make_batch": "workers.batches",
     "CorpusHandle": "workers.corpus",
+    "DataParallel": "workers.distributed",
+    "ParallelKind": "workers.distributed",
+    "Workers": "workers.distributed",
+    "KVCache": "workers.kv_cache",
     "PreparedCorpus": "workers.corpus",
     "prepare": "workers.corpus",
     "answer_correct": "workers.scores",
@@ -50,13 +58,15 @@ _EXPORTS = {
     "plot_attention_mass": "workers.plots",
     "plot_loss_curves": "workers.plots",
     "plot_niah_heatmap": "workers.plots",
+    "Decoder": "workers.decoding",
     "NiahResult": "workers.scores",
     "acc_at": "workers.scores",
-    "attention_flops_per_token": "workers.scores",
-    "attention_mass": "workers.scores",
+    "attention_flops_per_token": "workers.serving_cost",
+    "attention_mass": "workers.attention_mass",
     "bits_per_byte": "workers.scores",
-    "kv_cache_bytes": "workers.scores",
+    "kv_cache_bytes": "workers.serving_cost",
     "long_acc": "workers.scores",
+    "greedy_decode": "workers.decoding",
     "niah_grid": "workers.scores",
     "SEGMENTS": "workers.tasks",
     "TASKS": "workers.tasks",

@@ -36,6 +36,9 @@ Backends:
   sink joins SDPA as one more key: queries and keys get one more dimension (1 for queries, 0 for
   keys), the sink key is 0 there but ``sink / scale`` in the new dimension, so its score is the
   sink logit exactly, and its value is 0. Plain autograd; the CPU training path.
+- cached (:func:`cached_attention`, greedy decoding with a ``workers.kv_cache``): a few new
+  queries against the keys a layer kept plus their own, masked by absolute positions; SDPA
+  with a boolean mask (a sink joins as above), memory ``O(new x kept)``.
 - ``"flex"``: ``torch.nn.attention.flex_attention`` with a block mask, compiled; a sink rescales
   the output by ``sigmoid(lse - sink)`` (the softmax mass the real keys keep). The fast path on
   CUDA. On CPU it has no backward (PyTorch raises ``NotImplementedError``), so the automatic
@@ -314,6 +317,66 @@ def _sliding(q: Tensor, k: Tensor, v: Tensor, w: int, sinks: Tensor | None) -> T
         rest = rest[..., :head_dim]
     rest = rest.reshape(batch, n_heads, (n_blocks - 1) * w, head_dim)
     return torch.cat([first, rest], dim=2)[:, :, :seq_len]
+
+
+# ---------------------------------------------------------------- decoding with a KV cache
+
+
+def position_mask(
+    query_pos: Tensor,
+    key_pos: Tensor,
+    window_tokens: int | None,
+    window_kind: WindowKind = WindowKind.SLIDING,
+) -> Tensor:
+    """(L, S) bool from absolute positions: key ``j`` is visible to query ``i`` when it holds
+    a token (``key_pos >= 0``), ``j <= i`` and the window allows it, as in ``window_mask``."""
+    i, j = query_pos[:, None], key_pos[None, :]
+    visible = (j >= 0) & (j <= i)
+    if window_tokens is not None:
+        if window_kind is WindowKind.CHUNKED:
+            visible = visible & (i // window_tokens == j // window_tokens)
+        else:
+            visible = visible & (i - j < window_tokens)
+    return visible
+
+
+def cached_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    query_pos: Tensor,
+    key_pos: Tensor,
+    window_tokens: int | None,
+    *,
+    window_kind: WindowKind = WindowKind.SLIDING,
+    sinks: Tensor | None = None,
+    return_probs: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """New queries ``(B, H, L, D)`` at ``query_pos`` (L,) against kept and new keys/values
+    ``(B, H_kv, S, D)`` at ``key_pos`` (S,; -1 = an empty slot), in any slot order.
+
+    Returns the output ``(B, H, L, D)`` and, with ``return_probs``, the probabilities
+    ``(B, H, L, S)`` over the key slots (computed as ``dense_attention`` does: softmax in at
+    least fp32, a sink's share dropped). Every query sees at least its own key.
+    """
+    n_heads, head_dim = q.shape[1], q.shape[-1]
+    k, v = repeat_kv(k, n_heads), repeat_kv(v, n_heads)
+    mask = position_mask(query_pos, key_pos, window_tokens, window_kind)  # (L, S)
+    if return_probs:
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)  # (B, H, L, S)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        if sinks is not None:
+            sink_col = sinks.to(scores.dtype).view(1, n_heads, 1, 1)
+            scores = torch.cat([scores, sink_col.expand(*scores.shape[:3], 1)], dim=-1)
+        probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
+        probs = probs.to(q.dtype)[..., : k.shape[2]]  # the sink's share is dropped
+        return probs @ v, probs
+    if sinks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+    q1, k1, v1, scale = _with_sink_key(q, k, v, sinks)  # the sink is key 0, seen by every row
+    mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+    out = F.scaled_dot_product_attention(q1, k1, v1, attn_mask=mask, scale=scale)
+    return out[..., :head_dim], None
 
 
 # ---------------------------------------------------------------- FlexAttention

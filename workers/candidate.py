@@ -43,9 +43,10 @@ from space.names import (
 )
 from space.outcomes import RunStatus
 from space.schema import SweepConfig
-from workers import plots, scores
+from workers import attention_mass, plots, scores, serving_cost
 from workers.batches import make_batch
 from workers.corpus import CorpusHandle, PreparedCorpus, prepare
+from workers.distributed import Workers
 from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
@@ -95,6 +96,9 @@ def train_settings(config: SweepConfig, seed: int) -> TrainSettings:
         seed=seed,
         compile=t.compile,
         stages=stages,
+        precision=t.precision,
+        activation_checkpointing=t.activation_checkpointing,
+        micro_batch_size=t.micro_batch_size,
     )
 
 
@@ -115,6 +119,7 @@ def run_candidate(
     threads: int | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
     corpus: CorpusHandle | None = None,
+    workers: Workers | None = None,
 ) -> CandidateResult:
     """Train ``candidate`` with ``seed`` and score it; artifacts go to ``out_dir``.
 
@@ -124,7 +129,12 @@ def run_candidate(
     ``resume`` continues from ``out_dir/checkpoint.pt`` when present. ``corpus`` is
     the prepared corpus (:func:`workers.corpus.prepare`); without it the corpus is
     prepared (or found) in the default cache first.
+
+    ``workers`` trains data-parallel (``workers.distributed``): every worker calls this
+    with the same arguments; the main worker writes the folder, scores and returns the
+    result, the others return the training status alone (no scores, no files).
     """
+    workers = workers or Workers()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
@@ -141,10 +151,11 @@ def run_candidate(
     tasks = {task for plan in plans for task in plan.task_mix}
     params = {task: task_params(task, **t.task_params.get(task, {})) for task in tasks}
 
-    write_atomic(
-        out_dir / CANDIDATE_FILE,
-        yaml.safe_dump({**candidate.to_dict(), "seed": seed}, sort_keys=False),
-    )
+    if workers.is_main:
+        write_atomic(
+            out_dir / CANDIDATE_FILE,
+            yaml.safe_dump({**candidate.to_dict(), "seed": seed}, sort_keys=False),
+        )
     model = build_model(candidate, seed)
 
     def next_batch(rng: np.random.Generator, stage: int):
@@ -202,7 +213,12 @@ def run_candidate(
         resume=resume,
         begin_stage=begin_stage,
         between_stages=score_stage if per_stage else None,
+        workers=workers,
     )
+    whole = workers.plain_model(model)  # the main worker's ordinary model (FSDP gathers)
+    if whole is None:  # not the main worker: it trained its share, the main one reports
+        return CandidateResult(status=outcome.status, reason=outcome.reason, seed=seed)
+    model = whole
     result = CandidateResult(
         status=outcome.status,
         reason=outcome.reason,
@@ -221,7 +237,7 @@ def run_candidate(
     cost = {
         PARAMS: float(model.num_parameters()),
         KV_CACHE_BYTES: float(
-            scores.kv_cache_bytes(
+            serving_cost.kv_cache_bytes(
                 candidate.shape,
                 served,
                 config.score.kv_context_tokens,
@@ -229,7 +245,7 @@ def run_candidate(
             )
         ),
         ATTN_FLOPS_PER_TOKEN: float(
-            scores.attention_flops_per_token(
+            serving_cost.attention_flops_per_token(
                 candidate.shape, served, config.score.kv_context_tokens
             )
         ),
@@ -364,7 +380,7 @@ def score_model(
                 )
                 for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
             ]
-            mass[f"{m}x"] = scores.attention_mass(model, examples, layers, device=dev)
+            mass[f"{m}x"] = attention_mass.attention_mass(model, examples, layers, device=dev)
             name = f"attention_mass@{m}x.png"
             result.artifacts[name] = plots.plot_attention_mass(
                 mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"

@@ -15,6 +15,11 @@ embeddings, final RMSNorm, no biases. Per layer, from ``space.layers.LayerSpec``
   heads), before or after the rotation; on a NoPE layer both placements are the same thing;
 - temperature: Llama 4 scaling of NoPE queries by their absolute position.
 
+Greedy decoding reuses what earlier tokens computed: :meth:`HybridTransformer.new_cache`
+allocates a ``workers.kv_cache.KVCache`` and :meth:`HybridTransformer.step` runs a few new
+tokens against it (a prompt in chunks, then one token per step); the plain ``forward`` of
+the whole sequence is the reference it is tested against.
+
 Reads top to bottom: norms and RoPE helpers, attention, MLP, block, model.
 """
 
@@ -26,6 +31,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from space.layers import (
     AttentionSink,
@@ -37,7 +43,8 @@ from space.layers import (
     RopeScalingKind,
     Temperature,
 )
-from workers.attention import attend, dense_attention
+from workers.attention import attend, cached_attention, dense_attention
+from workers.kv_cache import KVCache, LayerCache
 
 
 class RMSNorm(nn.Module):
@@ -103,14 +110,19 @@ def rope_cos_sin(
     rope_base: float,
     dtype: torch.dtype,
     scaling: RopeScaling | None = None,
+    length: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Rotation tables for absolute positions (T,) -> cos, sin of shape (T, rotary_dims).
 
     Both halves of the rotated part repeat the same frequencies (``rotate_half`` layout); a
     YaRN scaling multiplies both tables by its attention factor, as Hugging Face does.
+    ``length`` is the sequence length an NTK scaling sizes its base for (default: the
+    largest position + 1); the other scalings do not read it.
     """
     ntk = scaling is not None and scaling.kind is RopeScalingKind.NTK
-    seq_len = int(positions.max()) + 1 if ntk and positions.numel() else 0  # only NTK reads it
+    seq_len = 0
+    if ntk and positions.numel():
+        seq_len = int(positions.max()) + 1 if length is None else length
     inv_freq, attention_factor = rope_inv_freq(rotary_dims, rope_base, scaling, seq_len)
     inv_freq = inv_freq.to(positions.device)
     freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, rotary_dims / 2), fp32 angles
@@ -175,9 +187,14 @@ class Attention(nn.Module):
         backend: str | None,
         return_attn: bool,
         start_pos: int | None = None,
+        cache: LayerCache | None = None,
+        rope_length: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``positions`` (T,) are absolute; ``start_pos`` is ``positions[0]`` if known (chunk
-        boundaries are absolute), else read from ``positions``."""
+        boundaries are absolute), else read from ``positions``. With ``cache``, the T new
+        tokens attend to what the layer kept of earlier ones and are kept in turn
+        (``return_attn`` then gives probabilities over the cache's slots, see
+        ``workers.attention.cached_attention``). ``rope_length``: see ``rope_cos_sin``."""
         spec = self.spec
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -196,7 +213,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if spec.position is Position.ROPE:
             cos, sin = rope_cos_sin(
-                positions, spec.rotary_dims(D), spec.rope_base, q.dtype, spec.rope_scaling
+                positions,
+                spec.rotary_dims(D),
+                spec.rope_base,
+                q.dtype,
+                spec.rope_scaling,
+                length=rope_length,
             )  # (T, R)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if spec.qk_norm is QKNorm.POST_ROPE:
@@ -204,11 +226,27 @@ class Attention(nn.Module):
         if spec.temperature is not None:
             q = q * temperature_scale(positions, spec.temperature).to(q.dtype)[:, None]
 
+        sinks = getattr(self, "sinks", None)
+        if cache is not None:
+            keys, values, key_pos = cache.visible(k, v, positions)  # kept + new, new now kept
+            y, probs = cached_attention(
+                q,
+                keys,
+                values,
+                positions,
+                key_pos,
+                spec.window_tokens,
+                window_kind=spec.window_kind,
+                sinks=sinks,
+                return_probs=return_attn,
+            )  # (B, H, T, D)
+            y = y.transpose(1, 2).reshape(B, T, H * D)
+            return self.o_proj(y), probs
         if start_pos is None:
             start_pos = int(positions[0]) if T else 0
         mask = {
             "window_kind": spec.window_kind,
-            "sinks": getattr(self, "sinks", None),
+            "sinks": sinks,
             "start_pos": start_pos,
         }
         if return_attn:
@@ -242,9 +280,18 @@ class Block(nn.Module):
         self.mlp = SwiGLU(shape)
 
     def forward(
-        self, x: Tensor, positions: Tensor, backend: str | None, return_attn: bool, start_pos: int
+        self,
+        x: Tensor,
+        positions: Tensor,
+        backend: str | None,
+        return_attn: bool,
+        start_pos: int,
+        cache: LayerCache | None = None,
+        rope_length: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        a, probs = self.attn(self.attn_norm(x), positions, backend, return_attn, start_pos)
+        a, probs = self.attn(
+            self.attn_norm(x), positions, backend, return_attn, start_pos, cache, rope_length
+        )
         x = x + a
         x = x + self.mlp(self.mlp_norm(x))
         return x, probs
@@ -287,6 +334,9 @@ class HybridTransformer(nn.Module):
         self.embed = nn.Embedding(shape.vocab_size, shape.d_model)
         self.blocks = nn.ModuleList(Block(shape, spec) for spec in self.layers)
         self.norm = RMSNorm(shape.d_model, shape.norm_eps)
+        # Recompute each block's activations in the backward pass instead of keeping them
+        # (train.activation_checkpointing): less memory for about a third more compute.
+        self.activation_checkpointing = False
         # the output head is the embedding matrix itself (tied), applied in forward
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
@@ -319,20 +369,100 @@ class HybridTransformer(nn.Module):
         return_attn: bool = False,
         start_pos: int = 0,
         attn_backend: str | None = None,
+        rope_length: int | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """idx (B, T) int64 -> logits (B, T, vocab); tokens sit at positions start_pos.. .
 
         ``return_attn=True`` runs every layer through the dense reference and also returns the
         per-layer attention probabilities, a list of (B, H, T, T). ``attn_backend`` forces one
         of ``workers.attention.BACKENDS``; None picks automatically per layer.
+        ``rope_length``: the length an NTK scaling sizes its base for (``rope_cos_sin``).
         """
+        x, attn = self._trunk(idx, return_attn, start_pos, attn_backend, rope_length)
+        logits = self.head(x)  # (B, T, vocab)
+        return (logits, attn) if return_attn else logits
+
+    def features(
+        self, idx: Tensor, *, start_pos: int = 0, rope_length: int | None = None
+    ) -> Tensor:
+        """The final normed hidden states (B, T, C): ``head`` of them are ``forward``'s
+        logits. Scores that need a few positions' logits (or the logits in slices) start
+        here, so a long sequence never holds (T, vocab) at once."""
+        return self._trunk(idx, False, start_pos, None, rope_length)[0]
+
+    def head(self, h: Tensor) -> Tensor:
+        """Logits of hidden states (..., C) -> (..., vocab): the tied embedding."""
+        return F.linear(h, self.embed.weight)
+
+    def _trunk(
+        self,
+        idx: Tensor,
+        return_attn: bool,
+        start_pos: int,
+        attn_backend: str | None,
+        rope_length: int | None,
+    ) -> tuple[Tensor, list[Tensor]]:
         T = idx.shape[1]
         positions = torch.arange(start_pos, start_pos + T, device=idx.device)  # (T,)
         x = self.embed(idx)  # (B, T, C)
         attn: list[Tensor] = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x, probs = block(x, positions, attn_backend, return_attn, start_pos)
+            args = (x, positions, attn_backend, return_attn, start_pos, None, rope_length)
+            if recompute and not return_attn:
+                x, probs = checkpoint(block, *args, use_reentrant=False)
+            else:
+                x, probs = block(*args)
             if probs is not None:
                 attn.append(probs)
-        logits = F.linear(self.norm(x), self.embed.weight)  # (B, T, vocab)
+        return self.norm(x), attn
+
+    # -- decoding with a KV cache ------------------------------------------------------------
+
+    def new_cache(
+        self,
+        batch: int,
+        max_tokens: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """An empty cache for ``batch`` sequences of up to ``max_tokens`` tokens; each layer
+        keeps what its attention can still read (``workers.kv_cache``)."""
+        return KVCache.allocate(
+            self.layers,
+            batch=batch,
+            kv_heads=self.shape.n_kv_heads,
+            head_dim=self.shape.head_dim,
+            max_tokens=max_tokens,
+            dtype=dtype or self.embed.weight.dtype,
+            device=device or self.embed.weight.device,
+        )
+
+    def step(
+        self,
+        idx: Tensor,
+        cache: KVCache,
+        *,
+        rope_length: int | None = None,
+        return_attn: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """The next tokens idx (B, L) at positions ``cache.length``.. -> logits of the last
+        one (B, vocab); the cache then holds them too. A prompt goes in as one or a few
+        chunks, then one token per step. ``return_attn`` also returns each layer's
+        probabilities (B, H, L, slots) over its cache slots, whose positions are then in
+        ``cache.layers[i].pos`` when L is 1."""
+        B, L = idx.shape
+        start = cache.length
+        if start + L > cache.max_tokens:
+            raise ValueError(f"{start + L} tokens exceed the cache's {cache.max_tokens}")
+        positions = torch.arange(start, start + L, device=idx.device)  # (L,)
+        x = self.embed(idx)  # (B, L, C)
+        attn: list[Tensor] = []
+        for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
+            x, probs = block(x, positions, None, return_attn, start, layer_cache, rope_length)
+            if probs is not None:
+                attn.append(probs)
+        cache.length = start + L
+        logits = self.head(self.norm(x[:, -1]))  # (B, vocab)
         return (logits, attn) if return_attn else logits

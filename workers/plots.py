@@ -49,7 +49,7 @@ def plot_niah_heatmap(
 
 def plot_attention_mass(mass: Mapping, path: str | os.PathLike[str], title: str = "") -> Path:
     """Stacked bars of Begin / Needle / Context / End attention fractions, per layer
-    (left) and per layer kind (right); ``mass`` is :func:`workers.scores.attention_mass`."""
+    (left) and per layer kind (right); ``mass`` is :func:`workers.attention_mass.attention_mass`."""
     per_layer = list(mass["per_layer"])
     per_kind = dict(mass["per_kind"])
     fig, (ax_l, ax_k) = plt.subplots(

@@ -7,14 +7,30 @@ driver reads that outcome to tell Optuna exactly what happened; a trial that Tun
 stops early never sends one, which is how the driver knows it was pruned.
 
 Tracking plugs in through :class:`workers.trial.TrialHooks`, called inside the trial
-process. Ray itself is imported inside :func:`run_trial` only.
+process. Ray itself is imported inside the functions that use it.
+
+With ``resources.workers_per_trial: N > 1`` the trial trains data-parallel on N Ray Train
+workers: :func:`run_trial` (the Tune function, "the launcher") runs a ``TorchTrainer``
+per seed, the supported way to run Ray Train V2 inside Tune, whose workers
+(:func:`_train_worker`) each call the runner with a ``workers.distributed.DataParallel``.
+The main worker (rank 0) writes the seed folder exactly as a one-worker trial does, sends
+every evaluation to the launcher and waits for its answer (the launcher reports it to
+Tune with a snapshot of the checkpoint, calls the tracking hooks, and answers "stop" when
+Tune stops the trial), then scores and sends its result. So a trial reports the same
+results, checkpoints, user attributes and MLflow run whatever N is. A worker that dies
+(its process, its node) fails the Train run at once (no Train-level retry) and the
+launcher raises :class:`TrainWorkerDied`, so Tune restarts the whole trial from its newest
+checkpoint and counts it as a worker restart, as for one worker; an exception in the
+candidate's own code on any worker is that exception, a FAIL with its reason, as for one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -41,6 +57,15 @@ from workers.trial import (
 )
 
 Runner = Callable[..., Any]  # run_candidate's signature
+
+# Where a trial's Ray Train runs keep their own state (one run per seed, named after it, so
+# a restarted trial's run has the same name and storage path, as Train V2 requires).
+TRAIN_RUNS_DIR = ".ray_train"
+
+
+class TrainWorkerDied(RuntimeError):
+    """A Ray Train worker of the trial died (its process, or its node): the trial restarts
+    from its newest checkpoint, as when a one-worker trial's process dies."""
 
 
 # -- the trainable -------------------------------------------------------------------
@@ -124,21 +149,28 @@ def run_trial(
                     shutil.rmtree(staging, ignore_errors=True)
                 return None
 
-            result = runner(
-                sweep,
-                info.candidate,
-                seed=seed,
-                out_dir=folder,
-                on_eval=on_eval,
-                resume=True,
-                device=trial_device(sweep),
-                threads=trial_threads(sweep),
-                **({} if corpus is None else {"corpus": corpus}),
-            )
+            if sweep.resources.workers_per_trial > 1:
+                result = train_on_workers(
+                    sweep, info.candidate, seed, folder, on_eval, runner, corpus
+                )
+            else:
+                result = runner(
+                    sweep,
+                    info.candidate,
+                    seed=seed,
+                    out_dir=folder,
+                    on_eval=on_eval,
+                    resume=True,
+                    device=trial_device(sweep),
+                    threads=trial_threads(sweep),
+                    **({} if corpus is None else {"corpus": corpus}),
+                )
             results.append(result)
             if result.status != RunStatus.COMPLETE:
                 break
         outcome = combine(results, seeds)
+    except TrainWorkerDied:
+        raise  # Tune restarts the trial from its newest checkpoint (resources.max_retries)
     except Exception as err:  # a bug or bad data: FAIL with its reason, the sweep goes on
         outcome = TrialOutcome(
             RunStatus.ERROR,
@@ -153,4 +185,195 @@ def run_trial(
     tune.report({metric: last_value, OUTCOME_KEY: outcome.to_json(), LINKS_KEY: json.dumps(links)})
 
 
-__all__ = ["run_trial"]
+# -- several workers per trial ------------------------------------------------------------
+
+
+class _Channel:
+    """Between the main training worker and the launcher: two Ray queues (actors with no
+    CPU). The worker sends ``("eval", metrics)`` and waits for the launcher's stop/continue
+    answer, then ``("result", CandidateResult)``."""
+
+    def __init__(self) -> None:
+        from ray.util.queue import Queue
+
+        self.events = Queue(actor_options={"num_cpus": 0})
+        self.answers = Queue(actor_options={"num_cpus": 0})
+
+    def ask(self, metrics: dict[str, float]) -> bool:
+        """In the main worker: report an evaluation; True when the trial must stop."""
+        self.events.put(("eval", dict(metrics)))
+        return bool(self.answers.get())
+
+    def close(self) -> None:
+        for queue in (self.events, self.answers):
+            with contextlib.suppress(Exception):  # already gone with its node: nothing to free
+                queue.shutdown(force=True)
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: trains its share of every batch; the main one reports."""
+    import ray.train
+    import torch
+
+    from workers.distributed import DataParallel
+
+    sweep: SweepConfig = config["sweep"]
+    folder = Path(config["folder"])
+    channel: _Channel = config["channel"]
+    if not folder.parent.is_dir():
+        node = ray.train.get_context().get_node_rank()
+        raise RuntimeError(
+            f"the trial folder {folder.parent} is not on node {node}: several workers per "
+            "trial need the runs folder (ROPENOPE_HOME) on storage every node sees"
+        )
+    workers = DataParallel(sweep.train.parallel)
+    device = "cpu"
+    if config["use_gpu"]:
+        import ray.train.torch
+
+        device = str(ray.train.torch.get_device())
+    torch.set_num_threads(trial_threads(sweep))
+    result = config["runner"](
+        sweep,
+        Candidate.from_dict(config["candidate"]),
+        seed=config["seed"],
+        out_dir=folder,
+        on_eval=channel.ask if workers.is_main else None,
+        resume=True,
+        device=device,
+        threads=trial_threads(sweep),
+        workers=workers,
+        **({} if config["corpus"] is None else {"corpus": config["corpus"]}),
+    )
+    if workers.is_main:
+        channel.events.put(("result", result))
+
+
+def _raise_worker_failure(err: BaseException) -> None:
+    """Re-raise a failed Train run as what it means for the trial. A worker that died (Ray
+    reports it with its own error types; the survivors then fail in their collectives, which
+    is a consequence, not a cause) -> :class:`TrainWorkerDied`. Otherwise the candidate's
+    code raised: that exception (of the lowest rank), a FAIL with its reason."""
+    failures = dict(sorted((getattr(err, "worker_failures", None) or {}).items()))
+    died = [r for r, e in failures.items() if type(e).__module__.startswith("ray")]
+    if failures and not died:
+        raise next(iter(failures.values())) from err
+    what = "; ".join(f"rank {r}: {type(failures[r]).__name__}" for r in died)
+    last = str(err).strip().splitlines()[-1][:300] if str(err).strip() else ""
+    raise TrainWorkerDied(
+        f"a training worker of this trial died unexpectedly ({what or type(err).__name__}); {last}"
+    ) from err
+
+
+# How long a stopped trial's Train run may take to end before its channel is closed anyway.
+WIND_DOWN_S = 600.0
+
+
+def _wind_down(fit: threading.Thread, channel: _Channel) -> None:
+    """After the launcher stopped waiting: let a stopped Train run end (its main worker still
+    sends its result through the channel), then free the channel's queues."""
+    fit.join(timeout=WIND_DOWN_S)
+    channel.close()
+
+
+def train_on_workers(
+    sweep: SweepConfig,
+    candidate: Candidate,
+    seed: int,
+    folder: Path,
+    on_eval: Callable[[dict[str, float]], Any],
+    runner: Runner,
+    corpus: Any = None,
+) -> Any:
+    """Train one seed on ``resources.workers_per_trial`` Ray Train workers (DDP or FSDP,
+    gloo on CPU, NCCL on GPU); returns the main worker's ``CandidateResult``. Runs in the
+    Tune function; ``on_eval`` is called here for every evaluation of the main worker."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Empty
+
+    from workers.distributed import COLLECTIVE_TIMEOUT
+
+    r = sweep.resources
+    use_gpu = r.gpus_per_trial > 0 and trial_device(sweep) != "cpu"
+    per_worker: dict[str, float] = {"CPU": r.cpus_per_trial}
+    if use_gpu:
+        per_worker["GPU"] = r.gpus_per_trial
+    folder = Path(folder).resolve()
+    channel = _Channel()
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={
+            "sweep": sweep,
+            "candidate": candidate.to_dict(),
+            "seed": seed,
+            "folder": str(folder),
+            "runner": runner,
+            "corpus": corpus,
+            "channel": channel,
+            "use_gpu": use_gpu,
+        },
+        torch_config=TorchConfig(
+            backend="nccl" if use_gpu else "gloo",
+            timeout_s=int(COLLECTIVE_TIMEOUT.total_seconds()),
+        ),
+        scaling_config=ScalingConfig(
+            num_workers=r.workers_per_trial,
+            use_gpu=use_gpu,
+            resources_per_worker=per_worker,
+            placement_strategy=r.placement.upper(),
+        ),
+        run_config=RunConfig(
+            name=f"seed_{seed}",
+            storage_path=str(folder.parent / TRAIN_RUNS_DIR),
+            # A worker's death ends the run at once; Tune restarts the trial (and counts it).
+            failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
+        ),
+    )
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # handed to the launcher's thread, never dropped
+            failure.append(err)
+
+    thread = threading.Thread(target=fit, name=f"ray-train-seed-{seed}", daemon=True)
+    thread.start()
+    result = None
+    done = False
+    try:
+        while True:
+            alive = thread.is_alive()
+            try:
+                kind, payload = channel.events.get(timeout=0.5)
+            except Empty:
+                if alive:
+                    continue
+                break
+            if kind == "eval":
+                channel.answers.put(bool(on_eval(payload)))
+            elif kind == "result":
+                result = payload
+        done = True
+    finally:
+        if done:
+            channel.close()
+        else:  # Tune stops the trial (or the launcher failed): stop the workers too
+            with contextlib.suppress(Exception):
+                channel.answers.put(True, timeout=5)
+            # ... without waiting for them here: Tune gives a stopped trial's thread 2 s
+            # before it reuses the process for the next trial (and fails that one when the
+            # thread is still alive). The Train run ends on its own at the answer, releasing
+            # its workers' resources; the channel stays open until it has.
+            threading.Thread(
+                target=_wind_down, args=(thread, channel), name="ray-train-wind-down", daemon=True
+            ).start()
+    if failure:
+        _raise_worker_failure(failure[0])
+    if result is None:
+        raise RuntimeError("the main training worker ended without a result")
+    return result
+
+
+__all__ = ["TrainWorkerDied", "run_trial", "train_on_workers"]

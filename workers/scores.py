@@ -1,8 +1,11 @@
-"""Scores of one trained candidate: loss, retrieval, serving cost, attention mass.
+"""Scores of one trained candidate: language-modelling loss (bits per byte) and retrieval
+(the needle grid: greedy exact match, answer likelihood).
 
-Every function takes the model as any ``torch.nn.Module`` whose ``model(idx)``
-returns logits ``(B, T, V)`` (and, for :func:`attention_mass`,
-``model(idx, return_attn=True)`` returns ``(logits, [(B, H, T, T) per layer])``).
+Every function takes the model as any ``torch.nn.Module`` whose ``model(idx)`` returns
+logits ``(B, T, V)``; a ``HybridTransformer`` is scored in memory linear in the length.
+Greedy decoding itself (with a KV cache or without) is ``workers.decoding``; the
+attention-mass profile is ``workers.attention_mass``; the serving cost computed from the
+layer layout (KV-cache bytes, attention FLOPs) is ``workers.serving_cost``.
 """
 
 from __future__ import annotations
@@ -15,20 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from space.layers import LayerSpec, ModelShape, WindowKind, layer_kind
-from workers.examples import Example, example_seed, segment_labels
-from workers.tasks import DEPTHLESS_TASKS, SEGMENTS, render
+from workers.decoding import Decoder, model_logits
+from workers.examples import Example, example_seed
+from workers.model import HybridTransformer
+from workers.tasks import DEPTHLESS_TASKS, render
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import DOC
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_SAMPLES = 20
-DEFAULT_KV_CONTEXT_TOKENS = 131072
-
-
-def _logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    out = model(idx)
-    return out[0] if isinstance(out, tuple) else out
 
 
 # --------------------------------------------------------------------------- language modelling
@@ -77,12 +75,8 @@ def bits_per_byte(
                 for s in starts[i : i + batch_size]
             ]
             batch = torch.from_numpy(np.stack(rows)).to(device)
-            logits = _logits(model, batch[:, :-1]).float()[:, 1:]  # skip the DOC-only guess
             targets = batch[:, 2:]
-            nats = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
-            )
-            total_nats += float(nats.double().sum())
+            total_nats += _target_nats(model, batch[:, :-1], targets)
             if count_bytes is None:
                 total_bytes += targets.numel()
             else:
@@ -92,6 +86,32 @@ def bits_per_byte(
     if total_bytes == 0:
         raise ValueError("the scored windows hold no text bytes")
     return total_nats / total_bytes / math.log(2)
+
+
+# Positions whose logits one slice holds when a HybridTransformer is scored (its hidden
+# states are kept, the (T, vocab) logits never at once).
+LOGIT_SLICE_TOKENS = 1024
+
+
+def _target_nats(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Total next-token cross-entropy (nats) of ``targets`` (B, T - 1) given ``inputs``
+    (B, T), the first prediction (from the separator alone) not scored."""
+    if not isinstance(model, HybridTransformer):
+        logits = model_logits(model, inputs).float()[:, 1:]
+        nats = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+        )
+        return float(nats.double().sum())
+    hidden = model.features(inputs)[:, 1:]  # (B, T - 1, C)
+    total = 0.0
+    for start in range(0, hidden.shape[1], LOGIT_SLICE_TOKENS):
+        part = slice(start, start + LOGIT_SLICE_TOKENS)
+        logits = model.head(hidden[:, part]).float()
+        nats = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets[:, part].reshape(-1), reduction="none"
+        )
+        total += float(nats.double().sum())
+    return total
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -159,6 +179,9 @@ def answer_correct(
     examples: Sequence[Example],
     device: str | torch.device = "cpu",
     tokenizer: Tokenizer | None = None,
+    *,
+    kv_cache: bool = True,
+    prefill_chunk_tokens: int | None = None,
 ) -> np.ndarray:
     """(N,) bool: does greedy decoding from each prompt reproduce its answer exactly?
 
@@ -168,23 +191,31 @@ def answer_correct(
     scored; training still teaches the marker). Another tokenization of the same string
     scores the same, so a score means the same under bytes and under BPE.
 
-    Decoding is batched per prompt length, without a KV cache: each step runs the model
-    on the prompt plus the tokens decoded so far, so the model never sees an answer token
+    Decoding is batched per prompt length and greedy: the model never sees an answer token
     it has not produced itself (a model that peeks ahead cannot score). A row is decided
     once its text covers the answer or departs from it; decoding stops when every row
     is decided, or after as many tokens as the answer has bytes.
+
+    With ``kv_cache`` (a ``HybridTransformer``), the prompt is prefilled once, in chunks of
+    ``prefill_chunk_tokens`` (default: ``workers.decoding.prefill_chunk``), then each answer
+    token is one step against the cache (``workers.decoding.Decoder``); without it, or for
+    any other module, every step runs the model on the prompt plus the tokens decoded so
+    far: the reference, which gives the same tokens.
     """
     tokenizer = tokenizer or BYTE_TOKENIZER
     correct = np.zeros(len(examples), dtype=bool)
-    for prompt_len, rows in _by_prompt_len(examples).items():
-        del prompt_len
+    for rows in _by_prompt_len(examples).values():
         expected = [tokenizer.units(examples[r].scored) for r in rows]
         prompts = np.stack([examples[r].prompt.astype(np.int64) for r in rows])
-        seq = torch.from_numpy(prompts).to(device)
+        budget = max(len(e) for e in expected)
+        decoder = Decoder(
+            model, torch.from_numpy(prompts).to(device), budget, kv_cache, prefill_chunk_tokens
+        )
         generated: list[list[int]] = [[] for _ in rows]
         open_rows = set(range(len(rows)))
-        for _ in range(max(len(e) for e in expected)):
-            nxt = _logits(model, seq)[:, -1].argmax(dim=-1)  # (N,)
+        logits = decoder.first()
+        for produced in range(1, budget + 1):
+            nxt = logits.argmax(dim=-1)  # (N,)
             tokens = nxt.tolist()
             for k in list(open_rows):
                 generated[k].append(tokens[k])
@@ -194,9 +225,9 @@ def answer_correct(
                     open_rows.discard(k)
                 elif units != want[: len(units)]:
                     open_rows.discard(k)
-            if not open_rows:
+            if not open_rows or produced == budget:
                 break
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            logits = decoder.next(nxt)
     return correct
 
 
@@ -227,29 +258,20 @@ def answer_likelihood(
             chunk = rows[start : start + batch_size]
             batch = np.stack([examples[r].tokens.astype(np.int64) for r in chunk])
             idx = torch.from_numpy(batch).to(device)
-            logp = torch.log_softmax(_logits(model, idx[:, :-1]).float(), dim=-1)
+            hybrid = isinstance(model, HybridTransformer)
+            # a HybridTransformer: the logits of the answer positions only, never (T, vocab)
+            out = model.features(idx[:, :-1]) if hybrid else model_logits(model, idx[:, :-1])
             for k, r in enumerate(chunk):
                 e = examples[r]
                 n = len(e.scored)
                 positions = torch.arange(e.prompt_len - 1, e.prompt_len - 1 + n, device=device)
                 targets = idx[k, positions + 1]
-                row = logp[k, positions]  # (n, V)
+                logits = model.head(out[k, positions]) if hybrid else out[k, positions]
+                row = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
                 token_nll = -row.gather(-1, targets[:, None]).squeeze(-1)
                 nll[r] = float(token_nll.double().sum()) / max(1, len(tokenizer.units(e.scored)))
                 acc[r] = float((row.argmax(dim=-1) == targets).double().mean())
     return nll, acc
-
-
-@torch.no_grad()
-def greedy_decode(model: torch.nn.Module, prompts: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """Append ``n_tokens`` greedy tokens to ``prompts`` (B, P) -> (B, n_tokens). No KV cache."""
-    seq = prompts
-    out = []
-    for _ in range(n_tokens):
-        nxt = _logits(model, seq)[:, -1].argmax(dim=-1, keepdim=True)
-        out.append(nxt)
-        seq = torch.cat([seq, nxt], dim=1)
-    return torch.cat(out, dim=1)
 
 
 def grid_depths(task: str, depths: Sequence[float]) -> tuple[float, ...]:
@@ -374,134 +396,3 @@ def token_acc_at(result: NiahResult, length: int) -> float:
 def long_answer_nll(result: NiahResult, train_len: int) -> float:
     """Mean answer NLL over every cell with length > ``train_len``."""
     return _beyond_mean(result, result.answer_nll, train_len, "answer NLL")
-
-
-# --------------------------------------------------------------------------- serving cost
-
-
-def kv_cache_bytes(
-    shape: ModelShape,
-    layers: Sequence[LayerSpec],
-    context_tokens: int = DEFAULT_KV_CONTEXT_TOKENS,
-    dtype_bytes: int = 2,
-) -> int:
-    """KV-cache bytes for one sequence of ``context_tokens``: per layer, K and V of
-    ``n_kv_heads x head_dim`` for ``min(context_tokens, window_tokens)`` tokens (a
-    full-attention layer keeps the whole context; a sliding layer its last W tokens; a chunked
-    layer at most W, the chunk being filled). Sink logits are parameters, not cache."""
-    per_token = 2 * shape.n_kv_heads * shape.head_dim * dtype_bytes
-    return sum(per_token * _kept_tokens(spec, context_tokens) for spec in layers)
-
-
-def _kept_tokens(spec: LayerSpec, context_tokens: int) -> int:
-    if spec.window_tokens is None:
-        return context_tokens
-    return min(context_tokens, spec.window_tokens)
-
-
-def attention_flops_per_token(
-    shape: ModelShape, layers: Sequence[LayerSpec], context_tokens: int
-) -> float:
-    """Attention-score FLOPs per token, averaged over a sequence of ``context_tokens``.
-
-    Convention: a multiply-add counts as 2 FLOPs; only ``Q K^T`` and ``A V`` are
-    counted (no projections, softmax, sink logits or MLP), forward pass, all ``n_heads``
-    query heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
-    attends to ``min(i + 1, window)`` keys with a sliding window and to ``i mod W + 1`` keys
-    with chunks of W (on average about half a sliding window's), so per layer and token it
-    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``.
-    """
-    if context_tokens < 1:
-        raise ValueError(f"context_tokens must be >= 1, got {context_tokens}")
-    per_key = 4 * shape.n_heads * shape.head_dim
-    total = 0.0
-    for spec in layers:
-        if spec.window_kind is WindowKind.CHUNKED and spec.window_tokens is not None:
-            keys = _sum_chunk_keys(context_tokens, spec.window_tokens) / context_tokens
-        else:
-            keys = _sum_min_keys(context_tokens, spec.window_tokens) / context_tokens
-        total += per_key * keys
-    return total
-
-
-def _sum_min_keys(n: int, window: int | None) -> int:
-    """sum over i in [0, n) of min(i + 1, window)."""
-    if window is None or window >= n:
-        return n * (n + 1) // 2
-    return window * (window + 1) // 2 + (n - window) * window
-
-
-def _sum_chunk_keys(n: int, window: int) -> int:
-    """sum over i in [0, n) of (i mod window) + 1: whole chunks, then the part-filled last."""
-    whole, rest = divmod(n, window)
-    return whole * window * (window + 1) // 2 + rest * (rest + 1) // 2
-
-
-# --------------------------------------------------------------------------- attention mass
-
-
-@torch.no_grad()
-def attention_mass(
-    model: torch.nn.Module,
-    examples: Sequence[Example],
-    layers: Sequence[LayerSpec],
-    *,
-    device: str | torch.device = "cpu",
-    batch_size: int = 16,
-) -> dict:
-    """Where the last prompt position looks: fraction of attention on each segment.
-
-    The last prompt position is the one that predicts the first answer token. Its
-    attention probabilities are summed over each segment (Begin / Needle / Context
-    / End, see :mod:`workers.tasks`), then averaged over heads and examples. Result::
-
-        {"segments": [...],
-         "per_layer": [{"index": i, "kind": "local_rope", "begin": .., "needle": ..,
-                        "context": .., "end": ..}, ...],
-         "per_kind": {"local_rope": {"begin": .., ...}, ...}}   # mean over that kind's layers
-
-    Each layer's fractions sum to 1 (up to float error).
-    """
-    if not examples:
-        raise ValueError("attention_mass needs at least one example")
-    sums = np.zeros((len(layers), len(SEGMENTS)), dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        by_len: dict[int, list[Example]] = {}
-        for e in examples:
-            by_len.setdefault(e.prompt_len, []).append(e)
-        for group in by_len.values():
-            for i in range(0, len(group), batch_size):
-                chunk = group[i : i + batch_size]
-                sums += _segment_mass(model, chunk, len(layers), device)
-    finally:
-        model.train(was_training)
-    mean = sums / len(examples)
-
-    per_layer = []
-    for spec, row in zip(layers, mean, strict=True):
-        entry = {"index": spec.index, "kind": layer_kind(spec)}
-        entry.update({s: float(v) for s, v in zip(SEGMENTS, row, strict=True)})
-        per_layer.append(entry)
-    per_kind: dict[str, dict[str, float]] = {}
-    for kind in dict.fromkeys(layer_kind(s) for s in layers):
-        rows = mean[[k for k, s in enumerate(layers) if layer_kind(s) == kind]]
-        per_kind[kind] = {s: float(v) for s, v in zip(SEGMENTS, rows.mean(axis=0), strict=True)}
-    return {"segments": list(SEGMENTS), "per_layer": per_layer, "per_kind": per_kind}
-
-
-def _segment_mass(
-    model: torch.nn.Module, examples: Sequence[Example], n_layers: int, device: str | torch.device
-) -> np.ndarray:
-    """(n_layers, n_segments): summed over these examples, averaged over heads."""
-    prompts = np.stack([e.prompt.astype(np.int64) for e in examples])
-    _, attn = model(torch.from_numpy(prompts).to(device), return_attn=True)
-    if len(attn) != n_layers:
-        raise ValueError(f"model returned attention for {len(attn)} layers, specs for {n_layers}")
-    onehot = np.stack([np.eye(len(SEGMENTS))[segment_labels(e)] for e in examples])  # (B, T, S)
-    out = np.zeros((n_layers, len(SEGMENTS)), dtype=np.float64)
-    for k, a in enumerate(attn):
-        last = a[:, :, -1, :].double().mean(dim=1).cpu().numpy()  # (B, T): heads averaged
-        out[k] = np.einsum("bt,bts->s", last, onehot)
-    return out

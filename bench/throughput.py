@@ -1,0 +1,185 @@
+"""Training throughput of one candidate on the current device: tokens/s, peak memory and
+model FLOPs utilisation (MFU), per attention backend, with and without torch.compile.
+
+    python bench/throughput.py                                    # configs/demo.yaml, rnope_swa
+    python bench/throughput.py --config configs/gpu.yaml --preset rnope_swa --precision bf16
+    python bench/throughput.py --backends blocked --compile on off --precision fp32 bf16 --threads 2
+
+Each row trains ``--steps`` steps through ``workers.train.train`` (the sweep's own loop)
+on random tokens in a subprocess of its own; tokens/s counts the steps after ``--warmup``
+(compilation happens there). Backends: ``auto`` (the sweep's choice per layer: SDPA's
+causal kernel for full attention, FlexAttention on CUDA and the blocked path elsewhere
+for windows) or one forced on every layer; ``flex`` has no backward on CPU.
+
+MFU = model FLOPs per second / peak FLOPs per second. Model FLOPs per training token:
+6 x the weights a token multiplies by (every matrix; the tied embedding once, as the
+output head) + 3 x the attention score FLOPs of the candidate's layers at this length
+(``workers.serving_cost.attention_flops_per_token``: windows and chunks count only the keys they
+see). Peak: on CUDA the device's dense bf16 tensor-core peak from its data sheet (or
+``--peak-tflops``); on CPU a measured one, the best of a few square matmuls of the
+precision's dtype on the same threads. Peak memory as in bench/attention.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _training_speed import MIB, measure  # noqa: E402
+
+from space.schema import load_config  # noqa: E402
+from workers.serving_cost import attention_flops_per_token  # noqa: E402
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets.
+CUDA_BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+}
+
+
+def cuda_peak_flops() -> tuple[float, str]:
+    name = torch.cuda.get_device_name()
+    for key, tflops in CUDA_BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12, f"{name}: data-sheet dense bf16 peak"
+    return matmul_peak_flops("bf16", torch.device("cuda")), f"{name}: measured bf16 matmul"
+
+
+def matmul_peak_flops(precision: str, device: torch.device, size: int = 2048) -> float:
+    """The best FLOP/s of a few ``size`` x ``size`` matmuls in the precision's dtype."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def measure_one(args: argparse.Namespace, backend: str, compiled: bool, precision: str) -> dict:
+    torch.set_num_threads(args.threads)
+    result = measure(
+        args.config,
+        args.preset,
+        device=args.device,
+        backend=None if backend == "auto" else backend,
+        compile_model=compiled,
+        precision=precision,
+        steps=args.steps,
+        warmup=args.warmup,
+        batch_size=args.batch,
+        seq_len=args.seq_len,
+    )
+    device = torch.device(args.device)
+    if args.peak_tflops:
+        result["peak_flops"], result["peak_source"] = args.peak_tflops * 1e12, "--peak-tflops"
+    elif device.type == "cuda":
+        result["peak_flops"], result["peak_source"] = cuda_peak_flops()
+    else:
+        result["peak_flops"] = matmul_peak_flops(precision, device)
+        result["peak_source"] = f"measured {precision} matmul, {args.threads} thread(s)"
+    return result
+
+
+def run_child(args: argparse.Namespace, backend: str, compiled: bool, precision: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", backend, "1" if compiled else "0", precision]
+    for name in ("config", "preset", "device", "steps", "warmup", "threads"):
+        cmd += [f"--{name}", str(getattr(args, name))]
+    for name in ("batch", "seq_len", "peak_tflops"):
+        if getattr(args, name):
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:80]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--preset", default="rnope_swa")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backends", nargs="+", default=["auto", "dense", "blocked", "flex"])
+    parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off", "on"])
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=None, help="default: the config's")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the config's")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        backend, compiled, precision = args.one[0], args.one[1] == "1", args.one[2]
+        print(json.dumps(measure_one(args, backend, compiled, precision)))
+        return
+
+    precisions = args.precision or (
+        ["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"]
+    )
+    config = load_config(args.config)
+    candidate = config.preset_candidate(args.preset)
+    seq_len = args.seq_len or config.train.seq_len
+    batch = args.batch or config.train.batch_size
+    attention = 3 * attention_flops_per_token(candidate.shape, candidate.layers, seq_len)
+    print(
+        f"{args.config} preset {args.preset} ({candidate.name}): batch {batch} x T {seq_len}, "
+        f"device={args.device}, threads={args.threads}, {args.steps} steps "
+        f"(tokens/s over the last {args.steps - args.warmup})"
+    )
+    header = (
+        f"{'backend':<8} {'compile':<7} {'prec':<5} | {'tokens/s':>9} {'step ms':>8} "
+        f"{'peak MiB':>9} | {'TFLOP/s':>8} {'peak':>8} {'MFU':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    source = ""
+    for backend in args.backends:
+        for compiled in (c == "on" for c in args.compile):
+            for precision in precisions:
+                row = f"{backend:<8} {'on' if compiled else 'off':<7} {precision:<5} | "
+                if backend == "flex" and args.device == "cpu":
+                    print(row + "n/a: FlexAttention has no backward on CPU")
+                    continue
+                r = run_child(args, backend, compiled, precision)
+                if "error" in r:
+                    print(row + f"failed: {r['error']}")
+                    continue
+                flops = (6 * r["matmul_weights"] + attention) * r["tokens_per_s"]
+                note = "" if r["compiled"] or not compiled else "  (fell back to eager)"
+                print(
+                    row + f"{r['tokens_per_s']:>9.0f} {r['step_ms']:>8.1f} "
+                    f"{r['peak_bytes'] / MIB:>9.1f} | {flops / 1e12:>8.4f} "
+                    f"{r['peak_flops'] / 1e12:>8.3f} {flops / r['peak_flops']:>6.1%}{note}",
+                    flush=True,
+                )
+                source = r["peak_source"]
+    print(f"peak: {source}")
+
+
+if __name__ == "__main__":
+    main()
