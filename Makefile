@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= configs/demo.yaml
-# The headless browser of the MLflow UI test (tests/test_mlflow_ui.py), from the distribution.
+# The headless browser of the page tests (tests/browser.py: the MLflow UI, the report, the
+# Pareto page, optuna-dashboard), from the distribution: a missing one fails `make test`.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -44,6 +44,11 @@ def _print_sweep_summary(summary) -> None:
         print(tracking_cmd.format_pareto(summary.pareto))
     for warning in getattr(summary, "warnings", []):
         print(f"warning: {warning}")
+    if summary.seed_plan is not None:
+        from search.seed_rounds import format_decisions
+
+        print()
+        print("\n".join(format_decisions(summary.seed_plan, summary.runs)))
     if summary.ui:
         print()
         print(summary.ui)
@@ -57,9 +62,9 @@ def _run_sweep(start: Callable[..., object], first: str, **kwargs: object) -> in
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from search import driver, remote
+    from search import driver, jobs, remote
 
-    if remote.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
+    if jobs.is_jobs_address(args.address):  # http://HEAD:8265: submit as a Ray Job
         return remote.submit_job(args)
     return _run_sweep(
         driver.submit,
@@ -90,11 +95,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from search import remote
+    from search import jobs, remote
     from search.status import format_summary, summarize
     from search.study import load_existing
 
-    if remote.is_jobs_address(args.address) or args.study.startswith(remote.JOB_ID_PREFIX):
+    if jobs.is_jobs_address(args.address) or args.study.startswith(jobs.JOB_ID_PREFIX):
         return remote.run_study_status(args)
 
     opened = load_existing(args.study, args.storage)

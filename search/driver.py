@@ -5,7 +5,9 @@
 RUNNING and re-queues it from its newest checkpoint (:mod:`search.trials`,
 :mod:`search.restore`), then lets Ray Tune train trials that the study searcher
 (:mod:`search.searcher`) asks Optuna for, until the study holds its target, and ends with
-the Pareto front. Tracking plugs in through :class:`tracking.hooks.SweepHooks`.
+the Pareto front. With adaptive seeds (``study.repeats: {min, max}``) the searcher then
+adds seeds where a hypothesis is undecided (:mod:`search.seed_rounds`), and ``resume``
+continues those rounds too. Tracking plugs in through :class:`tracking.hooks.SweepHooks`.
 """
 
 from __future__ import annotations
@@ -27,17 +29,25 @@ from search.progress import Progress
 from search.ray_runtime import check_resources, fit, start_ray
 from search.restore import find_restore
 from search.searcher import StudySearcher, notify_closed
+from search.seed_rounds import rounds_left, study_runs
 from search.signature import stored_config, target_trials
 from search.status import saturation_warnings
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import load_existing, open_study
 from search.study_view import study_view
-from search.trials import count_toward_target, reconcile_interrupted, requeue_worker_deaths
+from search.trials import (
+    adds_seeds,
+    count_toward_target,
+    reconcile_interrupted,
+    requeue_worker_deaths,
+)
 from space.paths import runs_dir
-from space.schema import SweepConfig, load_config, study_name_problem
+from space.schema import SweepConfig, load_config
 from space.secrets import redact_url
+from space.sections import study_name_problem
 from tracking.hooks import MlflowSweepHooks, SweepHooks
 from tracking.pareto import ParetoTable, pareto_of_study
+from tracking.seed_plan import SeedPlan, plan_for_study
 
 
 @dataclass
@@ -56,6 +66,8 @@ class SweepSummary:
     pareto: ParetoTable | None = None  # the study's COMPLETE trials by Pareto rank
     ui: str | None = None  # how to open the study's MLflow runs (set by tracking; None: off)
     warnings: list[str] = field(default_factory=list)  # e.g. saturated objectives
+    seed_plan: SeedPlan | None = None  # adaptive seeds: where each hypothesis ended
+    runs: int | None = None  # adaptive seeds: completed runs (candidate x seed) in the study
 
 
 def study_dir(study_name: str) -> Path:
@@ -154,8 +166,14 @@ def run_sweep(
         summary = SweepSummary(
             name, redact_url(url), target, {}, 0.0, reconciled=[n for n, _ in closed]
         )
-        if count_toward_target(study.get_trials(deepcopy=False)) >= target:
-            show.note(f"study {name} already has {target} trials; raise the target with --trials N")
+        if count_toward_target(study.get_trials(deepcopy=False)) >= target and not rounds_left(
+            study, config
+        ):
+            settled = " and every hypothesis settled" if config.study.adaptive else ""
+            show.note(
+                f"study {name} already has {target} trials{settled}; raise the target with "
+                "--trials N"
+            )
         else:
             corpus = prepare_corpus(config, show, progress)
             started_ray, summary.ray_start_seconds = start_ray(address)
@@ -187,8 +205,13 @@ def run_sweep(
         view = study_view(study)
         summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
         summary.wall_seconds = time.perf_counter() - t_start
-        summary.pareto = pareto_of_study(view)
+        # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
+        first = [t for t in view.trials if not adds_seeds(t)]
+        summary.pareto = pareto_of_study(study_view(study, first))
         summary.warnings = saturation_warnings(view.trials, config.objective_names())
+        if config.study.adaptive:
+            summary.seed_plan = plan_for_study(study, config)
+            summary.runs = study_runs(study)
         show.note(
             f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
         )

@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
     from space.errors import InvalidCandidate
     from tracking.registry import RegistryError
     from workers.hf_export import ExportError
-    from workers.hf_layout import NotExpressible
+    from workers.hf_reasons import NotExpressible
 
     missing = [m for m in ("transformers", "safetensors", "tokenizers") if not find_spec(m)]
     if missing:

@@ -9,6 +9,9 @@ in a sweep.
   the driver does for trials it holds, without a live ``optuna.Trial``) needs the id.
 - the ``fixed_params`` system attribute: the params a trial was enqueued with
   (``Study.enqueue_trial``); re-queueing an interrupted trial enqueues the same params.
+- asking for one particular queued trial: ``Study.ask`` takes the oldest WAITING trial,
+  whichever it is; the sweep driver must start the seeds it queued, not a preset queued
+  beyond the study's target. :func:`claim_waiting` does what ``ask`` does for one trial.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from optuna.trial import FrozenTrial, Trial
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 _FIXED_PARAMS = "fixed_params"
 
@@ -32,3 +37,15 @@ def enqueued_params(trial: FrozenTrial) -> dict[str, Any] | None:
     """The params ``trial`` was enqueued with; None for a trial the sampler proposed."""
     fixed = trial.system_attrs.get(_FIXED_PARAMS)
     return dict(fixed) if isinstance(fixed, Mapping) else None
+
+
+def claim_waiting(study: optuna.Study, trial: FrozenTrial) -> Trial | None:
+    """Start the queued (WAITING) ``trial`` as ``study.ask()`` would start the oldest one:
+    RUNNING in the storage, then a live ``Trial`` (the sampler's ``before_trial`` runs).
+    None if another process took or finished it first."""
+    try:
+        if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+            return None
+    except UpdateFinishedTrialError:
+        return None
+    return Trial(study, trial._trial_id)

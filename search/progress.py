@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.status import best_per_objective, count_states, format_value
+from search.trials import adds_seeds
 from space.names import (
     ATTR_CANDIDATE_NAME,
     ATTR_REASON,
@@ -96,11 +97,14 @@ class Progress:
 def summary_line(
     trials: Sequence[FrozenTrial], target: int, objectives: Sequence[str], directions: Sequence[str]
 ) -> str:
-    """``3/6 done · complete 2 · pruned 1 · failed 0 · running 2 · best long_acc 0.5 (#3)``."""
+    """``3/6 done · complete 2 · pruned 1 · failed 0 · running 2 · best long_acc 0.5 (#3)``;
+    with adaptive seeds also ``· more seeds 1/3 trials`` (finished / asked for)."""
     c = count_states(trials)
+    extra = count_states([t for t in trials if adds_seeds(t)])
     done = c["COMPLETE"] + c["PRUNED"] + c["FAIL"] - c["interrupted"]
+    extra_done = extra["COMPLETE"] + extra["PRUNED"] + extra["FAIL"] - extra["interrupted"]
     parts = [
-        f"{done}/{target} done",
+        f"{done - extra_done}/{target} done",
         f"complete {c['COMPLETE']}",
         f"pruned {c['PRUNED']}",
         f"failed {c['FAIL'] - c['interrupted']}",
@@ -108,6 +112,9 @@ def summary_line(
     ]
     if c["interrupted"]:
         parts.append(f"interrupted {c['interrupted']}")
+    asked = sum(extra.get(state.name, 0) for state in TrialState) - extra["interrupted"]
+    if asked:
+        parts.append(f"more seeds {extra_done}/{asked} trials")
     best = best_per_objective(trials, objectives, directions)
     if best:
         parts.append(

@@ -169,7 +169,7 @@ def fit(
     scheduler = None
     s = config.scheduler
     if s.kind == "asha":
-        total = evals_per_seed(config) * config.study.repeats
+        total = evals_per_seed(config) * config.study.max_repeats  # the most seeds a trial trains
         # max_t beyond the last evaluation: ASHA must never stop a trial for reaching the
         # end (that would skip its scoring and mark a full-budget trial PRUNED).
         scheduler = ASHAScheduler(

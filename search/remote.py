@@ -26,7 +26,6 @@ the cluster's database need not be reachable from here.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -39,14 +38,26 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import RemoteError
+from search.jobs import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    JOB_ID_PREFIX,
+    TERMINAL,
+    call,
+    follow,
+    format_job,
+    is_jobs_address,
+    job_client,
+    job_dict,
+    resolve_address,
+    run_job_status,
+    run_logs,
+)
 from space.secrets import contains_secret, redact_url
 
 STORAGE_ENV = "ROPENOPE_STORAGE"  # the study's SQLAlchemy URL (read by search/study.py)
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 GIT_COMMIT_ENV = "ROPENOPE_GIT_COMMIT"  # the uploaded folder has no .git (tracking/ reads it)
-ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for the Jobs API address
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-JOBS_SCHEMES = ("http://", "https://")
 
 # Never uploaded: version control, environments, local results, secrets, caches.
 WORKING_DIR_EXCLUDES = (
@@ -60,8 +71,6 @@ WORKING_DIR_EXCLUDES = (
     ".pytest_cache",
     ".ruff_cache",
 )
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-JOB_ID_PREFIX = "raysubmit_"  # the ids the Jobs API gives submissions
 META_STUDY = "ropenope_study"
 META_QUERY = "ropenope_query"  # set on the short jobs `status` runs, not on sweeps
 QUERY_TIMEOUT_S = 120.0
@@ -69,12 +78,6 @@ QUERY_TIMEOUT_S = 120.0
 # Options of `ropenope submit` that concern the submission, not the sweep: not
 # forwarded to the job's own `ropenope submit`.
 _NOT_FORWARDED = {"help", "config", "address", "storage", "working_dir", "follow", "submit_parser"}
-
-
-def is_jobs_address(address: str | None) -> bool:
-    """An ``http(s)://`` address is the Jobs API (remote submission); anything else
-    (``host:6379``, ``ray://``, ``auto``) is for ``ray.init`` in a local driver."""
-    return bool(address) and address.startswith(JOBS_SCHEMES)
 
 
 # -- the CLI ---------------------------------------------------------------------------
@@ -134,38 +137,6 @@ def run(args: argparse.Namespace) -> int:
     return run_logs(args) if args.command == "logs" else run_job_status(args)
 
 
-def run_logs(args: argparse.Namespace) -> int:
-    client = job_client(resolve_address(args.address))
-    if not args.follow:
-        sys.stdout.write(_call(client.get_job_logs, args.job))
-        return 0
-    status = follow(client, args.job)
-    return 0 if status == "SUCCEEDED" else 1
-
-
-def run_job_status(args: argparse.Namespace) -> int:
-    client = job_client(resolve_address(args.address))
-    if args.job:
-        info = job_dict(_call(client.get_job_info, args.job))
-        print(json.dumps(info, indent=2) if args.json else format_job(info))
-        return 0
-    jobs = sorted(
-        (job_dict(j) for j in _call(client.list_jobs)),
-        key=lambda j: j.get("start_time") or 0,
-    )
-    if args.json:
-        print(json.dumps(jobs, indent=2))
-    elif not jobs:
-        print("no jobs")
-    else:
-        for job in jobs:
-            print(
-                f"{job['job_id']:<28} {job['status']:<10} {_when(job.get('start_time'))}  "
-                f"{job.get('entrypoint', '')}"
-            )
-    return 0
-
-
 def submit_job(args: argparse.Namespace) -> int:
     """``ropenope submit CONFIG --address http://HEAD:8265``: submit, print how to follow."""
     from space.schema import load_config
@@ -194,7 +165,7 @@ def submit_job(args: argparse.Namespace) -> int:
         "env_vars": env_vars,
     }
     client = job_client(address)
-    job_id = _call(
+    job_id = call(
         client.submit_job,
         entrypoint=entrypoint,
         runtime_env=runtime_env,
@@ -238,10 +209,10 @@ def run_study_status(args: argparse.Namespace) -> int:
 def sweep_job(client: Any, study_or_job: str) -> dict[str, Any] | None:
     """The job itself when given a job id, else the latest sweep job of that study."""
     if study_or_job.startswith(JOB_ID_PREFIX):
-        return job_dict(_call(client.get_job_info, study_or_job))
+        return job_dict(call(client.get_job_info, study_or_job))
     jobs = [
         job
-        for job in map(job_dict, _call(client.list_jobs))
+        for job in map(job_dict, call(client.list_jobs))
         if job["metadata"].get(META_STUDY) == study_or_job and META_QUERY not in job["metadata"]
     ]
     return max(jobs, key=lambda j: j.get("start_time") or 0) if jobs else None
@@ -256,7 +227,7 @@ def query_study(
     deleted afterwards so it does not clutter ``job-status``."""
     command = ["ropenope", "status", study, "--json"]
     env, _ = job_env(storage, os.environ, root=None)  # no code is uploaded: no commit
-    job_id = _call(
+    job_id = call(
         client.submit_job,
         entrypoint=shlex.join(command),
         runtime_env={"env_vars": env} if env else None,
@@ -265,11 +236,11 @@ def query_study(
     deadline = time.monotonic() + timeout_s
     status = ""
     while time.monotonic() < deadline:
-        status = str(_call(client.get_job_status, job_id))
+        status = str(call(client.get_job_status, job_id))
         if status in TERMINAL:
             break
         time.sleep(0.5)
-    logs = _call(client.get_job_logs, job_id)
+    logs = call(client.get_job_logs, job_id)
     if status in TERMINAL:
         with contextlib.suppress(Exception):  # a leftover query job is harmless
             client.delete_job(job_id)
@@ -300,13 +271,6 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 
 
 # -- pieces ----------------------------------------------------------------------------
-
-
-def resolve_address(address: str | None) -> str:
-    address = (address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS).rstrip("/")
-    if not is_jobs_address(address):
-        raise RemoteError(f"expected the Jobs API address http://HOST:8265, got {address!r}")
-    return address
 
 
 def project_root(config: Path) -> Path:
@@ -360,22 +324,9 @@ def job_env(
     if storage:
         env[STORAGE_ENV] = storage
         notes.append(f"{STORAGE_ENV} from --storage (overrides the cluster's)")
-    elif environ.get(STORAGE_ENV):
-        if contains_secret(environ[STORAGE_ENV]):
-            notes.append(
-                f"{STORAGE_ENV} of your shell holds a password: not sent, the cluster's is used"
-            )
-        else:
-            env[STORAGE_ENV] = environ[STORAGE_ENV]
-            notes.append(f"{STORAGE_ENV} from your environment (overrides the cluster's)")
-    if environ.get(TRACKING_ENV):
-        if contains_secret(environ[TRACKING_ENV]):
-            notes.append(
-                f"{TRACKING_ENV} of your shell holds a password: not sent, the cluster's is used"
-            )
-        else:
-            env[TRACKING_ENV] = environ[TRACKING_ENV]
-            notes.append(f"{TRACKING_ENV} from your environment (overrides the cluster's)")
+    else:
+        _forward_shell_store(STORAGE_ENV, environ, env, notes)
+    _forward_shell_store(TRACKING_ENV, environ, env, notes)
     if not env:
         notes.append(f"stores: the cluster's {STORAGE_ENV} and {TRACKING_ENV}")
     for name in (STORAGE_ENV, TRACKING_ENV):
@@ -388,6 +339,20 @@ def job_env(
     if commit:
         env[GIT_COMMIT_ENV] = commit
     return env, notes
+
+
+def _forward_shell_store(
+    name: str, environ: Mapping[str, str], env: dict[str, str], notes: list[str]
+) -> None:
+    """A store URL set in the user's shell goes to the job, unless it holds a password."""
+    value = environ.get(name)
+    if not value:
+        return
+    if contains_secret(value):
+        notes.append(f"{name} of your shell holds a password: not sent, the cluster's is used")
+    else:
+        env[name] = value
+        notes.append(f"{name} from your environment (overrides the cluster's)")
 
 
 def git_commit(root: Path) -> str | None:
@@ -403,88 +368,6 @@ def git_commit(root: Path) -> str | None:
     if done.returncode != 0:
         return None
     return done.stdout.strip() or None
-
-
-def auth_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Ray's token authentication, from ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``."""
-    token = environ.get("RAY_AUTH_TOKEN", "").strip()
-    path = environ.get("RAY_AUTH_TOKEN_PATH")
-    if not token and path:
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as err:
-            raise RemoteError(f"cannot read RAY_AUTH_TOKEN_PATH {path}: {err}") from None
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def job_client(address: str) -> Any:
-    from ray.job_submission import JobSubmissionClient
-
-    try:
-        return JobSubmissionClient(address, headers=auth_headers() or None)
-    except Exception as err:  # connection refused, auth, version: the user must know which
-        raise RemoteError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
-
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except RuntimeError as err:  # the SDK's error for any non-200 answer (unknown job, ...)
-        raise RemoteError(str(err).strip()) from None
-
-
-def follow(client: Any, job_id: str) -> str:
-    """Print the job's output as it comes until the job ends; returns its final status."""
-
-    async def tail() -> None:
-        async for lines in client.tail_job_logs(job_id):
-            sys.stdout.write(lines)
-            sys.stdout.flush()
-
-    _call(client.get_job_status, job_id)  # an unknown job fails here, clearly
-    asyncio.run(tail())
-    # The log stream closes when the job ends; its status may lag a moment behind.
-    for _ in range(30):
-        status = str(_call(client.get_job_status, job_id))
-        if status in TERMINAL:
-            break
-        time.sleep(1)
-    info = job_dict(_call(client.get_job_info, job_id))
-    print(f"job {job_id}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
-    return info["status"]
-
-
-def job_dict(info: Any) -> dict[str, Any]:
-    """The fields of a Ray ``JobDetails``/``JobInfo`` that matter here, JSON-ready."""
-    status = getattr(info, "status", "")
-    return {
-        "job_id": getattr(info, "submission_id", None) or getattr(info, "job_id", None),
-        "status": str(getattr(status, "value", status)),
-        "message": getattr(info, "message", None) or "",
-        "entrypoint": getattr(info, "entrypoint", ""),
-        "start_time": getattr(info, "start_time", None),
-        "end_time": getattr(info, "end_time", None),
-        "metadata": dict(getattr(info, "metadata", None) or {}),
-        "driver_job_id": getattr(getattr(info, "driver_info", None), "id", None),
-        "driver_node_id": getattr(getattr(info, "driver_info", None), "node_id", None),
-    }
-
-
-def format_job(info: Mapping[str, Any]) -> str:
-    lines = [f"job {info['job_id']}: {info['status']}"]
-    if info["message"]:
-        lines.append(f"  message:    {info['message']}")
-    lines.append(f"  entrypoint: {info['entrypoint']}")
-    lines.append(f"  started:    {_when(info['start_time'])}")
-    if info["end_time"]:
-        lines.append(f"  ended:      {_when(info['end_time'])}")
-    for key, value in sorted(info["metadata"].items()):
-        lines.append(f"  {key}: {value}")
-    return "\n".join(lines)
-
-
-def _when(ms: int | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
 
 
 def _url_host(url: str) -> str | None:

@@ -5,12 +5,16 @@ We do not use Tune's ``OptunaSearch`` (DESIGN §7: it tells Optuna that a trial 
 scheduler stopped is COMPLETE with its partial value, and merges unrelated sweeps under
 one default study name). :class:`StudySearcher`:
 
-- ``suggest`` asks Optuna (enqueued presets and re-runs first), samples the knobs,
-  builds the candidate, and answers without Ray what needs no training: an impossible
-  candidate is FAIL ``invalid_candidate``; a candidate already COMPLETE with the same
-  budget is COMPLETE again with its values and ``reused_from`` (dedup); one being
-  trained right now waits for its twin. The candidate goes to the trial serialised
-  (``Candidate.to_dict``): validated once, here.
+- ``suggest`` asks Optuna (enqueued presets and re-runs first) and hands the trial to
+  :class:`search.triage.Triage`, which samples the knobs, builds the candidate, and
+  answers without Ray what needs no training: an impossible candidate is FAIL
+  ``invalid_candidate``; a candidate already COMPLETE with the same budget is COMPLETE
+  again with its values and ``reused_from`` (dedup); one being trained right now waits
+  for its twin. The candidate goes to the trial serialised (``Candidate.to_dict``):
+  validated once, there, with the seeds the trial trains.
+- adaptive seeds (``study.repeats: {min, max}``): once the study holds its target,
+  ``suggest`` starts the trials of seeds the planner asks for, queueing them first
+  (:mod:`search.seed_rounds`), until every hypothesis is settled.
 - every evaluation Tune receives is an Optuna intermediate value (the scheduler
   metric, keyed by training step).
 - at the end, the trainable's last report holds its outcome (``workers.trial``):
@@ -30,7 +34,6 @@ import json
 import math
 import re
 import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,58 +44,33 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from search.drivers import DriverRegistry
-from search.optuna_adapter import enqueued_params, storage_trial_id
+from search.optuna_adapter import claim_waiting, storage_trial_id
 from search.progress import Progress
 from search.restore import find_restore
-from search.signature import budget_key
+from search.seed_rounds import SeedRounds, queued_seed_trials, unsettled
 from search.study import OpenedStudy
 from search.study_view import study_view
-from search.trials import (
-    count_toward_target,
-    find_reusable,
-    find_running_twin,
-    finish_trial,
-    reconcile_interrupted,
-    set_trial_attrs,
-)
-from space.errors import InvalidCandidate
+from search.triage import Ready, Triage, Waiting
+from search.trials import count_toward_target, finish_trial, reconcile_interrupted, set_trial_attrs
 from space.expand import Candidate
 from space.names import (
-    ATTR_BUDGET,
-    ATTR_CANDIDATE_ID,
-    ATTR_CANDIDATE_NAME,
-    ATTR_DRIVER,
-    ATTR_EVAL_METRIC,
-    ATTR_KNOBS,
     ATTR_PRESET,
     ATTR_RAY_TRIAL_DIR,
     ATTR_RAY_TRIAL_ID,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
-    ATTR_REPEATS,
+    ATTR_REQUESTED_FOR,
+    ATTR_REQUESTED_SEEDS,
     ATTR_RERUN_OF,
     ATTR_RESTART_REASON,
-    ATTR_RESTORE_FROM,
-    ATTR_REUSED_FROM,
-    ATTR_SEED,
     ATTR_TRACKING_ERROR,
     ATTR_TRIAL_DIR,
     ATTR_WORKER_RESTARTS,
-    STEPS,
-    TRAIN_SECONDS,
-    VAL_BPB,
-    is_score_name,
 )
-from space.outcomes import Outcome, Reason, RunStatus, error_reason
+from space.outcomes import Reason, RunStatus, error_reason
 from space.schema import SweepConfig
 from tracking.hooks import SweepHooks
-from tracking.study_view import TrialSnapshot
 from workers.trial import EVALS_KEY, LINKS_KEY, OUTCOME_KEY, SEED_INDEX_KEY, TrialOutcome
-
-# Scores copied from a trial to a deduplicated one (besides every is_score_name key);
-# not trial_seconds: that is what the trial itself cost, and a reused one cost nothing.
-_EXTRA_SCORES = (VAL_BPB, TRAIN_SECONDS, STEPS)
-
 
 # What Ray says when a trial's process or node died (rather than its code raising).
 _WORKER_DEATH = re.compile(
@@ -112,20 +90,6 @@ def ray_error_reason(text: str | None) -> str:
     lines = [ln for ln in lines if not ln.startswith(("Failure #", "File ", "^", "~"))]
     last = lines[-1] if lines else "the Ray trial failed without an error message"
     return error_reason(last[:300])
-
-
-@dataclass
-class _Ready:
-    trial: optuna.Trial
-    candidate: Candidate
-    restore_from: str | None
-
-
-@dataclass
-class _Waiting:
-    trial: optuna.Trial
-    candidate: Candidate
-    twin: int  # the trial number training the same candidate
 
 
 @dataclass
@@ -165,19 +129,28 @@ class StudySearcher(Searcher):
         self.registry = registry
         self.experiment_dir = experiment_dir
         self.trials_dir = trials_dir
-        self.dedup = dedup
         self.progress = progress
         self.tracking_warned = False
         self.hooks = hooks
-        self.budget = budget_key(config)
-        self.seeds = [config.train.seed + i for i in range(config.study.repeats)]
+        # What a started trial becomes before Ray: trained, closed (invalid, reused), parked.
+        self.triage = Triage(
+            self.study,
+            self.storage,
+            config,
+            driver_id=driver_id,
+            dedup=dedup,
+            progress=progress,
+            hooks=hooks,
+            close=self._close,
+        )
+        # Adaptive seeds: the rounds after the target (None for a fixed number of seeds).
+        self.rounds = SeedRounds(self.study, config, progress) if config.study.adaptive else None
         self.eval_metric = config.scheduler.metric
         self.total_steps = config.train.total_steps
         # Trials run at once; the Ray runtime lowers it when the cluster holds fewer trials
         # with all their workers (search.ray_runtime.concurrent_trials).
         self.max_concurrent = config.resources.max_concurrent
         self.live: dict[str, _Live] = {}  # Tune trial id -> trial being trained
-        self.waiting: dict[int, _Waiting] = {}  # Optuna number -> trial waiting on a twin
         self.errored: dict[str, _Live] = {}  # Tune reported an error; details follow
         self.trained: list[int] = []
         self.trial_seconds = 0.0
@@ -198,139 +171,60 @@ class StudySearcher(Searcher):
             return None
         if time.monotonic() < self._idle_until:
             return None
-        ready = self._resolve_waiting()
+        ready = self.triage.resolve_waiting()
         while ready is None:
             trials = self.study.get_trials(deepcopy=False)
             if count_toward_target(trials) >= self.target:
-                if self.waiting:
+                if self.rounds is not None:
+                    return self._seed_round(trial_id)
+                if self.triage.waiting:
                     self._idle_until = time.monotonic() + 1.0
                     return None
                 return Searcher.FINISHED
-            ready = self._prepare(self.study.ask())
+            ready = self.triage.prepare(self.study.ask())
         return self._launch(trial_id, ready)
 
-    def _base_attrs(self) -> dict[str, Any]:
-        return {
-            ATTR_DRIVER: self.driver_id,
-            ATTR_BUDGET: self.budget,
-            ATTR_SEED: self.seeds[0],
-            ATTR_REPEATS: len(self.seeds),
-            ATTR_EVAL_METRIC: self.eval_metric,
-        }
-
-    def _replay_params(self, trial: optuna.Trial) -> None:
-        """Suggest the enqueued params so Optuna records them as the trial's params."""
-        frozen = self.storage.get_trial(storage_trial_id(trial))
-        for name in enqueued_params(frozen) or {}:
-            spec = self.config.space.get(name)
-            if spec is not None and spec.searched:
-                spec.suggest(trial)
-
-    def _prepare(self, trial: optuna.Trial) -> _Ready | None:
-        """Knobs -> candidate for a fresh trial. Returns it when it must be trained;
-        closes it (invalid, reused) or parks it (twin running) otherwise."""
-        tid = storage_trial_id(trial)
-        set_trial_attrs(self.storage, tid, self._base_attrs())
-        given = trial.user_attrs.get(ATTR_KNOBS)
-        knobs: dict[str, Any] = {}
-        try:
-            if given is not None:
-                self._replay_params(trial)
-                knobs = dict(given)
-            else:
-                knobs = self.config.suggest(trial)
-            candidate = self.config.candidate(knobs)
-        except InvalidCandidate as err:
-            self._close(
-                trial.number,
-                TrialState.FAIL,
-                {ATTR_KNOBS: knobs, ATTR_REASON: Reason.INVALID, ATTR_REASON_DETAIL: str(err)},
-            )
-            return None
-        except Exception as err:  # a malformed sampled value, a sampler bug: FAIL, go on
-            self._close(
-                trial.number,
-                TrialState.FAIL,
-                {
-                    ATTR_REASON: error_reason(f"{type(err).__name__}: {err}"),
-                    ATTR_REASON_DETAIL: traceback.format_exc(limit=6)[-4000:],
-                },
-            )
-            return None
-        set_trial_attrs(
-            self.storage,
-            tid,
-            {
-                ATTR_CANDIDATE_ID: candidate.id,
-                ATTR_CANDIDATE_NAME: candidate.name,
-                ATTR_KNOBS: candidate.knobs,
-            },
-        )
-        if self.dedup:
-            # Read the study again now that this trial is tagged: a driver tagging the
-            # same candidate at this moment then sees this trial, or this trial sees it.
+    def _seed_round(self, tune_id: str) -> dict[str, Any] | str | None:
+        """Past the target of an adaptive study: start the next queued trial of seeds
+        (queueing the planner's requests when none is queued); FINISHED once every
+        hypothesis is settled and nothing runs; None to wait for running seeds."""
+        assert self.rounds is not None
+        while True:
             trials = self.study.get_trials(deepcopy=False)
-            source = find_reusable(trials, candidate.id, self.budget)
-            if source is not None:
-                self._reuse(trial.number, source)
-                return None
-            twin = find_running_twin(trials, candidate.id, self.budget, trial.number)
-            if twin is not None:
-                self.waiting[trial.number] = _Waiting(trial, candidate, twin.number)
-                self.progress.note(
-                    f"#{trial.number} waits for #{twin.number} (same candidate): {candidate.name}"
-                )
-                return None
-        return _Ready(trial, candidate, trial.user_attrs.get(ATTR_RESTORE_FROM))
-
-    def _resolve_waiting(self) -> _Ready | None:
-        """Waiting trials whose twin ended: reuse its result, or train them now."""
-        if not self.waiting:
+            queued = queued_seed_trials(trials)
+            for frozen in queued:
+                trial = claim_waiting(self.study, frozen)
+                if trial is None:
+                    continue  # another driver started it
+                ready = self.triage.prepare(trial)
+                if ready is not None:
+                    return self._launch(tune_id, ready)
+            if queued:
+                continue  # each was started, closed or parked: look at the study again
+            if not self.rounds.queue(trials):
+                break
+        plan = self.rounds.plan(trials)
+        if (
+            self.live
+            or self.triage.waiting
+            or (not plan.done and any(t.state == TrialState.RUNNING for t in trials))
+        ):
+            self._idle_until = time.monotonic() + 1.0
             return None
-        trials = self.study.get_trials(deepcopy=False)
-        by_number = {t.number: t for t in trials}
-        for number, w in list(self.waiting.items()):
-            twin = by_number.get(w.twin)
-            if twin is not None and twin.state == TrialState.RUNNING:
-                continue
-            del self.waiting[number]
-            source = find_reusable(trials, w.candidate.id, self.budget)
-            if source is not None:
-                self._reuse(number, source)
-                continue
-            other = find_running_twin(trials, w.candidate.id, self.budget, number)
-            if other is not None:
-                self.waiting[number] = _Waiting(w.trial, w.candidate, other.number)
-                continue
-            return _Ready(w.trial, w.candidate, w.trial.user_attrs.get(ATTR_RESTORE_FROM))
-        return None
+        if not plan.done:
+            waiting = unsettled(plan)
+            why = (
+                "seeds it asked for ended without a result"
+                if self.rounds.stuck
+                else "they wait for seeds no driver trains"
+            )
+            self.progress.note(
+                f"adaptive seeds stop with hypotheses {', '.join(waiting)} open: {why}; "
+                f"`ropenope status {self.study.study_name}` shows where each stands"
+            )
+        return Searcher.FINISHED
 
-    def _reuse(self, number: int, source: FrozenTrial) -> None:
-        origin = source.user_attrs.get(ATTR_REUSED_FROM, source.number)
-        scores = {
-            k: v for k, v in source.user_attrs.items() if is_score_name(k) or k in _EXTRA_SCORES
-        }
-        attrs = {**scores, ATTR_REUSED_FROM: origin}
-        if ATTR_TRIAL_DIR in source.user_attrs:
-            attrs[ATTR_TRIAL_DIR] = source.user_attrs[ATTR_TRIAL_DIR]
-        # Its MLflow run is made now, so the run id is on the trial before Optuna closes it
-        # (Optuna refuses attributes on a finished trial).
-        current = self.storage.get_trial(storage_trial_id(self._trial_of(number)))
-        snapshot = TrialSnapshot(
-            number=number,
-            state=Outcome.COMPLETE,
-            values=list(source.values),
-            params=current.params,
-            user_attrs={**current.user_attrs, **attrs},
-            datetime_start=current.datetime_start,
-        )
-        attrs.update(self.hooks.link_trial(study_view(self.study), snapshot))
-        self._close(number, TrialState.COMPLETE, attrs, values=list(source.values))
-
-    def _trial_of(self, number: int) -> FrozenTrial:
-        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
-
-    def _launch(self, tune_id: str, ready: _Ready) -> dict[str, Any]:
+    def _launch(self, tune_id: str, ready: Ready) -> dict[str, Any]:
         trial, number = ready.trial, ready.trial.number
         trial_dir = self.trials_dir / f"{number:05d}"
         attrs = {
@@ -345,7 +239,7 @@ class StudySearcher(Searcher):
             "optuna_trial": number,
             "study": self.study.study_name,
             "candidate": ready.candidate.to_dict(),
-            "seeds": list(self.seeds),
+            "seeds": list(ready.seeds),
             "trial_dir": str(trial_dir),
             "restore_from": ready.restore_from,
         }
@@ -482,7 +376,7 @@ class StudySearcher(Searcher):
             {ATTR_REASON: reason, ATTR_REASON_DETAIL: (error_text or "")[-4000:]},
         )
 
-    def interrupt(self, live: _Live | _Waiting, detail: str) -> None:
+    def interrupt(self, live: _Live | Waiting, detail: str) -> None:
         """Close a trial this driver cannot finish as FAIL ``interrupted`` and enqueue its
         candidate again, continuing from its newest checkpoint."""
         number = live.trial.number
@@ -501,17 +395,20 @@ class StudySearcher(Searcher):
         Returns the numbers of the trials closed as interrupted."""
         for tune_id in list(self.errored):
             self.on_trial_error(tune_id, None)
-        held = [*self.live.values(), *self.waiting.values()]
+        held = [*self.live.values(), *self.triage.waiting.values()]
         for held_trial in held:
             self.interrupt(held_trial, "the sweep stopped before the trial ended")
         self.live.clear()
-        self.waiting.clear()
+        self.triage.waiting.clear()
         return [h.trial.number for h in held]
 
 
 def describe_source(attrs: Mapping[str, Any]) -> str:
     if ATTR_RERUN_OF in attrs:
         return f"re-run of #{attrs['rerun_of']}"
+    if ATTR_REQUESTED_FOR in attrs:
+        seeds = ", ".join(str(s) for s in attrs.get(ATTR_REQUESTED_SEEDS) or ())
+        return f"seeds {seeds} for {', '.join(attrs[ATTR_REQUESTED_FOR])}"
     if ATTR_PRESET in attrs:
         return f"preset {attrs[ATTR_PRESET]}"
     return "sampled"

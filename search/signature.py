@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -26,18 +27,28 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def budget_key(config: SweepConfig) -> str:
+def sweep_seeds(config: SweepConfig) -> tuple[int, ...]:
+    """The seeds a trial trains unless told otherwise: ``train.seed`` + 0 .. repeats-1."""
+    return tuple(config.train.seed + i for i in range(config.study.repeats))
+
+
+def budget_key(config: SweepConfig, seeds: Sequence[int] | None = None) -> str:
     """What "same budget" means for dedup: training, data, scoring and seeds.
 
     Two trials of the same candidate id are interchangeable only if they were trained
-    and scored the same way; the thread count does not change a result.
+    and scored the same way; the thread count does not change a result. ``seeds``: the
+    seeds the trial trains, when they are not the sweep's own (:func:`sweep_seeds`):
+    adaptive seeds train a candidate again with other seeds, which is another result,
+    never a copy of the first. The sweep's own seeds keep the key they always had.
     """
-    blob = {
+    blob: dict[str, Any] = {
         "train": config.train.model_dump(mode="json", exclude={"threads"}),
         "data": config.data.model_dump(mode="json"),
         "score": config.score.model_dump(mode="json"),
         "repeats": config.study.repeats,
     }
+    if seeds is not None and tuple(seeds) != sweep_seeds(config):
+        blob["seeds"] = [int(s) for s in seeds]
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 

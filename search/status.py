@@ -1,5 +1,6 @@
 """`ropenope status STUDY`: counts by state, running trials with their progress, the best
-trial per objective and the current Pareto set, read from the study alone."""
+trial per objective, the current Pareto set and, with adaptive seeds, where each
+hypothesis stands, read from the study alone (with the sweep file it stores)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from space.names import (
     ATTR_DRIVER,
     ATTR_EVAL_METRIC,
     ATTR_REASON,
+    ATTR_REQUESTED_FOR,
     ATTR_REUSED_FROM,
     ATTR_TRIAL_DIR,
 )
@@ -86,14 +88,57 @@ def best_per_objective(
 
 def pareto_set(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
     """COMPLETE trials no other COMPLETE trial dominates (one copy per candidate: a
-    deduplicated trial repeats its source's values)."""
+    deduplicated trial repeats its source's values, and a trial of more seeds for the
+    hypotheses shows the candidate again; the report compares the means over seeds)."""
     from tracking.pareto import pareto_ranks
 
-    done = [t for t in _complete(trials) if ATTR_REUSED_FROM not in t.user_attrs]
+    done = [
+        t
+        for t in _complete(trials)
+        if ATTR_REUSED_FROM not in t.user_attrs and ATTR_REQUESTED_FOR not in t.user_attrs
+    ]
     if not done:
         return []
     ranks = pareto_ranks([t.values for t in done], directions).ranks
     return [t for t, r in zip(done, ranks, strict=True) if r == 0]
+
+
+def seed_plan_summary(study: optuna.Study, config: Any = None) -> dict[str, Any] | None:
+    """Adaptive seeds: every hypothesis's state (look, interval, runs asked for next), the
+    lines ``ropenope status`` prints, and the trials of more seeds; None for a study with
+    a fixed number of seeds. ``config``: the sweep file (default: the one the study
+    stores)."""
+    from search.errors import StudyError
+    from search.seed_rounds import describe_state, unsettled
+    from search.signature import stored_config
+    from search.trials import adds_seeds
+    from space.errors import ConfigError
+    from tracking.seed_plan import SeedPlan, format_open_hypotheses, plan_for_study
+
+    if config is None:
+        try:
+            config = stored_config(study)
+        except StudyError:
+            return None  # not swept by ropenope: no sweep file, no hypotheses
+        except ConfigError as err:  # stored by an older ropenope
+            return {"error": f"the stored sweep file is no longer valid: {err}"}
+    plan = plan_for_study(study, config)
+    if plan is None:
+        return None
+    extra = [t for t in study.get_trials(deepcopy=False) if adds_seeds(t)]
+    still = unsettled(plan)
+    opened = tuple(h for h in plan.hypotheses if h.name in still)
+    return {
+        **plan.to_dict(),
+        "repeats": {"min": config.study.repeats, "max": config.study.max_repeats},
+        "open": format_open_hypotheses(SeedPlan(opened, plan.requests)),
+        "settled": [describe_state(h) for h in plan.hypotheses if h.name not in still],
+        "trials": {
+            state.name: sum(t.state == state for t in extra)
+            for state in TrialState
+            if any(t.state == state for t in extra)
+        },
+    }
 
 
 def saturation_warnings(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[str]:
@@ -108,7 +153,9 @@ def saturation_warnings(trials: Sequence[FrozenTrial], objectives: Sequence[str]
     return [saturation_warning(x) for x in saturated_objectives(objectives, list(seen.values()))]
 
 
-def summarize(study: optuna.Study, *, target: int | None = None) -> dict[str, Any]:
+def summarize(
+    study: optuna.Study, *, target: int | None = None, config: Any = None
+) -> dict[str, Any]:
     """Everything `ropenope status` shows, as JSON-able data."""
     from search.drivers import driver_states
     from search.signature import target_trials
@@ -157,6 +204,7 @@ def summarize(study: optuna.Study, *, target: int | None = None) -> dict[str, An
             for t in pareto_set(trials, directions)
         ],
         "drivers": drivers,
+        "seed_plan": seed_plan_summary(study, config),
         "warnings": saturation_warnings(trials, objectives),
     }
 
@@ -191,6 +239,30 @@ def format_summary(s: dict[str, Any]) -> str:
         for p in s["pareto"]:
             vals = "".join(f"{format_value(p['values'].get(m)):>16}" for m in names)
             lines.append(f"  {p['number']:<5}{vals}  {p['candidate']}")
+    lines += format_seed_plan(s.get("seed_plan"))
     for warning in s.get("warnings", []):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def format_seed_plan(plan: dict[str, Any] | None) -> list[str]:
+    """The adaptive-seed lines of ``ropenope status``: each open hypothesis with its
+    interval and the runs it asks for, then the settled ones."""
+    if not plan:
+        return []
+    if "error" in plan:
+        return [f"adaptive seeds: {plan['error']}"]
+    r = plan["repeats"]
+    trials = ", ".join(f"{k.lower()} {v}" for k, v in plan["trials"].items()) or "none yet"
+    lines = [
+        f"adaptive seeds ({r['min']}..{r['max']} per candidate; trials of more seeds: {trials}):"
+    ]
+    if plan["open"]:
+        lines.append("  open:")
+        lines += [f"    {line}" for line in plan["open"]]
+    if plan["settled"]:
+        lines.append("  settled:")
+        lines += [f"    {line}" for line in plan["settled"]]
+    if plan["done"]:
+        lines.append("  done: every hypothesis is decided, at max seeds, or cannot be judged")
+    return lines

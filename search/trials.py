@@ -21,15 +21,28 @@ from space.names import (
     ATTR_PRESET,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
+    ATTR_REPEATS,
+    ATTR_REQUESTED_FOR,
+    ATTR_REQUESTED_SEEDS,
     ATTR_RERUN_OF,
     ATTR_RESTORE_FROM,
+    ATTR_SEED,
 )
 from space.outcomes import RERUN_REASONS, Reason
 
 
+def adds_seeds(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` trains more seeds of a candidate for undecided hypotheses
+    (adaptive seeds) rather than a candidate of the study's target."""
+    return ATTR_REQUESTED_FOR in trial.user_attrs
+
+
 def counts_toward_target(trial: FrozenTrial) -> bool:
     """Finished trials count, and running ones; an interrupted trial or one whose worker
-    died does not (its candidate runs again), nor does a queued one until it is asked."""
+    died does not (its candidate runs again), nor does a queued one until it is asked,
+    nor one that adds seeds to a candidate (``study.trials`` counts candidates)."""
+    if adds_seeds(trial):
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     if trial.state == TrialState.FAIL:
@@ -166,8 +179,14 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
     if knobs is None:
         return
     rerun_attrs = {ATTR_KNOBS: knobs, ATTR_RERUN_OF: trial.number}
-    if ATTR_PRESET in trial.user_attrs:
-        rerun_attrs[ATTR_PRESET] = trial.user_attrs[ATTR_PRESET]
+    # The candidate id while queued: the seed planner then sees its seeds as on their way.
+    # A re-run of seeds the planner asked for trains the same seeds for the same reason.
+    carried = [ATTR_PRESET, ATTR_CANDIDATE_ID]
+    if adds_seeds(trial):
+        carried += [ATTR_REQUESTED_SEEDS, ATTR_REQUESTED_FOR, ATTR_SEED, ATTR_REPEATS]
+    for key in carried:
+        if key in trial.user_attrs:
+            rerun_attrs[key] = trial.user_attrs[key]
     if restore is not None:
         rerun_attrs[ATTR_RESTORE_FROM] = str(restore)
     params = enqueued_params(trial)

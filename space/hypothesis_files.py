@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from space.errors import ConfigError
 from space.hypotheses import NAME_PATTERN, Hypothesis, Quantity
 from space.names import LONG_ACC, multiple_of
-from space.yaml_io import read_yaml_file
+from space.yaml_io import frozen, read_yaml_file
 
 __all__ = [
     "PAPER_FILE",
@@ -126,7 +126,7 @@ def parse_hypotheses(raw: Any, path: str = "hypotheses") -> tuple[Hypothesis, ..
                 ]
             else:
                 fields["measures"] = [_measure(inline, groups, where)]
-            hypothesis = Hypothesis.model_validate(_tuples(fields))
+            hypothesis = Hypothesis.model_validate(frozen(fields))
         except ConfigError as err:
             problems.extend(err.problems)
             continue
@@ -144,14 +144,6 @@ def parse_hypotheses(raw: Any, path: str = "hypotheses") -> tuple[Hypothesis, ..
     if problems:
         raise ConfigError(problems)
     return tuple(out)
-
-
-def _tuples(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
 
 
 def sweep_hypotheses(

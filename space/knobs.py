@@ -377,3 +377,14 @@ def grid_size(spec: KnobSpec) -> int | None:
     if spec.domain == "float" and spec.step:
         return int((spec.high - spec.low) // spec.step) + 1
     return None
+
+
+def rotary_problem(fraction: float, head_dim: int) -> str | None:
+    """Why ``rope_fraction`` cannot rotate part of a head of ``head_dim`` (None: it can)."""
+    dims = int(head_dim * fraction)
+    if dims >= 2 and dims % 2 == 0:
+        return None
+    return (
+        f"rope_fraction={fraction:g} rotates int({head_dim} x {fraction:g}) = {dims} of "
+        f"head_dim {head_dim} dimensions; RoPE needs an even number >= 2"
+    )

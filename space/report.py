@@ -194,11 +194,15 @@ def format_space(config: SweepConfig) -> str:
                 gate = m.effective_gate()
                 gated = f"; only runs with {gate.score} >= {gate.min:g}" if gate else ""
                 out.append(f"    {m.describe()}{gated}")
-    if config.study.adaptive:
-        s = config.study
+    s = config.study
+    if s.adaptive:
         out += [
             "",
             f"adaptive seeds: {s.repeats} per candidate, then one more per round for the "
             f"candidates of undecided hypotheses, up to {s.max_repeats} ({s.looks} looks)",
         ]
+    if s.repeats_others is not None:
+        if not s.adaptive:
+            out += ["", f"seeds: {s.repeats} per candidate a hypothesis compares"]
+        out.append(f"candidates no hypothesis compares: {s.others_repeats} seed(s) each")
     return "\n".join(out)

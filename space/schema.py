@@ -1,451 +1,52 @@
 """The sweep file: a typed, frozen schema validated once at the boundary.
 
 ``load_config(path)`` returns a :class:`SweepConfig` or raises :class:`ConfigError`
-listing every problem with the dotted path of the offending key.
+listing every problem with the dotted path of the offending key. The sections are
+:mod:`space.sections`; the checks across sections :mod:`space.checks`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
-    field_validator,
-    model_serializer,
 )
 
-from space.errors import ConfigError, InvalidCandidate
+from space.checks import check_semantics
+from space.errors import ConfigError
 from space.expand import Candidate, build_candidate
 from space.hypotheses import Hypothesis
-from space.hypothesis_files import check_hypotheses, sweep_hypotheses
+from space.hypothesis_files import sweep_hypotheses
 from space.knobs import (
-    KNOB_DEFAULTS,
     KNOB_NAMES,
     KnobSpec,
     check_value,
     domain_holds,
-    grid_size,
-    knob_domain,
     parse_knob,
 )
 from space.layers import ModelShape
-from space.names import (
-    EVAL_METRICS,
-    KV_CACHE_BYTES,
-    LONG_ACC,
-    LONG_ANSWER_NLL,
-    SHORT_BPB,
-    is_score_name,
-    is_task_score,
-    multiple_of,
-    split_task_score,
-)
 from space.presets import BUILTIN_PRESETS
-from space.stages import (
-    LAYOUT_KNOBS,
-    SHAPE_KNOBS,
-    StagePlan,
-    describe_layout_change,
-    eval_steps,
-    layout_changes,
-    layout_knob_values,
+from space.sections import (
+    SECTIONS,
+    DataSection,
+    ModelSection,
+    PresetEntry,
+    ResourcesSection,
+    SchedulerSection,
+    ScoreSection,
+    StudySection,
+    TrackingSection,
+    TrainSection,
+    _Section,
 )
-from space.tasks import min_length, task_params
-from space.vocab import BYTES, Vocabulary, subword_vocabulary, tokenizer_file_text_size
-from space.yaml_io import echo, parse_yaml, read_yaml_file
-
-SECTIONS = (
-    "study",
-    "space",
-    "model",
-    "train",
-    "data",
-    "score",
-    "scheduler",
-    "resources",
-    "tracking",
-    "presets",
-    "hypotheses",
-    "hypotheses_from",
-)
-
-
-class _Section(BaseModel):
-    # NaN and infinities are never a setting; strict: "10" is not 10, 1.0 is not true.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    # Fields added after studies were stored: dumped only when set away from their
-    # default, so that a sweep file that does not use them dumps as before (the study's
-    # budget key for dedup, the MLflow params of older runs).
-    _added_fields: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _dump_without_unused_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):
-            fields = type(self).model_fields
-            for name in self._added_fields:
-                default = fields[name].get_default(call_default_factory=True)
-                if name in data and getattr(self, name) == default:
-                    del data[name]
-        return data
-
-
-# The task families (space.tasks.TASKS; a test keeps the two lists equal).
-TaskName = Literal["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
-
-
-class Objective(_Section):
-    metric: str
-    direction: Literal["maximize", "minimize"]
-
-
-DEFAULT_OBJECTIVES = (
-    Objective(metric=LONG_ACC, direction="maximize"),
-    Objective(metric=SHORT_BPB, direction="minimize"),
-    Objective(metric=KV_CACHE_BYTES, direction="minimize"),
-)
-
-
-# Upper bounds: far beyond any real sweep, low enough that a typo (or an attack) is an error
-# at validation, not an allocation of a billion layers or a loop of 10^30 steps.
-MAX_TRIALS = 1_000_000
-MAX_REPEATS = 1000
-MAX_SEED = 2**32 - 1  # numpy's seed range
-MAX_LAYERS = 1024
-MAX_WIDTH = 65536
-MAX_HEADS = 1024
-MAX_VOCAB = 2**24
-MAX_TOKENS_PER_SEQUENCE = 2**24
-MAX_BATCH = 2**20
-MAX_STEPS = 10**9
-MAX_SAMPLES = 100_000
-MAX_LENGTH_MULTIPLE = 1024
-MAX_CPUS = 4096
-MAX_GRID_POINTS = 100_000
-
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-STUDY_NAME_MAX_CHARS = 100
-
-
-def study_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a study (it names a folder under the runs folder and an
-    MLflow experiment), or None when it can."""
-    if not name:
-        return "a study name cannot be empty"
-    if len(name) > STUDY_NAME_MAX_CHARS:
-        return f"at most {STUDY_NAME_MAX_CHARS} characters, got {len(name)}"
-    if not _STUDY_NAME.match(name):
-        return "use letters, digits, '_', '.', '-' (no '/', spaces or other characters)"
-    if set(name) == {"."}:
-        return "'.' and '..' are not study names"
-    return None
-
-
-class StudySection(_Section):
-    name: str
-    storage: str | None = None  # SQLAlchemy URL; None = sqlite file under runs/
-    trials: int = Field(default=8, ge=1, le=MAX_TRIALS)
-    sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    objectives: tuple[Objective, ...] = Field(
-        default=DEFAULT_OBJECTIVES, min_length=1, max_length=16
-    )
-    dedup: bool = True
-    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS)  # seeds per candidate (seed, +1, ...)
-    # ``repeats: {min, max}`` in YAML: ``repeats`` is the min, this the max; adaptive
-    # seeds then add rounds up to it only where a hypothesis is still undecided.
-    repeats_max: int | None = Field(default=None, ge=1, le=MAX_REPEATS)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        problem = study_name_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @property
-    def max_repeats(self) -> int:
-        return self.repeats if self.repeats_max is None else self.repeats_max
-
-    @property
-    def adaptive(self) -> bool:
-        """Seeds beyond ``repeats`` go only where a hypothesis is still undecided."""
-        return self.max_repeats > self.repeats
-
-    @property
-    def looks(self) -> int:
-        """Pre-planned looks at each hypothesis: one per round of seeds, min..max."""
-        return self.max_repeats - self.repeats + 1
-
-
-class ModelSection(_Section):
-    layers: int = Field(ge=1, le=MAX_LAYERS)
-    d_model: int = Field(ge=2, le=MAX_WIDTH)
-    heads: int = Field(ge=1, le=MAX_HEADS)
-    mlp_hidden: int = Field(ge=1, le=MAX_WIDTH * 8)
-    init_std: float = Field(default=0.02, gt=0)
-    norm_eps: float = Field(default=1e-6, gt=0)
-    vocab_size: int | None = Field(default=None, ge=2, le=MAX_VOCAB)  # None = the byte vocabulary
-
-
-class StageSection(_Section):
-    """One entry of ``train.stages``; what it leaves out comes from the train section."""
-
-    steps: int = Field(ge=1)
-    seq_len: int | None = Field(default=None, ge=8)
-    batch_size: int | None = Field(default=None, ge=1)
-    lr: float | None = Field(default=None, gt=0)
-    warmup_steps: int | None = Field(default=None, ge=0)
-    min_lr_ratio: float | None = Field(default=None, ge=0, le=1)
-    task_mix: dict[TaskName, float] | None = None
-    lm_fraction: float | None = Field(default=None, ge=0, le=1)
-    knobs: dict[str, Any] = Field(default_factory=dict)  # overrides, stage 2 on
-
-
-class TrainSection(_Section):
-    seq_len: int = Field(ge=8, le=MAX_TOKENS_PER_SEQUENCE)
-    batch_size: int = Field(ge=1, le=MAX_BATCH)
-    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
-    tokens: int | None = Field(default=None, ge=1, le=MAX_STEPS * MAX_BATCH)
-    lr: float = Field(default=3e-3, gt=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=50, ge=0, le=MAX_STEPS)
-    weight_decay: float = Field(default=0.1, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    eval_every: int = Field(default=100, ge=1, le=MAX_STEPS)
-    eval_windows: int = Field(default=16, ge=1, le=MAX_SAMPLES)
-    checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS)
-    # torch.compile of the model; a candidate that cannot compile trains eager (one message).
-    compile: bool = False
-    # Autocast precision, fp32 master weights and optimizer state either way; auto: bf16 on
-    # CUDA, fp32 elsewhere (what every study before this field trained with).
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Recompute each block's activations in the backward pass (less memory, ~1/3 more compute).
-    activation_checkpointing: bool = False
-    # With resources.workers_per_trial > 1: DDP (a full replica per worker) or FSDP2 (weights,
-    # gradients and optimizer state sharded across the workers).
-    parallel: Literal["ddp", "fsdp"] = "ddp"
-    # Rows per forward/backward on one worker; a worker's share of the global batch beyond it
-    # is gradient accumulation. None: the whole share at once.
-    micro_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
-    task_mix: dict[TaskName, float] = Field(default_factory=lambda: {"multikey": 1.0})
-    # Task parameters shared by training and scoring, e.g. {multikey: {n_needles: 2}}.
-    task_params: dict[TaskName, dict[str, int | str]] = Field(default_factory=dict)
-    lm_fraction: float = Field(default=0.5, ge=0, le=1)
-    filler_weight: float = Field(default=0.1, ge=0)
-    answer_weight: float = Field(default=1.0, ge=0)
-    threads: int | None = Field(
-        default=None, ge=1, le=MAX_CPUS
-    )  # torch threads; None = CPUs given to the trial
-    # Several stages in one trial (e.g. a short stage, then a long one with a larger RoPE
-    # base); empty: the fields above are the one stage.
-    stages: tuple[StageSection, ...] = ()
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps over every stage."""
-        if self.stages:
-            return sum(stage.steps for stage in self.stages)
-        if self.steps is not None:
-            return self.steps
-        return max(1, self.tokens // (self.batch_size * self.seq_len))
-
-    def stage_plans(self) -> tuple[StagePlan, ...]:
-        """Every stage with its settings resolved; one stage when ``stages`` is not given."""
-        if not self.stages:
-            return (self._plan(StageSection(steps=self.total_steps)),)
-        return tuple(self._plan(stage) for stage in self.stages)
-
-    def _plan(self, stage: StageSection) -> StagePlan:
-        def pick(name: str) -> Any:
-            own = getattr(stage, name)
-            return getattr(self, name) if own is None else own
-
-        return StagePlan(
-            steps=stage.steps,
-            seq_len=pick("seq_len"),
-            batch_size=pick("batch_size"),
-            lr=pick("lr"),
-            warmup_steps=pick("warmup_steps"),
-            min_lr_ratio=pick("min_lr_ratio"),
-            task_mix=dict(pick("task_mix")),
-            lm_fraction=pick("lm_fraction"),
-            knobs=dict(stage.knobs),
-        )
-
-    def eval_steps(self) -> tuple[int, ...]:
-        """Global steps after which training evaluates (every ``eval_every``, each stage's end)."""
-        return eval_steps(self.stage_plans(), self.eval_every)
-
-    _added_fields = frozenset(
-        {"stages", "precision", "activation_checkpointing", "parallel", "micro_batch_size"}
-    )
-
-
-class BpeSection(_Section):
-    """A byte-level BPE trained on the corpus's training split (Hugging Face tokenizers)."""
-
-    vocab_size: int = Field(ge=257)  # text tokens: the 256 bytes and the merges
-    min_frequency: int = Field(default=2, ge=1)  # a merge must occur this often
-
-
-class TokenizerSection(_Section):
-    """``data.tokenizer``: ``bytes`` (the default), ``{bpe: {vocab_size: N}}`` or
-    ``{file: PATH}`` (a ``tokenizer.json`` or a folder holding one)."""
-
-    bpe: BpeSection | None = None
-    file: str | None = None
-
-    @property
-    def kind(self) -> Literal["bytes", "bpe", "file"]:
-        if self.bpe is not None:
-            return "bpe"
-        if self.file is not None:
-            return "file"
-        return "bytes"
-
-
-class DataSection(_Section):
-    source: str | None = None  # None = the Python standard library's source
-    val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    # Pre-tokenized files: the element type of a .bin file, and the vocabulary of its
-    # tokens when they are not bytes (ids < vocab_size).
-    dtype: Literal["uint8", "uint16", "uint32"] | None = None
-    vocab_size: int | None = Field(default=None, ge=2)
-    text_field: str = Field(default="text", min_length=1)  # JSON Lines field / column
-    tokenizer: TokenizerSection = TokenizerSection()
-    # How much text (UTF-8 bytes) the corpus reads; null = all of it.
-    max_text_bytes: int | None = Field(default=4_000_000, ge=1)
-
-    _added_fields = frozenset({"vocab_size", "text_field", "tokenizer", "max_text_bytes"})
-
-    @field_validator("tokenizer", mode="before")
-    @classmethod
-    def _tokenizer_forms(cls, value: Any) -> Any:
-        if value == "bytes" or value is None:
-            return TokenizerSection()
-        if isinstance(value, str):
-            raise ValueError(
-                f"expected bytes, {{bpe: {{vocab_size: N}}}} or {{file: PATH}}, got {value!r}"
-            )
-        return value
-
-    def vocabulary(self) -> Vocabulary:
-        """The model's vocabulary for this data (reads a tokenizer file's JSON; no torch).
-        Raises ValueError for a tokenizer file that cannot be read."""
-        tok = self.tokenizer
-        if tok.bpe is not None:
-            return subword_vocabulary(tok.bpe.vocab_size)
-        if tok.file is not None:
-            return subword_vocabulary(tokenizer_file_text_size(tok.file))
-        if self.vocab_size is not None:
-            return subword_vocabulary(self.vocab_size)
-        return BYTES
-
-    @property
-    def has_text_tokenizer(self) -> bool:
-        """False for pre-tokenized ids of an unknown tokenizer: no task can be rendered."""
-        return not (self.tokenizer.kind == "bytes" and self.vocab_size is not None)
-
-
-class ScoreSection(_Section):
-    task: TaskName = "multikey"  # the primary family: the bare acc@Nx, answer_nll@Nx, ...
-    # Families scored, each with its grid and ``<task>/...`` scores; None = [task].
-    tasks: tuple[TaskName, ...] | None = None
-    # Families averaged into long_acc and long_answer_nll; None = the primary family.
-    long_tasks: tuple[TaskName, ...] | None = None
-    lengths: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1, max_length=32)  # x seq_len
-    depths: tuple[float, ...] = Field(
-        default=(0.0, 0.25, 0.5, 0.75, 1.0), min_length=1, max_length=64
-    )
-    samples: int = Field(default=20, ge=1, le=MAX_SAMPLES)
-    extrap: tuple[int, ...] = Field(default=(2, 4), max_length=32)
-    val_windows: int = Field(default=32, ge=1, le=MAX_SAMPLES)
-    kv_context_tokens: int = Field(default=131072, ge=1, le=2**40)
-    kv_dtype_bytes: int = Field(default=2, ge=1, le=16)
-    attention_mass: bool = True
-    mass_lengths: tuple[int, ...] = Field(default=(1, 4), max_length=32)
-    mass_samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)
-    seed: int = Field(default=1234, ge=0, le=MAX_SEED)
-
-    # Score after every stage of train.stages too (keys "stage1/short_bpb", ...), not only
-    # after the last one.
-    after_each_stage: bool = False
-
-    _added_fields = frozenset({"tasks", "long_tasks", "after_each_stage"})
-
-    @property
-    def families(self) -> tuple[str, ...]:
-        """Every scored family, the primary first."""
-        if self.tasks is None:
-            return (self.task,)
-        primary = self.primary_task
-        return tuple(dict.fromkeys([primary, *self.tasks])) if primary else ()
-
-    @property
-    def primary_task(self) -> str | None:
-        """``score.task`` when given (or no ``tasks``), else the first of ``tasks``."""
-        if self.tasks is None or "task" in self.model_fields_set:
-            return self.task
-        return self.tasks[0] if self.tasks else None
-
-    @property
-    def headline_tasks(self) -> tuple[str, ...]:
-        """The families long_acc and long_answer_nll average."""
-        if self.long_tasks is not None:
-            return self.long_tasks
-        primary = self.primary_task
-        return (primary,) if primary else ()
-
-
-class SchedulerSection(_Section):
-    kind: Literal["none", "asha"] = "none"
-    metric: str = "val_bpb"
-    mode: Literal["min", "max"] = "min"
-    grace_period: int = Field(default=1, ge=1, le=MAX_STEPS)  # in evaluations
-    reduction_factor: int = Field(default=2, ge=2, le=1000)
-
-
-class ResourcesSection(_Section):
-    cpus_per_trial: float = Field(default=1, gt=0, le=MAX_CPUS)
-    gpus_per_trial: float = Field(default=0, ge=0, le=MAX_CPUS)
-    max_concurrent: int = Field(default=2, ge=1, le=MAX_TRIALS)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # A trial whose worker process or node dies (SIGKILL, OOM, a node leaving) restarts
-    # from its newest checkpoint up to this many times; then it is FAIL worker_died and
-    # `ropenope resume` runs it again. An exception in the candidate's code is not retried.
-    max_retries: int = Field(default=2, ge=0, le=100)
-    # Data-parallel training workers per trial (Ray Train); cpus_per_trial and gpus_per_trial
-    # are then per worker. 1: the trial trains in its own process, without Ray Train.
-    workers_per_trial: int = Field(default=1, ge=1, le=MAX_CPUS)
-    # Where a trial's workers go (a Ray placement group strategy): pack (fill a node first),
-    # spread (one per node where possible), strict_pack (one node), strict_spread (one per node).
-    placement: Literal["pack", "spread", "strict_pack", "strict_spread"] = "pack"
-
-    _added_fields = frozenset({"workers_per_trial", "placement"})
-
-
-class TrackingSection(_Section):
-    enabled: bool = True
-    experiment: str | None = None  # None = the study name
-    uri: str | None = None  # None = $MLFLOW_TRACKING_URI or sqlite under runs/
-
-
-class PresetEntry(_Section):
-    name: str = Field(min_length=1, max_length=100)
-    extends: str | None = None
-    knobs: dict[str, Any] = Field(default_factory=dict)
+from space.vocab import Vocabulary
+from space.yaml_io import echo, frozen, parse_yaml, read_yaml_file
 
 
 class SweepConfig(_Section):
@@ -552,7 +153,13 @@ class SweepConfig(_Section):
 
 def _pydantic_problems(err: ValidationError, prefix: str, model: type[BaseModel]) -> list:
     problems = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors:
+        # A list whose only items failed is also "too short": say what is wrong with them.
+        if e["type"] == "too_short" and any(
+            o["loc"][: len(e["loc"])] == e["loc"] and len(o["loc"]) > len(e["loc"]) for o in errors
+        ):
+            continue
         path = prefix
         for part in e["loc"]:  # list items as [i], like every other path we report
             if part == "[key]":
@@ -607,15 +214,6 @@ _SECTION_MODELS: dict[str, type[_Section]] = {
 _REQUIRED = ("study", "model", "train")
 
 
-def _tuples(value: Any) -> Any:
-    """YAML lists become tuples (the schema is frozen and strict)."""
-    if isinstance(value, Mapping):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def parse_config(
     raw: Any, source: str | None = None, base_dir: str | Path | None = None
 ) -> SweepConfig:
@@ -643,7 +241,7 @@ def parse_config(
         if name == "study":
             value = _split_repeats(value, problems)
         try:
-            sections[name] = model.model_validate(_tuples(value))
+            sections[name] = model.model_validate(frozen(value))
         except ValidationError as err:
             problems.extend(_pydantic_problems(err, name, model))
 
@@ -662,25 +260,27 @@ def parse_config(
         **sections,
     )
     warnings: list[tuple[str, str]] = []
-    _check_semantics(config, problems, warnings)
+    check_semantics(config, problems, warnings)
     if problems:
         raise ConfigError(problems, source)
     return config.model_copy(update={"warnings": tuple(warnings)}) if warnings else config
 
 
 def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
-    """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8``; a plain integer
-    stays as it is (every candidate gets that many seeds)."""
+    """``repeats: {min: 2, max: 8}`` -> ``repeats: 2, repeats_max: 8`` (and ``others: 1``
+    -> ``repeats_others: 1``); a plain integer stays as it is (every candidate gets that
+    many seeds)."""
     out = dict(study)
-    if out.get("repeats_max") is not None:  # null: a dumped config read back
-        problems.append(("study.repeats_max", "unknown key; write repeats: {min: 2, max: 8}"))
-    out.pop("repeats_max", None)
+    for key in ("repeats_max", "repeats_others"):
+        if out.get(key) is not None:  # null: a dumped config read back
+            problems.append((f"study.{key}", "unknown key; write repeats: {min: 2, max: 8}"))
+        out.pop(key, None)
     value = out.get("repeats")
     if not isinstance(value, Mapping):
         return out
-    unknown = sorted(set(value) - {"min", "max"})
+    unknown = sorted(set(value) - {"min", "max", "others"})
     if unknown:
-        problems.append((f"study.repeats.{unknown[0]}", "unknown key; expected min, max"))
+        problems.append((f"study.repeats.{unknown[0]}", "unknown key; expected min, max, others"))
     for key in ("min", "max"):
         v = value.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -697,6 +297,18 @@ def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:
             )
         )
     out["repeats"], out["repeats_max"] = value["min"], value["max"]
+    others = value.get("others")
+    if others is not None:
+        if isinstance(others, bool) or not isinstance(others, int) or others < 1:
+            problems.append(
+                ("study.repeats.others", f"expected a whole number >= 1, got {others!r}")
+            )
+        elif others > value["max"]:
+            problems.append(
+                ("study.repeats.others", f"others {others} is above max {value['max']}")
+            )
+        else:
+            out["repeats_others"] = others
     return out
 
 
@@ -819,472 +431,9 @@ def _parse_presets(raw: Any, problems: list) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _check_semantics(config: SweepConfig, problems: list, warnings: list) -> None:
-    m = config.model
-    if m.d_model % m.heads:
-        problems.append(("model.heads", f"heads={m.heads} must divide d_model={m.d_model}"))
-    elif (m.d_model // m.heads) % 2:
-        problems.append(("model.heads", f"head_dim={m.d_model // m.heads} must be even for RoPE"))
-    # Fixed and searched knob values checked against the model where they can be.
-    every = config.space.get("global_every")
-    if every is not None:
-        if every.domain == "int":
-            highest = int(every.high)
-        else:
-            highest = max((v for v in knob_domain(every) if v is not None), default=None)
-        if highest is not None and highest > m.layers:
-            problems.append(
-                (
-                    "space.global_every",
-                    f"global_every={echo(highest)} > model.layers={m.layers}; expected <= layers",
-                )
-            )
-    kv = config.space.get("kv_heads")
-    if kv is not None and kv.domain in ("fixed", "choice", "int"):
-        values = knob_domain(kv)
-        # Divisors of heads are at most heads: a huge int range is never walked past it.
-        small = (
-            values
-            if not isinstance(values, range)
-            else range(values.start, min(values.stop, m.heads + 1), values.step)
-        )
-        dividing = [v for v in small if v is None or (v > 0 and m.heads % v == 0)]
-        if not dividing:
-            what = (
-                f"kv_heads={echo(kv.value)} must divide"
-                if kv.domain == "fixed"
-                else f"no value of kv_heads ({kv.describe()[:60]}) divides"
-            )
-            problems.append(("space.kv_heads", f"{what} model.heads={m.heads}"))
-        elif kv.domain == "choice" and len(dividing) < len(values):
-            bad = [v for v in values if v not in dividing]
-            warnings.append(
-                (
-                    "space.kv_heads",
-                    f"kv_heads {echo(bad)} do not divide model.heads={m.heads}: those "
-                    "candidates fail as invalid_candidate",
-                )
-            )
-    for name in ("local_window", "global_window"):
-        spec = config.space.get(name)
-        if spec is None:
-            continue
-        domain = knob_domain(spec)
-        top = (
-            spec.high
-            if spec.domain == "int"
-            else max((v for v in domain if v is not None), default=None)
-        )
-        if top is not None and top >= config.train.seq_len:
-            warnings.append(
-                (
-                    f"space.{name}",
-                    f"a window of {echo(top)} tokens is not smaller than train.seq_len="
-                    f"{config.train.seq_len}: such a layer attends fully during training and "
-                    "is windowed only past the training length",
-                )
-            )
-    _check_rope_knobs(config, problems)
-    t = config.train
-    if t.stages:
-        for name in ("steps", "tokens"):
-            if getattr(t, name) is not None:
-                problems.append(
-                    (f"train.{name}", "with train.stages, each stage gives its own steps")
-                )
-    elif t.steps is None and t.tokens is None:
-        problems.append(("train.steps", "give a budget: train.steps or train.tokens"))
-    if t.steps is not None and t.tokens is not None:
-        problems.append(("train.tokens", "give train.steps or train.tokens, not both"))
-    if t.task_mix and any(v < 0 for v in t.task_mix.values()):
-        problems.append(("train.task_mix", "mix weights must be >= 0"))
-    if t.lm_fraction < 1 and not any(v > 0 for v in t.task_mix.values()):
-        problems.append(
-            ("train.task_mix", "lm_fraction < 1 needs at least one task with weight > 0")
-        )
-    for task, params in t.task_params.items():
-        try:
-            task_params(task, **params)
-        except ValueError as err:
-            problems.append((f"train.task_params.{task}", str(err)))
-    data_ok = _check_data(config, problems)
-    _check_tasks(config, problems)
-    _check_stages(config, problems)
-    _check_parallel(config, problems, warnings)
-    s = config.score
-    for field in ("lengths", "extrap", "mass_lengths"):
-        values = getattr(s, field)
-        if any(v < 1 for v in values):
-            problems.append((f"score.{field}", "multiples of train.seq_len must be >= 1"))
-        elif any(v > MAX_LENGTH_MULTIPLE for v in values):
-            problems.append(
-                (f"score.{field}", f"multiples of train.seq_len must be <= {MAX_LENGTH_MULTIPLE}")
-            )
-    if 1 not in s.lengths:
-        problems.append(("score.lengths", "must include 1 (accuracy at the training length)"))
-    if any(not 0 <= d <= 1 for d in s.depths):
-        problems.append(("score.depths", "depths are fractions in [0, 1]"))
-    for i, objective in enumerate(config.study.objectives):
-        if not is_score_name(objective.metric):
-            problems.append(
-                (f"study.objectives[{i}].metric", f"unknown score {objective.metric!r}")
-            )
-    if len({o.metric for o in config.study.objectives}) != len(config.study.objectives):
-        problems.append(("study.objectives", "each metric may appear once"))
-    # An objective must be a score the configured scoring produces.
-    for i, objective in enumerate(config.study.objectives):
-        path, name = f"study.objectives[{i}].metric", objective.metric
-        if is_score_name(name) and is_task_score(name):
-            _check_task_objective(config, path, name, problems)
-        bpb_m = multiple_of(name, "extrap_bpb@")
-        if bpb_m is not None and bpb_m not in s.extrap:
-            problems.append((path, f"{name} needs {bpb_m} in score.extrap"))
-    if config.scheduler.metric not in EVAL_METRICS:
-        problems.append(
-            (
-                "scheduler.metric",
-                f"{config.scheduler.metric!r} is not reported during training; "
-                f"use one of {list(EVAL_METRICS)}",
-            )
-        )
-    if config.study.sampler == "grid":
-        points = 1
-        for name, spec in config.searched.items():
-            size = grid_size(spec)
-            if size is None:
-                problems.append(
-                    (
-                        f"space.{name}",
-                        "the grid sampler needs a finite domain (choice, int, or float with step)",
-                    )
-                )
-                continue
-            points *= size
-            if points > MAX_GRID_POINTS:
-                problems.append(
-                    (f"space.{name}", f"the grid has more than {MAX_GRID_POINTS:,} points")
-                )
-                break
-    if not data_ok:
-        return  # no vocabulary, hence no model shape to check candidates against
-    # Fixed-only combinations that can never form a model.
-    fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
-    stage_problem = any(p.startswith("train.stages") for p, _ in problems)
-    if not config.searched and not stage_problem:
-        try:
-            config.candidate(fixed, path="space")
-        except InvalidCandidate as err:
-            problems.append(("space", f"impossible candidate: {err}"))
-        except ConfigError as err:
-            problems.extend(err.problems)
-    for name, knobs in config.presets.items():
-        try:
-            config.candidate(knobs, path=f"presets.{name}")
-        except ConfigError as err:  # a stage's own problems are reported once, above
-            problems.extend(p for p in err.problems if not p[0].startswith("train.stages"))
-        except InvalidCandidate:
-            pass  # shown as impossible in `ropenope space`; the trial fails with a reason
-    where = f"{config.hypotheses_from}: hypotheses" if config.hypotheses_from else "hypotheses"
-    problems.extend(
-        check_hypotheses(
-            config.hypotheses,
-            presets=list(config.presets),
-            lengths=s.lengths,
-            extrap=s.extrap,
-            mass_lengths=s.mass_lengths,
-            attention_mass=s.attention_mass,
-            path=where,
-        )
-    )
-    if config.study.adaptive and not config.hypotheses:
-        problems.append(
-            (
-                "study.repeats",
-                "adaptive seeds ({min, max}) add seeds where a hypothesis is undecided: "
-                "state hypotheses (hypotheses: or hypotheses_from:)",
-            )
-        )
-
-
-def _check_parallel(config: SweepConfig, problems: list, warnings: list) -> None:
-    """Several workers per trial: every stage's global batch must give each a row."""
-    t, workers = config.train, config.resources.workers_per_trial
-    if workers > 1:
-        batches = [("train.batch_size", t.batch_size)]
-        batches += [
-            (f"train.stages[{i}].batch_size", stage.batch_size)
-            for i, stage in enumerate(t.stages)
-            if stage.batch_size is not None
-        ]
-        for path, rows in batches:
-            if rows < workers:
-                problems.append(
-                    (
-                        "resources.workers_per_trial",
-                        f"{workers} workers share a global batch of {rows} rows ({path}): "
-                        "each worker needs at least one row",
-                    )
-                )
-    elif t.parallel == "fsdp":
-        warnings.append(
-            (
-                "train.parallel",
-                "fsdp shards across the workers of a trial; with resources.workers_per_trial: 1 "
-                "the trial trains unsharded",
-            )
-        )
-    if t.micro_batch_size is not None:
-        largest = max([t.batch_size, *(s.batch_size or 0 for s in t.stages)])
-        if t.micro_batch_size * workers >= largest:
-            warnings.append(
-                (
-                    "train.micro_batch_size",
-                    f"{t.micro_batch_size} rows per step on each of {workers} worker(s) cover "
-                    f"the largest global batch ({largest}): no gradient accumulation happens",
-                )
-            )
-
-
 def load_config_text(text: str, source: str | None = None) -> SweepConfig:
     """Validate a sweep file's text (e.g. the one a study stored). Raises ConfigError."""
     return parse_config(parse_yaml(text, source), source=source)
-
-
-_TOKEN_FILE_SUFFIXES = (".npy", ".bin")
-
-
-def _check_data(config: SweepConfig, problems: list) -> bool:
-    """Data checks; False when the vocabulary cannot be known (no model shape then)."""
-    d, m = config.data, config.model
-    if d.tokenizer.bpe is not None and d.tokenizer.file is not None:
-        problems.append(("data.tokenizer", "give bpe or file, not both"))
-        return False
-    pretokenized = d.source is not None and d.source.lower().endswith(_TOKEN_FILE_SUFFIXES)
-    if d.vocab_size is not None and not pretokenized:
-        problems.append(
-            ("data.vocab_size", "is for pre-tokenized .npy/.bin files; text gets data.tokenizer")
-        )
-    if d.vocab_size is not None and d.tokenizer.kind != "bytes":
-        problems.append(
-            ("data.vocab_size", "the tokenizer decides the vocabulary; leave data.vocab_size out")
-        )
-    if d.tokenizer.bpe is not None and pretokenized:
-        problems.append(
-            ("data.tokenizer.bpe", f"a BPE is trained on text; {d.source} is already tokens")
-        )
-    try:
-        vocab = d.vocabulary()
-    except ValueError as err:
-        problems.append(("data.tokenizer.file", str(err)))
-        return False
-    if m.vocab_size is not None and m.vocab_size < vocab.size:
-        problems.append(
-            (
-                "model.vocab_size",
-                f"{m.vocab_size} is below the data's vocabulary of {vocab.size} "
-                f"({vocab.text_size} tokenizer ids and the control tokens)",
-            )
-        )
-    return True
-
-
-def _check_tasks(config: SweepConfig, problems: list) -> None:
-    t, s, d = config.train, config.score, config.data
-    if s.tasks is not None:
-        if len(set(s.tasks)) != len(s.tasks):
-            problems.append(("score.tasks", "each task may appear once"))
-        if "task" in s.model_fields_set and s.task not in s.tasks:
-            problems.append(("score.task", f"{s.task!r} is not among score.tasks {list(s.tasks)}"))
-    for task in s.long_tasks or ():
-        if task not in s.families:
-            problems.append(("score.long_tasks", f"{task!r} is not scored; add it to score.tasks"))
-    if s.long_tasks is not None and not s.long_tasks and s.families:
-        problems.append(("score.long_tasks", "name at least one scored task"))
-    if not d.has_text_tokenizer:
-        # Ids of an unknown tokenizer: no text (keys, values, words) can be rendered.
-        if s.families:
-            problems.append(
-                (
-                    "score.tasks",
-                    "pre-tokenized data without a tokenizer cannot render task text; "
-                    "set score.tasks: [] or give data.tokenizer: {file: tokenizer.json}",
-                )
-            )
-        if t.lm_fraction < 1:
-            problems.append(
-                (
-                    "train.lm_fraction",
-                    "pre-tokenized data without a tokenizer trains on plain text only; "
-                    "set train.lm_fraction: 1",
-                )
-            )
-    if d.tokenizer.kind != "bytes":
-        # Lengths in tokens of another tokenizer are known once it exists: checked when
-        # the corpus is prepared (workers.corpus.prepare), before any trial.
-        return
-    for task in dict.fromkeys([*t.task_mix, *s.families]):
-        try:
-            need = min_length(task, **t.task_params.get(task, {}))
-        except ValueError:
-            continue
-        if need > t.seq_len + 1:
-            problems.append(
-                (
-                    "train.seq_len",
-                    f"task {task!r} needs at least {need} tokens; seq_len={t.seq_len}",
-                )
-            )
-
-
-def _check_task_objective(config: SweepConfig, path: str, name: str, problems: list) -> None:
-    s = config.score
-    task, base = split_task_score(name)
-    if task is not None and task not in s.families:
-        problems.append((path, f"{name} needs {task!r} in score.tasks"))
-        return
-    if task is None and base in (LONG_ACC, LONG_ANSWER_NLL):
-        if not s.headline_tasks:
-            problems.append((path, f"{name} needs a scored task (score.tasks is empty)"))
-    elif task is None and s.primary_task is None:
-        problems.append((path, f"{name} needs a scored task (score.tasks is empty)"))
-    if base in (LONG_ACC, LONG_ANSWER_NLL) and not any(m > 1 for m in s.lengths):
-        problems.append((path, f"{base} needs a score.lengths multiple beyond 1"))
-    for prefix in ("acc@", "answer_nll@", "token_acc@"):
-        m = multiple_of(base, prefix)
-        if m is not None and m not in s.lengths:
-            problems.append((path, f"{name} needs {m} in score.lengths"))
-
-
-def _rotary_problem(fraction: float, head_dim: int) -> str | None:
-    dims = int(head_dim * fraction)
-    if dims >= 2 and dims % 2 == 0:
-        return None
-    return (
-        f"rope_fraction={fraction:g} rotates int({head_dim} x {fraction:g}) = {dims} of "
-        f"head_dim {head_dim} dimensions; RoPE needs an even number >= 2"
-    )
-
-
-def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
-    """Partial rotary against the head size, and a factor wherever a RoPE scaling is set."""
-    m = config.model
-    if m.d_model % m.heads:
-        return
-    head_dim = m.d_model // m.heads
-    spec = config.space.get("rope_fraction")
-    if spec is not None:
-        for value in knob_domain(spec):
-            problem = _rotary_problem(value, head_dim)
-            if problem:
-                problems.append(("space.rope_fraction", problem))
-                break
-    scaling = config.space.get("rope_scaling")
-    if (
-        scaling is not None
-        and "rope_scaling_factor" not in config.space
-        and any(v != "none" for v in knob_domain(scaling))
-    ):
-        problems.append(
-            (
-                "space.rope_scaling_factor",
-                "required when rope_scaling can be linear, ntk or yarn (a factor >= 1)",
-            )
-        )
-
-
-def _check_stages(config: SweepConfig, problems: list) -> None:
-    """``train.stages``: each stage's data fits its length, and its knob overrides are values
-    that keep every weight (a stage may change how layers attend, not which weights exist)."""
-    t = config.train
-    if not t.stages:
-        return
-    plans = t.stage_plans()
-    head_dim = config.model.d_model // config.model.heads
-    if t.stages[0].knobs:
-        problems.append(
-            (
-                "train.stages[0].knobs",
-                "the first stage trains the candidate's own knobs; fix them in space:",
-            )
-        )
-    for i, plan in enumerate(plans):
-        path = f"train.stages[{i}]"
-        if any(v < 0 for v in plan.task_mix.values()):
-            problems.append((f"{path}.task_mix", "mix weights must be >= 0"))
-        if plan.lm_fraction < 1 and not any(v > 0 for v in plan.task_mix.values()):
-            problems.append(
-                (f"{path}.task_mix", "lm_fraction < 1 needs at least one task with weight > 0")
-            )
-        for task in plan.task_mix:
-            try:
-                need = min_length(task, **t.task_params.get(task, {}))
-            except ValueError:
-                continue
-            if need > plan.seq_len + 1:
-                problems.append(
-                    (
-                        f"{path}.seq_len",
-                        f"task {task!r} needs at least {need} tokens; seq_len={plan.seq_len}",
-                    )
-                )
-        if i == 0:
-            continue
-        for name, value in plan.knobs.items():
-            where = f"{path}.knobs.{name}"
-            if name not in KNOB_NAMES:
-                problems.append((where, f"unknown knob; expected one of {list(KNOB_NAMES)}"))
-            elif isinstance(value, Mapping):
-                problems.append((where, "a stage fixes knob values; search them in space:"))
-            elif name in SHAPE_KNOBS:
-                problems.append((where, "a stage cannot change parameter shapes"))
-            else:
-                try:
-                    checked = check_value(name, value, where)
-                except ConfigError as err:
-                    problems.extend(err.problems)
-                    continue
-                if name == "rope_fraction" and (problem := _rotary_problem(checked, head_dim)):
-                    problems.append((where, problem))
-    if any(p.startswith("train.stages") for p, _ in problems):
-        return
-    _check_stage_layouts(config, plans, problems)
-
-
-def _check_stage_layouts(config: SweepConfig, plans: tuple[StagePlan, ...], problems: list) -> None:
-    """No override may add or drop QK-norm weights or sink logits on any layer, for any
-    candidate the space or a preset can make (the candidate's own check is the backstop)."""
-    n_layers = config.model.layers
-    domains: dict[str, tuple[Any, ...]] = {}
-    for name in LAYOUT_KNOBS:
-        spec = config.space.get(name)
-        values = knob_domain(spec) if spec is not None else ()
-        if spec is None or spec.when:  # inactive conditional knobs keep their default
-            values = (*values, KNOB_DEFAULTS[name])
-        domains[name] = tuple(dict.fromkeys(values))
-    bases = [{**KNOB_DEFAULTS, **combo} for combo in layout_knob_values(domains) or []]
-    bases += [{**KNOB_DEFAULTS, **knobs} for knobs in config.presets.values()]
-    overrides: dict[str, Any] = {}
-    for i, plan in enumerate(plans[1:], start=1):
-        overrides.update(plan.knobs)
-        if not set(overrides) & set(LAYOUT_KNOBS):
-            continue
-        for base in bases:
-            try:
-                changed = layout_changes(base, overrides, n_layers)
-            except ValueError:  # a preset with a malformed value: reported on its own
-                continue
-            if changed:
-                key = changed[0]
-                where = f"train.stages[{i}].knobs" + ("" if key == "*" else f".{key}")
-                layout = ", ".join(f"{k}={base[k]}" for k in LAYOUT_KNOBS)
-                problems.append(
-                    (
-                        where,
-                        "changes parameter shapes, so the weights cannot carry over: with "
-                        f"{layout}, {describe_layout_change(base, overrides, n_layers)}",
-                    )
-                )
-                break
 
 
 def load_config(path: str | Path) -> SweepConfig:

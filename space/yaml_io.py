@@ -19,6 +19,7 @@ a dot are numbers here. Values echoed in messages are cut to :data:`ECHO_CHARS`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,12 @@ def read_yaml_file(path: str | Path) -> tuple[Any, str]:
             source,
         ) from None
     return parse_yaml(text, source), text
+
+
+def frozen(value: Any) -> Any:
+    """YAML lists as tuples, all the way down: the schema's models are frozen and strict."""
+    if isinstance(value, Mapping):
+        return {k: frozen(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(frozen(v) for v in value)
+    return value

@@ -195,6 +195,46 @@ def handicap_runner(config: Any, candidate: Any, **kwargs: Any) -> Any:
     return run_candidate(config, candidate, on_eval=on_eval, **kwargs)
 
 
+# Per seed, the gap between the all-NoPE candidate's extrap_bpb@2x and its short_bpb under
+# seed_effect_runner: it averages about zero (a hypothesis with no effect).
+NULL_GAP_BY_SEED = {0: 0.05, 1: -0.05, 2: 0.02, 3: -0.03, 4: 0.01}
+NOPE_SHORT_BPB_HANDICAP = 100.0  # bits per byte: a large effect, decided at the first look
+
+
+def seed_effect_runner(
+    config: Any, candidate: Any, *, slow_seeds: tuple[int, ...] = (), **kwargs: Any
+) -> Any:
+    """run_candidate with two known effects on the all-NoPE candidate's scores: short_bpb
+    ``NOPE_SHORT_BPB_HANDICAP`` bits worse (large), and extrap_bpb@2x equal to that
+    short_bpb plus ``NULL_GAP_BY_SEED[seed]`` (none). A seed in ``slow_seeds`` sleeps
+    after each evaluation (its checkpoint is saved), so a test can kill the driver
+    while it trains."""
+    from workers.candidate import run_candidate
+    from workers.layout import SCORES_FILE, write_atomic
+
+    seed = kwargs["seed"]
+    if seed in slow_seeds:
+        inner = kwargs.pop("on_eval")
+
+        def on_eval(metrics: dict) -> Any:
+            out = inner(metrics)
+            time.sleep(20.0)
+            return out
+
+        kwargs["on_eval"] = on_eval
+    result = run_candidate(config, candidate, **kwargs)
+    if result.status == "complete" and _is_all_nope(candidate):
+        short = result.scores["short_bpb"] + NOPE_SHORT_BPB_HANDICAP
+        result.scores = {
+            **result.scores,
+            "short_bpb": short,
+            "extrap_bpb@2x": short + NULL_GAP_BY_SEED[seed],
+        }
+        out_dir = kwargs["out_dir"]
+        write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), default=str))
+    return result
+
+
 # -- MLflow -------------------------------------------------------------------------
 
 

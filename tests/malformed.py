@@ -130,12 +130,12 @@ def _cases() -> list[Case]:
     add(
         "objective_bad_direction",
         _with("study.objectives", [{"metric": "long_acc", "direction": "up"}]),
-        "study.objectives.0.direction",
+        "study.objectives[0].direction",
     )
     add(
         "objective_missing_direction",
         _with("study.objectives", [{"metric": "long_acc"}]),
-        "study.objectives.0.direction",
+        "study.objectives[0].direction",
     )
     add(
         "objective_twice",

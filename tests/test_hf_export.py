@@ -2,8 +2,9 @@
 with ``AutoModelForCausalLM`` and compared with our model (logits and greedy generation).
 
 Every layout runs with GQA, random weights and non-trivial norm gains, on sequences longer
-than its largest window (and past its temperature floor), so a layer wired to the wrong
-window, base, norm or head shows up. Stock layouts load without remote code; the ones no stock
+than its largest window or chunk (and past its temperature floor and its RoPE scaling's
+original length), so a layer wired to the wrong window, chunk, base, scaling, norm, sink or head
+shows up. Stock layouts load without remote code; the ones no stock
 class expresses load from the folder's own ``modeling_ropenope.py``.
 """
 
@@ -19,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from space.expand import build_candidate  # noqa: E402
 from space.layers import ModelShape  # noqa: E402
 from space.presets import BUILTIN_PRESETS  # noqa: E402
+from space.stages import StagePlan  # noqa: E402
 from space.vocab import DOC, NEEDLE_CLOSE, NEEDLE_OPEN, PAD, VOCAB_SIZE  # noqa: E402
 from workers import tokens  # noqa: E402
 from workers.decoding import greedy_decode  # noqa: E402
@@ -29,7 +31,15 @@ from workers.hf_export import (  # noqa: E402
     check_export,
     export_candidate,
 )
-from workers.hf_layout import LLAMA, QWEN3, SMOLLM3, NotExpressible, stock_layout  # noqa: E402
+from workers.hf_layout import (  # noqa: E402
+    LLAMA,
+    LLAMA4,
+    PHI3,
+    QWEN3,
+    SMOLLM3,
+    stock_layout,
+)
+from workers.hf_reasons import NotExpressible  # noqa: E402
 from workers.model import HybridTransformer  # noqa: E402
 
 # Six layers, so gemma3_like's 5:1 pattern has its global layer; two KV heads for four heads.
@@ -46,8 +56,9 @@ EXPECTED = {
     "rnope_swa": SMOLLM3,
     "rnope": SMOLLM3,
     "gemma3_like": None,  # two RoPE bases
-    "llama4_like": None,  # NoPE query temperature
-    "gptoss_like": SMOLLM3,
+    "llama4_like": None,  # chunked local attention, NoPE query temperature
+    "gptoss_like": None,  # learned attention sinks
+    "cohere2_like": SMOLLM3,
 }
 
 
@@ -59,8 +70,10 @@ def random_weights(candidate, seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = HybridTransformer(candidate.shape, candidate.layers)
     with torch.no_grad():  # norm gains away from 1, so a misplaced or missing norm shows
-        for p in model.parameters():
-            if p.dim() == 1:
+        for name, p in model.named_parameters():
+            if name.endswith("sinks"):  # sinks that take from none to most of the mass
+                p.copy_(2 * torch.randn_like(p))
+            elif p.dim() == 1:
                 p.copy_(1 + 0.3 * torch.randn_like(p))
             else:
                 p.mul_(4.0)  # sharper attention than init, so masks matter
@@ -68,18 +81,21 @@ def random_weights(candidate, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def ours(candidate, weights) -> HybridTransformer:
-    model = HybridTransformer(candidate.shape, candidate.layers)
+    """Our model as the weights were last trained: the last stage's layers."""
+    model = HybridTransformer(candidate.shape, candidate.final_layers)
     model.load_state_dict(weights)
     return model.eval()
 
 
 def longest_span(candidate) -> int:
     spans = [16]
-    for spec in candidate.layers:
+    for spec in candidate.final_layers:
         if spec.window_tokens is not None:
             spans.append(spec.window_tokens)
         if spec.temperature is not None:
             spans.append(spec.temperature.floor_tokens)
+        if spec.rope_scaling is not None and spec.rope_scaling.original_tokens:
+            spans.append(spec.rope_scaling.original_tokens)
     return max(spans)
 
 
@@ -117,6 +133,10 @@ def assert_same_model(result, model, candidate, *, remote: bool) -> None:
         )
         mine = greedy_decode(model, prompt, 12)
     assert theirs[0, prompt.shape[1] :].tolist() == mine[0].tolist()
+
+
+def test_hf_export_expected_names_every_shipped_preset():
+    assert set(EXPECTED) == set(BUILTIN_PRESETS)
 
 
 @pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is not None])
@@ -195,6 +215,329 @@ def test_hf_export_remote_code_handles_left_padded_batches(tmp_path):
         )
         for row, prompt in enumerate((short, long)):
             assert out[row, 75:].tolist() == greedy_decode(model, prompt, 6)[0].tolist()
+
+
+# ---------------------------------------------------------------- the knobs of issue 17
+
+# Candidates with the new knobs that a stock class reproduces, and the class (checked below).
+STOCK_NEW_KNOBS = {
+    "linear": ({"rope_scaling": "linear", "rope_scaling_factor": 4}, LLAMA),
+    "yarn": (
+        {
+            "rope_scaling": "yarn",
+            "rope_scaling_factor": 8,
+            "rope_scaling_original_tokens": 16,
+            "rope_scaling_beta_fast": 8,
+            "rope_scaling_beta_slow": 2,
+            "rope_scaling_attention_factor": 1.3,
+        },
+        LLAMA,
+    ),
+    "yarn_qknorm_swa": (
+        {
+            "qk_norm": "pre_rope",
+            "global_every": 2,
+            "local_window": 9,
+            "rope_scaling": "yarn",
+            "rope_scaling_factor": 4,
+            "rope_scaling_original_tokens": 16,
+        },
+        QWEN3,
+    ),
+    "linear_rnope_swa": (
+        {
+            "global_every": 3,
+            "global_position": "nope",
+            "local_window": 9,
+            "rope_scaling": "linear",
+            "rope_scaling_factor": 2,
+        },
+        SMOLLM3,
+    ),
+    "partial_rotary": ({"rope_fraction": 0.5}, PHI3),
+    "partial_rotary_swa": ({"global_every": 0, "local_window": 7, "rope_fraction": 0.25}, PHI3),
+    "chunked_rnope": (
+        {"global_every": 3, "global_position": "nope", "local_window": 16,
+         "local_attention": "chunked"},
+        LLAMA4,
+    ),
+    "chunked_rope_yarn": (
+        {"global_every": 2, "global_rope_base": 10000.0, "local_window": 16,
+         "local_attention": "chunked", "rope_scaling": "yarn", "rope_scaling_factor": 4,
+         "rope_scaling_original_tokens": 16},
+        LLAMA4,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STOCK_NEW_KNOBS))
+def test_hf_export_new_knob_loads_as_its_stock_class_and_matches(name, tmp_path):
+    knobs, architecture = STOCK_NEW_KNOBS[name]
+    candidate = build_candidate({"kv_heads": 2, **knobs}, SHAPE, TRAIN_LEN)
+    result, model = export(candidate, tmp_path)
+    assert result.architecture == architecture and not result.remote_code
+    assert not any(f.endswith(".py") for f in result.files)
+    config = json.loads((result.out_dir / "config.json").read_text())
+    rope = config["rope_parameters"]
+    scaling = candidate.layers[0].rope_scaling
+    if scaling is None:
+        assert rope["rope_type"] == "default"
+    else:  # every field the rope-init function reads, none left to a default
+        assert rope["rope_type"] == scaling.kind.value and rope["factor"] == scaling.factor
+        if scaling.kind.value == "yarn":
+            assert rope["original_max_position_embeddings"] == scaling.original_tokens
+            assert (rope["beta_fast"], rope["beta_slow"]) == (scaling.beta_fast, scaling.beta_slow)
+            assert rope["attention_factor"] == pytest.approx(scaling.attention_factor)
+            assert rope["truncate"] is True
+            # YaRN's extended context, so Hugging Face does not call the config inconsistent
+            assert config["max_position_embeddings"] == scaling.factor * scaling.original_tokens
+    if architecture == PHI3:
+        assert rope["partial_rotary_factor"] == knobs["rope_fraction"]
+    if architecture == LLAMA4:
+        assert config["moe_layers"] == [] and not config["attn_temperature_tuning"]
+        assert config["attention_chunk_size"] == knobs["local_window"]
+        assert config["layer_types"] == [
+            "chunked_attention" if s.window_tokens else "full_attention" for s in candidate.layers
+        ]
+        assert config["no_rope_layers"] == [
+            int(s.position.value == "rope") for s in candidate.layers
+        ]
+    assert_same_model(result, model, candidate, remote=False)
+
+
+def test_hf_layout_refuses_the_new_knobs_no_stock_class_reproduces():
+    cases = {
+        "attention_sink=learned": {"attention_sink": "learned"},
+        "rope_scaling=ntk": {"rope_scaling": "ntk", "rope_scaling_factor": 4},
+        "rope_scaling_layers=global": {"global_every": 2, "rope_scaling": "linear",
+                                       "rope_scaling_factor": 2, "rope_scaling_layers": "global"},
+        "rope_fraction=0.5 with NoPE layers [1, 3, 5]": {"global_every": 2,
+                                                          "global_position": "nope",
+                                                          "rope_fraction": 0.5},
+        "rope_fraction=0.5 with qk_norm=pre_rope": {"qk_norm": "pre_rope", "rope_fraction": 0.5},
+        "rope_fraction=0.5 with rope_scaling=linear": {"rope_fraction": 0.5,
+                                                       "rope_scaling": "linear",
+                                                       "rope_scaling_factor": 2},
+        "local_attention=chunked (chunks of 8 on layers [0, 2, 4]) with qk_norm=pre_rope": {
+            "global_every": 2, "local_window": 8, "local_attention": "chunked",
+            "qk_norm": "pre_rope"},
+        "local_attention=chunked (chunks of 8 on layers [0, 2, 4]) with sliding windows on "
+        "layers [1, 3, 5]": {"global_every": 2, "local_window": 8, "local_attention": "chunked",
+                             "global_window": 8},
+        "global_temperature=log": {"global_every": 2, "global_position": "nope",
+                                   "local_window": 8, "local_attention": "chunked",
+                                   "global_temperature": "log"},
+    }  # fmt: skip
+    for expected, knobs in cases.items():
+        candidate = build_candidate(knobs, SHAPE, TRAIN_LEN)
+        with pytest.raises(NotExpressible) as err:
+            stock_layout(
+                candidate.shape, candidate.layers, candidate.knobs, max_position_embeddings=64
+            )
+        assert expected in str(err.value), (expected, str(err.value))
+        assert err.value.remote_code_possible
+
+
+# Every knob of issue 17 on one candidate: chunked local layers beside sliding global ones, sinks
+# on every layer, partial rotary, two bases, a RoPE scaling on the global layers only, and a
+# learned QK-norm after RoPE on the local layers (none of it in one stock class).
+EVERY_NEW_KNOB = {
+    "global_every": 3,
+    "global_position": "rope",
+    "local_rope_base": 500.0,
+    "global_rope_base": 10000.0,
+    "local_window": 7,
+    "local_attention": "chunked",
+    "global_window": 19,
+    "attention_sink": "learned",
+    "rope_fraction": 0.5,
+    "rope_scaling_factor": 4,
+    "rope_scaling_layers": "global",
+    "rope_scaling_original_tokens": 16,
+    "qk_norm": "post_rope",
+    "qk_norm_layers": "local",
+    "kv_heads": 2,
+}
+
+
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn"])
+def test_hf_export_remote_code_reproduces_every_new_knob_at_once(scaling, tmp_path):
+    candidate = build_candidate({**EVERY_NEW_KNOB, "rope_scaling": scaling}, SHAPE, TRAIN_LEN)
+    layers = candidate.layers
+    assert {s.window_kind.value for s in layers if s.window_tokens} == {"chunked", "sliding"}
+    assert all(s.attention_sink.value == "learned" for s in layers)
+    assert [s.index for s in layers if s.rope_scaling] == [2, 5]
+    with pytest.raises(NotExpressible):
+        export(candidate, tmp_path)
+    result, model = export(candidate, tmp_path, remote_code=True)
+    assert result.remote_code and result.check_tokens > 2 * 19  # past the window and 16
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(result.out_dir), trust_remote_code=True
+    )
+    sinks = hf.state_dict()["model.layers.1.self_attn.sinks"]
+    torch.testing.assert_close(sinks, model.blocks[1].attn.sinks.detach())  # trained, not zeros
+    # generation runs from 22 to 34 tokens through the cache: every step past the scaling's
+    # original 16 (NTK's frequencies change with each one) and across chunk boundaries
+    assert_same_model(result, model, candidate, remote=True)
+
+
+def test_hf_export_remote_code_left_padding_with_chunks_sinks_and_ntk(tmp_path):
+    """Each row's chunks, NTK length and positions count its own tokens, not the padding."""
+    candidate = build_candidate({**EVERY_NEW_KNOB, "rope_scaling": "ntk"}, SHAPE, TRAIN_LEN)
+    result, model = export(candidate, tmp_path, remote_code=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(result.out_dir), trust_remote_code=True
+    ).eval()
+    gen = torch.Generator().manual_seed(5)
+    short, long = (torch.randint(0, 256, (1, n), generator=gen) for n in (23, 41))
+    batch = torch.full((2, 41), PAD)
+    batch[0, 18:], batch[1] = short[0], long[0]
+    mask = (batch != PAD).long()
+    mask[1] = 1
+    with torch.no_grad():
+        logits = hf(input_ids=batch, attention_mask=mask).logits
+        torch.testing.assert_close(logits[0, 18:], model(short)[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(logits[1], model(long)[0], atol=1e-4, rtol=0)
+        out = hf.generate(
+            batch, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None
+        )
+        for row, prompt in enumerate((short, long)):
+            assert out[row, 41:].tolist() == greedy_decode(model, prompt, 8)[0].tolist()
+
+
+def two_stage(knobs: dict, later: dict) -> object:
+    plan = dict(batch_size=8, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
+                task_mix={"passkey": 1.0}, lm_fraction=0.25)  # fmt: skip
+    stages = (
+        StagePlan(steps=10, seq_len=TRAIN_LEN, **plan),
+        StagePlan(steps=5, seq_len=4 * TRAIN_LEN, **plan, knobs=later),
+    )
+    return build_candidate({"kv_heads": 2, **knobs}, SHAPE, TRAIN_LEN, stages=stages)
+
+
+def test_hf_export_two_stage_candidate_exports_its_last_stage(tmp_path):
+    """The paper's baseline: trained short, then long with the base raised and a YaRN scaling.
+    The export is the model the weights were last trained and scored as."""
+    later = {"global_rope_base": 1e6, "rope_scaling": "yarn", "rope_scaling_factor": 4}
+    candidate = two_stage({"global_every": 1}, later)
+    assert candidate.layers[0].rope_base == 1e4 and candidate.final_layers[0].rope_base == 1e6
+    result, model = export(candidate, tmp_path)
+    assert result.architecture == LLAMA
+    rope = json.loads((result.out_dir / "config.json").read_text())["rope_parameters"]
+    assert rope["rope_theta"] == 1e6 and rope["rope_type"] == "yarn"
+    assert rope["original_max_position_embeddings"] == TRAIN_LEN
+    assert_same_model(result, model, candidate, remote=False)
+    # the first stage's layers are another model: exporting them would have failed the check
+    first = HybridTransformer(candidate.shape, candidate.layers).eval()
+    first.load_state_dict(model.state_dict())
+    idx = torch.randint(0, VOCAB_SIZE, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (first(idx) - model(idx)).abs().max() > 1e-2
+
+
+def test_hf_export_two_stage_remote_code_candidate_exports_its_last_stage(tmp_path):
+    """llama4_like, then a long stage with NTK scaling on its chunked RoPE layers."""
+    later = {"rope_scaling": "ntk", "rope_scaling_factor": 4, "rope_scaling_layers": "local"}
+    candidate = two_stage(dict(BUILTIN_PRESETS["llama4_like"]), later)
+    assert all(s.rope_scaling is None for s in candidate.layers)
+    with pytest.raises(NotExpressible, match="rope_scaling=ntk"):
+        export(candidate, tmp_path)
+    result, model = export(candidate, tmp_path, remote_code=True)
+    specs = json.loads((result.out_dir / "config.json").read_text())["layer_specs"]
+    assert specs == [s.to_dict() for s in candidate.final_layers]
+    assert_same_model(result, model, candidate, remote=True)
+
+
+def test_hf_card_shows_the_last_stage_and_the_new_knobs():
+    from workers.hf_card import CardFacts, render_card
+
+    later = {"global_rope_base": 1e6, "rope_scaling": "yarn", "rope_scaling_factor": 4}
+    candidate = two_stage(dict(BUILTIN_PRESETS["gptoss_like"], rope_fraction=0.5), later)
+    facts = CardFacts(study="s", trial=3, seed=0, step=15, seq_len=TRAIN_LEN,
+                      architecture="RopenopeForCausalLM", remote_code=True, scores={})  # fmt: skip
+    card = render_card(candidate, facts)
+    header = next(line for line in card.splitlines() if line.startswith("| layer |"))
+    assert header == (
+        "| layer | kind | position | RoPE base | window | QK-norm | temperature | rotary dims "
+        "| RoPE scaling | sink |"
+    )
+    rows = [line for line in card.splitlines() if line.startswith("| 1 |")]
+    # layer 1 is global: the second stage's base and scaling, half of each 8-dim head turning
+    assert rows == [
+        "| 1 | global | rope | 1000000 | - | none | - | 4 of 8 | yarn x4 from 32, beta 32/1, "
+        "attention x1.139 | learned |"
+    ]
+    assert "last of 2 training stages" in card and "attention-sinks" in card
+    plain = render_card(preset("rope"), facts)
+    assert "rotary dims" not in plain and "training stages" not in plain  # only where used
+
+
+def test_hf_dynamic_rope_is_not_our_ntk_so_ntk_needs_remote_code():
+    """Why ``rope_scaling: ntk`` is refused for stock classes (HF ``dynamic``): a forward after a
+    longer one keeps the longer one's frequencies. If HF ever matches, NTK can go stock."""
+    from workers.hf_export import hf_state_dict
+
+    knobs = {"kv_heads": 2, "rope_scaling": "ntk", "rope_scaling_factor": 4,
+             "rope_scaling_original_tokens": 16}  # fmt: skip
+    candidate = build_candidate(knobs, SHAPE, TRAIN_LEN)
+    weights = random_weights(candidate)
+    model = ours(candidate, weights)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=SHAPE.d_model,
+        intermediate_size=SHAPE.mlp_hidden,
+        num_hidden_layers=SHAPE.n_layers,
+        num_attention_heads=SHAPE.n_heads,
+        num_key_value_heads=2,
+        head_dim=SHAPE.head_dim,
+        rms_norm_eps=SHAPE.norm_eps,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0},
+        max_position_embeddings=16,  # HF dynamic's original length
+        tie_word_embeddings=True,
+    )
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.load_state_dict(hf_state_dict(weights), strict=False)
+    idx = torch.randint(0, VOCAB_SIZE, (1, 120), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=idx).logits, model(idx), atol=1e-4, rtol=0)
+        later = (hf(input_ids=idx[:, :70]).logits - model(idx[:, :70])).abs().max()
+    assert later > 1e-3
+
+
+def test_hf_llama4_temperature_counts_padding_so_temperature_needs_remote_code(tmp_path):
+    """Why ``global_temperature`` is refused for the dense Llama4 layout that takes chunks: it
+    matches unpadded, but a left-padded row's NoPE queries are scaled by padded positions."""
+    from workers.hf_layout import LLAMA4 as llama4
+
+    candidate = preset("llama4_like")
+    no_temperature = preset("llama4_like", global_temperature="none")
+    weights = random_weights(candidate)
+    layout = stock_layout(
+        no_temperature.shape,
+        no_temperature.layers,
+        max_position_embeddings=256,
+        special_tokens={"pad_token_id": PAD},
+    )
+    assert layout.architecture == llama4
+    t = next(s.temperature for s in candidate.layers if s.temperature)
+    fields = {k: v for k, v in layout.config.items() if k != "model_type"}
+    fields.update(attn_temperature_tuning=True, floor_scale=t.floor_tokens, attn_scale=t.scale)
+    config = transformers.AutoConfig.for_model(layout.model_type, **fields)
+    hf = transformers.Llama4ForCausalLM(config).eval()
+    from workers.hf_export import hf_state_dict
+
+    hf.load_state_dict(hf_state_dict(weights, llama4, candidate.shape), strict=False)
+    model = ours(candidate, weights)
+    gen = torch.Generator().manual_seed(5)
+    short, long = (torch.randint(0, 256, (1, n), generator=gen) for n in (40, 75))
+    batch = torch.full((2, 75), PAD)
+    batch[0, 35:], batch[1] = short[0], long[0]
+    mask = (batch != PAD).long()
+    mask[1] = 1
+    with torch.no_grad():
+        logits = hf(input_ids=batch, attention_mask=mask).logits
+        torch.testing.assert_close(logits[1], model(long)[0], atol=1e-4, rtol=0)  # unpadded
+        assert (logits[0, 35:] - model(short)[0]).abs().max() > 1e-3  # padded
 
 
 def test_hf_layout_refusals_name_the_knob_and_its_value():

@@ -22,11 +22,12 @@ from space.schema import load_config_text
 from workers.attention_mass import attention_mass
 from workers.corpus import prepare
 from workers.decoding import Decoder, greedy_decode
+from workers.examples import Example
 from workers.kv_cache import LayerCache
 from workers.model import HybridTransformer
 from workers.scores import answer_correct
 from workers.serving_cost import kv_cache_bytes
-from workers.tasks import Example, render
+from workers.tasks import render
 
 EXTRA_PRESETS = [
     {

@@ -1,5 +1,6 @@
 """The MLflow UI a user lands on, rendered by a headless Chromium (Debian's ``chromium``, which
-``make test`` installs when missing), and the model registry on a tracking server.
+``make test`` installs when missing; driven by tests/browser.py), and the model registry on a
+tracking server.
 
 The study is made with the tracking API (an Optuna study with three COMPLETE trials, then
 ``sync_study``, as ``ropenope sync`` does); ``ropenope ui`` serves it and prints the address;
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from browser import distinct_colours, dump_dom, ink_fraction, screenshot
 from engines import REPO, free_port
 from mlflow import MlflowClient
 
@@ -40,7 +42,6 @@ from tracking.runs_view import VIEW_KEY
 from tracking.sync import sync_study
 from tracking.tracker import Tracker
 
-CHROMIUM = Path("/usr/bin/chromium")
 STUDY = "review"
 TRIALS = [  # knobs, (long_acc, short_bpb, kv_cache_bytes)
     ({"global_every": 1}, (0.2, 2.3, 4e6)),
@@ -129,34 +130,6 @@ def ui(store):
             proc.wait(timeout=10)
 
 
-def render(url: str, profile: Path, budget_ms: int) -> str:
-    """The page's DOM after its JavaScript ran for ``budget_ms`` of virtual time."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
-    done = subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--window-size=1600,1000",
-            f"--virtual-time-budget={budget_ms}",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def test_ui_opens_on_the_runs_table_with_every_trial_run(store, ui, tmp_path):
     address = ui["address"]
     assert address.startswith(ui["base"] + "/#/experiments/")
@@ -166,9 +139,9 @@ def test_ui_opens_on_the_runs_table_with_every_trial_run(store, ui, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     trial_runs = [r.info.run_name for r in runs if r.data.tags.get("run_kind") == "trial"]
     assert len(trial_runs) == len(TRIALS)
-    dom = ""
+    dom, budget = "", 0
     for attempt, budget in enumerate((20_000, 60_000)):  # a loaded machine renders slowly
-        dom = render(address, tmp_path / f"profile{attempt}", budget)
+        dom = dump_dom(address, tmp_path / f"profile{attempt}", budget)
         if all(name in dom for name in trial_runs):
             break
     missing = [name for name in trial_runs if name not in dom]
@@ -176,6 +149,9 @@ def test_ui_opens_on_the_runs_table_with_every_trial_run(store, ui, tmp_path):
     assert 'role="grid"' in dom or 'role="treegrid"' in dom  # the runs table itself
     assert "COMPLETE trials ranked" in dom  # the study's description, above the table
     assert "Pareto front" in dom
+    # The first screen as a person sees it: the page drew, not a blank or an error page.
+    pixels = screenshot(address, tmp_path / "mlflow-ui.png", tmp_path / "shot", budget)
+    assert ink_fraction(pixels) > 0.03 and distinct_colours(pixels) > 200
 
 
 def test_registry_on_a_tracking_server_links_the_version_to_the_run(store, ui, tmp_path):

@@ -227,3 +227,27 @@ def test_pareto_table_write_all_formats(tmp_path):
         "pareto.png",
     ]
     assert all(p.stat().st_size > 0 for p in written.values())
+
+
+def test_human_bytes_binary_units_and_missing_values():
+    from space.units import human_bytes
+
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(2_500_000) == "2.38 MiB"
+    assert human_bytes(3 * 2**30) == "3 GiB"
+    assert human_bytes(float("nan")) == "-"
+
+
+def test_pareto_png_byte_axis_ticks_at_round_binary_units():
+    from matplotlib.figure import Figure
+
+    from tracking.pareto_plots import _bytes_axis
+
+    ax = Figure().add_subplot()
+    ax.scatter([0, 1], [1.2e6, 4e6])
+    _bytes_axis(ax.yaxis, ax.get_ylim(), ax.get_yscale())
+    labels = [ax.yaxis.get_major_formatter()(t, 0) for t in ax.get_yticks()]
+    assert labels and all(label.endswith(" MiB") for label in labels)
+    assert all(
+        float(label.split()[0]) * 2 == round(float(label.split()[0]) * 2) for label in labels
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from engines import free_port
 
-from search import remote
+from search import jobs, remote
 from search.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,10 +24,10 @@ def parse(*argv: str):
 
 
 def test_remote_only_http_addresses_go_to_the_jobs_api():
-    assert remote.is_jobs_address("http://head:8265")
-    assert remote.is_jobs_address("https://ray.example:443")
+    assert jobs.is_jobs_address("http://head:8265")
+    assert jobs.is_jobs_address("https://ray.example:443")
     for address in (None, "", "auto", "head:6379", "ray://head:10001"):
-        assert not remote.is_jobs_address(address)
+        assert not jobs.is_jobs_address(address)
 
 
 def test_remote_forwards_sweep_options_but_not_submission_ones():
@@ -84,13 +84,11 @@ def test_remote_job_env_warns_about_loopback_store_urls():
 
 
 def test_remote_auth_header_from_token_or_token_file(tmp_path):
-    assert remote.auth_headers({"RAY_AUTH_TOKEN": "abc"}) == {"Authorization": "Bearer abc"}
+    assert jobs.auth_headers({"RAY_AUTH_TOKEN": "abc"}) == {"Authorization": "Bearer abc"}
     path = tmp_path / "token"
     path.write_text("xyz\n")
-    assert remote.auth_headers({"RAY_AUTH_TOKEN_PATH": str(path)}) == {
-        "Authorization": "Bearer xyz"
-    }
-    assert remote.auth_headers({}) == {}
+    assert jobs.auth_headers({"RAY_AUTH_TOKEN_PATH": str(path)}) == {"Authorization": "Bearer xyz"}
+    assert jobs.auth_headers({}) == {}
 
 
 def test_remote_submit_refuses_a_sweep_file_outside_the_uploaded_folder(tmp_path, capsys):

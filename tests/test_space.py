@@ -485,7 +485,7 @@ def test_cli_space_bad_file_exits_nonzero_without_traceback(tmp_path):
 def test_config_task_names_match_the_task_rules():
     from typing import get_args
 
-    from space.schema import TaskName
+    from space.sections import TaskName
     from space.tasks import TASKS
 
     assert get_args(TaskName) == TASKS

@@ -9,14 +9,13 @@ import torch
 from space.vocab import CLOSE_OFFSET, OPEN_OFFSET, QUERY_OFFSET, SEP_OFFSET
 from workers.batches import make_batch
 from workers.data import load_corpus
+from workers.examples import example_seed, segment_labels
 from workers.tasks import (
     SEGMENTS,
     TASKS,
     answer_len,
-    example_seed,
     min_length,
     render,
-    segment_labels,
     task_params,
 )
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer, train_bpe

@@ -911,3 +911,35 @@ def test_cli_ui_serves_the_study_store_and_prints_its_url(tmp_path, config, serv
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_background_calls_a_silent_server_stuck_sooner_than_a_slow_one(monkeypatch):
+    """A call in flight is "stuck" after FIRST_ANSWER_STUCK_AFTER_S while nothing has come
+    back in this process (a server that never answered), after STUCK_AFTER_S once one call
+    has (a server known to answer, maybe slowly)."""
+    from tracking import background
+
+    monkeypatch.setattr(background, "FIRST_ANSWER_STUCK_AFTER_S", 0.2)
+    monkeypatch.setattr(background, "STUCK_AFTER_S", 1.0)
+    release = threading.Event()
+
+    silent = background.Background("test-silent")
+    hung = silent.submit(release.wait)
+    time.sleep(0.4)
+    assert silent.stuck and not hung.done()
+    started = time.monotonic()
+    assert silent.drain(timeout_s=30) is False  # gives up at once, not after 30 s
+    assert time.monotonic() - started < 0.5
+    release.set()
+    assert hung.result(timeout=5) is True and silent.drain(timeout_s=5)
+
+    release.clear()
+    slow = background.Background("test-slow")
+    assert slow.wait(slow.submit(lambda: "answered"), timeout_s=5) == "answered"
+    late = slow.submit(release.wait)
+    time.sleep(0.4)
+    assert not slow.stuck  # a server that answered before gets the longer grace
+    time.sleep(0.8)
+    assert slow.stuck and slow.wait(late, timeout_s=30) is None
+    release.set()
+    assert late.result(timeout=5) is True

@@ -31,6 +31,7 @@ import numpy as np
 
 from space.knobs import KNOB_DEFAULTS
 from space.names import multiple_of
+from space.outcomes import RERUN_REASONS
 from tracking.records import COMPLETE, FINISHED_STATES, TrialRecord, as_float, study_records
 from tracking.stats import Spread
 
@@ -104,7 +105,8 @@ class CandidateSummary:
     attention_mass: Mapping[str, Any] = field(default_factory=dict)
     not_complete: Mapping[str, int] = field(default_factory=dict)  # "FAIL: diverged" -> 2
     aliases: tuple[str, ...] = ()  # other preset names that resolved to the same candidate
-    spent_seeds: tuple[Any, ...] = ()  # run keys of finished runs, complete or not
+    spent_seeds: tuple[Any, ...] = ()  # run keys of finished runs, complete or not (not
+    # those a dead driver or worker ended: they run again)
     pending_seeds: tuple[Any, ...] = ()  # run keys of runs still queued or running
 
     @property
@@ -240,7 +242,13 @@ def _summarise(cid: str, group: list[TrialRecord], notes: list[str]) -> Candidat
     used: list[TrialRecord] = []
     seen: dict[Any, int] = {}
     not_complete: Counter[str] = Counter()
-    spent = [r.run_key for r in group if r.state in FINISHED_STATES]
+    # A run that ended because its driver or worker died is not spent: its seed runs
+    # again (a re-run, or the seed planner asks for it).
+    spent = [
+        r.run_key
+        for r in group
+        if r.state in FINISHED_STATES and not (r.state == "FAIL" and r.reason in RERUN_REASONS)
+    ]
     pending = [r.run_key for r in group if r.state not in FINISHED_STATES]
     for r in group:
         if r.state != COMPLETE:

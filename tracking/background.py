@@ -3,7 +3,8 @@ order, so a slow or silent MLflow server never stalls a sweep's loop or a trial'
 
 :meth:`Background.drain` waits for the queue at the end (of a trial, of a sweep) for a
 bounded time, and gives up early when the call in flight has been stuck longer than a
-few seconds (a server that accepts connections and never answers): what is left is
+few seconds (a server that accepts connections and never answers), sooner when no call of
+this process has ever come back (nothing suggests the server is merely slow): what is left is
 completed later by ``ropenope sync`` from the study, the source of truth. The thread is a
 daemon, so a hung HTTP call never keeps a process from exiting.
 """
@@ -22,6 +23,10 @@ log = logging.getLogger("ropenope.tracking")
 
 # A call running longer than this is "stuck": the end-of-run drain stops waiting for it.
 STUCK_AFTER_S = 5.0
+# The same while no call of this process has come back yet: a server that has never
+# answered is not known to be slow, and a healthy one answers a first call well within
+# this (a trial's first call opens its run: a handful of small requests).
+FIRST_ANSWER_STUCK_AFTER_S = 2.0
 
 
 class Background:
@@ -35,6 +40,7 @@ class Background:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._busy_since: float | None = None  # when the call in flight started
+        self._came_back = False  # whether any call has returned (or raised) yet
 
     def __getstate__(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -66,14 +72,17 @@ class Background:
             except BaseException as err:  # delivered to whoever waits on the future
                 future.set_exception(err)
             finally:
+                self._came_back = True
                 self._busy_since = None
                 self._queue.task_done()
 
     @property
     def stuck(self) -> bool:
-        """Whether the call in flight has run longer than :data:`STUCK_AFTER_S`."""
+        """Whether the call in flight has run longer than :data:`STUCK_AFTER_S` (or
+        :data:`FIRST_ANSWER_STUCK_AFTER_S` while no call has come back)."""
         since = self._busy_since
-        return since is not None and time.monotonic() - since > STUCK_AFTER_S
+        limit = STUCK_AFTER_S if self._came_back else FIRST_ANSWER_STUCK_AFTER_S
+        return since is not None and time.monotonic() - since > limit
 
     @property
     def pending(self) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from space.hypotheses import Hypothesis, Measure, Quantity
+from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import CandidateSummary, StudyAggregate
 from tracking.sides import LayersOf, run_values, select
 from tracking.stats import (
@@ -259,20 +260,13 @@ def _reads_mass(q: Quantity) -> bool:
     return q.mass is not None or (q.diff is not None and any(_reads_mass(x) for x in q.diff))
 
 
-def _bytes(x: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(x) >= size:
-            return f"{x / size:.3g} {unit}"
-    return f"{x:.0f} B"
-
-
 def _describe(name: str, q: Quantity, s: Spread) -> str:
     what = q.describe()
     if s.n == 0:
         return f"{name} {what}: no run"
-    if q.score is not None and q.score.endswith("_bytes"):
-        spread = f" ± {_bytes(s.std)}" if s.n > 1 and s.std > 0 else ""
-        return f"{name} {what} {_bytes(s.mean)}{spread} (n={s.n})"
+    if q.score is not None and is_bytes_score(q.score):
+        spread = f" ± {human_bytes(s.std)}" if s.n > 1 and s.std > 0 else ""
+        return f"{name} {what} {human_bytes(s.mean)}{spread} (n={s.n})"
     if s.n == 1:
         return f"{name} {what} {s.format()}"
     return f"{name} {what} {s.format(range_=True)} (n={s.n})"
@@ -300,8 +294,8 @@ def _detail(
         what = "a - b"
         if c.kind == "exact":
             ratio = f", ratio {sa.mean / sb.mean:.3g}" if sb.mean else ""
-            in_bytes = (q_a.score or "").endswith("_bytes")
-            diff = _bytes(c.diff) if in_bytes else _fmt(c.diff, "+.3g")
+            in_bytes = is_bytes_score(q_a.score or "")
+            diff = human_bytes(c.diff) if in_bytes else _fmt(c.diff, "+.3g")
             parts.append(f"{what} {diff}{ratio} (computed from the layer layout, no seed noise)")
         else:
             kind = "paired by seed" if c.paired else "Welch"
@@ -312,7 +306,7 @@ def _detail(
             )
             if c.se == 0 and c.diff == margin:
                 parts.append("both sides identical with no spread: the task does not separate them")
-        bound = _bytes(margin) if (q_a.score or "").endswith("_bytes") else _fmt(margin)
+        bound = human_bytes(margin) if is_bytes_score(q_a.score or "") else _fmt(margin)
         parts.append(f"claim a - b {sign} {bound} -> {verdict.value}")
     label = f"{m.label}: " if m.label else ""
     return label + "; ".join(parts)

@@ -254,7 +254,7 @@ def sync_study(
     report = SyncReport(study=study.name)
     try:
         if config is not None:
-            parent, created = tracker._start_study(config, None, None, reopen=False)
+            parent, created = tracker.open_study_run(config, reopen=False)
         else:
             parent, created = tracker.store.ensure_parent(reopen=False)
         tracker.parent_run_id = report.parent_run_id = parent
@@ -264,7 +264,7 @@ def sync_study(
             if run_id is not None:
                 report.run_ids[trial.number] = run_id
         if refresh:
-            tracker._refresh(pareto_of_study(study))
+            tracker.publish_front(pareto_of_study(study))
         if created and not report.skipped:  # a study run made here for a finished study
             tracker.store.terminate(parent, "FINISHED")
     except TrackingError:

@@ -22,28 +22,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from space.names import (
     STEPS,
-    TAG_OBJECTIVES,
-    TAG_OPTUNA_TRIAL,
     TAG_OUTCOME,
-    TAG_PARETO,
-    TAG_PARETO_RANK,
     TAG_REASON,
 )
-from space.secrets import redact_text, redact_url
+from space.secrets import redact_text
 from tracking.keys import (
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_SOURCE_NAME,
     RUN_STATUS,
-    STUDY_SECTIONS,
-    config_params,
     metric_key,
-    param_value,
 )
-from tracking.pareto_plots import write_pareto_files
 from tracking.provenance import source_tags
 from tracking.run_spec import TrialRunSpec
-from tracking.runs_view import ensure_view, set_study_note, study_note
 from tracking.store import MlflowStore, now_ms, same_value
+from tracking.study_run import write_front, write_study_run
 from tracking.target import TrackingTarget, artifact_location, tracking_target
 
 if TYPE_CHECKING:
@@ -52,24 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ropenope.tracking")
 
-PARETO_ARTIFACT_PATH = "pareto"
 _ERROR_CHARS = 500
 _T = TypeVar("_T")
-
-
-def sweep_file_text(config: SweepConfig) -> str:
-    """The sweep file as it may be stored (the study's MLflow run, the Optuna study): the
-    file's own text when it has one, else the validated config as YAML; every URL in it
-    redacted."""
-    if config.source and Path(config.source).is_file():
-        text = Path(config.source).read_text()
-    else:
-        import yaml
-
-        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    return redact_text(text)
-
-
 _SHOWN: set[str] = set()
 
 
@@ -234,48 +210,21 @@ class Tracker:
         sweep settings and file; returns the parent run id (None if tracking failed)."""
 
         def work() -> str:
-            return self._start_study(config, storage, tags)[0]
+            return self.open_study_run(config, storage, tags)[0]
 
         return self._soft("start the study run", work, force=True)
 
-    def _start_study(
+    def open_study_run(
         self,
         config: SweepConfig | None,
-        storage: str | None,
-        tags: Mapping[str, str] | None,
+        storage: str | None = None,
+        tags: Mapping[str, str] | None = None,
         reopen: bool = True,
     ) -> tuple[str, bool]:
-        extra = dict(tags or {})
-        if storage:
-            extra["optuna_storage"] = redact_url(storage)
-        if config is not None:
-            extra[TAG_OBJECTIVES] = ",".join(
-                f"{n}:{d}"
-                for n, d in zip(config.objective_names(), config.directions(), strict=True)
-            )
-        run_id, created = self.store.ensure_parent(reopen=reopen)
+        """Find or create the study's run and log the sweep on it (raises on failure);
+        ``(run id, created)``. See :func:`tracking.study_run.write_study_run`."""
+        run_id, created = write_study_run(self.store, config, storage, tags, reopen=reopen)
         self.parent_run_id = run_id
-        run = self.store.client.get_run(run_id)
-        self.store.set_tags(run_id, extra, run.data.tags)
-        if config is not None:
-            params = config_params(config, STUDY_SECTIONS)
-            params.pop("study.trials", None)  # changes on resume (--trials); a tag instead
-            params.pop("study.name", None)
-            for name, spec in config.space.items():
-                params[f"space.{name}"] = param_value(spec.to_dict())
-            self.store.log_params(run_id, params, run.data.params)
-            self.store.set_tags(run_id, {"study_trials": str(config.study.trials)}, run.data.tags)
-            # the page `ropenope ui` opens: trials by Pareto rank, objectives and knobs shown
-            ensure_view(
-                self.store.client,
-                self.store.experiment_id(),
-                config.objective_names(),
-                list(config.searched),
-            )
-            with tempfile.TemporaryDirectory(prefix="ropenope-study-") as tmp:
-                sweep = Path(tmp) / "sweep.yaml"
-                sweep.write_text(sweep_file_text(config))
-                self.store.log_files(run_id, {"sweep.yaml": sweep})
         return run_id, created
 
     def log_study_metrics(self, metrics: Mapping[str, float], step: int = 0) -> str | None:
@@ -468,47 +417,10 @@ class Tracker:
         study's run under ``pareto/`` and tag each child run with ``pareto_rank`` and
         ``pareto``; returns the tracking error, or None."""
         before = len(self.errors)
-        self._soft("refresh the Pareto front", lambda: self._refresh(table), force=True)
+        self._soft("refresh the Pareto front", lambda: self.publish_front(table), force=True)
         return self.errors[-1] if len(self.errors) > before else None
 
-    def _refresh(self, table: ParetoTable) -> None:
-        store = self.store
-        parent = self._ensure_parent()
-        with tempfile.TemporaryDirectory(prefix="ropenope-pareto-") as tmp:
-            written = write_pareto_files(table, tmp)
-            store.log_files(parent, written, PARETO_ARTIFACT_PATH)
-        ranks = {str(row["trial"]): row["rank"] for row in table.rows}
-        for child in store.children(parent):
-            trial = child.data.tags.get(TAG_OPTUNA_TRIAL)
-            if trial not in ranks:
-                continue
-            rank = ranks[trial]
-            store.set_tags(
-                child.info.run_id,
-                {
-                    TAG_PARETO_RANK: "none" if rank is None else str(rank),
-                    TAG_PARETO: "true" if rank == 0 else "false",
-                },
-                child.data.tags,
-            )
-        front = [str(row["trial"]) for row in table.front]
-        store.set_tags(parent, {"pareto_trials": ",".join(front)})
-        from mlflow.entities import Metric
-
-        n_ranked = sum(1 for row in table.rows if row["rank"] is not None)
-        now = now_ms()
-        store.log_metrics(
-            parent,
-            [
-                Metric("pareto_size", float(len(front)), now, n_ranked),
-                Metric("trials_ranked", float(n_ranked), now, n_ranked),
-            ],
-        )
-        # what the sweep found, as the study run's (and experiment's) description
-        set_study_note(
-            store.client,
-            store.experiment_id(),
-            parent,
-            study_note(table, self.target.study),
-            on_experiment=self.target.experiment == self.target.study,  # not a shared one
-        )
+    def publish_front(self, table: ParetoTable) -> None:
+        """The Pareto front on the study's run (raises on failure): see
+        :func:`tracking.study_run.write_front`."""
+        write_front(self.store, self._ensure_parent(), table, self.target)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from space.layers import LayerSpec, layer_kind
+from space.tasks import SEGMENTS
 from workers.decoding import prefill_chunk
+from workers.examples import Example, segment_labels
 from workers.model import HybridTransformer
-from workers.tasks import SEGMENTS, Example, segment_labels
 
 
 @torch.no_grad()

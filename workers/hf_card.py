@@ -10,7 +10,7 @@ from typing import Any
 
 from space.describe import describe_knobs
 from space.expand import Candidate
-from space.layers import Position
+from space.layers import AttentionSink, LayerSpec, Position, RopeScalingKind, WindowKind
 from space.names import (
     ACC_AT_T,
     KV_CACHE_BYTES,
@@ -53,22 +53,73 @@ class CardFacts:
     folder_name: str = "."
 
 
+# Column headers of the layer table; the last three appear only when some layer uses them.
+LAYER_COLUMNS = {
+    "layer": "layer",
+    "kind": "kind",
+    "position": "position",
+    "rope_base": "RoPE base",
+    "window": "window",
+    "qk_norm": "QK-norm",
+    "temperature": "temperature",
+    "rotary": "rotary dims",
+    "rope_scaling": "RoPE scaling",
+    "sink": "sink",
+}
+_OPTIONAL_COLUMNS = ("rotary", "rope_scaling", "sink")
+
+
+def _scaling_cell(spec: LayerSpec) -> str | None:
+    scaling = spec.rope_scaling
+    if scaling is None:
+        return None
+    text = f"{scaling.kind.value} x{scaling.factor:g}"
+    if scaling.kind is not RopeScalingKind.LINEAR:
+        text += f" from {scaling.original_tokens}"
+    if scaling.kind is RopeScalingKind.YARN:
+        text += (
+            f", beta {scaling.beta_fast:g}/{scaling.beta_slow:g}, "
+            f"attention x{scaling.attention_factor:.4g}"
+        )
+    return text
+
+
 def layer_rows(candidate: Candidate) -> list[dict[str, Any]]:
-    """One row per layer: index, kind, position, RoPE base, window, QK-norm, temperature."""
+    """One row per layer the exported weights run with (the last training stage's): index,
+    kind, position, RoPE base, window (``chunk`` when chunked), QK-norm, temperature, and the
+    rotated dimensions, RoPE scaling and sink where any layer has them."""
+    layers = candidate.final_layers
+    head_dim = candidate.shape.head_dim
     rows = []
-    for spec in candidate.layers:
+    for spec in layers:
         t = spec.temperature
+        window = spec.window_tokens
+        if window is not None and spec.window_kind is WindowKind.CHUNKED:
+            window = f"chunk {window}"
+        rope = spec.position is Position.ROPE
         rows.append(
             {
                 "layer": spec.index,
                 "kind": spec.kind.value,
                 "position": spec.position.value,
-                "rope_base": spec.rope_base if spec.position is Position.ROPE else None,
-                "window": spec.window_tokens,
+                "rope_base": spec.rope_base if rope else None,
+                "window": window,
                 "qk_norm": spec.qk_norm.value,
                 "temperature": None if t is None else f"log, from {t.floor_tokens}, x{t.scale:g}",
+                "rotary": f"{spec.rotary_dims(head_dim)} of {head_dim}" if rope else None,
+                "rope_scaling": _scaling_cell(spec),
+                "sink": "learned" if spec.attention_sink is AttentionSink.LEARNED else None,
             }
         )
+    used = {
+        "rotary": any(s.rope_fraction != 1.0 for s in layers),
+        "rope_scaling": any(s.rope_scaling is not None for s in layers),
+        "sink": any(s.attention_sink is AttentionSink.LEARNED for s in layers),
+    }
+    for row in rows:
+        for column in _OPTIONAL_COLUMNS:
+            if not used[column]:
+                del row[column]
     return rows
 
 
@@ -141,9 +192,18 @@ def render_card(candidate: Candidate, facts: CardFacts) -> str:
     title = f"{facts.study} trial {facts.trial}: {candidate.name}"
     if facts.preset:
         title = f"{facts.study} trial {facts.trial} ({facts.preset}): {candidate.name}"
+    rows = layer_rows(candidate)
     layer_table = _table(
-        ["layer", "kind", "position", "RoPE base", "window", "QK-norm", "temperature"],
-        [list(row.values()) for row in layer_rows(candidate)],
+        [LAYER_COLUMNS[key] for key in rows[0]], [list(row.values()) for row in rows]
+    )
+    stages = [stage.plan for stage in candidate.stages]
+    stage_note = (
+        f"The weights are those after the last of {len(stages)} training stages (steps "
+        f"{' + '.join(str(p.steps) for p in stages)}, sequence lengths "
+        f"{' -> '.join(str(p.seq_len) for p in stages)} tokens); the table shows the layers they "
+        "were last trained and scored with, which is what this folder runs."
+        if candidate.multi_stage
+        else ""
     )
     how = (
         f"`{facts.architecture}` from this folder's own `modeling_ropenope.py` "
@@ -179,10 +239,15 @@ def render_card(candidate: Candidate, facts: CardFacts) -> str:
         provenance.append(f"- MLflow run `{facts.mlflow_run_id}`")
     provenance.append("- `ropenope.json` in this folder holds the knobs, layers and scores")
     tags = ["ropenope", "long-context", "hybrid-attention"]
-    if any(s.position is Position.NOPE for s in candidate.layers):
+    layers = candidate.final_layers
+    if any(s.position is Position.NOPE for s in layers):
         tags.append("nope")
-    if any(s.window_tokens is not None for s in candidate.layers):
+    if any(s.window_tokens is not None and s.window_kind is WindowKind.SLIDING for s in layers):
         tags.append("sliding-window")
+    if any(s.window_tokens is not None and s.window_kind is WindowKind.CHUNKED for s in layers):
+        tags.append("chunked-attention")
+    if any(s.attention_sink is AttentionSink.LEARNED for s in layers):
+        tags.append("attention-sinks")
     return "\n".join(
         [
             "---",
@@ -194,7 +259,7 @@ def render_card(candidate: Candidate, facts: CardFacts) -> str:
             "",
             f"# {title}",
             "",
-            describe_knobs(candidate.knobs),
+            describe_knobs(candidate.knobs, stages if candidate.multi_stage else ()),
             "",
             f"A small research model from an architecture search with ropenope: study "
             f"`{facts.study}`, trial {facts.trial}, seed {facts.seed}, trained at "
@@ -220,6 +285,7 @@ def render_card(candidate: Candidate, facts: CardFacts) -> str:
             "",
             layer_table,
             "",
+            *([stage_note, ""] if stage_note else []),
             "## Scores",
             "",
             score_table(facts),
@@ -232,4 +298,4 @@ def render_card(candidate: Candidate, facts: CardFacts) -> str:
     )
 
 
-__all__ = ["CardFacts", "layer_rows", "render_card", "score_table"]
+__all__ = ["LAYER_COLUMNS", "CardFacts", "layer_rows", "render_card", "score_table"]

@@ -7,14 +7,18 @@
   ``configuration_ropenope.py`` / ``modeling_ropenope.py`` (``workers/hf_remote``) next to the
   weights with an ``auto_map`` for ``trust_remote_code=True``;
 - ``model.safetensors`` (fp32, Hugging Face Llama parameter names, the tied output head left
-  to ``tie_word_embeddings``) and ``generation_config.json``;
+  to ``tie_word_embeddings``; fused for Phi3, reordered for Llama 4's interleaved RoPE, see
+  :func:`hf_state_dict`) and ``generation_config.json``;
 - the byte tokenizer (``workers.hf_tokenizer``) when the model reads bytes;
 - ``README.md``: the model card the caller renders (``workers.hf_card``);
 - ``ropenope.json``: where it came from (study, trial, seed, candidate, scores, the check).
 
+The model is the candidate's last training stage (:func:`served_layers`): a later stage may
+raise a base, add a RoPE scaling or change a window, and the trained weights run with those.
 Before the folder is put in place, it is loaded back with ``AutoModelForCausalLM`` and its
-logits are compared with our model's on random tokens longer than every window and
-temperature floor (:func:`check_export`); a mismatch is an error, never a silent export.
+logits are compared with our model's on random tokens longer than every window, chunk,
+temperature floor and RoPE scaling's original length (:func:`check_export`); a mismatch is an
+error, never a silent export.
 transformers is imported lazily: it is the ``[export]`` extra.
 """
 
@@ -32,9 +36,11 @@ import torch
 from torch import Tensor
 
 from space.expand import Candidate
+from space.layers import LayerSpec, ModelShape
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from workers.hf_layout import NotExpressible, StockLayout, stock_layout, unknown_layer_fields
+from workers.hf_layout import LLAMA4, PHI3, StockLayout, stock_layout
+from workers.hf_reasons import NotExpressible, unknown_layer_fields
 from workers.model import HybridTransformer
 
 INFO_NAME = "ropenope.json"  # provenance; also marks a folder as ours (safe to replace)
@@ -81,11 +87,19 @@ class ExportResult:
     check_tokens: int  # sequence length of the check
 
 
-def hf_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def hf_state_dict(
+    state: Mapping[str, Tensor],
+    architecture: str | None = None,
+    shape: ModelShape | None = None,
+) -> dict[str, Tensor]:
     """Our ``HybridTransformer`` parameter names -> Hugging Face Llama-family names.
 
     The output head is the embedding (tied) and is not written: the config's
-    ``tie_word_embeddings`` rebuilds it.
+    ``tie_word_embeddings`` rebuilds it. A layer's sink logits keep their name
+    (``self_attn.sinks``, as gpt-oss). For ``Phi3ForCausalLM`` the projections Phi3 fuses are
+    concatenated in its order: ``qkv_proj`` = q, k, v rows; ``gate_up_proj`` = gate, up rows.
+    For ``Llama4ForCausalLM`` (which needs ``shape``) the MLP is ``feed_forward`` and each
+    head's q and k rows are reordered for its interleaved rotation (:func:`_interleave_for_llama4`).
     """
     out: dict[str, Tensor] = {}
     for name, tensor in state.items():
@@ -101,6 +115,45 @@ def hf_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if prefix is None:
             raise ExportError(f"unexpected parameter {name!r} in the checkpoint")
         out[_RENAMES[prefix] + name[len(prefix) :]] = tensor
+    if architecture == PHI3:
+        out = _fuse_for_phi3(out)
+    if architecture == LLAMA4:
+        if shape is None:
+            raise ValueError("the Llama4 layout reorders q/k rows per head: pass the shape")
+        out = _interleave_for_llama4(out, shape)
+    return out
+
+
+def _interleave_for_llama4(tensors: dict[str, Tensor], shape: ModelShape) -> dict[str, Tensor]:
+    """Llama 4 turns the pairs ``(2i, 2i + 1)`` of a head as one complex number, we turn
+    ``(i, i + D/2)`` with the same frequency ``i``: its row ``2i`` is our row ``i`` and its row
+    ``2i + 1`` our row ``i + D/2``. The same reordering of q and k leaves every score of a NoPE
+    layer unchanged, so every layer is reordered alike."""
+    dim = shape.head_dim
+    ours_of_theirs = torch.stack([torch.arange(dim // 2), torch.arange(dim // 2) + dim // 2], 1)
+    order = ours_of_theirs.flatten()  # their row r holds our row order[r]
+    out = {}
+    for name, tensor in tensors.items():
+        heads = None
+        if name.endswith("self_attn.q_proj.weight"):
+            heads = shape.n_heads
+        elif name.endswith("self_attn.k_proj.weight"):
+            heads = shape.n_kv_heads
+        if heads is not None:
+            tensor = tensor.view(heads, dim, -1)[:, order].reshape(heads * dim, -1)
+        out[name.replace(".mlp.", ".feed_forward.")] = tensor
+    return out
+
+
+def _fuse_for_phi3(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = dict(tensors)
+    layers = sorted({k.split(".")[2] for k in tensors if k.startswith("model.layers.")}, key=int)
+    for i in layers:
+        pre = f"model.layers.{i}."
+        parts = [out.pop(f"{pre}self_attn.{p}_proj.weight") for p in ("q", "k", "v")]
+        out[f"{pre}self_attn.qkv_proj.weight"] = torch.cat(parts, dim=0)
+        parts = [out.pop(f"{pre}mlp.{p}_proj.weight") for p in ("gate", "up")]
+        out[f"{pre}mlp.gate_up_proj.weight"] = torch.cat(parts, dim=0)
     return out
 
 
@@ -119,9 +172,22 @@ def load_weights(checkpoint: str | Path) -> tuple[dict[str, Tensor], int]:
     return dict(state["model"]), int(state.get("step", 0))
 
 
+def served_layers(candidate: Candidate) -> tuple[LayerSpec, ...]:
+    """The layers the trained weights run with: those of the last training stage (a later
+    stage may raise a base, add a RoPE scaling or change a window), which is what was scored
+    and what is exported."""
+    return candidate.final_layers
+
+
+def served_knobs(candidate: Candidate) -> dict[str, Any]:
+    """The knobs in force in the last training stage (for naming a refusal in the user's words)."""
+    return dict(candidate.stages[-1].knobs) if candidate.stages else dict(candidate.knobs)
+
+
 def build_model(candidate: Candidate, weights: Mapping[str, Tensor]) -> HybridTransformer:
-    """Our model with ``weights`` loaded (strict: every parameter, nothing else), in eval."""
-    model = HybridTransformer(candidate.shape, candidate.layers)
+    """Our model with ``weights`` loaded (strict: every parameter, nothing else), in eval, with
+    the layers of the last training stage."""
+    model = HybridTransformer(candidate.shape, served_layers(candidate))
     try:
         model.load_state_dict(dict(weights), strict=True)
     except RuntimeError as err:
@@ -152,7 +218,7 @@ def remote_config(candidate: Candidate, max_position_embeddings: int) -> dict[st
         "rms_norm_eps": s.norm_eps,
         "initializer_range": s.init_std,
         "max_position_embeddings": int(max_position_embeddings),
-        "layer_specs": [spec.to_dict() for spec in candidate.layers],
+        "layer_specs": [spec.to_dict() for spec in served_layers(candidate)],
         "tie_word_embeddings": True,
         "dtype": "float32",
         "architectures": [REMOTE_ARCHITECTURE],
@@ -172,8 +238,8 @@ def choose_layout(
     try:
         return stock_layout(
             candidate.shape,
-            candidate.layers,
-            candidate.knobs,
+            served_layers(candidate),
+            served_knobs(candidate),
             max_position_embeddings=max_position_embeddings,
             special_tokens=special_token_ids(candidate),
         )
@@ -184,13 +250,16 @@ def choose_layout(
 
 
 def check_tokens(candidate: Candidate) -> int:
-    """Length of the check: past twice every window and every temperature floor."""
+    """Length of the check: past twice every window (or chunk), every temperature floor and
+    every RoPE scaling's original length (where NTK starts to change the frequencies)."""
     spans = [64]
-    for spec in candidate.layers:
+    for spec in served_layers(candidate):
         if spec.window_tokens is not None:
             spans.append(2 * spec.window_tokens + 1)
         if spec.temperature is not None:
             spans.append(2 * spec.temperature.floor_tokens + 1)
+        if spec.rope_scaling is not None and spec.rope_scaling.original_tokens:
+            spans.append(2 * spec.rope_scaling.original_tokens + 1)
     return min(max(spans), CHECK_MAX_TOKENS)
 
 
@@ -279,7 +348,7 @@ def export_candidate(
     """
     out_dir = Path(out_dir).resolve()
     _prepare_destination(out_dir)
-    unknown = unknown_layer_fields(candidate.layers)
+    unknown = unknown_layer_fields(served_layers(candidate))
     if unknown:
         raise NotExpressible(unknown, remote_code_possible=False)
     layout = choose_layout(
@@ -295,7 +364,9 @@ def export_candidate(
     try:
         architecture = _write_config(staging, layout, candidate, max_position_embeddings)
         tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in weights.items()}
-        save_file(hf_state_dict(tensors), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        stock = layout.architecture if layout is not None else None
+        hf_tensors = hf_state_dict(tensors, stock, candidate.shape)
+        save_file(hf_tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         tokenizer = is_byte_vocabulary(candidate)
         if tokenizer:
             from workers.hf_tokenizer import save_byte_tokenizer
@@ -361,4 +432,6 @@ __all__ = [
     "is_byte_vocabulary",
     "load_weights",
     "remote_config",
+    "served_knobs",
+    "served_layers",
 ]

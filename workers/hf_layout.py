@@ -1,7 +1,7 @@
 """Which stock Hugging Face ``transformers`` class reproduces a candidate exactly, and its config.
 
 Our block is the Llama block (pre-norm RMSNorm, SwiGLU, GQA, ``rotate_half`` RoPE, tied
-embeddings, no biases); three stock classes add per-layer options on top of it, each checked
+embeddings, no biases); five stock classes add per-layer options on top of it, each checked
 against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``:
 
 - ``LlamaForCausalLM``: every layer RoPE with one base, full attention, no QK-norm.
@@ -11,12 +11,52 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
 - ``SmolLM3ForCausalLM``: no QK-norm; each layer RoPE (one base) or NoPE (``no_rope_layers``,
   where 1 means RoPE), full or sliding with one window size (``layer_types``: always written,
   since SmolLM3's default pattern puts the window on the NoPE layers, DESIGN §7).
+- ``Phi3ForCausalLM``: partial rotary (``rope_parameters["partial_rotary_factor"]``, the
+  leading fraction of each head turns, as ours): every layer RoPE with one base and one
+  fraction, no QK-norm, no RoPE scaling (Phi3 accepts only its own ``longrope``), and every
+  layer full or every layer sliding with one window (Phi3 has one ``sliding_window`` for all
+  layers). Its q/k/v and gate/up projections are fused (``qkv_proj``, ``gate_up_proj``): the
+  same arithmetic, the weights concatenated (:func:`workers.hf_export.hf_state_dict`). Llama,
+  Qwen3 and SmolLM3 rotate whole heads only (their ``apply_rotary_pos_emb`` does not split).
+- ``Llama4ForCausalLM`` without experts (``moe_layers: []``, every layer the dense SwiGLU
+  ``feed_forward``): chunked attention (``attention_chunk_size``, ``layer_types``
+  ``chunked_attention``), each layer RoPE (one base) or NoPE (``no_rope_layers``, 1 = RoPE),
+  no sliding windows, no QK-norm (``use_qk_norm: false``; Llama 4's own is a weightless L2 norm),
+  no temperature. Llama 4 turns interleaved pairs ``(2i, 2i + 1)`` where we turn
+  ``(i, i + D/2)``: the export reorders each head's q and k rows, which maps one onto the
+  other exactly. Its NoPE query temperature would match ours without padding, but it counts
+  positions over left padding (``cache_position``), so a candidate with ``global_temperature``
+  is not exported to it.
 
-What none of them expresses (QK-norm on some layers only, a learned QK-norm after RoPE, QK-norm
-together with NoPE layers, NoPE query temperature, two RoPE bases, two window sizes) is a
-:class:`NotExpressible` naming the knob and its value; such a candidate exports with its own
-modeling file (``--remote-code``). Per-layer fields this module does not know (new knobs) are
-refused outright, remote code included, rather than exported as something else.
+RoPE scaling is ``rope_parameters`` on Llama, Qwen3 and SmolLM3 (``linear``; ``yarn`` with
+``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``attention_factor`` and
+``truncate: true``, all written explicitly), the same for every RoPE layer.
+
+The knobs of issue 17 that no stock class reproduces with our block, each checked:
+
+- chunked local attention beside sliding windows, QK-norm, partial rotary or NoPE
+  temperature (Llama4 has none of these with chunks);
+- learned sinks (``attention_sink: learned``): only ``GptOss`` has them, inside a block whose
+  MLP is a mixture of experts with a clamped SwiGLU, not ours;
+- NTK scaling (``rope_scaling: ntk``, Hugging Face ``dynamic``): Hugging Face keeps the
+  frequencies of the longest sequence the model has seen (a shorter one later is turned with
+  them too) and its KV cache keeps keys turned at the length they were cached, so
+  ``generate()`` past the original length differs; our model turns every key with the
+  frequencies of the current length;
+- a scaling on some RoPE layers only (``rope_scaling_layers: local | global`` with RoPE on both
+  kinds): one ``rope_parameters`` serves every layer;
+- partial rotary together with NoPE layers, QK-norm, mixed windows or a scaling (no class has
+  ``partial_rotary_factor`` and those).
+
+What none of them expresses (these, and QK-norm on some layers only, a learned QK-norm after
+RoPE, QK-norm together with NoPE layers, NoPE query temperature, two RoPE bases, two window
+sizes) is a :class:`NotExpressible` naming the knob and its value; such a candidate exports with
+its own modeling file (``--remote-code``, ``workers/hf_remote``), which implements every field
+of :class:`space.layers.LayerSpec`. Per-layer fields this module does not know (knobs newer than
+it) are refused outright, remote code included, rather than exported as something else.
+
+The layers given are the ones the weights run with: a candidate's last training stage
+(``Candidate.final_layers``).
 
 Pure: no torch, no transformers; the config is a plain dict for the class's ``from_dict``.
 """
@@ -27,46 +67,37 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from space.layers import LayerKind, LayerSpec, ModelShape, Position, QKNorm
-
-# Keys of LayerSpec.to_dict() this module (and the remote-code model) implements. A new
-# per-layer field appears in to_dict() only when it differs from its default, so its mere
-# presence means the layer does something we cannot export.
-KNOWN_LAYER_FIELDS = frozenset(
-    {"index", "kind", "position", "rope_base", "window", "qk_norm", "temperature"}
+from space.layers import (
+    LayerSpec,
+    ModelShape,
+    Position,
+    QKNorm,
+    RopeScaling,
+    RopeScalingKind,
+    WindowKind,
 )
+from workers.hf_reasons import NotExpressible, stock_reasons, unknown_layer_fields
 
 LLAMA = "LlamaForCausalLM"
 QWEN3 = "Qwen3ForCausalLM"
 SMOLLM3 = "SmolLM3ForCausalLM"
-MODEL_TYPES = {LLAMA: "llama", QWEN3: "qwen3", SMOLLM3: "smollm3"}
+PHI3 = "Phi3ForCausalLM"
+LLAMA4 = "Llama4ForCausalLM"
+MODEL_TYPES = {
+    LLAMA: "llama",
+    QWEN3: "qwen3",
+    SMOLLM3: "smollm3",
+    PHI3: "phi3",
+    LLAMA4: "llama4_text",
+}
+# Hugging Face's rope_type for each of our scalings that a stock class reproduces exactly.
+HF_ROPE_TYPES = {RopeScalingKind.LINEAR: "linear", RopeScalingKind.YARN: "yarn"}
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
+CHUNKED = "chunked_attention"
 # The base written for a model without any RoPE layer (SmolLM3 needs one; no layer uses it).
 UNUSED_ROPE_BASE = 10_000.0
-
-
-@dataclass(frozen=True)
-class Reason:
-    """Why no stock class reproduces a candidate: the knob, its value, and what is missing."""
-
-    knob: str
-    value: Any
-    why: str
-
-    def __str__(self) -> str:
-        return f"{self.knob}={_show(self.value)} ({self.why})"
-
-
-class NotExpressible(ValueError):
-    """No stock class reproduces the candidate; ``remote_code_possible`` says whether our own
-    modeling file (``--remote-code``) can."""
-
-    def __init__(self, reasons: Sequence[Reason], remote_code_possible: bool = True) -> None:
-        self.reasons = tuple(reasons)
-        self.remote_code_possible = remote_code_possible
-        super().__init__("; ".join(str(r) for r in self.reasons))
 
 
 @dataclass(frozen=True)
@@ -81,102 +112,27 @@ class StockLayout:
         return MODEL_TYPES[self.architecture]
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+def rope_parameters(base: float, scaling: RopeScaling | None, fraction: float) -> dict[str, Any]:
+    """Hugging Face ``rope_parameters`` for one base, scaling (linear or YaRN) and fraction.
 
-
-def _knob(knobs: Mapping[str, Any], name: str, fallback: Any) -> Any:
-    return knobs.get(name, fallback)
-
-
-def unknown_layer_fields(layers: Sequence[LayerSpec]) -> list[Reason]:
-    """Per-layer fields no exporter implements (knobs newer than this module)."""
-    reasons: list[Reason] = []
-    seen: set[str] = set()
-    for spec in layers:
-        for key, value in spec.to_dict().items():
-            if key not in KNOWN_LAYER_FIELDS and key not in seen:
-                seen.add(key)
-                reasons.append(Reason(key, value, f"layer {spec.index}: not implemented by export"))
-    return reasons
-
-
-def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
-    """Everything that keeps each stock class from reproducing ``layers`` (empty: one can).
-
-    ``knobs`` are the candidate's resolved knobs, used only to name the cause in the user's
-    words; the decision is made on the layers themselves.
+    Every field the rope-init function reads is written, so no Hugging Face default decides
+    anything (YaRN's ``truncate: true`` is ours; gpt-oss's checkpoints say false).
     """
-    reasons: list[Reason] = []
-    temps = [s for s in layers if s.temperature is not None]
-    if temps:
-        t = temps[0].temperature
-        reasons.append(
-            Reason(
-                "global_temperature",
-                _knob(knobs, "global_temperature", "log"),
-                f"Llama 4 scaling of NoPE queries from {t.floor_tokens} tokens on, scale "
-                f"{t.scale:g}: only Llama4 has it, and its block is not ours",
-            )
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(base)}
+    if scaling is not None:
+        params["rope_type"] = HF_ROPE_TYPES[scaling.kind]
+        params["factor"] = float(scaling.factor)
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        params.update(
+            original_max_position_embeddings=int(scaling.original_tokens),
+            beta_fast=float(scaling.beta_fast),
+            beta_slow=float(scaling.beta_slow),
+            attention_factor=float(scaling.attention_factor),
+            truncate=True,
         )
-    normed = [s for s in layers if s.qk_norm is not QKNorm.NONE]
-    if normed and len(normed) < len(layers):
-        reasons.append(
-            Reason(
-                "qk_norm_layers",
-                _knob(knobs, "qk_norm_layers", "?"),
-                f"QK-norm on layers {[s.index for s in normed]} only: Qwen3 normalises every "
-                "layer, the others none",
-            )
-        )
-    post = [s for s in normed if s.qk_norm is QKNorm.POST_ROPE and s.position is Position.ROPE]
-    if post:
-        reasons.append(
-            Reason(
-                "qk_norm",
-                "post_rope",
-                "a learned RMSNorm after the rotation: no stock Llama-block class has one "
-                "(Llama 4's has no weight)",
-            )
-        )
-    nope = [s for s in layers if s.position is Position.NOPE]
-    if normed and nope:
-        reasons.append(
-            Reason(
-                "global_position",
-                _knob(knobs, "global_position", "nope"),
-                f"NoPE layers {[s.index for s in nope]} with QK-norm "
-                f"({_knob(knobs, 'qk_norm', normed[0].qk_norm.value)}): Qwen3 has QK-norm but "
-                "no NoPE layers, SmolLM3 NoPE layers but no QK-norm",
-            )
-        )
-    bases = sorted({s.rope_base for s in layers if s.position is Position.ROPE})
-    if len(bases) > 1:
-        local = [s.rope_base for s in layers if s.kind is LayerKind.LOCAL and s.rope_base]
-        glob = [s.rope_base for s in layers if s.kind is LayerKind.GLOBAL and s.rope_base]
-        value = f"{_show(local[0] if local else None)}, global_rope_base={_show(glob[0] if glob else None)}"
-        reasons.append(
-            Reason(
-                "local_rope_base",
-                value,
-                "stock classes have one rope_theta for every RoPE layer",
-            )
-        )
-    windows = sorted({s.window_tokens for s in layers if s.window_tokens is not None})
-    if len(windows) > 1:
-        reasons.append(
-            Reason(
-                "local_window",
-                f"{_knob(knobs, 'local_window', windows[0])}, global_window="
-                f"{_show(_knob(knobs, 'global_window', windows[-1]))}",
-                "stock classes have one sliding_window for every windowed layer",
-            )
-        )
-    return reasons
+    if fraction != 1.0:
+        params["partial_rotary_factor"] = float(fraction)
+    return params
 
 
 def stock_layout(
@@ -201,6 +157,8 @@ def stock_layout(
 
     rope = [s for s in layers if s.position is Position.ROPE]
     base = rope[0].rope_base if rope else UNUSED_ROPE_BASE
+    scaling = rope[0].rope_scaling if rope else None  # stock_reasons: the same on every one
+    fraction = rope[0].rope_fraction if rope else 1.0
     windows = {s.window_tokens for s in layers if s.window_tokens is not None}
     window = windows.pop() if windows else None
     qk_norm = any(s.qk_norm is not QKNorm.NONE for s in layers)
@@ -216,7 +174,7 @@ def stock_layout(
         "hidden_act": "silu",
         "rms_norm_eps": shape.norm_eps,
         "initializer_range": shape.init_std,
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(base)},
+        "rope_parameters": rope_parameters(base, scaling, fraction),
         "max_position_embeddings": int(max_position_embeddings),
         "tie_word_embeddings": True,
         "attention_bias": False,
@@ -227,7 +185,28 @@ def stock_layout(
         "layer_types": [SLIDING if s.window_tokens is not None else FULL for s in layers],
         **{k: v for k, v in (special_tokens or {}).items()},
     }
-    if qk_norm:  # stock_reasons made sure: every layer RoPE, one base, normalised before RoPE
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        # Hugging Face reads YaRN's extended context as max_position_embeddings and warns on
+        # every load when it is not factor x original (gpt-oss: 32 x 4096 = 131072).
+        extended = scaling.factor * scaling.original_tokens
+        if float(extended).is_integer():
+            common["max_position_embeddings"] = int(extended)
+    chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
+    if chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
+        architecture = LLAMA4
+        config = {
+            **common,
+            "head_dim": shape.head_dim,
+            "intermediate_size_mlp": shape.mlp_hidden,  # the dense MLP of every layer
+            "moe_layers": [],  # no mixture of experts
+            "use_qk_norm": False,
+            "attn_temperature_tuning": False,  # stock_reasons: no temperature
+            "attention_chunk_size": chunk.pop(),
+            "layer_types": [CHUNKED if s.window_tokens is not None else FULL for s in layers],
+            # Llama 4's inverted flag, as SmolLM3's: 1 = this layer uses RoPE.
+            "no_rope_layers": [int(s.position is Position.ROPE) for s in layers],
+        }
+    elif qk_norm:  # stock_reasons made sure: every layer RoPE, one base, normalised before RoPE
         architecture = QWEN3
         config = {
             **common,
@@ -235,6 +214,15 @@ def stock_layout(
             "use_sliding_window": window is not None,
             "sliding_window": window,
             "max_window_layers": shape.n_layers,  # unused: layer_types is explicit
+        }
+    elif fraction != 1.0:  # stock_reasons made sure: all RoPE, one base, one window, unscaled
+        architecture = PHI3
+        config = {
+            **{k: v for k, v in common.items() if k not in ("layer_types", "attention_bias")},
+            "sliding_window": window,  # Phi3: every layer, or None
+            "original_max_position_embeddings": int(max_position_embeddings),
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
         }
     elif all_rope and window is None:
         architecture = LLAMA
@@ -255,14 +243,13 @@ def stock_layout(
 
 
 __all__ = [
-    "KNOWN_LAYER_FIELDS",
+    "HF_ROPE_TYPES",
     "LLAMA",
+    "LLAMA4",
+    "PHI3",
     "QWEN3",
     "SMOLLM3",
-    "NotExpressible",
-    "Reason",
     "StockLayout",
+    "rope_parameters",
     "stock_layout",
-    "stock_reasons",
-    "unknown_layer_fields",
 ]

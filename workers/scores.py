@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from workers.decoding import Decoder, model_logits
+from workers.examples import Example, example_seed
 from workers.model import HybridTransformer
-from workers.tasks import DEPTHLESS_TASKS, Example, example_seed, render
+from workers.tasks import DEPTHLESS_TASKS, render
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import DOC
 

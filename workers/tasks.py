@@ -41,9 +41,6 @@ version of this module (same random draws, same tokens): calibrated results stay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 
 from space.tasks import (  # noqa: F401 - re-exported: the task rules live in space/
@@ -60,6 +57,7 @@ from space.tasks import (  # noqa: F401 - re-exported: the task rules live in sp
     queried_count,
     task_params,
 )
+from workers.examples import Codec, Example, Span, assemble, codec_for, filler_window, finish
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import TOKEN_DTYPE
 
@@ -67,77 +65,14 @@ KEY_ALPHABET = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8).asty
 DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8).astype(TOKEN_DTYPE)
 HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8).astype(TOKEN_DTYPE)
 
-Span = tuple[int, int]  # half-open [start, end) over the prompt
-
-
-@dataclass(frozen=True, eq=False)
-class Example:
-    """One rendered example. ``tokens`` = prompt + answer (``len == length``).
-
-    The answer always ends with ``CLOSE``; the scored part (:attr:`scored`) is the answer
-    without that final marker: whether the model then stops is not scored (RULER-style),
-    though training still teaches the marker.
-    """
-
-    tokens: np.ndarray  # (length,) token ids
-    prompt_len: int
-    answer: np.ndarray  # (length - prompt_len,) == tokens[prompt_len:]
-    segments: dict[str, list[Span]]  # SEGMENTS -> spans over [0, prompt_len)
-    task: str = ""
-    depth: float = 0.0
-
-    @property
-    def prompt(self) -> np.ndarray:
-        return self.tokens[: self.prompt_len]
-
-    @property
-    def scored(self) -> np.ndarray:
-        """The answer tokens that are scored: all but the final closing marker."""
-        return self.answer[:-1] if len(self.answer) > 1 else self.answer
-
-
-def example_seed(seed: int, *keys: int) -> int:
-    """A seed for one example, derived from a base seed and integer coordinates
-    (length, depth index, sample ...): independent streams, same on every machine."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
-
-
 # --------------------------------------------------------------------------- text pieces
-
-
-class _Codec:
-    """Text pieces -> token arrays through one tokenizer, remembered (the same keys,
-    digits and words come back at every training step)."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.vocab = tokenizer.vocab
-        self.dtype = tokenizer.token_dtype
-        self._encode = lru_cache(maxsize=1 << 16)(self._encode_uncached)
-
-    def _encode_uncached(self, text: str) -> np.ndarray:
-        ids = self.tokenizer.encode(text)
-        if len(ids) == 0:
-            raise ValueError(f"the tokenizer encodes {text!r} to no token")
-        return ids.astype(self.dtype)
-
-    def text(self, text: str) -> np.ndarray:
-        return self._encode(text)
-
-    def marks(self, *tokens: int) -> np.ndarray:
-        return np.array(tokens, dtype=self.dtype)
-
-
-@lru_cache(maxsize=8)
-def _codec(tokenizer: Tokenizer) -> _Codec:
-    return _Codec(tokenizer)
 
 
 def token_bounds(tokenizer: Tokenizer) -> TokenBounds:
     """The most tokens ``tokenizer`` spends on a key letter, a word key, a list item and a
     value (values are measured per character: a byte-level tokenizer never spends more
     than one token on an ASCII character; others may add a word-start token)."""
-    codec = _codec(tokenizer)
+    codec = codec_for(tokenizer)
     letter = max(len(codec.text(chr(int(c)))) for c in KEY_ALPHABET)
     word = max(len(codec.text(w)) for w in WORDS)
     item = max(len(codec.text(" " + w)) for w in WORDS)
@@ -217,7 +152,7 @@ def render_with_rng(
     p = task_params(task, **task_params_)
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
-    codec = _codec(tokenizer or BYTE_TOKENIZER)
+    codec = codec_for(tokenizer or BYTE_TOKENIZER)
     if task in NEEDLE_TASKS or task == "multiquery":
         return _render_needles(task, length, depth, rng, filler_tokens, codec, p)
     if task == "vartrack":
@@ -238,7 +173,7 @@ def _render_needles(
     depth: float,
     rng: np.random.Generator,
     filler_tokens: np.ndarray,
-    codec: _Codec,
+    codec: Codec,
     p: dict,
 ) -> Example:
     vocab = codec.vocab
@@ -289,7 +224,7 @@ def _render_needles(
     offsets[1:] = rng.integers(lo, hi + 1, size=n_needles - 1)
     # Context order; needles at the same offset are adjacent, in random order.
     order = np.lexsort((rng.permutation(n_needles), offsets))
-    return _assemble(
+    return assemble(
         task,
         length,
         depth,
@@ -312,7 +247,7 @@ def _render_vartrack(
     depth: float,
     rng: np.random.Generator,
     filler_tokens: np.ndarray,
-    codec: _Codec,
+    codec: Codec,
     p: dict,
 ) -> Example:
     vocab = codec.vocab
@@ -366,7 +301,7 @@ def _render_vartrack(
     # Context order: by offset; at one offset, chains in random order, hops in order.
     chain_rank = rng.permutation(n_chains)[np.array(chain_of)]
     order = np.lexsort((np.array(hop_of), chain_rank, offsets))
-    return _assemble(
+    return assemble(
         "vartrack",
         length,
         depth,
@@ -388,7 +323,7 @@ def _render_commonwords(
     length: int,
     rng: np.random.Generator,
     filler_tokens: np.ndarray,
-    codec: _Codec,
+    codec: Codec,
     p: dict,
 ) -> Example:
     vocab = codec.vocab
@@ -423,7 +358,7 @@ def _render_commonwords(
                 left -= len(items[i])
     words = [words[int(k)] for k in rng.permutation(len(words))]
     # Tokens the list could not use lengthen the Begin segment's filler.
-    filler = _filler_window(filler_tokens, begin - 1 + left, rng, vocab)
+    filler = filler_window(filler_tokens, begin - 1 + left, rng, vocab)
 
     parts = [codec.marks(vocab.doc), filler, codec.marks(vocab.sep)]
     needle_spans: list[Span] = []
@@ -443,120 +378,6 @@ def _render_commonwords(
         answer_parts.append(items[i])
         answer_parts.append(codec.marks(vocab.sep if k < n_common - 1 else vocab.close))
     answer = np.concatenate(answer_parts)
-    return _finish(
+    return finish(
         "commonwords", length, 0.0, prompt, answer, begin, needle_spans, len(question), codec
     )
-
-
-def _assemble(
-    task: str,
-    length: int,
-    depth: float,
-    rng: np.random.Generator,
-    filler_tokens: np.ndarray,
-    codec: _Codec,
-    p: dict,
-    needles: list[np.ndarray],
-    offsets: np.ndarray,
-    order: np.ndarray,
-    *,
-    needle_ids: list[int],
-    question: np.ndarray,
-    answer: np.ndarray,
-    n_filler: int,
-) -> Example:
-    """Needles at their filler offsets in context order, then the question and answer."""
-    filler = _filler_window(filler_tokens, n_filler, rng, codec.vocab)
-    parts: list[np.ndarray] = [codec.marks(codec.vocab.doc)]
-    spans: dict[int, Span] = {}
-    pos, prev = 1, 0
-    for i in order:
-        cut = int(offsets[i])
-        parts.append(filler[prev:cut])
-        pos += cut - prev
-        parts.append(needles[i])
-        spans[int(i)] = (pos, pos + len(needles[i]))
-        pos += len(needles[i])
-        prev = cut
-    parts.append(filler[prev:])
-    parts.append(question)
-    prompt = np.concatenate(parts)
-    needle_spans = sorted(spans[i] for i in needle_ids)
-    return _finish(
-        task,
-        length,
-        depth,
-        prompt,
-        answer,
-        int(p["begin_tokens"]),
-        needle_spans,
-        len(question),
-        codec,
-    )
-
-
-def _finish(
-    task: str,
-    length: int,
-    depth: float,
-    prompt: np.ndarray,
-    answer: np.ndarray,
-    begin_tokens: int,
-    needle_spans: list[Span],
-    question_len: int,
-    codec: _Codec,
-) -> Example:
-    tokens = np.concatenate([prompt, answer]).astype(codec.dtype)
-    if len(tokens) != length:  # pragma: no cover - internal check
-        raise RuntimeError(f"rendered {len(tokens)} tokens, expected {length}")
-    prompt_len = len(prompt)
-    return Example(
-        tokens=tokens,
-        prompt_len=prompt_len,
-        answer=tokens[prompt_len:],
-        segments=_segments(prompt_len, begin_tokens, needle_spans, question_len),
-        task=task,
-        depth=float(depth),
-    )
-
-
-def _filler_window(
-    filler_tokens: np.ndarray, n: int, rng: np.random.Generator, vocab
-) -> np.ndarray:
-    if len(filler_tokens) < n:
-        raise ValueError(f"filler has {len(filler_tokens)} tokens; this example needs {n}")
-    start = int(rng.integers(0, len(filler_tokens) - n + 1))
-    window = np.asarray(filler_tokens[start : start + n])
-    bad = (window >= vocab.text_size) & (window != vocab.doc)
-    if bad.any():
-        raise ValueError(
-            f"filler token {int(window[np.argmax(bad)])} is a reserved control token; "
-            f"filler may hold only text and DOC={vocab.doc}"
-        )
-    return window
-
-
-def _segments(
-    prompt_len: int, begin_tokens: int, needle_spans: list[Span], query_len: int
-) -> dict[str, list[Span]]:
-    begin = (0, begin_tokens)
-    end = (prompt_len - query_len, prompt_len)
-    taken = [begin, *needle_spans, end]
-    context: list[Span] = []
-    cursor = 0
-    for start, stop in taken:
-        if start > cursor:
-            context.append((cursor, start))
-        cursor = max(cursor, stop)
-    return {"begin": [begin], "needle": list(needle_spans), "context": context, "end": [end]}
-
-
-def segment_labels(example: Example) -> np.ndarray:
-    """(prompt_len,) int array: the index in SEGMENTS of each prompt position."""
-    labels = np.full(example.prompt_len, -1, dtype=np.int64)
-    for k, name in enumerate(SEGMENTS):
-        for start, stop in example.segments[name]:
-            labels[start:stop] = k
-    if (labels < 0).any():  # pragma: no cover - segments are built to cover the prompt
-        raise RuntimeError("segments do not cover the prompt")
-    return labels

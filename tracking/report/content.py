@@ -14,9 +14,10 @@ from typing import Any
 
 from space.describe import describe_knobs
 from space.presets import DESCRIPTIONS
+from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import StudyAggregate
 from tracking.hypotheses import Finding
-from tracking.pareto import ParetoTable
+from tracking.pareto import MAXIMIZE, ParetoTable, direction_arrow
 from tracking.report.tables import (
     Table,
     candidate_table,
@@ -163,6 +164,68 @@ def tally(findings: Sequence[Finding]) -> str:
     return ", ".join(f"{n} {v.value}" for v, n in counts.items()) + f" of {len(findings)}"
 
 
+def _value(name: str, v: float) -> str:
+    return human_bytes(v) if is_bytes_score(name) else f"{v:.3g}"
+
+
+def _names(names: Sequence[str], most: int = 3) -> str:
+    shown = ", ".join(f"**{n}**" for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def headline(r: ReportInput) -> tuple[str, ...]:
+    """What the sweep found, in a few lines: the Pareto front of candidate means, the best
+    candidate on each objective, and the verdicts on the hypotheses."""
+    if not r.agg.candidates:
+        return ("No candidate has a completed run yet: nothing to compare.",)
+    lines = []
+    if r.pareto is not None:
+        names, dirs = r.pareto.objective_names, r.pareto.directions
+        ranked = [row for row in r.pareto.rows if row["rank"] is not None]
+        front = [row for row in ranked if row["rank"] == 0]
+        if front:
+            described = [
+                f"**{row['candidate']}** ("
+                + ", ".join(f"{n} {_value(n, float(row[n]))}" for n in names)
+                + ")"
+                for row in front[:5]
+            ]
+            more = f" and {len(front) - 5} more" if len(front) > 5 else ""
+            lines.append(
+                f"Pareto front of candidate means ({len(front)} of {len(ranked)} candidates, "
+                f"nothing beats them on every objective at once): "
+                + "; ".join(described)
+                + more
+                + "."
+            )
+        best = []
+        for name, direction in zip(names, dirs, strict=True):
+            values = [(float(row[name]), row["candidate"]) for row in ranked]
+            if not values:
+                continue
+            top = (max if direction == MAXIMIZE else min)(v for v, _ in values)
+            leaders = [c for v, c in values if v == top]
+            tie = " (tied)" if len(leaders) > 1 else ""
+            best.append(
+                f"{name} {direction_arrow(direction)}: {_names(leaders)} {_value(name, top)}{tie}"
+            )
+        if best:
+            lines.append("Best candidate per objective: " + "; ".join(best) + ".")
+    if r.findings:
+        by_verdict = {v: [f.key for f in r.findings if f.verdict is v] for v in Verdict}
+        named = "; ".join(
+            f"{v.value}: " + ", ".join(f"`{k}`" for k in keys)
+            for v, keys in by_verdict.items()
+            if keys and v is not Verdict.UNDECIDED
+        )
+        lines.append(
+            f"Hypotheses: {tally(r.findings)}"
+            + (f" ({named})" if named else "")
+            + "; see Findings."
+        )
+    return tuple(lines)
+
+
 def _variants(r: ReportInput) -> tuple[str, ...]:
     out = []
     for c in (*r.agg.candidates, *r.agg.without_complete):
@@ -195,6 +258,7 @@ def sections(r: ReportInput) -> list[Section]:
     if r.hypotheses_source:
         findings_intro += f" Hypotheses: {r.hypotheses_source}."
     out = [
+        Section("found", "What the sweep found", (Bullets(headline(r)),)),
         Section(
             "variants",
             "What the variants are",

@@ -127,7 +127,7 @@ def plot_niah(agg: StudyAggregate, path: Path) -> Path | None:
     image = None
     for ax, c in zip(axes.flat, with_grid, strict=False):
         g = c.niah
-        image = draw_niah_cells(ax, g.acc, g.lengths, g.depths, fontsize=6)
+        image = draw_niah_cells(ax, g.acc, g.lengths, g.depths, fontsize=8)
         ax.set_title(f"{c.name} (n={g.n})", fontsize=9)
         ax.set_xlabel("needle depth", fontsize=8)
     for ax in axes[:, 0]:

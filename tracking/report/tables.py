@@ -3,12 +3,12 @@ Markdown and HTML by :mod:`tracking.report.markdown` and :mod:`tracking.report.h
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB, TOKENS_PER_S
 from space.tasks import SEGMENTS
+from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import CandidateSummary, StudyAggregate
 from tracking.pareto import ParetoTable
 from tracking.seed_plan import SeedPlan
@@ -18,7 +18,6 @@ from tracking.stats import Spread
 __all__ = [
     "Table",
     "candidate_table",
-    "human_bytes",
     "mass_table",
     "pareto_rows",
     "seed_plan_table",
@@ -35,20 +34,11 @@ class Table:
     text_columns: int = 2  # the first columns hold names: left-aligned
 
 
-def human_bytes(n: float) -> str:
-    if not math.isfinite(n):
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
-
-
 def spread_cell(s: Spread | None, score: str) -> Cell:
     """``mean ± std`` with ``[min, max]`` as detail; bytes in binary units."""
     if s is None or s.n == 0:
         return "-", ""
-    if score == KV_CACHE_BYTES or score.endswith("_bytes"):
+    if is_bytes_score(score):
         main = human_bytes(s.mean)
         if s.n > 1 and s.std > 0:
             main += f" ± {human_bytes(s.std)}"
@@ -122,7 +112,7 @@ def pareto_rows(p: ParetoTable) -> Table:
             v = r.get(name)
             if v is None:
                 cells.append(("-", ""))
-            elif name == KV_CACHE_BYTES or name.endswith("_bytes"):
+            elif is_bytes_score(name):
                 cells.append((human_bytes(float(v)), ""))
             else:
                 cells.append((f"{float(v):.4g}", ""))

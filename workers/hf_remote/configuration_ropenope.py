@@ -4,12 +4,21 @@ Self-contained: imports transformers only. ``layer_specs`` holds one entry per l
 the layer specs the model was trained with:
 
 - ``position``: ``"rope"`` (rotary, ``rotate_half`` layout, base ``rope_base``) or ``"nope"``;
-- ``window``: ``null`` for full causal attention, else the sliding window in tokens (a query
-  sees itself and the ``window - 1`` keys before it);
+- ``window``: ``null`` for full causal attention, else the window in tokens;
+  ``window_kind`` (absent = ``"sliding"``): ``"sliding"``, a query sees itself and the
+  ``window - 1`` keys before it; ``"chunked"``, positions are cut into chunks of ``window``
+  from position 0 and a query sees the keys of its own chunk up to itself (Llama 4);
 - ``qk_norm``: ``"none"``, ``"pre_rope"`` or ``"post_rope"`` (RMSNorm over the head dimension
   on queries and keys, one learned weight each, before or after the rotation);
 - ``temperature``: ``null``, or ``{"floor_tokens": F, "scale": s}``: queries at position ``p``
-  are multiplied by ``1 + s * log(1 + floor((p + 1) / F))`` (Llama 4, NoPE layers).
+  are multiplied by ``1 + s * log(1 + floor((p + 1) / F))`` (Llama 4, NoPE layers);
+- ``attention_sink`` (absent = ``"none"``): ``"learned"``, one logit per query head
+  (``self_attn.sinks`` in the weights) that takes softmax mass and adds nothing (gpt-oss);
+- ``rope_fraction`` (absent = 1): the first ``int(head_dim * rope_fraction)`` dimensions of each
+  head turn, the rest are position-free (GPT-NeoX ``rotary_pct``);
+- ``rope_scaling`` (absent = none): ``{"kind": "linear" | "ntk" | "yarn", "factor": f, ...}``
+  with ``original_tokens`` (NTK, YaRN) and ``beta_fast``, ``beta_slow``, ``attention_factor``
+  (YaRN), as Hugging Face's ``linear``, ``dynamic`` and ``yarn`` rope types.
 """
 
 from __future__ import annotations

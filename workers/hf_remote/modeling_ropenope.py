@@ -4,16 +4,28 @@ Self-contained (torch and transformers only) and numerically the model ropenope 
 (``workers/model.py``): Llama block (pre-norm RMSNorm in fp32, grouped-query attention, SwiGLU
 MLP, tied embeddings, no biases), with per layer, from ``config.layer_specs``:
 
-- RoPE (``rotate_half`` layout, the layer's own base) or NoPE;
-- full causal attention or a sliding window of ``window`` keys counting the query itself
-  (Hugging Face ``sliding_window`` semantics);
+- RoPE (``rotate_half`` layout, the layer's own base) or NoPE; partial rotary turns only the
+  first ``int(head_dim * rope_fraction)`` dimensions of each head (GPT-NeoX); a RoPE scaling
+  (``linear``, ``ntk`` = Hugging Face ``dynamic``, ``yarn``) changes the frequencies exactly as
+  Hugging Face's rope-init functions do;
+- full causal attention, a sliding window of ``window`` keys counting the query itself (Hugging
+  Face ``sliding_window``), or chunks of ``window`` positions counted from position 0 (Llama 4's
+  ``attention_chunk_size``: a query sees the keys of its own chunk up to itself);
+- learned attention sinks: one logit per query head, a virtual key that takes softmax mass and
+  adds nothing (gpt-oss ``sinks``);
 - QK-norm (RMSNorm over the head dimension, one weight for q and one for k) before or after the
   rotation; on a NoPE layer both placements are the same thing;
-- Llama 4 temperature scaling of queries by their absolute position.
+- Llama 4 temperature scaling of NoPE queries by their absolute position.
 
-Weights use the Hugging Face Llama names, so ``model.safetensors`` is laid out as for Llama.
-Generation keeps a key/value cache of every token (the cache object ``generate`` passes in);
-the window is applied by the mask, so cached keys outside it are simply not attended to.
+Weights use the Hugging Face Llama names (plus ``self_attn.sinks``), so ``model.safetensors`` is
+laid out as for Llama.
+
+Generation keeps a key/value cache of every token (the cache object ``generate`` passes in).
+Keys are cached *before* the rotation and turned at every step for the positions they hold:
+with NTK scaling the frequencies depend on the current length, and the model was trained and
+scored with every key turned by the frequencies of the whole sequence. Windows and chunks are
+applied by the mask on absolute positions, so cached keys outside a query's window or chunk
+are simply not attended to. Positions count real tokens only: a left-padded row starts at 0.
 """
 
 from __future__ import annotations
@@ -45,14 +57,46 @@ class RopenopeRMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_cos_sin(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype):
-    """Absolute positions (B, T) -> cos, sin of shape (B, 1, T, head_dim), fp32 angles."""
-    inv_freq = 1.0 / base ** (
-        torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
-    )
-    freqs = positions.float()[..., None] * inv_freq  # (B, T, head_dim / 2)
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, head_dim)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+# ---------------------------------------------------------------- RoPE and temperature helpers
+
+
+def rope_inv_freq(
+    rotary_dims: int, base: float, scaling: dict[str, Any] | None, seq_len: int
+) -> tuple[Tensor, float]:
+    """Inverse frequencies (rotary_dims / 2,) fp32 and the factor the tables are multiplied by.
+
+    Hugging Face ``modeling_rope_utils``: ``linear``, ``dynamic`` (``ntk``: the base grows with
+    the current length ``seq_len`` past ``original_tokens``) and ``yarn`` (``truncate=True``).
+    """
+    dim = rotary_dims
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    if scaling is None:
+        return 1.0 / base**exponents, 1.0
+    kind, factor = scaling["kind"], float(scaling["factor"])
+    if kind == "linear":
+        return 1.0 / base**exponents / factor, 1.0
+    original = int(scaling["original_tokens"])
+    if kind == "ntk":
+        length = max(seq_len, original)
+        grown = base * ((factor * length / original) - (factor - 1)) ** (dim / (dim - 2))
+        return 1.0 / grown**exponents, 1.0
+    if kind != "yarn":
+        raise ValueError(f"unknown rope_scaling kind {kind!r}")
+    beta_fast, beta_slow = float(scaling["beta_fast"]), float(scaling["beta_slow"])
+
+    def correction_dim(turns: float) -> float:
+        return (dim * math.log(original / (turns * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base**exponents
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    keep = 1 - ramp  # 1: the frequency is kept (fast dims), 0: interpolated (slow dims)
+    inv_freq = interpolation * (1 - keep) + extrapolation * keep
+    return inv_freq, float(scaling["attention_factor"])
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -61,7 +105,12 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return x * cos + rotate_half(x) * sin
+    """Rotate (B, H, S, D) by (B, 1, S, R) tables; with R < D the last D - R dims pass through."""
+    rotary_dims = cos.shape[-1]
+    if rotary_dims == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    turn, keep = x[..., :rotary_dims], x[..., rotary_dims:]
+    return torch.cat([turn * cos + rotate_half(turn) * sin, keep], dim=-1)
 
 
 def temperature_scale(positions: Tensor, floor_tokens: int, scale: float) -> Tensor:
@@ -78,18 +127,24 @@ def repeat_kv(x: Tensor, n_heads: int) -> Tensor:
     return x[:, :, None].expand(b, h_kv, n_heads // h_kv, s, d).reshape(b, n_heads, s, d)
 
 
+# ---------------------------------------------------------------- attention
+
+
 class RopenopeAttention(nn.Module):
     def __init__(self, config: RopenopeConfig, layer_idx: int) -> None:
         super().__init__()
         spec = config.layer_specs[layer_idx]
         self.layer_idx = layer_idx
-        self.rope = spec["position"] == "rope"
-        self.rope_base = float(spec["rope_base"]) if self.rope else None
-        self.window = spec.get("window")
-        self.qk_norm = spec.get("qk_norm", "none")
-        self.temperature = spec.get("temperature")
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
+        self.rope = spec["position"] == "rope"
+        self.rope_base = float(spec["rope_base"]) if self.rope else None
+        self.rotary_dims = int(self.head_dim * float(spec.get("rope_fraction", 1.0)))
+        self.rope_scaling = spec.get("rope_scaling") if self.rope else None
+        self.window = spec.get("window")
+        self.chunked = self.window is not None and spec.get("window_kind") == "chunked"
+        self.qk_norm = spec.get("qk_norm", "none")
+        self.temperature = spec.get("temperature")
         d = config.hidden_size
         self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
@@ -98,8 +153,36 @@ class RopenopeAttention(nn.Module):
         if self.qk_norm != "none":
             self.q_norm = RopenopeRMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RopenopeRMSNorm(self.head_dim, config.rms_norm_eps)
+        if spec.get("attention_sink", "none") == "learned":
+            self.sinks = nn.Parameter(torch.zeros(self.n_heads))  # loaded from the weights
 
-    def forward(self, x: Tensor, positions: Tensor, key_valid: Tensor | None, cache: Any) -> Tensor:
+    def _cos_sin(self, positions: Tensor, lengths: list[int] | None, dtype: torch.dtype):
+        """Rotation tables (B, 1, S, R) for absolute positions (B, S). With NTK, row b turns with
+        the frequencies of a sequence of ``lengths[b]`` tokens; every other kind ignores it."""
+        if lengths is None:
+            inv_freq, factor = rope_inv_freq(self.rotary_dims, self.rope_base, self.rope_scaling, 0)
+            inv_freq = inv_freq.to(positions.device)[None, None, :]  # (1, 1, R / 2)
+        else:
+            rows = [
+                rope_inv_freq(self.rotary_dims, self.rope_base, self.rope_scaling, n)
+                for n in lengths
+            ]
+            inv_freq = torch.stack([f for f, _ in rows]).to(positions.device)[:, None, :]
+            factor = rows[0][1]  # (B, 1, R / 2); the table factor does not depend on the length
+        freqs = positions.float()[..., None] * inv_freq  # (B, S, R / 2), fp32 angles
+        emb = torch.cat([freqs, freqs], dim=-1)  # (B, S, R)
+        return (emb.cos() * factor).to(dtype)[:, None], (emb.sin() * factor).to(dtype)[:, None]
+
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        key_positions: Tensor,
+        key_valid: Tensor | None,
+        cache: Any,
+    ) -> Tensor:
+        """``positions`` (B, T) of the queries, ``key_positions`` (B, S) of every key the cache
+        will hold after this call (S = cached + T), ``key_valid`` (B, S) False on padding."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -111,38 +194,50 @@ class RopenopeAttention(nn.Module):
         )
         if normalize_first:
             q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None:  # un-rotated keys of every earlier token, then these
+            k, v = cache.update(k, v, self.layer_idx)
+        S = k.shape[2]
         if self.rope:
-            cos, sin = rope_cos_sin(positions, D, self.rope_base, q.dtype)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            lengths = None
+            if self.rope_scaling is not None and self.rope_scaling["kind"] == "ntk":
+                # NTK's frequencies follow the current length: each row's largest position + 1
+                lengths = (positions.max(dim=-1).values + 1).tolist()
+            q = apply_rope(q, *self._cos_sin(positions, lengths, q.dtype))  # tables (B, 1, T, R)
+            k = apply_rope(k, *self._cos_sin(key_positions, lengths, k.dtype))  # (B, 1, S, R)
             if self.qk_norm == "post_rope":
                 q, k = self.q_norm(q), self.k_norm(k)
         if self.temperature:
             t = self.temperature
-            q = (
-                q
-                * temperature_scale(positions, t["floor_tokens"], t["scale"]).to(q.dtype)[
-                    :, None, :, None
-                ]
-            )
+            scale = temperature_scale(positions, t["floor_tokens"], t["scale"])  # (B, T)
+            q = q * scale.to(q.dtype)[:, None, :, None]
 
-        if cache is not None:  # keys and values of every earlier token, then these
-            k, v = cache.update(k, v, self.layer_idx)
-        S = k.shape[2]
         k, v = repeat_kv(k, H), repeat_kv(v, H)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, S)
         i = torch.arange(S - T, S, device=x.device)[:, None]  # query index in the sequence
         j = torch.arange(S, device=x.device)[None, :]  # key index
-        visible = j <= i
+        visible = (j <= i)[None]  # (1, T, S)
         if self.window is not None:
-            visible = visible & (j > i - self.window)
-        visible = visible[None, None]  # (1, 1, T, S)
+            q_pos, k_pos = positions[:, :, None], key_positions[:, None, :]  # absolute
+            if self.chunked:
+                visible = visible & (q_pos // self.window == k_pos // self.window)
+            else:
+                visible = visible & (k_pos > q_pos - self.window)
         if key_valid is not None:  # padding: keys the attention mask hides
-            visible = visible & key_valid[:, None, None, :]
-        scores = scores.masked_fill(~visible, float("-inf"))
+            visible = visible & key_valid[:, None, :]
+        scores = scores.masked_fill(~visible[:, None], float("-inf"))
+        sinks = getattr(self, "sinks", None)
+        if sinks is not None:  # one more column: the sink's logit, per head
+            column = sinks.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+            scores = torch.cat([scores, column], dim=-1)  # (B, H, T, S + 1)
         probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
         probs = torch.nan_to_num(probs.to(q.dtype))  # a fully padded row attends to nothing
+        if sinks is not None:
+            probs = probs[..., :S]  # the sink's share is dropped: its value is zero
         y = (probs @ v).transpose(1, 2).reshape(B, T, H * D)
         return self.o_proj(y)
+
+
+# ---------------------------------------------------------------- MLP, block, model
 
 
 class RopenopeMLP(nn.Module):
@@ -165,8 +260,16 @@ class RopenopeDecoderLayer(nn.Module):
         self.post_attention_layernorm = RopenopeRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = RopenopeMLP(config)
 
-    def forward(self, x: Tensor, positions: Tensor, key_valid: Tensor | None, cache: Any) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, key_valid, cache)
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        key_positions: Tensor,
+        key_valid: Tensor | None,
+        cache: Any,
+    ) -> Tensor:
+        a = self.self_attn(self.input_layernorm(x), positions, key_positions, key_valid, cache)
+        x = x + a
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -175,6 +278,22 @@ class RopenopePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["RopenopeDecoderLayer"]
     _supports_cache_class = True
+
+
+def key_positions_of(positions: Tensor, key_valid: Tensor | None, n_keys: int) -> Tensor:
+    """Absolute positions (B, S) of the ``n_keys`` keys that end with these queries.
+
+    Real keys are consecutive positions ending at the last query's position; padding keys (which
+    the mask hides anyway) take the position of the next real key.
+    """
+    B = positions.shape[0]
+    valid = (
+        key_valid.long()
+        if key_valid is not None
+        else torch.ones(B, n_keys, dtype=torch.long, device=positions.device)
+    )
+    count = valid.cumsum(-1)  # real keys up to and including key j
+    return positions[:, -1:] - count[:, -1:] + count
 
 
 class RopenopeModel(RopenopePreTrainedModel):
@@ -213,9 +332,10 @@ class RopenopeModel(RopenopePreTrainedModel):
             else:
                 position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
         positions = position_ids.expand(B, T)
+        key_positions = key_positions_of(positions, key_valid, past + T)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, positions, key_valid, cache)
+            x = layer(x, positions, key_positions, key_valid, cache)
         return self.norm(x)
 
 

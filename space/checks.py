@@ -1,0 +1,269 @@
+"""What the schema alone cannot see: checks across sections of a parsed sweep file. Here:
+the model against the knobs, the objectives against the scores, the grid, the presets and
+fixed knobs as candidates, the hypotheses; the training side (budget, data, tasks,
+stages) is :mod:`space.train_checks`. Each problem is reported with the dotted path of
+the key to fix; a legal but suspicious setting is a warning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from space.errors import ConfigError, InvalidCandidate
+from space.hypothesis_files import check_hypotheses
+from space.knobs import grid_size, knob_domain, rotary_problem
+from space.names import (
+    EVAL_METRICS,
+    LONG_ACC,
+    LONG_ANSWER_NLL,
+    is_score_name,
+    is_task_score,
+    multiple_of,
+    split_task_score,
+)
+from space.sections import MAX_GRID_POINTS, MAX_LENGTH_MULTIPLE
+from space.train_checks import check_parallel, check_train
+from space.yaml_io import echo
+
+if TYPE_CHECKING:
+    from space.schema import SweepConfig
+
+
+def check_semantics(config: SweepConfig, problems: list, warnings: list) -> None:
+    """Every check across sections, in the order a reader fixes them."""
+    _check_model_knobs(config, problems, warnings)
+    _check_rope_knobs(config, problems)
+    data_ok = check_train(config, problems)
+    check_parallel(config, problems, warnings)
+    _check_score(config, problems)
+    _check_grid(config, problems)
+    if data_ok:  # else no vocabulary, hence no model shape to check candidates against
+        _check_candidates(config, problems)
+    _check_hypotheses(config, problems)
+
+
+def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> None:
+    """The model's shape, and fixed and searched knob values against it where they can be."""
+    m = config.model
+    if m.d_model % m.heads:
+        problems.append(("model.heads", f"heads={m.heads} must divide d_model={m.d_model}"))
+    elif (m.d_model // m.heads) % 2:
+        problems.append(("model.heads", f"head_dim={m.d_model // m.heads} must be even for RoPE"))
+    every = config.space.get("global_every")
+    if every is not None:
+        if every.domain == "int":
+            highest = int(every.high)
+        else:
+            highest = max((v for v in knob_domain(every) if v is not None), default=None)
+        if highest is not None and highest > m.layers:
+            problems.append(
+                (
+                    "space.global_every",
+                    f"global_every={echo(highest)} > model.layers={m.layers}; expected <= layers",
+                )
+            )
+    kv = config.space.get("kv_heads")
+    if kv is not None and kv.domain in ("fixed", "choice", "int"):
+        values = knob_domain(kv)
+        # Divisors of heads are at most heads: a huge int range is never walked past it.
+        small = (
+            values
+            if not isinstance(values, range)
+            else range(values.start, min(values.stop, m.heads + 1), values.step)
+        )
+        dividing = [v for v in small if v is None or (v > 0 and m.heads % v == 0)]
+        if not dividing:
+            what = (
+                f"kv_heads={echo(kv.value)} must divide"
+                if kv.domain == "fixed"
+                else f"no value of kv_heads ({kv.describe()[:60]}) divides"
+            )
+            problems.append(("space.kv_heads", f"{what} model.heads={m.heads}"))
+        elif kv.domain == "choice" and len(dividing) < len(values):
+            bad = [v for v in values if v not in dividing]
+            warnings.append(
+                (
+                    "space.kv_heads",
+                    f"kv_heads {echo(bad)} do not divide model.heads={m.heads}: those "
+                    "candidates fail as invalid_candidate",
+                )
+            )
+    for name in ("local_window", "global_window"):
+        spec = config.space.get(name)
+        if spec is None:
+            continue
+        domain = knob_domain(spec)
+        top = (
+            spec.high
+            if spec.domain == "int"
+            else max((v for v in domain if v is not None), default=None)
+        )
+        if top is not None and top >= config.train.seq_len:
+            warnings.append(
+                (
+                    f"space.{name}",
+                    f"a window of {echo(top)} tokens is not smaller than train.seq_len="
+                    f"{config.train.seq_len}: such a layer attends fully during training and "
+                    "is windowed only past the training length",
+                )
+            )
+
+
+def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
+    """Partial rotary against the head size, and a factor wherever a RoPE scaling is set."""
+    m = config.model
+    if m.d_model % m.heads:
+        return
+    head_dim = m.d_model // m.heads
+    spec = config.space.get("rope_fraction")
+    if spec is not None:
+        for value in knob_domain(spec):
+            problem = rotary_problem(value, head_dim)
+            if problem:
+                problems.append(("space.rope_fraction", problem))
+                break
+    scaling = config.space.get("rope_scaling")
+    if (
+        scaling is not None
+        and "rope_scaling_factor" not in config.space
+        and any(v != "none" for v in knob_domain(scaling))
+    ):
+        problems.append(
+            (
+                "space.rope_scaling_factor",
+                "required when rope_scaling can be linear, ntk or yarn (a factor >= 1)",
+            )
+        )
+
+
+def _check_score(config: SweepConfig, problems: list) -> None:
+    """Score lengths and depths; objectives that are scores the scoring produces."""
+    s = config.score
+    for field in ("lengths", "extrap", "mass_lengths"):
+        values = getattr(s, field)
+        if any(v < 1 for v in values):
+            problems.append((f"score.{field}", "multiples of train.seq_len must be >= 1"))
+        elif any(v > MAX_LENGTH_MULTIPLE for v in values):
+            problems.append(
+                (f"score.{field}", f"multiples of train.seq_len must be <= {MAX_LENGTH_MULTIPLE}")
+            )
+    if 1 not in s.lengths:
+        problems.append(("score.lengths", "must include 1 (accuracy at the training length)"))
+    if any(not 0 <= d <= 1 for d in s.depths):
+        problems.append(("score.depths", "depths are fractions in [0, 1]"))
+    for i, objective in enumerate(config.study.objectives):
+        if not is_score_name(objective.metric):
+            problems.append(
+                (f"study.objectives[{i}].metric", f"unknown score {objective.metric!r}")
+            )
+    if len({o.metric for o in config.study.objectives}) != len(config.study.objectives):
+        problems.append(("study.objectives", "each metric may appear once"))
+    # An objective must be a score the configured scoring produces.
+    for i, objective in enumerate(config.study.objectives):
+        path, name = f"study.objectives[{i}].metric", objective.metric
+        if is_score_name(name) and is_task_score(name):
+            _check_task_objective(config, path, name, problems)
+        bpb_m = multiple_of(name, "extrap_bpb@")
+        if bpb_m is not None and bpb_m not in s.extrap:
+            problems.append((path, f"{name} needs {bpb_m} in score.extrap"))
+    if config.scheduler.metric not in EVAL_METRICS:
+        problems.append(
+            (
+                "scheduler.metric",
+                f"{config.scheduler.metric!r} is not reported during training; "
+                f"use one of {list(EVAL_METRICS)}",
+            )
+        )
+
+
+def _check_task_objective(config: SweepConfig, path: str, name: str, problems: list) -> None:
+    s = config.score
+    task, base = split_task_score(name)
+    if task is not None and task not in s.families:
+        problems.append((path, f"{name} needs {task!r} in score.tasks"))
+        return
+    if task is None and base in (LONG_ACC, LONG_ANSWER_NLL):
+        if not s.headline_tasks:
+            problems.append((path, f"{name} needs a scored task (score.tasks is empty)"))
+    elif task is None and s.primary_task is None:
+        problems.append((path, f"{name} needs a scored task (score.tasks is empty)"))
+    if base in (LONG_ACC, LONG_ANSWER_NLL) and not any(m > 1 for m in s.lengths):
+        problems.append((path, f"{base} needs a score.lengths multiple beyond 1"))
+    for prefix in ("acc@", "answer_nll@", "token_acc@"):
+        m = multiple_of(base, prefix)
+        if m is not None and m not in s.lengths:
+            problems.append((path, f"{name} needs {m} in score.lengths"))
+
+
+def _check_grid(config: SweepConfig, problems: list) -> None:
+    """The grid sampler needs finite domains and a grid of bounded size."""
+    if config.study.sampler == "grid":
+        points = 1
+        for name, spec in config.searched.items():
+            size = grid_size(spec)
+            if size is None:
+                problems.append(
+                    (
+                        f"space.{name}",
+                        "the grid sampler needs a finite domain (choice, int, or float with step)",
+                    )
+                )
+                continue
+            points *= size
+            if points > MAX_GRID_POINTS:
+                problems.append(
+                    (f"space.{name}", f"the grid has more than {MAX_GRID_POINTS:,} points")
+                )
+                break
+
+
+def _check_candidates(config: SweepConfig, problems: list) -> None:
+    """Fixed-only combinations and presets that can never form a model."""
+    fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
+    stage_problem = any(p.startswith("train.stages") for p, _ in problems)
+    if not config.searched and not stage_problem:
+        try:
+            config.candidate(fixed, path="space")
+        except InvalidCandidate as err:
+            problems.append(("space", f"impossible candidate: {err}"))
+        except ConfigError as err:
+            problems.extend(err.problems)
+    for name, knobs in config.presets.items():
+        try:
+            config.candidate(knobs, path=f"presets.{name}")
+        except ConfigError as err:  # a stage's own problems are reported once, above
+            problems.extend(p for p in err.problems if not p[0].startswith("train.stages"))
+        except InvalidCandidate:
+            pass  # shown as impossible in `ropenope space`; the trial fails with a reason
+
+
+def _check_hypotheses(config: SweepConfig, problems: list) -> None:
+    s = config.score
+    where = f"{config.hypotheses_from}: hypotheses" if config.hypotheses_from else "hypotheses"
+    problems.extend(
+        check_hypotheses(
+            config.hypotheses,
+            presets=list(config.presets),
+            lengths=s.lengths,
+            extrap=s.extrap,
+            mass_lengths=s.mass_lengths,
+            attention_mass=s.attention_mass,
+            path=where,
+        )
+    )
+    if config.study.repeats_others is not None and not config.hypotheses:
+        problems.append(
+            (
+                "study.repeats.others",
+                "others sets the seeds of candidates no hypothesis compares: state "
+                "hypotheses (hypotheses: or hypotheses_from:)",
+            )
+        )
+    if config.study.adaptive and not config.hypotheses:
+        problems.append(
+            (
+                "study.repeats",
+                "adaptive seeds ({min, max}) add seeds where a hypothesis is undecided: "
+                "state hypotheses (hypotheses: or hypotheses_from:)",
+            )
+        )

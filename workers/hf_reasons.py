@@ -1,0 +1,292 @@
+"""Why no stock Hugging Face class reproduces a candidate: each reason names a knob, its
+value and what the classes lack (:mod:`workers.hf_layout` says which class does, and why
+these are the rules). A per-layer field this module does not know is a reason that even
+remote code cannot lift."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from space.layers import (
+    AttentionSink,
+    LayerKind,
+    LayerSpec,
+    Position,
+    QKNorm,
+    RopeScalingKind,
+    WindowKind,
+)
+
+# Keys of LayerSpec.to_dict() the exporter (and the remote-code model) implements. A new
+# per-layer field appears in to_dict() only when it differs from its default, so its mere
+# presence means the layer does something we cannot export.
+KNOWN_LAYER_FIELDS = frozenset(
+    {
+        "index",
+        "kind",
+        "position",
+        "rope_base",
+        "window",
+        "qk_norm",
+        "temperature",
+        "window_kind",
+        "attention_sink",
+        "rope_fraction",
+        "rope_scaling",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why no stock class reproduces a candidate: the knob, its value, and what is missing."""
+
+    knob: str
+    value: Any
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.knob}={_show(self.value)} ({self.why})"
+
+
+class NotExpressible(ValueError):
+    """No stock class reproduces the candidate; ``remote_code_possible`` says whether our own
+    modeling file (``--remote-code``) can."""
+
+    def __init__(self, reasons: Sequence[Reason], remote_code_possible: bool = True) -> None:
+        self.reasons = tuple(reasons)
+        self.remote_code_possible = remote_code_possible
+        super().__init__("; ".join(str(r) for r in self.reasons))
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _knob(knobs: Mapping[str, Any], name: str, fallback: Any) -> Any:
+    return knobs.get(name, fallback)
+
+
+def unknown_layer_fields(layers: Sequence[LayerSpec]) -> list[Reason]:
+    """Per-layer fields no exporter implements (knobs newer than this module)."""
+    reasons: list[Reason] = []
+    seen: set[str] = set()
+    for spec in layers:
+        for key, value in spec.to_dict().items():
+            if key not in KNOWN_LAYER_FIELDS and key not in seen:
+                seen.add(key)
+                reasons.append(Reason(key, value, f"layer {spec.index}: not implemented by export"))
+    return reasons
+
+
+def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """Everything that keeps each stock class from reproducing ``layers`` (empty: one can).
+
+    ``knobs`` are the candidate's resolved knobs, used only to name the cause in the user's
+    words; the decision is made on the layers themselves.
+    """
+    reasons: list[Reason] = []
+    temps = [s for s in layers if s.temperature is not None]
+    if temps:
+        t = temps[0].temperature
+        reasons.append(
+            Reason(
+                "global_temperature",
+                _knob(knobs, "global_temperature", "log"),
+                f"Llama 4 scaling of NoPE queries from {t.floor_tokens} tokens on, scale "
+                f"{t.scale:g}: only Llama4 has it, and it counts positions over left padding "
+                "(cache_position), so a padded batch differs from ours",
+            )
+        )
+    normed = [s for s in layers if s.qk_norm is not QKNorm.NONE]
+    if normed and len(normed) < len(layers):
+        reasons.append(
+            Reason(
+                "qk_norm_layers",
+                _knob(knobs, "qk_norm_layers", "?"),
+                f"QK-norm on layers {[s.index for s in normed]} only: Qwen3 normalises every "
+                "layer, the others none",
+            )
+        )
+    post = [s for s in normed if s.qk_norm is QKNorm.POST_ROPE and s.position is Position.ROPE]
+    if post:
+        reasons.append(
+            Reason(
+                "qk_norm",
+                "post_rope",
+                "a learned RMSNorm after the rotation: no stock Llama-block class has one "
+                "(Llama 4's has no weight)",
+            )
+        )
+    nope = [s for s in layers if s.position is Position.NOPE]
+    if normed and nope:
+        reasons.append(
+            Reason(
+                "global_position",
+                _knob(knobs, "global_position", "nope"),
+                f"NoPE layers {[s.index for s in nope]} with QK-norm "
+                f"({_knob(knobs, 'qk_norm', normed[0].qk_norm.value)}): Qwen3 has QK-norm but "
+                "no NoPE layers, SmolLM3 NoPE layers but no QK-norm",
+            )
+        )
+    bases = sorted({s.rope_base for s in layers if s.position is Position.ROPE})
+    if len(bases) > 1:
+        local = [s.rope_base for s in layers if s.kind is LayerKind.LOCAL and s.rope_base]
+        glob = [s.rope_base for s in layers if s.kind is LayerKind.GLOBAL and s.rope_base]
+        value = f"{_show(local[0] if local else None)}, global_rope_base={_show(glob[0] if glob else None)}"
+        reasons.append(
+            Reason(
+                "local_rope_base",
+                value,
+                "stock classes have one rope_theta for every RoPE layer",
+            )
+        )
+    windows = sorted({s.window_tokens for s in layers if s.window_tokens is not None})
+    if len(windows) > 1:
+        reasons.append(
+            Reason(
+                "local_window",
+                f"{_knob(knobs, 'local_window', windows[0])}, global_window="
+                f"{_show(_knob(knobs, 'global_window', windows[-1]))}",
+                "stock classes have one sliding_window for every windowed layer",
+            )
+        )
+    reasons += _new_knob_reasons(layers, knobs)
+    return reasons
+
+
+def _indices(layers: Sequence[LayerSpec]) -> list[int]:
+    return [s.index for s in layers]
+
+
+def _new_knob_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """The knobs of issue 17: chunks, sinks, partial rotary, RoPE scaling (module docstring)."""
+    reasons: list[Reason] = []
+    chunked = [s for s in layers if s.window_kind is WindowKind.CHUNKED and s.window_tokens]
+    if chunked:
+        reasons += _chunked_reasons(layers, knobs, chunked)
+    sinks = [s for s in layers if s.attention_sink is AttentionSink.LEARNED]
+    if sinks:
+        reasons.append(
+            Reason(
+                "attention_sink",
+                "learned",
+                f"learned sink logits on layers {_indices(sinks)}: only GptOss has them, and "
+                "its block is not ours (a mixture of experts with a clamped SwiGLU)",
+            )
+        )
+    rope = [s for s in layers if s.position is Position.ROPE]
+    scalings = {s.rope_scaling for s in rope}
+    scaled = [s for s in rope if s.rope_scaling is not None]
+    ntk = [s for s in scaled if s.rope_scaling.kind is RopeScalingKind.NTK]
+    if ntk:
+        reasons.append(
+            Reason(
+                "rope_scaling",
+                "ntk",
+                "Hugging Face's dynamic RoPE keeps the frequencies of the longest sequence it "
+                "has seen and caches keys turned at the length they were cached, so it differs "
+                f"from ours past {ntk[0].rope_scaling.original_tokens} tokens",
+            )
+        )
+    if len(scalings) > 1:
+        reasons.append(
+            Reason(
+                "rope_scaling_layers",
+                _knob(knobs, "rope_scaling_layers", "?"),
+                f"RoPE scaling on layers {_indices(scaled)} of the RoPE layers "
+                f"{_indices(rope)}: stock classes have one rope_parameters for every layer",
+            )
+        )
+    fractions = sorted({s.rope_fraction for s in rope})
+    if len(fractions) > 1:
+        reasons.append(
+            Reason(
+                "rope_fraction",
+                ", ".join(_show(f) for f in fractions),
+                "stock classes rotate one fraction of every RoPE layer",
+            )
+        )
+    partial = [s for s in rope if s.rope_fraction != 1.0]
+    if partial:
+        reasons += _partial_rotary_reasons(layers, knobs, partial[0].rope_fraction)
+    return reasons
+
+
+def _chunked_reasons(
+    layers: Sequence[LayerSpec], knobs: Mapping[str, Any], chunked: Sequence[LayerSpec]
+) -> list[Reason]:
+    """Chunked attention is Llama4's alone (dense, ``moe_layers: []``): what of the rest it lacks
+    (a temperature, sinks, NTK, two bases or two window sizes have reasons of their own)."""
+    value = f"chunked (chunks of {chunked[0].window_tokens} on layers {_indices(chunked)}) with "
+    why = "Llama4 (the stock class with attention_chunk_size) has {}"
+    reasons = []
+    sliding = [s for s in layers if s.window_tokens and s.window_kind is WindowKind.SLIDING]
+    if sliding:
+        reasons.append(
+            Reason(
+                "local_attention",
+                value + f"sliding windows on layers {_indices(sliding)}",
+                why.format("no sliding windows"),
+            )
+        )
+    if any(s.qk_norm is not QKNorm.NONE for s in layers):
+        reasons.append(
+            Reason(
+                "local_attention",
+                value + f"qk_norm={_knob(knobs, 'qk_norm', '?')}",
+                why.format("only a weightless L2 norm after RoPE"),
+            )
+        )
+    if any(s.rope_fraction != 1.0 for s in layers):
+        reasons.append(
+            Reason(
+                "local_attention",
+                value + f"rope_fraction={_show(_knob(knobs, 'rope_fraction', '?'))}",
+                why.format("no partial rotary"),
+            )
+        )
+    return reasons
+
+
+def _partial_rotary_reasons(
+    layers: Sequence[LayerSpec], knobs: Mapping[str, Any], fraction: float
+) -> list[Reason]:
+    """Partial rotary is Phi3's alone: what of the rest Phi3 lacks."""
+    value = f"{_show(fraction)} with "
+    why = "Phi3 (the stock class with partial_rotary_factor) has {}; Llama, Qwen3 and SmolLM3 "
+    why += "rotate whole heads"
+    reasons = []
+    nope = [s for s in layers if s.position is Position.NOPE]
+    if nope:
+        reasons.append(
+            Reason("rope_fraction", value + f"NoPE layers {_indices(nope)}", why.format("no NoPE"))
+        )
+    if any(s.qk_norm is not QKNorm.NONE for s in layers):
+        qk = _knob(knobs, "qk_norm", "?")
+        reasons.append(Reason("rope_fraction", value + f"qk_norm={qk}", why.format("no QK-norm")))
+    windows = {s.window_tokens for s in layers}
+    if len(windows) > 1:
+        reasons.append(
+            Reason(
+                "rope_fraction",
+                value + "windows " + ", ".join(_show(w) for w in sorted(windows, key=str)),
+                why.format("one sliding_window for every layer"),
+            )
+        )
+    scaled = [s.rope_scaling for s in layers if s.rope_scaling is not None]
+    if scaled:
+        reasons.append(
+            Reason(
+                "rope_fraction",
+                value + f"rope_scaling={scaled[0].kind.value}",
+                why.format("no RoPE scaling but its own longrope"),
+            )
+        )
+    return reasons
