@@ -11,10 +11,13 @@ once through ``workers.decoding.Decoder`` with the cache (prefill in chunks, the
 per token) and once without it (the reference: the whole sequence per token). The scorer
 stops a row once it is decided; this bench always decodes all ``--tokens``, the worst case.
 
-Each (preset, length, path) runs in its own subprocess. Time is the best of ``--repeats``
-after a warm-up; peak memory as in ``bench/attention.py``: on CPU the resident-set
-high-water mark of the decoding (``/proc/self/clear_refs``), on CUDA
-``max_memory_allocated``, minus what was there before (the model and the prompts).
+Each (preset, length, path) runs in its own subprocesses. Time is the best of ``--repeats``
+after a warm-up, with the default allocator (as a trial scores). Peak memory as in
+``bench/attention.py``: on CUDA ``max_memory_allocated`` in the same process; on CPU, in a
+second process with a fixed glibc mmap threshold (freed tensors leave the resident set; the
+setting slows decoding by about half, hence not in the timed one), the resident-set
+high-water mark of one decoding after a warm-up (``/proc/self/clear_refs``). Both minus
+what was there before (the model and the prompts).
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_one(args: argparse.Namespace, preset: str, multiple: int, cached: bool) -> dict:
+def measure_one(
+    args: argparse.Namespace, preset: str, multiple: int, cached: bool, memory: bool
+) -> dict:
+    """Time (best of ``--repeats``) or, with ``memory`` on CPU, peak memory of one decoding;
+    on CUDA both."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = load_config(args.config)
@@ -73,31 +80,49 @@ def measure_one(args: argparse.Namespace, preset: str, multiple: int, cached: bo
             torch.cuda.synchronize()
 
     decode()  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        decode()
-        times.append(time.perf_counter() - start)
+    out: dict = {"prompt_tokens": int(prompts.shape[1])}
+    if not memory or device.type == "cuda":
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            decode()
+            times.append(time.perf_counter() - start)
+        out["time_s"] = min(times)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         decode()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
+        out["peak_bytes"] = torch.cuda.max_memory_allocated() - base
+    elif memory:
         base_kib = _status_kib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         decode()
-        peak = (_status_kib("VmHWM") - base_kib) * 1024
-    return {"time_s": min(times), "peak_bytes": peak, "prompt_tokens": int(prompts.shape[1])}
+        out["peak_bytes"] = (_status_kib("VmHWM") - base_kib) * 1024
+    return out
+
+
+# In the CPU memory run only: glibc returns every large freed block to the OS at once.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def _child(
+    args: argparse.Namespace, preset: str, multiple: int, cached: bool, memory: bool
+) -> dict:
+    cmd = [sys.executable, __file__, "--one", preset, str(multiple), "1" if cached else "0"]
+    cmd += ["--memory"] if memory else []
+    for name in ("config", "device", "batch", "tokens", "repeats", "threads"):
+        cmd += [f"--{name}", str(getattr(args, name))]
+    env = {**os.environ, **(MEMORY_ENV if memory else {})}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_child(args: argparse.Namespace, preset: str, multiple: int, cached: bool) -> dict:
-    cmd = [sys.executable, __file__, "--one", preset, str(multiple), "1" if cached else "0"]
-    for name in ("config", "device", "batch", "tokens", "repeats", "threads"):
-        cmd += [f"--{name}", str(getattr(args, name))]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """Time and peak memory of one (preset, length, path), each in a fresh process."""
+    out = _child(args, preset, multiple, cached, memory=False)
+    if "peak_bytes" not in out:  # CPU: the memory run
+        out["peak_bytes"] = _child(args, preset, multiple, cached, memory=True)["peak_bytes"]
+    return out
 
 
 def main() -> None:
@@ -111,10 +136,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         preset, multiple, cached = args.one[0], int(args.one[1]), args.one[2] == "1"
-        print(json.dumps(measure_one(args, preset, multiple, cached)))
+        print(json.dumps(measure_one(args, preset, multiple, cached, args.memory)))
         return
 
     seq_len = load_config(args.config).train.seq_len

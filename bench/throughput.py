@@ -17,7 +17,13 @@ output head) + 3 x the attention score FLOPs of the candidate's layers at this l
 (``workers.serving_cost.attention_flops_per_token``: windows and chunks count only the keys they
 see). Peak: on CUDA the device's dense bf16 tensor-core peak from its data sheet (or
 ``--peak-tflops``); on CPU a measured one, the best of a few square matmuls of the
-precision's dtype on the same threads. Peak memory as in bench/attention.py.
+precision's dtype on the same threads.
+
+Peak memory as in bench/attention.py: on CUDA ``max_memory_allocated`` of the timed run; on
+CPU the resident-set high-water mark of a second, short run (``--warmup`` + 2 steps) in a
+child with a fixed glibc mmap threshold, so that freed tensors leave the resident set. That
+setting makes every large allocation a system call and halves CPU training speed, so the
+timed run keeps the default allocator, as a sweep's trial does.
 """
 
 from __future__ import annotations
@@ -103,14 +109,24 @@ def measure_one(args: argparse.Namespace, backend: str, compiled: bool, precisio
     return result
 
 
-def run_child(args: argparse.Namespace, backend: str, compiled: bool, precision: str) -> dict:
+# In the CPU memory run only: glibc returns every large freed block to the OS at once.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def run_child(
+    args: argparse.Namespace, backend: str, compiled: bool, precision: str, memory: bool = False
+) -> dict:
+    """One measurement in a fresh process: the timed run, or (``memory``) the CPU memory run."""
     cmd = [sys.executable, __file__, "--one", backend, "1" if compiled else "0", precision]
-    for name in ("config", "preset", "device", "steps", "warmup", "threads"):
+    steps = args.warmup + 2 if memory else args.steps
+    for name, value in (("steps", steps), ("config", args.config), ("preset", args.preset)):
+        cmd += [f"--{name}", str(value)]
+    for name in ("device", "warmup", "threads"):
         cmd += [f"--{name}", str(getattr(args, name))]
     for name in ("batch", "seq_len", "peak_tflops"):
         if getattr(args, name):
             cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    env = {**os.environ, **(MEMORY_ENV if memory else {})}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:80]}
@@ -166,6 +182,9 @@ def main() -> None:
                     print(row + "n/a: FlexAttention has no backward on CPU")
                     continue
                 r = run_child(args, backend, compiled, precision)
+                if "error" not in r and not args.device.startswith("cuda"):
+                    mem = run_child(args, backend, compiled, precision, memory=True)
+                    r["peak_bytes"] = mem.get("peak_bytes", float("nan"))
                 if "error" in r:
                     print(row + f"failed: {r['error']}")
                     continue
