@@ -382,6 +382,26 @@ def pid_reporting_runner(config: Any, candidate: Any, *, pid_file: str, **kwargs
     return run_candidate(config, candidate, on_eval=on_eval, **kwargs)
 
 
+def sigkill_when_written(pid_file: Path, wait_s: float) -> Any:
+    """A started daemon thread that waits (at most ``wait_s``) for ``pid_file``, which
+    :func:`pid_reporting_runner` writes at its first evaluation, and SIGKILLs that process;
+    ``join`` it after the sweep."""
+    import contextlib
+    import threading
+
+    def kill() -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not pid_file.exists():
+            time.sleep(0.2)
+        time.sleep(0.5)
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer
+
+
 class SilentServer:
     """A TCP server on 127.0.0.1 that accepts connections and never answers: what a hung
     tracking server looks like to a client."""

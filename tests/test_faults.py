@@ -29,6 +29,7 @@ from engines import (
     MlflowServer,
     SilentServer,
     pid_reporting_runner,
+    sigkill_when_written,
     tiny_config_file,
 )
 from mlflow import MlflowClient
@@ -150,16 +151,7 @@ def test_faults_worker_killed_mid_training_continues_from_its_checkpoint(
     )
     pid_file = tmp_path / "worker.pid"
 
-    def kill_worker() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not pid_file.exists():
-            time.sleep(0.2)
-        time.sleep(0.5)
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_worker, daemon=True)
-    killer.start()
+    killer = sigkill_when_written(pid_file, wait_s=300)
     runner = functools.partial(pid_reporting_runner, pid_file=str(pid_file))
     summary = driver.submit(path, storage=url, address=ray_local, runner=runner, progress=False)
     killer.join(timeout=10)

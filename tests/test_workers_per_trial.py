@@ -13,18 +13,19 @@ local Ray: 2 workers x 1 CPU (gloo), the launching Tune function on no CPU.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-from engines import failing_runner, handicap_runner, pid_reporting_runner, tiny_config_file
+from engines import (
+    failing_runner,
+    handicap_runner,
+    pid_reporting_runner,
+    sigkill_when_written,
+    tiny_config_file,
+)
 from optuna.trial import TrialState
 from test_interface import GOLDEN, collect_interface
 
@@ -104,16 +105,7 @@ def test_workers_per_trial_killed_worker_resumes_from_its_checkpoint(
     )
     pid_file = tmp_path / "worker.pid"
 
-    def kill_main_worker() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not pid_file.exists():
-            time.sleep(0.2)
-        time.sleep(0.5)
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_main_worker, daemon=True)
-    killer.start()
+    killer = sigkill_when_written(pid_file, wait_s=600)
     # The runner writes the pid of the worker that reports (rank 0) at its first evaluation.
     runner = functools.partial(pid_reporting_runner, pid_file=str(pid_file))
     summary = driver.submit(path, storage=url, address=ray_local, runner=runner, progress=False)
