@@ -112,6 +112,18 @@ def export(candidate, tmp_path, **kwargs):
     return result, ours(candidate, weights)
 
 
+def left_padded(short_len: int, long_len: int):
+    """Two random rows (seed 5) as one batch: the short one left-padded with PAD, the long
+    one whole. Returns (short, long, batch, attention mask)."""
+    gen = torch.Generator().manual_seed(5)
+    short, long = (torch.randint(0, 256, (1, n), generator=gen) for n in (short_len, long_len))
+    batch = torch.full((2, long_len), PAD)
+    batch[0, long_len - short_len :], batch[1] = short[0], long[0]
+    mask = (batch != PAD).long()
+    mask[1] = 1
+    return short, long, batch, mask
+
+
 def assert_same_model(result, model, candidate, *, remote: bool) -> None:
     """Logits within 1e-4 on ids longer than every window, and the same greedy tokens."""
     hf = transformers.AutoModelForCausalLM.from_pretrained(
@@ -203,12 +215,7 @@ def test_hf_export_remote_code_handles_left_padded_batches(tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(result.out_dir), trust_remote_code=True
     ).eval()
-    gen = torch.Generator().manual_seed(5)
-    short, long = (torch.randint(0, 256, (1, n), generator=gen) for n in (40, 75))
-    batch = torch.full((2, 75), PAD)
-    batch[0, 35:], batch[1] = short[0], long[0]
-    mask = (batch != PAD).long()
-    mask[1] = 1
+    short, long, batch, mask = left_padded(40, 75)
     with torch.no_grad():
         out = hf.generate(
             batch, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None
@@ -388,12 +395,7 @@ def test_hf_export_remote_code_left_padding_with_chunks_sinks_and_ntk(tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(result.out_dir), trust_remote_code=True
     ).eval()
-    gen = torch.Generator().manual_seed(5)
-    short, long = (torch.randint(0, 256, (1, n), generator=gen) for n in (23, 41))
-    batch = torch.full((2, 41), PAD)
-    batch[0, 18:], batch[1] = short[0], long[0]
-    mask = (batch != PAD).long()
-    mask[1] = 1
+    short, long, batch, mask = left_padded(23, 41)
     with torch.no_grad():
         logits = hf(input_ids=batch, attention_mask=mask).logits
         torch.testing.assert_close(logits[0, 18:], model(short)[0], atol=1e-4, rtol=0)
@@ -528,12 +530,7 @@ def test_hf_llama4_temperature_counts_padding_so_temperature_needs_remote_code(t
 
     hf.load_state_dict(hf_state_dict(weights, llama4, candidate.shape), strict=False)
     model = ours(candidate, weights)
-    gen = torch.Generator().manual_seed(5)
-    short, long = (torch.randint(0, 256, (1, n), generator=gen) for n in (40, 75))
-    batch = torch.full((2, 75), PAD)
-    batch[0, 35:], batch[1] = short[0], long[0]
-    mask = (batch != PAD).long()
-    mask[1] = 1
+    short, long, batch, mask = left_padded(40, 75)
     with torch.no_grad():
         logits = hf(input_ids=batch, attention_mask=mask).logits
         torch.testing.assert_close(logits[1], model(long)[0], atol=1e-4, rtol=0)  # unpadded
