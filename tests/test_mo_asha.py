@@ -270,3 +270,100 @@ def test_mo_asha_sweep_stopped_trial_is_pruned_at_its_rung(tmp_path, runs_home, 
     # The KV cache the driver computed from the layout is the one the trial reports.
     assert rung[KV_CACHE_BYTES] == rope.values[2] == rope.user_attrs[KV_CACHE_BYTES]
     assert ATTR_RUNG not in rope.user_attrs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_mo_asha_resume_mid_rung_trains_no_step_twice(tmp_path, runs_home, ray_local):
+    """The driver is killed while a trial is between rungs (past rungs 0 and 1: 3 of its
+    10 evaluations, rungs at 1, 2, 4, 8); `resume` re-runs it from its newest checkpoint.
+    As with ASHA, the resumed sweep's rungs start empty; the re-run is judged at the next
+    rung it reaches (its evaluations are counted from its first seed's start), never again
+    at the rungs it passed, and trains no step its interrupted trial had trained."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from engines import REPO, tiny_config_file
+    from optuna.trial import TrialState
+
+    from search import driver
+    from space.names import (
+        ATTR_CANDIDATE_ID,
+        ATTR_REASON,
+        ATTR_RERUN_OF,
+        ATTR_RESUMED_FROM_STEP,
+        ATTR_RUNG_EVALS,
+    )
+    from space.outcomes import Reason
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={
+            "name": "moresume",
+            "trials": 2,
+            "early_stopping": {"scheduler": "mo_asha", "reduction_factor": 2},
+        },
+        space=SWEEP_SPACE,
+        presets=["rope", "nope"],
+        train={"steps": 150, "eval_every": 15, "checkpoint_every": 15},
+        resources={"cpus_per_trial": 1, "max_concurrent": 1},
+    )
+    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
+    cmd = [sys.executable, "-m", "search", "submit", str(path), "--storage", url]
+    proc = subprocess.Popen(
+        [*cmd, "--address", ray_local, "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline:
+            try:
+                study = optuna.load_study(study_name="moresume", storage=url)
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            except KeyError:
+                running = []
+            if any(len(t.intermediate_values) >= 3 for t in running):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("timed out waiting for a trial past its second rung")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    driver.resume("moresume", storage=url, progress=False)
+    trials = sorted(
+        optuna.load_study(study_name="moresume", storage=url).get_trials(),
+        key=lambda t: t.number,
+    )
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if t.user_attrs.get(ATTR_REASON) == Reason.INTERRUPTED]
+    assert interrupted
+    for old in interrupted:
+        (rerun,) = [t for t in trials if t.user_attrs.get(ATTR_RERUN_OF) == old.number]
+        assert rerun.user_attrs[ATTR_CANDIDATE_ID] == old.user_attrs[ATTR_CANDIDATE_ID]
+        assert rerun.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        resumed = rerun.user_attrs[ATTR_RESUMED_FROM_STEP]
+        assert resumed >= 45  # the checkpoint of its third evaluation (or later)
+        # No step trained twice: the re-run evaluates only after where it continued.
+        assert min(rerun.intermediate_values) > resumed
+        assert set(rerun.intermediate_values).isdisjoint(
+            s for s in old.intermediate_values if s <= resumed
+        )
+        if rerun.state == TrialState.PRUNED:  # judged only at a rung beyond those passed
+            assert rerun.user_attrs[ATTR_RUNG_EVALS] >= 4
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    ids = [t.user_attrs[ATTR_CANDIDATE_ID] for t in finished]
+    assert len(ids) == len(set(ids)) == 2  # each candidate ends once
