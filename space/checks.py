@@ -228,8 +228,8 @@ def _check_early_stopping(config: SweepConfig, problems: list, warnings: list) -
             warnings.append(
                 (
                     path,
-                    f"rungs rank on {', '.join(o.metric for o in rung)}; {', '.join(unseen)} "
-                    "exist only after training and play no part in stopping",
+                    f"rungs rank on {', '.join(o.metric for o in rung)}; "
+                    f"{', '.join(unseen)}: measured only after training, no part in stopping",
                 )
             )
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from engines import REPO
 from ray.tune.schedulers import TrialScheduler
 
 from search.mo_asha import (
@@ -367,3 +368,26 @@ def test_mo_asha_resume_mid_rung_trains_no_step_twice(tmp_path, runs_home, ray_l
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     ids = [t.user_attrs[ATTR_CANDIDATE_ID] for t in finished]
     assert len(ids) == len(set(ids)) == 2  # each candidate ends once
+
+
+def test_mo_asha_rung_objectives_default_to_what_a_rung_sees_of_the_study(tmp_path):
+    import yaml
+
+    from space import load_config
+    from space.names import KV_CACHE_BYTES, VAL_BPB
+    from space.sections import Objective
+
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["study"]["early_stopping"] = {"scheduler": "mo_asha"}
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    es = config.study.early_stopping
+    # long_acc (maximise) is measured after training only; short_bpb is seen as val_bpb.
+    assert es.rung_objectives(config.study.objectives) == (
+        Objective(metric=VAL_BPB, direction="minimize"),
+        Objective(metric=KV_CACHE_BYTES, direction="minimize"),
+    )
+    assert config.stopping_scheduler == "mo_asha"
+    (warning,) = [w for w in config.warnings if w[0] == "study.early_stopping"]
+    assert "long_acc" in warning[1] and "val_bpb, kv_cache_bytes" in warning[1]
