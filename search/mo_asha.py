@@ -29,16 +29,19 @@ one end. Remaining ties go to the trial that reached the rung first.
 
 What a rung can see. An objective's value at a rung is the trial's report at that rung,
 or, for objectives known before any training, what ``known_before_training`` computes from
-the trial's config (in a sweep: the serving costs computed from the layer layout,
-:data:`LAYOUT_RUNG_METRICS`). A report that lacks an objective (and a trial for which
-no value is known) is not judged at that rung: it goes on.
+the trial's config. In a sweep (:func:`sweep_scheduler`): ``kv_cache_bytes``,
+``attn_flops_per_token`` and ``params`` from the candidate's layer layout, the same at
+every rung (:data:`space.names.RUNG_LAYOUT_METRICS`); ``val_bpb``, ``train_loss`` and
+``tokens_per_s`` from the evaluation that reached the rung; ``short_bpb`` through
+``val_bpb``; retrieval scores not at all (they are measured after training). A report
+that lacks an objective, or holds a non-finite one, is not judged at that rung: it goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,6 +56,7 @@ from space.names import (
     ATTR_RUNG_EVALS,
     ATTR_RUNG_VALUES,
     KV_CACHE_BYTES,
+    PARAMS,
 )
 from workers import serving_cost
 from workers.trial import EVALS_KEY, SEED_INDEX_KEY
@@ -312,7 +316,9 @@ def sweep_scheduler(config: SweepConfig) -> MOASHAScheduler:
         grace_period=es.grace_period,
         reduction_factor=es.reduction_factor,
         time_of=lambda result: evaluation_index(steps, result),
-        known_before_training=lambda trial: layout_values(config, trial.config["candidate"]),
+        known_before_training=lambda trial: layout_values(
+            config, trial.config["candidate"], [o.metric for o in objectives]
+        ),
     )
 
 
@@ -326,20 +332,39 @@ def evaluation_index(eval_steps: Sequence[int], result: Mapping[str, Any]) -> in
     return int(result.get(SEED_INDEX_KEY, 0)) * len(eval_steps) + done
 
 
-def layout_values(config: SweepConfig, candidate: Mapping[str, Any]) -> dict[str, float]:
-    """The rung objectives computed from a candidate's layer layout (the layers it is
-    scored with), exactly as its trial computes them after training."""
+def layout_values(
+    config: SweepConfig, candidate: Mapping[str, Any], metrics: Collection[str]
+) -> dict[str, float]:
+    """Those of ``metrics`` that the layer layout fixes (:data:`RUNG_LAYOUT_METRICS`),
+    computed from a candidate exactly as its trial computes them after training: the KV
+    cache and attention FLOPs of the layers it is scored with, its parameter count."""
     c = Candidate.from_dict(dict(candidate))
     s = config.score
     served = c.final_layers
-    return {
-        KV_CACHE_BYTES: float(
+    out: dict[str, float] = {}
+    if KV_CACHE_BYTES in metrics:
+        out[KV_CACHE_BYTES] = float(
             serving_cost.kv_cache_bytes(c.shape, served, s.kv_context_tokens, s.kv_dtype_bytes)
-        ),
-        ATTN_FLOPS_PER_TOKEN: float(
+        )
+    if ATTN_FLOPS_PER_TOKEN in metrics:
+        out[ATTN_FLOPS_PER_TOKEN] = float(
             serving_cost.attention_flops_per_token(c.shape, served, s.kv_context_tokens)
-        ),
-    }
+        )
+    if PARAMS in metrics:
+        out[PARAMS] = float(parameter_count(c))
+    return out
+
+
+def parameter_count(candidate: Candidate) -> int:
+    """The candidate's parameters, counted on a model built on PyTorch's meta device
+    (shapes only: no memory, no initialisation). torch is imported here, and only when
+    ``params`` is a rung objective, so the driver does not load it otherwise."""
+    import torch
+
+    from workers.model import HybridTransformer
+
+    with torch.device("meta"):
+        return HybridTransformer(candidate.shape, candidate.layers).num_parameters()
 
 
 def stop_attrs(scheduler: MOASHAScheduler, trial_id: str) -> dict[str, Any]:

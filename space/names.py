@@ -87,9 +87,8 @@ LAYOUT_SCORES = (KV_CACHE_BYTES, PARAMS, ATTN_FLOPS_PER_TOKEN)
 EVAL_METRICS = (VAL_BPB, TRAIN_LOSS, TOKENS_PER_S)
 
 # What an MO-ASHA rung can rank on (``study.early_stopping``): the evaluation metrics, and
-# the layout scores the driver computes from a candidate before it trains (``params``
-# needs the built model, so it is not among them).
-RUNG_LAYOUT_METRICS = (KV_CACHE_BYTES, ATTN_FLOPS_PER_TOKEN)
+# the layout scores the driver computes from a candidate before it trains.
+RUNG_LAYOUT_METRICS = LAYOUT_SCORES
 RUNG_METRICS = (*EVAL_METRICS, *RUNG_LAYOUT_METRICS)
 # The evaluation metric that stands in at a rung for a final score: ``val_bpb`` is the
 # validation bits per byte at the training length that ``short_bpb`` measures once more

@@ -391,3 +391,29 @@ def test_mo_asha_rung_objectives_default_to_what_a_rung_sees_of_the_study(tmp_pa
     assert config.stopping_scheduler == "mo_asha"
     (warning,) = [w for w in config.warnings if w[0] == "study.early_stopping"]
     assert "long_acc" in warning[1] and "val_bpb, kv_cache_bytes" in warning[1]
+
+
+def test_mo_asha_layout_values_are_what_the_trial_reports():
+    """The rung's layout objectives, computed in the driver before training, equal what
+    run_candidate computes after it: the serving costs and the built model's parameters."""
+    from search.mo_asha import layout_values
+    from space import load_config
+    from space.names import ATTN_FLOPS_PER_TOKEN, KV_CACHE_BYTES, PARAMS
+    from workers import serving_cost
+    from workers.candidate import build_model
+
+    config = load_config(REPO / "configs" / "demo.yaml")
+    for name in ("qknorm", "rnope_swa"):
+        c = config.preset_candidate(name)
+        got = layout_values(config, c.to_dict(), [KV_CACHE_BYTES, ATTN_FLOPS_PER_TOKEN, PARAMS])
+        s = config.score
+        assert got == {
+            KV_CACHE_BYTES: serving_cost.kv_cache_bytes(
+                c.shape, c.final_layers, s.kv_context_tokens, s.kv_dtype_bytes
+            ),
+            ATTN_FLOPS_PER_TOKEN: serving_cost.attention_flops_per_token(
+                c.shape, c.final_layers, s.kv_context_tokens
+            ),
+            PARAMS: build_model(c, 0).num_parameters(),
+        }
+        assert layout_values(config, c.to_dict(), [KV_CACHE_BYTES]).keys() == {KV_CACHE_BYTES}
