@@ -12,6 +12,7 @@ once (:func:`concurrent_trials`) count the workers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from search import mo_asha
 from search.errors import StudyError
 from search.searcher import StudySearcher, trial_dirname
 from search.tune_callback import SweepCallback
@@ -166,9 +168,12 @@ def fit(
     runner: Any,
     corpus: Any = None,
 ) -> None:
-    scheduler = None
+    scheduler: Any = None
     s = config.scheduler
-    if s.kind == "asha":
+    if config.study.early_stopping is not None:
+        scheduler = mo_asha.sweep_scheduler(config)
+        searcher.stop_attrs = functools.partial(mo_asha.stop_attrs, scheduler)
+    elif s.kind == "asha":
         total = evals_per_seed(config) * config.study.max_repeats  # the most seeds a trial trains
         # max_t beyond the last evaluation: ASHA must never stop a trial for reaching the
         # end (that would skip its scoring and mark a full-budget trial PRUNED).

@@ -34,7 +34,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,9 @@ class StudySearcher(Searcher):
         # Adaptive seeds: the rounds after the target (None for a fixed number of seeds).
         self.rounds = SeedRounds(self.study, config, progress) if config.study.adaptive else None
         self.eval_metric = config.scheduler.metric
+        # What the scheduler knows of a trial it stopped (its rung, for MO-ASHA), by Tune
+        # trial id: set by the Ray runtime with the scheduler.
+        self.stop_attrs: Callable[[str], dict[str, Any]] = lambda tune_id: {}
         self.total_steps = config.train.total_steps
         # Trials run at once; the Ray runtime lowers it when the cluster holds fewer trials
         # with all their workers (search.ray_runtime.concurrent_trials).
@@ -310,15 +313,13 @@ class StudySearcher(Searcher):
         self.record_result(trial_id, result)
         number = live.trial.number
         if OUTCOME_KEY not in result or not result[OUTCOME_KEY]:
-            self._close(
-                number,
-                TrialState.PRUNED,
-                {
-                    ATTR_REASON: Reason.PRUNED,
-                    ATTR_REASON_DETAIL: f"stopped by the {self.config.scheduler.kind} scheduler "
-                    f"after {live.evals} evaluations",
-                },
-            )
+            attrs = {
+                ATTR_REASON: Reason.PRUNED,
+                ATTR_REASON_DETAIL: f"stopped by the {self.config.stopping_scheduler} "
+                f"scheduler after {live.evals} evaluations",
+            }
+            attrs.update(self.stop_attrs(trial_id))
+            self._close(number, TrialState.PRUNED, attrs)
             return
         outcome = TrialOutcome.from_json(result[OUTCOME_KEY])
         attrs = outcome.attrs()

@@ -86,6 +86,15 @@ LAYOUT_SCORES = (KV_CACHE_BYTES, PARAMS, ATTN_FLOPS_PER_TOKEN)
 # What a trial reports at each evaluation, usable as the scheduler / intermediate metric.
 EVAL_METRICS = (VAL_BPB, TRAIN_LOSS, TOKENS_PER_S)
 
+# What an MO-ASHA rung can rank on (``study.early_stopping``): the evaluation metrics, and
+# the layout scores the driver computes from a candidate before it trains.
+RUNG_LAYOUT_METRICS = LAYOUT_SCORES
+RUNG_METRICS = (*EVAL_METRICS, *RUNG_LAYOUT_METRICS)
+# The evaluation metric that stands in at a rung for a final score: ``val_bpb`` is the
+# validation bits per byte at the training length that ``short_bpb`` measures once more
+# at the end on more windows.
+RUNG_PROXIES = {SHORT_BPB: VAL_BPB}
+
 
 def multiple_of(name: str, prefix: str) -> int | None:
     """``multiple_of("acc@4x", "acc@") == 4``; None for names not of that form."""
@@ -176,6 +185,9 @@ ATTR_REASON_DETAIL = "reason_detail"  # the human-readable cause behind ``reason
 ATTR_TRIAL_SECONDS = "trial_seconds"  # wall time of the trial's own work (train + score)
 ATTR_REPEATS = "repeats"  # seeds trained for this candidate (scores are their mean)
 ATTR_EVAL_METRIC = "eval_metric"  # the metric stored as the trial's intermediate values
+ATTR_RUNG = "rung"  # MO-ASHA: the rung (0 = the first) where the scheduler stopped the trial
+ATTR_RUNG_EVALS = "rung_evals"  # that rung's place on the time axis, in evaluations
+ATTR_RUNG_VALUES = "rung_values"  # the trial's rung objectives there, {metric: value}
 # Adaptive seeds (study.repeats: {min, max}): a trial that trains more seeds of a
 # candidate for the hypotheses still undecided. It does not count toward study.trials.
 ATTR_REQUESTED_SEEDS = "requested_seeds"  # the seeds this trial trains, as the planner asked

@@ -246,6 +246,67 @@ def _cases() -> list[Case]:
         _with("scheduler", {"kind": "asha", "reduction_factor": 1}),
         "scheduler.reduction_factor",
     )
+    add(
+        "early_stopping_scheduler",
+        _with("study.early_stopping", {"scheduler": "hyperband"}),
+        "study.early_stopping.scheduler",
+    )
+    add(
+        "early_stopping_reduction_one",
+        _with("study.early_stopping", {"scheduler": "mo_asha", "reduction_factor": 1}),
+        "study.early_stopping.reduction_factor",
+    )
+    add(
+        "early_stopping_grace_zero",
+        _with("study.early_stopping", {"scheduler": "mo_asha", "grace_period": 0}),
+        "study.early_stopping.grace_period",
+    )
+    add(
+        "early_stopping_unknown_key",
+        _with("study.early_stopping", {"scheduler": "mo_asha", "eta": 3}),
+        "study.early_stopping.eta",
+    )
+    add(
+        "early_stopping_objective_after_training",
+        _with(
+            "study.early_stopping",
+            {
+                "scheduler": "mo_asha",
+                "objectives": [{"metric": "long_acc", "direction": "maximize"}],
+            },
+        ),
+        "study.early_stopping.objectives[0].metric",
+    )
+    add(
+        "early_stopping_objectives_fixed_before_training",
+        _with(
+            "study.early_stopping",
+            {
+                "scheduler": "mo_asha",
+                "objectives": [{"metric": "kv_cache_bytes", "direction": "minimize"}],
+            },
+        ),
+        "study.early_stopping.objectives",
+    )
+    add(
+        "early_stopping_objective_direction",
+        _with(
+            "study.early_stopping",
+            {"scheduler": "mo_asha", "objectives": [{"metric": "val_bpb", "direction": "down"}]},
+        ),
+        "study.early_stopping.objectives[0].direction",
+    )
+    add(
+        "early_stopping_and_asha",
+        _dump(
+            {
+                **VALID,
+                "study": {**VALID["study"], "early_stopping": {"scheduler": "mo_asha"}},
+                "scheduler": {"kind": "asha"},
+            }
+        ),
+        "study.early_stopping.scheduler",
+    )
     add("cpus_zero", _with("resources", {"cpus_per_trial": 0}), "resources.cpus_per_trial")
     add(
         "cpus_nan", _with("resources", {"cpus_per_trial": float("nan")}), "resources.cpus_per_trial"
