@@ -13,11 +13,12 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyError
-from search.optuna_adapter import enqueued_params, storage_trial_id
+from search.optuna_adapter import enqueued_params, link_finished_trial, storage_trial_id
 from space.names import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_KNOBS,
+    ATTR_MLFLOW_RUN_ID,
     ATTR_PRESET,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
@@ -96,6 +97,17 @@ def finish_trial(
             return False
         raise StudyError(f"could not close trial {frozen.number}: {err}") from err
     return True
+
+
+def record_run_links(study: optuna.Study, storage: RDBStorage, links: Mapping[int, str]) -> None:
+    """Record ``mlflow_run_id`` on trials (finished ones included) whose MLflow run was
+    completed after they closed (``SweepHooks.complete_runs`` at the sweep's end)."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number, run_id in links.items():
+        if number in by_number:
+            link_finished_trial(
+                storage, storage_trial_id(by_number[number]), ATTR_MLFLOW_RUN_ID, run_id
+            )
 
 
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
