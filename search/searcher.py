@@ -47,6 +47,7 @@ from search.drivers import DriverRegistry
 from search.optuna_adapter import claim_waiting, storage_trial_id
 from search.progress import Progress
 from search.restore import find_restore
+from search.retention import retain_trial
 from search.seed_rounds import SeedRounds, queued_seed_trials, unsettled
 from search.study import OpenedStudy
 from search.study_view import study_view
@@ -267,6 +268,7 @@ class StudySearcher(Searcher):
                 f"`ropenope sync {self.study.study_name}` rebuilds the runs later"
             )
         notify_trial_end(self.study, self.hooks, [frozen], self.progress)
+        retain_trial(frozen, self.study.get_trials(deepcopy=False), self.config.resources.keep)
         return frozen
 
     def record_result(self, tune_id: str, result: Mapping[str, Any]) -> None:
