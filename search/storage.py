@@ -32,6 +32,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StoreError, StudyNotFound
+from search.optuna_adapter import rdb_storage, study_storage_id
 from space.names import ATTR_CLAIM_KEY, ATTR_CREATE_KEY
 from space.paths import runs_dir
 from space.secrets import is_redacted, redact_text, redact_url
@@ -377,12 +378,6 @@ _LOCK_CLASS = 0x524F504E
 _held = threading.local()
 
 
-def rdb_storage(study: optuna.Study) -> RDBStorage:
-    """The RDB storage under a study (Optuna wraps it in a cache)."""
-    storage = study._storage
-    return getattr(storage, "_backend", storage)
-
-
 @contextlib.contextmanager
 def scan_lock(study: optuna.Study) -> Iterator[None]:
     """Hold the study's scan-and-enqueue lock: read the trials, decide, enqueue, with no
@@ -398,7 +393,7 @@ def scan_lock(study: optuna.Study) -> Iterator[None]:
         return
     import sqlalchemy
 
-    study_id = study._study_id
+    study_id = study_storage_id(study)
     depth = getattr(_held, "depth", {})
     _held.depth = depth
     key = (str(engine.url), study_id)
