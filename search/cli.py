@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from search import export_cmd, report_cmd, tracking_cmd
+from search import export_cmd, gc_cmd, report_cmd, tracking_cmd
 from search.errors import CliError
 from space.errors import ConfigError, InvalidCandidate
 
@@ -186,6 +186,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "job-status": (_cmd_remote, "status of a sweep submitted as a Ray Job (all jobs without JOB)"),
     "report": (report_cmd.run, report_cmd.HELP),
     "export": (export_cmd.run, export_cmd.HELP),
+    "gc": (gc_cmd.run, gc_cmd.HELP),
     **{name: (fn, tracking_cmd.HELP[name]) for name, fn in tracking_cmd.COMMANDS.items()},
 }
 
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_parser(sub)
     report_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
+    gc_cmd.add_parser(sub)
     tracking_cmd.add_parsers(sub)  # pareto, sync, ui
     _add_sweep_parsers(sub)
     from search import remote

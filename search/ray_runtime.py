@@ -234,7 +234,9 @@ def fit(
             storage_path=str(storage_path.resolve()),
             callbacks=[SweepCallback(searcher)],
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # One snapshot is enough: it holds each seed's newest checkpoint and the one
+            # before it (workers.layout.snapshot), so a damaged newest still falls back.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=config.resources.max_retries),
         ),
     )

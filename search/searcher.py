@@ -47,11 +47,19 @@ from search.drivers import DriverRegistry
 from search.optuna_adapter import claim_waiting, storage_trial_id
 from search.progress import Progress
 from search.restore import find_restore
+from search.retention import retain_trial
 from search.seed_rounds import SeedRounds, queued_seed_trials, unsettled
+from search.storage import sqlite_path
 from search.study import OpenedStudy
 from search.study_view import study_view
 from search.triage import Ready, Triage, Waiting
-from search.trials import count_toward_target, finish_trial, reconcile_interrupted, set_trial_attrs
+from search.trials import (
+    GhostReaper,
+    count_toward_target,
+    finish_trial,
+    reconcile_interrupted,
+    set_trial_attrs,
+)
 from space.expand import Candidate
 from space.names import (
     ATTR_PRESET,
@@ -158,6 +166,14 @@ class StudySearcher(Searcher):
         self.trained: list[int] = []
         self.trial_seconds = 0.0
         self._idle_until = 0.0
+        # Closes RUNNING trials no driver runs (search.trials.GhostReaper), now and then.
+        self.reaper = GhostReaper(
+            self.study,
+            self.storage,
+            driver_id,
+            single_driver=sqlite_path(opened.url) is not None,
+            restore_for=find_restore,
+        )
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         return None  # the searcher's state is the Optuna study; nothing else to save
@@ -174,6 +190,7 @@ class StudySearcher(Searcher):
             return None
         if time.monotonic() < self._idle_until:
             return None
+        self._reap(now=False)
         ready = self.triage.resolve_waiting()
         while ready is None:
             trials = self.study.get_trials(deepcopy=False)
@@ -183,9 +200,20 @@ class StudySearcher(Searcher):
                 if self.triage.waiting:
                     self._idle_until = time.monotonic() + 1.0
                     return None
+                if self._reap(now=True):
+                    continue  # a ghost counted toward the target: look again
                 return Searcher.FINISHED
             ready = self.triage.prepare(self.study.ask())
         return self._launch(trial_id, ready)
+
+    def _reap(self, now: bool) -> bool:
+        """Close RUNNING trials no driver runs (every ``reaper.interval_s``, or ``now``);
+        whether any was closed."""
+        held = {h.trial.number for h in (*self.live.values(), *self.errored.values())}
+        held |= set(self.triage.waiting)
+        reaped = self.reaper.reap(held) if now else self.reaper.maybe_reap(held)
+        notify_closed(self.study, self.hooks, reaped, self.progress)
+        return bool(reaped)
 
     def _seed_round(self, tune_id: str) -> dict[str, Any] | str | None:
         """Past the target of an adaptive study: start the next queued trial of seeds
@@ -270,6 +298,7 @@ class StudySearcher(Searcher):
                 f"`ropenope sync {self.study.study_name}` rebuilds the runs later"
             )
         notify_trial_end(self.study, self.hooks, [frozen], self.progress)
+        retain_trial(frozen, self.study.get_trials(deepcopy=False), self.config.resources.keep)
         return frozen
 
     def record_result(self, tune_id: str, result: Mapping[str, Any]) -> None:

@@ -192,6 +192,10 @@ ATTR_RUNG_VALUES = "rung_values"  # the trial's rung objectives there, {metric: 
 # candidate for the hypotheses still undecided. It does not count toward study.trials.
 ATTR_REQUESTED_SEEDS = "requested_seeds"  # the seeds this trial trains, as the planner asked
 ATTR_REQUESTED_FOR = "requested_for"  # the names of the hypotheses that asked for them
+# Idempotency keys (search.storage): a call whose commit may have applied before the
+# connection was lost finds its own trial by them instead of making a second one.
+ATTR_CREATE_KEY = "create_key"  # the call that created the trial (ask, enqueue)
+ATTR_CLAIM_KEY = "claim_key"  # the call that started the queued trial
 
 # Study user attributes written by the sweep driver.
 STUDY_ATTR_SPACE = "ropenope:space"  # the space signature the study was created with

@@ -440,8 +440,11 @@ class ResourcesSection(_Section):
     # Where a trial's workers go (a Ray placement group strategy): pack (fill a node first),
     # spread (one per node where possible), strict_pack (one node), strict_spread (one per node).
     placement: Literal["pack", "spread", "strict_pack", "strict_spread"] = "pack"
+    # Checkpoints kept once a trial ends (search.retention): last (one per finished seed),
+    # best (as last; `ropenope gc` then keeps only the Pareto front's), all (nothing removed).
+    keep: Literal["last", "best", "all"] = "last"
 
-    _added_fields = frozenset({"workers_per_trial", "placement"})
+    _added_fields = frozenset({"workers_per_trial", "placement", "keep"})
 
 
 class TrackingSection(_Section):

@@ -183,6 +183,21 @@ class MlflowStore:
         found = self.search(query)
         return min(found, key=lambda r: (r.info.start_time, r.info.run_id)) if found else None
 
+    def trial_run_status(self) -> dict[int, str]:
+        """``{Optuna trial number: run status}`` of this study's trial runs (the oldest run
+        of a trial, as :meth:`find_child` picks), in one search."""
+        found = self.search(
+            f"tags.{TAG_STUDY} = {_quote(self.target.study)} "
+            f"AND tags.{TAG_RUN_KIND} = {_quote(RUN_KIND_TRIAL)}",
+            order_by=["attributes.start_time DESC"],
+        )
+        status: dict[int, str] = {}
+        for run in found:  # newest first: the oldest run of a trial is written last
+            number = run.data.tags.get(TAG_OPTUNA_TRIAL, "")
+            if number.isdigit():
+                status[int(number)] = run.info.status
+        return status
+
     def metric_steps(self, run: Run) -> dict[str, dict[int, float]]:
         """Every logged (metric, step) of a run, for not logging a point twice."""
         return {
