@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from search import export_cmd, report_cmd, tracking_cmd
 from search.errors import CliError
 from space.errors import ConfigError, InvalidCandidate
+from space.secrets import RedactedStream
 
 
 def _cmd_space(args: argparse.Namespace) -> int:
@@ -217,6 +219,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS[args.command][0]
+    # Every line the command prints passes the one redaction (no URL password on screen).
+    shown_out, shown_err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactedStream(shown_out), RedactedStream(shown_err)
+    try:
+        return _run(args, handler)
+    finally:
+        with contextlib.suppress(BrokenPipeError):  # the reader left: nothing more to show
+            sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = shown_out, shown_err
+
+
+def _run(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
     try:
         return handler(args)
     except (ConfigError, InvalidCandidate, CliError) as err:
