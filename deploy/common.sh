@@ -76,3 +76,18 @@ add_ray_node_opts() {
     add_opt _node_args --min-worker-port "${RAY_MIN_WORKER_PORT:-}"
     add_opt _node_args --max-worker-port "${RAY_MAX_WORKER_PORT:-}"
 }
+
+# create_optuna_tables: create Optuna's tables in $ROPENOPE_STORAGE (idempotent) with the
+# read-write role the sweeps use, waiting out a database that is still starting. The
+# read-only dashboard role cannot create them, so the Ray head does it at start.
+create_optuna_tables() {
+    local attempt
+    for attempt in $(seq 60); do
+        if python -c 'import os, optuna; optuna.storages.RDBStorage(os.environ["ROPENOPE_STORAGE"])' \
+            2>/dev/null; then
+            return 0
+        fi
+        ((attempt < 60)) || die "cannot open the Optuna storage (see ROPENOPE_STORAGE)"
+        sleep 2
+    done
+}

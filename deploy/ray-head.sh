@@ -22,6 +22,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 refuse_placeholder RAY_AUTH_TOKEN ROPENOPE_STORAGE
+if [[ -n "${ROPENOPE_STORAGE:-}" ]]; then
+    create_optuna_tables  # before the dashboard, whose role only reads, looks for them
+fi
 
 args=(start --head --block --disable-usage-stats
     --port "${RAY_GCS_PORT:-6379}"

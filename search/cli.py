@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from search import export_cmd, report_cmd, tracking_cmd
+from search import dashboard, export_cmd, report_cmd, tracking_cmd
 from search.errors import CliError
 from space.errors import ConfigError, InvalidCandidate
 from space.secrets import RedactedStream
@@ -188,6 +188,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "job-status": (_cmd_remote, "status of a sweep submitted as a Ray Job (all jobs without JOB)"),
     "report": (report_cmd.run, report_cmd.HELP),
     "export": (export_cmd.run, export_cmd.HELP),
+    "dashboard": (dashboard.run, dashboard.HELP),
     **{name: (fn, tracking_cmd.HELP[name]) for name, fn in tracking_cmd.COMMANDS.items()},
 }
 
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_parser(sub)
     report_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
+    dashboard.add_parser(sub)
     tracking_cmd.add_parsers(sub)  # pareto, sync, ui
     _add_sweep_parsers(sub)
     from search import remote
