@@ -91,3 +91,37 @@ create_optuna_tables() {
         sleep 2
     done
 }
+
+# Values from .env are checked before use: a number before arithmetic (bash evaluates
+# `a[$(command)]` inside (( )), so an unchecked value runs code), a name before SQL.
+
+# require_port NAME...: each set variable is a TCP port number (1-65535).
+require_port() {
+    local name value
+    for name in "$@"; do
+        value=${!name:-}
+        [[ -z "$value" ]] && continue
+        [[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1 && 10#$value <= 65535)) ||
+            die "$name=$value is not a port number (1-65535)"
+    done
+}
+
+# require_count NAME...: each set variable is a whole number (0-99999).
+require_count() {
+    local name value
+    for name in "$@"; do
+        value=${!name:-}
+        [[ -z "$value" || "$value" =~ ^[0-9]{1,5}$ ]] || die "$name=$value is not a whole number"
+    done
+}
+
+# require_identifier NAME...: each set variable is a plain PostgreSQL name (a letter or
+# _, then letters, digits or _; at most 63), safe in SQL and in a URL.
+require_identifier() {
+    local name value
+    for name in "$@"; do
+        value=${!name:-}
+        [[ -z "$value" || "$value" =~ ^[A-Za-z_][A-Za-z0-9_]{0,62}$ ]] ||
+            die "$name=$value is not a plain name (letters, digits, _; a letter first)"
+    done
+}

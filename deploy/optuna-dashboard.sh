@@ -18,9 +18,7 @@ refuse_placeholder ROPENOPE_STORAGE
 export OPTUNA_DASHBOARD_HOST=${OPTUNA_DASHBOARD_HOST:-127.0.0.1}
 export OPTUNA_DASHBOARD_PORT=${OPTUNA_DASHBOARD_PORT:-8080}
 
-[[ "$OPTUNA_DASHBOARD_PORT" =~ ^[0-9]{1,5}$ ]] && ((10#$OPTUNA_DASHBOARD_PORT >= 1 &&
-    10#$OPTUNA_DASHBOARD_PORT <= 65535)) ||
-    die "OPTUNA_DASHBOARD_PORT=$OPTUNA_DASHBOARD_PORT is not a port number"
+require_port OPTUNA_DASHBOARD_PORT
 
 # The dashboard only reads (its role may not create tables): wait until Optuna's tables
 # exist, which the first writer (the Ray head, or the first sweep) creates; this also
