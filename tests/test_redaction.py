@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from search.errors import RemoteError
+from search.remote import job_env
 from search.trials import _clean
 from space.outcomes import error_reason
 from space.secrets import MASK, RedactedStream, redact_tail, redact_text
@@ -149,6 +151,20 @@ def test_the_choke_points_mask_every_password(cases):
     for _, _, password in cases:
         for out in (json.dumps(stored), param, sink.getvalue()):
             _no_trace(out, password)
+
+
+@FAST
+@given(secret_urls())
+def test_a_ray_job_environment_never_gets_a_url_with_a_password(case):
+    """A Ray job's environment is shown by the Jobs API: a storage URL with a password is
+    refused, a shell's store URL with one is not forwarded (search.remote.job_env)."""
+    url, _, password = case
+    with pytest.raises(RemoteError) as refused:
+        job_env(url, {}, root=None)
+    _no_trace(str(refused.value), password)
+    env, notes = job_env(None, {"ROPENOPE_STORAGE": url, "MLFLOW_TRACKING_URI": url}, root=None)
+    for text in (json.dumps(env), "\n".join(notes)):
+        _no_trace(text, password)
 
 
 @pytest.mark.parametrize(
