@@ -224,7 +224,7 @@ class MlflowStore:
                 TAG_STUDY: self.target.study,
                 TAG_RUN_KIND: RUN_KIND_STUDY,
                 **source_tags(),
-                **(tags or {}),
+                **{k: redact_text(str(v)) for k, v in (tags or {}).items()},
             },
         )
         # Two drivers (PostgreSQL) may race here: keep the oldest, drop ours.
