@@ -17,6 +17,7 @@
 #                                 start. Clients send MLFLOW_TRACKING_USERNAME and
 #                                 MLFLOW_TRACKING_PASSWORD. Without it, run the server only
 #                                 behind a proxy that authenticates (README, "Cluster").
+#   MLFLOW_FLASK_SERVER_SECRET_KEY  with basic auth: the key its CSRF tokens are signed with
 #   MLFLOW_AUTH_DATABASE_URI      where the auth app keeps its users (default: SQLite in
 #                                 MLFLOW_AUTH_DIR, default ~/mlflow-auth; compose: a volume)
 #
@@ -37,7 +38,10 @@ fi
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 app=()
 if [[ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]]; then
-    refuse_placeholder MLFLOW_AUTH_ADMIN_PASSWORD
+    # the auth app signs its CSRF tokens with this key (MLflow refuses to start without it)
+    require_env MLFLOW_FLASK_SERVER_SECRET_KEY
+    refuse_placeholder MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
+    export MLFLOW_FLASK_SERVER_SECRET_KEY
     auth_dir=${MLFLOW_AUTH_DIR:-$HOME/mlflow-auth}
     mkdir -p "$auth_dir"
     chmod 700 "$auth_dir"
