@@ -77,6 +77,7 @@ from space.names import (
 )
 from space.outcomes import Reason, RunStatus, error_reason
 from space.schema import SweepConfig
+from space.secrets import redact_tail, redact_text
 from tracking.hooks import SweepHooks
 from workers.trial import EVALS_KEY, LINKS_KEY, OUTCOME_KEY, SEED_INDEX_KEY, TrialOutcome
 
@@ -94,7 +95,8 @@ def worker_died(text: str | None) -> bool:
 
 def ray_error_reason(text: str | None) -> str:
     """``error: <Type>: <message>`` from a Ray error trace (its last informative line)."""
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    # redacted before the cut below: a cut must not part a password from its URL
+    lines = [ln.strip() for ln in redact_text(text or "").splitlines() if ln.strip()]
     lines = [ln for ln in lines if not ln.startswith(("Failure #", "File ", "^", "~"))]
     last = lines[-1] if lines else "the Ray trial failed without an error message"
     return error_reason(last[:300])
@@ -403,7 +405,7 @@ class StudySearcher(Searcher):
         self._close(
             live.trial.number,
             TrialState.FAIL,
-            {ATTR_REASON: reason, ATTR_REASON_DETAIL: (error_text or "")[-4000:]},
+            {ATTR_REASON: reason, ATTR_REASON_DETAIL: redact_tail(error_text or "", 4000)},
         )
 
     def interrupt(self, live: _Live | Waiting, detail: str) -> None:

@@ -34,6 +34,7 @@ from space.names import (
     ATTR_SEED,
 )
 from space.outcomes import RERUN_REASONS, Reason
+from space.secrets import redact_text
 
 
 def adds_seeds(trial: FrozenTrial) -> bool:
@@ -60,7 +61,10 @@ def count_toward_target(trials: Iterable[FrozenTrial]) -> int:
 
 
 def _clean(value: Any) -> Any:
-    """User attributes are JSON: NaN and infinities become null."""
+    """User attributes are JSON: NaN and infinities become null; every text is redacted
+    (the one choke point for what a trial stores: reasons, tracebacks, links)."""
+    if isinstance(value, str):
+        return redact_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):

@@ -180,6 +180,16 @@ def failing_runner(config: Any, candidate: Any, **kwargs: Any) -> Any:
     return run_candidate(config, candidate, **kwargs)
 
 
+def leaky_runner(config: Any, candidate: Any, *, secret_text: str, **kwargs: Any) -> Any:
+    """run_candidate, except that the all-NoPE candidate raises an error whose message
+    holds ``secret_text`` (a URL with its password, as a driver's error would)."""
+    from workers.candidate import run_candidate
+
+    if _is_all_nope(candidate):
+        raise RuntimeError(f"could not reach {secret_text}")
+    return run_candidate(config, candidate, **kwargs)
+
+
 def handicap_runner(config: Any, candidate: Any, **kwargs: Any) -> Any:
     """run_candidate; the all-NoPE candidate reports a val_bpb 10 bits worse, so which
     trial the ASHA scheduler stops is known in advance."""
