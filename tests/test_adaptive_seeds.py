@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from engines import REPO, seed_effect_runner, tiny_config_file
 from optuna.trial import TrialState, create_trial
 from studies import BAD_ROPE, GOOD_HYBRID, paper_trials, study
@@ -60,6 +61,7 @@ from space.names import (
     ATTR_SEED,
 )
 from space.outcomes import Reason
+from space.schema import parse_config, parse_yaml
 from tracking.aggregate import aggregate_study
 from tracking.seed_plan import DECIDED, EXHAUSTED, plan_for_study
 
@@ -396,3 +398,34 @@ def test_paper_adaptive_is_the_paper_sweep_with_adaptive_seeds():
     assert {n: s for n, s in seeds.items() if s == (0, 1, 2)}.keys() == compared
     assert all(s == (0,) for n, s in seeds.items() if n not in compared)
     assert adaptive.study.max_repeats == 5
+
+
+def test_raised_max_on_resume_keeps_the_look_count_stored_at_creation():
+    """The looks are planned when the study is created (ropenope:decisions); a sweep
+    file whose max is raised on resume plans no extra look, and the report judges at the
+    stored level (0.05 over 3 looks, not over 6)."""
+    from search.signature import record_config
+    from space.names import STUDY_ATTR_DECISIONS
+    from tracking.report.build import judge
+
+    def config_with(max_seeds: int):
+        raw = yaml.safe_load((REPO / "configs" / "demo_seeds.yaml").read_text())
+        raw["study"]["repeats"] = {"min": 2, "max": max_seeds}
+        return parse_config(parse_yaml(yaml.safe_dump(raw)), base_dir=REPO / "configs")
+
+    s = study(paper_trials(hybrid_acc=GOOD_HYBRID, rope_acc=BAD_ROPE))
+    record_config(s, config_with(4), None)
+    assert s.user_attrs[STUDY_ATTR_DECISIONS] == {
+        "repeats_min": 2, "repeats_max": 4, "looks": 3, "alpha": pytest.approx(0.05),
+    }  # fmt: skip
+    raised = config_with(7)
+    record_config(s, raised, None)  # the resume: the stored plan is not rewritten
+    assert s.user_attrs[STUDY_ATTR_DECISIONS]["looks"] == 3
+    plan = plan_for_study(s, raised)
+    assert {h.looks for h in plan.hypotheses} == {3}
+    findings, _, _ = judge(aggregate_study(s), raised, s.user_attrs)
+    rule = next(f.rule for f in findings if f.key == "hybrid_beats_rope_long")
+    assert "0.05 split over 3 looks" in rule
+    # A study created before plans were stored: the sweep file's looks.
+    old = study(paper_trials(hybrid_acc=GOOD_HYBRID, rope_acc=BAD_ROPE), name="old")
+    assert {h.looks for h in plan_for_study(old, raised).hypotheses} == {6}

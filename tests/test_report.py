@@ -74,9 +74,13 @@ def test_report_renders_every_section(tmp_path):
     # Each finding: its verdict, its interval and the rule that decided; the runs the
     # competence gate left out, named.
     assert (
-        '<span class="badge supported">supported</span> <code>hybrid_beats_rope_long</code>' in page
+        "<span class=\"badge supported\">supported</span> <span class='holm'>Holm across 10: "
+        "supported</span> <code>hybrid_beats_rope_long</code>" in page
     )
-    assert "Rule: a - b &gt; 0 (Welch), only runs with acc@1x &gt;= 0.9" in page
+    assert (
+        "Rule: a - b &gt; 0 (Welch), invalid unless each side has acc@1x &gt;= 0.9 on at "
+        "least 75% of its seeds" in page
+    )
     assert "configs/hypotheses/paper.yaml (the paper&#x27;s claims" in page
     assert "Kendall&#x27;s tau" in page
     md = paths["report.md"].read_text()
@@ -91,7 +95,7 @@ def test_report_renders_every_section(tmp_path):
         "## Rank stability across seeds",
     ):
         assert heading in md, heading
-    assert "- **SUPPORTED** — `hybrid_beats_rope_long`" in md
+    assert "- **SUPPORTED** (Holm across 10: supported) — `hybrid_beats_rope_long`" in md
     assert "![NIAH heatmaps](niah_heatmaps.png)" in md
     summary = json.loads(paths["summary.json"].read_text())
     assert len(summary["findings"]) == N_HYPOTHESES
@@ -240,11 +244,18 @@ def test_report_of_an_adaptive_study_shows_where_each_hypothesis_stands(tmp_path
     assert states["hybrid_less_kv"]["state"] == "decided"  # exact: decided at the first look
     kv = next(f for f in summary["findings"] if f["key"] == "hybrid_less_kv")
     assert kv["verdict"] == "supported"
+    # Two seeds each, 0.05 split over 3 looks, Welch at its fractional degrees of freedom
+    # (1.47): the hybrid's lead is decided at the first look ...
     hybrid = states["hybrid_beats_rope_long"]
-    # Two seeds each, 0.05 split over 3 looks: 1 degree of freedom is not enough here.
-    assert hybrid["state"] == "open" and hybrid["next_runs"] == 2 and hybrid["look"] == 1
-    rule = next(f for f in summary["findings"] if f["key"] == "hybrid_beats_rope_long")["rule"]
-    assert "0.05 split over 3 looks" in rule
+    assert (hybrid["state"], hybrid["verdict"], hybrid["look"]) == ("decided", "supported", 1)
+    finding = next(f for f in summary["findings"] if f["key"] == "hybrid_beats_rope_long")
+    assert "0.05 split over 3 looks" in finding["rule"]
+    # ... but not across the family: Holm over the 10 hypotheses leaves it undecided.
+    assert finding["holm"]["verdict"] == "undecided" and finding["holm"]["family"] == 10
+    assert "family-wise error rate" in finding["holm"]["controls"]
+    # Tied sides ask for the next seed of both candidates.
+    qk = states["qknorm_hurts_retrieval"]
+    assert qk["state"] == "open" and qk["next_runs"] == 2 and qk["look"] == 1
     assert 'id="seeds"' in paths["report.html"].read_text()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from space.hypotheses import Hypothesis
 from tracking.aggregate import CandidateSummary, StudyAggregate, aggregate
-from tracking.hypotheses import Finding, evaluate_hypothesis
+from tracking.hypotheses import Finding, ItemsOf, evaluate_hypothesis
 from tracking.records import TrialRecord
 from tracking.sides import LayersOf, select
 from tracking.stats import Verdict
@@ -132,16 +132,20 @@ def plan_seeds(
     repeats_min: int,
     repeats_max: int,
     base_seed: int = 0,
+    items: ItemsOf | None = None,
 ) -> SeedPlan:
     """Replay the looks of every hypothesis on ``records`` and say which seeds the next
-    round trains. See the module docstring for the procedure."""
+    round trains. See the module docstring for the procedure; ``items``
+    (:func:`tracking.hypotheses.item_counts`) gives accuracy quantities their
+    item-level variance floor."""
     if not 1 <= repeats_min <= repeats_max:
         raise ValueError(f"need 1 <= min <= max seeds, got {repeats_min}..{repeats_max}")
     agg = records if isinstance(records, StudyAggregate) else aggregate(records)
     everyone = (*agg.candidates, *agg.without_complete)
     looks = repeats_max - repeats_min + 1
     states = [
-        _replay(h, agg, everyone, layers_of, repeats_min, looks, base_seed) for h in hypotheses
+        _replay(h, agg, everyone, layers_of, repeats_min, looks, base_seed, items)
+        for h in hypotheses
     ]
     merged: dict[str, SeedRequest] = {}
     for h in states:
@@ -165,6 +169,7 @@ def _replay(
     repeats_min: int,
     looks: int,
     base_seed: int,
+    items: ItemsOf | None = None,
 ) -> HypothesisState:
     chosen: dict[str, CandidateSummary] = {}
     for i, m in enumerate(h.measures):
@@ -197,7 +202,9 @@ def _replay(
             return HypothesisState(
                 h.name, state, finding, look - 1, looks, n - 1, names, requests, max(left, 0)
             )
-        finding = evaluate_hypothesis(h, agg, layers_of, looks=looks, seeds=round_seeds)
+        finding = evaluate_hypothesis(
+            h, agg, layers_of, looks=looks, seeds=round_seeds, items=items
+        )
         if finding.verdict is not Verdict.UNDECIDED:
             return HypothesisState(h.name, DECIDED, finding, look, looks, n, names)
         if finding.problems and len(finding.problems) == len(finding.measures):
@@ -211,19 +218,26 @@ def plan_for_study(study: Any, config: Any) -> SeedPlan | None:
     """:func:`plan_seeds` on an ``optuna.Study`` swept with ``config`` (its
     :class:`space.schema.SweepConfig`); None unless the sweep uses adaptive seeds. What
     the sweep driver asks after each round, and ``ropenope status`` shows."""
-    if config is None or not config.study.adaptive:
+    if config is None:
         return None
+    from tracking.decision_plan import decision_plan
+    from tracking.hypotheses import item_counts
     from tracking.records import study_records  # the one read of the study
     from tracking.sides import candidate_layers
 
+    # The looks planned when the study was created: a max raised on resume adds none.
+    decisions = decision_plan(study.user_attrs, config)
+    if not config.study.adaptive or not decisions.adaptive:
+        return None
     read = study_records(study)
     return plan_seeds(
         config.hypotheses,
         aggregate(read.records, read.objective_names, read.directions),
         candidate_layers(config),
-        repeats_min=config.study.repeats,
-        repeats_max=config.study.max_repeats,
+        repeats_min=decisions.repeats_min,
+        repeats_max=decisions.repeats_max,
         base_seed=config.train.seed,
+        items=item_counts(config),
     )
 
 

@@ -83,8 +83,13 @@ def _findings(block: Findings) -> str:
     items = ['<ul class="findings">']
     for f in block.findings:
         v = Verdict(f.verdict).value
+        holm = (
+            ""
+            if f.family_verdict is None
+            else f" <span class='holm'>Holm across {f.family_size}: {f.family_verdict.value}</span>"
+        )
         items.append(
-            f'<li><span class="badge {v}">{v}</span> <code>{e(f.key)}</code> '
+            f'<li><span class="badge {v}">{v}</span>{holm} <code>{e(f.key)}</code> '
             f"<b>{e(f.claim)}</b><span class='detail'>{e(f.detail)}</span>"
             f"<span class='rule'>Rule: {e(f.rule)}</span></li>"
         )
