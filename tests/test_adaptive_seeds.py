@@ -192,8 +192,10 @@ def test_queued_seed_trials_link_their_candidate_and_never_count(tmp_path):
     assert rounds_left(s, config)
     shown = "\n".join(format_seed_plan(seed_plan_summary(s, config)))
     assert "adaptive seeds (2..4 per candidate; trials of more seeds: none yet):" in shown
-    assert "    qknorm_hurts_retrieval: open at look 1/3 (2 seeds), interval [" in shown
+    assert "    qknorm_flattens_attention: open at look 1/3 (2 seeds), interval [" in shown
     assert "asks 2 more runs (rope, qknorm), at most 4 up to max seeds" in shown
+    # RoPE and QK-norm score the same long_acc on both seeds: no seed is bought for it.
+    assert "qknorm_hurts_retrieval: undecided, no more seeds after look 1/3 (futile: " in shown
     assert "    hybrid_less_kv: supported at look 1/3 (2 seeds x 2 candidates = 4 runs)" in shown
     queued = queue_requests(s, config, plan.requests, trials)
     assert [block for _, block in queued] == [(2,)] * len(plan.requests)
@@ -212,7 +214,7 @@ def test_queued_seed_trials_link_their_candidate_and_never_count(tmp_path):
     assert not plan_for_study(s, config).requests
     shown = "\n".join(format_seed_plan(seed_plan_summary(s, config)))
     assert "trials of more seeds: waiting 4" in shown
-    assert "qknorm_hurts_retrieval: waiting at look 1/3 (2 seeds)" in shown
+    assert "qknorm_flattens_attention: waiting at look 1/3 (2 seeds)" in shown
     assert rounds_left(s, config)  # ... and the sweep is not done
     # The driver starts exactly the trial it queued, whatever else waits in the queue.
     first = waiting[0]

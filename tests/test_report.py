@@ -253,8 +253,9 @@ def test_report_of_an_adaptive_study_shows_where_each_hypothesis_stands(tmp_path
     # ... but not across the family: Holm over the 10 hypotheses leaves it undecided.
     assert finding["holm"]["verdict"] == "undecided" and finding["holm"]["family"] == 10
     assert "family-wise error rate" in finding["holm"]["controls"]
-    # Tied sides ask for the next seed of both candidates.
-    qk = states["qknorm_hurts_retrieval"]
+    # Tied sides get no more seeds (futility); an open one asks for both candidates.
+    assert states["qknorm_hurts_retrieval"]["state"] == "futile"
+    qk = states["qknorm_flattens_attention"]
     assert qk["state"] == "open" and qk["next_runs"] == 2 and qk["look"] == 1
     assert 'id="seeds"' in paths["report.html"].read_text()
 
