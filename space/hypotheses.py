@@ -20,9 +20,13 @@ compares two groups of candidates, ``a`` and ``b``::
 
 A side (``a`` / ``b``) picks candidates by ``preset`` (the candidate enqueued under that
 name), by ``where`` (a :class:`space.predicates.Predicate` on its layers), or both (the
-preset if the study ran it, else the candidates ``where`` selects stand in);
-``pool: true`` pools every selected candidate's runs, otherwise exactly one candidate
-must be selected. A side may carry its own ``quantity`` (the two sides of a paired
+preset if the study ran it, else the candidates ``where`` selects stand in). Exactly one
+candidate must be selected unless the side says what a claim about several means:
+``candidates: every`` (the claim holds for every selected candidate: an
+intersection-union test, supported only if each candidate's comparison supports it,
+contradicted if one contradicts it) or ``candidates: mean`` (the group on average: one
+value per candidate, its mean over seeds, compared as independent observations). Runs of
+several candidates are never pooled as if they were seeds of one. A side may carry its own ``quantity`` (the two sides of a paired
 within-candidate comparison, e.g. ``acc@1x`` against ``{mean: acc, from: 4}``) and, for
 attention-mass quantities, the ``layers`` whose mass it reads (a
 :class:`space.predicates.LayerMatch`; default every layer).
@@ -247,9 +251,20 @@ class Side(_Model):
 
     preset: str | None = None
     where: Predicate | None = None
-    pool: bool = False
+    candidates: Literal["one", "every", "mean"] = "one"
     quantity: Quantity | None = None
     layers: LayerMatch | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_pool(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "pool" in value:
+            raise ValueError(
+                "pool is gone (it treated several candidates' runs as seeds of one): say "
+                "candidates: every (the claim holds for each) or candidates: mean (the "
+                "group on average, over candidate means)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _selects(self) -> Side:
@@ -264,8 +279,8 @@ class Side(_Model):
             text = f"preset {self.preset}"
         else:
             text = f"candidates with {self.where.describe()}"
-        if self.pool:
-            text += ", pooled"
+        if self.candidates != "one":
+            text += f", {self.candidates} candidate" + ("" if self.candidates == "every" else "s")
         if self.layers is not None:
             text += f" [layers: {self.layers.describe()}]"
         return text
@@ -291,8 +306,8 @@ class Measure(_Model):
         for side in ("a", "b"):
             if self.quantity is None and getattr(self, side).quantity is None:
                 raise ValueError(f"no quantity for side {side}: give quantity (or {side}.quantity)")
-        if self.test == "paired" and (self.a.pool or self.b.pool):
-            raise ValueError("a paired test compares two single candidates: drop pool")
+        if self.test == "paired" and "mean" in (self.a.candidates, self.b.candidates):
+            raise ValueError("a paired test pairs runs by seed: candidate means have none")
         if self.test == "exact":
             for side in ("a", "b"):
                 q = self.quantity_of(side)

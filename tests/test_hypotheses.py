@@ -210,7 +210,7 @@ def test_hypotheses_file_groups_and_measures(tmp_path):
     path.write_text(
         """
 groups:
-  windowed: {where: {local: {windowed: true}}, pool: true}
+  windowed: {where: {local: {windowed: true}}, candidates: mean}
 hypotheses:
   - name: windows_keep_loss_flat
     statement: Windowed models lose less loss at 4x T than RoPE.
@@ -222,7 +222,7 @@ hypotheses:
     statement: RoPE degrades.
     combine: any
     measures:
-      - {label: accuracy, a: {group: windowed, pool: false, preset: rnope_swa, quantity: acc@1x},
+      - {label: accuracy, a: {group: windowed, candidates: one, preset: rnope_swa, quantity: acc@1x},
          b: {preset: rnope_swa, quantity: {mean: acc, from: 2, to: 4}},
          direction: greater, margin: 0.2, test: paired}
       - {label: loss, a: {preset: rope, quantity: extrap_bpb@4x},
@@ -231,8 +231,8 @@ hypotheses:
 """
     )
     diff, two = load_hypotheses(path)
-    assert diff.measures[0].a.pool and diff.measures[0].effective_gate() is None
-    assert two.measures[0].a.preset == "rnope_swa" and not two.measures[0].a.pool
+    assert diff.measures[0].a.candidates == "mean" and diff.measures[0].effective_gate() is None
+    assert two.measures[0].a.preset == "rnope_swa" and two.measures[0].a.candidates == "one"
     assert two.measures[1].effective_gate().min == 0.9  # forced on
     assert two.combine == "any"
     path.write_text(path.read_text().replace("    combine: any\n", ""))
@@ -627,19 +627,23 @@ def test_unscored_gate_score_is_refused_at_validation_with_its_key_path(tmp_path
     assert "multiquery" in problems["hypotheses.no_family.gate.score"]
 
 
-def test_pooled_group_compares_every_candidate_the_predicate_selects():
+def _windowed_trials(w16_short: float) -> list:
     trials = paper_trials(hybrid_acc=GOOD_HYBRID, rope_acc=BAD_ROPE)
     for s in range(3):  # a second windowed hybrid, sampled (no preset)
-        a = attrs("rnope_swa", s, preset=False, short_bpb=2.47 + 0.01 * s)
+        a = attrs("rnope_swa", s, preset=False, short_bpb=w16_short + 0.01 * s)
         a[ATTR_CANDIDATE_ID], a[ATTR_CANDIDATE_NAME] = "id-w16", "L4 w16"
         a[ATTR_KNOBS] = {**KNOBS["rnope_swa"], "local_window": 16}
         trials.append(complete(a))
+    return trials
+
+
+def _windowed_claim(candidates: str):
     (h,) = parse_hypotheses(
         [
             {
                 "name": "windowed_short",
                 "statement": "Windowed NoPE hybrids stay within 2% of RoPE's short_bpb.",
-                "a": {"where": {"local": {"windowed": True}}, "pool": True},
+                "a": {"where": {"local": {"windowed": True}}, "candidates": candidates},
                 "b": "rope",
                 "quantity": "short_bpb",
                 "direction": "less",
@@ -647,9 +651,30 @@ def test_pooled_group_compares_every_candidate_the_predicate_selects():
             }
         ]
     )
-    f = _findings(_agg(trials), hypotheses=[h])["windowed_short"]
-    assert f.measures[0].a.n == 6  # both hybrids' three seeds
-    assert "rnope_swa+L4 w16" in f.detail and f.verdict is Verdict.SUPPORTED
+    return h
+
+
+def test_every_candidate_of_a_group_is_an_intersection_union_test():
+    # Both windowed hybrids (2.45.. and 2.47..) within 2% of RoPE (2.50..): supported,
+    # each compared with RoPE on its own three seeds (never pooled as six seeds).
+    every = _windowed_claim("every")
+    f = _findings(_agg(_windowed_trials(2.47)), hypotheses=[every])["windowed_short"]
+    assert f.verdict is Verdict.SUPPORTED and f.measures[0].a.n == 3
+    assert f.detail.count("rope short_bpb") == 2 and "every candidate -> supported" in f.detail
+    # One of them 6% worse: the claim "every hybrid" is contradicted by that one.
+    f = _findings(_agg(_windowed_trials(2.65)), hypotheses=[every])["windowed_short"]
+    assert f.verdict is Verdict.CONTRADICTED and "L4 w16" in f.measures[0].detail
+
+
+def test_group_on_average_compares_candidate_means():
+    mean = _windowed_claim("mean")
+    f = _findings(_agg(_windowed_trials(2.47)), hypotheses=[mean])["windowed_short"]
+    a = f.measures[0].a
+    assert a.n == 2 and set(a.keys) == {"rnope_swa", "L4 w16"}  # one mean per candidate
+    assert a.mean == pytest.approx((2.46 + 2.48) / 2)
+    with pytest.raises(ConfigError) as err:  # pooling runs of several candidates is gone
+        parse_hypotheses([{**HYBRID_BEATS_ROPE, "a": {"preset": "rnope_swa", "pool": True}}])
+    assert "candidates: every" in str(err.value)
 
 
 # -- combining measures: "or" and "and" claims --------------------------------------------

@@ -214,7 +214,8 @@ def _side_values(
     path: str,
     items: ItemsOf | None = None,
 ) -> tuple[Spread | None, list[str], str | None, list[tuple[str, int, int]]]:
-    """One side's runs (pooled over its candidates), the runs a per-run gate left out,
+    """One side's runs (``candidates: mean``: one mean per candidate), the runs a
+    per-run gate left out,
     a problem, and the gate's pass count per candidate ``(name, passed, runs)``.
     ``seeds`` restricts the runs to those keys (a look of adaptive seeds); ``items``
     gives the side its item-level variance floor."""
@@ -243,11 +244,16 @@ def _side_values(
                     got = "not reported" if v is None else _fmt(v, ".2f")
                     excluded.append(f"{c.name} seed {k} ({gate.score} {got})")
                     del runs[k]
+        if side.candidates == "mean":  # the group on average: one value per candidate
+            if runs:
+                keys.append(c.name)
+                values.append(sum(runs.values()) / len(runs))
+            continue
         for k, v in runs.items():
             keys.append(k if len(chosen) == 1 else (c.name, k))
             values.append(v)
     out = Spread(tuple(values), tuple(keys))
-    n_items = items(q) if items is not None else None
+    n_items = items(q) if items is not None and side.candidates != "mean" else None
     if n_items and out.n:
         out = out.with_floor(proportion_floor(out.mean, n_items))
     return out, excluded, None, passes
@@ -286,6 +292,81 @@ def _judge(
         if problem:
             return stop(problem)
         picked[which] = chosen
+    alpha = budget.per_test(len(h.measures))
+    split = {w: picked[w] if getattr(m, w).candidates == "every" else [picked[w]] for w in "ab"}
+    if any(len(groups) > 1 for groups in split.values()):
+        return _judge_every(m, path, split, layers_of, alpha, seeds, items)
+    return _judge_chosen(m, path, picked, layers_of, alpha, seeds, items)
+
+
+def _judge_every(
+    m: Measure,
+    path: str,
+    split: Mapping[str, Sequence[Any]],
+    layers_of: LayersOf,
+    alpha: float,
+    seeds: Collection[Any] | None,
+    items: ItemsOf | None,
+) -> MeasureResult:
+    """``candidates: every``: the claim for each selected candidate (against the other
+    side), an intersection-union test: supported only if every comparison supports it,
+    contradicted if one contradicts it. Each comparison spends ``alpha * min(1, 2/k)``
+    (as the measures of an ``all`` claim do)."""
+    pairs = [
+        {"a": a if isinstance(a, list) else [a], "b": b if isinstance(b, list) else [b]}
+        for a in split["a"]
+        for b in split["b"]
+    ]
+    level = alpha * min(1.0, 2.0 / len(pairs))
+    results = [_judge_chosen(m, path, p, layers_of, level, seeds, items) for p in pairs]
+    verdict = combine([r.verdict for r in results], "all")
+    deciding = _weakest(results, verdict)
+    detail = "every candidate: " + " | ".join(r.detail for r in results)
+    detail += f"; every candidate -> {verdict.value}"
+    problems = [r.problem for r in results if r.problem]
+    return replace(
+        deciding,
+        label=m.label,
+        verdict=verdict,
+        detail=(f"{m.label}: " if m.label else "") + detail,
+        problem=problems[0] if problems and verdict is Verdict.UNDECIDED else None,
+        excluded=tuple(dict.fromkeys(x for r in results for x in r.excluded)),
+        gate_passes=tuple(dict.fromkeys(x for r in results for x in r.gate_passes)),
+    )
+
+
+def _weakest(results: Sequence[MeasureResult], verdict: Verdict) -> MeasureResult:
+    """The comparison that carries an intersection-union verdict: for supported, the
+    one whose interval comes closest to the margin; otherwise the first with that
+    verdict, else the first."""
+    if verdict is Verdict.SUPPORTED:
+
+        def room(r: MeasureResult) -> float:
+            c = r.comparison
+            if c is None or r.margin is None:
+                return math.inf
+            return c.low - r.margin if r.direction == "greater" else r.margin - c.high
+
+        return min(results, key=room)
+    return next((r for r in results if r.verdict is verdict), results[0])
+
+
+def _judge_chosen(
+    m: Measure,
+    path: str,
+    picked: Mapping[str, list[CandidateSummary]],
+    layers_of: LayersOf,
+    alpha: float,
+    seeds: Collection[Any] | None,
+    items: ItemsOf | None,
+) -> MeasureResult:
+    """One comparison of the candidates ``picked`` for each side."""
+    undecided = Verdict.UNDECIDED
+
+    def stop(problem: str, **kw: Any) -> MeasureResult:
+        return MeasureResult(m.label, undecided, None, None, m.direction, problem=problem,
+                             detail=problem.split(": ", 1)[-1], **kw)  # fmt: skip
+
     sa, ex_a, problem, pass_a = _side_values(m, "a", picked["a"], layers_of, seeds, path, items)
     if problem:
         return stop(problem)
@@ -304,7 +385,6 @@ def _judge(
         tb, margin = sb.scaled(1.0 + m.margin.value), 0.0
     elif m.margin.relative_to == "a":
         ta, margin = sa.scaled(1.0 - m.margin.value), 0.0
-    alpha = budget.per_test(len(h.measures))
 
     gate = m.effective_gate()
     failures = _gate_failures(m, passes)
