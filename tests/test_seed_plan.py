@@ -166,11 +166,10 @@ def test_large_effect_is_supported_within_min_seeds(test):
 
 def test_plan_for_study_reads_the_study_and_plans_the_paper_hypotheses():
     """Three seeds of the four paper variants, adaptive seeds {min 2, max 4}: what is
-    decided stays decided; RoPE and QK-norm get seed 3 for the attention claim. The
-    QK-norm retrieval claim and NoPE's degradation claim are invalid at the first look
-    (QK-norm and NoPE do not learn the task at T): more seeds cannot rescue them. The
-    hybrid's division of labour has identical runs (a zero-width interval, no
-    decision): seed 3."""
+    decided stays decided; RoPE and QK-norm get seed 3 for the two attention claims
+    (once, for both). The QK-norm retrieval claim and NoPE's degradation claim are
+    invalid at the first look (QK-norm and NoPE do not learn the task at T): more seeds
+    cannot rescue them. The division of labour reads RNoPE, which this study lacks."""
     raw = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
     raw["study"]["repeats"] = {"min": 2, "max": 4}
     config = parse_config(parse_yaml(yaml.safe_dump(raw)), base_dir=REPO / "configs")
@@ -182,14 +181,15 @@ def test_plan_for_study_reads_the_study_and_plans_the_paper_hypotheses():
     assert states["hybrid_beats_rope_long"].verdict is Verdict.SUPPORTED
     for name in ("qknorm_hurts_retrieval", "nope_degrades_past_T"):
         assert (states[name].state, states[name].verdict) == ("decided", Verdict.INVALID)
+    both = {"qknorm_flattens_attention", "qknorm_recency_bias"}
     assert {r.name: (r.seeds, set(r.hypotheses)) for r in plan.requests} == {
-        "rope": ((3,), {"qknorm_flattens_attention"}),
-        "qknorm": ((3,), {"qknorm_flattens_attention"}),
-        "rnope_swa": ((3,), {"hybrid_division_of_labour"}),
+        "rope": ((3,), both),
+        "qknorm": ((3,), both),
     }
     assert plan.requests[0].knobs  # enough to train it: the candidate's recorded knobs
     lines = format_open_hypotheses(plan)
-    assert len(lines) == 2 and lines[0].startswith("qknorm_flattens_attention: open at look 2/3")
+    assert len(lines) == 3 and lines[0].startswith("qknorm_recency_bias: open at look 2/3")
+    assert lines[2].startswith("hybrid_division_of_labour: blocked; ")
     fixed = parse_config(parse_yaml((REPO / "configs" / "paper.yaml").read_text()))
     assert plan_for_study(study(trials), fixed) is None  # repeats: 3, nothing to plan
 
