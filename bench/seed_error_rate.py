@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {naive} | {r['runs']:.1f} | {look} |"
         )
     print(f"\n{time.perf_counter() - started:.0f} s\n")
-    return _print_rules(args.rules_studies)
+    return _print_rules(args.rules_studies) if args.rules_studies > 0 else 0
 
 
 def _print_rules(studies: int) -> int:

@@ -230,16 +230,19 @@ def futility(finding: Finding, n: int, n_max: int) -> str | None:
 
     - its sides are tied at a bound: every run of both sides has the same value, 0 or 1
       (an accuracy every seed gets right, or none does): more seeds repeat it;
-    - its interval can no longer exclude the margin at ``max``: with the difference and
-      the spread staying as they are, the interval at ``n_max`` seeds (its standard
-      error shrunk by ``sqrt(n / n_max)``, its degrees of freedom grown in proportion,
-      the same level) would still hold the margin;
+    - its interval can no longer exclude the margin at ``max``: with the spread as it is
+      and the difference even one standard error further from the margin than now, the
+      interval at ``n_max`` seeds (its standard error shrunk by ``sqrt(n / n_max)``, its
+      degrees of freedom grown in proportion, the same level) would still hold the
+      margin;
     - it is invalid (a side does not learn the task: seeds do not raise the budget).
 
     A measure with no interval yet (fewer than 2 runs) or one of zero width is not
     futile. Stopping for futility only ever leaves a hypothesis undecided, so it never
     raises the chance of a wrong verdict; it costs power where the estimate now is far
-    below the true difference (bench/seed_error_rate.py measures both)."""
+    below the true difference. The extra standard error keeps that cost small
+    (bench/seed_error_rate.py, min 3 max 8, 200 studies: a 2-sd effect supported in
+    0.775 of studies against 0.56 without it and 0.805 with no futility stop)."""
     reasons = []
     for m in finding.measures:
         if m.verdict is Verdict.INVALID:
@@ -254,11 +257,11 @@ def futility(finding: Finding, n: int, n_max: int) -> str | None:
             return None
         df = c.df * (n_max - 1) / max(n - 1, 1)
         half = t_critical(df, c.alpha) * c.se * math.sqrt(n / n_max)
-        if abs(c.diff - m.margin) > half:
+        if abs(c.diff - m.margin) + c.se > half:
             return None
         reasons.append(
             f"at {n_max} seeds the interval would still hold the margin "
-            f"(|{c.diff:.3g} - {m.margin:.3g}| <= {half:.3g})"
+            f"(|{c.diff:.3g} - {m.margin:.3g}| + se {c.se:.3g} <= {half:.3g})"
         )
     if not reasons:
         return None
