@@ -273,7 +273,7 @@ def test_rank_stability_compares_halves_of_the_seeds():
 
     trials = []
     # short_bpb per seed: the order a < b < c holds in seeds 0, 2 and reverses in 1, 3.
-    for name, values in (("a", (1.0, 3.0, 1.0, 3.0)), ("b", (2.0, 2.0, 2.0, 2.0))):
+    for name, values in (("a", (1.0, 3.0, 1.0, 3.0)), ("b", (2.0, 2.1, 1.9, 2.0))):
         for seed, v in enumerate(values):
             trials.append(complete(attrs(name, seed, short_bpb=v)))
     trials.append(complete(attrs("c", 0, short_bpb=9.0)))  # one seed: cannot be split
@@ -281,9 +281,13 @@ def test_rank_stability_compares_halves_of_the_seeds():
     bpb = rows["short_bpb"]
     assert bpb.tau == -1.0 and bpb.candidates == 2 and bpb.seeds == 4
     assert bpb.left_out == ("L4 c",) or bpb.left_out == ("c",)
-    assert "2+ seeds each" in bpb.meaning
+    assert "2+ seeds each" in bpb.meaning and "(1 candidate pair)" in bpb.meaning
+    # One pair and four seeds: the bootstrap interval spans about everything tau can be.
+    assert bpb.pairs == 1 and bpb.interval[0] == -1.0 and bpb.interval[1] == 1.0
+    assert bpb.to_dict()["pairs"] == 1 and bpb.to_dict()["interval"] == [-1.0, 1.0]
     assert rows["kv_cache_bytes"].tau is None  # every candidate ties: undefined
     assert "undefined" in rows["kv_cache_bytes"].meaning
+    assert rows["kv_cache_bytes"].interval is None
 
 
 def test_report_modules_do_not_import_torch():
