@@ -39,6 +39,8 @@ code { background: #f6f8fa; padding: 0 3px; }
 .badge.supported { background: #1a7f37; }
 .badge.contradicted { background: #cf222e; }
 .badge.undecided { background: #6e7781; }
+.badge.invalid { background: #9a6700; }
+.holm { font-size: 12px; color: #57606a; }
 .findings li { margin-bottom: 0.8em; }
 .detail { color: #424a53; font-size: 13px; display: block; }
 .rule, .meta { color: #57606a; font-size: 13px; }
