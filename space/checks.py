@@ -318,6 +318,7 @@ def _check_hypotheses(config: SweepConfig, problems: list) -> None:
             mass_lengths=s.mass_lengths,
             attention_mass=s.attention_mass,
             path=where,
+            families=s.families,
         )
     )
     if config.study.repeats_others is not None and not config.hypotheses:
