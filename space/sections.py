@@ -66,7 +66,17 @@ class _Section(BaseModel):
 
 
 # The task families (space.tasks.TASKS; a test keeps the two lists equal).
-TaskName = Literal["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
+TaskName = Literal[
+    "passkey",
+    "multikey",
+    "multivalue",
+    "multiquery",
+    "vartrack",
+    "commonwords",
+    "mqar",
+    "aliaskey",
+    "selcopy",
+]
 
 
 class Objective(_Section):

@@ -464,7 +464,17 @@ class NoiseModel(torch.nn.Module):
         return torch.randn(*idx.shape, self.vocab_size, generator=self.gen) * 3.0
 
 
-ALL_FAMILIES = ["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
+ALL_FAMILIES = [
+    "passkey",
+    "multikey",
+    "multivalue",
+    "multiquery",
+    "vartrack",
+    "commonwords",
+    "mqar",
+    "aliaskey",
+    "selcopy",
+]
 
 
 @pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
