@@ -31,7 +31,7 @@ from search.restore import find_restore
 from search.searcher import StudySearcher, notify_closed
 from search.seed_rounds import rounds_left, study_runs
 from search.signature import stored_config, target_trials
-from search.status import saturation_warnings
+from search.status import tie_warnings
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import load_existing, open_study
 from search.study_view import study_view
@@ -65,7 +65,7 @@ class SweepSummary:
     interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
     pareto: ParetoTable | None = None  # the study's COMPLETE trials by Pareto rank
     ui: str | None = None  # how to open the study's MLflow runs (set by tracking; None: off)
-    warnings: list[str] = field(default_factory=list)  # e.g. saturated objectives
+    warnings: list[str] = field(default_factory=list)  # e.g. tie groups on an objective
     seed_plan: SeedPlan | None = None  # adaptive seeds: where each hypothesis ended
     runs: int | None = None  # adaptive seeds: completed runs (candidate x seed) in the study
 
@@ -208,7 +208,7 @@ def run_sweep(
         # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
         first = [t for t in view.trials if not adds_seeds(t)]
         summary.pareto = pareto_of_study(study_view(study, first))
-        summary.warnings = saturation_warnings(view.trials, config.objective_names())
+        summary.warnings = tie_warnings(view.trials, config.objective_names())
         if config.study.adaptive:
             summary.seed_plan = plan_for_study(study, config)
             summary.runs = study_runs(study)

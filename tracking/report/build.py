@@ -29,10 +29,10 @@ from tracking.report.figures import plot_curves, plot_mass, plot_niah
 from tracking.report.html import render_html
 from tracking.report.markdown import render_markdown
 from tracking.report.summary import summary
-from tracking.saturation import saturated_objectives, saturation_warning
 from tracking.seed_plan import SeedPlan, plan_seeds
 from tracking.sides import candidate_layers
 from tracking.stability import rank_stability
+from tracking.ties import signal_to_noise, tie_groups, tie_warning
 
 __all__ = ["HTML_NAME", "MD_NAME", "SUMMARY_NAME", "build_report", "judge", "render_report"]
 
@@ -96,17 +96,10 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     )
 
 
-def saturation_notes(agg: StudyAggregate) -> list[str]:
-    """A warning for each accuracy objective on which every candidate's mean sits at 0 or
-    1: the search cannot rank them on it (tracking.saturation says what to use instead)."""
-    rows = []
-    for c in agg.candidates:
-        row = []
-        for name in agg.objective_names:
-            spread = c.spread(name)
-            row.append(spread.mean if spread is not None and spread.n else None)
-        rows.append(row)
-    return [saturation_warning(s) for s in saturated_objectives(agg.objective_names, rows)]
+def tie_notes(agg: StudyAggregate) -> list[str]:
+    """A warning for each group of candidates that ties on an objective, at a bound or
+    inside each other's seed noise, naming what would separate them (tracking.ties)."""
+    return [tie_warning(g) for g in tie_groups(agg.objective_names, agg.candidates)]
 
 
 def _train_len_from_niah(agg: StudyAggregate) -> int | None:
@@ -168,7 +161,8 @@ def render_report(
     paths.update({name: p for name, p in figures.items() if p is not None})
 
     report = ReportInput(
-        notes=tuple(saturation_notes(agg)),
+        notes=tuple(tie_notes(agg)),
+        signal_noise=tuple(signal_to_noise(o, agg.candidates) for o in agg.objective_names),
         stages=stages,
         agg=agg,
         study_name=study_name,

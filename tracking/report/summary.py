@@ -58,6 +58,7 @@ def summary(r: ReportInput) -> dict[str, Any]:
             "hypotheses_source": r.hypotheses_source,
             "findings": [f.to_dict() for f in r.findings],
             "rank_stability": [s.to_dict() for s in r.stability],
+            "signal_to_noise": [s.to_dict() for s in r.signal_noise],
             "seed_plan": None if r.seed_plan is None else r.seed_plan.to_dict(),
             "warnings": [*r.notes, *agg.warnings],
         }

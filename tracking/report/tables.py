@@ -3,6 +3,7 @@ Markdown and HTML by :mod:`tracking.report.markdown` and :mod:`tracking.report.h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from tracking.pareto import ParetoTable
 from tracking.seed_plan import SeedPlan
 from tracking.stability import RankStability
 from tracking.stats import Spread
+from tracking.ties import SignalToNoise
 
 __all__ = [
     "Table",
@@ -21,6 +23,7 @@ __all__ = [
     "mass_table",
     "pareto_rows",
     "seed_plan_table",
+    "signal_noise_table",
     "stability_table",
 ]
 
@@ -137,6 +140,27 @@ def stability_table(rows: Sequence[RankStability]) -> Table:
             ]
         )
     return Table(header, out)
+
+
+def signal_noise_table(rows: Sequence[SignalToNoise]) -> Table:
+    header = ["objective", "signal / noise", "signal", "noise", "candidates", "at a bound"]
+    out = []
+    for r in rows:
+        out.append(
+            [
+                (r.objective, ""),
+                (r.ratio_text(), ""),
+                (_number(r.signal), ""),
+                (_number(r.noise), ""),
+                (str(r.candidates), ""),
+                (str(r.at_bound), ""),
+            ]
+        )
+    return Table(header, out, text_columns=1)
+
+
+def _number(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.3g}"
 
 
 def seed_plan_table(plan: SeedPlan) -> Table:
