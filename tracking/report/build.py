@@ -6,15 +6,16 @@ the PNGs and the Pareto files of candidate means."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from space.hypothesis_files import PAPER_FILE, shipped_hypotheses
-from tracking.aggregate import StudyAggregate, aggregate
+from tracking.aggregate import CandidateSummary, StudyAggregate, aggregate
 from tracking.hypotheses import Finding, evaluate
-from tracking.pareto import ParetoTable, pareto_table
+from tracking.pareto import ParetoTable, pareto_ranks_within_noise, pareto_table
 from tracking.pareto_plots import plot_pareto_png
 from tracking.records import study_records
 from tracking.report.content import (
@@ -32,7 +33,7 @@ from tracking.report.summary import summary
 from tracking.seed_plan import SeedPlan, plan_seeds
 from tracking.sides import candidate_layers
 from tracking.stability import rank_stability
-from tracking.ties import signal_to_noise, tie_groups, tie_warning
+from tracking.ties import TIE_Z, pooled_noise, signal_to_noise, tie_groups, tie_warning
 
 __all__ = ["HTML_NAME", "MD_NAME", "SUMMARY_NAME", "build_report", "judge", "render_report"]
 
@@ -109,7 +110,10 @@ def _train_len_from_niah(agg: StudyAggregate) -> int | None:
 
 def candidate_pareto(agg: StudyAggregate) -> ParetoTable | None:
     """The Pareto front of candidate means (one point per candidate, not per seed run);
-    ``trial`` is the candidate's row number in the report's table."""
+    ``trial`` is the candidate's row number in the report's table. Each row also has
+    ``rank_within_noise`` (the rank when a candidate dominates another only beyond their
+    seed noise, :func:`tracking.pareto.pareto_ranks_within_noise`) and
+    ``indistinguishable_from``, the rows no objective tells it apart from."""
     names, dirs = agg.objective_names, agg.directions
     if not names or len(names) != len(dirs):
         return None
@@ -120,7 +124,29 @@ def candidate_pareto(agg: StudyAggregate) -> ParetoTable | None:
             s = c.spread(name)
             row[name] = s.mean if s is not None and s.n else None
         rows.append(row)
+    noisy = pareto_ranks_within_noise(
+        [[row[n] for n in names] for row in rows],
+        [[_standard_error(agg, c, n) for n in names] for c in agg.candidates],
+        dirs,
+        names,
+        z=TIE_Z,
+    )
+    for k, row in enumerate(rows):
+        row["rank_within_noise"] = noisy.ranks[k]
+        row["indistinguishable_from"] = [rows[j]["trial"] for j in noisy.alike(k)]
     return pareto_table(rows, names, dirs, title="Pareto front of candidate means")
+
+
+def _standard_error(agg: StudyAggregate, c: CandidateSummary, score: str) -> float:
+    """The standard error of ``c``'s mean ``score``: its own over seeds, or for a single
+    run the score's pooled seed noise (0 when no seed noise was seen)."""
+    s = c.spread(score)
+    if s is None or s.n == 0:
+        return math.nan
+    if s.n >= 2:
+        return s.sem
+    noise = pooled_noise([x.scores[score] for x in agg.candidates if score in x.scores])
+    return noise / math.sqrt(s.n) if math.isfinite(noise) else 0.0
 
 
 def render_report(

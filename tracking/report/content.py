@@ -341,7 +341,12 @@ def sections(r: ReportInput) -> list[Section]:
             TableBlock(pareto_rows(r.pareto)),
             Text(
                 "★ = on the Pareto front (rank 0) of the candidates' mean scores; # is the "
-                "row in the table of scores.",
+                "row in the table of scores. Rank within noise: the same sorting when a "
+                "candidate dominates another only if it is better by more than 2 standard "
+                "errors of the difference in one objective and worse by no more than that in "
+                "any (seed spread; scores computed from the layout have none), so the front "
+                "does not rank candidates on noise. ≈ #k: statistically indistinguishable from "
+                "row k on every objective.",
                 "meta",
             ),
             _figure(r, FIG_PARETO, "Pareto front"),

@@ -98,17 +98,21 @@ def mass_table(agg: StudyAggregate) -> Table:
 
 
 def pareto_rows(p: ParetoTable) -> Table:
-    """The front of candidate means; ★ marks rank 0."""
-    header = ["#", "rank", "candidate", "n"]
+    """The front of candidate means; ★ marks rank 0; the rank within seed noise, and the
+    rows each candidate is statistically indistinguishable from (≈)."""
+    header = ["#", "rank", "rank within noise", "candidate", "n"]
     header += [f"{n} ({d[:3]})" for n, d in zip(p.objective_names, p.directions, strict=True)]
     rows = []
     for r in p.rows:
         rank = "-" if r["rank"] is None else str(r["rank"])
         star = "★ " if r["rank"] == 0 else ""
+        noisy = r.get("rank_within_noise")
+        alike = r.get("indistinguishable_from") or []
         cells: list[Cell] = [
             (str(r["trial"]), ""),
             (rank, ""),
-            (f"{star}{r['candidate']}", ""),
+            ("-" if noisy is None else str(noisy), ""),
+            (f"{star}{r['candidate']}", "≈ " + ", ".join(f"#{j}" for j in alike) if alike else ""),
             (str(r.get("n", "")), ""),
         ]
         for name in p.objective_names:
@@ -120,7 +124,7 @@ def pareto_rows(p: ParetoTable) -> Table:
             else:
                 cells.append((f"{float(v):.4g}", ""))
         rows.append(cells)
-    return Table(header, rows, text_columns=3)
+    return Table(header, rows, text_columns=4)
 
 
 def stability_table(rows: Sequence[RankStability]) -> Table:
