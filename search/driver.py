@@ -23,6 +23,7 @@ import optuna
 import ray
 from optuna.trial import TrialState
 
+from search.calibration import calibrated
 from search.drivers import DriverRegistry, SqliteLock
 from search.errors import StudyError
 from search.progress import Progress
@@ -176,6 +177,7 @@ def run_sweep(
             )
         else:
             corpus = prepare_corpus(config, show, progress)
+            config = calibrated(study, config, folder / "calibration", corpus, show.note)
             started_ray, summary.ray_start_seconds = start_ray(address)
             check_resources(config)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

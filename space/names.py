@@ -187,6 +187,7 @@ STUDY_ATTR_OBJECTIVES = "ropenope:objectives"  # objective metric names, in orde
 STUDY_ATTR_CONFIG = "ropenope:config"  # the sweep file text the study runs
 STUDY_ATTR_TARGET = "ropenope:trials"  # how many trials the study aims at
 STUDY_ATTR_PRESETS = "ropenope:presets_enqueued"  # preset names already enqueued
+STUDY_ATTR_CALIBRATION = "ropenope:calibration"  # score.calibrate's difficulty per family
 STUDY_ATTR_DRIVER_PREFIX = "ropenope:driver:"  # + driver id: host, pid, heartbeat
 
 # Tracking (MLflow) additions: the kind of run (one study run, one run per trial),

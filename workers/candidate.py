@@ -331,7 +331,7 @@ def score_model(
             samples=s.samples,
             seed=s.seed,
             device=dev,
-            task_params=t.task_params.get(task, {}),
+            task_params=s.params_for(task, t.task_params),
             tokenizer=tokenizer,
         )
         grids[task] = grid
@@ -365,7 +365,7 @@ def score_model(
                     grid, out_dir / name, f"{title}, {task}"
                 )
     if s.attention_mass and primary is not None:
-        tparams = t.task_params.get(primary, {})
+        tparams = s.params_for(primary, t.task_params)
         mass: dict[str, Any] = {}
         for m in s.mass_lengths:
             examples = [
