@@ -37,6 +37,7 @@ from space.names import (
     VAL_BPB,
     acc_at,
     answer_nll_at,
+    bucket_bpb,
     extrap_bpb,
     task_score,
     token_acc_at,
@@ -318,6 +319,19 @@ def score_model(
     out[SHORT_BPB] = bpb(T, s.val_windows, 8)
     for m in s.extrap:
         out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
+    longest = max((m for m in s.extrap if m >= 2), default=None)
+    if longest is not None:  # the loss past T, by position (bucket_bpb@Nx)
+        by_position = scores.bits_per_byte_by_position(
+            model,
+            data.val,
+            longest * T,
+            T,
+            n_windows=max(4, s.val_windows // longest),
+            device=dev,
+            count_bytes=tokenizer.count_bytes,
+            doc=data.vocab.doc,
+        )
+        out.update({bucket_bpb(m): v for m, v in by_position.items()})
 
     beyond = any(m > 1 for m in s.lengths)
     grids: dict[str, scores.NiahResult] = {}
