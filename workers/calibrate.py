@@ -25,9 +25,10 @@ from space.expand import Candidate
 from space.schema import SweepConfig
 from space.tasks import BYTE_BOUNDS, DIFFICULTY, TokenBounds, min_length, task_params
 from workers import scores
-from workers.candidate import CHECKPOINT_FILE, build_model, pick_device, run_candidate
+from workers.candidate import build_model, pick_device, run_candidate
 from workers.checkpoint import load_latest
 from workers.corpus import CorpusHandle, prepare
+from workers.layout import CHECKPOINT_FILE
 
 # Levels tried when score.calibrate.levels leaves a family out: 0 (prefix distractors
 # only), then powers of two while an example still fits.
