@@ -166,5 +166,7 @@ def test_report_json_carries_signal_to_noise_and_the_tie_warning(tmp_path):
     assert set(by_objective) == {"long_acc", "short_bpb", "kv_cache_bytes"}
     assert by_objective["long_acc"]["at_bound"] == 5
     assert any("5 of 10 candidates tie at 1.00" in w for w in data["warnings"])
+    (bound,) = [g for g in data["tie_groups"] if g["kind"] == "bound"]
+    assert set(bound["members"]) == WINDOWED and bound["graded_alternative"] == "long_answer_nll"
     md = paths["report.md"].read_text()
     assert "Signal and noise per objective" in md
