@@ -23,6 +23,7 @@ import optuna
 import ray
 from optuna.trial import TrialState
 
+from search.calibration import calibrated
 from search.drivers import DriverRegistry, SqliteLock
 from search.errors import StudyError
 from search.progress import Progress
@@ -31,7 +32,7 @@ from search.restore import find_restore
 from search.searcher import StudySearcher, notify_closed
 from search.seed_rounds import rounds_left, study_runs
 from search.signature import stored_config, target_trials
-from search.status import saturation_warnings
+from search.status import tie_warnings
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import load_existing, open_study
 from search.study_view import study_view
@@ -66,7 +67,7 @@ class SweepSummary:
     interrupted: list[int] = field(default_factory=list)  # closed as interrupted by this run
     pareto: ParetoTable | None = None  # the study's COMPLETE trials by Pareto rank
     ui: str | None = None  # how to open the study's MLflow runs (set by tracking; None: off)
-    warnings: list[str] = field(default_factory=list)  # e.g. saturated objectives
+    warnings: list[str] = field(default_factory=list)  # e.g. tie groups on an objective
     seed_plan: SeedPlan | None = None  # adaptive seeds: where each hypothesis ended
     runs: int | None = None  # adaptive seeds: completed runs (candidate x seed) in the study
 
@@ -177,6 +178,7 @@ def run_sweep(
             )
         else:
             corpus = prepare_corpus(config, show, progress)
+            config = calibrated(study, config, folder / "calibration", corpus, show.note)
             started_ray, summary.ray_start_seconds = start_ray(address)
             check_resources(config)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -209,7 +211,7 @@ def run_sweep(
         # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
         first = [t for t in view.trials if not adds_seeds(t)]
         summary.pareto = pareto_of_study(study_view(study, first))
-        summary.warnings = saturation_warnings(view.trials, config.objective_names())
+        summary.warnings = tie_warnings(view.trials, config.objective_names())
         if config.study.adaptive:
             summary.seed_plan = plan_for_study(study, config)
             summary.runs = study_runs(study)

@@ -68,7 +68,17 @@ class _Section(BaseModel):
 
 
 # The task families (space.tasks.TASKS; a test keeps the two lists equal).
-TaskName = Literal["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
+TaskName = Literal[
+    "passkey",
+    "multikey",
+    "multivalue",
+    "multiquery",
+    "vartrack",
+    "commonwords",
+    "mqar",
+    "aliaskey",
+    "selcopy",
+]
 
 
 class Objective(_Section):
@@ -367,6 +377,21 @@ class DataSection(_Section):
         return not (self.tokenizer.kind == "bytes" and self.vocab_size is not None)
 
 
+class CalibrateSection(_Section):
+    """``score.calibrate``: before the first trial, a short pilot trains each ``panel`` preset
+    and picks, per scored family, the difficulty (``space.tasks.DIFFICULTY``) at which the
+    panel's accuracies at T lie inside ``band``; the study records it and every trial,
+    resumed ones included, scores with it."""
+
+    panel: tuple[str, ...] = Field(min_length=1, max_length=64)  # preset names
+    band: tuple[float, float] = (0.2, 0.9)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # None: the trials' budget
+    samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)  # per depth, at each difficulty
+    # The difficulties tried, per family; a family left out tries 1, 2, 4, 8, ... (0 first
+    # for prefix_distractors) while an example still fits in train.seq_len tokens.
+    levels: dict[TaskName, tuple[int, ...]] = Field(default_factory=dict)
+
+
 class ScoreSection(_Section):
     task: TaskName = "multikey"  # the primary family: the bare acc@Nx, answer_nll@Nx, ...
     # Families scored, each with its grid and ``<task>/...`` scores; None = [task].
@@ -390,8 +415,18 @@ class ScoreSection(_Section):
     # Score after every stage of train.stages too (keys "stage1/short_bpb", ...), not only
     # after the last one.
     after_each_stage: bool = False
+    # Task parameters for scoring only, over train.task_params (e.g. a harder difficulty
+    # than training saw); score.calibrate fills in the difficulty it picks.
+    task_params: dict[TaskName, dict[str, int | str]] = Field(default_factory=dict)
+    calibrate: CalibrateSection | None = None
 
-    _added_fields = frozenset({"tasks", "long_tasks", "after_each_stage"})
+    _added_fields = frozenset(
+        {"tasks", "long_tasks", "after_each_stage", "task_params", "calibrate"}
+    )
+
+    def params_for(self, task: str, train_params: dict[str, dict[str, int | str]]) -> dict:
+        """The parameters ``task`` is scored with: train.task_params, then score.task_params."""
+        return {**train_params.get(task, {}), **self.task_params.get(task, {})}
 
     @property
     def families(self) -> tuple[str, ...]:

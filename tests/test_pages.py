@@ -52,6 +52,7 @@ REPORT_HEADINGS = (
     "Findings: the hypotheses on this study",
     "Per-candidate scores (mean ± std over seeds)",
     "Rank stability across seeds",
+    "Signal and noise per objective",
     "Accuracy and loss vs context length",
     "Needle-in-a-haystack heatmaps (mean over seeds)",
     "Attention mass per layer kind (Begin / Needle / Context / End)",

@@ -308,7 +308,7 @@ def test_report_draws_one_accuracy_panel_per_task_family_and_warns_on_saturation
 
     from tracking.aggregate import aggregate
     from tracking.records import study_records
-    from tracking.report.build import saturation_notes
+    from tracking.report.build import tie_notes
     from tracking.report.figures import task_families
 
     trials = []
@@ -322,7 +322,7 @@ def test_report_draws_one_accuracy_panel_per_task_family_and_warns_on_saturation
     read = study_records(s)
     agg = aggregate(read.records, read.objective_names, read.directions)
     assert task_families(agg) == ["passkey", "vartrack"]
-    notes = saturation_notes(agg)
+    notes = tie_notes(agg)
     assert len(notes) == 1 and "long_acc" in notes[0] and "long_answer_nll" in notes[0]
     paths = build_report(s, tmp_path)
     summary = json.loads(paths["summary.json"].read_text())

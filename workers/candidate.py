@@ -37,6 +37,7 @@ from space.names import (
     VAL_BPB,
     acc_at,
     answer_nll_at,
+    bucket_bpb,
     extrap_bpb,
     task_score,
     token_acc_at,
@@ -318,6 +319,19 @@ def score_model(
     out[SHORT_BPB] = bpb(T, s.val_windows, 8)
     for m in s.extrap:
         out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
+    longest = max((m for m in s.extrap if m >= 2), default=None)
+    if longest is not None:  # the loss past T, by position (bucket_bpb@Nx)
+        by_position = scores.bits_per_byte_by_position(
+            model,
+            data.val,
+            longest * T,
+            T,
+            n_windows=max(4, s.val_windows // longest),
+            device=dev,
+            count_bytes=tokenizer.count_bytes,
+            doc=data.vocab.doc,
+        )
+        out.update({bucket_bpb(m): v for m, v in by_position.items()})
 
     beyond = any(m > 1 for m in s.lengths)
     grids: dict[str, scores.NiahResult] = {}
@@ -331,7 +345,7 @@ def score_model(
             samples=s.samples,
             seed=s.seed,
             device=dev,
-            task_params=t.task_params.get(task, {}),
+            task_params=s.params_for(task, t.task_params),
             tokenizer=tokenizer,
         )
         grids[task] = grid
@@ -365,7 +379,7 @@ def score_model(
                     grid, out_dir / name, f"{title}, {task}"
                 )
     if s.attention_mass and primary is not None:
-        tparams = t.task_params.get(primary, {})
+        tparams = s.params_for(primary, t.task_params)
         mass: dict[str, Any] = {}
         for m in s.mass_lengths:
             examples = [

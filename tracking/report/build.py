@@ -6,6 +6,7 @@ the PNGs and the Pareto files of candidate means."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,10 +14,10 @@ from typing import Any
 
 from space.hypothesis_files import PAPER_FILE, shipped_hypotheses
 from space.names import STUDY_ATTR_TARGET
-from tracking.aggregate import StudyAggregate, aggregate
+from tracking.aggregate import CandidateSummary, StudyAggregate, aggregate
 from tracking.decision_plan import decision_plan
 from tracking.hypotheses import Finding, evaluate, item_counts, with_family
-from tracking.pareto import ParetoTable, pareto_table
+from tracking.pareto import ParetoTable, pareto_ranks_within_noise, pareto_table
 from tracking.pareto_plots import plot_pareto_png
 from tracking.records import FINISHED_STATES, study_records
 from tracking.report.content import (
@@ -31,10 +32,10 @@ from tracking.report.figures import plot_curves, plot_mass, plot_niah
 from tracking.report.html import render_html
 from tracking.report.markdown import render_markdown
 from tracking.report.summary import summary
-from tracking.saturation import saturated_objectives, saturation_warning
 from tracking.seed_plan import SeedPlan, plan_seeds
 from tracking.sides import candidate_layers
 from tracking.stability import rank_stability
+from tracking.ties import TIE_Z, pooled_noise, signal_to_noise, tie_groups, tie_warning
 
 __all__ = ["HTML_NAME", "MD_NAME", "SUMMARY_NAME", "build_report", "judge", "render_report"]
 
@@ -132,17 +133,10 @@ def interim_look(agg: StudyAggregate, config: Any | None, attrs: Mapping[str, An
     )
 
 
-def saturation_notes(agg: StudyAggregate) -> list[str]:
-    """A warning for each accuracy objective on which every candidate's mean sits at 0 or
-    1: the search cannot rank them on it (tracking.saturation says what to use instead)."""
-    rows = []
-    for c in agg.candidates:
-        row = []
-        for name in agg.objective_names:
-            spread = c.spread(name)
-            row.append(spread.mean if spread is not None and spread.n else None)
-        rows.append(row)
-    return [saturation_warning(s) for s in saturated_objectives(agg.objective_names, rows)]
+def tie_notes(agg: StudyAggregate) -> list[str]:
+    """A warning for each group of candidates that ties on an objective, at a bound or
+    inside each other's seed noise, naming what would separate them (tracking.ties)."""
+    return [tie_warning(g) for g in tie_groups(agg.objective_names, agg.candidates)]
 
 
 def _train_len_from_niah(agg: StudyAggregate) -> int | None:
@@ -152,7 +146,10 @@ def _train_len_from_niah(agg: StudyAggregate) -> int | None:
 
 def candidate_pareto(agg: StudyAggregate) -> ParetoTable | None:
     """The Pareto front of candidate means (one point per candidate, not per seed run);
-    ``trial`` is the candidate's row number in the report's table."""
+    ``trial`` is the candidate's row number in the report's table. Each row also has
+    ``rank_within_noise`` (the rank when a candidate dominates another only beyond their
+    seed noise, :func:`tracking.pareto.pareto_ranks_within_noise`) and
+    ``indistinguishable_from``, the rows no objective tells it apart from."""
     names, dirs = agg.objective_names, agg.directions
     if not names or len(names) != len(dirs):
         return None
@@ -163,7 +160,29 @@ def candidate_pareto(agg: StudyAggregate) -> ParetoTable | None:
             s = c.spread(name)
             row[name] = s.mean if s is not None and s.n else None
         rows.append(row)
+    noisy = pareto_ranks_within_noise(
+        [[row[n] for n in names] for row in rows],
+        [[_standard_error(agg, c, n) for n in names] for c in agg.candidates],
+        dirs,
+        names,
+        z=TIE_Z,
+    )
+    for k, row in enumerate(rows):
+        row["rank_within_noise"] = noisy.ranks[k]
+        row["indistinguishable_from"] = [rows[j]["trial"] for j in noisy.alike(k)]
     return pareto_table(rows, names, dirs, title="Pareto front of candidate means")
+
+
+def _standard_error(agg: StudyAggregate, c: CandidateSummary, score: str) -> float:
+    """The standard error of ``c``'s mean ``score``: its own over seeds, or for a single
+    run the score's pooled seed noise (0 when no seed noise was seen)."""
+    s = c.spread(score)
+    if s is None or s.n == 0:
+        return math.nan
+    if s.n >= 2:
+        return s.sem
+    noise = pooled_noise([x.scores[score] for x in agg.candidates if score in x.scores])
+    return noise / math.sqrt(s.n) if math.isfinite(noise) else 0.0
 
 
 def render_report(
@@ -204,7 +223,8 @@ def render_report(
     paths.update({name: p for name, p in figures.items() if p is not None})
 
     report = ReportInput(
-        notes=tuple(saturation_notes(agg)),
+        notes=tuple(tie_notes(agg)),
+        signal_noise=tuple(signal_to_noise(o, agg.candidates) for o in agg.objective_names),
         stages=stages,
         agg=agg,
         study_name=study_name,
