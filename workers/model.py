@@ -298,7 +298,9 @@ class Block(nn.Module):
 
 
 def check_layers(shape: ModelShape, layers: Sequence[LayerSpec]) -> None:
-    """Reject a shape/layer list the model cannot build (ValueError, never assert)."""
+    """Reject a layer list that does not fit the shape (ValueError, never assert). Each spec
+    is valid by construction (``LayerSpec.__post_init__``); what is left is how the specs fit
+    together and the heads' size."""
     if len(layers) != shape.n_layers:
         raise ValueError(f"{len(layers)} layer specs for n_layers={shape.n_layers}")
     if shape.d_model % shape.n_heads or shape.n_heads % shape.n_kv_heads:
@@ -309,20 +311,9 @@ def check_layers(shape: ModelShape, layers: Sequence[LayerSpec]) -> None:
     for i, spec in enumerate(layers):
         if spec.index != i:
             raise ValueError(f"layer {i} has index {spec.index}")
-        if (spec.position is Position.ROPE) != (spec.rope_base is not None):
-            raise ValueError(f"layer {i}: rope_base must be set exactly for RoPE layers")
-        if spec.position is Position.ROPE and shape.head_dim % 2:
-            raise ValueError(f"layer {i}: RoPE needs an even head_dim, got {shape.head_dim}")
-        if spec.window_tokens is not None and spec.window_tokens < 1:
-            raise ValueError(f"layer {i}: window_tokens must be >= 1, got {spec.window_tokens}")
-        if spec.temperature is not None and spec.position is not Position.NOPE:
-            raise ValueError(f"layer {i}: temperature applies to NoPE layers only")
-        if spec.position is Position.ROPE:
-            dims = spec.rotary_dims(shape.head_dim)
-            if dims < 2 or dims % 2:
-                raise ValueError(f"layer {i}: rope_fraction rotates {dims} dims; need even >= 2")
-        elif spec.rope_scaling is not None:
-            raise ValueError(f"layer {i}: rope_scaling applies to RoPE layers only")
+        problem = spec.head_dim_problem(shape.head_dim)
+        if problem is not None:
+            raise ValueError(f"layer {i}: {problem}")
 
 
 class HybridTransformer(nn.Module):
