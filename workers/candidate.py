@@ -287,11 +287,26 @@ def score_model(
     for the per-layer attention mass. Lengths are multiples of ``train.seq_len`` in every
     stage, so scores of stages and candidates compare at the same absolute lengths.
     """
-    s, t = config.score, config.train
     layers = candidate.final_layers if layers is None else layers
-    T = t.seq_len
-    tokenizer = data.tokenizer
-    out: dict[str, float] = {}
+    out = language_scores(model, config, data, dev)
+    grids = retrieval_grids(model, config, data, dev)
+    out.update(retrieval_scores(config, grids))
+    title = f"{candidate.name}  (seed {result.seed})"
+    primary = config.score.primary_task
+    if primary is not None:
+        record_retrieval(result, grids, primary, out_dir, title)
+        if config.score.attention_mass:
+            result.attention_mass = attention_masses(
+                model, config, data, dev, layers, result, out_dir, title
+            )
+    return out
+
+
+def language_scores(
+    model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
+) -> dict[str, float]:
+    """Validation bits per byte at the training length and at each extrapolation length."""
+    s, T = config.score, config.train.seq_len
 
     def bpb(length: int, windows: int, batch: int) -> float:
         return scores.bits_per_byte(
@@ -301,82 +316,120 @@ def score_model(
             n_windows=windows,
             batch_size=batch,
             device=dev,
-            count_bytes=tokenizer.count_bytes,
+            count_bytes=data.tokenizer.count_bytes,
             doc=data.vocab.doc,
         )
 
-    out[SHORT_BPB] = bpb(T, s.val_windows, 8)
+    out = {SHORT_BPB: bpb(T, s.val_windows, 8)}
     for m in s.extrap:
         out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
+    return out
 
-    beyond = any(m > 1 for m in s.lengths)
-    grids: dict[str, scores.NiahResult] = {}
-    for task in s.families:
-        grid = scores.niah_grid(
+
+def retrieval_grids(
+    model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
+) -> dict[str, scores.NiahResult]:
+    """The retrieval grid (lengths x depths) of every scored task family."""
+    s, t = config.score, config.train
+    return {
+        task: scores.niah_grid(
             model,
             data.val,
             task=task,
-            lengths=[m * T for m in s.lengths],
+            lengths=[m * t.seq_len for m in s.lengths],
             depths=s.depths,
             samples=s.samples,
             seed=s.seed,
             device=dev,
             task_params=t.task_params.get(task, {}),
-            tokenizer=tokenizer,
+            tokenizer=data.tokenizer,
         )
-        grids[task] = grid
-        if len(s.families) > 1:  # one family: its scores are the bare names alone
-            for name, value in family_scores(grid, T, s.lengths).items():
+        for task in s.families
+    }
+
+
+def retrieval_scores(config: SweepConfig, grids: dict[str, scores.NiahResult]) -> dict[str, float]:
+    """Each family's ``<task>/...`` scores (with several families), the primary family's
+    under the bare names, and the headline means ``long_acc`` and ``long_answer_nll``."""
+    s, T = config.score, config.train.seq_len
+    out: dict[str, float] = {}
+    if len(s.families) > 1:  # one family: its scores are the bare names alone
+        for task in s.families:
+            for name, value in family_scores(grids[task], T, s.lengths).items():
                 out[task_score(task, name)] = value
     primary = s.primary_task
     if primary is not None:
         out.update(family_scores(grids[primary], T, s.lengths))
     headline = [grids[task] for task in s.headline_tasks]
     if headline:
+        beyond = any(m > 1 for m in s.lengths)
         nan = float("nan")
         out[LONG_ACC] = float(np.mean([scores.long_acc(g, T) for g in headline])) if beyond else nan
         out[LONG_ANSWER_NLL] = (
             float(np.mean([scores.long_answer_nll(g, T) for g in headline])) if beyond else nan
         )
-    title = f"{candidate.name}  (seed {result.seed})"
-    if primary is not None:
-        result.niah = {
-            **grids[primary].to_dict(),
-            "task": primary,
-            "tasks": {task: g.to_dict() for task, g in grids.items()},
-        }
-        result.artifacts["niah.png"] = plots.plot_niah_heatmap(
-            grids[primary], out_dir / "niah.png", f"{title}, {primary}"
-        )
-        for task, grid in grids.items():
-            if task != primary:
-                name = f"niah_{task}.png"
-                result.artifacts[name] = plots.plot_niah_heatmap(
-                    grid, out_dir / name, f"{title}, {task}"
-                )
-    if s.attention_mass and primary is not None:
-        tparams = t.task_params.get(primary, {})
-        mass: dict[str, Any] = {}
-        for m in s.mass_lengths:
-            examples = [
-                render(
-                    primary,
-                    m * T,
-                    depth,
-                    s.seed + 7919 * i,
-                    data.val,
-                    tokenizer=tokenizer,
-                    **tparams,
-                )
-                for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
-            ]
-            mass[f"{m}x"] = attention_mass.attention_mass(model, examples, layers, device=dev)
-            name = f"attention_mass@{m}x.png"
-            result.artifacts[name] = plots.plot_attention_mass(
-                mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"
-            )
-        result.attention_mass = mass
     return out
+
+
+def record_retrieval(
+    result: CandidateResult,
+    grids: dict[str, scores.NiahResult],
+    primary: str,
+    out_dir: Path,
+    title: str,
+) -> None:
+    """The grids into ``result.niah`` and one heatmap per family into ``out_dir``."""
+    result.niah = {
+        **grids[primary].to_dict(),
+        "task": primary,
+        "tasks": {task: g.to_dict() for task, g in grids.items()},
+    }
+    result.artifacts["niah.png"] = plots.plot_niah_heatmap(
+        grids[primary], out_dir / "niah.png", f"{title}, {primary}"
+    )
+    for task, grid in grids.items():
+        if task != primary:
+            name = f"niah_{task}.png"
+            result.artifacts[name] = plots.plot_niah_heatmap(
+                grid, out_dir / name, f"{title}, {task}"
+            )
+
+
+def attention_masses(
+    model: torch.nn.Module,
+    config: SweepConfig,
+    data: PreparedCorpus,
+    dev: torch.device,
+    layers: tuple[LayerSpec, ...],
+    result: CandidateResult,
+    out_dir: Path,
+    title: str,
+) -> dict[str, Any]:
+    """The paper's attention-mass profile at each of ``score.mass_lengths`` on the primary
+    family's prompts, with one chart each (into ``result.artifacts``)."""
+    s, t = config.score, config.train
+    T, primary = t.seq_len, s.primary_task
+    tparams = t.task_params.get(primary, {})
+    mass: dict[str, Any] = {}
+    for m in s.mass_lengths:
+        examples = [
+            render(
+                primary,
+                m * T,
+                depth,
+                s.seed + 7919 * i,
+                data.val,
+                tokenizer=data.tokenizer,
+                **tparams,
+            )
+            for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
+        ]
+        mass[f"{m}x"] = attention_mass.attention_mass(model, examples, layers, device=dev)
+        name = f"attention_mass@{m}x.png"
+        result.artifacts[name] = plots.plot_attention_mass(
+            mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"
+        )
+    return mass
 
 
 def family_scores(grid: scores.NiahResult, train_len: int, multiples: Any) -> dict[str, float]:
