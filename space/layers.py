@@ -49,10 +49,6 @@ class LayerPlacement(StrEnum):
         return self is LayerPlacement.ALL or self.value == kind.value
 
 
-# The QK-norm placement knob predates the other placements; one type, two names.
-QKNormLayers = LayerPlacement
-
-
 class WindowKind(StrEnum):
     """How a window of ``W`` tokens limits attention.
 
