@@ -1080,3 +1080,12 @@ def test_layer_spec_head_dim_problem_names_the_rotated_dims():
     assert ntk.head_dim_problem(16) is None
     nope = LayerSpec(3, LayerKind.GLOBAL, Position.NOPE, None, None, QKNorm.NONE, None)
     assert nope.head_dim_problem(3) is None
+
+
+def test_stages_a_stage_entry_and_its_plan_have_the_same_fields():
+    from dataclasses import fields
+
+    from space.sections import StageSection
+    from space.stages import StagePlan
+
+    assert list(StageSection.model_fields) == [f.name for f in fields(StagePlan)]
