@@ -13,6 +13,10 @@ or a mapping with exactly one domain key::
 
 ``when`` makes a knob conditional: it is sampled only when every named knob has
 the given value (or one of a list of values); otherwise it keeps its default.
+
+Every knob is one :class:`Knob` row of :data:`KNOBS`: its kind, default, the StrEnum of
+:mod:`space.layers` its values come from, and what a null means. Adding a knob is adding
+its row (and using it in :func:`space.expand.expand_layers`).
 """
 
 from __future__ import annotations

@@ -7,16 +7,16 @@ good metrics; it never raises for that.
 
 A run is one or more stages (``TrainSection.stage_plans()``: one ``space.stages.StagePlan``
 each), trained in order with one optimizer, one step counter and one checkpoint: each stage
-has its own sequence length,
-batch size and learning-rate schedule (warmup, then cosine decay over the stage), and the
-caller switches data and model per stage (``begin_stage``). The AdamW moments carry over
-from stage to stage, as when pretraining continues. The checkpoint records the stage and
-the step, so a run killed in any stage resumes exactly.
+has its own sequence length, batch size and learning-rate schedule (warmup, then cosine
+decay over the stage), and the caller switches data and model per stage (``begin_stage``).
+The AdamW moments carry over from stage to stage, as when pretraining continues. The
+checkpoint records the stage and the step (:class:`RunState` says what else), so a run
+killed in any stage resumes exactly.
 
 The settings are the sweep file's train section itself (``space.sections.TrainSection``):
-its defaults are the only ones. Speed and scale: ``precision`` (autocast to bf16, fp32 master weights
-and optimizer state), ``compile`` (``torch.compile``; a model that cannot compile trains
-eager after one warning, never a failed run), ``activation_checkpointing``,
+its defaults are the only ones. Speed and scale: ``precision`` (autocast to bf16, fp32
+master weights and optimizer state), ``compile`` (``torch.compile``; a model that cannot
+compile trains eager after one warning, never a failed run), ``activation_checkpointing``,
 ``micro_batch_size`` (gradient accumulation), and data parallelism through a
 ``workers.distributed.Workers``: with several workers each trains on its share of the
 same global batch and only the main worker writes checkpoints and reports.
