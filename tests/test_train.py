@@ -130,6 +130,7 @@ def test_run_candidate_scores_and_artifacts(tmp_path):
     assert saved["scores"]["short_bpb"] == pytest.approx(s["short_bpb"])
 
 
+@pytest.mark.slow  # trains a model in a subprocess
 def test_cli_train_json(tmp_path):
     out = subprocess.run(
         [
