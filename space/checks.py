@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from space.errors import ConfigError, InvalidCandidate
 from space.hypothesis_files import check_hypotheses
-from space.knobs import grid_size, knob_domain, rotary_problem
+from space.knobs import grid_size, knob_domain
+from space.layers import rotary_problem
 from space.names import (
     EVAL_METRICS,
     LONG_ACC,

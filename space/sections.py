@@ -230,6 +230,9 @@ class StageSection(_Section):
 
 
 class TrainSection(_Section):
+    """``train:``, which is also what the training loop reads (``workers.train.train``): its
+    defaults are the only training defaults; ``stage_plans()`` resolves its stages."""
+
     seq_len: int = Field(ge=8, le=MAX_TOKENS_PER_SEQUENCE)
     batch_size: int = Field(ge=1, le=MAX_BATCH)
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
@@ -286,20 +289,14 @@ class TrainSection(_Section):
         return tuple(self._plan(stage) for stage in self.stages)
 
     def _plan(self, stage: StageSection) -> StagePlan:
-        def pick(name: str) -> Any:
+        """The stage's own settings, the train section's where it leaves one out (a stage
+        and its plan have the same fields: tests/test_space.py keeps them equal)."""
+        fields = {}
+        for name in StageSection.model_fields:
             own = getattr(stage, name)
-            return getattr(self, name) if own is None else own
-
+            fields[name] = getattr(self, name) if own is None else own
         return StagePlan(
-            steps=stage.steps,
-            seq_len=pick("seq_len"),
-            batch_size=pick("batch_size"),
-            lr=pick("lr"),
-            warmup_steps=pick("warmup_steps"),
-            min_lr_ratio=pick("min_lr_ratio"),
-            task_mix=dict(pick("task_mix")),
-            lm_fraction=pick("lm_fraction"),
-            knobs=dict(stage.knobs),
+            **{**fields, "task_mix": dict(fields["task_mix"]), "knobs": dict(stage.knobs)}
         )
 
     def eval_steps(self) -> tuple[int, ...]:

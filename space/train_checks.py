@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from space.errors import ConfigError
-from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, check_value, knob_domain, rotary_problem
+from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, check_value, knob_domain
+from space.layers import rotary_problem
 from space.stages import (
     LAYOUT_KNOBS,
     SHAPE_KNOBS,

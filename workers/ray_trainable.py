@@ -27,6 +27,7 @@ candidate's own code on any worker is that exception, a FAIL with its reason, as
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -92,7 +93,6 @@ def run_trial(
     out_dir = Path(params["trial_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in params["seeds"]]
-    metric = sweep.scheduler.metric
     ctx = tune.get_context()
     info = TrialInfo(
         study=params["study"],
@@ -114,10 +114,8 @@ def run_trial(
     elif params.get("restore_from"):
         restore_into(Path(params["restore_from"]), out_dir)
 
-    links: dict[str, Any] = {}
-    links.update(call_hook(links, hooks.on_start, info) or {})
-    evals = 0
-    last_value = math.nan
+    reports = TuneReports(info, hooks, sweep.scheduler.metric)
+    reports.start()
     results: list[Any] = []
     started = time.perf_counter()
     try:
@@ -127,29 +125,7 @@ def run_trial(
             if done is not None:
                 results.append(done)
                 continue
-
-            def on_eval(metrics: dict[str, float], seed: int = seed, index: int = index) -> None:
-                nonlocal evals, last_value
-                evals += 1
-                last_value = float(metrics.get(metric, math.nan))
-                links.update(call_hook(links, hooks.on_eval, info, {**metrics, "seed": seed}) or {})
-                report = {
-                    **metrics,
-                    "seed": seed,
-                    SEED_INDEX_KEY: index,
-                    EVALS_KEY: evals,
-                    LINKS_KEY: json.dumps(links),
-                }
-                staging = out_dir / f".snapshot-{evals}"
-                try:
-                    if snapshot(out_dir, staging):
-                        tune.report(report, checkpoint=tune.Checkpoint.from_directory(staging))
-                    else:
-                        tune.report(report)
-                finally:  # Tune has copied the checkpoint into its trial folder by now
-                    shutil.rmtree(staging, ignore_errors=True)
-                return None
-
+            on_eval = functools.partial(reports.on_eval, seed=seed, index=index)
             if sweep.resources.workers_per_trial > 1:
                 result = train_on_workers(
                     sweep, info.candidate, seed, folder, on_eval, runner, corpus
@@ -180,10 +156,64 @@ def run_trial(
         )
     outcome.trial_seconds = time.perf_counter() - started
     outcome.results = results
-    links.update(call_hook(links, hooks.on_end, info, outcome) or {})
-    outcome.links = links
-    # The last report carries the outcome; no EVALS_KEY, so a scheduler ignores it.
-    tune.report({metric: last_value, OUTCOME_KEY: outcome.to_json(), LINKS_KEY: json.dumps(links)})
+    reports.end(outcome)
+
+
+class TuneReports:
+    """What a trial tells Tune and the tracking hooks: every evaluation of every seed (with
+    a snapshot of the trial folder as its checkpoint), then one last report holding the
+    outcome. ``links`` collects what the hooks return (run ids) for the driver."""
+
+    def __init__(self, info: TrialInfo, hooks: TrialHooks, metric: str) -> None:
+        self.info, self.hooks, self.metric = info, hooks, metric
+        self.links: dict[str, Any] = {}
+        self.evals = 0
+        self.last_value = math.nan
+
+    def start(self) -> None:
+        self.links.update(call_hook(self.links, self.hooks.on_start, self.info) or {})
+
+    def on_eval(self, metrics: dict[str, float], *, seed: int, index: int) -> None:
+        from ray import tune
+
+        self.evals += 1
+        self.last_value = float(metrics.get(self.metric, math.nan))
+        links = self.links
+        links.update(
+            call_hook(links, self.hooks.on_eval, self.info, {**metrics, "seed": seed}) or {}
+        )
+        report = {
+            **metrics,
+            "seed": seed,
+            SEED_INDEX_KEY: index,
+            EVALS_KEY: self.evals,
+            LINKS_KEY: json.dumps(links),
+        }
+        out_dir = self.info.out_dir
+        staging = out_dir / f".snapshot-{self.evals}"
+        try:
+            if snapshot(out_dir, staging):
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(staging))
+            else:
+                tune.report(report)
+        finally:  # Tune has copied the checkpoint into its trial folder by now
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def end(self, outcome: TrialOutcome) -> None:
+        """The tracking hooks' last word, then the outcome (no EVALS_KEY, so a scheduler
+        ignores this report)."""
+        from ray import tune
+
+        links = self.links
+        links.update(call_hook(links, self.hooks.on_end, self.info, outcome) or {})
+        outcome.links = links
+        tune.report(
+            {
+                self.metric: self.last_value,
+                OUTCOME_KEY: outcome.to_json(),
+                LINKS_KEY: json.dumps(links),
+            }
+        )
 
 
 # -- several workers per trial ------------------------------------------------------------
