@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _training_speed import MIB, measure  # noqa: E402
+from _training_speed import MIB, measure, measure_minimal  # noqa: E402
 
 from space.schema import load_config  # noqa: E402
 from workers.serving_cost import attention_flops_per_token  # noqa: E402
@@ -84,20 +84,36 @@ def matmul_peak_flops(precision: str, device: torch.device, size: int = 2048) ->
     return 2 * size**3 / best
 
 
+# The reference row: the same model in the shortest AdamW loop (fp32, eager).
+MINIMAL = "minimal"
+
+
 def measure_one(args: argparse.Namespace, backend: str, compiled: bool, precision: str) -> dict:
     torch.set_num_threads(args.threads)
-    result = measure(
-        args.config,
-        args.preset,
-        device=args.device,
-        backend=None if backend == "auto" else backend,
-        compile_model=compiled,
-        precision=precision,
-        steps=args.steps,
-        warmup=args.warmup,
-        batch_size=args.batch,
-        seq_len=args.seq_len,
-    )
+    if backend == MINIMAL:
+        result = measure_minimal(
+            args.config,
+            args.preset,
+            device=args.device,
+            steps=args.steps,
+            warmup=args.warmup,
+            batch_size=args.batch,
+            seq_len=args.seq_len,
+        )
+        result.update(peak_bytes=float("nan"), compiled=False)
+    else:
+        result = measure(
+            args.config,
+            args.preset,
+            device=args.device,
+            backend=None if backend == "auto" else backend,
+            compile_model=compiled,
+            precision=precision,
+            steps=args.steps,
+            warmup=args.warmup,
+            batch_size=args.batch,
+            seq_len=args.seq_len,
+        )
     device = torch.device(args.device)
     if args.peak_tflops:
         result["peak_flops"], result["peak_source"] = args.peak_tflops * 1e12, "--peak-tflops"
@@ -174,6 +190,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     source = ""
+    rows: dict[tuple[str, bool, str], dict] = {}
     for backend in args.backends:
         for compiled in (c == "on" for c in args.compile):
             for precision in precisions:
@@ -197,7 +214,23 @@ def main() -> None:
                     flush=True,
                 )
                 source = r["peak_source"]
+                rows[(backend, compiled, precision)] = r
     print(f"peak: {source}")
+    # The trainer's own overhead: its eager fp32 row against the shortest AdamW loop.
+    ref = run_child(args, MINIMAL, False, "fp32")
+    if "error" in ref:
+        print(f"minimal AdamW loop: failed: {ref['error']}")
+        return
+    print(
+        f"minimal AdamW loop (fp32, eager): {ref['tokens_per_s']:.0f} tokens/s, "
+        f"{ref['step_ms']:.1f} ms/step"
+    )
+    trainer = rows.get(("auto", False, "fp32"))
+    if trainer is not None:
+        print(
+            "ropenope train (auto, eager, fp32) / minimal AdamW loop = "
+            f"{trainer['tokens_per_s'] / ref['tokens_per_s']:.3f}"
+        )
 
 
 if __name__ == "__main__":

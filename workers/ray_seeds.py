@@ -112,7 +112,8 @@ def train_seeds_at_once(
     """Train the seeds of ``seeds`` that have not finished, one Ray task each, at once;
     returns ``{seed: CandidateResult}`` for them. ``reports`` is the trial's
     ``TuneReports``. Empty (the caller trains sequentially) unless
-    ``resources.parallel_seeds`` and at least two seeds are left to train."""
+    ``resources.parallel_seeds``, at least two seeds are left to train and the trial's
+    placement group has a bundle for at least two of them."""
     if not sweep.resources.parallel_seeds or sweep.resources.workers_per_trial > 1:
         return {}
     todo = [
@@ -123,7 +124,14 @@ def train_seeds_at_once(
     if len(todo) < 2:
         return {}
     import ray
+    from ray.util import get_current_placement_group
     from ray.util.queue import Empty, Queue
+
+    # The trial's placement group holds the launcher and a bundle per seed at once; with
+    # fewer than two seed bundles (the cluster holds one seed) the seeds go one by one.
+    group = get_current_placement_group()
+    if group is None or group.bundle_count < 3:
+        return {}
 
     r = sweep.resources
     task = ray.remote(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial, max_retries=0)(
