@@ -14,6 +14,7 @@ every trial's objectives are equal to the last digit between the two. Nothing is
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -40,6 +41,7 @@ def one_study(
     from search.driver import run_sweep
     from space.names import ATTR_CANDIDATE_ID, TRAIN_SECONDS
     from space.schema import load_config
+    from workers.ray_seeds import INTERVAL_FILE
 
     home = tmp / ("parallel" if parallel else "sequential")
     home.mkdir()
@@ -68,6 +70,19 @@ def one_study(
     train = statistics.mean(float(t.user_attrs.get(TRAIN_SECONDS, math.nan)) for t in trials)
     states = ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
     print(f"{'parallel' if parallel else 'sequential'} seeds: {states}", flush=True)
+    for t in trials:  # where a trial's time goes: its span in Optuna, its seed tasks
+        span = (t.datetime_complete - t.datetime_start).total_seconds()
+        line = f"  trial {t.number}: Optuna span {span:.1f} s"
+        if parallel:
+            folder = Path(t.user_attrs["trial_dir"])
+            runs = [json.loads(p.read_text()) for p in sorted(folder.glob(f"*/{INTERVAL_FILE}"))]
+            if runs:
+                first = min(r["started"] for r in runs)
+                tasks = ", ".join(
+                    f"{r['started'] - first:.1f}..{r['ended'] - first:.1f}" for r in runs
+                )
+                line += f"; seed tasks (train + score) from the first start: {tasks} s"
+        print(line, flush=True)
     return wall, values, load, train
 
 
