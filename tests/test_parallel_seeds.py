@@ -2,7 +2,8 @@
 
 - a 2-seed trial on the test's 2-CPU Ray trains its seeds at once (the training intervals
   its seed folders record overlap) and gives the scores of the same trial run with its
-  seeds one after the other, to the last digit;
+  seeds one after the other, to the last digit, with the same Optuna attributes and MLflow
+  runs;
 - a trial's request is sized for its seeds, and the number of trials at once counts them;
 - the sweep file refuses parallel seeds where they would change a result's meaning.
 """
@@ -15,28 +16,34 @@ from pathlib import Path
 import optuna
 import pytest
 from engines import tiny_config_file
+from test_interface import collect_interface
 
 from search import driver
 from search.ray_runtime import LAUNCHER_MEMORY_BYTES, concurrent_trials, trial_cost, trial_resources
 from space.errors import ConfigError
 from space.names import PEAK_MEMORY_BYTES, SHORT_BPB, TOKENS_PER_S, TRAIN_SECONDS, VAL_BPB
 from space.schema import load_config
+from tracking.target import resolve_tracking_uri
 from workers.layout import read_scores, seed_dir
 from workers.ray_seeds import INTERVAL_FILE, seeds_at_once
 
 
-def _one_trial(tmp_path: Path, name: str, ray_local: str, parallel: bool) -> optuna.FrozenTrial:
+def _one_trial(
+    tmp_path: Path, name: str, ray_local: str, parallel: bool
+) -> tuple[optuna.Study, optuna.FrozenTrial]:
     url = f"sqlite:///{tmp_path / f'{name}.db'}"
     path = tiny_config_file(
         tmp_path / f"{name}.yaml",
         study={"name": name, "trials": 1, "repeats": 2, "sampler": "random", "seed": 0},
         presets=["rope"],
         resources={"cpus_per_trial": 1, "max_concurrent": 1, "parallel_seeds": parallel},
+        tracking={"enabled": True},
     )
     summary = driver.submit(path, storage=url, address=ray_local, progress=False)
     assert summary.counts["COMPLETE"] == 1, summary.counts
-    (trial,) = optuna.load_study(study_name=name, storage=url).get_trials()
-    return trial
+    study = optuna.load_study(study_name=name, storage=url)
+    (trial,) = study.get_trials()
+    return study, trial
 
 
 # What a seed's scores measure of the machine (and of its load), not of the model.
@@ -50,8 +57,8 @@ def _model_scores(scores: dict) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_parallel_seeds_overlap_and_match_the_sequential_scores(tmp_path, runs_home, ray_local):
-    together = _one_trial(tmp_path, "together", ray_local, parallel=True)
-    apart = _one_trial(tmp_path, "apart", ray_local, parallel=False)
+    study, together = _one_trial(tmp_path, "together", ray_local, parallel=True)
+    apart_study, apart = _one_trial(tmp_path, "apart", ray_local, parallel=False)
 
     # the two seeds trained at the same time: each started before the other ended
     trial_dir = Path(together.user_attrs["trial_dir"])
@@ -77,6 +84,21 @@ def test_parallel_seeds_overlap_and_match_the_sequential_scores(tmp_path, runs_h
         assert mine == theirs, (seed, mine, theirs)
     assert together.values == apart.values
     assert together.params == apart.params
+
+    # the trial's attributes and MLflow runs (names, nesting) are the sequential trial's
+    uri = resolve_tracking_uri(None, runs_home)
+    found, seq = collect_interface(study, uri), collect_interface(apart_study, uri)
+    assert found["optuna_trial_attrs"] == seq["optuna_trial_attrs"]
+    assert set(found["mlflow_runs"]) == set(seq["mlflow_runs"])
+    assert {"study", "trial complete"} <= set(found["mlflow_runs"])
+    for run, mine in found["mlflow_runs"].items():
+        for part in ("tags", "metrics", "artifacts", "params"):
+            if run == "study" and part == "params":
+                assert set(mine[part]) - set(seq["mlflow_runs"][run][part]) == {
+                    "resources.parallel_seeds"
+                }
+            else:
+                assert mine[part] == seq["mlflow_runs"][run][part], (run, part)
 
 
 def _config(tmp_path: Path, **sections) -> object:
