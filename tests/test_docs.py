@@ -147,7 +147,7 @@ def test_readme_is_a_front_door():
 
 @pytest.mark.slow
 def test_site_builds_strictly_and_its_pages_open_without_console_errors(tmp_path):
-    from tests.browser import open_page, screenshot
+    from browser import open_page, screenshot
 
     site = tmp_path / "site"
     done = subprocess.run(

@@ -18,12 +18,14 @@ and the hook (``hooks:`` in ``mkdocs.yml``) replaces it with the generated Markd
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import json
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -33,6 +35,7 @@ MARKERS = {
     "<!-- generated: cli -->": "cli_reference",
     "<!-- generated: sweep-file -->": "sweep_file_reference",
 }
+REPO = Path(__file__).resolve().parents[1]
 API_MARKER = re.compile(r"<!-- generated: api (\w+) -->")
 
 
@@ -193,6 +196,40 @@ def _anchor(path: str) -> str:
     return path.replace(".", "-").replace("[]", "")
 
 
+@functools.cache
+def config_examples() -> dict[str, tuple[str, str]]:
+    """Each key path -> (a value written for it, the file) from the shipped ``configs/``:
+    the first file (by name) that sets it. Lists of mappings are spelled ``key[]``."""
+    import yaml
+
+    found: dict[str, tuple[str, str]] = {}
+
+    def walk(value: Any, path: str, file: str) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(sub, f"{path}.{key}" if path else str(key), file)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    walk(item, f"{path}[]", file)
+        if path and path not in found:
+            found[path] = (_yaml(value), file)
+
+    for config in sorted((REPO / "configs").rglob("*.yaml")):
+        raw = yaml.safe_load(config.read_text())
+        if isinstance(raw, dict):
+            walk(raw, "", config.relative_to(REPO).as_posix())
+    return found
+
+
+def _example(path: str) -> str:
+    example = config_examples().get(path)
+    if example is None:
+        return ""
+    value, file = example
+    return f"{_code(value if len(value) <= 60 else value[:57] + '...')} ({file})"
+
+
 def model_table(model: type[BaseModel], path: str, seen: dict[type, str]) -> list[str]:
     """The keys of ``model`` at ``path``, then the nested sections each key opens; a model
     met again (a predicate inside a predicate) links to where it is written out."""
@@ -201,7 +238,10 @@ def model_table(model: type[BaseModel], path: str, seen: dict[type, str]) -> lis
     lines = [f"### `{path}` {{#{_anchor(path)}}}", ""]
     if _doc(model):
         lines += [_doc(model), ""]
-    lines += ["| key | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "| key | type | default | bounds | meaning | example (a shipped file) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     nested: list[tuple[str, type[BaseModel]]] = []
     for name, field in model.model_fields.items():
         meaning = comments.get(name, field.description or "")
@@ -214,7 +254,7 @@ def model_table(model: type[BaseModel], path: str, seen: dict[type, str]) -> lis
                 seen[sub] = nested[-1][0]
         lines.append(
             f"| `{path}.{name}` | {_code(_type_name(field.annotation))} | {_default(field)} "
-            f"| {_cell(_bounds(field))} | {_cell(meaning)} |"
+            f"| {_cell(_bounds(field))} | {_cell(meaning)} | {_example(f'{path}.{name}')} |"
         )
     lines.append("")
     for sub_path, sub in nested:
@@ -245,14 +285,14 @@ def knob_rows() -> list[tuple[str, str, Any, tuple[str, ...], bool, str]]:
 
 def knob_table() -> list[str]:
     lines = [
-        "| knob | kind | default | values | null allowed | meaning |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| knob | kind | default | values | null allowed | meaning | example (a shipped file) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, kind, default, values, nullable, meaning in knob_rows():
         lines.append(
             f"| `space.{name}` | {kind} | {_code(_yaml(default))} "
             f"| {', '.join(_code(v) for v in values)} | {'yes' if nullable else ''} "
-            f"| {_cell(meaning)} |"
+            f"| {_cell(meaning)} | {_example(f'space.{name}')} |"
         )
     return lines
 
