@@ -377,6 +377,15 @@ def api_reference(package: str) -> str:
 # -- the MkDocs hook --------------------------------------------------------------------
 
 
+# The docstrings are reStructuredText-flavoured: ``:func:`name``` renders as ":func:" and
+# the name in code; the role's prefix is dropped from the page.
+_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|exc|obj):(?=<code>)")
+
+
+def on_page_content(html: str, **_: Any) -> str:
+    return _ROLE.sub("", html)
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
     for marker, function in MARKERS.items():
         if marker in markdown:
