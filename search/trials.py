@@ -28,7 +28,7 @@ from space.names import (
     ATTR_RESTORE_FROM,
     ATTR_SEED,
 )
-from space.outcomes import RERUN_REASONS, Reason
+from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
 
 
 def adds_seeds(trial: FrozenTrial) -> bool:
@@ -196,15 +196,15 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
 def requeue_worker_deaths(
     study: optuna.Study, *, restore_for: Callable[[FrozenTrial], Path | None] = lambda t: None
 ) -> list[tuple[int, Path | None]]:
-    """Re-run the candidates of FAIL ``worker_died`` trials that no trial re-runs yet
-    (``ropenope resume``), from their newest checkpoint."""
+    """Re-run the candidates of FAIL ``worker_died`` and ``infrastructure_failure`` trials
+    that no trial re-runs yet (``ropenope resume``), from their newest checkpoint."""
     trials = study.get_trials(deepcopy=False)
     rerun = {t.user_attrs.get(ATTR_RERUN_OF) for t in trials}
     queued = []
     for trial in trials:
         if (
             trial.state == TrialState.FAIL
-            and trial.user_attrs.get(ATTR_REASON) == Reason.WORKER_DIED
+            and trial.user_attrs.get(ATTR_REASON) in INFRASTRUCTURE_REASONS
             and trial.number not in rerun
         ):
             restore = restore_for(trial)

@@ -1,23 +1,46 @@
-"""The Tune callback of a sweep: the events the searcher does not see."""
+"""The Tune callback and stopper of a sweep: the events the searcher does not see, and
+the end of a sweep that the cluster keeps failing."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ray import tune
+from ray.tune.experiment import Trial
 
 from search.searcher import StudySearcher
+
+# Tune states of a trial that has ended: one still in the searcher's live set was dropped
+# without a word to the searcher (see StudySearcher.tune_dropped).
+_ENDED = (Trial.ERROR, Trial.TERMINATED)
 
 
 class SweepCallback(tune.Callback):
     """Tune events the searcher does not see: every result (incl. the one a scheduler stop
-    follows), error messages, trial starts, and a heartbeat on each controller step."""
+    follows), error messages, trial starts, and a heartbeat on each controller step. On
+    each step it also reconciles the searcher's live trials with Tune's trial states, and
+    ``reaper`` (several workers per trial) frees the reservations of dead launchers."""
 
-    def __init__(self, searcher: StudySearcher) -> None:
+    def __init__(self, searcher: StudySearcher, reaper: Any = None) -> None:
         self.searcher = searcher
+        self.reaper = reaper
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # see StudySearcher.__getstate__
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        live = self.searcher.live
+        if live and self.searcher.stop_line is None:
+            dropped = {
+                t.trial_id: _error_text(t)
+                for t in trials
+                if t.trial_id in live and t.status in _ENDED
+            }
+            if dropped:
+                self.searcher.tune_dropped(dropped)
+        if self.reaper is not None:
+            for note in self.reaper.tick():
+                self.searcher.progress.note(note)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.searcher.progress.tick(self.searcher.study)
@@ -37,6 +60,23 @@ class SweepCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.on_trial_error(trial.trial_id, _error_text(trial))
+
+
+class FailureBudgetStop(tune.Stopper):
+    """Stops every trial and the experiment once the searcher's failure budget is spent
+    (:mod:`search.failures`); the driver then closes what was running as interrupted."""
+
+    def __init__(self, searcher: StudySearcher) -> None:
+        self.searcher = searcher
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # see StudySearcher.__getstate__
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False  # trials end by themselves; only the whole sweep stops here
+
+    def stop_all(self) -> bool:
+        return self.searcher.stop_line is not None
 
 
 def _error_text(trial: Any) -> str | None:
