@@ -3,6 +3,7 @@ the end of a sweep that the cluster keeps failing."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -80,7 +81,18 @@ class FailureBudgetStop(tune.Stopper):
 
 
 def _error_text(trial: Any) -> str | None:
+    """The trace of the trial's latest failure. Tune appends each failure to an error file
+    in the trial's local folder at once, and copies it to the experiment's storage later:
+    ``Trial.get_error`` reads the copy, which a restart or an error event often precedes."""
     try:
-        return trial.get_error()
+        local = trial.error_file
+        if local and Path(local).is_file():
+            text = Path(local).read_text(errors="replace")
+        else:
+            text = trial.get_error()
     except Exception as err:  # the error file itself is unreadable: say that instead
         return f"{type(err).__name__}: {err}"
+    if not text:
+        return None
+    latest = text.rfind("Failure # ")
+    return text[latest:] if latest > 0 else text
