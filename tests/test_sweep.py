@@ -483,7 +483,7 @@ def test_sweep_resumed_after_a_kill_trains_the_candidates_the_whole_sweep_would(
             study={"name": name, "trials": 3},
             space=SPACE,
             presets=["rope", "qknorm", "nope", {"name": "swa", "knobs": swa}],
-            train={"steps": 40, "eval_every": 10, "checkpoint_every": 10},
+            train={"steps": 30, "eval_every": 10, "checkpoint_every": 10},
             resources={"cpus_per_trial": 1, "max_concurrent": 1},
         )
 
