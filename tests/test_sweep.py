@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from search import driver, ray_runtime
 from search.cli import main as cli_main
-from search.failures import FailureBudget, infrastructure_text, rerun_depth
+from search.failures import FailureBudget, close_capped, infrastructure_text, rerun_depth
 from space import load_config
 from space.errors import ConfigError
 from space.names import (
@@ -181,6 +181,26 @@ def test_sweep_rerun_depth_follows_rerun_links_and_infrastructure_texts_are_know
     assert infrastructure_text("OSError: [Errno 5] Input/output error")
     assert not infrastructure_text("RuntimeError: injected failure")
     assert not infrastructure_text(None)
+
+
+def test_sweep_trial_as_many_reruns_deep_as_allowed_is_not_rerun_again():
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # 0
+    study.add_trial(
+        optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={ATTR_RERUN_OF: 0})
+    )  # 1
+    for origin in (1, 0):  # 2: two re-runs deep; 3: one
+        study.enqueue_trial({}, user_attrs={ATTR_RERUN_OF: origin})
+        study.ask()
+    closed = close_capped(
+        study, study._storage, lambda t: True, FailuresSection(max_rerun_depth=2), "gone"
+    )
+    assert closed == [2]
+    capped, other = study.get_trials()[2:]
+    assert capped.state == TrialState.FAIL
+    assert capped.user_attrs[ATTR_REASON] == Reason.RERUN_LIMIT
+    assert capped.user_attrs[ATTR_REASON_DETAIL].startswith("not re-run again after 2 re-run(s)")
+    assert other.state == TrialState.RUNNING  # one re-run deep: re-queued as usual
 
 
 # -- real sweeps -----------------------------------------------------------------------
