@@ -24,11 +24,13 @@ from optuna.trial import TrialState
 from search import driver, ray_runtime
 from search.cli import main as cli_main
 from search.failures import FailureBudget, close_capped, infrastructure_text, rerun_depth
+from search.trials import requeue_worker_deaths
 from space import load_config
 from space.errors import ConfigError
 from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
+    ATTR_KNOBS,
     ATTR_PRESET,
     ATTR_RAY_TRIAL_DIR,
     ATTR_RAY_TRIAL_ID,
@@ -201,6 +203,17 @@ def test_sweep_trial_as_many_reruns_deep_as_allowed_is_not_rerun_again():
     assert capped.user_attrs[ATTR_REASON] == Reason.RERUN_LIMIT
     assert capped.user_attrs[ATTR_REASON_DETAIL].startswith("not re-run again after 2 re-run(s)")
     assert other.state == TrialState.RUNNING  # one re-run deep: re-queued as usual
+
+
+def test_sweep_resume_reruns_infrastructure_failures_but_not_the_candidates_own():
+    study = optuna.create_study()
+    for reason in (Reason.INFRASTRUCTURE, Reason.WORKER_DIED, "error: ValueError: x"):
+        attrs = {ATTR_REASON: reason, ATTR_KNOBS: {"global_every": 1}}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=attrs))
+    assert [n for n, _ in requeue_worker_deaths(study)] == [0, 1]
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs[ATTR_RERUN_OF] for t in queued] == [0, 1]
+    assert requeue_worker_deaths(study) == []  # each once
 
 
 # -- real sweeps -----------------------------------------------------------------------
