@@ -4,3 +4,4 @@
 iteration  # noqa: B018, F821 - tune.Callback.on_* (iteration=..., trials=...)
 checkpoint_dir  # noqa: B018, F821 - tune Searcher.save_to_dir(checkpoint_dir, session_str)
 session_str  # noqa: B018, F821
+tune_controller  # noqa: B018, F821 - tune TrialScheduler.on_trial_*(tune_controller, trial, ...)

@@ -8,6 +8,8 @@
   SQL database, refused when its directions or space differ from the sweep file.
 - :func:`summarize` (``search.status``): what ``ropenope status`` shows.
 - :func:`main`: the ``ropenope`` command (``search.cli``).
+- :class:`MOASHAScheduler` (``search.mo_asha``): multi-objective successive halving as a
+  Ray Tune scheduler (``study.early_stopping``), usable on its own in any Tune run.
 
 Names resolve on first use, so ``import search`` does not import ray.
 """
@@ -30,6 +32,7 @@ _WHERE = {
     "open_study": "search.study",
     "summarize": "search.status",
     "main": "search.cli",
+    "MOASHAScheduler": "search.mo_asha",
 }
 
 __all__ = sorted(_WHERE)

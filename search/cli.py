@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from search import export_cmd, report_cmd, tracking_cmd
+from search import dashboard, export_cmd, gc_cmd, report_cmd, tracking_cmd
 from search.errors import CliError
 from space.errors import ConfigError, InvalidCandidate
+from space.secrets import RedactedStream
 
 
 def _cmd_space(args: argparse.Namespace) -> int:
@@ -194,6 +196,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "job-status": (_cmd_remote, "status of a sweep submitted as a Ray Job (all jobs without JOB)"),
     "report": (report_cmd.run, report_cmd.HELP),
     "export": (export_cmd.run, export_cmd.HELP),
+    "gc": (gc_cmd.run, gc_cmd.HELP),
+    "dashboard": (dashboard.run, dashboard.HELP),
     **{name: (fn, tracking_cmd.HELP[name]) for name, fn in tracking_cmd.COMMANDS.items()},
 }
 
@@ -213,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_parser(sub)
     report_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
+    gc_cmd.add_parser(sub)
+    dashboard.add_parser(sub)
     tracking_cmd.add_parsers(sub)  # pareto, sync, ui
     _add_sweep_parsers(sub)
     from search import remote
@@ -225,6 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS[args.command][0]
+    # Every line the command prints passes the one redaction (no URL password on screen).
+    shown_out, shown_err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactedStream(shown_out), RedactedStream(shown_err)
+    try:
+        return _run(args, handler)
+    finally:
+        with contextlib.suppress(BrokenPipeError):  # the reader left: nothing more to show
+            sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = shown_out, shown_err
+
+
+def _run(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
     try:
         return handler(args)
     except (ConfigError, InvalidCandidate, CliError) as err:

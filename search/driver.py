@@ -40,6 +40,7 @@ from search.trials import (
     adds_seeds,
     count_toward_target,
     reconcile_interrupted,
+    record_run_links,
     requeue_worker_deaths,
 )
 from space.paths import runs_dir
@@ -227,6 +228,12 @@ def run_sweep(
         show.note(
             f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
         )
+        # What live tracking missed (a busy store, a driver killed before a run closed)
+        # is completed now, so the MLflow UI shows every trial without `ropenope sync`.
+        links = hooks.complete_runs(view)
+        if links:
+            record_run_links(study, opened.storage, links)
+            view = study_view(optuna.load_study(study_name=name, storage=opened.storage))
         hooks.on_sweep_end(view, config, summary)
         return summary
     finally:

@@ -12,10 +12,18 @@ in a sweep.
 - asking for one particular queued trial: ``Study.ask`` takes the oldest WAITING trial,
   whichever it is; the sweep driver must start the seeds it queued, not a preset queued
   beyond the study's target. :func:`claim_waiting` does what ``ask`` does for one trial.
+- the RDB storage under a study and the study's storage id (``Study._storage`` wraps the
+  storage in a cache; ``Study._study_id``): the scan lock of ``search.storage`` is keyed
+  by the study and taken on the storage's engine.
+- a link on a finished trial: Optuna refuses user attributes once a trial is finished, but
+  the MLflow run of a trial whose live tracking failed is only made at the sweep's end.
+  :func:`link_finished_trial` writes that one user attribute in Optuna's own table, as
+  ``set_trial_user_attr`` would (STYLE 8: no table of ours).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,3 +57,36 @@ def claim_waiting(study: optuna.Study, trial: FrozenTrial) -> Trial | None:
     except UpdateFinishedTrialError:
         return None
     return Trial(study, trial._trial_id)
+
+
+def rdb_storage(study: optuna.Study) -> Any:
+    """The storage a study was opened on (an ``RDBStorage``), under Optuna's cache."""
+    storage = study._storage
+    return getattr(storage, "_backend", storage)
+
+
+def study_storage_id(study: optuna.Study) -> int:
+    """The storage id of a study (``Study`` keeps it privately)."""
+    return study._study_id
+
+
+def link_finished_trial(storage: Any, trial_id: int, key: str, value: Any) -> None:
+    """Set user attribute ``key`` of a trial, finished or not, in Optuna's user-attribute
+    table (``storage``: an ``RDBStorage``). Only for links found after a trial closed."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        row = (
+            session.query(models.TrialUserAttributeModel)
+            .filter_by(trial_id=trial_id, key=key)
+            .one_or_none()
+        )
+        if row is None:
+            session.add(
+                models.TrialUserAttributeModel(
+                    trial_id=trial_id, key=key, value_json=json.dumps(value)
+                )
+            )
+        else:
+            row.value_json = json.dumps(value)

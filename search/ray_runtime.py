@@ -15,6 +15,7 @@ driver ends (Train's own cleaner asks the state API, which only the dashboard se
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from search import mo_asha
 from search.errors import StudyError
 from search.searcher import StudySearcher, trial_dirname
 from search.tune_callback import FailureBudgetStop, SweepCallback
@@ -231,6 +233,28 @@ def make_trainable(
     )
 
 
+def asha_scheduler(config: SweepConfig) -> ASHAScheduler | None:
+    """Single-objective ASHA on the trial's evaluation count, with every rung strictly
+    before the trial's last evaluation: a stop there would skip its scoring and mark a
+    full-budget trial PRUNED. Ray places rungs at ``grace * rf**k`` for every one up to
+    ``max_t`` (inclusive), so ``max_t`` is set half an evaluation short of the end, and
+    ``stop_last_trials=False`` keeps ASHA from stopping a trial for reaching it. None when
+    the grace period leaves no rung before the end (nothing could be stopped)."""
+    s = config.scheduler
+    total = evals_per_seed(config) * config.study.max_repeats  # the most seeds a trial trains
+    if s.grace_period >= total:
+        return None
+    return ASHAScheduler(
+        time_attr=EVALS_KEY,
+        metric=s.metric,
+        mode=s.mode,
+        max_t=total - 0.5,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
 def fit(
     config: SweepConfig,
     searcher: StudySearcher,
@@ -240,20 +264,18 @@ def fit(
     runner: Any,
     corpus: Any = None,
 ) -> None:
-    scheduler = None
+    scheduler: Any = None
     s = config.scheduler
-    if s.kind == "asha":
-        total = evals_per_seed(config) * config.study.max_repeats  # the most seeds a trial trains
-        # max_t beyond the last evaluation: ASHA must never stop a trial for reaching the
-        # end (that would skip its scoring and mark a full-budget trial PRUNED).
-        scheduler = ASHAScheduler(
-            time_attr=EVALS_KEY,
-            metric=s.metric,
-            mode=s.mode,
-            max_t=max(total + 1, s.grace_period),
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-        )
+    if config.study.early_stopping is not None:
+        scheduler = mo_asha.sweep_scheduler(config)
+        searcher.stop_attrs = functools.partial(mo_asha.stop_attrs, scheduler)
+    elif s.kind == "asha":
+        scheduler = asha_scheduler(config)
+        if scheduler is None:
+            searcher.progress.note(
+                f"scheduler.grace_period={s.grace_period} leaves no ASHA rung before a trial's "
+                "last evaluation: no trial is stopped early"
+            )
     r = config.resources
     at_once = concurrent_trials(config, ray.cluster_resources())
     if at_once < r.max_concurrent:
@@ -285,7 +307,9 @@ def fit(
             callbacks=[SweepCallback(searcher, PlacementGroupReaper() if several else None)],
             stop=FailureBudgetStop(searcher),
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # One snapshot is enough: it holds each seed's newest checkpoint and the one
+            # before it (workers.layout.snapshot), so a damaged newest still falls back.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=config.resources.max_retries),
         ),
     )

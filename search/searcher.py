@@ -41,7 +41,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,19 @@ from search.failures import FailureBudget, infrastructure_text, rerun_depth, rer
 from search.optuna_adapter import claim_waiting, storage_trial_id
 from search.progress import Progress
 from search.restore import find_restore
+from search.retention import retain_trial
 from search.seed_rounds import SeedRounds, queued_seed_trials, unsettled
+from search.storage import sqlite_path
 from search.study import OpenedStudy
 from search.study_view import study_view
 from search.triage import Ready, Triage, Waiting
-from search.trials import count_toward_target, finish_trial, reconcile_interrupted, set_trial_attrs
+from search.trials import (
+    GhostReaper,
+    count_toward_target,
+    finish_trial,
+    reconcile_interrupted,
+    set_trial_attrs,
+)
 from space.expand import Candidate
 from space.names import (
     ATTR_PRESET,
@@ -77,6 +85,7 @@ from space.names import (
 )
 from space.outcomes import RERUN_REASONS, Reason, RunStatus, error_reason
 from space.schema import SweepConfig
+from space.secrets import redact_tail, redact_text
 from tracking.hooks import SweepHooks
 from workers.trial import EVALS_KEY, LINKS_KEY, OUTCOME_KEY, SEED_INDEX_KEY, TrialOutcome
 
@@ -94,7 +103,8 @@ def worker_died(text: str | None) -> bool:
 
 def ray_error_reason(text: str | None) -> str:
     """``error: <Type>: <message>`` from a Ray error trace (its last informative line)."""
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    # redacted before the cut below: a cut must not part a password from its URL
+    lines = [ln.strip() for ln in redact_text(text or "").splitlines() if ln.strip()]
     lines = [ln for ln in lines if not ln.startswith(("Failure #", "File ", "^", "~"))]
     last = lines[-1] if lines else "the Ray trial failed without an error message"
     return error_reason(last[:300])
@@ -154,6 +164,9 @@ class StudySearcher(Searcher):
         # Adaptive seeds: the rounds after the target (None for a fixed number of seeds).
         self.rounds = SeedRounds(self.study, config, progress) if config.study.adaptive else None
         self.eval_metric = config.scheduler.metric
+        # What the scheduler knows of a trial it stopped (its rung, for MO-ASHA), by Tune
+        # trial id: set by the Ray runtime with the scheduler.
+        self.stop_attrs: Callable[[str], dict[str, Any]] = lambda tune_id: {}
         self.total_steps = config.train.total_steps
         # Trials run at once; the Ray runtime lowers it when the cluster holds fewer trials
         # with all their workers (search.ray_runtime.concurrent_trials).
@@ -163,6 +176,14 @@ class StudySearcher(Searcher):
         self.trained: list[int] = []
         self.trial_seconds = 0.0
         self._idle_until = 0.0
+        # Closes RUNNING trials no driver runs (search.trials.GhostReaper), now and then.
+        self.reaper = GhostReaper(
+            self.study,
+            self.storage,
+            driver_id,
+            single_driver=sqlite_path(opened.url) is not None,
+            restore_for=find_restore,
+        )
         # Infrastructure failures this driver has seen; the line that stopped the sweep.
         self.failures = config.resources.failures
         self.budget = FailureBudget(self.failures, self.study.study_name)
@@ -185,6 +206,7 @@ class StudySearcher(Searcher):
             return None
         if time.monotonic() < self._idle_until:
             return None
+        self._reap(now=False)
         ready = self.triage.resolve_waiting()
         while ready is None:
             trials = self.study.get_trials(deepcopy=False)
@@ -198,6 +220,8 @@ class StudySearcher(Searcher):
                 if self.triage.waiting:
                     self._idle_until = time.monotonic() + 1.0
                     return None
+                if self._reap(now=True):
+                    continue  # a ghost counted toward the target: look again
                 return Searcher.FINISHED
             ready = self.triage.prepare(self.study.ask())
         return self._launch(trial_id, ready)
@@ -214,6 +238,15 @@ class StudySearcher(Searcher):
                 if trial is not None:  # None: another driver started it first
                     return trial
         return None
+
+    def _reap(self, now: bool) -> bool:
+        """Close RUNNING trials no driver runs (every ``reaper.interval_s``, or ``now``);
+        whether any was closed."""
+        held = {h.trial.number for h in (*self.live.values(), *self.errored.values())}
+        held |= set(self.triage.waiting)
+        reaped = self.reaper.reap(held) if now else self.reaper.maybe_reap(held)
+        notify_closed(self.study, self.hooks, reaped, self.progress)
+        return bool(reaped)
 
     def _seed_round(self, tune_id: str) -> dict[str, Any] | str | None:
         """Past the target of an adaptive study: start the next queued trial of seeds
@@ -298,6 +331,7 @@ class StudySearcher(Searcher):
                 f"`ropenope sync {self.study.study_name}` rebuilds the runs later"
             )
         notify_trial_end(self.study, self.hooks, [frozen], self.progress)
+        retain_trial(frozen, self.study.get_trials(deepcopy=False), self.config.resources.keep)
         return frozen
 
     def _judge(self, number: int, reason: str | None) -> None:
@@ -348,15 +382,13 @@ class StudySearcher(Searcher):
         self.record_result(trial_id, result)
         number = live.trial.number
         if OUTCOME_KEY not in result or not result[OUTCOME_KEY]:
-            self._close(
-                number,
-                TrialState.PRUNED,
-                {
-                    ATTR_REASON: Reason.PRUNED,
-                    ATTR_REASON_DETAIL: f"stopped by the {self.config.scheduler.kind} scheduler "
-                    f"after {live.evals} evaluations",
-                },
-            )
+            attrs = {
+                ATTR_REASON: Reason.PRUNED,
+                ATTR_REASON_DETAIL: f"stopped by the {self.config.stopping_scheduler} "
+                f"scheduler after {live.evals} evaluations",
+            }
+            attrs.update(self.stop_attrs(trial_id))
+            self._close(number, TrialState.PRUNED, attrs)
             self._judge(number, Reason.PRUNED)
             return
         outcome = TrialOutcome.from_json(result[OUTCOME_KEY])
@@ -416,7 +448,7 @@ class StudySearcher(Searcher):
             reason = Reason.WORKER_DIED
         else:
             reason = ray_error_reason(error_text)
-        detail = (error_text or "")[-4000:]
+        detail = redact_tail(error_text or "", 4000)
         number = live.trial.number
         depth = self._rerun_depth(number)
         if reason in RERUN_REASONS and depth >= self.failures.max_rerun_depth:

@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import StudyError
 from search.presets import fixed_params
 from search.signature import sweep_seeds
+from search.storage import scan_lock
 from search.trials import adds_seeds
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate
@@ -49,6 +50,8 @@ from tracking.seed_plan import (
     BLOCKED,
     DECIDED,
     EXHAUSTED,
+    FUTILE,
+    SETTLED,
     HypothesisState,
     SeedPlan,
     SeedRequest,
@@ -72,7 +75,7 @@ __all__ = [
     "unsettled",
 ]
 
-_SETTLED = (DECIDED, EXHAUSTED, BLOCKED)
+_SETTLED = SETTLED
 
 
 def compares(
@@ -202,6 +205,8 @@ def describe_state(h: HypothesisState) -> str:
         what = f"{h.verdict.value} at look {h.look}/{h.looks}"
     elif h.state == EXHAUSTED:
         what = f"undecided at max seeds, look {h.look}/{h.looks}"
+    elif h.state == FUTILE:
+        what = f"undecided, no more seeds after look {h.look}/{h.looks} ({h.problem})"
     else:
         what = f"{h.state} after look {h.look}/{h.looks}"
     n = len(h.candidates)
@@ -247,7 +252,12 @@ class SeedRounds:
 
     def queue(self, trials: Sequence[FrozenTrial]) -> int:
         """Queue the plan's requests that this driver has not queued before; returns the
-        number of trials queued."""
+        number of trials queued. Under the study's scan lock, planned on the trials read
+        again inside it: two drivers never queue the same seeds (``trials`` is stale)."""
+        with scan_lock(self.study):
+            return self._queue(self.study.get_trials(deepcopy=False))
+
+    def _queue(self, trials: Sequence[FrozenTrial]) -> int:
         plan = self.plan(trials)
         fresh = [r for r in plan.requests if not self._asked.issuperset(self._pairs(r))]
         self.stuck = [r for r in plan.requests if r not in fresh]

@@ -11,18 +11,29 @@ file that is not already an Optuna database is refused, never given Optuna's tab
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
+import math
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StoreError, StudyNotFound
+from search.optuna_adapter import rdb_storage, study_storage_id
+from space.names import ATTR_CLAIM_KEY, ATTR_CREATE_KEY
 from space.paths import runs_dir
 from space.secrets import is_redacted, redact_text, redact_url
 
@@ -144,16 +155,30 @@ def _connection_lost(err: BaseException) -> bool:
 
 
 class ResilientStorage(RDBStorage):
-    """Optuna's RDB storage, waiting out a lost database connection: every public call
-    that fails because the connection was lost is retried, with backoff, for up to
-    :data:`OUTAGE_S` seconds (a PostgreSQL restart mid-sweep costs a pause, not the sweep).
-    A statement the database refuses is not retried."""
+    """Optuna's RDB storage, waiting out a lost database connection (a PostgreSQL restart
+    mid-sweep costs a pause, not the sweep), without ever doing a write twice.
+
+    A lost connection is ambiguous: the commit may have applied before the answer was
+    lost. So only idempotent calls (reads, and writes that set a value to what it already
+    is) are retried blindly, with backoff, for up to :data:`OUTAGE_S` seconds. The others
+    check what the database holds before trying again:
+
+    - creating a trial (``study.ask``, ``enqueue_trial``) writes an idempotency key
+      (``create_key``) in the same transaction; after a lost connection the trial holding
+      that key is the one created, so no second (ghost) RUNNING row is made. Optuna's own
+      retry of a failed creation is replaced by this one;
+    - starting a queued trial (``ask`` claiming a WAITING trial) writes ``claim_key`` with
+      the state change; a claim whose key is there was ours;
+    - closing a trial (``tell``): a trial found closed after a lost connection with the
+      state and values this call asked for was closed by it; another outcome is someone
+      else's (Optuna's ``UpdateFinishedTrialError``).
+
+    A statement the database refuses is not retried.
+    """
 
     _RETRIED = [
         "check_trial_is_updatable",
         "create_new_study",
-        "create_new_trial",
-        "delete_study",
         "get_all_studies",
         "get_all_trials",
         "get_best_trial",
@@ -174,7 +199,6 @@ class ResilientStorage(RDBStorage):
         "set_study_user_attr",
         "set_trial_intermediate_value",
         "set_trial_param",
-        "set_trial_state_values",
         "set_trial_system_attr",
         "set_trial_user_attr",
     ]
@@ -186,6 +210,22 @@ class ResilientStorage(RDBStorage):
         for name in self._RETRIED:
             setattr(self, name, self._retrying(getattr(self, name), name))
 
+    def _wait_or_raise(self, err: BaseException, name: str, deadline: float, delay: float) -> float:
+        """After ``err``: raise it unless the connection was lost and time is left; else
+        sleep and return the next delay."""
+        if not _connection_lost(err) or time.monotonic() + delay > deadline:
+            raise err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning(
+            "the study database %s is unreachable (%s); retrying %s in %.1f s",
+            self._shown_url,
+            redact_text(first)[:200],
+            name,
+            delay,
+        )
+        time.sleep(delay)
+        return min(delay * 2, 10.0)
+
     def _retrying(self, fn: Any, name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
             deadline = time.monotonic() + self._outage_s
@@ -194,22 +234,190 @@ class ResilientStorage(RDBStorage):
                 try:
                     return fn(*args, **kwargs)
                 except Exception as err:
-                    if not _connection_lost(err) or time.monotonic() + delay > deadline:
-                        raise
-                    log.warning(
-                        "the study database %s is unreachable (%s); retrying %s in %.1f s",
-                        self._shown_url,
-                        redact_text(str(err).splitlines()[0] if str(err) else type(err).__name__)[
-                            :200
-                        ],
-                        name,
-                        delay,
-                    )
-                    time.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+                    delay = self._wait_or_raise(err, name, deadline, delay)
 
         call.__name__ = name
         return call
+
+    def _until_answered(self, fn: Any, name: str) -> Any:
+        """``fn()``, waiting out a lost connection: for the checks after an ambiguous
+        failure (reads)."""
+        return self._retrying(fn, name)()
+
+    # -- creating a trial --------------------------------------------------------------
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        key = uuid.uuid4().hex
+        if template_trial is None:
+            template = FrozenTrial(
+                number=-1,
+                state=TrialState.RUNNING,
+                value=None,
+                datetime_start=datetime.now(),
+                datetime_complete=None,
+                params={},
+                distributions={},
+                user_attrs={ATTR_CREATE_KEY: key},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=-1,
+            )
+        else:
+            template = copy.deepcopy(template_trial)
+            template.user_attrs = {**template.user_attrs, ATTR_CREATE_KEY: key}
+        deadline = time.monotonic() + self._outage_s
+        delay = 0.5
+        while True:
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    # as Optuna does: the study row lock numbers trials one at a time
+                    models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                    trial_id = self._get_prepared_new_trial(study_id, template, session).trial_id
+                return self.get_trial(trial_id)
+            except Exception as err:
+                delay = self._wait_or_raise(err, "create_new_trial", deadline, delay)
+                found = self._until_answered(
+                    lambda: self._trial_with_attr(study_id, ATTR_CREATE_KEY, key),
+                    "create_new_trial (check)",
+                )
+                if found is not None:  # the commit had applied: that trial is ours
+                    return self.get_trial(found)
+
+    def _trial_with_attr(self, study_id: int, key: str, value: str) -> int | None:
+        """The id of the trial of ``study_id`` whose user attribute ``key`` is ``value``."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            row = (
+                session.query(models.TrialUserAttributeModel.trial_id)
+                .join(models.TrialModel)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialUserAttributeModel.key == key)
+                .filter(models.TrialUserAttributeModel.value_json == json.dumps(value))
+                .first()
+            )
+        return None if row is None else int(row[0])
+
+    # -- starting and closing a trial ----------------------------------------------------
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if state == TrialState.RUNNING:
+            return self._claim(trial_id)
+        deadline = time.monotonic() + self._outage_s
+        delay = 0.5
+        while True:
+            try:
+                return super().set_trial_state_values(trial_id, state, values)
+            except UpdateFinishedTrialError:
+                raise
+            except Exception as err:
+                delay = self._wait_or_raise(err, "set_trial_state_values", deadline, delay)
+                stored = self._until_answered(
+                    lambda: super(ResilientStorage, self).get_trial(trial_id),
+                    "set_trial_state_values (check)",
+                )
+                if stored.state.is_finished():
+                    if stored.state == state and _same_values(stored.values, values):
+                        return True  # the commit had applied: the trial is closed as asked
+                    raise UpdateFinishedTrialError(
+                        f"trial {stored.number} was closed {stored.state.name} by another "
+                        f"call while this one closing it {state.name} lost its connection"
+                    ) from err
+
+    def _claim(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING with a ``claim_key`` in one transaction; False when the
+        trial is not WAITING (another driver started it). See the class docstring."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        key = uuid.uuid4().hex
+        deadline = time.monotonic() + self._outage_s
+        delay = 0.5
+        while True:
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    trial = models.TrialModel.find_or_raise_by_id(
+                        trial_id, session, for_update=True
+                    )
+                    self.check_trial_is_updatable(trial_id, trial.state)
+                    if trial.state != TrialState.WAITING:
+                        return False
+                    trial.state = TrialState.RUNNING
+                    trial.datetime_start = datetime.now()
+                    self._set_trial_attr_without_commit(
+                        session, models.TrialUserAttributeModel, trial_id, ATTR_CLAIM_KEY, key
+                    )
+                return True
+            except UpdateFinishedTrialError:
+                raise
+            except Exception as err:
+                delay = self._wait_or_raise(err, "claim a queued trial", deadline, delay)
+                attrs = self._until_answered(
+                    lambda: super(ResilientStorage, self).get_trial_user_attrs(trial_id),
+                    "claim a queued trial (check)",
+                )
+                if attrs.get(ATTR_CLAIM_KEY) == key:
+                    return True  # the commit had applied: the trial is ours
+
+
+def _same_values(stored: Sequence[float] | None, wanted: Sequence[float] | None) -> bool:
+    if not stored or not wanted:
+        return not stored and not wanted
+    return len(stored) == len(wanted) and all(
+        a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(stored, wanted, strict=True)
+    )
+
+
+# The class half of the advisory lock key of a study's scan-and-enqueue sections ("ROPN").
+_LOCK_CLASS = 0x524F504E
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def scan_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold the study's scan-and-enqueue lock: read the trials, decide, enqueue, with no
+    other driver doing the same in between (presets, re-queues of dead trials, adaptive
+    seeds: each is enqueued once). PostgreSQL: a session advisory lock
+    (``pg_advisory_lock``) on a connection of its own, not ``FOR UPDATE`` on the study row,
+    which Optuna's trial creation takes inside the section. SQLite: nothing to do, one
+    driver per study holds its file lock. Re-entrant within a thread."""
+    storage = rdb_storage(study)
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    import sqlalchemy
+
+    study_id = study_storage_id(study)
+    depth = getattr(_held, "depth", {})
+    _held.depth = depth
+    key = (str(engine.url), study_id)
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield
+        finally:
+            depth[key] -= 1
+        return
+    args = {"a": _LOCK_CLASS, "b": study_id}
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:a, :b)"), args)
+        conn.commit()
+        depth[key] = 1
+        try:
+            yield
+        finally:
+            depth[key] = 0
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:a, :b)"), args)
+                conn.commit()
+            except sqlalchemy.exc.SQLAlchemyError as err:  # a lost connection frees it too
+                log.warning("scan lock of study %s not released cleanly: %s", study_id, err)
 
 
 def make_storage(url: str, *, create: bool = True) -> RDBStorage:

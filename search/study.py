@@ -18,7 +18,7 @@ from search.signature import (
     stored_config,
     target_trials,
 )
-from search.storage import load_study, make_storage, resolve_storage_url, store_errors
+from search.storage import load_study, make_storage, resolve_storage_url, scan_lock, store_errors
 from space.schema import SweepConfig, load_config
 
 
@@ -74,7 +74,8 @@ def open_study(
     record_config(study, config, config_text)
     if created or target is not None or target_trials(study) is None:
         set_target_trials(study, target if target is not None else config.study.trials)
-    enqueue_presets(study, config)
+    with scan_lock(study):  # two drivers opening the study enqueue each preset once
+        enqueue_presets(study, config)
     return OpenedStudy(study, storage, url, created, found)
 
 

@@ -4,7 +4,9 @@ with its attributes, dedup lookups, and re-queueing what a dead driver left RUNN
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,14 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyError
-from search.optuna_adapter import enqueued_params, storage_trial_id
+from search.optuna_adapter import enqueued_params, link_finished_trial, storage_trial_id
+from search.storage import scan_lock
 from space.names import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
+    ATTR_DRIVER,
     ATTR_KNOBS,
+    ATTR_MLFLOW_RUN_ID,
     ATTR_PRESET,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
@@ -29,6 +34,7 @@ from space.names import (
     ATTR_SEED,
 )
 from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
+from space.secrets import redact_text
 
 
 def adds_seeds(trial: FrozenTrial) -> bool:
@@ -55,7 +61,10 @@ def count_toward_target(trials: Iterable[FrozenTrial]) -> int:
 
 
 def _clean(value: Any) -> Any:
-    """User attributes are JSON: NaN and infinities become null."""
+    """User attributes are JSON: NaN and infinities become null; every text is redacted
+    (the one choke point for what a trial stores: reasons, tracebacks, links)."""
+    if isinstance(value, str):
+        return redact_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
@@ -93,9 +102,22 @@ def finish_trial(
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
         current = storage.get_trial(tid)
         if current.state.is_finished():
+            # Someone else closed it: a close of ours whose commit applied and whose answer
+            # was lost is recognised as ours by the storage (search.storage).
             return False
         raise StudyError(f"could not close trial {frozen.number}: {err}") from err
     return True
+
+
+def record_run_links(study: optuna.Study, storage: RDBStorage, links: Mapping[int, str]) -> None:
+    """Record ``mlflow_run_id`` on trials (finished ones included) whose MLflow run was
+    completed after they closed (``SweepHooks.complete_runs`` at the sweep's end)."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number, run_id in links.items():
+        if number in by_number:
+            link_finished_trial(
+                storage, storage_trial_id(by_number[number]), ATTR_MLFLOW_RUN_ID, run_id
+            )
 
 
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
@@ -155,21 +177,22 @@ def reconcile_interrupted(
     (DESIGN §7). Returns ``(number, restore_from)`` for each trial this call closed.
     """
     closed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_dead(trial):
-            continue
-        restore = restore_for(trial)
-        ok = finish_trial(
-            study,
-            storage,
-            trial,
-            TrialState.FAIL,
-            attrs={ATTR_REASON: Reason.INTERRUPTED, ATTR_REASON_DETAIL: detail},
-        )
-        if not ok:
-            continue  # another driver closed it and re-queued it
-        _requeue(study, trial, restore)
-        closed.append((trial.number, restore))
+    with scan_lock(study):  # two drivers never re-queue the same dead trial
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not is_dead(trial):
+                continue
+            restore = restore_for(trial)
+            ok = finish_trial(
+                study,
+                storage,
+                trial,
+                TrialState.FAIL,
+                attrs={ATTR_REASON: Reason.INTERRUPTED, ATTR_REASON_DETAIL: detail},
+            )
+            if not ok:
+                continue  # another driver closed it and re-queued it
+            _requeue(study, trial, restore)
+            closed.append((trial.number, restore))
     return closed
 
 
@@ -198,16 +221,79 @@ def requeue_worker_deaths(
 ) -> list[tuple[int, Path | None]]:
     """Re-run the candidates of FAIL ``worker_died`` and ``infrastructure_failure`` trials
     that no trial re-runs yet (``ropenope resume``), from their newest checkpoint."""
-    trials = study.get_trials(deepcopy=False)
-    rerun = {t.user_attrs.get(ATTR_RERUN_OF) for t in trials}
     queued = []
-    for trial in trials:
-        if (
-            trial.state == TrialState.FAIL
-            and trial.user_attrs.get(ATTR_REASON) in INFRASTRUCTURE_REASONS
-            and trial.number not in rerun
-        ):
-            restore = restore_for(trial)
-            _requeue(study, trial, restore)
-            queued.append((trial.number, restore))
+    with scan_lock(study):  # read, decide and enqueue with no other driver in between
+        trials = study.get_trials(deepcopy=False)
+        rerun = {t.user_attrs.get(ATTR_RERUN_OF) for t in trials}
+        for trial in trials:
+            if (
+                trial.state == TrialState.FAIL
+                and trial.user_attrs.get(ATTR_REASON) in INFRASTRUCTURE_REASONS
+                and trial.number not in rerun
+            ):
+                restore = restore_for(trial)
+                _requeue(study, trial, restore)
+                queued.append((trial.number, restore))
     return queued
+
+
+class GhostReaper:
+    """Closes, every ``interval_s`` seconds, RUNNING trials that no driver is running.
+
+    A ghost is a RUNNING trial that this driver tagged (``driver_id``) but does not hold,
+    one no driver tagged within ``grace_s`` of its start (asked, then lost), or, with one
+    driver per study (SQLite), any RUNNING trial this driver does not hold. Each is closed
+    FAIL ``interrupted`` and its candidate re-queued when it has one
+    (:func:`reconcile_interrupted`); a trial never given knobs is only closed. A safety net:
+    idempotent trial creation (``search.storage``) makes none in normal operation.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        storage: RDBStorage,
+        driver_id: str,
+        *,
+        single_driver: bool,
+        interval_s: float = 60.0,
+        grace_s: float = 120.0,
+        restore_for: Callable[[FrozenTrial], Path | None] = lambda t: None,
+    ) -> None:
+        self.study = study
+        self.storage = storage
+        self.driver_id = driver_id
+        self.single_driver = single_driver
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.restore_for = restore_for
+        self._next = time.monotonic() + interval_s
+
+    def is_ghost(self, trial: FrozenTrial, held: set[int]) -> bool:
+        if trial.number in held:
+            return False
+        if self.single_driver:
+            return True
+        driver = trial.user_attrs.get(ATTR_DRIVER)
+        if driver is not None:
+            return driver == self.driver_id
+        started = trial.datetime_start or datetime.now()
+        return (datetime.now() - started).total_seconds() > self.grace_s
+
+    def reap(self, held: Iterable[int]) -> list[int]:
+        """Close the ghosts now; returns their numbers."""
+        held = set(held)
+        closed = reconcile_interrupted(
+            self.study,
+            self.storage,
+            lambda t: self.is_ghost(t, held),
+            restore_for=self.restore_for,
+            detail="a ghost: RUNNING in the study but run by no driver",
+        )
+        return [n for n, _ in closed]
+
+    def maybe_reap(self, held: Iterable[int]) -> list[int]:
+        """:meth:`reap` when ``interval_s`` has passed since the last time."""
+        if time.monotonic() < self._next:
+            return []
+        self._next = time.monotonic() + self.interval_s
+        return self.reap(held)

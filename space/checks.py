@@ -7,7 +7,7 @@ the key to fix; a legal but suspicious setting is a warning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from space.errors import ConfigError, InvalidCandidate
 from space.hypothesis_files import check_hypotheses
@@ -16,6 +16,8 @@ from space.names import (
     EVAL_METRICS,
     LONG_ACC,
     LONG_ANSWER_NLL,
+    RUNG_METRICS,
+    RUNG_PROXIES,
     is_score_name,
     is_task_score,
     multiple_of,
@@ -36,6 +38,7 @@ def check_semantics(config: SweepConfig, problems: list, warnings: list) -> None
     data_ok = check_train(config, problems)
     check_parallel(config, problems, warnings)
     _check_score(config, problems)
+    _check_early_stopping(config, problems, warnings)
     _check_grid(config, problems)
     if data_ok:  # else no vocabulary, hence no model shape to check candidates against
         _check_candidates(config, problems)
@@ -99,14 +102,25 @@ def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> N
             else max((v for v in domain if v is not None), default=None)
         )
         if top is not None and top >= config.train.seq_len:
-            warnings.append(
-                (
-                    f"space.{name}",
-                    f"a window of {echo(top)} tokens is not smaller than train.seq_len="
-                    f"{config.train.seq_len}: such a layer attends fully during training and "
-                    "is windowed only past the training length",
+            warnings.append((f"space.{name}", _wide_window(top, config.train.seq_len)))
+    # A preset is a candidate the sweep runs first: the same warning for its windows.
+    for i, (preset, knobs) in enumerate(config.presets.items()):
+        for name in ("local_window", "global_window"):
+            window = knobs.get(name)
+            if isinstance(window, int) and window >= config.train.seq_len:
+                warnings.append(
+                    (
+                        f"presets[{i}].knobs.{name}",
+                        f"preset {preset!r}: {_wide_window(window, config.train.seq_len)}",
+                    )
                 )
-            )
+
+
+def _wide_window(window: Any, seq_len: int) -> str:
+    return (
+        f"a window of {echo(window)} tokens is not smaller than train.seq_len={seq_len}: such "
+        "a layer attends fully during training and is windowed only past the training length"
+    )
 
 
 def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
@@ -174,6 +188,61 @@ def _check_score(config: SweepConfig, problems: list) -> None:
                 f"use one of {list(EVAL_METRICS)}",
             )
         )
+
+
+def _check_early_stopping(config: SweepConfig, problems: list, warnings: list) -> None:
+    """``study.early_stopping``: one scheduler per study, and rung objectives a rung can
+    see, at least one of them measured during training (else the ranking is fixed before
+    any training and no rung learns anything)."""
+    es = config.study.early_stopping
+    if es is None:
+        return
+    path = "study.early_stopping"
+    if config.scheduler.kind != "none":
+        problems.append(
+            (
+                f"{path}.scheduler",
+                f"scheduler.kind is {config.scheduler.kind!r}: a study has one early-stopping "
+                "scheduler; remove one of the two",
+            )
+        )
+    for i, objective in enumerate(es.objectives or ()):
+        if objective.metric not in RUNG_METRICS:
+            problems.append(
+                (
+                    f"{path}.objectives[{i}].metric",
+                    f"{objective.metric!r} is not known at a rung; use one of {list(RUNG_METRICS)}",
+                )
+            )
+    if es.objectives is not None and len({o.metric for o in es.objectives}) != len(es.objectives):
+        problems.append((f"{path}.objectives", "each metric may appear once"))
+    rung = es.rung_objectives(config.study.objectives)
+    if not any(o.metric in EVAL_METRICS for o in rung):
+        where = f"{path}.objectives" if es.objectives is not None else "study.objectives"
+        problems.append(
+            (
+                f"{path}.objectives",
+                f"none of {where} is measured during training (one of {list(EVAL_METRICS)}"
+                f"{', or short_bpb' if es.objectives is None else ''}); list the rung "
+                "objectives",
+            )
+        )
+        return
+    if es.objectives is None:
+        seen = {o.metric for o in rung}
+        unseen = [
+            o.metric
+            for o in config.study.objectives
+            if RUNG_PROXIES.get(o.metric, o.metric) not in seen
+        ]
+        if unseen:
+            warnings.append(
+                (
+                    path,
+                    f"rungs rank on {', '.join(o.metric for o in rung)}; "
+                    f"{', '.join(unseen)}: measured only after training, no part in stopping",
+                )
+            )
 
 
 def _check_task_objective(config: SweepConfig, path: str, name: str, problems: list) -> None:
@@ -249,6 +318,7 @@ def _check_hypotheses(config: SweepConfig, problems: list) -> None:
             mass_lengths=s.mass_lengths,
             attention_mass=s.attention_mass,
             path=where,
+            families=s.families,
         )
     )
     if config.study.repeats_others is not None and not config.hypotheses:

@@ -86,6 +86,15 @@ LAYOUT_SCORES = (KV_CACHE_BYTES, PARAMS, ATTN_FLOPS_PER_TOKEN)
 # What a trial reports at each evaluation, usable as the scheduler / intermediate metric.
 EVAL_METRICS = (VAL_BPB, TRAIN_LOSS, TOKENS_PER_S)
 
+# What an MO-ASHA rung can rank on (``study.early_stopping``): the evaluation metrics, and
+# the layout scores the driver computes from a candidate before it trains.
+RUNG_LAYOUT_METRICS = LAYOUT_SCORES
+RUNG_METRICS = (*EVAL_METRICS, *RUNG_LAYOUT_METRICS)
+# The evaluation metric that stands in at a rung for a final score: ``val_bpb`` is the
+# validation bits per byte at the training length that ``short_bpb`` measures once more
+# at the end on more windows.
+RUNG_PROXIES = {SHORT_BPB: VAL_BPB}
+
 
 def multiple_of(name: str, prefix: str) -> int | None:
     """``multiple_of("acc@4x", "acc@") == 4``; None for names not of that form."""
@@ -176,10 +185,17 @@ ATTR_REASON_DETAIL = "reason_detail"  # the human-readable cause behind ``reason
 ATTR_TRIAL_SECONDS = "trial_seconds"  # wall time of the trial's own work (train + score)
 ATTR_REPEATS = "repeats"  # seeds trained for this candidate (scores are their mean)
 ATTR_EVAL_METRIC = "eval_metric"  # the metric stored as the trial's intermediate values
+ATTR_RUNG = "rung"  # MO-ASHA: the rung (0 = the first) where the scheduler stopped the trial
+ATTR_RUNG_EVALS = "rung_evals"  # that rung's place on the time axis, in evaluations
+ATTR_RUNG_VALUES = "rung_values"  # the trial's rung objectives there, {metric: value}
 # Adaptive seeds (study.repeats: {min, max}): a trial that trains more seeds of a
 # candidate for the hypotheses still undecided. It does not count toward study.trials.
 ATTR_REQUESTED_SEEDS = "requested_seeds"  # the seeds this trial trains, as the planner asked
 ATTR_REQUESTED_FOR = "requested_for"  # the names of the hypotheses that asked for them
+# Idempotency keys (search.storage): a call whose commit may have applied before the
+# connection was lost finds its own trial by them instead of making a second one.
+ATTR_CREATE_KEY = "create_key"  # the call that created the trial (ask, enqueue)
+ATTR_CLAIM_KEY = "claim_key"  # the call that started the queued trial
 
 # Study user attributes written by the sweep driver.
 STUDY_ATTR_SPACE = "ropenope:space"  # the space signature the study was created with
@@ -187,6 +203,8 @@ STUDY_ATTR_OBJECTIVES = "ropenope:objectives"  # objective metric names, in orde
 STUDY_ATTR_CONFIG = "ropenope:config"  # the sweep file text the study runs
 STUDY_ATTR_TARGET = "ropenope:trials"  # how many trials the study aims at
 STUDY_ATTR_PRESETS = "ropenope:presets_enqueued"  # preset names already enqueued
+# the decision plan fixed at creation (looks, seed range, family alpha): tracking.decision_plan
+STUDY_ATTR_DECISIONS = "ropenope:decisions"
 STUDY_ATTR_DRIVER_PREFIX = "ropenope:driver:"  # + driver id: host, pid, heartbeat
 
 # Tracking (MLflow) additions: the kind of run (one study run, one run per trial),

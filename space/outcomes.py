@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from space.secrets import redact_text
+
 
 class RunStatus(StrEnum):
     COMPLETE = "complete"
@@ -58,5 +60,6 @@ OUTCOME_OF_STATUS: dict[RunStatus, Outcome] = {
 
 
 def error_reason(message: str) -> str:
-    """The ``reason`` of a trial that failed with ``message`` (``<Type>: <text>``)."""
-    return f"{Reason.ERROR}: {message}"
+    """The ``reason`` of a trial that failed with ``message`` (``<Type>: <text>``), any
+    URL password in it masked."""
+    return f"{Reason.ERROR}: {redact_text(message)}"

@@ -70,6 +70,13 @@ class SweepConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     # -- derived views -------------------------------------------------------
+    @property
+    def stopping_scheduler(self) -> str:
+        """Which scheduler stops trials early: ``mo_asha`` (``study.early_stopping``),
+        ``asha`` (``scheduler.kind``) or ``none``."""
+        es = self.study.early_stopping
+        return es.scheduler if es is not None else self.scheduler.kind
+
     def vocabulary(self) -> Vocabulary:
         """The tokenizer's ids and the reserved control tokens (see space.vocab)."""
         return self.data.vocabulary()

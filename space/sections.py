@@ -20,6 +20,8 @@ from pydantic import (
 from space.names import (
     KV_CACHE_BYTES,
     LONG_ACC,
+    RUNG_METRICS,
+    RUNG_PROXIES,
     SHORT_BPB,
 )
 from space.stages import (
@@ -116,6 +118,34 @@ def study_name_problem(name: str) -> str | None:
     return None
 
 
+class EarlyStoppingSection(_Section):
+    """``study.early_stopping``: multi-objective successive halving (MO-ASHA, see
+    :mod:`search.mo_asha`). Rungs at ``grace_period * reduction_factor^k`` evaluations;
+    at each, the top ``1 / reduction_factor`` by non-dominated sorting of ``objectives``
+    go on and the others stop (PRUNED)."""
+
+    scheduler: Literal["mo_asha"]
+    grace_period: int = Field(default=1, ge=1, le=MAX_STEPS)  # in evaluations
+    reduction_factor: int = Field(default=2, ge=2, le=1000)
+    # What a rung ranks on; None: study.objectives as far as a rung can see them
+    # (:meth:`rung_objectives`).
+    objectives: tuple[Objective, ...] | None = Field(default=None, min_length=1, max_length=16)
+
+    def rung_objectives(self, study_objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        """The objectives a rung ranks on: ``objectives`` when given; else each study
+        objective a rung can see (a layout score, an evaluation metric, or ``short_bpb``
+        through its stand-in ``val_bpb``), in order, once each. Retrieval scores are
+        measured only after training and are not among them."""
+        if self.objectives is not None:
+            return self.objectives
+        out: dict[str, Objective] = {}
+        for objective in study_objectives:
+            metric = RUNG_PROXIES.get(objective.metric, objective.metric)
+            if metric in RUNG_METRICS and metric not in out:
+                out[metric] = Objective(metric=metric, direction=objective.direction)
+        return tuple(out.values())
+
+
 class StudySection(_Section):
     name: str
     storage: str | None = None  # SQLAlchemy URL; None = sqlite file under runs/
@@ -133,6 +163,9 @@ class StudySection(_Section):
     # ``repeats: {min, max, others}``: seeds of a candidate no hypothesis compares (None:
     # ``repeats``, like every other candidate).
     repeats_others: int | None = Field(default=None, ge=1, le=MAX_REPEATS)
+    early_stopping: EarlyStoppingSection | None = None
+
+    _added_fields = frozenset({"early_stopping"})
 
     @field_validator("name")
     @classmethod
@@ -422,9 +455,12 @@ class ResourcesSection(_Section):
     # Where a trial's workers go (a Ray placement group strategy): pack (fill a node first),
     # spread (one per node where possible), strict_pack (one node), strict_spread (one per node).
     placement: Literal["pack", "spread", "strict_pack", "strict_spread"] = "pack"
+    # Checkpoints kept once a trial ends (search.retention): last (one per finished seed),
+    # best (as last; `ropenope gc` then keeps only the Pareto front's), all (nothing removed).
+    keep: Literal["last", "best", "all"] = "last"
     failures: FailuresSection = FailuresSection()
 
-    _added_fields = frozenset({"workers_per_trial", "placement", "failures"})
+    _added_fields = frozenset({"workers_per_trial", "placement", "keep", "failures"})
 
 
 class TrackingSection(_Section):

@@ -145,6 +145,57 @@ def test_faults_driver_killed_five_times_then_resumed_loses_nothing(tmp_path, ru
     assert _integrity(runs_home / "mlflow.db") == "ok"
 
 
+def test_faults_driver_kills_end_with_an_mlflow_run_linked_to_every_complete_trial(
+    tmp_path, runs_home, ray_local
+):
+    """Issue 21 #7: on the embedded default, a sweep whose driver is SIGKILLed three times
+    (each followed by `ropenope resume`) ends with every COMPLETE trial linked
+    (``mlflow_run_id``) to its own finished MLflow run, without `ropenope sync`."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "linked", "trials": 4, "sampler": "random", "seed": 3},
+        space=SPACE,
+        presets=["rope"],
+        train={"steps": 40, "eval_every": 10, "checkpoint_every": 10},
+        tracking={"enabled": True},
+    )
+    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
+    rng = random.Random(20261207)
+    for attempt in range(3):
+        command = ["submit", str(path)] if attempt == 0 else ["resume", "linked"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "search", *command, "--storage", url]
+            + ["--address", ray_local, "--quiet"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            time.sleep(rng.uniform(4.0, 12.0))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    driver.resume("linked", storage=url, address=ray_local, progress=False)
+    trials = optuna.load_study(study_name="linked", storage=url).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4, [(t.number, t.state.name) for t in trials]
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_home / 'mlflow.db'}")
+    for trial in complete:
+        run = client.get_run(trial.user_attrs[ATTR_MLFLOW_RUN_ID])  # linked, no sync run
+        assert run.data.tags[TAG_OPTUNA_TRIAL] == str(trial.number)
+        assert run.info.status == "FINISHED", (trial.number, run.info.status)
+    runs = _trial_runs(f"sqlite:///{runs_home / 'mlflow.db'}", "linked")
+    assert sorted(runs) == sorted(t.number for t in trials if t.state.is_finished())
+
+
 def test_faults_worker_killed_mid_training_continues_from_its_checkpoint(
     tmp_path, runs_home, ray_local
 ):

@@ -385,3 +385,10 @@ def test_optuna_adapter_reads_what_this_optuna_stores(storage_url):
     assert enqueued_params(frozen) == {"x": 3}
     sampled = study.ask()
     assert enqueued_params(study.get_trials(deepcopy=False)[sampled.number]) is None
+    from search.optuna_adapter import link_finished_trial, rdb_storage, study_storage_id
+
+    storage = rdb_storage(study)
+    assert storage.get_study_id_from_name("adapter") == study_storage_id(study)
+    study.tell(sampled, 1.0)
+    link_finished_trial(storage, storage_trial_id(sampled), "mlflow_run_id", "r1")
+    assert storage.get_trial(storage_trial_id(sampled)).user_attrs["mlflow_run_id"] == "r1"

@@ -336,6 +336,47 @@ def test_sweep_asha_stopped_trial_is_pruned_not_complete(tmp_path, runs_home, ra
     assert nope.intermediate_values[10] > rope.intermediate_values[10] + 5
 
 
+@pytest.mark.parametrize(
+    ("steps", "eval_every", "repeats", "grace", "rf"),
+    [(40, 10, 1, 1, 2), (30, 10, 1, 1, 3), (80, 10, 1, 2, 2), (40, 10, 2, 1, 2), (90, 10, 1, 3, 3)],
+)
+def test_sweep_asha_has_no_rung_at_a_trials_last_evaluation(
+    tmp_path, steps, eval_every, repeats, grace, rf
+):
+    # 4 evaluations with rungs at 1, 2, 4 put the last rung on the last evaluation: a trial
+    # cut there never gets scored and a full-budget run would end PRUNED.
+    from search.ray_runtime import asha_scheduler, evals_per_seed
+
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "asha", "trials": 2, "repeats": repeats},
+        train={"steps": steps, "eval_every": eval_every},
+        scheduler={
+            "kind": "asha",
+            "metric": "val_bpb",
+            "mode": "min",
+            "grace_period": grace,
+            "reduction_factor": rf,
+        },
+    )
+    config = load_config(path)
+    total = evals_per_seed(config) * config.study.max_repeats
+    milestones = [m for bracket in asha_scheduler(config)._brackets for m, _ in bracket._rungs]
+    assert milestones and max(milestones) < total
+    assert min(milestones) == grace  # the first rung is where the user put it
+
+
+def test_sweep_asha_with_grace_at_the_end_stops_nothing(tmp_path):
+    from search.ray_runtime import asha_scheduler
+
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        train={"steps": 30, "eval_every": 10},
+        scheduler={"kind": "asha", "metric": "val_bpb", "mode": "min", "grace_period": 3},
+    )
+    assert asha_scheduler(load_config(path)) is None
+
+
 def test_sweep_refuses_a_study_with_another_space(tmp_path, runs_home, capsys):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     first = tiny_config_file(tmp_path / "a.yaml", study={"name": "s", "trials": 1}, space=SPACE)

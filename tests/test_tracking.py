@@ -943,3 +943,63 @@ def test_background_calls_a_silent_server_stuck_sooner_than_a_slow_one(monkeypat
     assert slow.stuck and slow.wait(late, timeout_s=30) is None
     release.set()
     assert late.result(timeout=5) is True
+
+
+def test_background_on_a_local_store_is_never_judged_silent(monkeypatch, tmp_path):
+    """A SQLite store busy at its first call (another writer, tables being created) is
+    waited for up to the timeout, never given up on as a silent server (issue 21 #7)."""
+    from tracking import background
+    from tracking.target import tracking_target
+
+    monkeypatch.setattr(background, "FIRST_ANSWER_STUCK_AFTER_S", 0.05)
+    monkeypatch.setattr(background, "STUCK_AFTER_S", 0.1)
+    release = threading.Event()
+    local = background.Background("test-local", remote=False)
+    busy = local.submit(release.wait)
+    time.sleep(0.3)
+    assert not local.stuck and not busy.done()
+    started = time.monotonic()
+    assert local.drain(timeout_s=0.6) is False
+    assert time.monotonic() - started >= 0.6  # the whole timeout, not an early give-up
+    release.set()
+    assert busy.result(timeout=5) is True and local.drain(timeout_s=5)
+
+    # The hooks pick the rule from the store, and a trial's pickled copy keeps it.
+    sqlite = tracking_target(None, "s", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    server = tracking_target(None, "s", uri="http://127.0.0.1:5000")
+    for target, remote in ((sqlite, False), (server, True)):
+        hooks = pickle.loads(pickle.dumps(MlflowTrialHooks(Tracker(target))))
+        assert hooks._background.remote is remote
+        assert MlflowSweepHooks(Tracker(target))._background.remote is remote
+
+
+def test_sweep_end_completes_and_links_the_runs_tracking_missed(sqlite_uri, config, tmp_path):
+    """The sweep's end (and resume's) gives every finished trial its complete run and its
+    ``mlflow_run_id`` without `ropenope sync` (issue 21 #7); a second pass finds nothing."""
+    from search.storage import make_storage
+    from search.trials import record_run_links
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = _fake_study(url, "tiny", config, tmp_path / "t")
+    # Trial 1 was tracked live (its run linked) but its driver died before closing the run.
+    candidate = config.candidate(study.trials[1].params)
+    live = _start(_tracker(sqlite_uri), 1, "ray_1", candidate, config, seed=0)
+    storage = make_storage(url)
+    record_run_links(study, storage, {1: live})
+
+    hooks = MlflowSweepHooks(_tracker(sqlite_uri))
+    links = hooks.complete_runs(study_view(optuna.load_study(study_name="tiny", storage=url)))
+    assert sorted(links) == [0, 2, 3, 4]  # trial 1 is linked already; 5 is RUNNING
+    record_run_links(study, storage, links)
+
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    want = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    for trial in trials[:5]:
+        run = client.get_run(trial.user_attrs[ATTR_MLFLOW_RUN_ID])
+        assert run.data.tags["optuna_trial_number"] == str(trial.number)
+        assert run.info.status == want[trial.state.name]
+    assert trials[1].user_attrs[ATTR_MLFLOW_RUN_ID] == live
+    assert ATTR_MLFLOW_RUN_ID not in trials[5].user_attrs
+    again = MlflowSweepHooks(_tracker(sqlite_uri))
+    assert again.complete_runs(study_view(optuna.load_study(study_name="tiny", storage=url))) == {}

@@ -2,11 +2,15 @@
 order, so a slow or silent MLflow server never stalls a sweep's loop or a trial's steps.
 
 :meth:`Background.drain` waits for the queue at the end (of a trial, of a sweep) for a
-bounded time, and gives up early when the call in flight has been stuck longer than a
-few seconds (a server that accepts connections and never answers), sooner when no call of
-this process has ever come back (nothing suggests the server is merely slow): what is left is
-completed later by ``ropenope sync`` from the study, the source of truth. The thread is a
-daemon, so a hung HTTP call never keeps a process from exiting.
+bounded time. For a remote store (a tracking server, a database across the network) it gives
+up early when the call in flight has been stuck longer than a few seconds (a server that
+accepts connections and never answers), sooner when no call of this process has ever come
+back (nothing suggests the server is merely slow). A local store (a SQLite file, a folder) is
+never judged silent that way: it cannot hang like a server, it is only busy (another writer,
+a first call creating its tables), so the wait is bounded by the timeout alone. What is left
+is completed by the sweep's end (and ``ropenope resume``, ``ropenope sync``) from the study,
+the source of truth. The thread is a daemon, so a hung HTTP call never keeps a process from
+exiting.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ FIRST_ANSWER_STUCK_AFTER_S = 2.0
 class Background:
     """A FIFO of tracking calls run by one daemon thread (started on first use).
 
-    Not picklable state: a copy sent to another process starts its own thread there."""
+    ``remote``: whether the calls go to a remote store, which may be silent (see the module
+    docstring); False turns :attr:`stuck` off. Not picklable state: a copy sent to another
+    process starts its own thread there."""
 
-    def __init__(self, name: str = "ropenope-tracking") -> None:
+    def __init__(self, name: str = "ropenope-tracking", *, remote: bool = True) -> None:
         self.name = name
+        self.remote = remote
         self._queue: queue.Queue[tuple[Callable[[], Any], Future] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -43,10 +50,10 @@ class Background:
         self._came_back = False  # whether any call has returned (or raised) yet
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name}
+        return {"name": self.name, "remote": self.remote}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["name"])
+        self.__init__(state["name"], remote=state.get("remote", True))
 
     def submit(self, fn: Callable[[], Any]) -> Future:
         """Queue ``fn``; its result (or exception) arrives in the returned future."""
@@ -78,8 +85,11 @@ class Background:
 
     @property
     def stuck(self) -> bool:
-        """Whether the call in flight has run longer than :data:`STUCK_AFTER_S` (or
-        :data:`FIRST_ANSWER_STUCK_AFTER_S` while no call has come back)."""
+        """Whether the call in flight to a remote store has run longer than
+        :data:`STUCK_AFTER_S` (or :data:`FIRST_ANSWER_STUCK_AFTER_S` while no call has come
+        back); never for a local store."""
+        if not self.remote:
+            return False
         since = self._busy_since
         limit = STUCK_AFTER_S if self._came_back else FIRST_ANSWER_STUCK_AFTER_S
         return since is not None and time.monotonic() - since > limit
@@ -95,9 +105,10 @@ class Background:
         while self._queue.unfinished_tasks:
             if self.stuck or time.monotonic() >= deadline:
                 log.warning(
-                    "%d tracking calls not done (the tracking server does not answer); "
+                    "%d tracking calls not done (the tracking %s); "
                     "`ropenope sync STUDY` completes the runs later",
                     self._queue.unfinished_tasks,
+                    "server does not answer" if self.stuck else "store is busy",
                 )
                 return False
             time.sleep(0.05)

@@ -15,7 +15,9 @@ on top of :class:`tracking.tracker.Tracker`:
   (:func:`tracking.sync.sync_trial`; covers pruned, invalid, reused and interrupted
   trials), and the Pareto front on the parent run and the ``pareto_rank`` / ``pareto``
   tags of the children are refreshed;
-- sweep end: a last refresh, the parent run closed.
+- sweep end (also the end of ``ropenope resume``): the runs live tracking missed are
+  completed from the study (:func:`tracking.sync.sync_missed`) and their ids linked on the
+  trials, then a last refresh, the parent run closed.
 
 A tracking failure never fails a trial: it is shown once and recorded on the Optuna
 trial as ``tracking_error``; ``ropenope sync STUDY`` completes the runs later.
@@ -36,7 +38,7 @@ from tracking.run_spec import trial_run_spec
 from tracking.runs_view import ui_hint
 from tracking.store import TrackingError
 from tracking.study_view import StudyView, TrialLike
-from tracking.sync import sync_trial, trial_artifacts
+from tracking.sync import sync_missed, sync_trial, trial_artifacts
 from tracking.tracker import Tracker
 from workers.trial import TrialHooks
 
@@ -69,6 +71,11 @@ class SweepHooks:
     def on_trial_end(self, study: StudyView, trial: TrialLike) -> None:
         return None
 
+    def complete_runs(self, study: StudyView) -> Mapping[int, str]:
+        """At the sweep's end: complete what tracking missed; returns ``{trial number:
+        run id}`` to record as ``mlflow_run_id`` on finished trials that lack it."""
+        return {}
+
     def on_sweep_end(self, study: StudyView, config: SweepConfig, summary: Any) -> None:
         return None
 
@@ -86,7 +93,7 @@ class MlflowTrialHooks(TrialHooks):
     def __init__(self, tracker: Tracker, end_timeout_s: float = 120.0) -> None:
         self.tracker = tracker
         self.end_timeout_s = end_timeout_s
-        self._background = Background("ropenope-trial-tracking")
+        self._background = Background("ropenope-trial-tracking", remote=not tracker.target.local)
 
     def _links(self) -> Mapping[str, Any] | None:
         run_id = self.tracker.run_id
@@ -133,6 +140,9 @@ class MlflowTrialHooks(TrialHooks):
             error = (
                 f"the tracking server at {self.tracker.target.shown_uri} did not answer "
                 "before the trial ended"
+                if self._background.remote
+                else f"the tracking store {self.tracker.target.shown_uri} stayed busy for "
+                f"{self.end_timeout_s:g} s at the trial's end"
             )
         if error is not None:
             raise TrackingError(error)  # the trainable records it as tracking_error
@@ -164,7 +174,7 @@ class MlflowSweepHooks(SweepHooks):
         self.link_timeout_s = link_timeout_s
         self._config: SweepConfig | None = None
         self._last_refresh = -float("inf")
-        self._background = Background("ropenope-sweep-tracking")
+        self._background = Background("ropenope-sweep-tracking", remote=not tracker.target.local)
         self._latest: StudyView | None = None
         self._refresh_queued = False
 
@@ -222,6 +232,30 @@ class MlflowSweepHooks(SweepHooks):
         self._latest = study
         if time.monotonic() - self._last_refresh >= self.refresh_interval_s:
             self._queue_refresh()
+
+    def complete_runs(self, study: StudyView) -> Mapping[int, str]:
+        """Wait for the queued calls, then sync the finished trials whose run is missing,
+        unlinked or not closed (:func:`tracking.sync.sync_missed`): a trial whose tracking
+        failed, or whose driver was killed before its run was closed, gets its complete
+        run without a manual ``ropenope sync``. Skipped (``{}``) for a server found silent;
+        a failure is recorded on the tracker, never raised."""
+        if not self.tracker.enabled:
+            return {}
+        self._background.drain(self.end_timeout_s)
+        if self._background.stuck:
+            return {}
+        future = self._background.submit(
+            lambda: self.tracker.attempt_value(
+                "complete the runs tracking missed",
+                lambda: sync_missed(study, self.tracker, self._config),
+            )
+        )
+        try:
+            links = self._background.wait(future, self.end_timeout_s)
+        except Exception as err:  # attempt_value records it; nothing to link
+            log.debug("completing the missed runs failed: %s", err)
+            return {}
+        return dict(links or {})
 
     def _queue_refresh(self) -> None:
         if self._refresh_queued:

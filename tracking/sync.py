@@ -234,6 +234,36 @@ def sync_trial(
     return (COMPLETED if changes else UNCHANGED), run_id
 
 
+def sync_missed(
+    study: StudyView,
+    tracker: Tracker,
+    config: SweepConfig | None = None,
+    eval_metric: str = VAL_BPB,
+) -> dict[int, str]:
+    """Complete what live tracking missed: each finished trial with no linked run
+    (``mlflow_run_id``), no run in the study's experiment, or a run whose status does not
+    yet say how the trial ended (a driver killed between the trial's close and its sync),
+    is synced with :func:`sync_trial`. Returns ``{trial number: run id}`` for the trials
+    that have no ``mlflow_run_id`` yet (the driver records the link on the study).
+
+    One search for the study's trial runs, then only the trials that need it: a sweep that
+    tracked everything live costs one query. Raises as :func:`sync_trial` does.
+    """
+    finished = [t for t in study.trials if t.state.name in RUN_STATUS]
+    if not finished:
+        return {}
+    status = tracker.store.trial_run_status()
+    links: dict[int, str] = {}
+    for trial in finished:
+        linked = trial.user_attrs.get(ATTR_MLFLOW_RUN_ID)
+        if linked and status.get(trial.number) == RUN_STATUS[trial.state.name]:
+            continue
+        _, run_id = sync_trial(trial, tracker, study.objectives, config, eval_metric)
+        if run_id is not None and not linked:
+            links[trial.number] = run_id
+    return links
+
+
 def sync_study(
     study: StudyView,
     tracker: Tracker,

@@ -52,6 +52,13 @@ def is_remote(uri: str) -> bool:
     return uri.split(":", 1)[0] in ("http", "https", "databricks")
 
 
+def is_local_store(uri: str) -> bool:
+    """A store on this machine's disk (a SQLite file, a file store folder): it can be busy,
+    never silent like a server that accepts connections and does not answer."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    return scheme in ("file", "sqlite") or scheme.startswith("sqlite+")
+
+
 def artifact_location(uri: str, experiment: str, runs: Path | None = None) -> str | None:
     """Where a new experiment keeps its artifacts: the server decides for a tracking server;
     next to the database for SQLite (``<dir>/mlartifacts/<experiment>``); under the runs
@@ -73,6 +80,11 @@ class TrackingTarget:
     study: str
     artifact_location: str | None = None
     enabled: bool = True
+
+    @property
+    def local(self) -> bool:
+        """Whether the store is on local disk (see :func:`is_local_store`)."""
+        return is_local_store(self.uri)
 
     @property
     def shown_uri(self) -> str:

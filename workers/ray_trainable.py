@@ -46,6 +46,7 @@ from typing import Any
 from space.expand import Candidate
 from space.outcomes import RunStatus, error_reason
 from space.schema import SweepConfig
+from space.secrets import redact_tail
 from workers.layout import finished_seed, restore_into, seed_dir, snapshot
 from workers.provenance import environment_tags
 from workers.trial import (
@@ -219,7 +220,7 @@ def run_trial(
         outcome = TrialOutcome(
             RunStatus.ERROR,
             error_reason(f"{type(err).__name__}: {err}"),
-            traceback.format_exc(limit=8)[-4000:],
+            redact_tail(traceback.format_exc(limit=8), 4000),
         )
     outcome.trial_seconds = time.perf_counter() - started
     outcome.results = results

@@ -6,17 +6,19 @@ the PNGs and the Pareto files of candidate means."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from space.hypothesis_files import PAPER_FILE, shipped_hypotheses
+from space.names import STUDY_ATTR_TARGET
 from tracking.aggregate import StudyAggregate, aggregate
-from tracking.hypotheses import Finding, evaluate
+from tracking.decision_plan import decision_plan
+from tracking.hypotheses import Finding, evaluate, item_counts, with_family
 from tracking.pareto import ParetoTable, pareto_table
 from tracking.pareto_plots import plot_pareto_png
-from tracking.records import study_records
+from tracking.records import FINISHED_STATES, study_records
 from tracking.report.content import (
     FIG_CURVES,
     FIG_MASS,
@@ -41,38 +43,50 @@ MD_NAME = "report.md"
 SUMMARY_NAME = "summary.json"
 
 
-def judge(agg: StudyAggregate, config: Any | None) -> tuple[list[Finding], str, SeedPlan | None]:
+def judge(
+    agg: StudyAggregate, config: Any | None, attrs: Mapping[str, Any] | None = None
+) -> tuple[list[Finding], str, SeedPlan | None]:
     """The findings on ``agg``, where the hypotheses came from, and (adaptive seeds) the
     seed plan whose looks decided them.
 
     The sweep file's hypotheses, else (a study whose file states none, or no file) the
     shipped paper hypotheses. With adaptive seeds each hypothesis is reported at the
-    look that decided it (or its latest), at the level the error budget gives a look;
-    otherwise on all runs at the hypothesis's confidence.
+    look that decided it (or its latest), at the level the error budget gives a look,
+    with the look count stored in the study at creation (``attrs``: its user
+    attributes; :mod:`tracking.decision_plan`); otherwise on all runs at the
+    hypothesis's confidence. Each finding also carries its verdict under Holm's
+    correction across all of them (family-wise error rate at the plan's alpha).
     """
     layers_of = candidate_layers(config)
+    items = item_counts(config)
     if config is not None and config.hypotheses:
         hypotheses = config.hypotheses
         source = f"{config.hypotheses_from}" if config.hypotheses_from else "the sweep file"
     else:
         hypotheses = shipped_hypotheses()
         source = f"configs/{PAPER_FILE} (the paper's claims: the sweep file states none)"
-    if config is None or not config.study.adaptive:
-        return evaluate(hypotheses, agg, layers_of), source, None
+    decisions = decision_plan(attrs or {}, config)
+    alpha = (
+        decisions.alpha if decisions is not None else min(1.0 - h.confidence for h in hypotheses)
+    )
+    if config is None or not config.study.adaptive or decisions is None or not decisions.adaptive:
+        findings = evaluate(hypotheses, agg, layers_of, items=items)
+        return with_family(findings, alpha), source, None
     plan = plan_seeds(
         hypotheses,
         agg,
         layers_of,
-        repeats_min=config.study.repeats,
-        repeats_max=config.study.max_repeats,
+        repeats_min=decisions.repeats_min,
+        repeats_max=decisions.repeats_max,
         base_seed=config.train.seed,
+        items=items,
     )
     by_name = {h.name: h.finding for h in plan.hypotheses}
-    looks = config.study.looks
     findings = [
-        by_name.get(h.name) or evaluate([h], agg, layers_of, looks=looks)[0] for h in hypotheses
+        by_name.get(h.name) or evaluate([h], agg, layers_of, looks=decisions.looks, items=items)[0]
+        for h in hypotheses
     ]
-    return findings, source, plan
+    return with_family(findings, alpha), source, plan
 
 
 def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> dict[str, Path]:
@@ -81,7 +95,10 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     (:class:`space.schema.SweepConfig`; None: a study without one)."""
     read = study_records(study)
     agg = aggregate(read.records, read.objective_names, read.directions)
-    findings, source, plan = judge(agg, config)
+    findings, source, plan = judge(agg, config, study.user_attrs)
+    interim = interim_look(agg, config, study.user_attrs)
+    if interim:
+        source += f"; {interim}"
     train_len = config.train.seq_len if config is not None else None
     stages = config.train.stage_plans() if config is not None else ()
     return render_report(
@@ -93,6 +110,25 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
         hypotheses_source=source,
         seed_plan=plan,
         stages=tuple(stages) if len(stages) > 1 else (),
+    )
+
+
+def interim_look(agg: StudyAggregate, config: Any | None, attrs: Mapping[str, Any]) -> str | None:
+    """What to say when a study with a fixed seed count is reported before it is done:
+    its one planned look is at the end, so a report before that is an interim look,
+    not counted in any error budget. None when done, or for adaptive seeds (whose looks
+    are planned per round)."""
+    if config is None or config.study.adaptive:
+        return None
+    running = sum(agg.state_counts.get(s, 0) for s in ("RUNNING", "WAITING"))
+    finished = sum(agg.state_counts.get(s, 0) for s in FINISHED_STATES)
+    target = attrs.get(STUDY_ATTR_TARGET) or config.study.trials
+    if not running and finished >= target:
+        return None
+    return (
+        f"interim look: {finished} of {target} trials finished, {running} running or queued; "
+        "these verdicts are not final and this look is outside the error budget, which is "
+        "planned for the one look at the end"
     )
 
 

@@ -121,10 +121,15 @@ def pareto_rows(p: ParetoTable) -> Table:
 
 
 def stability_table(rows: Sequence[RankStability]) -> Table:
-    header = ["objective", "direction", "Kendall's tau", "candidates", "fewest seeds", "meaning"]
+    header = [
+        "objective", "direction", "Kendall's tau [95% bootstrap]", "candidates", "fewest seeds",
+        "meaning",
+    ]  # fmt: skip
     out = []
     for r in rows:
         tau = "-" if r.tau is None else f"{r.tau:+.2f}"
+        if r.interval is not None:  # the bootstrap 95% interval
+            tau += f" [{r.interval[0]:+.2f}, {r.interval[1]:+.2f}]"
         left = f"left out: {', '.join(r.left_out)}" if r.left_out else ""
         out.append(
             [
