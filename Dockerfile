@@ -30,13 +30,13 @@ COPY deploy ./deploy
 RUN python -m pip install \
         "ray[default,tune]==${RAY_VERSION}" \
         "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" \
-        ".[export]" \
+        ".[export]" "mlflow[auth]" \
     && python -c "import torch, ray, optuna, mlflow, psycopg; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ray', ray.__version__)"
 
 # Every service runs as this user, never as root; the folders its named volumes mount
 # over are made here with its ownership, which a new volume takes over.
 RUN useradd --create-home --uid 1000 --user-group ropenope \
-    && mkdir -p /data/runs /data/mlflow-artifacts /data/gpu-claims \
+    && mkdir -p /data/runs /data/mlflow-artifacts /data/mlflow-auth /data/gpu-claims \
     && chown -R ropenope:ropenope /data
 USER ropenope
 

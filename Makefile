@@ -1,4 +1,5 @@
 # The two front-door commands are `make demo` and `make test`; both install first.
+# `make test-fast` is the quick lane: the tests not marked slow (no engines, no training runs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ DEMO_CONFIG ?= configs/demo.yaml
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test lint demo ui clean
+.PHONY: install test test-fast lint demo ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +31,10 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 test: lint $(CHROMIUM)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow" --durations=25
 
 demo: install
 	$(VENV)/bin/ropenope submit $(DEMO_CONFIG)

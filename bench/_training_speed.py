@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from space.schema import SweepConfig, load_config
+from space.sections import TrainSection
 from workers.candidate import build_model
 from workers.distributed import Workers
 from workers.model import HybridTransformer
-from workers.train import TrainSettings, train
+from workers.train import train
 
 MIB = 2**20
 
@@ -74,7 +75,7 @@ def measure(
         x = torch.from_numpy(rng.integers(0, vocab - 8, (batch, length + 1)))
         return x[:, :-1], x[:, 1:], torch.ones(batch, length)
 
-    settings = TrainSettings(
+    settings = TrainSection(
         steps=steps,
         batch_size=batch,
         seq_len=length,
@@ -96,6 +97,7 @@ def measure(
         settings,
         next_batch,
         lambda m, stage: {},
+        seed=0,
         device=dev,
         on_step=lambda step, loss, speed: stamps.append(time.perf_counter()),
         workers=workers,

@@ -17,11 +17,21 @@ spread, as retrieval accuracy does), ``skewed`` (lognormal, sd 1 after centring)
 ``1 - confidence`` (0.05). The last column repeats the zero-effect studies with a naive
 procedure that looks at every round at the full 95% (no split of the error budget), to
 show what repeated looks cost. Prints a Markdown table; nothing is asserted.
+
+A second table (``--rules-studies``, default 4000 per row) checks the decision rules of
+issue 20 on fixed designs, each through the real evaluation code
+(:func:`tracking.hypotheses.evaluate`): a discrete accuracy over 100 items with 2 seeds
+(equal truths near 1, with and without the item-level variance floor), "or" / "and"
+claims of two measures (``combine: any | all``) under mixed truths, a family of 10
+null hypotheses under Holm, a relative margin at its boundary, and K = 3 looks of
+adaptive seeds. "wrong" is the share of studies with a wrong verdict: for a claim at its
+boundary or false, any decision in the wrong direction.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from space.hypothesis_files import parse_hypotheses  # noqa: E402
 from tracking.aggregate import aggregate  # noqa: E402
-from tracking.hypotheses import evaluate_hypothesis  # noqa: E402
+from tracking.hypotheses import evaluate, evaluate_hypothesis, with_family  # noqa: E402
 from tracking.records import TrialRecord  # noqa: E402
 from tracking.seed_plan import DECIDED, plan_seeds  # noqa: E402
 from tracking.stats import Verdict  # noqa: E402
@@ -190,12 +200,148 @@ def row(
     }
 
 
+# -- the decision rules on fixed designs (issue 20) --------------------------------------
+
+ACC = "acc@1x"  # an accuracy: a proportion over ITEMS prompts per run
+ITEMS = 100
+SECOND = "extrap_bpb@2x"  # a second, ungated score for two-measure claims
+
+
+def _record(name: str, seed: int, scores: dict[str, float], number: int) -> TrialRecord:
+    return TrialRecord(
+        number=number, state="COMPLETE", candidate_id=name, candidate_name=name, preset=name,
+        seed=seed, knobs={}, scores=scores, niah=None, attention_mass=None, reason=None,
+    )  # fmt: skip
+
+
+def _claim(name: str, a: str, b: str, measures: list[dict], combine: str | None = None):
+    raw: dict = {"name": name, "statement": f"{a} vs {b}"}
+    if len(measures) == 1:
+        raw.update({"a": {"preset": a}, "b": {"preset": b}, **measures[0]})
+    else:
+        raw["combine"] = combine
+        raw["measures"] = [
+            {"label": f"m{i}", "a": {"preset": a}, "b": {"preset": b}, **m}
+            for i, m in enumerate(measures)
+        ]
+    (h,) = parse_hypotheses([raw])
+    return h
+
+
+def _fixed(hypotheses, draw, names, n: int, seed: int, items=None):
+    rng = np.random.default_rng(seed)
+    records = [
+        _record(name, s, draw(rng, name), i)
+        for i, (name, s) in enumerate((name, s) for name in names for s in range(n))
+    ]
+    return evaluate(hypotheses, aggregate(records), lambda c: None, items=items)
+
+
+def _normal_scores(effects: dict[str, tuple[float, float]]):
+    """Two ungated scores per run: ``mean + N(0, 1)``, the means per candidate."""
+
+    def draw(rng: np.random.Generator, name: str) -> dict[str, float]:
+        m1, m2 = effects[name]
+        return {SCORE: m1 + rng.normal(), SECOND: m2 + rng.normal()}
+
+    return draw
+
+
+def rules_rows(studies: int) -> list[tuple[str, str, float, float | None]]:
+    """(row, what counts as wrong, wrong rate, a comparison rate or None)."""
+    rows = []
+    greater = {"direction": "greater", "margin": 0}
+
+    # 1. A discrete accuracy, 2 seeds a side, equal true accuracy 0.99 over 100 items.
+    h = _claim("acc", "A", "B", [{"quantity": ACC, **greater}])
+
+    def binomial(rng: np.random.Generator, name: str) -> dict[str, float]:
+        return {ACC: float(rng.binomial(ITEMS, 0.99)) / ITEMS}
+
+    floor = sum(
+        _fixed([h], binomial, "AB", 2, i, items=lambda q: ITEMS)[0].verdict is not Verdict.UNDECIDED
+        for i in range(studies)
+    )
+    bare = 0  # the rule before issue 20: a zero-width interval decided by its sign
+    for i in range(studies):
+        (f,) = _fixed([h], binomial, "AB", 2, i)
+        c = f.measures[0].comparison
+        zero_width = c is not None and c.se == 0 and c.diff != 0
+        bare += zero_width or f.verdict is not Verdict.UNDECIDED
+    rows.append(("accuracy over 100 items, n = 2, equal truths 0.99 (floor; old zero-width rule)",
+                 "any decision", floor / studies, bare / studies))  # fmt: skip
+
+    # 2-5. Two measures, n = 3, Welch: one truly past its margin (3 sd), one at it.
+    two = [{"quantity": SCORE, **greater}, {"quantity": SECOND, **greater}]
+    for combine, truths, wrong_if, label in (
+        ("any", (3.0, 0.0), Verdict.CONTRADICTED, "'or' claim true (one measure past, one at)"),
+        ("any", (0.0, 0.0), None, "'or' claim, both measures at their margin"),
+        ("all", (3.0, 0.0), Verdict.SUPPORTED, "'and' claim false (one past, one at)"),
+        ("all", (0.0, 0.0), None, "'and' claim, both measures at their margin"),
+    ):
+        h = _claim(f"{combine}", "A", "B", two, combine)
+        draw = _normal_scores({"A": truths, "B": (0.0, 0.0)})
+        wrong = 0
+        for i in range(studies):
+            v = _fixed([h], draw, "AB", 3, i)[0].verdict
+            wrong += v is not Verdict.UNDECIDED if wrong_if is None else v is wrong_if
+        what = "any decision" if wrong_if is None else str(wrong_if.value)
+        rows.append((f"combine {combine}: {label}, n = 3", what, wrong / studies, None))
+
+    # 6. Ten null hypotheses, n = 3 each: any wrong verdict in the family.
+    family = [
+        _claim(f"h{j}", f"A{j}", f"B{j}", [{"quantity": SCORE, **greater}]) for j in range(10)
+    ]
+    names = [f"{side}{j}" for j in range(10) for side in "AB"]
+    draw = _normal_scores({n: (0.0, 0.0) for n in names})
+    holm = per = 0
+    for i in range(studies):
+        found = _fixed(family, draw, names, 3, i)
+        per += any(f.verdict is not Verdict.UNDECIDED for f in found)
+        holm += any(
+            f.family_verdict is not Verdict.UNDECIDED for f in with_family(found, alpha=0.05)
+        )
+    rows.append(("10 null hypotheses, n = 3, Holm (uncorrected)", "any decision in the family",
+                 holm / studies, per / studies))  # fmt: skip
+
+    # 7. A relative margin at its boundary: mean(A) = 1.02 mean(B), claim A - B < 0.02 B.
+    h = _claim("rel", "A", "B", [{"quantity": SCORE, "direction": "less",
+                                   "margin": {"relative": 0.02, "of": "b"}}])  # fmt: skip
+
+    def relative(rng: np.random.Generator, name: str) -> dict[str, float]:
+        centre = 2.5 * (1.02 if name == "A" else 1.0)
+        return {SCORE: centre + rng.normal(0.0, 0.05)}
+
+    wrong = sum(
+        _fixed([h], relative, "AB", 3, i)[0].verdict is not Verdict.UNDECIDED
+        for i in range(studies)
+    )
+    rows.append(("relative margin at its boundary (A = 1.02 B), n = 3", "any decision",
+                 wrong / studies, None))  # fmt: skip
+
+    # 8. Adaptive seeds, K = 3 looks ({min: 2, max: 4}), no effect.
+    h = hypothesis()
+    wrong = sum(
+        simulate([h], {"A": 0.0, "B": 0.0}, seed=i, repeats_min=2, repeats_max=4).verdicts[h.name]
+        is not Verdict.UNDECIDED
+        for i in range(studies)
+    )
+    rows.append(("adaptive seeds, K = 3 looks (min 2, max 4), no effect", "any decision",
+                 wrong / studies, None))  # fmt: skip
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--studies", type=int, default=400)
     p.add_argument("--min", type=int, default=2, dest="repeats_min")
     p.add_argument("--max", type=int, default=8, dest="repeats_max")
+    p.add_argument("--rules-studies", type=int, default=4000, help="studies per rules row")
+    p.add_argument("--only-rules", action="store_true", help="print only the rules table")
     args = p.parse_args(argv)
+    gc.freeze()  # statsmodels' Holm runs gc.collect(): keep it to the objects made from here
+    if args.only_rules:
+        return _print_rules(args.rules_studies)
     k = args.repeats_max - args.repeats_min + 1
     print(
         f"{args.studies} studies per row; seeds {{min: {args.repeats_min}, max: "
@@ -226,6 +372,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {effect:g} | {noise} | {test} | {r['wrong']:.3f} | {r['supported']:.3f} "
             f"| {naive} | {r['runs']:.1f} | {look} |"
         )
+    print(f"\n{time.perf_counter() - started:.0f} s\n")
+    return _print_rules(args.rules_studies) if args.rules_studies > 0 else 0
+
+
+def _print_rules(studies: int) -> int:
+    print(f"Decision rules, {studies} studies per row (stated error rate 0.05)\n")
+    print("| row | wrong means | wrong | comparison |")
+    print("| --- | --- | --- | --- |")
+    started = time.perf_counter()
+    for label, what, rate, other in rules_rows(studies):
+        extra = "-" if other is None else f"{other:.3f}"
+        print(f"| {label} | {what} | {rate:.4f} | {extra} |", flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s")
     return 0
 

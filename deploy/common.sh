@@ -76,3 +76,52 @@ add_ray_node_opts() {
     add_opt _node_args --min-worker-port "${RAY_MIN_WORKER_PORT:-}"
     add_opt _node_args --max-worker-port "${RAY_MAX_WORKER_PORT:-}"
 }
+
+# create_optuna_tables: create Optuna's tables in $ROPENOPE_STORAGE (idempotent) with the
+# read-write role the sweeps use, waiting out a database that is still starting. The
+# read-only dashboard role cannot create them, so the Ray head does it at start.
+create_optuna_tables() {
+    local attempt
+    for attempt in $(seq 60); do
+        if python -c 'import os, optuna; optuna.storages.RDBStorage(os.environ["ROPENOPE_STORAGE"])' \
+            2>/dev/null; then
+            return 0
+        fi
+        ((attempt < 60)) || die "cannot open the Optuna storage (see ROPENOPE_STORAGE)"
+        sleep 2
+    done
+}
+
+# Values from .env are checked before use: a number before arithmetic (bash evaluates
+# `a[$(command)]` inside (( )), so an unchecked value runs code), a name before SQL.
+
+# require_port NAME...: each set variable is a TCP port number (1-65535).
+require_port() {
+    local name value
+    for name in "$@"; do
+        value=${!name:-}
+        [[ -z "$value" ]] && continue
+        [[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1 && 10#$value <= 65535)) ||
+            die "$name=$value is not a port number (1-65535)"
+    done
+}
+
+# require_count NAME...: each set variable is a whole number (0-99999).
+require_count() {
+    local name value
+    for name in "$@"; do
+        value=${!name:-}
+        [[ -z "$value" || "$value" =~ ^[0-9]{1,5}$ ]] || die "$name=$value is not a whole number"
+    done
+}
+
+# require_identifier NAME...: each set variable is a plain PostgreSQL name (a letter or
+# _, then letters, digits or _; at most 63), safe in SQL and in a URL.
+require_identifier() {
+    local name value
+    for name in "$@"; do
+        value=${!name:-}
+        [[ -z "$value" || "$value" =~ ^[A-Za-z_][A-Za-z0-9_]{0,62}$ ]] ||
+            die "$name=$value is not a plain name (letters, digits, _; a letter first)"
+    done
+}

@@ -4,9 +4,13 @@
 # test, with the binaries of the `pgserver` pip package or a system PostgreSQL).
 #
 #   PGDATA               data folder (created and initialised on first start)
-#   POSTGRES_USER        owner of both databases
+#   POSTGRES_USER        the superuser: creates the databases and roles below at each
+#                        start (deploy/roles.sql) and is used by no service
 #   POSTGRES_PASSWORD    its password (scram-sha-256 over TCP)
 #   OPTUNA_DB, MLFLOW_DB database names (default optuna, mlflow)
+#   OPTUNA_DB_USER, OPTUNA_DB_PASSWORD        owns the Optuna database (the sweeps)
+#   MLFLOW_DB_USER, MLFLOW_DB_PASSWORD        owns the MLflow database (its server)
+#   DASHBOARD_DB_USER, DASHBOARD_DB_PASSWORD  reads the Optuna database (optuna-dashboard)
 #   POSTGRES_HOST        listen address (default 127.0.0.1; compose: 0.0.0.0)
 #   POSTGRES_PORT        default 5432
 #   POSTGRES_SOCKET_DIR  Unix socket folder (default PGDATA)
@@ -19,10 +23,22 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 require_env PGDATA POSTGRES_USER POSTGRES_PASSWORD
 refuse_placeholder POSTGRES_PASSWORD
-OPTUNA_DB=${OPTUNA_DB:-optuna}
-MLFLOW_DB=${MLFLOW_DB:-mlflow}
+require_env OPTUNA_DB_USER OPTUNA_DB_PASSWORD MLFLOW_DB_USER MLFLOW_DB_PASSWORD \
+    DASHBOARD_DB_USER DASHBOARD_DB_PASSWORD
+refuse_placeholder OPTUNA_DB_PASSWORD MLFLOW_DB_PASSWORD DASHBOARD_DB_PASSWORD
+export OPTUNA_DB=${OPTUNA_DB:-optuna}
+export MLFLOW_DB=${MLFLOW_DB:-mlflow}
 POSTGRES_HOST=${POSTGRES_HOST:-127.0.0.1}
 POSTGRES_PORT=${POSTGRES_PORT:-5432}
+require_identifier POSTGRES_USER OPTUNA_DB MLFLOW_DB OPTUNA_DB_USER MLFLOW_DB_USER \
+    DASHBOARD_DB_USER
+require_port POSTGRES_PORT
+[[ "$OPTUNA_DB" != "$MLFLOW_DB" ]] || die "OPTUNA_DB and MLFLOW_DB must differ"
+roles=$(printf '%s\n' "$POSTGRES_USER" "$OPTUNA_DB_USER" "$MLFLOW_DB_USER" "$DASHBOARD_DB_USER")
+[[ $(sort -u <<<"$roles" | wc -l) == 4 ]] ||
+    die "POSTGRES_USER, OPTUNA_DB_USER, MLFLOW_DB_USER and DASHBOARD_DB_USER must all differ"
+export OPTUNA_DB_USER OPTUNA_DB_PASSWORD MLFLOW_DB_USER MLFLOW_DB_PASSWORD \
+    DASHBOARD_DB_USER DASHBOARD_DB_PASSWORD
 POSTGRES_SOCKET_DIR=${POSTGRES_SOCKET_DIR:-$PGDATA}
 if [[ -n "${PG_BIN:-}" ]]; then
     PATH="$PG_BIN:$PATH"
@@ -71,15 +87,12 @@ fi
 # client (or a health check) never sees the server before both databases exist.
 pg_ctl -D "$PGDATA" -w -l "$PGDATA/bootstrap.log" \
     -o "-c listen_addresses='' -p $POSTGRES_PORT -k $POSTGRES_SOCKET_DIR" start >/dev/null
-for db in "$OPTUNA_DB" "$MLFLOW_DB"; do
-    found=$(psql -h "$POSTGRES_SOCKET_DIR" -p "$POSTGRES_PORT" -U "$POSTGRES_USER" -d postgres \
-        -v ON_ERROR_STOP=1 -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")
-    if [[ "$found" != 1 ]]; then
-        log "creating database $db"
-        psql -h "$POSTGRES_SOCKET_DIR" -p "$POSTGRES_PORT" -U "$POSTGRES_USER" -d postgres \
-            -v ON_ERROR_STOP=1 -qc "CREATE DATABASE \"$db\" OWNER \"$POSTGRES_USER\""
-    fi
-done
+log "databases $OPTUNA_DB, $MLFLOW_DB; roles $OPTUNA_DB_USER, $MLFLOW_DB_USER, $DASHBOARD_DB_USER"
+if ! psql -h "$POSTGRES_SOCKET_DIR" -p "$POSTGRES_PORT" -U "$POSTGRES_USER" -d postgres -q \
+    -f "$(dirname "${BASH_SOURCE[0]}")/roles.sql" >/dev/null; then
+    pg_ctl -D "$PGDATA" -w -m fast stop >/dev/null
+    die "could not create the databases and roles (deploy/roles.sql)"
+fi
 pg_ctl -D "$PGDATA" -w -m fast stop >/dev/null
 
 log "serving on $POSTGRES_HOST:$POSTGRES_PORT (databases $OPTUNA_DB, $MLFLOW_DB)"

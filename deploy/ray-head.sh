@@ -22,6 +22,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 refuse_placeholder RAY_AUTH_TOKEN ROPENOPE_STORAGE
+require_port RAY_GCS_PORT RAY_DASHBOARD_PORT RAY_CLIENT_SERVER_PORT
+if [[ -n "${ROPENOPE_STORAGE:-}" ]]; then
+    create_optuna_tables  # before the dashboard, whose role only reads, looks for them
+fi
 
 args=(start --head --block --disable-usage-stats
     --port "${RAY_GCS_PORT:-6379}"

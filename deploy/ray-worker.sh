@@ -20,6 +20,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 require_env RAY_HEAD_ADDRESS
 refuse_placeholder RAY_AUTH_TOKEN ROPENOPE_STORAGE
 gpus_per_worker=${RAY_GPUS_PER_WORKER:-all}
+# Checked before any (( )) below: bash evaluates `x[$(command)]` inside arithmetic.
+[[ "$gpus_per_worker" == all ]] || require_count RAY_GPUS_PER_WORKER
+require_count RAY_GPU_COUNT
 gpu_count=${RAY_GPU_COUNT:-}
 if [[ -z "$gpu_count" ]]; then
     gpu_count=0

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from search import export_cmd, gc_cmd, report_cmd, tracking_cmd
+from search import dashboard, export_cmd, gc_cmd, report_cmd, tracking_cmd
 from search.errors import CliError
 from space.errors import ConfigError, InvalidCandidate
+from space.secrets import RedactedStream
 
 
 def _cmd_space(args: argparse.Namespace) -> int:
@@ -54,10 +56,18 @@ def _print_sweep_summary(summary) -> None:
         print(summary.ui)
 
 
+# The exit status of a sweep that its failure budget stopped (resources.failures).
+EXIT_FAILURE_BUDGET = 3
+
+
 def _run_sweep(start: Callable[..., object], first: str, **kwargs: object) -> int:
-    """Run ``driver.submit`` or ``driver.resume``; print the summary; 130 if interrupted."""
+    """Run ``driver.submit`` or ``driver.resume``; print the summary; 130 if interrupted,
+    3 (with the one line that says why) if the failure budget stopped it."""
     summary = start(first, **kwargs)
     _print_sweep_summary(summary)
+    if summary.stopped:
+        print(f"ropenope: {summary.stopped}", file=sys.stderr)
+        return EXIT_FAILURE_BUDGET
     return 130 if summary.interrupted else 0
 
 
@@ -187,6 +197,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "report": (report_cmd.run, report_cmd.HELP),
     "export": (export_cmd.run, export_cmd.HELP),
     "gc": (gc_cmd.run, gc_cmd.HELP),
+    "dashboard": (dashboard.run, dashboard.HELP),
     **{name: (fn, tracking_cmd.HELP[name]) for name, fn in tracking_cmd.COMMANDS.items()},
 }
 
@@ -207,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
     gc_cmd.add_parser(sub)
+    dashboard.add_parser(sub)
     tracking_cmd.add_parsers(sub)  # pareto, sync, ui
     _add_sweep_parsers(sub)
     from search import remote
@@ -219,6 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS[args.command][0]
+    # Every line the command prints passes the one redaction (no URL password on screen).
+    shown_out, shown_err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactedStream(shown_out), RedactedStream(shown_err)
+    try:
+        return _run(args, handler)
+    finally:
+        with contextlib.suppress(BrokenPipeError):  # the reader left: nothing more to show
+            sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = shown_out, shown_err
+
+
+def _run(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
     try:
         return handler(args)
     except (ConfigError, InvalidCandidate, CliError) as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -17,25 +18,72 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.errors import StudyLocked
+from search.errors import StoreError, StudyLocked
 from space.names import ATTR_DRIVER, STUDY_ATTR_DRIVER_PREFIX
 
 log = logging.getLogger("ropenope.driver")
+
+
+# Filesystems whose locks SQLite cannot rely on (its own documentation: "SQLite over a
+# network filesystem" corrupts databases), nor can flock here: /proc/mounts type names.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph",
+     "glusterfs", "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "fuse.rclone", "lustre", "gpfs",
+     "beegfs", "davfs", "fuse.davfs2", "fuse.cephfs"}
+)  # fmt: skip
+MOUNTS = Path("/proc/mounts")
+
+
+def _unescape_mount(field: str) -> str:
+    """/proc/mounts writes a space in a mount point as ``\\040`` (octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: Path, mounts: Path | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (the longest mount point above its real
+    path in ``mounts``, default /proc/mounts), or None where that cannot be read."""
+    try:
+        lines = (mounts or MOUNTS).read_text().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount(fields[1])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 class SqliteLock:
     """One driver per study on SQLite: an OS lock on a file beside the database.
 
     ``flock`` is released by the kernel when the holder dies (SIGKILL included), so a
-    lock that can be taken proves that no live driver runs the study.
+    lock that can be taken proves that no live driver runs the study. The lock sits beside
+    the database's real path (symlinks and ``..`` resolved), so two spellings of one file
+    share one lock; a database on a network filesystem is refused (neither SQLite's locks
+    nor this one hold there).
     """
 
     def __init__(self, db_path: Path, study_name: str) -> None:
-        self.path = db_path.with_name(f"{db_path.name}.{study_name}.lock")
+        real = Path(os.path.realpath(db_path))
+        self.db = real
+        self.path = real.with_name(f"{real.name}.{study_name}.lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kind = filesystem_type(self.path.parent)
+        if kind is not None and kind.lower() in NETWORK_FILESYSTEMS:
+            raise StoreError(
+                f"the SQLite database {self.db} is on a network filesystem ({kind}), where "
+                "SQLite's locks do not hold and a second driver would corrupt it: put it on "
+                "a local disk, or use PostgreSQL (--storage postgresql+psycopg://...)"
+            )
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

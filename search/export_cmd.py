@@ -187,6 +187,7 @@ def export_trial(
     from tracking.provenance import source_tags
     from workers.hf_card import CardFacts, render_card
     from workers.hf_export import export_candidate, is_byte_vocabulary, load_weights
+    from workers.layout import CHECKPOINT_FILE, seed_dir
 
     attrs = trial.user_attrs
     if ATTR_KNOBS not in attrs:
@@ -205,7 +206,7 @@ def export_trial(
         raise CliError(f"trial {trial.number} trained seeds {sorted(seeds)}, not seed {seed}")
     if not attrs.get(ATTR_TRIAL_DIR):
         raise CliError(f"trial {trial.number} has no trial folder ({ATTR_TRIAL_DIR})")
-    checkpoint = Path(attrs[ATTR_TRIAL_DIR]) / f"seed_{seed}" / "checkpoint.pt"
+    checkpoint = seed_dir(Path(attrs[ATTR_TRIAL_DIR]), seed) / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise CliError(
             f"trial {trial.number}: no checkpoint at {checkpoint} (on a cluster the trial "

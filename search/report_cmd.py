@@ -96,7 +96,15 @@ def _print_findings(data: dict) -> None:
         iv = (
             f"  [{interval[0]:.3g}, {interval[1]:.3g}]" if interval and None not in interval else ""
         )
-        print(f"  [{f['verdict'].upper():>12}] {f['key']}: {f['claim']}{iv}")
+        holm = f.get("holm")
+        family = f"  Holm: {holm['verdict']}" if holm else ""
+        print(f"  [{f['verdict'].upper():>12}] {f['key']}: {f['claim']}{iv}{family}")
+    holm = next((f["holm"] for f in data["findings"] if f.get("holm")), None)
+    if holm:
+        print(
+            f"Holm across {holm['family']} hypotheses at alpha {holm['alpha']:g} controls the "
+            "family-wise error rate (the chance of any wrong verdict among them)"
+        )
 
 
 def _log_to_mlflow(config, study_name: str, paths: dict[str, Path], tags, say) -> int:  # noqa: ANN001

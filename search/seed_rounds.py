@@ -50,6 +50,8 @@ from tracking.seed_plan import (
     BLOCKED,
     DECIDED,
     EXHAUSTED,
+    FUTILE,
+    SETTLED,
     HypothesisState,
     SeedPlan,
     SeedRequest,
@@ -73,7 +75,7 @@ __all__ = [
     "unsettled",
 ]
 
-_SETTLED = (DECIDED, EXHAUSTED, BLOCKED)
+_SETTLED = SETTLED
 
 
 def compares(
@@ -203,6 +205,8 @@ def describe_state(h: HypothesisState) -> str:
         what = f"{h.verdict.value} at look {h.look}/{h.looks}"
     elif h.state == EXHAUSTED:
         what = f"undecided at max seeds, look {h.look}/{h.looks}"
+    elif h.state == FUTILE:
+        what = f"undecided, no more seeds after look {h.look}/{h.looks} ({h.problem})"
     else:
         what = f"{h.state} after look {h.look}/{h.looks}"
     n = len(h.candidates)

@@ -14,12 +14,14 @@ import optuna
 from search.errors import StudyError, StudyMismatch
 from space.names import (
     STUDY_ATTR_CONFIG,
+    STUDY_ATTR_DECISIONS,
     STUDY_ATTR_OBJECTIVES,
     STUDY_ATTR_SPACE,
     STUDY_ATTR_TARGET,
 )
 from space.schema import SweepConfig, load_config_text
 from space.secrets import redact_text
+from tracking.decision_plan import plan_of_config
 
 
 def _normal(value: Any) -> Any:
@@ -105,6 +107,8 @@ def record_config(study: optuna.Study, config: SweepConfig, config_text: str | N
     """Store what the study runs, so `ropenope resume STUDY` needs no file."""
     study.set_user_attr(STUDY_ATTR_SPACE, _normal(config.space_signature()))
     study.set_user_attr(STUDY_ATTR_OBJECTIVES, config.objective_names())
+    if STUDY_ATTR_DECISIONS not in study.user_attrs:  # fixed at creation, never rewritten
+        study.set_user_attr(STUDY_ATTR_DECISIONS, plan_of_config(config).to_dict())
     if study.metric_names is None:
         with warnings.catch_warnings():  # experimental since 3.2, read by optuna-dashboard
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

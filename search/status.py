@@ -141,16 +141,25 @@ def seed_plan_summary(study: optuna.Study, config: Any = None) -> dict[str, Any]
     }
 
 
-def saturation_warnings(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[str]:
-    """Warnings for accuracy objectives every COMPLETE candidate scores at 0 or 1 (one
-    trial per candidate: a deduplicated trial repeats its source's values)."""
-    from tracking.saturation import saturated_objectives, saturation_warning
+def score_quality(
+    trials: Sequence[FrozenTrial], objectives: Sequence[str]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Tie-group warnings and signal-to-noise per objective over the COMPLETE candidates'
+    seeds (:mod:`tracking.ties`; a deduplicated trial repeats its source and counts once)."""
+    from tracking.aggregate import aggregate
+    from tracking.records import seed_records
+    from tracking.ties import signal_to_noise, tie_groups, tie_warning
 
-    seen: dict[Any, list[float]] = {}
-    for t in _complete(trials):
-        if ATTR_REUSED_FROM not in t.user_attrs:
-            seen.setdefault(t.user_attrs.get(ATTR_CANDIDATE_ID, t.number), list(t.values))
-    return [saturation_warning(x) for x in saturated_objectives(objectives, list(seen.values()))]
+    records = [r for t in trials for r in seed_records(t, objectives)]
+    candidates = aggregate(records, objectives).candidates
+    warnings = [tie_warning(g) for g in tie_groups(objectives, candidates)]
+    return warnings, [signal_to_noise(o, candidates).to_dict() for o in objectives]
+
+
+def tie_warnings(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[str]:
+    """A warning for each group of candidates that ties on an objective (at a bound, or
+    inside each other's seed noise), naming the score that would separate them."""
+    return score_quality(trials, objectives)[0]
 
 
 def summarize(
@@ -165,6 +174,7 @@ def summarize(
     directions = [d.name.lower() for d in study.directions]
     c = count_states(trials)
     drivers = driver_states(study)
+    warnings, signal_noise = score_quality(trials, objectives)
     running = []
     for t in trials:
         if t.state != TrialState.RUNNING:
@@ -205,7 +215,8 @@ def summarize(
         ],
         "drivers": drivers,
         "seed_plan": seed_plan_summary(study, config),
-        "warnings": saturation_warnings(trials, objectives),
+        "signal_to_noise": signal_noise,
+        "warnings": warnings,
     }
 
 
@@ -239,10 +250,26 @@ def format_summary(s: dict[str, Any]) -> str:
         for p in s["pareto"]:
             vals = "".join(f"{format_value(p['values'].get(m)):>16}" for m in names)
             lines.append(f"  {p['number']:<5}{vals}  {p['candidate']}")
+    lines += format_signal_to_noise(s.get("signal_to_noise") or [])
     lines += format_seed_plan(s.get("seed_plan"))
     for warning in s.get("warnings", []):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def format_signal_to_noise(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per objective: spread of the candidates' means over the seed spread."""
+    rows = [r for r in rows if r["candidates"] >= 2]
+    if not rows:
+        return []
+    lines = ["signal-to-noise (std of candidate means / pooled std over seeds):"]
+    for r in rows:
+        bound = f"  {r['at_bound']} of {r['candidates']} at a bound" if r["at_bound"] else ""
+        lines.append(
+            f"  {r['objective']:<16} {r['ratio_text']:>8}  signal {format_value(r['signal'])}"
+            f"  noise {format_value(r['noise'])}{bound}"
+        )
+    return lines
 
 
 def format_seed_plan(plan: dict[str, Any] | None) -> list[str]:

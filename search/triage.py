@@ -57,6 +57,7 @@ from space.names import (
 )
 from space.outcomes import Outcome, Reason, error_reason
 from space.schema import SweepConfig
+from space.secrets import redact_tail
 from tracking.hooks import SweepHooks
 from tracking.study_view import TrialSnapshot
 
@@ -164,7 +165,7 @@ class Triage:
                 TrialState.FAIL,
                 {
                     ATTR_REASON: error_reason(f"{type(err).__name__}: {err}"),
-                    ATTR_REASON_DETAIL: traceback.format_exc(limit=6)[-4000:],
+                    ATTR_REASON_DETAIL: redact_tail(traceback.format_exc(limit=6), 4000),
                 },
             )
             return None

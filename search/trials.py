@@ -33,7 +33,8 @@ from space.names import (
     ATTR_RESTORE_FROM,
     ATTR_SEED,
 )
-from space.outcomes import RERUN_REASONS, Reason
+from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
+from space.secrets import redact_text
 
 
 def adds_seeds(trial: FrozenTrial) -> bool:
@@ -60,7 +61,10 @@ def count_toward_target(trials: Iterable[FrozenTrial]) -> int:
 
 
 def _clean(value: Any) -> Any:
-    """User attributes are JSON: NaN and infinities become null."""
+    """User attributes are JSON: NaN and infinities become null; every text is redacted
+    (the one choke point for what a trial stores: reasons, tracebacks, links)."""
+    if isinstance(value, str):
+        return redact_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
@@ -215,8 +219,8 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
 def requeue_worker_deaths(
     study: optuna.Study, *, restore_for: Callable[[FrozenTrial], Path | None] = lambda t: None
 ) -> list[tuple[int, Path | None]]:
-    """Re-run the candidates of FAIL ``worker_died`` trials that no trial re-runs yet
-    (``ropenope resume``), from their newest checkpoint."""
+    """Re-run the candidates of FAIL ``worker_died`` and ``infrastructure_failure`` trials
+    that no trial re-runs yet (``ropenope resume``), from their newest checkpoint."""
     queued = []
     with scan_lock(study):  # read, decide and enqueue with no other driver in between
         trials = study.get_trials(deepcopy=False)
@@ -224,7 +228,7 @@ def requeue_worker_deaths(
         for trial in trials:
             if (
                 trial.state == TrialState.FAIL
-                and trial.user_attrs.get(ATTR_REASON) == Reason.WORKER_DIED
+                and trial.user_attrs.get(ATTR_REASON) in INFRASTRUCTURE_REASONS
                 and trial.number not in rerun
             ):
                 restore = restore_for(trial)

@@ -1,6 +1,7 @@
 """space: what can vary.
 
-The sweep-file schema (:func:`load_config`), the knob vocabulary, the shipped
+The sweep-file schema (:func:`load_config`), the knob vocabulary (one :class:`Knob` row
+each in :data:`KNOBS`), the shipped
 presets, the training stages, the expansion of knobs into per-layer specs
 (:func:`build_candidate`), and hypotheses as data (:class:`Hypothesis`, selecting
 candidates by a :class:`Predicate` on their layers; the paper's claims:
@@ -17,7 +18,7 @@ from space.expand import (
 )
 from space.hypotheses import Hypothesis
 from space.hypothesis_files import load_hypotheses, parse_hypotheses, shipped_hypotheses
-from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, KnobSpec
+from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, KNOBS, Knob, KnobSpec
 from space.layers import (
     AttentionSink,
     LayerKind,
@@ -26,6 +27,7 @@ from space.layers import (
     ModelShape,
     Position,
     QKNorm,
+    QueryTemperature,
     RopeScaling,
     RopeScalingKind,
     Temperature,
@@ -40,12 +42,14 @@ __all__ = [
     "BUILTIN_PRESETS",
     "KNOB_DEFAULTS",
     "KNOB_NAMES",
+    "KNOBS",
     "AttentionSink",
     "Candidate",
     "CandidateStage",
     "ConfigError",
     "Hypothesis",
     "InvalidCandidate",
+    "Knob",
     "KnobSpec",
     "LayerMatch",
     "LayerKind",
@@ -55,6 +59,7 @@ __all__ = [
     "Position",
     "Predicate",
     "QKNorm",
+    "QueryTemperature",
     "RopeScaling",
     "RopeScalingKind",
     "StagePlan",

@@ -7,11 +7,12 @@ the key to fix; a legal but suspicious setting is a warning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from space.errors import ConfigError, InvalidCandidate
 from space.hypothesis_files import check_hypotheses
-from space.knobs import grid_size, knob_domain, rotary_problem
+from space.knobs import grid_size, knob_domain
+from space.layers import rotary_problem
 from space.names import (
     EVAL_METRICS,
     LONG_ACC,
@@ -102,14 +103,25 @@ def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> N
             else max((v for v in domain if v is not None), default=None)
         )
         if top is not None and top >= config.train.seq_len:
-            warnings.append(
-                (
-                    f"space.{name}",
-                    f"a window of {echo(top)} tokens is not smaller than train.seq_len="
-                    f"{config.train.seq_len}: such a layer attends fully during training and "
-                    "is windowed only past the training length",
+            warnings.append((f"space.{name}", _wide_window(top, config.train.seq_len)))
+    # A preset is a candidate the sweep runs first: the same warning for its windows.
+    for i, (preset, knobs) in enumerate(config.presets.items()):
+        for name in ("local_window", "global_window"):
+            window = knobs.get(name)
+            if isinstance(window, int) and window >= config.train.seq_len:
+                warnings.append(
+                    (
+                        f"presets[{i}].knobs.{name}",
+                        f"preset {preset!r}: {_wide_window(window, config.train.seq_len)}",
+                    )
                 )
-            )
+
+
+def _wide_window(window: Any, seq_len: int) -> str:
+    return (
+        f"a window of {echo(window)} tokens is not smaller than train.seq_len={seq_len}: such "
+        "a layer attends fully during training and is windowed only past the training length"
+    )
 
 
 def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
@@ -307,6 +319,7 @@ def _check_hypotheses(config: SweepConfig, problems: list) -> None:
             mass_lengths=s.mass_lengths,
             attention_mass=s.attention_mass,
             path=where,
+            families=s.families,
         )
     )
     if config.study.repeats_others is not None and not config.hypotheses:

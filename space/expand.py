@@ -24,6 +24,7 @@ from space.layers import (
     ModelShape,
     Position,
     QKNorm,
+    QueryTemperature,
     RopeScaling,
     RopeScalingKind,
     Temperature,
@@ -66,7 +67,8 @@ def expand_layers(
         raise InvalidCandidate(
             f"global_every={k} > layers={shape.n_layers}: no layer would be global"
         )
-    if knobs["global_temperature"] != "none" and knobs["global_position"] != "nope":
+    temperature_kind = QueryTemperature(knobs["global_temperature"])
+    if temperature_kind is not QueryTemperature.NONE and knobs["global_position"] != "nope":
         raise InvalidCandidate(
             "global_temperature scales NoPE queries; it needs global_position: nope"
         )
@@ -76,7 +78,7 @@ def expand_layers(
     sink = AttentionSink(knobs["attention_sink"])
     sink_where = LayerPlacement(knobs["attention_sink_layers"])
     temperature = None
-    if knobs["global_temperature"] == "log":
+    if temperature_kind is QueryTemperature.LOG:
         floor = knobs["global_temperature_floor"] or train_seq_len
         temperature = Temperature(
             floor_tokens=int(floor), scale=float(knobs["global_temperature_scale"])
@@ -119,7 +121,10 @@ def expand_layers(
                 rope_scaling=scaling if rope and scaling_where.covers(kind) else None,
             )
         )
-    _check_rotary(layers, shape)
+    for layer in layers:
+        problem = layer.head_dim_problem(shape.head_dim)
+        if problem is not None:
+            raise InvalidCandidate(problem)
     return tuple(layers)
 
 
@@ -130,43 +135,22 @@ def _rope_scaling(knobs: Mapping[str, Any], train_seq_len: int) -> RopeScaling |
     factor = knobs["rope_scaling_factor"]
     if factor is None:
         raise InvalidCandidate(f"rope_scaling: {kind.value} needs rope_scaling_factor (>= 1)")
-    beta_fast, beta_slow = knobs["rope_scaling_beta_fast"], knobs["rope_scaling_beta_slow"]
-    if kind is RopeScalingKind.YARN and not beta_fast > beta_slow:
-        raise InvalidCandidate(
-            f"rope_scaling_beta_fast={beta_fast:g} must exceed rope_scaling_beta_slow="
-            f"{beta_slow:g} (YaRN interpolates dimensions that turn fewer than beta_slow times)"
-        )
     attention_factor = 1.0
     if kind is RopeScalingKind.YARN:
         attention_factor = knobs["rope_scaling_attention_factor"]
         if attention_factor is None:
             attention_factor = yarn_default_attention_factor(factor)
-    return RopeScaling(
-        kind=kind,
-        factor=float(factor),
-        original_tokens=int(knobs["rope_scaling_original_tokens"] or train_seq_len),
-        beta_fast=float(beta_fast),
-        beta_slow=float(beta_slow),
-        attention_factor=float(attention_factor),
-    )
-
-
-def _check_rotary(layers: list[LayerSpec], shape: ModelShape) -> None:
-    """RoPE turns pairs of dimensions: the rotated part of a head must be even (and NTK's
-    exponent ``d / (d - 2)`` needs ``d >= 4``)."""
-    for layer in layers:
-        if layer.position is not Position.ROPE:
-            continue
-        dims = layer.rotary_dims(shape.head_dim)
-        if dims < 2 or dims % 2:
-            raise InvalidCandidate(
-                f"rope_fraction={layer.rope_fraction:g} rotates int({shape.head_dim} x "
-                f"{layer.rope_fraction:g}) = {dims} of head_dim {shape.head_dim} dimensions; "
-                "RoPE needs an even number >= 2"
-            )
-        scaling = layer.rope_scaling
-        if scaling is not None and scaling.kind is RopeScalingKind.NTK and dims < 4:
-            raise InvalidCandidate(f"rope_scaling: ntk needs >= 4 rotated dimensions, got {dims}")
+    try:
+        return RopeScaling(
+            kind=kind,
+            factor=float(factor),
+            original_tokens=int(knobs["rope_scaling_original_tokens"] or train_seq_len),
+            beta_fast=float(knobs["rope_scaling_beta_fast"]),
+            beta_slow=float(knobs["rope_scaling_beta_slow"]),
+            attention_factor=float(attention_factor),
+        )
+    except ValueError as err:  # a well-formed knob value, an impossible combination
+        raise InvalidCandidate(str(err)) from err
 
 
 def check_shape(shape: ModelShape) -> None:

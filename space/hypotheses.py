@@ -20,9 +20,13 @@ compares two groups of candidates, ``a`` and ``b``::
 
 A side (``a`` / ``b``) picks candidates by ``preset`` (the candidate enqueued under that
 name), by ``where`` (a :class:`space.predicates.Predicate` on its layers), or both (the
-preset if the study ran it, else the candidates ``where`` selects stand in);
-``pool: true`` pools every selected candidate's runs, otherwise exactly one candidate
-must be selected. A side may carry its own ``quantity`` (the two sides of a paired
+preset if the study ran it, else the candidates ``where`` selects stand in). Exactly one
+candidate must be selected unless the side says what a claim about several means:
+``candidates: every`` (the claim holds for every selected candidate: an
+intersection-union test, supported only if each candidate's comparison supports it,
+contradicted if one contradicts it) or ``candidates: mean`` (the group on average: one
+value per candidate, its mean over seeds, compared as independent observations). Runs of
+several candidates are never pooled as if they were seeds of one. A side may carry its own ``quantity`` (the two sides of a paired
 within-candidate comparison, e.g. ``acc@1x`` against ``{mean: acc, from: 4}``) and, for
 attention-mass quantities, the ``layers`` whose mass it reads (a
 :class:`space.predicates.LayerMatch`; default every layer).
@@ -33,15 +37,31 @@ prompt segment at a length); ``{mean: acc, from: 4, to: 8}`` (per run, the mean 
 ``acc@Nx`` over the lengths N in [from, to] the study scored); ``{diff: [Q1, Q2]}`` (per
 run, Q1 - Q2).
 
-A hypothesis with ``measures: [...]`` (each a comparison as above, with a ``label``) is
-supported when at least one measure supports it and none contradicts it, contradicted in
-the mirror case, undecided otherwise.
+A hypothesis with ``measures: [...]`` (each a comparison as above, with a ``label``)
+says how they combine, ``combine: any | all``:
 
-**Competence gate**: a comparison whose quantity reads retrieval beyond the training
-length T (``long_acc``, ``acc@Nx`` with N > 1, a mean over such lengths, attention mass
-beyond 1x) is judged only on runs that learned the task at T: ``acc@1x`` at least 0.9.
-``gate: {min: 0.8}`` (or ``{score: ..., min: ...}``) changes it, ``gate: false`` turns it
-off, ``gate: true`` forces it on.
+- ``any`` (a claim with "or": "accuracy or loss degrades"): supported when one measure
+  supports it, contradicted only when every measure contradicts it;
+- ``all`` (a claim with "and"): supported only when every measure supports it,
+  contradicted when one contradicts it;
+
+undecided otherwise. Either way each measure spends its share of the error budget
+(:class:`tracking.stats.ErrorBudget`).
+
+**Competence gate**, at the level of a side: a comparison whose quantity reads
+retrieval beyond the training length T (``long_acc``, ``acc@Nx``, ``token_acc@Nx`` or
+``answer_nll@Nx`` with N > 1, ``long_answer_nll``, a mean over such lengths, attention
+mass beyond 1x; bare or of one family, ``multiquery/long_acc``) asks whether each
+side learned the task at T: a run passes when its exact-match accuracy at T *of the
+same family* (``acc@1x``, ``multiquery/acc@1x``) is at least ``min`` (0.9). Each side's
+pass count is reported; a side that passes on fewer than ``share`` (0.75) of its seeds
+makes the comparison **invalid** ("the baseline does not learn the task at this
+budget; raise the budget"): its lucky seeds are not kept to rescue it. Otherwise every
+run is analysed (intention to treat, ``runs: all``, the default); ``runs: passing``
+leaves out the runs that fail the gate instead (an explicit per-run filter: it selects
+on an outcome the layout may cause). ``gate: {min: 0.8, share: 0.5}`` (or ``{score:
+..., ...}``) changes it, ``gate: false`` turns it off, ``gate: true`` forces it on. The
+gate score must be scored by the sweep (checked with the sweep file).
 
 What needs the study (a selector that matches no candidate, a score no trial reports, a
 paired test without common seeds) is found when the hypotheses are evaluated and
@@ -57,13 +77,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from space.names import LAYOUT_SCORES, LONG_ACC, is_score_name, multiple_of
+from space.names import (
+    LAYOUT_SCORES,
+    LONG_ACC,
+    LONG_ANSWER_NLL,
+    is_score_name,
+    multiple_of,
+    split_task_score,
+    task_score,
+)
 from space.predicates import LayerMatch, Predicate
 from space.tasks import SEGMENTS
 
 __all__ = ["Gate", "Hypothesis", "Margin", "Measure", "Quantity", "Side"]
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # also an MLflow tag key: hypothesis.<name>
+ACC_AT_1X = "acc@1x"  # the competence gate's score: exact-match accuracy at T
 
 
 class _Model(BaseModel):
@@ -129,15 +158,32 @@ class Quantity(_Model):
         return self
 
     def reads_beyond_t(self) -> bool:
-        """Whether this reads retrieval beyond the training length (gated by default)."""
+        """Whether this reads retrieval beyond the training length (gated by default):
+        exact-match or graded (token accuracy, answer NLL), of any family."""
         if self.diff is not None:
             return any(q.reads_beyond_t() for q in self.diff)
         if self.score is not None:
-            m = multiple_of(self.score, "acc@")
-            return self.score == LONG_ACC or (m is not None and m > 1)
+            _, base = split_task_score(self.score)
+            if base in (LONG_ACC, LONG_ANSWER_NLL):
+                return True
+            for prefix in ("acc@", "token_acc@", "answer_nll@"):
+                m = multiple_of(base, prefix)
+                if m is not None and m > 1:
+                    return True
+            return False
         if self.mass is not None:
             return self.at != "1x"
         return self.mean == "acc" and (self.to is None or self.to > 1)
+
+    def task_family(self) -> str | None:
+        """The task family a retrieval score reads (``multiquery`` for
+        ``multiquery/long_acc``); None for the primary family or a non-task quantity."""
+        if self.diff is not None:
+            families = {q.task_family() for q in self.diff} - {None}
+            return families.pop() if len(families) == 1 else None
+        if self.score is None:
+            return None
+        return split_task_score(self.score)[0]
 
     def multiple_range(self) -> tuple[int, int | None]:
         return (self.from_ or 1, self.to)
@@ -182,15 +228,20 @@ class Margin(_Model):
 
 
 class Gate(_Model):
-    """Runs whose ``score`` is below ``min`` are left out: they did not learn the task."""
+    """A run learned the task when its ``score`` (None: ``acc@1x`` of the family the
+    compared quantity reads) is at least ``min``; a side must pass on at least ``share``
+    of its seeds, else the comparison is invalid. ``runs``: ``all`` analyses every run
+    of a side that passes (intention to treat), ``passing`` only its passing runs."""
 
-    score: str = "acc@1x"
+    score: str | None = None
     min: float = 0.9
+    share: float = Field(default=0.75, ge=0.0, le=1.0)
+    runs: Literal["all", "passing"] = "all"
 
     @field_validator("score")
     @classmethod
-    def _score(cls, value: str) -> str:
-        if not is_score_name(value):
+    def _score(cls, value: str | None) -> str | None:
+        if value is not None and not is_score_name(value):
             raise ValueError(f"unknown score {value!r}")
         return value
 
@@ -200,9 +251,20 @@ class Side(_Model):
 
     preset: str | None = None
     where: Predicate | None = None
-    pool: bool = False
+    candidates: Literal["one", "every", "mean"] = "one"
     quantity: Quantity | None = None
     layers: LayerMatch | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_pool(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "pool" in value:
+            raise ValueError(
+                "pool is gone (it treated several candidates' runs as seeds of one): say "
+                "candidates: every (the claim holds for each) or candidates: mean (the "
+                "group on average, over candidate means)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _selects(self) -> Side:
@@ -217,8 +279,8 @@ class Side(_Model):
             text = f"preset {self.preset}"
         else:
             text = f"candidates with {self.where.describe()}"
-        if self.pool:
-            text += ", pooled"
+        if self.candidates != "one":
+            text += f", {self.candidates} candidate" + ("" if self.candidates == "every" else "s")
         if self.layers is not None:
             text += f" [layers: {self.layers.describe()}]"
         return text
@@ -244,8 +306,8 @@ class Measure(_Model):
         for side in ("a", "b"):
             if self.quantity is None and getattr(self, side).quantity is None:
                 raise ValueError(f"no quantity for side {side}: give quantity (or {side}.quantity)")
-        if self.test == "paired" and (self.a.pool or self.b.pool):
-            raise ValueError("a paired test compares two single candidates: drop pool")
+        if self.test == "paired" and "mean" in (self.a.candidates, self.b.candidates):
+            raise ValueError("a paired test pairs runs by seed: candidate means have none")
         if self.test == "exact":
             for side in ("a", "b"):
                 q = self.quantity_of(side)
@@ -261,13 +323,21 @@ class Measure(_Model):
         return own if own is not None else self.quantity
 
     def effective_gate(self) -> Gate | None:
-        """The competence gate this comparison applies (see the module docstring)."""
+        """The competence gate this comparison applies (see the module docstring), its
+        score resolved to ``acc@1x`` of the family the quantity reads."""
         if isinstance(self.gate, Gate):
-            return self.gate
-        if self.gate is None:
+            gate = self.gate
+        elif self.gate is None:
             beyond = any(self.quantity_of(s).reads_beyond_t() for s in ("a", "b"))
-            return Gate() if beyond else None
-        return Gate() if self.gate else None
+            gate = Gate() if beyond else None
+        else:
+            gate = Gate() if self.gate else None
+        if gate is None or gate.score is not None:
+            return gate
+        families = {self.quantity_of(s).task_family() for s in ("a", "b")} - {None}
+        family = families.pop() if len(families) == 1 else None
+        score = ACC_AT_1X if family is None else task_score(family, ACC_AT_1X)
+        return gate.model_copy(update={"score": score})
 
     def describe(self) -> str:
         qa, qb = self.quantity_of("a"), self.quantity_of("b")
@@ -283,11 +353,19 @@ class Hypothesis(_Model):
     statement: str = Field(min_length=1)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     measures: tuple[Measure, ...]
+    # How several measures make one verdict (see the module docstring); required with
+    # more than one measure: "or" and "and" claims are judged differently.
+    combine: Literal["any", "all"] | None = None
 
     @model_validator(mode="after")
     def _measured(self) -> Hypothesis:
         if not self.measures:
             raise ValueError("a hypothesis needs a comparison (a, b, quantity, direction)")
+        if len(self.measures) > 1 and self.combine is None:
+            raise ValueError(
+                "with several measures say how they combine: combine: any (one measure "
+                "suffices, a claim with 'or') or combine: all (every measure must hold)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

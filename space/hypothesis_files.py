@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from space.errors import ConfigError
 from space.hypotheses import NAME_PATTERN, Hypothesis, Quantity
-from space.names import LONG_ACC, multiple_of
+from space.names import LONG_ACC, multiple_of, split_task_score
 from space.yaml_io import frozen, read_yaml_file
 
 __all__ = [
@@ -33,7 +33,7 @@ PAPER_FILE = "hypotheses/paper.yaml"
 
 # -- parsing -------------------------------------------------------------------------
 
-_HYPOTHESIS_KEYS = ("name", "statement", "confidence", "measures")
+_HYPOTHESIS_KEYS = ("name", "statement", "confidence", "combine", "measures")
 
 
 def _problems(err: ValidationError, prefix: str) -> list[tuple[str, str]]:
@@ -215,12 +215,29 @@ def check_hypotheses(
     mass_lengths: Sequence[int],
     attention_mass: bool,
     path: str = "hypotheses",
+    families: Sequence[str] = (),
 ) -> list[tuple[str, str]]:
-    """What a sweep file's hypotheses ask that its own scoring or presets cannot give."""
+    """What a sweep file's hypotheses ask that its own scoring or presets cannot give,
+    the competence gate's score included (an unscored gate would fail every run)."""
     problems: list[tuple[str, str]] = []
     for h in hypotheses:
         for j, m in enumerate(h.measures):
             where = f"{path}.{h.name}" + (f".measures.{j}" if len(h.measures) > 1 else "")
+            gate = m.effective_gate()
+            if gate is not None:
+                task, base = split_task_score(gate.score)
+                if task is not None and families and task not in families:
+                    problems.append(
+                        (
+                            f"{where}.gate.score",
+                            f"{gate.score} needs the task family {task!r} in score.tasks "
+                            f"{list(families)}",
+                        )
+                    )
+                for msg in _unscored(
+                    Quantity(score=base), lengths, extrap, mass_lengths, attention_mass
+                ):
+                    problems.append((f"{where}.gate.score", msg))
             for side in ("a", "b"):
                 s = getattr(m, side)
                 if s.preset is not None and s.where is None and s.preset not in presets:

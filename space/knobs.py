@@ -13,6 +13,10 @@ or a mapping with exactly one domain key::
 
 ``when`` makes a knob conditional: it is sampled only when every named knob has
 the given value (or one of a list of values); otherwise it keeps its default.
+
+Every knob is one :class:`Knob` row of :data:`KNOBS`: its kind, default, the StrEnum of
+:mod:`space.layers` its values come from, and what a null means. Adding a knob is adding
+its row (and using it in :func:`space.expand.expand_layers`).
 """
 
 from __future__ import annotations
@@ -20,96 +24,98 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from space.errors import ConfigError
+from space.layers import (
+    AttentionSink,
+    LayerPlacement,
+    Position,
+    QKNorm,
+    QueryTemperature,
+    RopeScalingKind,
+    WindowKind,
+)
 from space.yaml_io import echo
 
-# name -> (default, kind). kind drives value validation.
-_INT, _FLOAT, _WINDOW, _ENUM = "int", "float", "window", "enum"
-_FRACTION, _FACTOR = "fraction", "factor"  # a real in (0, 1]; a real >= 1
 
-_PLACEMENT = ("all", "local", "global")
+class KnobKind(StrEnum):
+    """What values a knob takes; drives :func:`check_value` and which ranges it allows."""
 
-ENUM_VALUES: dict[str, tuple[str, ...]] = {
-    "global_position": ("nope", "rope"),
-    "global_temperature": ("none", "log"),
-    "qk_norm": ("none", "pre_rope", "post_rope"),
-    "qk_norm_layers": _PLACEMENT,
-    "local_attention": ("sliding", "chunked"),
-    "attention_sink": ("none", "learned"),
-    "attention_sink_layers": _PLACEMENT,
-    "rope_scaling": ("none", "linear", "ntk", "yarn"),
-    "rope_scaling_layers": _PLACEMENT,
-}
+    INT = "int"  # a whole number >= 1 (``Knob.minimum``)
+    FLOAT = "float"  # a finite real > 0
+    WINDOW = "window"  # tokens >= 1, or null: full attention
+    ENUM = "enum"  # one of ``Knob.values``
+    FRACTION = "fraction"  # a real in (0, 1]
+    FACTOR = "factor"  # a real >= 1
 
-KNOB_KINDS: dict[str, str] = {
-    "global_every": _INT,
-    "global_position": _ENUM,
-    "local_rope_base": _FLOAT,
-    "global_rope_base": _FLOAT,
-    "local_window": _WINDOW,
-    "global_window": _WINDOW,
-    "global_temperature": _ENUM,
-    "global_temperature_floor": _INT,
-    "global_temperature_scale": _FLOAT,
-    "qk_norm": _ENUM,
-    "qk_norm_layers": _ENUM,
-    "kv_heads": _INT,
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob of the vocabulary: everything the code knows about it, in one row."""
+
+    name: str
+    kind: KnobKind
+    default: Any
+    doc: str = ""
+    enum: type[StrEnum] | None = None  # an ENUM knob's values, from its type in space.layers
+    off: str | None = None  # an ENUM knob's value for "absent", when no member stands for it
+    nullable: bool = False  # null is a value (full attention, a default decided later)
+    null_reads_as: Any = None  # what a null means when it is not a value of its own
+    minimum: int = 1  # an INT knob's smallest value
+
+    def __post_init__(self) -> None:
+        if (self.kind is KnobKind.ENUM) != (self.enum is not None):
+            raise ValueError(f"knob {self.name}: an enum knob, and only one, names its StrEnum")
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """An ENUM knob's values, in order (``off`` first); () for the other kinds."""
+        if self.enum is None:
+            return ()
+        return (*((self.off,) if self.off else ()), *(m.value for m in self.enum))
+
+
+_INT, _FLOAT, _WINDOW, _ENUM = KnobKind.INT, KnobKind.FLOAT, KnobKind.WINDOW, KnobKind.ENUM
+_FRACTION, _FACTOR = KnobKind.FRACTION, KnobKind.FACTOR
+
+# The defaults describe the plain Llama-style baseline: every layer global, RoPE, full
+# attention, no QK-norm. The knobs after ``kv_heads`` came later; at their defaults a
+# candidate is what it was before them. Adding a knob is one row here (and its use in
+# space.expand).
+# fmt: off
+KNOBS: tuple[Knob, ...] = (
+    Knob("global_every", _INT, 1, minimum=0, null_reads_as=0, doc="every k-th layer is global (layers k-1, 2k-1, ...); 1: all, 0 or null: none"),
+    Knob("global_position", _ENUM, "rope", enum=Position, doc="the global layers' positions"),
+    Knob("local_rope_base", _FLOAT, 10000.0, doc="the RoPE base of the local layers"),
+    Knob("global_rope_base", _FLOAT, 10000.0, doc="the RoPE base of the global layers (with global_position: rope)"),
+    Knob("local_window", _WINDOW, None, nullable=True, doc="the local layers' window in tokens (null: full attention)"),
+    Knob("global_window", _WINDOW, None, nullable=True, doc="the global layers' window in tokens (null: full attention)"),
+    Knob("global_temperature", _ENUM, "none", enum=QueryTemperature, null_reads_as="none", doc="Llama 4 position temperature of NoPE queries"),
+    Knob("global_temperature_floor", _INT, None, nullable=True, doc="tokens before the temperature grows (null: the training length)"),
+    Knob("global_temperature_scale", _FLOAT, 0.1, doc="how fast the temperature grows with log length"),
+    Knob("qk_norm", _ENUM, "none", enum=QKNorm, doc="RMSNorm of queries and keys, before or after RoPE"),
+    Knob("qk_norm_layers", _ENUM, "all", enum=LayerPlacement, doc="the layers QK-norm applies to"),
+    Knob("kv_heads", _INT, None, nullable=True, doc="key/value heads (grouped-query attention; null: as many as heads)"),
     # Llama 4 chunked local attention, gpt-oss sinks, GPT-NeoX partial rotary, RoPE scaling.
-    "local_attention": _ENUM,
-    "attention_sink": _ENUM,
-    "attention_sink_layers": _ENUM,
-    "rope_fraction": _FRACTION,
-    "rope_scaling": _ENUM,
-    "rope_scaling_factor": _FACTOR,
-    "rope_scaling_layers": _ENUM,
-    "rope_scaling_original_tokens": _INT,
-    "rope_scaling_beta_fast": _FLOAT,
-    "rope_scaling_beta_slow": _FLOAT,
-    "rope_scaling_attention_factor": _FLOAT,
-}
-
-# Defaults describe the plain Llama-style baseline: every layer global, RoPE,
-# full attention, no QK-norm. ``kv_heads: None`` means "as many as heads";
-# ``global_temperature_floor: None`` means "the training length".
-KNOB_DEFAULTS: dict[str, Any] = {
-    "global_every": 1,
-    "global_position": "rope",
-    "local_rope_base": 10000.0,
-    "global_rope_base": 10000.0,
-    "local_window": None,
-    "global_window": None,
-    "global_temperature": "none",
-    "global_temperature_floor": None,
-    "global_temperature_scale": 0.1,
-    "qk_norm": "none",
-    "qk_norm_layers": "all",
-    "kv_heads": None,
-    # The knobs below came later; at these defaults a candidate is what it was before them.
-    "local_attention": "sliding",
-    "attention_sink": "none",
-    "attention_sink_layers": "all",
-    "rope_fraction": 1.0,
-    "rope_scaling": "none",
-    "rope_scaling_factor": None,  # required when rope_scaling is not none
-    "rope_scaling_layers": "all",
-    "rope_scaling_original_tokens": None,  # None = the training length (train.seq_len)
-    "rope_scaling_beta_fast": 32.0,
-    "rope_scaling_beta_slow": 1.0,
-    "rope_scaling_attention_factor": None,  # None = YaRN's 0.1 ln(factor) + 1
-}
-
-# Knobs whose null is a value (a default decided later), not an error.
-_NULLABLE = (
-    "kv_heads",
-    "global_temperature_floor",
-    "rope_scaling_factor",
-    "rope_scaling_original_tokens",
-    "rope_scaling_attention_factor",
+    Knob("local_attention", _ENUM, "sliding", enum=WindowKind, doc="how the local window limits attention"),
+    Knob("attention_sink", _ENUM, "none", enum=AttentionSink, doc="a learned sink logit per query head (gpt-oss)"),
+    Knob("attention_sink_layers", _ENUM, "all", enum=LayerPlacement, doc="the layers with sinks"),
+    Knob("rope_fraction", _FRACTION, 1.0, doc="the leading fraction of each head's dimensions RoPE rotates"),
+    Knob("rope_scaling", _ENUM, "none", enum=RopeScalingKind, off="none", doc="RoPE frequency scaling (Hugging Face rope_type)"),
+    Knob("rope_scaling_factor", _FACTOR, None, nullable=True, doc="the scaling factor (required when rope_scaling is not none)"),
+    Knob("rope_scaling_layers", _ENUM, "all", enum=LayerPlacement, doc="the RoPE layers scaled"),
+    Knob("rope_scaling_original_tokens", _INT, None, nullable=True, doc="the length the unscaled base was trained at (null: train.seq_len)"),
+    Knob("rope_scaling_beta_fast", _FLOAT, 32.0, doc="YaRN: dimensions turning more often than this are kept"),
+    Knob("rope_scaling_beta_slow", _FLOAT, 1.0, doc="YaRN: dimensions turning less often than this are interpolated"),
+    Knob("rope_scaling_attention_factor", _FLOAT, None, nullable=True, doc="YaRN: the tables' factor (null: 0.1 ln(factor) + 1)"),
 )
+# fmt: on
 
-KNOB_NAMES: tuple[str, ...] = tuple(KNOB_KINDS)
+KNOB_ROWS: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
+KNOB_NAMES: tuple[str, ...] = tuple(KNOB_ROWS)
+KNOB_DEFAULTS: dict[str, Any] = {knob.name: knob.default for knob in KNOBS}
 
 # An integer knob (a window, a layer count, a temperature floor) above this is a typo.
 MAX_INT_KNOB = 2**40
@@ -214,18 +220,18 @@ def _show(value: Any) -> str:
 
 def check_value(name: str, value: Any, path: str) -> Any:
     """Validate and normalise one concrete value of knob ``name``; raise ConfigError."""
-    kind = KNOB_KINDS[name]
+    knob = KNOB_ROWS[name]
+    kind = knob.kind
+    if value is None:
+        if knob.nullable:
+            return None
+        if knob.null_reads_as is not None:
+            return knob.null_reads_as
     if kind == _ENUM:
-        if value is None and name == "global_temperature":
-            return "none"
-        if not isinstance(value, str) or value not in ENUM_VALUES[name]:
-            raise ConfigError.at(
-                path, f"expected one of {list(ENUM_VALUES[name])}, got {echo(value)}"
-            )
+        if not isinstance(value, str) or value not in knob.values:
+            raise ConfigError.at(path, f"expected one of {list(knob.values)}, got {echo(value)}")
         return value
     if kind == _WINDOW:
-        if value is None:
-            return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError.at(
                 path, f"expected a window in tokens (int > 0) or null, got {echo(value)}"
@@ -237,14 +243,10 @@ def check_value(name: str, value: Any, path: str) -> Any:
         if value > MAX_INT_KNOB:
             raise ConfigError.at(path, f"expected a window <= {MAX_INT_KNOB:,} tokens")
         return value
-    if value is None and name in _NULLABLE:
-        return None
     if kind == _INT:
-        if value is None and name == "global_every":
-            return 0
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError.at(path, f"expected an integer, got {echo(value)}")
-        if value < 0 or (value == 0 and name != "global_every"):
+        if value < knob.minimum:
             raise ConfigError.at(path, f"expected a positive integer, got {echo(value)}")
         if value > MAX_INT_KNOB:
             raise ConfigError.at(path, f"expected an integer <= {MAX_INT_KNOB:,}")
@@ -272,7 +274,7 @@ _DOMAIN_KEYS = ("choice", "int", "float", "log")
 
 def parse_knob(name: str, raw: Any, path: str) -> KnobSpec:
     """Parse one entry of the ``space:`` section."""
-    if name not in KNOB_KINDS:
+    if name not in KNOB_ROWS:
         raise ConfigError.at(path, f"unknown knob {name!r}; expected one of {list(KNOB_NAMES)}")
     if not isinstance(raw, Mapping):
         return KnobSpec(name, "fixed", value=check_value(name, raw, path))
@@ -302,7 +304,7 @@ def parse_knob(name: str, raw: Any, path: str) -> KnobSpec:
         if len(set(map(repr, checked))) != len(checked):
             raise ConfigError.at(f"{path}.choice", "values must be distinct")
         return KnobSpec(name, "choice", choices=checked, when=when)
-    kind = KNOB_KINDS[name]
+    kind = KNOB_ROWS[name].kind
     bounds = raw[domain]
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise ConfigError.at(f"{path}.{domain}", "expected [low, high]")
@@ -339,7 +341,7 @@ def _parse_when(raw: Any, path: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         raise ConfigError.at(path, "expected a mapping {knob: value or [values]}")
     out = []
     for other, allowed in raw.items():
-        if other not in KNOB_KINDS:
+        if other not in KNOB_ROWS:
             raise ConfigError.at(f"{path}.{other}", f"unknown knob {other!r} in condition")
         values = allowed if isinstance(allowed, list) else [allowed]
         checked = tuple(check_value(other, v, f"{path}.{other}") for v in values)
@@ -377,14 +379,3 @@ def grid_size(spec: KnobSpec) -> int | None:
     if spec.domain == "float" and spec.step:
         return int((spec.high - spec.low) // spec.step) + 1
     return None
-
-
-def rotary_problem(fraction: float, head_dim: int) -> str | None:
-    """Why ``rope_fraction`` cannot rotate part of a head of ``head_dim`` (None: it can)."""
-    dims = int(head_dim * fraction)
-    if dims >= 2 and dims % 2 == 0:
-        return None
-    return (
-        f"rope_fraction={fraction:g} rotates int({head_dim} x {fraction:g}) = {dims} of "
-        f"head_dim {head_dim} dimensions; RoPE needs an even number >= 2"
-    )

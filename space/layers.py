@@ -19,8 +19,17 @@ class LayerKind(StrEnum):
 
 
 class Position(StrEnum):
-    ROPE = "rope"
+    # The order is the ``global_position`` knob's (its error messages list nope first).
     NOPE = "nope"
+    ROPE = "rope"
+
+
+class QueryTemperature(StrEnum):
+    """The ``global_temperature`` knob: ``LOG`` scales NoPE queries by position (Llama 4,
+    see :class:`Temperature`); ``NONE`` leaves them as they are."""
+
+    NONE = "none"
+    LOG = "log"
 
 
 class QKNorm(StrEnum):
@@ -38,10 +47,6 @@ class LayerPlacement(StrEnum):
 
     def covers(self, kind: LayerKind) -> bool:
         return self is LayerPlacement.ALL or self.value == kind.value
-
-
-# The QK-norm placement knob predates the other placements; one type, two names.
-QKNormLayers = LayerPlacement
 
 
 class WindowKind(StrEnum):
@@ -98,6 +103,16 @@ class RopeScaling:
     beta_slow: float = 1.0  # YaRN
     attention_factor: float = 1.0  # YaRN: multiplies the cos/sin tables
 
+    def __post_init__(self) -> None:
+        if not self.factor >= 1:
+            raise ValueError(f"a RoPE scaling factor must be >= 1, got {self.factor:g}")
+        if self.kind is RopeScalingKind.YARN and not self.beta_fast > self.beta_slow:
+            raise ValueError(
+                f"rope_scaling_beta_fast={self.beta_fast:g} must exceed rope_scaling_beta_slow="
+                f"{self.beta_slow:g} (YaRN interpolates dimensions that turn fewer than "
+                "beta_slow times)"
+            )
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RopeScaling:
         """The inverse of :meth:`to_dict` (fields a kind does not use take their defaults)."""
@@ -136,6 +151,10 @@ class Temperature:
     floor_tokens: int
     scale: float
 
+    def __post_init__(self) -> None:
+        if self.floor_tokens < 1:
+            raise ValueError(f"a temperature floor must be >= 1 token, got {self.floor_tokens}")
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -156,6 +175,41 @@ class LayerSpec:
     attention_sink: AttentionSink = AttentionSink.NONE
     rope_fraction: float = 1.0  # RoPE layers: the leading fraction of head dims rotated
     rope_scaling: RopeScaling | None = None  # RoPE layers only
+
+    def __post_init__(self) -> None:
+        """A spec is valid by construction: what holds for every layer whatever the model's
+        size. What depends on the heads' size is :meth:`head_dim_problem`."""
+        where = f"layer {self.index}"
+        if self.index < 0:
+            raise ValueError(f"{where}: a layer index is >= 0")
+        rope = self.position is Position.ROPE
+        if rope != (self.rope_base is not None):
+            raise ValueError(f"{where}: rope_base must be set exactly for RoPE layers")
+        if rope and not self.rope_base > 0:
+            raise ValueError(f"{where}: rope_base must be > 0, got {self.rope_base}")
+        if self.window_tokens is not None and self.window_tokens < 1:
+            raise ValueError(f"{where}: window_tokens must be >= 1, got {self.window_tokens}")
+        if self.temperature is not None and rope:
+            raise ValueError(f"{where}: temperature applies to NoPE layers only")
+        if self.rope_scaling is not None and not rope:
+            raise ValueError(f"{where}: rope_scaling applies to RoPE layers only")
+        if not 0 < self.rope_fraction <= 1:
+            raise ValueError(f"{where}: rope_fraction must be in (0, 1], got {self.rope_fraction}")
+
+    def head_dim_problem(self, head_dim: int) -> str | None:
+        """Why this layer cannot run on heads of ``head_dim`` dimensions (None: it can).
+        RoPE turns pairs of dimensions: the rotated part must be even (and NTK's exponent
+        ``d / (d - 2)`` needs ``d >= 4``)."""
+        if self.position is not Position.ROPE:
+            return None
+        problem = rotary_problem(self.rope_fraction, head_dim)
+        if problem is not None:
+            return problem
+        dims = self.rotary_dims(head_dim)
+        ntk = self.rope_scaling is not None and self.rope_scaling.kind is RopeScalingKind.NTK
+        if ntk and dims < 4:
+            return f"rope_scaling: ntk needs >= 4 rotated dimensions, got {dims}"
+        return None
 
     def rotary_dims(self, head_dim: int) -> int:
         """Leading head dimensions that turn: ``int(head_dim * rope_fraction)`` (GPT-NeoX
@@ -215,6 +269,17 @@ class LayerSpec:
         may switch between them); anything else changes parameter shapes.
         """
         return (self.qk_norm is not QKNorm.NONE, self.attention_sink is AttentionSink.LEARNED)
+
+
+def rotary_problem(fraction: float, head_dim: int) -> str | None:
+    """Why ``rope_fraction`` cannot rotate part of a head of ``head_dim`` (None: it can)."""
+    dims = int(head_dim * fraction)
+    if dims >= 2 and dims % 2 == 0:
+        return None
+    return (
+        f"rope_fraction={fraction:g} rotates int({head_dim} x {fraction:g}) = {dims} of "
+        f"head_dim {head_dim} dimensions; RoPE needs an even number >= 2"
+    )
 
 
 def layer_kind(spec: LayerSpec) -> str:

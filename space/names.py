@@ -27,6 +27,13 @@ def extrap_bpb(multiple: int) -> str:
     return f"extrap_bpb@{multiple}x"
 
 
+def bucket_bpb(multiple: int) -> str:
+    """Bits per byte of the validation text at positions (multiple/2, multiple] x T of a
+    window of max(score.extrap) x T tokens (1: positions up to T); LongPPL's point: the
+    loss past T, not diluted by the positions a model was trained on."""
+    return f"bucket_bpb@{multiple}x"
+
+
 def acc_at(multiple: int) -> str:
     return f"acc@{multiple}x"
 
@@ -132,7 +139,7 @@ def is_score_name(name: str) -> bool:
         return is_task_score(base)
     if name in OBJECTIVE_SCORES:
         return True
-    prefixes = ("extrap_bpb@", *TASK_SCORE_PREFIXES)
+    prefixes = ("extrap_bpb@", "bucket_bpb@", *TASK_SCORE_PREFIXES)
     return any(multiple_of(name, prefix) is not None for prefix in prefixes)
 
 
@@ -203,6 +210,9 @@ STUDY_ATTR_OBJECTIVES = "ropenope:objectives"  # objective metric names, in orde
 STUDY_ATTR_CONFIG = "ropenope:config"  # the sweep file text the study runs
 STUDY_ATTR_TARGET = "ropenope:trials"  # how many trials the study aims at
 STUDY_ATTR_PRESETS = "ropenope:presets_enqueued"  # preset names already enqueued
+# the decision plan fixed at creation (looks, seed range, family alpha): tracking.decision_plan
+STUDY_ATTR_DECISIONS = "ropenope:decisions"
+STUDY_ATTR_CALIBRATION = "ropenope:calibration"  # score.calibrate's difficulty per family
 STUDY_ATTR_DRIVER_PREFIX = "ropenope:driver:"  # + driver id: host, pid, heartbeat
 
 # Tracking (MLflow) additions: the kind of run (one study run, one run per trial),

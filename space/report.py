@@ -188,11 +188,21 @@ def format_space(config: SweepConfig) -> str:
         out += ["", f"hypotheses{source}:"]
         for h in config.hypotheses:
             out.append(f"  {h.name}: {h.statement}")
+            if len(h.measures) > 1:
+                how = "one measure suffices" if h.combine == "any" else "every measure must hold"
+                out.append(f"    combine: {h.combine} ({how})")
             for m in h.measures:
                 label = f"{m.label}: " if m.label else ""
                 out.append(f"    {label}a = {m.a.describe()}; b = {m.b.describe()}")
                 gate = m.effective_gate()
-                gated = f"; only runs with {gate.score} >= {gate.min:g}" if gate else ""
+                gated = ""
+                if gate is not None:
+                    gated = (
+                        f"; invalid unless each side has {gate.score} >= {gate.min:g} on "
+                        f"{gate.share:.0%} of its seeds"
+                    )
+                    if gate.runs == "passing":
+                        gated += ", then only its passing runs"
                 out.append(f"    {m.describe()}{gated}")
     s = config.study
     if s.adaptive:

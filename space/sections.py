@@ -68,7 +68,17 @@ class _Section(BaseModel):
 
 
 # The task families (space.tasks.TASKS; a test keeps the two lists equal).
-TaskName = Literal["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
+TaskName = Literal[
+    "passkey",
+    "multikey",
+    "multivalue",
+    "multiquery",
+    "vartrack",
+    "commonwords",
+    "mqar",
+    "aliaskey",
+    "selcopy",
+]
 
 
 class Objective(_Section):
@@ -220,6 +230,9 @@ class StageSection(_Section):
 
 
 class TrainSection(_Section):
+    """``train:``, which is also what the training loop reads (``workers.train.train``): its
+    defaults are the only training defaults; ``stage_plans()`` resolves its stages."""
+
     seq_len: int = Field(ge=8, le=MAX_TOKENS_PER_SEQUENCE)
     batch_size: int = Field(ge=1, le=MAX_BATCH)
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
@@ -276,20 +289,14 @@ class TrainSection(_Section):
         return tuple(self._plan(stage) for stage in self.stages)
 
     def _plan(self, stage: StageSection) -> StagePlan:
-        def pick(name: str) -> Any:
+        """The stage's own settings, the train section's where it leaves one out (a stage
+        and its plan have the same fields: tests/test_space.py keeps them equal)."""
+        fields = {}
+        for name in StageSection.model_fields:
             own = getattr(stage, name)
-            return getattr(self, name) if own is None else own
-
+            fields[name] = getattr(self, name) if own is None else own
         return StagePlan(
-            steps=stage.steps,
-            seq_len=pick("seq_len"),
-            batch_size=pick("batch_size"),
-            lr=pick("lr"),
-            warmup_steps=pick("warmup_steps"),
-            min_lr_ratio=pick("min_lr_ratio"),
-            task_mix=dict(pick("task_mix")),
-            lm_fraction=pick("lm_fraction"),
-            knobs=dict(stage.knobs),
+            **{**fields, "task_mix": dict(fields["task_mix"]), "knobs": dict(stage.knobs)}
         )
 
     def eval_steps(self) -> tuple[int, ...]:
@@ -367,6 +374,21 @@ class DataSection(_Section):
         return not (self.tokenizer.kind == "bytes" and self.vocab_size is not None)
 
 
+class CalibrateSection(_Section):
+    """``score.calibrate``: before the first trial, a short pilot trains each ``panel`` preset
+    and picks, per scored family, the difficulty (``space.tasks.DIFFICULTY``) at which the
+    panel's accuracies at T lie inside ``band``; the study records it and every trial,
+    resumed ones included, scores with it."""
+
+    panel: tuple[str, ...] = Field(min_length=1, max_length=64)  # preset names
+    band: tuple[float, float] = (0.2, 0.9)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # None: the trials' budget
+    samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)  # per depth, at each difficulty
+    # The difficulties tried, per family; a family left out tries 1, 2, 4, 8, ... (0 first
+    # for prefix_distractors) while an example still fits in train.seq_len tokens.
+    levels: dict[TaskName, tuple[int, ...]] = Field(default_factory=dict)
+
+
 class ScoreSection(_Section):
     task: TaskName = "multikey"  # the primary family: the bare acc@Nx, answer_nll@Nx, ...
     # Families scored, each with its grid and ``<task>/...`` scores; None = [task].
@@ -390,8 +412,18 @@ class ScoreSection(_Section):
     # Score after every stage of train.stages too (keys "stage1/short_bpb", ...), not only
     # after the last one.
     after_each_stage: bool = False
+    # Task parameters for scoring only, over train.task_params (e.g. a harder difficulty
+    # than training saw); score.calibrate fills in the difficulty it picks.
+    task_params: dict[TaskName, dict[str, int | str]] = Field(default_factory=dict)
+    calibrate: CalibrateSection | None = None
 
-    _added_fields = frozenset({"tasks", "long_tasks", "after_each_stage"})
+    _added_fields = frozenset(
+        {"tasks", "long_tasks", "after_each_stage", "task_params", "calibrate"}
+    )
+
+    def params_for(self, task: str, train_params: dict[str, dict[str, int | str]]) -> dict:
+        """The parameters ``task`` is scored with: train.task_params, then score.task_params."""
+        return {**train_params.get(task, {}), **self.task_params.get(task, {})}
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -425,6 +457,21 @@ class SchedulerSection(_Section):
     reduction_factor: int = Field(default=2, ge=2, le=1000)
 
 
+class FailuresSection(_Section):
+    """``resources.failures``: when a sweep gives up on a broken cluster, and how often one
+    candidate is re-run (search.failures). An infrastructure failure is a trial that ended
+    ``worker_died`` or ``infrastructure_failure`` (a full disk, an I/O error)."""
+
+    # Stop the sweep once this many trials in a row ended by an infrastructure failure ...
+    max_consecutive: int = Field(default=5, ge=1, le=MAX_TRIALS)
+    # ... or once more than max_rate of the last `window` trials did.
+    window: int = Field(default=20, ge=1, le=MAX_TRIALS)
+    max_rate: float = Field(default=0.5, gt=0, le=1)
+    # A trial this many re-runs deep (a re-run of a re-run ...) is not re-run again: it is
+    # FAIL rerun_limit, and counts toward the target.
+    max_rerun_depth: int = Field(default=5, ge=0, le=1000)
+
+
 class ResourcesSection(_Section):
     cpus_per_trial: float = Field(default=1, gt=0, le=MAX_CPUS)
     gpus_per_trial: float = Field(default=0, ge=0, le=MAX_CPUS)
@@ -443,8 +490,9 @@ class ResourcesSection(_Section):
     # Checkpoints kept once a trial ends (search.retention): last (one per finished seed),
     # best (as last; `ropenope gc` then keeps only the Pareto front's), all (nothing removed).
     keep: Literal["last", "best", "all"] = "last"
+    failures: FailuresSection = FailuresSection()
 
-    _added_fields = frozenset({"workers_per_trial", "placement", "keep"})
+    _added_fields = frozenset({"workers_per_trial", "placement", "keep", "failures"})
 
 
 class TrackingSection(_Section):

@@ -13,6 +13,24 @@ Families (RULER's synthetic tasks, in a token format of reserved markers, see
   ``Y = X``, ...; the answer names every variable bound to the queried value;
 - ``commonwords`` (common-word extraction, aggregation): a long list of words; the answer
   is the most frequent ones. It has no needle, hence no depth.
+
+Associative recall and copying (Zoology's MQAR, MAD's selective copying, NoLiMa's
+non-literal needles), each with one documented difficulty parameter:
+
+- ``mqar`` (multi-query associative recall): one dense block of ``n_pairs`` key-value
+  pairs, keys drawn from a vocabulary of ``key_vocab`` two-letter codes; ``n_queries``
+  keys asked at once. Difficulty: ``n_pairs`` (the associations to hold).
+- ``aliaskey`` (non-literal retrieval): each upper-case key is also named by a lower-case
+  alias in a binding statement; the question names the key by its alias only, so the
+  question shares no text token with the needle that holds the value (two hops).
+  Difficulty: ``n_needles`` (keys, each with its alias; the others are distractors).
+- ``selcopy`` (selective copying): ``n_items`` short values scattered over the haystack,
+  to be copied out in context order. No depth. Difficulty: ``n_items``.
+
+RULER's difficulty knob on the needle families: ``prefix_distractors`` adds needles whose
+key shares all but the last character of the queried key (``key_kind: word``; with
+single letters it adds needles with other letters). Its other knobs are the needle count
+(``n_needles``, ``n_values``) and uuid-like values (``value_kind: uuid``).
 """
 
 from __future__ import annotations
@@ -24,14 +42,43 @@ from dataclasses import dataclass
 SEGMENTS = ("begin", "needle", "context", "end")
 
 NEEDLE_TASKS = ("passkey", "multikey", "multivalue")
-TASKS = (*NEEDLE_TASKS, "multiquery", "vartrack", "commonwords")
+# New families go at the end: training batches draw tasks in this order.
+TASKS = (*NEEDLE_TASKS, "multiquery", "vartrack", "commonwords", "mqar", "aliaskey", "selcopy")
 # Families whose examples do not depend on a depth: their grid has a single column.
-DEPTHLESS_TASKS = ("commonwords",)
+DEPTHLESS_TASKS = ("commonwords", "selcopy")
+# Families with prefix_distractors (the queried needle is their first needle).
+PREFIX_TASKS = (*NEEDLE_TASKS, "multiquery")
+# Each family's difficulty parameter: raising it makes the family harder.
+DIFFICULTY = {
+    "passkey": "prefix_distractors",
+    "multikey": "n_needles",
+    "multivalue": "n_values",
+    "multiquery": "n_needles",
+    "vartrack": "n_vars",
+    "commonwords": "n_common",
+    "mqar": "n_pairs",
+    "aliaskey": "n_needles",
+    "selcopy": "n_items",
+}
 
 KEY_KINDS = ("letter", "word")  # an upper-case ASCII letter, or a word of WORDS
 VALUE_KINDS = ("digits", "uuid")  # value_len digits, or value_len hex digits in groups of 4
 # Single upper-case ASCII letters: at most this many distinct letter keys in one example.
 N_KEYS = 26
+
+# MQAR keys: two upper-case letters. Code i is (i mod 26, (i // 26 + i) mod 26), a
+# bijection on 0..675 whose first letter cycles fastest, so the first key_vocab codes of
+# any size spread over the alphabet instead of sharing one first letter.
+N_CODES = 26 * 26
+
+
+def key_code(i: int) -> str:
+    """The ``i``-th key of the MQAR key vocabulary."""
+    if not 0 <= i < N_CODES:
+        raise ValueError(f"key code index must be in [0, {N_CODES}), got {i}")
+    first, second = i % 26, (i // 26 + i) % 26
+    return chr(65 + first) + chr(65 + second)
+
 
 # Short, common English words: keys of ``key_kind: word`` and the lists of ``commonwords``.
 _WORD_LIST = """
@@ -77,9 +124,39 @@ TASK_DEFAULTS: dict[str, dict[str, int | str]] = {
         "count_ratio": 3,
         "begin_tokens": 4,
     },
+    "mqar": {
+        "n_pairs": 8,  # key-value pairs in the block
+        "key_vocab": 64,  # keys are drawn from the first key_vocab codes (key_code)
+        "n_queries": 2,  # keys asked at once
+        "value_len": 2,  # digits per value
+        "begin_tokens": 4,
+        "query_gap_tokens": 8,
+    },
+    "aliaskey": {
+        "n_needles": 4,  # keys, each with an alias; one asked through its alias
+        "key_kind": "letter",
+        "value_len": 4,
+        "begin_tokens": 4,
+        "query_gap_tokens": 8,
+    },
+    "selcopy": {
+        "n_items": 4,  # values to copy out
+        "value_len": 2,
+        "begin_tokens": 4,
+        "query_gap_tokens": 8,
+    },
 }
+for _task in PREFIX_TASKS:
+    TASK_DEFAULTS[_task]["prefix_distractors"] = 0
 _TEXT_PARAMS: dict[str, tuple[str, ...]] = {"key_kind": KEY_KINDS, "value_kind": VALUE_KINDS}
-_MINIMUM = {"begin_tokens": 1, "query_gap_tokens": 0, "count_ratio": 2}  # others: >= 1
+_MINIMUM = {
+    "begin_tokens": 1,
+    "query_gap_tokens": 0,
+    "count_ratio": 2,
+    "prefix_distractors": 0,
+}  # others: >= 1
+# Distinct lower-case letters a word key's last character can change to.
+MAX_PREFIX_DISTRACTORS = 25
 
 
 def task_params(task: str, **overrides: int | str) -> dict[str, int | str]:
@@ -130,6 +207,25 @@ def _check_counts(task: str, p: dict[str, int | str]) -> None:
         )
     if task == "commonwords" and int(p["n_common"]) >= len(WORDS):
         raise ValueError(f"task {task!r}: n_common must be < {len(WORDS)} (the word pool)")
+    if task == "mqar":
+        if int(p["key_vocab"]) > N_CODES:
+            raise ValueError(f"task {task!r}: key_vocab must be <= {N_CODES} (two-letter codes)")
+        if int(p["n_pairs"]) > int(p["key_vocab"]):
+            raise ValueError(
+                f"task {task!r}: n_pairs={p['n_pairs']} exceeds key_vocab={p['key_vocab']}"
+            )
+        if int(p["n_queries"]) > int(p["n_pairs"]):
+            raise ValueError(
+                f"task {task!r}: n_queries={p['n_queries']} exceeds n_pairs={p['n_pairs']}"
+            )
+    if task == "aliaskey" and int(p["n_needles"]) > len(WORDS):
+        raise ValueError(f"task {task!r}: n_needles must be <= {len(WORDS)} (the alias pool)")
+    distractors = int(p.get("prefix_distractors", 0))
+    if distractors > MAX_PREFIX_DISTRACTORS and p.get("key_kind") == "word":
+        raise ValueError(
+            f"task {task!r}: prefix_distractors must be <= {MAX_PREFIX_DISTRACTORS} "
+            "(one per other last letter)"
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -139,34 +235,51 @@ def _is_int(value: object) -> bool:
 
 def distinct_keys(task: str, params: dict[str, int | str]) -> int:
     """How many distinct keys (or variable names) an example of ``task`` uses."""
+    extra = 0
+    if task in PREFIX_TASKS and params.get("key_kind", "letter") == "letter":
+        extra = int(params.get("prefix_distractors", 0))  # other letters
     if task in ("multikey", "multiquery"):
+        return int(params["n_needles"]) + extra
+    if task == "aliaskey":
         return int(params["n_needles"])
+    if task in ("mqar", "selcopy"):
+        return 0
     if task == "vartrack":
         return int(params["n_vars"]) * int(params["n_chains"])
     if task == "commonwords":
         return 0
-    return 1
+    return 1 + extra
 
 
 def needle_count(task: str, params: dict[str, int | str]) -> int:
-    """How many needles (statements, for vartrack) an example of ``task`` holds."""
+    """How many needles (statements, for vartrack) an example of ``task`` holds, prefix
+    distractors included (mqar: one block; aliaskey: needles and bindings)."""
+    extra = int(params.get("prefix_distractors", 0))
     if task in ("multikey", "multiquery"):
-        return int(params["n_needles"])
+        return int(params["n_needles"]) + extra
     if task == "multivalue":
-        return int(params["n_values"])
+        return int(params["n_values"]) + extra
+    if task == "mqar":
+        return 1
+    if task == "aliaskey":
+        return 2 * int(params["n_needles"])
+    if task == "selcopy":
+        return int(params["n_items"])
     if task == "vartrack":
         return int(params["n_vars"]) * int(params["n_chains"])
     if task == "commonwords":
         return 0
-    return 1
+    return 1 + extra
 
 
 def queried_count(task: str, params: dict[str, int | str]) -> int:
     """How many items the answer holds (values, names or words)."""
     if task == "multivalue":
         return int(params["n_values"])
-    if task == "multiquery":
+    if task in ("multiquery", "mqar"):
         return int(params["n_queries"])
+    if task == "selcopy":
+        return int(params["n_items"])
     if task == "vartrack":
         return int(params["n_vars"])
     if task == "commonwords":
@@ -190,9 +303,19 @@ class TokenBounds:
     word: int = MAX_WORD_CHARS  # one word key
     item: int = MAX_WORD_CHARS + 1  # one commonwords list item: a space, then a word
     value_extra: int = 0  # tokens beyond one per character of a value
+    code: int = 2  # one mqar key (two letters)
+    upper_word: int = MAX_WORD_CHARS  # one aliaskey word key (an upper-case word)
+    near_word: int = MAX_WORD_CHARS  # a prefix distractor's key: a word, last letter changed
 
     def key(self, params: dict[str, int | str]) -> int:
         return self.letter if params.get("key_kind", "letter") == "letter" else self.word
+
+    def distractor_key(self, params: dict[str, int | str]) -> int:
+        return self.letter if params.get("key_kind", "letter") == "letter" else self.near_word
+
+    def alias_key(self, params: dict[str, int | str]) -> int:
+        """An aliaskey key: an upper-case letter or word."""
+        return self.letter if params.get("key_kind", "letter") == "letter" else self.upper_word
 
     def value(self, params: dict[str, int | str]) -> int:
         return value_chars(params) + self.value_extra
@@ -214,6 +337,8 @@ def answer_len(task: str, bounds: TokenBounds = BYTE_BOUNDS, **overrides: int | 
     n = queried_count(task, p)
     if task == "multiquery":  # OPEN key value CLOSE, per asked key
         return n * (bounds.key(p) + bounds.value(p) + 2)
+    if task in ("mqar", "selcopy"):  # values separated by SEP, then CLOSE
+        return n * (bounds.value(p) + 1)
     if task == "vartrack":  # names separated by SEP, then CLOSE
         return n * (bounds.key(p) + 1)
     if task == "commonwords":  # " word" items separated by SEP, then CLOSE
@@ -227,7 +352,11 @@ def question_len(task: str, params: dict[str, int | str], bounds: TokenBounds = 
         return queried_count(task, params) * (1 + bounds.key(params))
     if task == "vartrack":  # QUERY value SEP
         return bounds.value(params) + 2
-    if task == "commonwords":  # QUERY
+    if task == "mqar":  # QUERY key, per asked key
+        return queried_count(task, params) * (1 + bounds.code)
+    if task == "aliaskey":  # QUERY alias
+        return 1 + bounds.word
+    if task in ("commonwords", "selcopy"):  # QUERY
         return 1
     return 1 + bounds.key(params)  # OPEN key
 
@@ -240,7 +369,17 @@ def body_len(task: str, params: dict[str, int | str], bounds: TokenBounds = BYTE
     if task == "vartrack":  # OPEN name SEP rhs CLOSE; rhs a value or a name
         chains, n = int(params["n_chains"]), int(params["n_vars"])
         return chains * ((3 + k + v) + (n - 1) * (3 + 2 * k))
-    return needle_count(task, params) * (k + v + 2)  # OPEN key value CLOSE
+    if task == "mqar":  # OPEN k1 v1 k2 v2 ... CLOSE
+        return 2 + int(params["n_pairs"]) * (bounds.code + v)
+    if task == "aliaskey":  # OPEN KEY value CLOSE, and OPEN alias SEP KEY CLOSE, per key
+        upper = bounds.alias_key(params)
+        return int(params["n_needles"]) * ((2 + upper + v) + (3 + bounds.word + upper))
+    if task == "selcopy":  # SEP value, per item
+        return int(params["n_items"]) * (1 + v)
+    extra = int(params.get("prefix_distractors", 0))
+    near = bounds.distractor_key(params)
+    # OPEN key value CLOSE, per needle; a prefix distractor's key may be longer
+    return (needle_count(task, params) - extra) * (k + v + 2) + extra * (near + v + 2)
 
 
 def min_length(task: str, bounds: TokenBounds = BYTE_BOUNDS, **overrides: int | str) -> int:

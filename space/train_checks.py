@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from space.errors import ConfigError
-from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, check_value, knob_domain, rotary_problem
+from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, check_value, knob_domain
+from space.layers import rotary_problem
 from space.stages import (
     LAYOUT_KNOBS,
     SHAPE_KNOBS,
@@ -142,6 +143,7 @@ def _check_tasks(config: SweepConfig, problems: list) -> None:
             problems.append(("score.long_tasks", f"{task!r} is not scored; add it to score.tasks"))
     if s.long_tasks is not None and not s.long_tasks and s.families:
         problems.append(("score.long_tasks", "name at least one scored task"))
+    _check_score_params(config, problems)
     if not d.has_text_tokenizer:
         # Ids of an unknown tokenizer: no text (keys, values, words) can be rendered.
         if s.families:
@@ -270,4 +272,48 @@ def _check_stage_layouts(config: SweepConfig, plans: tuple[StagePlan, ...], prob
                         f"{layout}, {describe_layout_change(base, overrides, n_layers)}",
                     )
                 )
+                break
+
+
+def _check_score_params(config: SweepConfig, problems: list) -> None:
+    """score.task_params (scoring-only parameters) and score.calibrate."""
+    from space.presets import BUILTIN_PRESETS
+    from space.tasks import DIFFICULTY
+
+    t, s = config.train, config.score
+    for task in s.task_params:
+        try:
+            params = task_params(task, **s.params_for(task, t.task_params))
+        except ValueError as err:
+            problems.append((f"score.task_params.{task}", str(err)))
+            continue
+        need = min_length(task, **params)
+        if config.data.tokenizer.kind == "bytes" and need > t.seq_len:
+            problems.append(
+                (
+                    f"score.task_params.{task}",
+                    f"needs at least {need} tokens; scoring at 1x holds seq_len={t.seq_len}",
+                )
+            )
+    c = s.calibrate
+    if c is None:
+        return
+    for name in c.panel:
+        if name not in config.presets and name not in BUILTIN_PRESETS:
+            problems.append(("score.calibrate.panel", f"unknown preset {name!r}"))
+    lo, hi = c.band
+    if not 0.0 <= lo < hi <= 1.0:
+        problems.append(("score.calibrate.band", f"need 0 <= low < high <= 1, got {list(c.band)}"))
+    for task, levels in c.levels.items():
+        path = f"score.calibrate.levels.{task}"
+        if task not in s.families:
+            problems.append((path, f"{task!r} is not scored; add it to score.tasks"))
+            continue
+        if not levels:
+            problems.append((path, "name at least one difficulty"))
+        for level in levels:
+            try:
+                task_params(task, **{**s.params_for(task, t.task_params), DIFFICULTY[task]: level})
+            except ValueError as err:
+                problems.append((path, str(err)))
                 break

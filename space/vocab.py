@@ -91,11 +91,6 @@ class Vocabulary:
     def sep(self) -> int:
         return self.text_size + SEP_OFFSET
 
-    @property
-    def first_task_token(self) -> int:
-        """Smallest control token a corpus may not contain (text, PAD and DOC may appear)."""
-        return self.open
-
     def control_name(self, token: int) -> str | None:
         """``<DOC>`` etc. for a control token, None for a text token."""
         offset = token - self.text_size
@@ -174,6 +169,3 @@ SEP = BYTES.sep
 VOCAB_SIZE = BYTES.size
 
 SPECIAL_NAMES: dict[int, str] = {BYTES.control(k): v for k, v in CONTROL_NAMES.items()}
-
-# Smallest token that a corpus may not contain (only bytes, PAD and DOC may appear in text).
-FIRST_TASK_TOKEN = NEEDLE_OPEN

@@ -10,7 +10,9 @@ with one line that says where and why:
 - anchors and aliases that expand beyond :data:`MAX_NODES` values (the "billion laughs"
   bomb), or refer to themselves;
 - nesting deeper than :data:`MAX_DEPTH`;
-- mapping keys that are not plain scalars (a list or mapping as a key).
+- mapping keys that are not plain scalars (a list or mapping as a key);
+- integers longer than :data:`MAX_INT_DIGITS` digits (Python refuses to convert more
+  than 4300 digits, with a traceback; no setting needs more than a few).
 
 YAML 1.1 reads ``1e4`` as a string; researchers mean a number, so exponent floats without
 a dot are numbers here. Values echoed in messages are cut to :data:`ECHO_CHARS`.
@@ -31,6 +33,8 @@ MAX_FILE_BYTES = 1_000_000  # a sweep file is a few KB; more is a mistake or an 
 MAX_NODES = 100_000  # values after expanding aliases
 MAX_DEPTH = 32  # nesting of mappings and lists
 ECHO_CHARS = 60
+MAX_INT_DIGITS = 100  # 10**100 is past every count, size and seed a sweep file holds
+_INT_TAG = "tag:yaml.org,2002:int"
 
 
 def echo(value: Any) -> str:
@@ -135,6 +139,36 @@ def _check_size(root: yaml.Node) -> None:
     visit(root)
 
 
+def _check_integers(root: yaml.Node) -> None:
+    """Refuse an integer literal of more than :data:`MAX_INT_DIGITS` digits, naming its key
+    path (``train.steps``, ``space.local_window.choice[1]``), before it is converted. Each
+    node is visited once (aliases share nodes), so this is linear in the file."""
+    seen: set[int] = set()
+
+    def visit(node: yaml.Node, path: str) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            digits = sum(ch.isdigit() for ch in node.value) if node.tag == _INT_TAG else 0
+            if digits > MAX_INT_DIGITS:
+                raise ConfigError.at(
+                    path or f"line {node.start_mark.line + 1}",
+                    f"an integer of {digits:,} digits (line {node.start_mark.line + 1}); "
+                    f"numbers here have at most {MAX_INT_DIGITS} digits",
+                )
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                visit(key_node, path)
+                key = key_node.value[:ECHO_CHARS] if isinstance(key_node, yaml.ScalarNode) else "?"
+                visit(value_node, f"{path}.{key}" if path else key)
+        else:
+            for i, item in enumerate(node.value):
+                visit(item, f"{path}[{i}]")
+
+    visit(root, "")
+
+
 def parse_yaml(text: str, source: str | None = None) -> Any:
     """The YAML document in ``text`` (one document; empty text is ``None``)."""
     if "\x00" in text:
@@ -146,6 +180,7 @@ def parse_yaml(text: str, source: str | None = None) -> Any:
             if node is None:
                 return None
             _check_size(node)
+            _check_integers(node)
             return loader.construct_document(node)
         finally:
             loader.dispose()

@@ -29,3 +29,21 @@ def _torch_threads():
 
     torch.set_num_threads(1)
     yield
+
+
+# Engines a test starts make it slow whatever its module says: a local Ray, the PostgreSQL
+# server (directly or as the postgresql variant of ``storage_url``), headless Chromium.
+# `make test-fast` (pytest -m "not slow") then runs the SQLite variant of each storage test.
+_ENGINE_FIXTURES = frozenset({"ray_local", "postgres_server", "template_db"})
+_BROWSER_MODULES = frozenset({"test_pages", "test_mlflow_ui"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (
+            _ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            or params.get("storage_url") == "postgresql"
+            or item.module.__name__ in _BROWSER_MODULES
+        ):
+            item.add_marker(pytest.mark.slow)

@@ -475,7 +475,41 @@ def _cases() -> list[Case]:
     grid["study"]["sampler"] = "grid"
     grid["space"]["local_window"] = {"int": [1, 10**9]}
     add("grid_billion_points", _dump(grid), "space.local_window")
+    # -- numbers Python will not convert (issue 21: a traceback, not a one-line error) --
+    add("int_5000_digits", valid.replace("steps: 10", "steps: " + "9" * 5000), "train.steps")
+    add(
+        "int_5000_digits_in_a_list",
+        _with("space.local_window", {"choice": [16, 424242]}).replace("424242", "7" * 5000),
+        "space.local_window.choice[1]",
+    )
+    add(
+        "int_5000_digits_in_a_preset",
+        valid.replace("local_window: 16\n", "local_window: " + "3" * 5000 + "\n"),
+        "presets[1].knobs.local_window",
+    )
     return c
 
 
 CASES = _cases()
+
+
+# Legal but suspicious files: exit 0, and this warning (its key path and its cause) on stderr.
+WARNING_CASES = [
+    Case(
+        "preset_window_past_seq_len",
+        _with("presets", ["rope", {"name": "wide", "knobs": {"local_window": 128}}]),
+        "warning: presets[1].knobs.local_window: preset 'wide': a window of 128 tokens is not "
+        "smaller than train.seq_len=64",
+    ),
+    Case(
+        "preset_extends_a_window_past_seq_len",
+        _with("presets", [{"name": "wide_swa", "extends": "rnope_swa"}]),
+        "warning: presets[0].knobs.local_window: preset 'wide_swa': a window of 64 tokens is "
+        "not smaller than train.seq_len=64",
+    ),
+    Case(
+        "searched_window_past_seq_len",
+        _with("space.local_window", {"choice": [16, 128]}),
+        "warning: space.local_window: a window of 128 tokens is not smaller than train.seq_len=64",
+    ),
+]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from engines import REPO, seed_effect_runner, tiny_config_file
 from optuna.trial import TrialState, create_trial
 from studies import BAD_ROPE, GOOD_HYBRID, paper_trials, study
@@ -60,6 +61,7 @@ from space.names import (
     ATTR_SEED,
 )
 from space.outcomes import Reason
+from space.schema import parse_config, parse_yaml
 from tracking.aggregate import aggregate_study
 from tracking.seed_plan import DECIDED, EXHAUSTED, plan_for_study
 
@@ -190,8 +192,10 @@ def test_queued_seed_trials_link_their_candidate_and_never_count(tmp_path):
     assert rounds_left(s, config)
     shown = "\n".join(format_seed_plan(seed_plan_summary(s, config)))
     assert "adaptive seeds (2..4 per candidate; trials of more seeds: none yet):" in shown
-    assert "    qknorm_hurts_retrieval: open at look 1/3 (2 seeds), interval [" in shown
+    assert "    qknorm_flattens_attention: open at look 1/3 (2 seeds), interval [" in shown
     assert "asks 2 more runs (rope, qknorm), at most 4 up to max seeds" in shown
+    # RoPE and QK-norm score the same long_acc on both seeds: no seed is bought for it.
+    assert "qknorm_hurts_retrieval: undecided, no more seeds after look 1/3 (futile: " in shown
     assert "    hybrid_less_kv: supported at look 1/3 (2 seeds x 2 candidates = 4 runs)" in shown
     queued = queue_requests(s, config, plan.requests, trials)
     assert [block for _, block in queued] == [(2,)] * len(plan.requests)
@@ -209,8 +213,8 @@ def test_queued_seed_trials_link_their_candidate_and_never_count(tmp_path):
     # Queued seeds are on their way: the planner asks for nothing more meanwhile.
     assert not plan_for_study(s, config).requests
     shown = "\n".join(format_seed_plan(seed_plan_summary(s, config)))
-    assert "trials of more seeds: waiting 4" in shown
-    assert "qknorm_hurts_retrieval: waiting at look 1/3 (2 seeds)" in shown
+    assert f"trials of more seeds: waiting {len(plan.requests)}" in shown
+    assert "qknorm_flattens_attention: waiting at look 1/3 (2 seeds)" in shown
     assert rounds_left(s, config)  # ... and the sweep is not done
     # The driver starts exactly the trial it queued, whatever else waits in the queue.
     first = waiting[0]
@@ -379,7 +383,8 @@ def test_adaptive_sweep_killed_between_rounds_resumes_the_same_plan(tmp_path, ru
 
 def test_paper_adaptive_is_the_paper_sweep_with_adaptive_seeds():
     """configs/paper_adaptive.yaml (the README's benchmark) changes only the study name
-    and the seeds: min 3 for the paper's four variants, one for the six ablations."""
+    and the seeds: min 3 for the paper's four variants and rnope (the division of labour),
+    one for the five other ablations."""
     fixed = load_config(REPO / "configs" / "paper.yaml")
     adaptive = load_config(REPO / "configs" / "paper_adaptive.yaml")
     for section in ("model", "train", "data", "score", "resources", "space", "presets"):
@@ -392,7 +397,38 @@ def test_paper_adaptive_is_the_paper_sweep_with_adaptive_seeds():
         name: first_seeds(adaptive, adaptive.preset_candidate(name), name)
         for name in adaptive.presets
     }
-    compared = {"rope", "qknorm", "nope", "rnope_swa"}
+    compared = {"rope", "qknorm", "nope", "rnope_swa", "rnope"}  # rnope: division of labour
     assert {n: s for n, s in seeds.items() if s == (0, 1, 2)}.keys() == compared
     assert all(s == (0,) for n, s in seeds.items() if n not in compared)
     assert adaptive.study.max_repeats == 5
+
+
+def test_raised_max_on_resume_keeps_the_look_count_stored_at_creation():
+    """The looks are planned when the study is created (ropenope:decisions); a sweep
+    file whose max is raised on resume plans no extra look, and the report judges at the
+    stored level (0.05 over 3 looks, not over 6)."""
+    from search.signature import record_config
+    from space.names import STUDY_ATTR_DECISIONS
+    from tracking.report.build import judge
+
+    def config_with(max_seeds: int):
+        raw = yaml.safe_load((REPO / "configs" / "demo_seeds.yaml").read_text())
+        raw["study"]["repeats"] = {"min": 2, "max": max_seeds}
+        return parse_config(parse_yaml(yaml.safe_dump(raw)), base_dir=REPO / "configs")
+
+    s = study(paper_trials(hybrid_acc=GOOD_HYBRID, rope_acc=BAD_ROPE))
+    record_config(s, config_with(4), None)
+    assert s.user_attrs[STUDY_ATTR_DECISIONS] == {
+        "repeats_min": 2, "repeats_max": 4, "looks": 3, "alpha": pytest.approx(0.05),
+    }  # fmt: skip
+    raised = config_with(7)
+    record_config(s, raised, None)  # the resume: the stored plan is not rewritten
+    assert s.user_attrs[STUDY_ATTR_DECISIONS]["looks"] == 3
+    plan = plan_for_study(s, raised)
+    assert {h.looks for h in plan.hypotheses} == {3}
+    findings, _, _ = judge(aggregate_study(s), raised, s.user_attrs)
+    rule = next(f.rule for f in findings if f.key == "hybrid_beats_rope_long")
+    assert "0.05 split over 3 looks" in rule
+    # A study created before plans were stored: the sweep file's looks.
+    old = study(paper_trials(hybrid_acc=GOOD_HYBRID, rope_acc=BAD_ROPE), name="old")
+    assert {h.looks for h in plan_for_study(old, raised).hypotheses} == {6}

@@ -53,7 +53,13 @@ STUDY = "cluster"
 TRIALS = 3
 LOCAL = "127.0.0.1"
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-DB_USER = "ropenope"
+DB_USER = "ropenope"  # the superuser: bootstraps the roles below, used by no service
+# One role per database (deploy/roles.sql), as docker-compose.yml sets them up.
+ROLES = {
+    "OPTUNA_DB_USER": "rn_optuna",
+    "MLFLOW_DB_USER": "rn_mlflow",
+    "DASHBOARD_DB_USER": "rn_dash",
+}
 
 
 def postgres_bin() -> str:
@@ -94,7 +100,10 @@ class Cluster:
 
     @property
     def storage(self) -> str:
-        return f"postgresql+psycopg://{DB_USER}:{self.password}@{LOCAL}:{self.pg_port}/optuna"
+        return self.database_url(ROLES["OPTUNA_DB_USER"], "optuna")
+
+    def database_url(self, role: str, database: str) -> str:
+        return f"postgresql+psycopg://{role}:{self.password}@{LOCAL}:{self.pg_port}/{database}"
 
     password: str = field(default_factory=lambda: secrets.token_hex(12))
 
@@ -225,6 +234,8 @@ def cluster() -> Iterator[Cluster]:
             "PGDATA": str(base / "pg"),
             "POSTGRES_USER": DB_USER,
             "POSTGRES_PASSWORD": c.password,
+            **ROLES,
+            **{name.replace("_USER", "_PASSWORD"): c.password for name in ROLES},
             "POSTGRES_HOST": LOCAL,
             "POSTGRES_PORT": str(c.pg_port),
             "PG_BIN": postgres_bin(),
@@ -263,9 +274,7 @@ def cluster() -> Iterator[Cluster]:
             "mlflow.sh",
             {
                 **env,
-                "MLFLOW_BACKEND_STORE_URI": (
-                    f"postgresql+psycopg://{DB_USER}:{c.password}@{LOCAL}:{c.pg_port}/mlflow"
-                ),
+                "MLFLOW_BACKEND_STORE_URI": c.database_url(ROLES["MLFLOW_DB_USER"], "mlflow"),
                 "MLFLOW_ARTIFACTS_DESTINATION": str(base / "mlflow-artifacts"),
                 "MLFLOW_HOST": LOCAL,
                 "MLFLOW_PORT": str(c.mlflow_port),
@@ -279,7 +288,7 @@ def cluster() -> Iterator[Cluster]:
             "optuna-dashboard.sh",
             {
                 **env,
-                "ROPENOPE_STORAGE": c.storage,
+                "ROPENOPE_STORAGE": c.database_url(ROLES["DASHBOARD_DB_USER"], "optuna"),
                 "OPTUNA_DASHBOARD_HOST": LOCAL,
                 "OPTUNA_DASHBOARD_PORT": str(c.optuna_dashboard_port),
             },

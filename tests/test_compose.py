@@ -357,3 +357,102 @@ def test_deploy_scripts_never_put_a_store_url_on_a_command_line():
         for line in text.splitlines():
             if line.lstrip().startswith("exec "):
                 assert "STORE_URI" not in line and "ROPENOPE_STORAGE" not in line, line
+
+
+_PG_ENV = {
+    "PGDATA": "/nonexistent",
+    "POSTGRES_USER": "boot",
+    "POSTGRES_PASSWORD": "x",
+    "OPTUNA_DB_USER": "o",
+    "OPTUNA_DB_PASSWORD": "x",
+    "MLFLOW_DB_USER": "m",
+    "MLFLOW_DB_PASSWORD": "x",
+    "DASHBOARD_DB_USER": "d",
+    "DASHBOARD_DB_PASSWORD": "x",
+}
+_MLFLOW_ENV = {"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db", "MLFLOW_ARTIFACTS_DESTINATION": "a"}
+_RUN_MARKER = "$(touch {marker})"
+
+
+@pytest.mark.parametrize(
+    ("script", "env", "message"),
+    [
+        (
+            "ray-worker.sh",
+            {
+                "RAY_HEAD_ADDRESS": "h:1",
+                "RAY_GPU_COUNT": "4",
+                "RAY_GPUS_PER_WORKER": "PATH[" + _RUN_MARKER + "]",
+            },
+            "RAY_GPUS_PER_WORKER=",
+        ),
+        (
+            "ray-worker.sh",
+            {
+                "RAY_HEAD_ADDRESS": "h:1",
+                "RAY_GPUS_PER_WORKER": "1",
+                "RAY_GPU_COUNT": "PATH[" + _RUN_MARKER + "]",
+            },
+            "RAY_GPU_COUNT=",
+        ),
+        ("ray-head.sh", {"RAY_GCS_PORT": "6379" + _RUN_MARKER}, "RAY_GCS_PORT="),
+        ("postgres.sh", {**_PG_ENV, "POSTGRES_PORT": "5432" + _RUN_MARKER}, "POSTGRES_PORT="),
+        ("postgres.sh", {**_PG_ENV, "POSTGRES_PORT": "70000"}, "not a port number"),
+        (
+            "postgres.sh",
+            {**_PG_ENV, "OPTUNA_DB": 'optuna"; DROP DATABASE mlflow; --'},
+            "OPTUNA_DB=",
+        ),
+        ("postgres.sh", {**_PG_ENV, "DASHBOARD_DB_USER": "d' OR '1"}, "DASHBOARD_DB_USER="),
+        ("postgres.sh", {**_PG_ENV, "OPTUNA_DB_USER": "boot"}, "must all differ"),
+        ("postgres.sh", {**_PG_ENV, "MLFLOW_DB": "optuna"}, "must differ"),
+        ("mlflow.sh", {**_MLFLOW_ENV, "MLFLOW_PORT": "5000 --app-name x"}, "MLFLOW_PORT="),
+        ("mlflow.sh", {**_MLFLOW_ENV, "MLFLOW_WORKERS": "2" + _RUN_MARKER}, "MLFLOW_WORKERS="),
+        (
+            "optuna-dashboard.sh",
+            {"ROPENOPE_STORAGE": "sqlite:///x.db", "OPTUNA_DASHBOARD_PORT": "0"},
+            "OPTUNA_DASHBOARD_PORT=",
+        ),
+    ],
+)
+def test_deploy_scripts_refuse_bad_numbers_and_names_from_env_before_using_them(
+    script, env, message, tmp_path
+):
+    """Issue 21: .env values went into bash arithmetic (which runs ``x[$(command)]``) and
+    into SQL. Each script now checks them first and stops with one line."""
+    marker = tmp_path / "pwned"
+    env = {k: v.replace("{marker}", str(marker)) for k, v in env.items()}
+    done = run_script(script, env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr and "error:" in done.stderr, done.stderr
+    assert not marker.exists()
+
+
+def test_compose_gives_each_service_its_own_database_role():
+    """The superuser bootstraps; the sweeps, MLflow and optuna-dashboard each connect as
+    their own role (deploy/roles.sql); MLflow runs its basic-auth app, job execution off."""
+    services = compose()["services"]
+    users = {
+        "ray-head": services["ray-head"]["environment"]["ROPENOPE_STORAGE"],
+        "ray-worker": services["ray-worker"]["environment"]["ROPENOPE_STORAGE"],
+        "mlflow": services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"],
+        "optuna-dashboard": services["optuna-dashboard"]["environment"]["ROPENOPE_STORAGE"],
+    }
+    role = {k: re.match(r"postgresql\+psycopg://\$\{(\w+)", v).group(1) for k, v in users.items()}
+    assert role == {
+        "ray-head": "OPTUNA_DB_USER",
+        "ray-worker": "OPTUNA_DB_USER",
+        "mlflow": "MLFLOW_DB_USER",
+        "optuna-dashboard": "DASHBOARD_DB_USER",
+    }
+    assert (
+        "POSTGRES_PASSWORD" not in COMPOSE.read_text().split("services:")[1].split("mlflow:")[1]
+    )  # no service but postgres itself gets the superuser's password
+    mlflow_env = services["mlflow"]["environment"]
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in mlflow_env
+    script = (DEPLOY / "mlflow.sh").read_text()
+    assert (
+        "--app-name basic-auth" in script and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in script
+    )
+    for node in ("ray-head", "ray-worker"):
+        assert "MLFLOW_TRACKING_PASSWORD" in services[node]["environment"]

@@ -118,6 +118,7 @@ def test_worker_rows_share_every_row_once_in_order():
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
 
+@pytest.mark.slow  # trains in several processes
 def test_distributed_ddp_two_workers_follow_the_one_worker_curve_and_scores(tmp_path):
     train = {"batch_size": 7}
     _assert_same_run(
@@ -125,6 +126,7 @@ def test_distributed_ddp_two_workers_follow_the_one_worker_curve_and_scores(tmp_
     )
 
 
+@pytest.mark.slow  # trains in several processes
 def test_distributed_fsdp_checkpoint_of_two_workers_resumes_on_one(tmp_path, alone):
     train = {"micro_batch_size": 2}
     folder = tmp_path / "run"
@@ -135,6 +137,7 @@ def test_distributed_fsdp_checkpoint_of_two_workers_resumes_on_one(tmp_path, alo
     _assert_same_run(resumed, alone)
 
 
+@pytest.mark.slow  # trains in several processes
 def test_distributed_checkpoint_of_one_worker_resumes_on_two_fsdp_workers(tmp_path, alone):
     folder = tmp_path / "run"
     stopped = _one_worker(folder, {}, stop=True)

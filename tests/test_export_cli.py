@@ -4,6 +4,7 @@ compared with the trained checkpoints; ``--register`` is checked through ``Mlflo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -102,6 +103,8 @@ def test_export_cli_trial_writes_a_stock_folder_and_registers_a_version_linked_t
     assert math.isclose(float(tags[SHORT_BPB]), trial.user_attrs[SHORT_BPB], rel_tol=1e-9)
     assert "acc_at_2x" in tags and tags["study"] == STUDY and tags["trial"] == "0"
     assert tags["architecture"] == "LlamaForCausalLM"
+    record = (folder / "ropenope.json").read_bytes()  # it holds every file's sha256
+    assert tags["export_record_sha256"] == hashlib.sha256(record).hexdigest()
     outputs = client.get_run(run_id).outputs.model_outputs
     assert tags["logged_model_id"] in [o.model_id for o in outputs]
     assert client.get_logged_model(tags["logged_model_id"]).status.to_proto() == 2  # READY

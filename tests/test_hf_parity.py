@@ -51,7 +51,12 @@ from space.layers import (  # noqa: E402
     yarn_default_attention_factor,
 )
 from workers.attention import window_mask  # noqa: E402
-from workers.model import Attention, HybridTransformer, rope_inv_freq  # noqa: E402
+from workers.model import (  # noqa: E402
+    Attention,
+    ForwardContext,
+    HybridTransformer,
+    rope_inv_freq,
+)
 
 SHAPE = ModelShape(
     n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, vocab_size=64, init_std=0.08
@@ -215,7 +220,7 @@ def test_hf_parity_llama4_nope_query_temperature():
     causal = torch.full((seq_len, seq_len), float("-inf")).triu(1)[None, None]
     with torch.no_grad():
         want, _ = theirs(x, position_embeddings=None, attention_mask=causal)
-        got, _ = ours(x, torch.arange(seq_len), backend=None, return_attn=False)
+        got, _ = ours(x, ForwardContext.at(torch.arange(seq_len)))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -263,7 +268,7 @@ def attn_spec(window, kind, *, rope_base=ROPE_BASE, **extra) -> LayerSpec:
 def run_ours(ours: Attention, x: torch.Tensor, start_pos: int) -> dict:
     positions = torch.arange(start_pos, start_pos + x.shape[1])
     with torch.no_grad():
-        return {b: ours(x, positions, backend=b, return_attn=False)[0] for b in BACKENDS}
+        return {b: ours(x, ForwardContext.at(positions, backend=b))[0] for b in BACKENDS}
 
 
 @pytest.mark.parametrize("start_pos", [0, 3])

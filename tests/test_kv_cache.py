@@ -190,6 +190,7 @@ def _peak_decode_bytes(model: HybridTransformer, length: int) -> int:
     return meter.peak
 
 
+@pytest.mark.slow  # evaluates at long lengths to measure memory
 @pytest.mark.parametrize("name", ["rope", "rnope_swa"])
 def test_kv_cache_long_evaluation_memory_is_linear_in_length(name):
     model = _model(name, torch.float32)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from malformed import CASES, VALID, Case, _dump
+from malformed import CASES, VALID, WARNING_CASES, Case, _dump
 
 from search.cli import main
 
@@ -51,7 +51,9 @@ def test_malformed_file_exits_2_with_the_key_path(case, tmp_path, capsys):
     assert elapsed < HANG_GUARD_S
 
 
-@pytest.mark.parametrize("name", ["alias_bomb", "latin1", "duplicate_nested", "deep_nesting"])
+@pytest.mark.parametrize(
+    "name", ["alias_bomb", "latin1", "duplicate_nested", "deep_nesting", "int_5000_digits"]
+)
 def test_malformed_file_in_a_real_process_prints_one_message(name, tmp_path):
     case = next(c for c in CASES if c.name == name)
     path = _write(tmp_path, case)
@@ -63,6 +65,14 @@ def test_malformed_file_in_a_real_process_prints_one_message(name, tmp_path):
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and case.expect in done.stderr
+
+
+@pytest.mark.parametrize("case", WARNING_CASES, ids=lambda c: c.name)
+def test_suspicious_file_loads_with_its_warning(case, tmp_path, capsys):
+    """A preset's window past train.seq_len gets the warning a searched one gets."""
+    assert main(["space", str(_write(tmp_path, case))]) == 0
+    err = capsys.readouterr().err
+    assert case.expect in err and "Traceback" not in err, err[:500]
 
 
 def test_valid_corpus_base_loads(tmp_path, capsys):

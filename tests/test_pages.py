@@ -52,6 +52,7 @@ REPORT_HEADINGS = (
     "Findings: the hypotheses on this study",
     "Per-candidate scores (mean ± std over seeds)",
     "Rank stability across seeds",
+    "Signal and noise per objective",
     "Accuracy and loss vs context length",
     "Needle-in-a-haystack heatmaps (mean over seeds)",
     "Attention mass per layer kind (Begin / Needle / Context / End)",
@@ -271,13 +272,15 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def dashboard(dashboard_study, tmp_path_factory):
-    """``optuna-dashboard URL`` (README, "Review a sweep") on 127.0.0.1, stopped by its PID."""
+    """``ropenope dashboard --storage URL`` (README, "Review a sweep") on 127.0.0.1: the
+    read-only, Host-checking wrapper around optuna-dashboard; stopped by its PID."""
     port = free_port()
     log = tmp_path_factory.mktemp("dashboard-log") / "optuna-dashboard.log"
-    command = str(Path(sys.executable).parent / "optuna-dashboard")
+    command = str(Path(sys.executable).parent / "ropenope")
+    url = dashboard_study["url"]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [command, dashboard_study["url"], "--host", "127.0.0.1", "--port", str(port)],
+            [command, "dashboard", "--storage", url, "--host", "127.0.0.1", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: the server and its workers
@@ -336,3 +339,48 @@ def test_optuna_dashboard_shows_the_study_objectives_and_every_trial(
     pixels = screenshot(study_url, tmp_path / "optuna-dashboard.png", tmp_path / "shot", 10_000,
                         offline=True)  # fmt: skip
     assert ink_fraction(pixels) > 0.05 and distinct_colours(pixels) > 200
+
+
+def _request(url: str, method: str, host: str, body: bytes | None = None) -> int:
+    """The HTTP status of ``method url`` sent with ``Host: host`` (what a DNS-rebinding
+    page sends: the attacker's name, resolved to 127.0.0.1)."""
+    request = urllib.request.Request(url, data=body, method=method, headers={"Host": host})
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _snapshot(url: str, name: str) -> list[tuple]:
+    s = optuna.load_study(study_name=name, storage=url)
+    return [(t.number, t.state, t.values, dict(t.user_attrs)) for t in s.get_trials()]
+
+
+def test_optuna_dashboard_refuses_writes_and_foreign_hosts(dashboard_study, dashboard):
+    """Issue 21: a foreign-Host DELETE of a study and POST of a forged result were
+    accepted (204) by optuna-dashboard. Through the wrapper: 403 for a foreign Host, 405
+    for any write from this host, and the study is unchanged; reads still answer. The
+    target is a second study in the same storage with a RUNNING trial (what a forged tell
+    would close), so the page test's study stays as built."""
+    base, url = dashboard["base"], dashboard_study["url"]
+    target = optuna.create_study(storage=url, study_name="forge-target")
+    running = target.ask()
+    target.enqueue_trial({})
+    before = _snapshot(url, "forge-target")
+    study_id, trial_id = target._study_id, running._trial_id
+    port = base.rsplit(":", 1)[1]
+    tell = json.dumps({"state": "Complete", "values": [1.0]}).encode()
+    for host in (f"evil.example:{port}", f"127.0.0.1.evil.example:{port}", "localhost:1"):
+        assert _request(f"{base}/api/studies/{study_id}", "DELETE", host) == 403
+        assert _request(f"{base}/api/trials/{trial_id}/tell", "POST", host, tell) == 403
+        assert _request(f"{base}/api/studies", "GET", host) == 403
+    here = f"127.0.0.1:{port}"
+    assert _request(f"{base}/api/studies/{study_id}", "DELETE", here) == 405
+    assert _request(f"{base}/api/trials/{trial_id}/tell", "POST", here, tell) == 405
+    assert _request(f"{base}/api/studies", "GET", here) == 200
+    assert _request(f"{base}/api/studies", "HEAD", f"localhost:{port}") == 200
+    assert _snapshot(url, "forge-target") == before
+    assert "forge-target" in optuna.get_all_study_names(url)

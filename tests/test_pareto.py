@@ -251,3 +251,56 @@ def test_pareto_png_byte_axis_ticks_at_round_binary_units():
     assert all(
         float(label.split()[0]) * 2 == round(float(label.split()[0]) * 2) for label in labels
     )
+
+
+# -- the front within seed noise -------------------------------------------------------
+
+
+def test_pareto_within_noise_does_not_rank_on_noise():
+    from tracking.pareto import pareto_ranks_within_noise
+
+    # Two objectives, both minimised. a and b differ by less than their noise on the first
+    # and tie on the second; c is worse beyond the noise on the first.
+    points = [[1.00, 5.0], [1.02, 5.0], [1.50, 5.0]]
+    sems = [[0.02, 0.0], [0.02, 0.0], [0.02, 0.0]]
+    plain = pareto_ranks(points, [MIN, MIN])
+    assert plain.ranks == (0, 1, 2)  # the plain sort orders a and b on noise
+    noisy = pareto_ranks_within_noise(points, sems, [MIN, MIN], z=2.0)
+    assert noisy.ranks == (0, 0, 1)
+    assert noisy.indistinguishable == ((0, 1),) and noisy.alike(1) == [0]
+    # Without noise the two sortings agree.
+    exact = pareto_ranks_within_noise(points, [[0.0, 0.0]] * 3, [MIN, MIN])
+    assert exact.ranks == plain.ranks and exact.indistinguishable == ()
+
+
+def test_pareto_within_noise_excludes_like_the_plain_sort_and_respects_directions():
+    from tracking.pareto import pareto_ranks_within_noise
+
+    points = [[0.9, 2.0], [0.5, 2.0], [None, 1.0]]
+    sems = [[0.01, 0.01], [0.01, 0.01], [0.01, 0.01]]
+    noisy = pareto_ranks_within_noise(points, sems, [MAX, MIN], ["long_acc", "short_bpb"])
+    assert noisy.ranks == (0, 1, None) and "long_acc" in noisy.excluded[2]
+
+
+def test_report_pareto_marks_the_paper_sweeps_hybrids_indistinguishable():
+    from studies import study
+    from tie_studies import paper_sweep_trials
+
+    from tracking.aggregate import aggregate
+    from tracking.records import study_records
+    from tracking.report.build import candidate_pareto
+
+    read = study_records(study(paper_sweep_trials()))
+    agg = aggregate(read.records, read.objective_names, read.directions)
+    table = candidate_pareto(agg)
+    rows = {r["candidate"]: r for r in table.rows}
+    # On the means, one QK-norm placement alone is the front (short_bpb 2.21 vs 2.22).
+    assert [r["candidate"] for r in table.front] == ["rnope_swa_qk_all"]
+    # Within seed noise, W16 and the local QK-norm placement join it: their short_bpb
+    # differs by less than the noise, and long_acc and the KV cache are equal.
+    noisy_front = {name for name, r in rows.items() if r["rank_within_noise"] == 0}
+    assert {"rnope_swa_qk_all", "rnope_swa16", "rnope_swa_qk_local"} <= noisy_front
+    assert "rope" not in noisy_front and "nope" not in noisy_front
+    qk_all = rows["rnope_swa_qk_all"]
+    assert rows["rnope_swa16"]["trial"] in qk_all["indistinguishable_from"]
+    assert rows["rope"]["trial"] not in qk_all["indistinguishable_from"]

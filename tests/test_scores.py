@@ -464,7 +464,17 @@ class NoiseModel(torch.nn.Module):
         return torch.randn(*idx.shape, self.vocab_size, generator=self.gen) * 3.0
 
 
-ALL_FAMILIES = ["passkey", "multikey", "multivalue", "multiquery", "vartrack", "commonwords"]
+ALL_FAMILIES = [
+    "passkey",
+    "multikey",
+    "multivalue",
+    "multiquery",
+    "vartrack",
+    "commonwords",
+    "mqar",
+    "aliaskey",
+    "selcopy",
+]
 
 
 @pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
@@ -582,3 +592,52 @@ def test_bits_per_byte_counts_utf8_bytes_of_text_whatever_the_tokenizer(bpe):
         # byte but the first token's, and the final DOC.
         first = tokenizer.count_bytes(tokens[:1])
         assert bpb == pytest.approx((n_bytes - first + 1) / (n_bytes - first), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- loss by position
+
+
+class KnowsTheFirstTokens(torch.nn.Module):
+    """NextByteModel's knowledge up to position ``reach`` of a row, uniform after it."""
+
+    def __init__(self, reach: int):
+        super().__init__()
+        self.reach = reach
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*idx.shape, VOCAB_SIZE)
+        logits.scatter_(-1, ((idx + 1) % 256)[..., None], 60.0)
+        logits[:, self.reach :] = 0.0
+        return logits
+
+
+def test_bits_per_byte_by_position_splits_the_window_at_multiples_of_T():
+    from workers.scores import bits_per_byte_by_position
+
+    stream = (np.arange(5000) % 256).astype(np.uint16)  # each token the previous one + 1
+    T = 32
+    # Input position j predicts text position j + 1; the model knows positions up to T.
+    got = bits_per_byte_by_position(KnowsTheFirstTokens(T), stream, 4 * T, T, n_windows=4)
+    assert sorted(got) == [1, 2, 4]
+    assert got[1] < 1e-6  # every target up to T is known
+    assert math.isclose(got[4], math.log2(VOCAB_SIZE), rel_tol=1e-6)  # none past 2T
+    # Bucket 2 is (T, 2T]: none known either, and the mean over the window is in between.
+    assert math.isclose(got[2], math.log2(VOCAB_SIZE), rel_tol=1e-6)
+    whole = bits_per_byte(KnowsTheFirstTokens(T), stream, 4 * T, n_windows=4)
+    assert got[1] < whole < got[4]
+    with pytest.raises(ValueError, match="multiple"):
+        bits_per_byte_by_position(UniformModel(), stream, 3 * T + 1, T)
+
+
+def test_a_trial_reports_its_loss_by_position_past_T(tmp_path):
+    from pathlib import Path
+
+    from space.schema import load_config
+    from workers.candidate import run_candidate
+
+    config = load_config(Path(__file__).parent / "data" / "tiny.yaml")
+    assert max(config.score.extrap) == 4
+    result = run_candidate(config, config.preset_candidate("rope"), seed=0, out_dir=tmp_path)
+    buckets = {k: v for k, v in result.scores.items() if k.startswith("bucket_bpb@")}
+    assert sorted(buckets) == ["bucket_bpb@1x", "bucket_bpb@2x", "bucket_bpb@4x"]
+    assert all(0 < v < 12 for v in buckets.values())

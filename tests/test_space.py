@@ -947,3 +947,145 @@ def test_config_knobs_and_extension_configs_validate():
     rope = extension.preset_candidate("rope")
     assert rope.multi_stage and rope.final_layers[0].rope_base == 1e6
     assert extension.train.total_steps == 1000 and extension.score.after_each_stage
+
+
+# -- the knob table and valid-by-construction layer specs ----------------------
+
+
+def test_knob_table_one_row_per_knob_with_valid_default():
+    import space.layers as layers
+    from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, KNOBS, KnobKind, check_value
+
+    names = [knob.name for knob in KNOBS]
+    assert len(names) == len(set(names)) == len(KNOB_NAMES) == len(KNOB_DEFAULTS)
+    for knob in KNOBS:
+        assert check_value(knob.name, knob.default, knob.name) == knob.default
+        assert (knob.kind is KnobKind.ENUM) == bool(knob.values)
+        if knob.nullable:
+            assert check_value(knob.name, None, knob.name) is None
+    # every StrEnum of space.layers that a sweep file can set is some knob's values, all of it
+    knob_enums = {knob.enum for knob in KNOBS if knob.enum is not None}
+    strenums = {
+        value
+        for value in vars(layers).values()
+        if isinstance(value, type)
+        and issubclass(value, layers.StrEnum)
+        and value is not layers.StrEnum
+    }
+    assert strenums - knob_enums == {layers.LayerKind}  # a layer's kind follows global_every
+    for knob in KNOBS:
+        if knob.enum is not None:
+            assert {m.value for m in knob.enum} <= set(knob.values)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("global_position", "absolute", "expected one of ['nope', 'rope']"),
+        ("global_temperature", 3, "expected one of ['none', 'log']"),
+        ("rope_scaling", "ntk2", "expected one of ['none', 'linear', 'ntk', 'yarn']"),
+        ("qk_norm", None, "expected one of ['none', 'pre_rope', 'post_rope']"),
+        ("global_every", -1, "expected a positive integer"),
+        ("kv_heads", 0, "expected a positive integer"),
+        ("rope_fraction", 1.5, "expected a fraction in (0, 1]"),
+        ("rope_scaling_factor", 0.5, "expected a scaling factor >= 1"),
+        ("local_rope_base", None, "expected a number, got None"),
+        ("local_window", 0, "expected a window > 0 tokens"),
+    ],
+)
+def test_knob_table_values_checked_as_before(name, value, words):
+    from space.knobs import check_value
+
+    with pytest.raises(ConfigError) as err:
+        check_value(name, value, f"space.{name}")
+    assert words in str(err.value) and f"space.{name}" in str(err.value)
+
+
+def test_knob_table_nulls_read_as_their_meaning():
+    from space.knobs import check_value
+
+    assert check_value("global_every", None, "p") == 0
+    assert check_value("global_every", 0, "p") == 0
+    assert check_value("global_temperature", None, "p") == "none"
+    assert check_value("local_window", None, "p") is None
+    assert check_value("rope_scaling_original_tokens", None, "p") is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"position": Position.ROPE, "rope_base": None}, "rope_base must be set"),
+        ({"position": Position.NOPE, "rope_base": 1e4}, "rope_base must be set"),
+        ({"window_tokens": 0}, "window_tokens must be >= 1"),
+        ({"rope_fraction": 0.0}, "rope_fraction must be in"),
+        ({"index": -1}, "index"),
+    ],
+)
+def test_layer_spec_rejects_broken_invariants_when_built(fields, words):
+    from space.layers import LayerSpec
+
+    base = dict(
+        index=0,
+        kind=LayerKind.GLOBAL,
+        position=Position.ROPE,
+        rope_base=1e4,
+        window_tokens=None,
+        qk_norm=QKNorm.NONE,
+        temperature=None,
+    )
+    LayerSpec(**base)  # the base is valid
+    with pytest.raises(ValueError, match=words):
+        LayerSpec(**{**base, **fields})
+
+
+def test_layer_spec_rope_only_options_refused_on_nope_layers():
+    from space.layers import LayerSpec, RopeScaling, Temperature
+
+    nope = dict(
+        index=3,
+        kind=LayerKind.GLOBAL,
+        position=Position.NOPE,
+        rope_base=None,
+        window_tokens=None,
+        qk_norm=QKNorm.NONE,
+    )
+    LayerSpec(**nope, temperature=Temperature(8, 0.1))
+    with pytest.raises(ValueError, match="layer 3: rope_scaling applies to RoPE layers only"):
+        LayerSpec(**nope, temperature=None, rope_scaling=RopeScaling(RopeScalingKind.LINEAR, 2, 8))
+    rope = {**nope, "position": Position.ROPE, "rope_base": 1e4}
+    with pytest.raises(ValueError, match="temperature applies to NoPE layers only"):
+        LayerSpec(**rope, temperature=Temperature(8, 0.1))
+    with pytest.raises(ValueError, match="must exceed rope_scaling_beta_slow"):
+        RopeScaling(RopeScalingKind.YARN, 2.0, 8, beta_fast=1.0, beta_slow=1.0)
+
+
+def test_layer_spec_head_dim_problem_names_the_rotated_dims():
+    from space.layers import LayerSpec, RopeScaling
+
+    spec = LayerSpec(0, LayerKind.LOCAL, Position.ROPE, 1e4, None, QKNorm.NONE, None)
+    assert spec.head_dim_problem(16) is None
+    assert "= 3 of head_dim 3" in spec.head_dim_problem(3)
+    ntk = LayerSpec(
+        0,
+        LayerKind.LOCAL,
+        Position.ROPE,
+        1e4,
+        None,
+        QKNorm.NONE,
+        None,
+        rope_fraction=0.25,
+        rope_scaling=RopeScaling(RopeScalingKind.NTK, 2.0, 8),
+    )
+    assert ntk.head_dim_problem(8) == "rope_scaling: ntk needs >= 4 rotated dimensions, got 2"
+    assert ntk.head_dim_problem(16) is None
+    nope = LayerSpec(3, LayerKind.GLOBAL, Position.NOPE, None, None, QKNorm.NONE, None)
+    assert nope.head_dim_problem(3) is None
+
+
+def test_stages_a_stage_entry_and_its_plan_have_the_same_fields():
+    from dataclasses import fields
+
+    from space.sections import StageSection
+    from space.stages import StagePlan
+
+    assert list(StageSection.model_fields) == [f.name for f in fields(StagePlan)]

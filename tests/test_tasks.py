@@ -326,6 +326,41 @@ def solve(task: str, prompt_pieces: list, params: dict) -> list:
         for name in order:
             out += [name, SEP]
         return out[:-1]
+    if task == "mqar":
+        q = len(prompt_pieces) - 1
+        asked = []
+        while prompt_pieces[q - 1] == QUERY:  # ... QUERY k1 QUERY k2
+            asked.insert(0, prompt_pieces[q])
+            q -= 2
+        (block,) = [n[0] for n in _bracketed(prompt_pieces[: q + 1], OPEN, CLOSE)]
+        step = 2 + params["value_len"]  # a two-letter key, then its digits
+        pairs = dict(
+            (block[i : i + 2], block[i + 2 : i + step]) for i in range(0, len(block), step)
+        )
+        assert len(pairs) == params["n_pairs"]
+        out = []
+        for key in asked:
+            out += [pairs[key], SEP]
+        return out[:-1]
+    if task == "aliaskey":
+        assert prompt_pieces[-2] == QUERY
+        alias = prompt_pieces[-1]
+        statements = _bracketed(prompt_pieces[:-2], OPEN, CLOSE)
+        (key,) = [s[1] for s in statements if len(s) == 2 and s[0] == alias]
+        (value,) = [s[0][len(key) :] for s in statements if len(s) == 1 and s[0].startswith(key)]
+        assert value.isdigit() and len(value) == params["value_len"]
+        return [value]
+    if task == "selcopy":
+        assert prompt_pieces[-1] == QUERY
+        items = [
+            prompt_pieces[i + 1][: params["value_len"]]
+            for i, piece in enumerate(prompt_pieces[:-1])
+            if piece == SEP
+        ]
+        out = []
+        for item in items:
+            out += [item, SEP]
+        return out[:-1]
     if task == "commonwords":
         text = prompt_pieces[prompt_pieces.index(SEP) + 1]  # SEP word word ... QUERY
         words = text.split(" ")[1:]
@@ -353,6 +388,16 @@ VARIANTS = [
     ("vartrack", {"n_vars": 3, "n_chains": 3, "key_kind": "word"}),
     ("commonwords", {}),
     ("commonwords", {"n_common": 2, "count_ratio": 2}),
+    ("passkey", {"key_kind": "word", "prefix_distractors": 6}),
+    ("multikey", {"prefix_distractors": 3}),
+    ("multivalue", {"n_values": 2, "key_kind": "word", "prefix_distractors": 2}),
+    ("multiquery", {"key_kind": "word", "value_kind": "uuid", "prefix_distractors": 4}),
+    ("mqar", {}),
+    ("mqar", {"n_pairs": 24, "key_vocab": 200, "n_queries": 4, "value_len": 3}),
+    ("aliaskey", {}),
+    ("aliaskey", {"n_needles": 6, "key_kind": "word"}),
+    ("selcopy", {}),
+    ("selcopy", {"n_items": 9, "value_len": 3}),
 ]
 
 
@@ -418,3 +463,214 @@ def test_render_under_bpe_has_markers_no_text_can_make(bpe):
     assert (ids < 512).all()  # every id is a text id; the controls sit above
     assert bpe.text_bytes(ids.tolist()).decode() == text  # byte-level: nothing lost
     assert bpe.vocab.open == 512 + 2 and bpe.vocab.size == 576
+
+
+# --------------------------------------------------------------------------- associative
+# recall, copying and RULER's difficulty knobs
+
+
+@pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
+@pytest.mark.parametrize("key_kind", ["letter", "word"])
+def test_render_aliaskey_question_shares_no_token_with_the_needle(
+    tokenizer_name, key_kind, bpe, filler
+):
+    tokenizer = BYTE_TOKENIZER if tokenizer_name == "bytes" else bpe
+    corpus = filler if tokenizer_name == "bytes" else _retokenize(filler, bpe)
+    for seed in range(20):
+        ex = render("aliaskey", 400, 0.5, seed, corpus, tokenizer=tokenizer, key_kind=key_kind)
+        (q0, q1) = ex.segments["end"][0]
+        question = set(ex.prompt[q0:q1].tolist())
+        # The needle segment holds the queried needle (its value) and the binding of its alias.
+        spans = [ex.prompt[a:b] for a, b in ex.segments["needle"]]
+        (needle,) = [s for s in spans if tokenizer.vocab.sep not in s]
+        (binding,) = [s for s in spans if tokenizer.vocab.sep in s]
+        assert question.isdisjoint(needle.tolist())
+        # The needle holds the answer; the question is reached only through the binding.
+        answer_text = set(ex.scored.tolist())
+        assert answer_text <= set(needle.tolist())
+        assert set(ex.prompt[q0 + 1 : q1].tolist()) <= set(binding.tolist())
+    # Literal retrieval, for contrast: the question repeats the needle's key.
+    ex = render("multikey", 400, 0.5, 0, corpus, tokenizer=tokenizer)
+    (q0, q1) = ex.segments["end"][0]
+    (a, b) = ex.segments["needle"][0]
+    assert not set(ex.prompt[q0:q1].tolist()).isdisjoint(ex.prompt[a:b].tolist())
+
+
+@pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
+@pytest.mark.parametrize("task", ["mqar", "aliaskey", "selcopy"])
+def test_render_new_families_are_reproducible_in_both_vocabularies(
+    task, tokenizer_name, bpe, filler
+):
+    tokenizer = BYTE_TOKENIZER if tokenizer_name == "bytes" else bpe
+    corpus = filler if tokenizer_name == "bytes" else _retokenize(filler, bpe)
+    a = render(task, 300, 0.4, 9, corpus, tokenizer=tokenizer)
+    b = render(task, 300, 0.4, 9, corpus, tokenizer=tokenizer)
+    c = render(task, 300, 0.4, 10, corpus, tokenizer=tokenizer)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert a.segments == b.segments and a.prompt_len == b.prompt_len
+    assert not np.array_equal(a.tokens, c.tokens)
+    assert len(a.tokens) == 300 and (a.tokens < tokenizer.vocab.size).all()
+
+
+def test_render_prefix_distractors_zero_renders_what_it_rendered_before(filler):
+    # prefix_distractors: 0 draws nothing more: the calibrated examples stay the same.
+    for task in ("passkey", "multikey", "multivalue", "multiquery"):
+        plain = render(task, 300, 0.3, 4, filler)
+        zero = render(task, 300, 0.3, 4, filler, prefix_distractors=0)
+        np.testing.assert_array_equal(plain.tokens, zero.tokens)
+
+
+def test_render_prefix_distractor_keys_share_the_queried_keys_prefix(filler):
+    ex = render("passkey", 400, 0.5, 3, filler, key_kind="word", prefix_distractors=5)
+    pieces = _pieces(BYTE_TOKENIZER, ex.prompt)
+    key = pieces[-1]
+    needles = [n[0] for n in _bracketed(pieces[:-2], OPEN, CLOSE)]
+    assert len(needles) == 6
+    keys = [n[:4] for n in needles]  # every word key has 4 letters
+    assert keys.count(key) == 1 and len(set(keys)) == 6
+    assert all(k[:3] == key[:3] for k in keys)
+
+
+# Deterministic readers with a bounded memory, the stand-ins for a model whose state is
+# limited: a fixed number of slots addressed by a hash of the text (like a fixed-state
+# mixer's associative memory), and a reader that matches keys by their prefix only.
+def _slot(text: str, slots: int) -> int:
+    return sum((i + 1) * ord(c) for i, c in enumerate(text)) % slots
+
+
+def _memory_reader(task: str, pieces: list, params: dict, slots: int) -> list:
+    """The answer a reader gives when it stores each association in one of ``slots`` slots
+    (a later association in the same slot overwrites the earlier one)."""
+    if task == "mqar":
+        q = len(pieces) - 1
+        asked = []
+        while pieces[q - 1] == QUERY:
+            asked.insert(0, pieces[q])
+            q -= 2
+        (block,) = [n[0] for n in _bracketed(pieces[: q + 1], OPEN, CLOSE)]
+        step = 2 + params["value_len"]
+        memory: dict[int, tuple[str, str]] = {}
+        for i in range(0, len(block), step):
+            memory[_slot(block[i : i + 2], slots)] = (block[i : i + 2], block[i + 2 : i + step])
+        out = []
+        for key in asked:
+            stored = memory.get(_slot(key, slots))
+            out += [stored[1] if stored and stored[0] == key else "?", SEP]
+        return out[:-1]
+    if task == "aliaskey":
+        alias = pieces[-1]
+        memory = {}
+        for s in _bracketed(pieces[:-2], OPEN, CLOSE):
+            name = s[0] if len(s) == 2 else s[0].rstrip("0123456789")
+            memory[_slot(name, slots)] = (name, s[1] if len(s) == 2 else s[0][len(name) :])
+        stored = memory.get(_slot(alias, slots))
+        if not stored or stored[0] != alias:
+            return ["?"]
+        key = stored[1]
+        stored = memory.get(_slot(key, slots))
+        return [stored[1] if stored and stored[0] == key else "?"]
+    if task == "selcopy":
+        items = [pieces[i + 1][: params["value_len"]] for i, p in enumerate(pieces) if p == SEP]
+        kept = {_slot(v + str(k), slots): k for k, v in enumerate(items)}  # position-tagged
+        out = []
+        for k, item in enumerate(items):
+            out += [item if kept.get(_slot(item + str(k), slots)) == k else "?", SEP]
+        return out[:-1]
+    raise AssertionError(task)
+
+
+def _prefix_reader(pieces: list) -> list:
+    """Matches the queried key on all but its last character; answers the first match."""
+    key = pieces[-1]
+    for n in _bracketed(pieces[:-2], OPEN, CLOSE):
+        if n[0][: len(key) - 1] == key[:-1]:
+            return [n[0][len(key) :]]
+    return ["?"]
+
+
+def _accuracy(task: str, reader, n_examples: int = 60, length: int = 600, **params) -> float:
+    full = task_params(task, **params)
+    hits = 0
+    for s in range(n_examples):
+        ex = render(task, length, 0.5, example_seed(0, length, s), _FILLER, **params)
+        pieces = _pieces(BYTE_TOKENIZER, ex.prompt)
+        hits += reader(task, pieces, full) == _pieces(BYTE_TOKENIZER, ex.scored)
+    return hits / n_examples
+
+
+_FILLER = encode("x = Foo(12, 'Key 4821')\nfor K in range(9):\n    print(K, 7)\n" * 200)
+
+
+@pytest.mark.parametrize(
+    "task, parameter, levels, fixed",
+    [
+        ("mqar", "n_pairs", (2, 8, 16, 32), {"key_vocab": 200, "n_queries": 2}),
+        ("aliaskey", "n_needles", (1, 3, 6, 12), {}),
+        ("selcopy", "n_items", (1, 4, 8, 16), {}),
+    ],
+)
+def test_difficulty_parameter_lowers_a_bounded_memory_readers_accuracy(
+    task, parameter, levels, fixed
+):
+    from space.tasks import DIFFICULTY
+
+    assert DIFFICULTY[task] == parameter
+
+    def reader(task, pieces, params):
+        return _memory_reader(task, pieces, params, slots=16)
+
+    acc = [_accuracy(task, reader, **fixed, **{parameter: level}) for level in levels]
+    assert all(a >= b for a, b in zip(acc, acc[1:], strict=False)), acc
+    assert acc[0] >= 0.9 and acc[-1] <= 0.5, acc
+    # An unbounded reader solves every level: the difficulty is in the memory, not a bug.
+    for level in levels:
+        exact = _accuracy(task, lambda t, p, f: solve(t, p, f), **fixed, **{parameter: level})
+        assert exact == 1.0
+
+
+def test_prefix_distractors_lower_a_prefix_matchers_accuracy():
+    acc = [
+        _accuracy(
+            "passkey",
+            lambda t, p, f: _prefix_reader(p),
+            key_kind="word",
+            prefix_distractors=d,
+        )
+        for d in (0, 1, 3, 7)
+    ]
+    assert all(a > b for a, b in zip(acc, acc[1:], strict=False)), acc
+    assert acc[0] == 1.0 and acc[-1] <= 0.3, acc
+
+
+def test_sweep_file_selects_the_new_families_and_checks_their_parameters():
+    from space.errors import ConfigError
+    from space.schema import parse_config
+
+    base = {
+        "study": {"name": "t", "trials": 1},
+        "space": {"global_every": {"choice": [1, 4]}},
+        "model": {"layers": 4, "d_model": 64, "heads": 4, "mlp_hidden": 128},
+        "train": {
+            "seq_len": 128,
+            "batch_size": 2,
+            "steps": 10,
+            "task_mix": {"mqar": 1.0},
+            "task_params": {"mqar": {"n_pairs": 12}, "passkey": {"prefix_distractors": 2}},
+        },
+        "score": {"tasks": ["mqar", "aliaskey", "selcopy", "passkey"]},
+    }
+    config = parse_config(base)
+    assert config.score.families == ("mqar", "aliaskey", "selcopy", "passkey")
+    bad = {**base, "train": {**base["train"], "task_params": {"mqar": {"n_pairs": 80}}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad)
+    problems = dict(info.value.problems)
+    assert "exceeds key_vocab" in problems["train.task_params.mqar"]
+    bad = {**base, "train": {**base["train"], "task_params": {"aliaskey": {"value_kind": "uuid"}}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad)
+    assert "unknown parameter" in dict(info.value.problems)["train.task_params.aliaskey"]
+    bad = {**base, "score": {"tasks": ["mqar", "fuzzy"]}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad)
+    assert any(path.startswith("score.tasks") for path, _ in info.value.problems)

@@ -13,16 +13,19 @@ import pytest
 import torch
 
 from space.schema import load_config
+from space.sections import StageSection, TrainSection
 from workers.candidate import run_candidate
 from workers.model import HybridTransformer
-from workers.train import StageSettings, TrainSettings, lr_at, train
+from workers.train import lr_at, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "data" / "tiny.yaml"
 
 
 def test_lr_at_warmup_then_cosine_to_floor():
-    s = TrainSettings(steps=110, batch_size=1, seq_len=8, lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
+    (s,) = TrainSection(
+        steps=110, batch_size=1, seq_len=8, lr=1.0, min_lr_ratio=0.1, warmup_steps=10
+    ).stage_plans()
     assert lr_at(0, s) == pytest.approx(0.1)
     assert lr_at(9, s) == pytest.approx(1.0)
     assert lr_at(10, s) == pytest.approx(1.0)
@@ -61,6 +64,7 @@ def _run(settings, model, path, *, stop_at=None, resume=True):
         settings,
         _batches,
         _evaluate,
+        seed=settings.seed,
         device=torch.device("cpu"),
         on_eval=on_eval,
         on_step=on_step,
@@ -71,7 +75,7 @@ def _run(settings, model, path, *, stop_at=None, resume=True):
 
 
 def test_train_resume_continues_with_same_losses(tmp_path):
-    settings = TrainSettings(
+    settings = TrainSection(
         steps=12, batch_size=4, seq_len=16, eval_every=3, warmup_steps=2, seed=3
     )
     full, full_losses = _run(settings, _tiny_model(), tmp_path / "a.pt", resume=False)
@@ -93,7 +97,7 @@ def test_train_resume_continues_with_same_losses(tmp_path):
 
 
 def test_train_divergence_is_an_outcome_with_last_good_metrics(tmp_path):
-    settings = TrainSettings(
+    settings = TrainSection(
         steps=50, batch_size=4, seq_len=16, lr=1e12, warmup_steps=0, eval_every=1, grad_clip=1e30
     )
     out, _ = _run(settings, _tiny_model(), None)
@@ -126,6 +130,7 @@ def test_run_candidate_scores_and_artifacts(tmp_path):
     assert saved["scores"]["short_bpb"] == pytest.approx(s["short_bpb"])
 
 
+@pytest.mark.slow  # trains a model in a subprocess
 def test_cli_train_json(tmp_path):
     out = subprocess.run(
         [
@@ -185,15 +190,13 @@ def _staged_batches(rng: np.random.Generator, stage: int):
 
 
 def test_train_stages_run_in_order_with_their_own_rows_and_schedules(tmp_path):
-    settings = TrainSettings(
-        steps=9,
+    settings = TrainSection(
         batch_size=4,
         seq_len=16,
         eval_every=4,
-        seed=1,
         stages=(
-            StageSettings(steps=5, seq_len=16, batch_size=4, lr=1e-2, warmup_steps=2),
-            StageSettings(steps=4, seq_len=24, batch_size=4, lr=1e-3, warmup_steps=2),
+            StageSection(steps=5, seq_len=16, batch_size=4, lr=1e-2, warmup_steps=2),
+            StageSection(steps=4, seq_len=24, batch_size=4, lr=1e-3, warmup_steps=2),
         ),
     )
     begun, between, seen = [], [], []
@@ -207,6 +210,7 @@ def test_train_stages_run_in_order_with_their_own_rows_and_schedules(tmp_path):
         settings,
         batches,
         _evaluate,
+        seed=1,
         device=torch.device("cpu"),
         checkpoint_path=tmp_path / "c.pt",
         begin_stage=begun.append,
@@ -220,8 +224,8 @@ def test_train_stages_run_in_order_with_their_own_rows_and_schedules(tmp_path):
     assert [h["stage"] for h in out.history] == [1, 1, 2, 2]
     assert out.history[-1]["tokens"] == 5 * 4 * 16 + 4 * 4 * 24
     # each stage warms up and decays on its own: step 6 is the second step of stage 2
-    assert out.history[2]["lr"] == pytest.approx(lr_at(2, settings.stages[1]))
-    assert lr_at(0, settings.stages[1]) == pytest.approx(5e-4)
+    assert out.history[2]["lr"] == pytest.approx(lr_at(2, settings.stage_plans()[1]))
+    assert lr_at(0, settings.stage_plans()[1]) == pytest.approx(5e-4)
     state = torch.load(tmp_path / "c.pt", weights_only=False)
     assert state["step"] == 9 and state["extra"]["stage"] == 1
     assert state["extra"]["stage_results"] == {0: {"stage1/x": 1.0}}

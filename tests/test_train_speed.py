@@ -19,8 +19,9 @@ from engines import TINY, tiny_config_file
 import workers.train as train_module
 from space.errors import ConfigError
 from space.schema import load_config, load_config_text
+from space.sections import TrainSection
 from workers.model import HybridTransformer
-from workers.train import TrainSettings, autocast_for, train, weighted_loss
+from workers.train import autocast_for, train, weighted_loss
 
 DEVICE = torch.device("cpu")
 
@@ -52,7 +53,7 @@ def _next_batch(rng, stage):
 
 
 def _train(model, **settings):
-    s = TrainSettings(
+    s = TrainSection(
         steps=settings.pop("steps", 2),
         batch_size=4,
         seq_len=16,
@@ -61,7 +62,7 @@ def _train(model, **settings):
         warmup_steps=0,
         **settings,
     )
-    return train(model, s, _next_batch, lambda m, stage: {"val_bpb": 1.0}, device=DEVICE)
+    return train(model, s, _next_batch, lambda m, stage: {"val_bpb": 1.0}, seed=0, device=DEVICE)
 
 
 def _grads(model, precision: str = "fp32") -> tuple[float, torch.Tensor]:
@@ -91,11 +92,17 @@ def test_train_bf16_step_is_within_tolerance_of_fp32():
 def test_train_bf16_run_keeps_fp32_weights_and_optimizer_state(tmp_path):
     model = _model(_candidate())
     path = tmp_path / "checkpoint.pt"
-    s = TrainSettings(
+    s = TrainSection(
         steps=2, batch_size=4, seq_len=16, eval_every=1, warmup_steps=0, precision="bf16"
     )
     outcome = train(
-        model, s, _next_batch, lambda m, st: {"val_bpb": 1.0}, device=DEVICE, checkpoint_path=path
+        model,
+        s,
+        _next_batch,
+        lambda m, st: {"val_bpb": 1.0},
+        seed=0,
+        device=DEVICE,
+        checkpoint_path=path,
     )
     assert outcome.status == "complete"
     state = torch.load(path, weights_only=True)

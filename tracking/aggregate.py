@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from space.knobs import KNOB_DEFAULTS
 from space.names import multiple_of
 from space.outcomes import RERUN_REASONS
 from tracking.records import COMPLETE, FINISHED_STATES, TrialRecord, as_float, study_records
@@ -115,10 +114,6 @@ class CandidateSummary:
 
     def spread(self, score: str) -> Spread | None:
         return self.scores.get(score)
-
-    def resolved_knobs(self) -> dict[str, Any]:
-        """The knobs with defaults filled in for any the trial did not record."""
-        return {**KNOB_DEFAULTS, **self.knobs}
 
     def by_multiple(self, prefix: str) -> dict[int, Spread]:
         """``{4: Spread}`` for scores named ``prefix + "4x"`` (``acc@``, ``extrap_bpb@``)."""

@@ -5,8 +5,9 @@ side ``b`` (preset, else the candidates whose layers fit ``where``), read the qu
 per run, leave out the runs the competence gate rejects (naming them), and compare the
 sides with the test the hypothesis asks for (:mod:`tracking.stats`), at the level the
 error budget gives one measure at one look. The measures' verdicts combine into the
-hypothesis's: supported when one supports and none contradicts, contradicted in the
-mirror case, undecided otherwise.
+hypothesis's as its ``combine`` says: ``any`` (supported when one supports, contradicted
+only when all contradict) or ``all`` (supported only when all support, contradicted when
+one contradicts).
 
 What needs the study is checked here, not in the schema: a selector that matches no
 candidate, a score no run reports, a paired test over candidates without common seeds.
@@ -19,11 +20,12 @@ one of the paper's variants, lack them legitimately.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from space.hypotheses import Hypothesis, Measure, Quantity
+from space.names import ACC_AT_T, LONG_ACC, multiple_of, split_task_score
 from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import CandidateSummary, StudyAggregate
 from tracking.sides import LayersOf, run_values, select
@@ -36,9 +38,55 @@ from tracking.stats import (
     compare_independent,
     compare_paired,
     decide,
+    p_two_sided,
+    proportion_floor,
 )
 
-__all__ = ["Finding", "MeasureResult", "evaluate", "evaluate_hypothesis"]
+__all__ = [
+    "Finding",
+    "ItemsOf",
+    "MeasureResult",
+    "combine",
+    "evaluate",
+    "evaluate_hypothesis",
+    "family_verdicts",
+    "item_counts",
+    "with_family",
+]
+
+# How many evaluation items one run's value of a quantity is a proportion over (None:
+# not a proportion, or unknown): the item-level variance floor of its intervals.
+ItemsOf = Callable[[Quantity], "int | None"]
+
+
+def item_counts(config: Any | None) -> ItemsOf:
+    """Items per run behind each accuracy quantity of a study swept with ``config``:
+    ``acc@Nx`` (and ``acc_at_T``) is a proportion over ``samples x depths`` prompts of
+    its family, ``long_acc`` over those of every length beyond 1x and every headline
+    family, a mean over lengths over those of its lengths. Unknown without a sweep
+    file."""
+
+    def items(q: Quantity) -> int | None:
+        if config is None:
+            return None
+        score = config.score
+        per_length = score.samples * len(score.depths)
+        beyond = sum(1 for m in score.lengths if m > 1)
+        if q.mean == "acc":
+            low, high = q.multiple_range()
+            n = sum(1 for m in score.lengths if m >= low and (high is None or m <= high))
+            return per_length * n or None
+        if q.score is None:
+            return None
+        task, name = split_task_score(q.score)
+        if name == ACC_AT_T or multiple_of(name, "acc@") is not None:
+            return per_length
+        if name == LONG_ACC:
+            families = 1 if task is not None else max(len(score.headline_tasks), 1)
+            return per_length * beyond * families or None
+        return None
+
+    return items
 
 
 @dataclass(frozen=True)
@@ -55,6 +103,7 @@ class MeasureResult:
     excluded: tuple[str, ...] = ()  # runs the competence gate left out, named
     problem: str | None = None  # what kept it from being judged, with the field path
     detail: str = ""
+    gate_passes: tuple[tuple[str, int, int], ...] = ()  # (candidate, passed, runs) at T
 
     def to_dict(self) -> dict[str, Any]:
         c = self.comparison
@@ -70,6 +119,9 @@ class MeasureResult:
             "a": None if self.a is None else self.a.to_dict(),
             "b": None if self.b is None else self.b.to_dict(),
             "excluded": list(self.excluded),
+            "gate_passes": [
+                {"candidate": name, "passed": k, "runs": n} for name, k, n in self.gate_passes
+            ],
             "problem": self.problem,
             "detail": self.detail,
         }
@@ -85,6 +137,16 @@ class Finding:
     detail: str
     rule: str
     measures: tuple[MeasureResult, ...] = ()
+    # The smallest error level (before any family-wise correction) at which this
+    # hypothesis would be decided, and the verdict it would get there: what Holm's
+    # procedure across a study's hypotheses reads (:func:`family_verdicts`).
+    p_value: float = 1.0
+    p_verdict: Verdict = Verdict.UNDECIDED
+    # The verdict under Holm's correction across the study's hypotheses, its level and
+    # the family's size (None until :func:`with_family` sets them).
+    family_verdict: Verdict | None = None
+    family_alpha: float | None = None
+    family_size: int = 0
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -115,6 +177,16 @@ class Finding:
             "detail": self.detail,
             "excluded": list(self.excluded),
             "problems": list(self.problems),
+            "p_value": _finite(self.p_value),
+            "holm": None
+            if self.family_verdict is None
+            else {
+                "verdict": self.family_verdict.value,
+                "alpha": self.family_alpha,
+                "family": self.family_size,
+                "controls": "family-wise error rate: the chance of any wrong verdict "
+                "among the study's hypotheses",
+            },
             "measures": [m.to_dict() for m in self.measures],
         }
 
@@ -130,6 +202,9 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
 # -- judging ---------------------------------------------------------------------------
 
 
+INVALID_WHY = "the baseline does not learn the task at this budget; raise the budget"
+
+
 def _side_values(
     m: Measure,
     which: str,
@@ -137,35 +212,61 @@ def _side_values(
     layers_of: LayersOf,
     seeds: Collection[Any] | None,
     path: str,
-) -> tuple[Spread | None, list[str], str | None]:
-    """One side's runs (pooled over its candidates), the runs the gate left out, or a
-    problem. ``seeds`` restricts the runs to those keys (a look of adaptive seeds)."""
+    items: ItemsOf | None = None,
+) -> tuple[Spread | None, list[str], str | None, list[tuple[str, int, int]]]:
+    """One side's runs (``candidates: mean``: one mean per candidate), the runs a
+    per-run gate left out,
+    a problem, and the gate's pass count per candidate ``(name, passed, runs)``.
+    ``seeds`` restricts the runs to those keys (a look of adaptive seeds); ``items``
+    gives the side its item-level variance floor."""
     q = m.quantity_of(which)
     side = getattr(m, which)
     gate = m.effective_gate()
     keys: list[Any] = []
     values: list[float] = []
     excluded: list[str] = []
+    passes: list[tuple[str, int, int]] = []
     for c in chosen:
         s, err = run_values(q, c, layers_of(c), side)
         if s is None:
             field_name = "quantity" if side.quantity is None else f"{which}.quantity"
-            return None, excluded, f"{path}.{field_name}: {err}"
+            return None, excluded, f"{path}.{field_name}: {err}", passes
         if seeds is not None:
             s = s.only(seeds)
-        learned = s.by_key()
+        runs = s.by_key()
         if gate is not None:
             at_t = (c.spread(gate.score) or Spread(())).by_key()
-            for k in list(learned):
-                v = at_t.get(k)
-                if v is None or not v >= gate.min:
+            failing = [k for k in runs if not (at_t.get(k) is not None and at_t[k] >= gate.min)]
+            passes.append((c.name, len(runs) - len(failing), len(runs)))
+            if gate.runs == "passing":  # the explicit per-run filter
+                for k in failing:
+                    v = at_t.get(k)
                     got = "not reported" if v is None else _fmt(v, ".2f")
                     excluded.append(f"{c.name} seed {k} ({gate.score} {got})")
-                    del learned[k]
-        for k, v in learned.items():
+                    del runs[k]
+        if side.candidates == "mean":  # the group on average: one value per candidate
+            if runs:
+                keys.append(c.name)
+                values.append(sum(runs.values()) / len(runs))
+            continue
+        for k, v in runs.items():
             keys.append(k if len(chosen) == 1 else (c.name, k))
             values.append(v)
-    return Spread(tuple(values), tuple(keys)), excluded, None
+    out = Spread(tuple(values), tuple(keys))
+    n_items = items(q) if items is not None and side.candidates != "mean" else None
+    if n_items and out.n:
+        out = out.with_floor(proportion_floor(out.mean, n_items))
+    return out, excluded, None, passes
+
+
+def _gate_failures(m: Measure, passes: Sequence[tuple[str, int, int]]) -> list[str]:
+    """The candidates that pass the gate on fewer than its share of their seeds."""
+    gate = m.effective_gate()
+    if gate is None:
+        return []
+    return [
+        f"{name} passes on {k} of {n} seeds" for name, k, n in passes if n and k / n < gate.share
+    ]
 
 
 def _judge(
@@ -176,6 +277,7 @@ def _judge(
     layers_of: LayersOf,
     budget: ErrorBudget,
     seeds: Collection[Any] | None,
+    items: ItemsOf | None = None,
 ) -> MeasureResult:
     path = f"hypotheses.{h.name}" + (f".measures.{index}" if len(h.measures) > 1 else "")
     undecided = Verdict.UNDECIDED
@@ -190,26 +292,115 @@ def _judge(
         if problem:
             return stop(problem)
         picked[which] = chosen
-    sa, ex_a, problem = _side_values(m, "a", picked["a"], layers_of, seeds, path)
+    alpha = budget.per_test(len(h.measures))
+    split = {w: picked[w] if getattr(m, w).candidates == "every" else [picked[w]] for w in "ab"}
+    if any(len(groups) > 1 for groups in split.values()):
+        return _judge_every(m, path, split, layers_of, alpha, seeds, items)
+    return _judge_chosen(m, path, picked, layers_of, alpha, seeds, items)
+
+
+def _judge_every(
+    m: Measure,
+    path: str,
+    split: Mapping[str, Sequence[Any]],
+    layers_of: LayersOf,
+    alpha: float,
+    seeds: Collection[Any] | None,
+    items: ItemsOf | None,
+) -> MeasureResult:
+    """``candidates: every``: the claim for each selected candidate (against the other
+    side), an intersection-union test: supported only if every comparison supports it,
+    contradicted if one contradicts it. Each comparison spends ``alpha * min(1, 2/k)``
+    (as the measures of an ``all`` claim do)."""
+    pairs = [
+        {"a": a if isinstance(a, list) else [a], "b": b if isinstance(b, list) else [b]}
+        for a in split["a"]
+        for b in split["b"]
+    ]
+    level = alpha * min(1.0, 2.0 / len(pairs))
+    results = [_judge_chosen(m, path, p, layers_of, level, seeds, items) for p in pairs]
+    verdict = combine([r.verdict for r in results], "all")
+    deciding = _weakest(results, verdict)
+    detail = "every candidate: " + " | ".join(r.detail for r in results)
+    detail += f"; every candidate -> {verdict.value}"
+    problems = [r.problem for r in results if r.problem]
+    return replace(
+        deciding,
+        label=m.label,
+        verdict=verdict,
+        detail=(f"{m.label}: " if m.label else "") + detail,
+        problem=problems[0] if problems and verdict is Verdict.UNDECIDED else None,
+        excluded=tuple(dict.fromkeys(x for r in results for x in r.excluded)),
+        gate_passes=tuple(dict.fromkeys(x for r in results for x in r.gate_passes)),
+    )
+
+
+def _weakest(results: Sequence[MeasureResult], verdict: Verdict) -> MeasureResult:
+    """The comparison that carries an intersection-union verdict: for supported, the
+    one whose interval comes closest to the margin; otherwise the first with that
+    verdict, else the first."""
+    if verdict is Verdict.SUPPORTED:
+
+        def room(r: MeasureResult) -> float:
+            c = r.comparison
+            if c is None or r.margin is None:
+                return math.inf
+            return c.low - r.margin if r.direction == "greater" else r.margin - c.high
+
+        return min(results, key=room)
+    return next((r for r in results if r.verdict is verdict), results[0])
+
+
+def _judge_chosen(
+    m: Measure,
+    path: str,
+    picked: Mapping[str, list[CandidateSummary]],
+    layers_of: LayersOf,
+    alpha: float,
+    seeds: Collection[Any] | None,
+    items: ItemsOf | None,
+) -> MeasureResult:
+    """One comparison of the candidates ``picked`` for each side."""
+    undecided = Verdict.UNDECIDED
+
+    def stop(problem: str, **kw: Any) -> MeasureResult:
+        return MeasureResult(m.label, undecided, None, None, m.direction, problem=problem,
+                             detail=problem.split(": ", 1)[-1], **kw)  # fmt: skip
+
+    sa, ex_a, problem, pass_a = _side_values(m, "a", picked["a"], layers_of, seeds, path, items)
     if problem:
         return stop(problem)
-    sb, ex_b, problem = _side_values(m, "b", picked["b"], layers_of, seeds, path)
+    sb, ex_b, problem, pass_b = _side_values(m, "b", picked["b"], layers_of, seeds, path, items)
     if problem:
         return stop(problem)
     excluded = tuple(dict.fromkeys(ex_a + ex_b))
+    passes = tuple(dict.fromkeys(pass_a + pass_b))
     names = {w: _side_name(m, w, picked[w]) for w in ("a", "b")}
     same = [c.candidate_id for c in picked["a"]] == [c.candidate_id for c in picked["b"]]
-    if m.margin.relative_to is None:
-        margin = m.margin.value
-    else:
-        of = sa if m.margin.relative_to == "a" else sb
-        margin = m.margin.value * of.mean if of.n else math.nan
-    alpha = budget.per_test(len(h.measures))
+    # A relative margin is tested exactly, per run: "a - b > r * b" is "a - (1 + r) b > 0"
+    # and "a - b > r * a" is "(1 - r) a - b > 0" (the estimated mean is no constant).
+    margin = m.margin.value
+    ta, tb = sa, sb
+    if m.margin.relative_to == "b":
+        tb, margin = sb.scaled(1.0 + m.margin.value), 0.0
+    elif m.margin.relative_to == "a":
+        ta, margin = sa.scaled(1.0 - m.margin.value), 0.0
 
     gate = m.effective_gate()
+    failures = _gate_failures(m, passes)
+    if failures:
+        why = (
+            f"competence gate {gate.score} >= {gate.min:g} at T on at least "
+            f"{gate.share:.0%} of seeds: {', '.join(failures)}: {INVALID_WHY} (invalid)"
+        )
+        detail = _detail(m, names, sa, sb, None, margin, Verdict.INVALID, why, excluded, passes)
+        return MeasureResult(
+            m.label, Verdict.INVALID, None, margin, m.direction, sa, sb, excluded, None, detail,
+            passes,
+        )  # fmt: skip
     learned = f" that learned the task at T ({gate.score} >= {gate.min:g})" if gate else ""
     if m.test == "exact":
-        c = compare_exact(sa, sb)
+        c = compare_exact(ta, tb)
     elif m.test == "paired":
         if not same and sa.n and sb.n and not set(sa.keys) & set(sb.keys):
             return stop(
@@ -217,9 +408,9 @@ def _judge(
                 "have no seed in common",
                 a=sa, b=sb, excluded=excluded,
             )  # fmt: skip
-        c = compare_paired(sa, sb, alpha)
+        c = compare_paired(ta, tb, alpha)
     else:
-        c = compare_independent(sa, sb, alpha)
+        c = compare_independent(ta, tb, alpha)
     if c is None:
         verdict = undecided
         if gate is not None and excluded and (sa.n == 0 or sb.n == 0):
@@ -235,8 +426,10 @@ def _judge(
     else:
         verdict = _decide(c, margin, m.direction)
         why = None
-    detail = _detail(m, names, sa, sb, c, margin, verdict, why, excluded)
-    return MeasureResult(m.label, verdict, c, margin, m.direction, sa, sb, excluded, None, detail)
+    detail = _detail(m, names, sa, sb, c, margin, verdict, why, excluded, passes)
+    return MeasureResult(
+        m.label, verdict, c, margin, m.direction, sa, sb, excluded, None, detail, passes
+    )
 
 
 def _decide(c: Comparison, margin: float, direction: str) -> Verdict:
@@ -282,16 +475,21 @@ def _detail(
     verdict: Verdict,
     why: str | None,
     excluded: Sequence[str],
+    passes: Sequence[tuple[str, int, int]] = (),
 ) -> str:
     q_a, q_b = m.quantity_of("a"), m.quantity_of("b")
     parts = [f"{_describe(names['a'], q_a, sa)} vs {_describe(names['b'], q_b, sb)}"]
+    gate = m.effective_gate()
+    if gate is not None and passes:
+        counts = ", ".join(f"{name} {k}/{n}" for name, k, n in passes)
+        parts.append(f"learned the task at T ({gate.score} >= {gate.min:g}): {counts} seeds")
     if excluded:
         parts.append(f"left out by the competence gate: {', '.join(excluded)}")
     sign = ">" if m.direction == "greater" else "<"
     if c is None:
         parts.append(why or "no interval (undecided)")
     else:
-        what = "a - b"
+        what = _tested(m)
         if c.kind == "exact":
             ratio = f", ratio {sa.mean / sb.mean:.3g}" if sb.mean else ""
             in_bytes = is_bytes_score(q_a.score or "")
@@ -306,10 +504,25 @@ def _detail(
             )
             if c.se == 0 and c.diff == margin:
                 parts.append("both sides identical with no spread: the task does not separate them")
+            elif c.se == 0:
+                parts.append(
+                    "the runs agree exactly and no item-level floor is known: "
+                    "no decision from a zero-width interval"
+                )
         bound = human_bytes(margin) if is_bytes_score(q_a.score or "") else _fmt(margin)
-        parts.append(f"claim a - b {sign} {bound} -> {verdict.value}")
+        parts.append(f"claim {what} {sign} {bound} -> {verdict.value}")
     label = f"{m.label}: " if m.label else ""
     return label + "; ".join(parts)
+
+
+def _tested(m: Measure) -> str:
+    """What the interval is of: ``a - b``, or with a relative margin ``a - 1.02 b``."""
+    r = m.margin.value
+    if m.margin.relative_to == "b":
+        return f"a - {1.0 + r:.4g} b"
+    if m.margin.relative_to == "a":
+        return f"{1.0 - r:.4g} a - b"
+    return "a - b"
 
 
 def _rule(h: Hypothesis, budget: ErrorBudget) -> str:
@@ -322,25 +535,48 @@ def _rule(h: Hypothesis, budget: ErrorBudget) -> str:
         text = f"a - b {sign} {m.margin.describe()} ({test})"
         gate = m.effective_gate()
         if gate is not None:
-            text += f", only runs with {gate.score} >= {gate.min:g}"
+            text += (
+                f", invalid unless each side has {gate.score} >= {gate.min:g} on at least "
+                f"{gate.share:.0%} of its seeds"
+            )
+            if gate.runs == "passing":
+                text += f", then only runs with {gate.score} >= {gate.min:g}"
         parts.append(f"{m.label}: {text}" if m.label else text)
     how = (
         "supported if the interval lies wholly on the claimed side of the margin, "
         "contradicted if wholly on the other, undecided otherwise"
     )
-    if k > 1:
-        how += "; over the measures: supported if one supports and none contradicts"
+    if k > 1 and h.combine == "any":
+        how += (
+            "; over the measures (any): supported if one supports, contradicted if all contradict"
+        )
+    elif k > 1:
+        how += (
+            "; over the measures (all): supported if all support, contradicted if one contradicts"
+        )
     return f"{'; '.join(parts)}. {how.capitalize()} ({level})."
 
 
-def _combine(results: Sequence[MeasureResult]) -> Verdict:
-    verdicts = [r.verdict for r in results]
-    sup, con = Verdict.SUPPORTED in verdicts, Verdict.CONTRADICTED in verdicts
-    if sup and not con:
-        return Verdict.SUPPORTED
-    if con and not sup:
-        return Verdict.CONTRADICTED
-    return Verdict.UNDECIDED
+def combine(verdicts: Sequence[Verdict], how: str | None) -> Verdict:
+    """The verdict of a hypothesis from its measures' verdicts. ``any`` (a claim with
+    "or"): supported if one measure supports, contradicted only if every measure
+    contradicts. ``all`` (a claim with "and"): supported only if every measure supports,
+    contradicted if one contradicts. One measure: its verdict."""
+    verdicts = list(verdicts)
+    if len(verdicts) == 1:
+        return verdicts[0]
+    if how not in ("any", "all"):
+        raise ValueError(f"combine must be 'any' or 'all', got {how!r}")
+    claimed, opposite = Verdict.SUPPORTED, Verdict.CONTRADICTED
+    if how == "all":  # "A and B" fails when one fails: the mirror image of "any"
+        claimed, opposite = opposite, claimed
+    if claimed in verdicts:
+        return claimed
+    if all(v is opposite for v in verdicts):
+        return opposite
+    # An invalid measure (a side that does not learn the task) decides nothing; what the
+    # valid measures cannot settle without it is invalid, not merely undecided.
+    return Verdict.INVALID if Verdict.INVALID in verdicts else Verdict.UNDECIDED
 
 
 def evaluate_hypothesis(
@@ -350,20 +586,85 @@ def evaluate_hypothesis(
     *,
     looks: int = 1,
     seeds: Collection[Any] | None = None,
+    items: ItemsOf | None = None,
 ) -> Finding:
     """Judge ``h`` on ``agg``: its confidence split over ``looks`` pre-planned looks
     (:class:`tracking.stats.ErrorBudget`), on the runs whose seed is in ``seeds`` (all
-    runs when None)."""
+    runs when None); ``items`` (:func:`item_counts`) gives accuracy quantities their
+    item-level variance floor."""
     budget = ErrorBudget(h.confidence, looks)
     results = tuple(
-        _judge(h, m, i, agg, layers_of, budget, seeds) for i, m in enumerate(h.measures)
+        _judge(h, m, i, agg, layers_of, budget, seeds, items) for i, m in enumerate(h.measures)
     )
-    verdict = _combine(results)
+    verdict = combine([r.verdict for r in results], h.combine)
     detail = "; ".join(r.detail for r in results)
-    both = {Verdict.SUPPORTED, Verdict.CONTRADICTED} <= {r.verdict for r in results}
-    if verdict is Verdict.UNDECIDED and both:
-        detail += "; the measures disagree (undecided)"
-    return Finding(h.name, h.statement, verdict, detail, _rule(h, budget), results)
+    if len(results) > 1:
+        detail += f"; {h.combine} of the measures -> {verdict.value}"
+    p, p_verdict = _p_value(h, results, looks)
+    return Finding(h.name, h.statement, verdict, detail, _rule(h, budget), results, p, p_verdict)
+
+
+def _p_value(h: Hypothesis, results: Sequence[MeasureResult], looks: int) -> tuple[float, Verdict]:
+    """The smallest whole-budget ``alpha`` at which ``h`` gets a decided verdict, and
+    that verdict. A measure's interval excludes its margin at the level
+    ``alpha * min(1, 2/k) / looks`` exactly when that level exceeds its two-sided
+    p-value, so each measure decides from ``alpha > q = p * looks / min(1, 2/k)`` on
+    the side its estimate lies; ``any`` needs one measure on the claimed side (the
+    smallest q), or every measure on the other (the largest); ``all`` the mirror."""
+    k = len(results)
+    scale = looks / min(1.0, 2.0 / k)
+    qs: list[tuple[float, int]] = []  # (q, +1 claimed side / -1 other side / 0 none)
+    for r in results:
+        c = r.comparison
+        if c is None or r.margin is None or not math.isfinite(r.margin):
+            qs.append((1.0, 0))
+            continue
+        above = c.diff - r.margin
+        side = 0 if above == 0 else (1 if above > 0 else -1)
+        if r.direction == "less":
+            side = -side
+        if c.kind == "exact":
+            side = 1 if r.verdict is Verdict.SUPPORTED else -1
+        qs.append((min(1.0, p_two_sided(c, r.margin) * scale), side))
+    how = h.combine or "any"
+    one, every = (1, -1) if how == "any" else (-1, 1)
+    p_one = min((q for q, side in qs if side == one), default=1.0)
+    p_every = max(q for q, _ in qs) if all(side == every for _, side in qs) else 1.0
+    verdict_one = Verdict.SUPPORTED if one == 1 else Verdict.CONTRADICTED
+    verdict_every = Verdict.SUPPORTED if every == 1 else Verdict.CONTRADICTED
+    if p_one <= p_every:
+        return p_one, verdict_one if p_one < 1.0 else Verdict.UNDECIDED
+    return p_every, verdict_every
+
+
+def with_family(findings: Sequence[Finding], alpha: float) -> list[Finding]:
+    """``findings`` with their Holm verdicts (:func:`family_verdicts`) set."""
+    verdicts = family_verdicts(findings, alpha)
+    n = len(findings)
+    return [
+        replace(f, family_verdict=v, family_alpha=alpha, family_size=n)
+        for f, v in zip(findings, verdicts, strict=True)
+    ]
+
+
+def family_verdicts(findings: Sequence[Finding], alpha: float) -> list[Verdict]:
+    """Holm's step-down procedure over a study's hypotheses (statsmodels'
+    ``multipletests``): the chance that *any* hypothesis of the family is wrongly
+    decided stays at most ``alpha`` (family-wise error rate, strong control). A
+    hypothesis keeps its decided verdict when Holm rejects its null, else it is
+    undecided family-wise; an invalid hypothesis stays invalid."""
+    from statsmodels.stats.multitest import multipletests  # heavy: only when reporting
+
+    if not findings:
+        return []
+    reject = multipletests([f.p_value for f in findings], alpha=alpha, method="holm")[0]
+    out = []
+    for f, r in zip(findings, reject, strict=True):
+        if f.verdict not in (Verdict.SUPPORTED, Verdict.CONTRADICTED):
+            out.append(f.verdict)
+        else:
+            out.append(f.verdict if r else Verdict.UNDECIDED)
+    return out
 
 
 def evaluate(
@@ -372,7 +673,8 @@ def evaluate(
     layers_of: LayersOf,
     *,
     looks: int = 1,
+    items: ItemsOf | None = None,
 ) -> list[Finding]:
     """Every hypothesis judged on all runs of ``agg`` (one look, or the last of
     ``looks``)."""
-    return [evaluate_hypothesis(h, agg, layers_of, looks=looks) for h in hypotheses]
+    return [evaluate_hypothesis(h, agg, layers_of, looks=looks, items=items) for h in hypotheses]

@@ -9,6 +9,12 @@ interactive HTML page (inline SVG + JavaScript, no network): the plots and files
 written by :mod:`tracking.pareto_plots`. :func:`pareto_of_study` ranks a study's
 COMPLETE trials.
 
+:func:`pareto_ranks_within_noise` ranks candidate means with their seed spread: one
+candidate dominates another only when it is better beyond the noise in one objective and
+not worse beyond it in any (epsilon-dominance with a margin per pair and objective, the
+tie rule of :mod:`tracking.ties`), so the front does not rank candidates on noise, and
+says which candidates are statistically indistinguishable.
+
 Nothing here imports mlflow or optuna: the study and the MLflow runs are read and
 written elsewhere in ``tracking``.
 """
@@ -144,6 +150,78 @@ def pareto_ranks(
         for k, i in enumerate(valid_index):
             ranks[i] = int(local_rank[k])
     return ParetoRanks(ranks=tuple(ranks), excluded=excluded)
+
+
+@dataclass(frozen=True)
+class NoisyParetoRanks(ParetoRanks):
+    """:class:`ParetoRanks` under noise, and the pairs of points (indices, lower first)
+    that no objective tells apart: within the margin on every objective."""
+
+    indistinguishable: tuple[tuple[int, int], ...] = ()
+
+    def alike(self, i: int) -> list[int]:
+        """The points indistinguishable from point ``i``."""
+        return [b if a == i else a for a, b in self.indistinguishable if i in (a, b)]
+
+
+def pareto_ranks_within_noise(
+    points: Sequence[Sequence[Any]],
+    sems: Sequence[Sequence[float]],
+    directions: Sequence[Any],
+    names: Sequence[str] | None = None,
+    *,
+    z: float = 2.0,
+) -> NoisyParetoRanks:
+    """Non-dominated sorting of mean vectors ``points`` whose standard errors are ``sems``
+    (same shape; 0 for a value without noise, e.g. one computed from the layout).
+
+    For points a and b and objective j the margin is ``z * sqrt(sem_aj^2 + sem_bj^2)``
+    (``z`` standard errors of the difference). a dominates b when a is worse than b by
+    more than the margin in no objective and better by more than the margin in at least
+    one. With every sem 0 this is :func:`pareto_ranks`. The relation never holds both
+    ways; should it ever cycle, the points left in the cycle share the next rank.
+    Points with a missing or NaN value (or NaN sem, read as 0) are excluded as in
+    :func:`pareto_ranks`.
+    """
+    plain = pareto_ranks(points, directions, names)
+    dirs = [normalize_direction(d) for d in directions]
+    valid = [i for i, r in enumerate(plain.ranks) if r is not None]
+    ranks: list[int | None] = [None] * len(points)
+    if not valid:
+        return NoisyParetoRanks(ranks=tuple(ranks), excluded=plain.excluded)
+    sign = np.array([1.0 if d == MINIMIZE else -1.0 for d in dirs])
+    x = np.array([[float(points[i][j]) for j in range(len(dirs))] for i in valid]) * sign
+    se = np.nan_to_num(
+        np.array([[float(sems[i][j]) for j in range(len(dirs))] for i in valid]), nan=0.0
+    )
+    margin = z * np.sqrt(se[:, None, :] ** 2 + se[None, :, :] ** 2)  # (n, n, m)
+    diff = x[:, None, :] - x[None, :, :]  # (n, n, m): a - b, lower is better
+    better = (diff < -margin).any(axis=-1)
+    no_worse = (diff <= margin).all(axis=-1)
+    dominates = better & no_worse  # dominates[a, b]
+    same = (np.abs(diff) <= margin).all(axis=-1)  # indistinguishable on every objective
+    dominated_by = dominates.sum(axis=0)
+    local = np.full(len(valid), -1)
+    r = 0
+    while (local < 0).any():
+        front = np.flatnonzero((dominated_by == 0) & (local < 0))
+        if not front.size:  # a cycle: what is left shares this rank
+            front = np.flatnonzero(local < 0)
+        local[front] = r
+        dominated_by = dominated_by - dominates[front].sum(axis=0)
+        r += 1
+    for k, i in enumerate(valid):
+        ranks[i] = int(local[k])
+    return NoisyParetoRanks(
+        ranks=tuple(ranks),
+        excluded=plain.excluded,
+        indistinguishable=tuple(
+            (valid[a], valid[b])
+            for a in range(len(valid))
+            for b in range(a + 1, len(valid))
+            if same[a, b]
+        ),
+    )
 
 
 # -- the table -----------------------------------------------------------------

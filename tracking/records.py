@@ -35,6 +35,7 @@ from space.names import (
     STUDY_ATTR_OBJECTIVES,
     is_score_name,
 )
+from workers.layout import SCORES_FILE, SEED_DIR_PREFIX, seed_of
 
 __all__ = [
     "COMPLETE",
@@ -46,8 +47,6 @@ __all__ = [
     "study_records",
 ]
 
-SEED_DIR_PREFIX = "seed_"  # <trial_dir>/seed_<n>/ holds one seed's run
-SEED_SCORES_FILE = "scores.json"
 COMPLETE = "COMPLETE"
 # A run in one of these states will not change: its seed has been spent.
 FINISHED_STATES = frozenset({"COMPLETE", "FAIL", "PRUNED"})
@@ -179,11 +178,10 @@ def _seed_files(trial_dir: str | None) -> list[dict[str, Any]]:
     if not trial_dir:
         return []
     out = []
-    for path in sorted(Path(trial_dir).glob(f"{SEED_DIR_PREFIX}*/{SEED_SCORES_FILE}")):
+    for path in sorted(Path(trial_dir).glob(f"{SEED_DIR_PREFIX}*/{SCORES_FILE}")):
         data = json.loads(path.read_text())
         if data.get("seed") is None:
-            suffix = path.parent.name[len(SEED_DIR_PREFIX) :]
-            data["seed"] = int(suffix) if suffix.lstrip("-").isdigit() else None
+            data["seed"] = seed_of(path.parent)
         out.append(data)
     return out
 

@@ -19,6 +19,7 @@ server alike (only ``MlflowClient`` calls).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import platform
 import shutil
@@ -36,6 +37,11 @@ MODEL_ARTIFACT_DIR = "hf"  # the Hugging Face folder inside the MLflow model
 CODE_DIR = "code"
 FLAVOR = "ropenope"
 LOGGED_MODEL_TAG = "logged_model_id"  # version tag: the logged model the version came from
+# Version tag: the sha256 of the export's ropenope.json, which holds every file's sha256 (the
+# loader checks the files against it). Kept in the tracking database, apart from the artifact
+# store the files live in, so a replaced record is seen too.
+EXPORT_RECORD_TAG = "export_record_sha256"
+EXPORT_RECORD = "ropenope.json"
 # What a loader needs installed; versions are the ones installed where the model was exported.
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "mlflow")
 
@@ -153,6 +159,9 @@ def register_exported_model(
 
     store = MlflowStore(target)
     logged = None
+    record = Path(folder) / EXPORT_RECORD
+    if record.is_file():
+        facts = {**facts, EXPORT_RECORD_TAG: hashlib.sha256(record.read_bytes()).hexdigest()}
     try:
         experiment_id, step = _run_experiment(store, run_id)
         client = store.client

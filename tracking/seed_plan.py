@@ -18,22 +18,25 @@ Optuna, no Ray): the sweep driver asks it after each round which seeds to train 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from space.hypotheses import Hypothesis
 from tracking.aggregate import CandidateSummary, StudyAggregate, aggregate
-from tracking.hypotheses import Finding, evaluate_hypothesis
+from tracking.hypotheses import Finding, ItemsOf, evaluate_hypothesis
 from tracking.records import TrialRecord
 from tracking.sides import LayersOf, select
-from tracking.stats import Verdict
+from tracking.stats import Verdict, t_critical
 
 __all__ = [
+    "SETTLED",
     "HypothesisState",
     "SeedPlan",
     "SeedRequest",
     "format_open_hypotheses",
+    "futility",
     "plan_for_study",
     "plan_seeds",
 ]
@@ -43,6 +46,8 @@ OPEN = "open"  # undecided at its last look: its candidates get the next seed
 WAITING = "waiting"  # a seed it needs is still training
 EXHAUSTED = "exhausted"  # undecided at the last look (max seeds)
 BLOCKED = "blocked"  # cannot be judged (a side selects nothing, a score is missing, ...)
+FUTILE = "futile"  # undecided, and more seeds up to max would not decide it: none bought
+SETTLED = (DECIDED, EXHAUSTED, BLOCKED, FUTILE)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class SeedPlan:
     @property
     def done(self) -> bool:
         """Nothing left to train or to wait for."""
-        return all(h.state in (DECIDED, EXHAUSTED, BLOCKED) for h in self.hypotheses)
+        return all(h.state in SETTLED for h in self.hypotheses)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,16 +137,20 @@ def plan_seeds(
     repeats_min: int,
     repeats_max: int,
     base_seed: int = 0,
+    items: ItemsOf | None = None,
 ) -> SeedPlan:
     """Replay the looks of every hypothesis on ``records`` and say which seeds the next
-    round trains. See the module docstring for the procedure."""
+    round trains. See the module docstring for the procedure; ``items``
+    (:func:`tracking.hypotheses.item_counts`) gives accuracy quantities their
+    item-level variance floor."""
     if not 1 <= repeats_min <= repeats_max:
         raise ValueError(f"need 1 <= min <= max seeds, got {repeats_min}..{repeats_max}")
     agg = records if isinstance(records, StudyAggregate) else aggregate(records)
     everyone = (*agg.candidates, *agg.without_complete)
     looks = repeats_max - repeats_min + 1
     states = [
-        _replay(h, agg, everyone, layers_of, repeats_min, looks, base_seed) for h in hypotheses
+        _replay(h, agg, everyone, layers_of, repeats_min, looks, base_seed, items)
+        for h in hypotheses
     ]
     merged: dict[str, SeedRequest] = {}
     for h in states:
@@ -165,6 +174,7 @@ def _replay(
     repeats_min: int,
     looks: int,
     base_seed: int,
+    items: ItemsOf | None = None,
 ) -> HypothesisState:
     chosen: dict[str, CandidateSummary] = {}
     for i, m in enumerate(h.measures):
@@ -197,33 +207,94 @@ def _replay(
             return HypothesisState(
                 h.name, state, finding, look - 1, looks, n - 1, names, requests, max(left, 0)
             )
-        finding = evaluate_hypothesis(h, agg, layers_of, looks=looks, seeds=round_seeds)
+        finding = evaluate_hypothesis(
+            h, agg, layers_of, looks=looks, seeds=round_seeds, items=items
+        )
         if finding.verdict is not Verdict.UNDECIDED:
             return HypothesisState(h.name, DECIDED, finding, look, looks, n, names)
         if finding.problems and len(finding.problems) == len(finding.measures):
             problem = finding.problems[0]
             return HypothesisState(h.name, BLOCKED, finding, look, looks, n, names, problem=problem)
+        n_max = repeats_min + looks - 1
+        if look < looks:
+            why = futility(finding, n, n_max)
+            if why is not None:
+                return HypothesisState(h.name, FUTILE, finding, look, looks, n, names, problem=why)
     n_max = repeats_min + looks - 1
     return HypothesisState(h.name, EXHAUSTED, finding, looks, looks, n_max, names)
+
+
+def futility(finding: Finding, n: int, n_max: int) -> str | None:
+    """Why buying seeds up to ``n_max`` would not decide an undecided ``finding`` judged
+    on ``n`` seeds per candidate, or None. Each measure must be futile:
+
+    - its sides are tied at a bound: every run of both sides has the same value, 0 or 1
+      (an accuracy every seed gets right, or none does): more seeds repeat it;
+    - its interval can no longer exclude the margin at ``max``: with the spread as it is
+      and the difference even one standard error further from the margin than now, the
+      interval at ``n_max`` seeds (its standard error shrunk by ``sqrt(n / n_max)``, its
+      degrees of freedom grown in proportion, the same level) would still hold the
+      margin;
+    - it is invalid (a side does not learn the task: seeds do not raise the budget).
+
+    A measure with no interval yet (fewer than 2 runs) or one of zero width is not
+    futile. Stopping for futility only ever leaves a hypothesis undecided, so it never
+    raises the chance of a wrong verdict; it costs power where the estimate now is far
+    below the true difference. The extra standard error keeps that cost small
+    (bench/seed_error_rate.py, min 3 max 8, 200 studies: a 2-sd effect supported in
+    0.775 of studies against 0.56 without it and 0.805 with no futility stop)."""
+    reasons = []
+    for m in finding.measures:
+        if m.verdict is Verdict.INVALID:
+            reasons.append("invalid")
+            continue
+        c = m.comparison
+        values = set((m.a.values if m.a else ()) + (m.b.values if m.b else ()))
+        if c is not None and len(values) == 1 and values <= {0.0, 1.0}:
+            reasons.append(f"both sides tied at {values.pop():g} on every run")
+            continue
+        if c is None or m.margin is None or not c.se > 0 or c.kind == "exact":
+            return None
+        df = c.df * (n_max - 1) / max(n - 1, 1)
+        half = t_critical(df, c.alpha) * c.se * math.sqrt(n / n_max)
+        if abs(c.diff - m.margin) + c.se > half:
+            return None
+        reasons.append(
+            f"at {n_max} seeds the interval would still hold the margin "
+            f"(|{c.diff:.3g} - {m.margin:.3g}| + se {c.se:.3g} <= {half:.3g})"
+        )
+    if not reasons:
+        return None
+    label = [
+        f"{m.label}: {r}" if m.label else r for m, r in zip(finding.measures, reasons, strict=True)
+    ]
+    return "futile: " + "; ".join(label)
 
 
 def plan_for_study(study: Any, config: Any) -> SeedPlan | None:
     """:func:`plan_seeds` on an ``optuna.Study`` swept with ``config`` (its
     :class:`space.schema.SweepConfig`); None unless the sweep uses adaptive seeds. What
     the sweep driver asks after each round, and ``ropenope status`` shows."""
-    if config is None or not config.study.adaptive:
+    if config is None:
         return None
+    from tracking.decision_plan import decision_plan
+    from tracking.hypotheses import item_counts
     from tracking.records import study_records  # the one read of the study
     from tracking.sides import candidate_layers
 
+    # The looks planned when the study was created: a max raised on resume adds none.
+    decisions = decision_plan(study.user_attrs, config)
+    if not config.study.adaptive or not decisions.adaptive:
+        return None
     read = study_records(study)
     return plan_seeds(
         config.hypotheses,
         aggregate(read.records, read.objective_names, read.directions),
         candidate_layers(config),
-        repeats_min=config.study.repeats,
-        repeats_max=config.study.max_repeats,
+        repeats_min=decisions.repeats_min,
+        repeats_max=decisions.repeats_max,
         base_seed=config.train.seed,
+        items=item_counts(config),
     )
 
 
@@ -249,6 +320,8 @@ def format_open_hypotheses(plan: SeedPlan) -> list[str]:
             head += "; waiting for seeds in training"
         elif h.state == EXHAUSTED:
             head += "; undecided at max seeds"
+        elif h.state == FUTILE:
+            head += f"; no more seeds ({h.problem})"
         elif h.problem:
             head += f"; {h.problem}"
         lines.append(head)

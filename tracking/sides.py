@@ -70,12 +70,12 @@ def select(
         what = f"no preset {side.preset!r} and no" if side.preset else "no"
         why = f" (layers unknown for {', '.join(unknown)})" if unknown else ""
         return [], f"{field_path}.where: {what} completed candidate fits{why}"
-    if len(matches) > 1 and not side.pool:
+    if len(matches) > 1 and side.candidates == "one":
         names = ", ".join(c.name for c in matches)
         lead = f"no preset {side.preset!r} and several" if side.preset else "several"
         return [], (
             f"{field_path}.where: {lead} candidates fit the role ({names}); "
-            "name a preset, narrow where, or set pool: true"
+            "name a preset, narrow where, or say candidates: every | mean"
         )
     return matches, None
 

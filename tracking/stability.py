@@ -12,6 +12,11 @@ shows (the mean over all ``n`` seeds) is more stable than that. With fewer than 
 a half holds a single seed: tau then says how well one seed's ranking predicts
 another's, a lower bound. Layout-only objectives (KV cache, parameters) have no seed
 noise: their tau is 1, or undefined where candidates tie.
+
+Tau rests on ``pairs = k (k - 1) / 2`` candidate pairs, few with few candidates, and on
+one split of few seeds; its 95% interval is a bootstrap (each candidate's runs resampled
+with replacement, then split and ranked as above, :data:`BOOTSTRAP` times, the 2.5 and
+97.5 percentiles of tau).
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ class RankStability:
     candidates: int  # candidates ranked
     seeds: int  # the fewest runs of a ranked candidate (each half has at least seeds // 2)
     left_out: tuple[str, ...]  # candidates with fewer than 2 runs
+    interval: tuple[float, float] | None = None  # bootstrap 95% interval of tau
+
+    @property
+    def pairs(self) -> int:
+        """The candidate pairs tau compares."""
+        return self.candidates * (self.candidates - 1) // 2
 
     @property
     def meaning(self) -> str:
@@ -43,9 +54,10 @@ class RankStability:
             if self.candidates < 2:
                 return "fewer than 2 candidates with 2 or more seeds: nothing to rank"
             return "undefined: every candidate ties in a half"
+        pairs = f" ({self.pairs} candidate pair{'s' if self.pairs != 1 else ''})"
         if self.seeds < 4:
-            return "one seed per half: how well a single seed's ranking predicts another's"
-        return f"rankings from {self.seeds // 2}+ seeds each agree this well"
+            return "one seed per half: how well a single seed's ranking predicts another's" + pairs
+        return f"rankings from {self.seeds // 2}+ seeds each agree this well" + pairs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +67,8 @@ class RankStability:
             "candidates": self.candidates,
             "seeds": self.seeds,
             "left_out": list(self.left_out),
+            "pairs": self.pairs,
+            "interval": None if self.interval is None else list(self.interval),
             "meaning": self.meaning,
         }
 
@@ -63,11 +77,39 @@ def _seed_order(key: Any) -> tuple:
     return (0, key, "") if isinstance(key, int | float) else (1, 0, str(key))
 
 
+BOOTSTRAP = 200  # resamples behind tau's interval
+
+
+def _halves(runs: list[float]) -> tuple[float, float]:
+    """The means of alternate runs (1st, 3rd, ... against 2nd, 4th, ...)."""
+    return float(np.mean(runs[0::2])), float(np.mean(runs[1::2]))
+
+
+def _tau(halves: list[tuple[float, float]]) -> float | None:
+    value = kendall_tau([h[0] for h in halves], [h[1] for h in halves])
+    return value if math.isfinite(value) else None
+
+
+def _interval(per_candidate: list[list[float]], seed: int = 0) -> tuple[float, float] | None:
+    rng = np.random.default_rng(seed)
+    taus = []
+    for _ in range(BOOTSTRAP):
+        halves = [_halves(list(rng.choice(runs, size=len(runs)))) for runs in per_candidate]
+        tau = _tau(halves)
+        if tau is not None:
+            taus.append(tau)
+    if len(taus) < BOOTSTRAP // 2:  # mostly ties: no interval worth the name
+        return None
+    low, high = np.percentile(taus, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def rank_stability(agg: StudyAggregate) -> list[RankStability]:
-    """Kendall's tau between rankings from disjoint halves of the seeds, per objective."""
+    """Kendall's tau between rankings from disjoint halves of the seeds, per objective,
+    with its bootstrap interval."""
     out = []
     for objective, direction in zip(agg.objective_names, agg.directions, strict=False):
-        halves: list[tuple[float, float]] = []
+        per_candidate: list[list[float]] = []
         left_out, counts = [], []
         for c in agg.candidates:
             s = c.spread(objective)
@@ -75,14 +117,13 @@ def rank_stability(agg: StudyAggregate) -> list[RankStability]:
                 left_out.append(c.name)
                 continue
             runs = sorted(s.by_key().items(), key=lambda kv: _seed_order(kv[0]))
-            first = [v for i, (_, v) in enumerate(runs) if i % 2 == 0]
-            second = [v for i, (_, v) in enumerate(runs) if i % 2 == 1]
-            halves.append((float(np.mean(first)), float(np.mean(second))))
+            per_candidate.append([v for _, v in runs])
             counts.append(s.n)
-        tau = None
+        halves = [_halves(runs) for runs in per_candidate]
+        tau = interval = None
         if len(halves) >= 2:
-            value = kendall_tau([h[0] for h in halves], [h[1] for h in halves])
-            tau = value if math.isfinite(value) else None
+            tau = _tau(halves)
+            interval = _interval(per_candidate) if tau is not None else None
         out.append(
             RankStability(
                 objective,
@@ -91,6 +132,7 @@ def rank_stability(agg: StudyAggregate) -> list[RankStability]:
                 len(halves),
                 min(counts) if counts else 0,
                 tuple(left_out),
+                interval,
             )
         )
     return out

@@ -1,6 +1,6 @@
 """The statistics behind every verdict: spreads over seeds, Welch and paired intervals,
-Student-t quantiles, the decision rule, the error budget of repeated looks, and
-Kendall's tau. Pure (math and numpy), testable alone.
+the decision rule, the error budget of repeated looks, p-values for family-wise control
+and Kendall's tau. Quantiles and tau come from scipy.stats; testable alone.
 
 The rule (one rule for every comparison)
 ----------------------------------------
@@ -8,18 +8,19 @@ Two sets of per-seed values, A and B, are compared through their difference of m
 ``d = mean(A) - mean(B)`` and a two-sided ``1 - alpha`` confidence interval ``[lo, hi]``:
 
 - independent runs (two candidates): Welch's interval, ``d ± t * se`` with
-  ``se = sqrt(sA^2/nA + sB^2/nB)`` (sample std, ddof=1) and ``t`` the ``1 - alpha/2``
-  Student quantile at the Welch-Satterthwaite degrees of freedom, rounded down
-  (conservative: fewer degrees of freedom, a wider interval);
+  ``se = sqrt(vA/nA + vB/nB)`` and ``t`` the ``1 - alpha/2`` Student quantile at the
+  (fractional) Welch-Satterthwaite degrees of freedom;
 - paired runs (matched by seed: two scores of the same runs, or two candidates trained
   with the same seeds): ``d`` is the mean per-seed difference,
-  ``se = std(differences) / sqrt(n)``, ``t`` at ``n - 1`` degrees of freedom.
+  ``se = sqrt(v(differences) / n)``, ``t`` at ``n - 1`` degrees of freedom.
 
-A claim "A - B exceeds ``margin``" is **supported** when ``lo > margin``,
+``v`` is the sample variance (ddof=1), never below the side's item-level floor
+(:attr:`Spread.var_floor`: a proportion over N items is given at least its binomial
+variance). A claim "A - B exceeds ``margin``" is **supported** when ``lo > margin``,
 **contradicted** when ``hi < margin`` and **undecided** otherwise, or when a side has
-fewer than two runs (no spread, no interval). Zero spread on both sides gives a
-zero-width interval: the verdict follows the sign of ``d - margin`` and a tie is
-undecided. A claim "A - B is below ``margin``" is the same rule on ``B - A`` and
+fewer than two runs (no spread, no interval), or when the interval has zero width
+(runs that agree exactly and no floor is known: no decision from a zero-width
+interval). A claim "A - B is below ``margin``" is the same rule on ``B - A`` and
 ``-margin``.
 
 Repeated looks (:class:`ErrorBudget`)
@@ -29,10 +30,14 @@ With 2-8 seeds, anytime-valid bounds for bounded scores cannot reject at 5% (DES
 (``K = max - min + 1`` rounds of seeds) and split the error budget evenly over the
 rounds (Bonferroni): each look uses ``alpha / K``. Whatever the dependence between
 looks, the chance that any look of a hypothesis wrongly decides it is at most
-``alpha``. A hypothesis judged by ``k`` measures (e.g. accuracy and loss) whose verdict
-needs one measure to show it and none to show the opposite spends ``alpha * min(1, 2/k)``
-per measure: a wrong verdict needs a wrong tail of one measure, and each tail holds half
-of a two-sided level, so two measures at ``alpha`` each still err at most ``alpha``.
+``alpha``. A hypothesis judged by ``k`` measures (e.g. accuracy and loss) spends
+``alpha * min(1, 2/k)`` per measure, whichever way they combine. With ``combine: any``
+("accuracy or loss degrades") a wrong "supported" (every measure truly on or below its
+margin) needs one measure's interval wholly above its margin: one tail of one of ``k``
+measures, each tail at most half of the measure's two-sided level, so at most
+``k * alpha_m / 2 = alpha``; a wrong "contradicted" (some measure truly above) needs that
+measure's interval wholly below: at most ``alpha_m / 2``. ``combine: all`` is the mirror
+image. So two measures at ``alpha`` each still err at most ``alpha``.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from scipy.stats import kendalltau as _kendalltau
+from scipy.stats import t as _t
 
 __all__ = [
     "Comparison",
@@ -56,9 +62,9 @@ __all__ = [
     "compare_paired",
     "decide",
     "kendall_tau",
-    "t_cdf",
+    "p_two_sided",
+    "proportion_floor",
     "t_critical",
-    "t_quantile",
 ]
 
 CONFIDENCE = 0.95
@@ -68,6 +74,9 @@ class Verdict(StrEnum):
     SUPPORTED = "supported"
     CONTRADICTED = "contradicted"
     UNDECIDED = "undecided"
+    # A side failed the competence gate: it does not learn the task at this budget, so
+    # the comparison says nothing either way (raise the budget).
+    INVALID = "invalid"
 
 
 # -- one score over seeds --------------------------------------------------------------
@@ -80,11 +89,20 @@ class Spread:
 
     ``std`` is the sample standard deviation (ddof=1); with fewer than two values it is
     NaN, as is ``sem`` (std / sqrt(n)): one run says nothing about spread.
+
+    ``var_floor`` is the least variance one run's value can honestly be given: a score
+    that is a proportion over N evaluation items moves in steps of 1/N, so 2-3 seeds
+    often agree exactly ((1.00, 1.00) vs (0.99, 0.99)) although a fresh draw of items
+    would not; their zero sample variance is no evidence of zero variance. The intervals
+    use ``max(variance, var_floor)`` per side (:func:`proportion_floor` gives it for a
+    proportion); 0 when the item count is unknown, and then an interval of zero width
+    decides nothing (:func:`decide`).
     """
 
     values: tuple[float, ...]
     keys: tuple[Any, ...] = ()
     n_missing: int = 0
+    var_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.keys and len(self.keys) != len(self.values):
@@ -118,11 +136,29 @@ class Spread:
         keys = self.keys or tuple(range(self.n))
         return dict(zip(keys, self.values, strict=True))
 
+    @property
+    def var(self) -> float:
+        """The variance one run is given in an interval: the sample variance, at least
+        ``var_floor``."""
+        return max(self.std**2, self.var_floor) if self.n >= 2 else math.nan
+
     def only(self, keys: Sequence[Any]) -> Spread:
         """The runs whose key is in ``keys``, in this spread's order."""
         wanted = set(keys)
         pairs = [(k, v) for k, v in self.by_key().items() if k in wanted]
-        return Spread(tuple(v for _, v in pairs), tuple(k for k, _ in pairs))
+        return Spread(
+            tuple(v for _, v in pairs), tuple(k for k, _ in pairs), var_floor=self.var_floor
+        )
+
+    def scaled(self, factor: float) -> Spread:
+        """Every value times ``factor`` (a relative margin tested exactly)."""
+        return Spread(
+            tuple(v * factor for v in self.values), self.keys, self.n_missing,
+            self.var_floor * factor**2,
+        )  # fmt: skip
+
+    def with_floor(self, var_floor: float) -> Spread:
+        return Spread(self.values, self.keys, self.n_missing, var_floor)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,84 +192,36 @@ def _finite(x: float) -> float | None:
 # -- Student's t ------------------------------------------------------------------------
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-@lru_cache(maxsize=4096)
-def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on
-    :func:`t_cdf`, to 1e-10)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-10 * max(1.0, hi):
-            break
-    return (lo + hi) / 2.0
-
-
 def t_critical(df: float, alpha: float = 1.0 - CONFIDENCE) -> float:
     """The two-sided critical value ``t_{1 - alpha/2}`` at ``df`` degrees of freedom
-    rounded down (conservative). ``t_critical(df)`` is the 95% value."""
-    if not df >= 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return t_quantile(1.0 - alpha / 2.0, float(math.floor(df)))
+    (fractional, as Welch-Satterthwaite gives them; scipy.stats.t)."""
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    return float(_t.ppf(1.0 - alpha / 2.0, df))
+
+
+def p_two_sided(comparison: Comparison, margin: float = 0.0) -> float:
+    """The two-sided p-value of ``diff == margin``: the smallest ``alpha`` at which the
+    ``1 - alpha`` interval of ``comparison`` excludes ``margin``. 1 for an interval of
+    zero width (it decides nothing) and 0 for an exact, layout-only comparison that
+    differs from ``margin``."""
+    if comparison.kind == "exact":
+        return 0.0 if comparison.diff != margin else 1.0
+    if not comparison.se > 0 or comparison.df is None:
+        return 1.0
+    t = abs(comparison.diff - margin) / comparison.se
+    return float(min(1.0, 2.0 * _t.sf(t, comparison.df)))
+
+
+def proportion_floor(mean: float, items: int) -> float:
+    """The variance floor of one run's score when the score is a proportion over
+    ``items`` evaluation items: ``p (1 - p) / items`` with the Agresti-Coull estimate
+    ``p = (x + 2) / (items + 4)`` (``x = mean * items``), which stays above zero at 0
+    and 1. See :class:`Spread` for why it is a floor."""
+    if items < 1 or not math.isfinite(mean):
+        return 0.0
+    p = (mean * items + 2.0) / (items + 4.0)
+    return p * (1.0 - p) / items
 
 
 # -- intervals -----------------------------------------------------------------------
@@ -270,13 +258,13 @@ def compare_independent(a: Spread, b: Spread, alpha: float = 1.0 - CONFIDENCE) -
     """Welch's ``1 - alpha`` interval for mean(a) - mean(b); None if a side has < 2 runs."""
     if a.n < 2 or b.n < 2:
         return None
-    va, vb = a.std**2 / a.n, b.std**2 / b.n
+    va, vb = a.var / a.n, b.var / b.n
     se = math.sqrt(va + vb)
     diff = a.mean - b.mean
     if se == 0:
         return Comparison(diff, 0.0, None, diff, diff, a.n, b.n, False, alpha, "welch")
     terms = (va**2 / (a.n - 1) if va else 0.0) + (vb**2 / (b.n - 1) if vb else 0.0)
-    df = (va + vb) ** 2 / terms
+    df = (va + vb) ** 2 / terms  # Welch-Satterthwaite, fractional
     t = t_critical(df, alpha)
     return Comparison(diff, se, df, diff - t * se, diff + t * se, a.n, b.n, False, alpha, "welch")
 
@@ -291,7 +279,8 @@ def compare_paired(a: Spread, b: Spread, alpha: float = 1.0 - CONFIDENCE) -> Com
         return None
     d = np.array([x - y for x, y in pairs])
     diff = float(d.mean())
-    se = float(d.std(ddof=1)) / math.sqrt(n)
+    var = max(float(d.var(ddof=1)), a.var_floor + b.var_floor)
+    se = math.sqrt(var / n)
     if se == 0:
         return Comparison(diff, 0.0, None, diff, diff, n, n, True, alpha, "paired")
     t = t_critical(n - 1, alpha)
@@ -309,12 +298,16 @@ def compare_exact(a: Spread, b: Spread) -> Comparison | None:
 
 def decide(comparison: Comparison | None, margin: float = 0.0) -> Verdict:
     """Supported if the whole interval lies above ``margin``, contradicted if below,
-    undecided if it straddles or touches it, or if there is no interval. An exact
-    comparison (no noise) is supported when ``diff >= margin``."""
+    undecided if it straddles or touches it, if there is no interval, or if the
+    interval has zero width (seed scores that agree exactly, with no item-level floor:
+    no evidence of zero variance). An exact comparison (no noise) is supported when
+    ``diff >= margin``."""
     if comparison is None:
         return Verdict.UNDECIDED
     if comparison.kind == "exact":
         return Verdict.SUPPORTED if comparison.diff >= margin else Verdict.CONTRADICTED
+    if not comparison.se > 0:
+        return Verdict.UNDECIDED
     if comparison.low > margin:
         return Verdict.SUPPORTED
     if comparison.high < margin:
@@ -363,26 +356,10 @@ class ErrorBudget:
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b between two rankings (ties counted as neither concordant nor
-    discordant, normalised by the untied pairs of each side); NaN when either side is
-    all ties or has fewer than two items."""
+    """Kendall's tau-b between two rankings (scipy.stats.kendalltau); NaN when either
+    side is all ties or has fewer than two items."""
     if len(x) != len(y):
         raise ValueError(f"{len(x)} vs {len(y)} items")
-    n = len(x)
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx = np.sign(x[i] - x[j])
-            dy = np.sign(y[i] - y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif dx == dy:
-                concordant += 1
-            else:
-                discordant += 1
-    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return (concordant - discordant) / denom if denom > 0 else math.nan
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan
+    return float(_kendalltau(x, y).statistic)

@@ -28,6 +28,7 @@ from space.names import (
     TAG_RUN_KIND,
     TAG_STUDY,
 )
+from space.secrets import redact_text
 from tracking.keys import MAX_TAG_CHARS, MLFLOW_PARENT_RUN_ID
 from tracking.provenance import source_tags
 from tracking.runs_view import experiment_tags
@@ -49,6 +50,9 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
+# Artifacts read as text and redacted before upload (a sweep file, a report, a log); other
+# files (plots, checkpoints) hold no URL and go up as they are.
+_TEXT_ARTIFACTS = (".yaml", ".yml", ".json", ".txt", ".md", ".log", ".csv", ".html")
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
 _MAX_METRICS_PER_BATCH = 1000
 
@@ -235,7 +239,7 @@ class MlflowStore:
                 TAG_STUDY: self.target.study,
                 TAG_RUN_KIND: RUN_KIND_STUDY,
                 **source_tags(),
-                **(tags or {}),
+                **{k: redact_text(str(v)) for k, v in (tags or {}).items()},
             },
         )
         # Two drivers (PostgreSQL) may race here: keep the oldest, drop ours.
@@ -260,7 +264,7 @@ class MlflowStore:
                 MLFLOW_PARENT_RUN_ID: parent_run_id,
                 TAG_STUDY: self.target.study,
                 TAG_RUN_KIND: RUN_KIND_TRIAL,
-                **tags,
+                **{k: redact_text(str(v)) for k, v in tags.items()},
             },
         )
         return run.info.run_id
@@ -273,7 +277,7 @@ class MlflowStore:
         from mlflow.entities import Param
 
         existing = existing or {}
-        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        new = [Param(k, redact_text(str(v))) for k, v in params.items() if k not in existing]
         for batch in _chunks(new, _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=batch, synchronous=True)
         return len(new)
@@ -285,11 +289,8 @@ class MlflowStore:
         from mlflow.entities import RunTag
 
         existing = existing or {}
-        new = [
-            RunTag(k, str(v)[:MAX_TAG_CHARS])
-            for k, v in tags.items()
-            if existing.get(k) != str(v)[:MAX_TAG_CHARS]
-        ]
+        shown = {k: redact_text(str(v))[:MAX_TAG_CHARS] for k, v in tags.items()}
+        new = [RunTag(k, v) for k, v in shown.items() if existing.get(k) != v]
         for batch in _chunks(new, _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, tags=batch, synchronous=True)
         return len(new)
@@ -307,7 +308,8 @@ class MlflowStore:
     ) -> list[str]:
         """Upload ``name -> local file`` (the artifact gets ``name``, which may hold a
         sub-folder: ``seed_1/niah.png``); missing local files and names in ``skip`` are
-        left out. Returns the names uploaded."""
+        left out. Text files are uploaded redacted (no URL password reaches an artifact).
+        Returns the names uploaded."""
         skip = set(skip)
         done: list[str] = []
         with tempfile.TemporaryDirectory(prefix="ropenope-artifacts-") as tmp:
@@ -316,10 +318,14 @@ class MlflowStore:
                 if name in skip or not local.is_file():
                     continue
                 folder, _, base = name.rpartition("/")  # "seed_1/niah.png": a sub-folder
-                if local.name != base:  # the artifact is named by its key
+                text = _redacted_text(local)
+                if local.name != base or text is not None:  # the artifact is named by its key
                     renamed = Path(tmp) / str(len(done)) / base
                     renamed.parent.mkdir(parents=True)
-                    shutil.copyfile(local, renamed)
+                    if text is None:
+                        shutil.copyfile(local, renamed)
+                    else:
+                        renamed.write_text(text)
                     local = renamed
                 where = "/".join(p for p in (artifact_path, folder) if p) or None
                 self.client.log_artifact(run_id, str(local), where)
@@ -328,6 +334,18 @@ class MlflowStore:
 
     def terminate(self, run_id: str, status: str, end_time: int | None = None) -> None:
         self.client.set_terminated(run_id, status=status, end_time=end_time)
+
+
+def _redacted_text(path: Path) -> str | None:
+    """The redacted text of a text artifact whose redaction changes it, else None."""
+    if path.suffix.lower() not in _TEXT_ARTIFACTS:
+        return None
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        return None
+    shown = redact_text(text)
+    return None if shown == text else shown
 
 
 def now_ms() -> int:

@@ -37,7 +37,8 @@ def sweep_file_text(config: SweepConfig) -> str:
     else:
         import yaml
 
-        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        # one line per value (no folding): redaction reads a URL within its line
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=1 << 30)
     return redact_text(text)
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+from space.secrets import redact_text, redact_url
 from tracking.runs_view import open_study_page, runs_url
 from tracking.target import is_remote
 from tracking.tracker import Tracker
@@ -64,11 +65,13 @@ def run_ui(tracker: Tracker, host: str = "127.0.0.1", port: int = 5000) -> int:
     try:  # the experiment, with the saved view the link opens
         experiment_id = open_study_page(tracker.store)
     except Exception as err:  # the UI can still be opened; say why the link is generic
-        print(f"ropenope ui: could not read {target.shown_uri}: {err}", file=sys.stderr)
+        print(
+            redact_text(f"ropenope ui: could not read {target.shown_uri}: {err}"), file=sys.stderr
+        )
     url = ui_url(target.uri, host, port, experiment_id)
     argv = ui_command(target.uri, host, port)
     if argv is None:
-        print(f"MLflow UI (tracking server): {url}", flush=True)
+        print(f"MLflow UI (tracking server): {redact_url(url)}", flush=True)
         return 0
     print(
         f"MLflow UI for study {target.study!r} on {target.shown_uri}: {url}  (Ctrl-C to stop)",

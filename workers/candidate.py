@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from space.names import (
     VAL_BPB,
     acc_at,
     answer_nll_at,
+    bucket_bpb,
     extrap_bpb,
     task_score,
     token_acc_at,
@@ -46,19 +48,19 @@ from space.schema import SweepConfig
 from workers import attention_mass, plots, scores, serving_cost
 from workers.batches import make_batch
 from workers.corpus import CorpusHandle, PreparedCorpus, prepare
+from workers.device import choose_device
 from workers.distributed import Workers
 from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
 from workers.tasks import render, task_params
-from workers.train import StageSettings, TrainSettings, seed_everything, train
+from workers.train import TrainOutcome, seed_everything, train
 
 
 def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
+    """The torch device of ``device`` or else ``resources.device`` (workers.device's rule)."""
     wanted = device or config.resources.device
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(wanted)
+    return torch.device(choose_device(wanted, gpu_given=torch.cuda.is_available()))
 
 
 def stage_key(stage: int, score: str) -> str:
@@ -66,45 +68,94 @@ def stage_key(stage: int, score: str) -> str:
     return f"stage{stage + 1}/{score}"
 
 
-def train_settings(config: SweepConfig, seed: int) -> TrainSettings:
-    t = config.train
-    stages = ()
-    if t.stages:
-        stages = tuple(
-            StageSettings(
-                steps=p.steps,
-                seq_len=p.seq_len,
-                batch_size=p.batch_size,
-                lr=p.lr,
-                min_lr_ratio=p.min_lr_ratio,
-                warmup_steps=p.warmup_steps,
-            )
-            for p in t.stage_plans()
-        )
-    return TrainSettings(
-        steps=t.total_steps,
-        batch_size=t.batch_size,
-        seq_len=t.seq_len,
-        lr=t.lr,
-        min_lr_ratio=t.min_lr_ratio,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip,
-        betas=tuple(t.betas),
-        eval_every=t.eval_every,
-        checkpoint_every=t.checkpoint_every,
-        seed=seed,
-        compile=t.compile,
-        stages=stages,
-        precision=t.precision,
-        activation_checkpointing=t.activation_checkpointing,
-        micro_batch_size=t.micro_batch_size,
-    )
-
-
 def build_model(candidate: Candidate, seed: int) -> HybridTransformer:
     seed_everything(seed)  # weights depend on the seed only
     return HybridTransformer(candidate.shape, candidate.layers)
+
+
+@dataclass
+class CandidateRun:
+    """What one seed of a candidate trains and scores with: the trainer's hooks (batches,
+    validation, stage switches, scores between stages) over the prepared corpus."""
+
+    config: SweepConfig
+    candidate: Candidate
+    seed: int
+    out_dir: Path
+    device: torch.device
+    data: PreparedCorpus
+    model: HybridTransformer
+
+    def __post_init__(self) -> None:
+        t = self.config.train
+        self.plans = t.stage_plans()
+        tasks = {task for plan in self.plans for task in plan.task_mix}
+        self.params = {task: task_params(task, **t.task_params.get(task, {})) for task in tasks}
+
+    @property
+    def per_stage(self) -> bool:
+        """Scored after every stage too (``score.after_each_stage`` with several stages)."""
+        return self.config.score.after_each_stage and self.candidate.multi_stage
+
+    def next_batch(self, rng: np.random.Generator, stage: int) -> Any:
+        plan, t = self.plans[stage], self.config.train
+        return make_batch(
+            self.data.train,
+            rng,
+            plan.batch_size,
+            plan.seq_len,
+            plan.task_mix,
+            plan.lm_fraction,
+            t.filler_weight,
+            t.answer_weight,
+            task_params=self.params,
+            tokenizer=self.data.tokenizer,
+        )
+
+    def evaluate(self, m: torch.nn.Module, stage: int) -> dict[str, float]:
+        bpb = scores.bits_per_byte(
+            m,
+            self.data.val,
+            self.plans[stage].seq_len,
+            n_windows=self.config.train.eval_windows,
+            batch_size=8,
+            device=self.device,
+            count_bytes=self.data.tokenizer.count_bytes,
+            doc=self.data.vocab.doc,
+        )
+        return {VAL_BPB: bpb}
+
+    def begin_stage(self, stage: int) -> None:
+        if self.candidate.stages:
+            self.model.set_layers(self.candidate.stages[stage].layers)
+
+    def score_stage(self, stage: int, m: torch.nn.Module) -> dict[str, float]:
+        """Every score of the model as it is after ``stage``, keyed ``stage<n>/...``."""
+        folder = self.out_dir / f"stage{stage + 1}"
+        folder.mkdir(exist_ok=True)
+        interim = CandidateResult(status=RunStatus.COMPLETE, reason=None, seed=self.seed)
+        layers = self.candidate.stages[stage].layers
+        got = score_model(
+            m, self.config, self.candidate, self.data, self.device, interim, folder, layers=layers
+        )
+        return {stage_key(stage, k): v for k, v in got.items()}
+
+    def train(self, workers: Workers, **hooks: Any) -> TrainOutcome:
+        """Train the model through every stage (``hooks``: ``on_eval``, ``on_step``,
+        ``resume``, as :func:`workers.train.train` takes them)."""
+        return train(
+            self.model,
+            self.config.train,
+            self.next_batch,
+            self.evaluate,
+            seed=self.seed,
+            device=self.device,
+            checkpoint_path=self.out_dir / CHECKPOINT_FILE,
+            begin_stage=self.begin_stage,
+            between_stages=self.score_stage if self.per_stage else None,
+            workers=workers,
+            **hooks,
+        )
 
 
 def run_candidate(
@@ -144,81 +195,17 @@ def run_candidate(
     # without one (`ropenope train`), prepared (or found) in this machine's cache.
     handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
     data = handle.open()
-    tokenizer, vocab = data.tokenizer, data.vocab
-    t = config.train
-    settings = train_settings(config, seed)
-    plans = t.stage_plans()
-    tasks = {task for plan in plans for task in plan.task_mix}
-    params = {task: task_params(task, **t.task_params.get(task, {})) for task in tasks}
-
     if workers.is_main:
         write_atomic(
             out_dir / CANDIDATE_FILE,
             yaml.safe_dump({**candidate.to_dict(), "seed": seed}, sort_keys=False),
         )
     model = build_model(candidate, seed)
-
-    def next_batch(rng: np.random.Generator, stage: int):
-        plan = plans[stage]
-        return make_batch(
-            data.train,
-            rng,
-            plan.batch_size,
-            plan.seq_len,
-            plan.task_mix,
-            plan.lm_fraction,
-            t.filler_weight,
-            t.answer_weight,
-            task_params=params,
-            tokenizer=tokenizer,
-        )
-
-    def evaluate(m: torch.nn.Module, stage: int) -> dict[str, float]:
-        bpb = scores.bits_per_byte(
-            m,
-            data.val,
-            plans[stage].seq_len,
-            n_windows=t.eval_windows,
-            batch_size=8,
-            device=dev,
-            count_bytes=tokenizer.count_bytes,
-            doc=vocab.doc,
-        )
-        return {VAL_BPB: bpb}
-
-    def begin_stage(stage: int) -> None:
-        if candidate.stages:
-            model.set_layers(candidate.stages[stage].layers)
-
-    def score_stage(stage: int, m: torch.nn.Module) -> dict[str, float]:
-        """Every score of the model as it is after ``stage``, keyed ``stage<n>/...``."""
-        folder = out_dir / f"stage{stage + 1}"
-        folder.mkdir(exist_ok=True)
-        interim = CandidateResult(status=RunStatus.COMPLETE, reason=None, seed=seed)
-        layers = candidate.stages[stage].layers
-        got = score_model(m, config, candidate, data, dev, interim, folder, layers=layers)
-        return {stage_key(stage, k): v for k, v in got.items()}
-
-    per_stage = config.score.after_each_stage and candidate.multi_stage
-
-    outcome = train(
-        model,
-        settings,
-        next_batch,
-        evaluate,
-        device=dev,
-        on_eval=on_eval,
-        on_step=on_step,
-        checkpoint_path=out_dir / CHECKPOINT_FILE,
-        resume=resume,
-        begin_stage=begin_stage,
-        between_stages=score_stage if per_stage else None,
-        workers=workers,
-    )
+    run = CandidateRun(config, candidate, seed, out_dir, dev, data, model)
+    outcome = run.train(workers, on_eval=on_eval, on_step=on_step, resume=resume)
     whole = workers.plain_model(model)  # the main worker's ordinary model (FSDP gathers)
     if whole is None:  # not the main worker: it trained its share, the main one reports
         return CandidateResult(status=outcome.status, reason=outcome.reason, seed=seed)
-    model = whole
     result = CandidateResult(
         status=outcome.status,
         reason=outcome.reason,
@@ -233,28 +220,47 @@ def run_candidate(
             "description": handle.description,
         },
     )
-    served = candidate.final_layers  # the layers the last stage trained and scoring uses
-    cost = {
+    result.scores.update(cost_scores(config, candidate, whole, outcome))
+    record_training(result, outcome, out_dir)
+    if outcome.status == RunStatus.COMPLETE:
+        whole.eval()
+        final = score_model(whole, config, candidate, data, dev, result, out_dir)
+        result.scores.update(final)
+        if run.per_stage:  # the last stage's scores under its key too, for tables across stages
+            last = len(candidate.stages) - 1
+            result.scores.update({stage_key(last, k): v for k, v in final.items()})
+    write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), indent=2, default=str))
+    result.artifacts[SCORES_FILE] = out_dir / SCORES_FILE
+    return result
+
+
+def cost_scores(
+    config: SweepConfig, candidate: Candidate, model: HybridTransformer, outcome: TrainOutcome
+) -> dict[str, float]:
+    """What the candidate costs: parameters, KV cache and attention FLOPs of the layers the
+    last stage trained (what scoring and serving use), and the measured training speed."""
+    served = candidate.final_layers
+    context = config.score.kv_context_tokens
+    return {
         PARAMS: float(model.num_parameters()),
         KV_CACHE_BYTES: float(
             serving_cost.kv_cache_bytes(
-                candidate.shape,
-                served,
-                config.score.kv_context_tokens,
-                config.score.kv_dtype_bytes,
+                candidate.shape, served, context, config.score.kv_dtype_bytes
             )
         ),
         ATTN_FLOPS_PER_TOKEN: float(
-            serving_cost.attention_flops_per_token(
-                candidate.shape, served, config.score.kv_context_tokens
-            )
+            serving_cost.attention_flops_per_token(candidate.shape, served, context)
         ),
         TOKENS_PER_S: outcome.tokens_per_s,
         PEAK_MEMORY_BYTES: float(outcome.peak_memory_bytes),
         TRAIN_SECONDS: outcome.train_seconds,
         STEPS: float(outcome.step),
     }
-    result.scores.update(cost)
+
+
+def record_training(result: CandidateResult, outcome: TrainOutcome, out_dir: Path) -> None:
+    """The training's own results into ``result``: the last validation score, the loss
+    curves, the candidate file and the scores taken between stages."""
     if outcome.last_metrics:
         result.scores[VAL_BPB] = outcome.last_metrics.get(VAL_BPB, float("nan"))
     result.artifacts[CANDIDATE_FILE] = out_dir / CANDIDATE_FILE
@@ -264,16 +270,6 @@ def run_candidate(
         )
     for _, stage_scores in sorted(outcome.stage_results.items()):
         result.scores.update(stage_scores)
-    if outcome.status == RunStatus.COMPLETE:
-        model.eval()
-        final = score_model(model, config, candidate, data, dev, result, out_dir)
-        result.scores.update(final)
-        if per_stage:  # the last stage's scores under its key too, for tables across stages
-            last = len(candidate.stages) - 1
-            result.scores.update({stage_key(last, k): v for k, v in final.items()})
-    write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), indent=2, default=str))
-    result.artifacts[SCORES_FILE] = out_dir / SCORES_FILE
-    return result
 
 
 @torch.no_grad()
@@ -297,11 +293,26 @@ def score_model(
     for the per-layer attention mass. Lengths are multiples of ``train.seq_len`` in every
     stage, so scores of stages and candidates compare at the same absolute lengths.
     """
-    s, t = config.score, config.train
     layers = candidate.final_layers if layers is None else layers
-    T = t.seq_len
-    tokenizer = data.tokenizer
-    out: dict[str, float] = {}
+    out = language_scores(model, config, data, dev)
+    grids = retrieval_grids(model, config, data, dev)
+    out.update(retrieval_scores(config, grids))
+    title = f"{candidate.name}  (seed {result.seed})"
+    primary = config.score.primary_task
+    if primary is not None:
+        record_retrieval(result, grids, primary, out_dir, title)
+        if config.score.attention_mass:
+            result.attention_mass = attention_masses(
+                model, config, data, dev, layers, result, out_dir, title
+            )
+    return out
+
+
+def language_scores(
+    model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
+) -> dict[str, float]:
+    """Validation bits per byte at the training length and at each extrapolation length."""
+    s, T = config.score, config.train.seq_len
 
     def bpb(length: int, windows: int, batch: int) -> float:
         return scores.bits_per_byte(
@@ -311,82 +322,133 @@ def score_model(
             n_windows=windows,
             batch_size=batch,
             device=dev,
-            count_bytes=tokenizer.count_bytes,
+            count_bytes=data.tokenizer.count_bytes,
             doc=data.vocab.doc,
         )
 
-    out[SHORT_BPB] = bpb(T, s.val_windows, 8)
+    out = {SHORT_BPB: bpb(T, s.val_windows, 8)}
     for m in s.extrap:
         out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
+    longest = max((m for m in s.extrap if m >= 2), default=None)
+    if longest is not None:  # the loss past T, by position (bucket_bpb@Nx)
+        by_position = scores.bits_per_byte_by_position(
+            model,
+            data.val,
+            longest * T,
+            T,
+            n_windows=max(4, s.val_windows // longest),
+            device=dev,
+            count_bytes=data.tokenizer.count_bytes,
+            doc=data.vocab.doc,
+        )
+        out.update({bucket_bpb(m): v for m, v in by_position.items()})
+    return out
 
-    beyond = any(m > 1 for m in s.lengths)
-    grids: dict[str, scores.NiahResult] = {}
-    for task in s.families:
-        grid = scores.niah_grid(
+
+def retrieval_grids(
+    model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
+) -> dict[str, scores.NiahResult]:
+    """The retrieval grid (lengths x depths) of every scored task family."""
+    s, t = config.score, config.train
+    return {
+        task: scores.niah_grid(
             model,
             data.val,
             task=task,
-            lengths=[m * T for m in s.lengths],
+            lengths=[m * t.seq_len for m in s.lengths],
             depths=s.depths,
             samples=s.samples,
             seed=s.seed,
             device=dev,
-            task_params=t.task_params.get(task, {}),
-            tokenizer=tokenizer,
+            task_params=s.params_for(task, t.task_params),
+            tokenizer=data.tokenizer,
         )
-        grids[task] = grid
-        if len(s.families) > 1:  # one family: its scores are the bare names alone
-            for name, value in family_scores(grid, T, s.lengths).items():
+        for task in s.families
+    }
+
+
+def retrieval_scores(config: SweepConfig, grids: dict[str, scores.NiahResult]) -> dict[str, float]:
+    """Each family's ``<task>/...`` scores (with several families), the primary family's
+    under the bare names, and the headline means ``long_acc`` and ``long_answer_nll``."""
+    s, T = config.score, config.train.seq_len
+    out: dict[str, float] = {}
+    if len(s.families) > 1:  # one family: its scores are the bare names alone
+        for task in s.families:
+            for name, value in family_scores(grids[task], T, s.lengths).items():
                 out[task_score(task, name)] = value
     primary = s.primary_task
     if primary is not None:
         out.update(family_scores(grids[primary], T, s.lengths))
     headline = [grids[task] for task in s.headline_tasks]
     if headline:
+        beyond = any(m > 1 for m in s.lengths)
         nan = float("nan")
         out[LONG_ACC] = float(np.mean([scores.long_acc(g, T) for g in headline])) if beyond else nan
         out[LONG_ANSWER_NLL] = (
             float(np.mean([scores.long_answer_nll(g, T) for g in headline])) if beyond else nan
         )
-    title = f"{candidate.name}  (seed {result.seed})"
-    if primary is not None:
-        result.niah = {
-            **grids[primary].to_dict(),
-            "task": primary,
-            "tasks": {task: g.to_dict() for task, g in grids.items()},
-        }
-        result.artifacts["niah.png"] = plots.plot_niah_heatmap(
-            grids[primary], out_dir / "niah.png", f"{title}, {primary}"
-        )
-        for task, grid in grids.items():
-            if task != primary:
-                name = f"niah_{task}.png"
-                result.artifacts[name] = plots.plot_niah_heatmap(
-                    grid, out_dir / name, f"{title}, {task}"
-                )
-    if s.attention_mass and primary is not None:
-        tparams = t.task_params.get(primary, {})
-        mass: dict[str, Any] = {}
-        for m in s.mass_lengths:
-            examples = [
-                render(
-                    primary,
-                    m * T,
-                    depth,
-                    s.seed + 7919 * i,
-                    data.val,
-                    tokenizer=tokenizer,
-                    **tparams,
-                )
-                for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
-            ]
-            mass[f"{m}x"] = attention_mass.attention_mass(model, examples, layers, device=dev)
-            name = f"attention_mass@{m}x.png"
-            result.artifacts[name] = plots.plot_attention_mass(
-                mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"
-            )
-        result.attention_mass = mass
     return out
+
+
+def record_retrieval(
+    result: CandidateResult,
+    grids: dict[str, scores.NiahResult],
+    primary: str,
+    out_dir: Path,
+    title: str,
+) -> None:
+    """The grids into ``result.niah`` and one heatmap per family into ``out_dir``."""
+    result.niah = {
+        **grids[primary].to_dict(),
+        "task": primary,
+        "tasks": {task: g.to_dict() for task, g in grids.items()},
+    }
+    result.artifacts["niah.png"] = plots.plot_niah_heatmap(
+        grids[primary], out_dir / "niah.png", f"{title}, {primary}"
+    )
+    for task, grid in grids.items():
+        if task != primary:
+            name = f"niah_{task}.png"
+            result.artifacts[name] = plots.plot_niah_heatmap(
+                grid, out_dir / name, f"{title}, {task}"
+            )
+
+
+def attention_masses(
+    model: torch.nn.Module,
+    config: SweepConfig,
+    data: PreparedCorpus,
+    dev: torch.device,
+    layers: tuple[LayerSpec, ...],
+    result: CandidateResult,
+    out_dir: Path,
+    title: str,
+) -> dict[str, Any]:
+    """The paper's attention-mass profile at each of ``score.mass_lengths`` on the primary
+    family's prompts, with one chart each (into ``result.artifacts``)."""
+    s, t = config.score, config.train
+    T, primary = t.seq_len, s.primary_task
+    tparams = s.params_for(primary, t.task_params)
+    mass: dict[str, Any] = {}
+    for m in s.mass_lengths:
+        examples = [
+            render(
+                primary,
+                m * T,
+                depth,
+                s.seed + 7919 * i,
+                data.val,
+                tokenizer=data.tokenizer,
+                **tparams,
+            )
+            for i, depth in enumerate(np.linspace(0.0, 1.0, s.mass_samples))
+        ]
+        mass[f"{m}x"] = attention_mass.attention_mass(model, examples, layers, device=dev)
+        name = f"attention_mass@{m}x.png"
+        result.artifacts[name] = plots.plot_attention_mass(
+            mass[f"{m}x"], out_dir / name, f"{title}, length {m}x{T}"
+        )
+    return mass
 
 
 def family_scores(grid: scores.NiahResult, train_len: int, multiples: Any) -> dict[str, float]:

@@ -228,26 +228,8 @@ def render_card(candidate: Candidate, facts: CardFacts) -> str:
         if facts.tokenizer
         else "out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=40)"
     )
-    provenance = [
-        f"- study `{facts.study}`, trial {facts.trial}, seed {facts.seed}"
-        + (f" of {facts.n_seeds}" if facts.n_seeds > 1 else ""),
-        f"- candidate `{candidate.id}`: `{candidate.name}`"
-        + (f" (preset `{facts.preset}`)" if facts.preset else ""),
-        f"- trained {facts.step} optimizer steps at {facts.seq_len} tokens per sequence",
-    ]
-    if facts.mlflow_run_id:
-        provenance.append(f"- MLflow run `{facts.mlflow_run_id}`")
-    provenance.append("- `ropenope.json` in this folder holds the knobs, layers and scores")
-    tags = ["ropenope", "long-context", "hybrid-attention"]
-    layers = candidate.final_layers
-    if any(s.position is Position.NOPE for s in layers):
-        tags.append("nope")
-    if any(s.window_tokens is not None and s.window_kind is WindowKind.SLIDING for s in layers):
-        tags.append("sliding-window")
-    if any(s.window_tokens is not None and s.window_kind is WindowKind.CHUNKED for s in layers):
-        tags.append("chunked-attention")
-    if any(s.attention_sink is AttentionSink.LEARNED for s in layers):
-        tags.append("attention-sinks")
+    provenance = _provenance(candidate, facts)
+    tags = _tags(candidate.final_layers)
     return "\n".join(
         [
             "---",
@@ -296,6 +278,35 @@ def render_card(candidate: Candidate, facts: CardFacts) -> str:
             "",
         ]
     )
+
+
+def _provenance(candidate: Candidate, facts: CardFacts) -> list[str]:
+    """The card's "Where it came from" lines."""
+    lines = [
+        f"- study `{facts.study}`, trial {facts.trial}, seed {facts.seed}"
+        + (f" of {facts.n_seeds}" if facts.n_seeds > 1 else ""),
+        f"- candidate `{candidate.id}`: `{candidate.name}`"
+        + (f" (preset `{facts.preset}`)" if facts.preset else ""),
+        f"- trained {facts.step} optimizer steps at {facts.seq_len} tokens per sequence",
+    ]
+    if facts.mlflow_run_id:
+        lines.append(f"- MLflow run `{facts.mlflow_run_id}`")
+    lines.append("- `ropenope.json` in this folder holds the knobs, layers and scores")
+    return lines
+
+
+def _tags(layers: tuple[LayerSpec, ...]) -> list[str]:
+    """The Hugging Face tags of a model with these layers."""
+    tags = ["ropenope", "long-context", "hybrid-attention"]
+    if any(s.position is Position.NOPE for s in layers):
+        tags.append("nope")
+    if any(s.window_tokens is not None and s.window_kind is WindowKind.SLIDING for s in layers):
+        tags.append("sliding-window")
+    if any(s.window_tokens is not None and s.window_kind is WindowKind.CHUNKED for s in layers):
+        tags.append("chunked-attention")
+    if any(s.attention_sink is AttentionSink.LEARNED for s in layers):
+        tags.append("attention-sinks")
+    return tags
 
 
 __all__ = ["LAYER_COLUMNS", "CardFacts", "layer_rows", "render_card", "score_table"]

@@ -24,6 +24,7 @@ transformers is imported lazily: it is the ``[export]`` extra.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import uuid
@@ -318,6 +319,22 @@ def _files(folder: Path) -> tuple[str, ...]:
     return tuple(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
 
 
+def file_digests(folder: Path) -> dict[str, str]:
+    """``name -> sha256`` of every file of an export folder but ``ropenope.json`` (which
+    records them). The MLflow loader (hf_remote/mlflow_pyfunc.py) checks them before it
+    loads anything, so a changed weight, tokenizer or modeling file is refused."""
+    out: dict[str, str] = {}
+    for name in _files(folder):
+        if name == INFO_NAME:
+            continue
+        digest = hashlib.sha256()
+        with (folder / name).open("rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+        out[name] = digest.hexdigest()
+    return out
+
+
 def _prepare_destination(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder")
@@ -389,6 +406,7 @@ def export_candidate(
             if check
             else None,
             "files": list(files),
+            "sha256": file_digests(staging),
         }
         (staging / INFO_NAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
         _swap_into_place(staging, out_dir)

@@ -135,6 +135,43 @@ def rope_parameters(base: float, scaling: RopeScaling | None, fraction: float) -
     return params
 
 
+def _common_config(
+    shape: ModelShape,
+    layers: Sequence[LayerSpec],
+    rope: dict[str, Any],
+    scaling: RopeScaling | None,
+    max_position_embeddings: int,
+) -> dict[str, Any]:
+    """The config keys every stock class shares (the size, RoPE, which layers slide)."""
+    common: dict[str, Any] = {
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.d_model,
+        "intermediate_size": shape.mlp_hidden,
+        "num_hidden_layers": shape.n_layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": shape.n_kv_heads,
+        "hidden_act": "silu",
+        "rms_norm_eps": shape.norm_eps,
+        "initializer_range": shape.init_std,
+        "rope_parameters": rope,
+        "max_position_embeddings": int(max_position_embeddings),
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_cache": True,
+        "dtype": "float32",  # the weights as trained (AdamW keeps fp32 masters)
+        # Always explicit (DESIGN §7): which layers slide, in the stock classes' words.
+        "layer_types": [SLIDING if s.window_tokens is not None else FULL for s in layers],
+    }
+    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
+        # Hugging Face reads YaRN's extended context as max_position_embeddings and warns on
+        # every load when it is not factor x original (gpt-oss: 32 x 4096 = 131072).
+        extended = scaling.factor * scaling.original_tokens
+        if float(extended).is_integer():
+            common["max_position_embeddings"] = int(extended)
+    return common
+
+
 def stock_layout(
     shape: ModelShape,
     layers: Sequence[LayerSpec],
@@ -164,33 +201,9 @@ def stock_layout(
     qk_norm = any(s.qk_norm is not QKNorm.NONE for s in layers)
     all_rope = len(rope) == len(layers)
 
-    common: dict[str, Any] = {
-        "vocab_size": shape.vocab_size,
-        "hidden_size": shape.d_model,
-        "intermediate_size": shape.mlp_hidden,
-        "num_hidden_layers": shape.n_layers,
-        "num_attention_heads": shape.n_heads,
-        "num_key_value_heads": shape.n_kv_heads,
-        "hidden_act": "silu",
-        "rms_norm_eps": shape.norm_eps,
-        "initializer_range": shape.init_std,
-        "rope_parameters": rope_parameters(base, scaling, fraction),
-        "max_position_embeddings": int(max_position_embeddings),
-        "tie_word_embeddings": True,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "use_cache": True,
-        "dtype": "float32",  # the weights as trained (AdamW keeps fp32 masters)
-        # Always explicit (DESIGN §7): which layers slide, in the stock classes' words.
-        "layer_types": [SLIDING if s.window_tokens is not None else FULL for s in layers],
-        **{k: v for k, v in (special_tokens or {}).items()},
-    }
-    if scaling is not None and scaling.kind is RopeScalingKind.YARN:
-        # Hugging Face reads YaRN's extended context as max_position_embeddings and warns on
-        # every load when it is not factor x original (gpt-oss: 32 x 4096 = 131072).
-        extended = scaling.factor * scaling.original_tokens
-        if float(extended).is_integer():
-            common["max_position_embeddings"] = int(extended)
+    rope_params = rope_parameters(base, scaling, fraction)
+    common = _common_config(shape, layers, rope_params, scaling, max_position_embeddings)
+    common.update(special_tokens or {})
     chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
     if chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
         architecture = LLAMA4

@@ -20,13 +20,15 @@ allocates a ``workers.kv_cache.KVCache`` and :meth:`HybridTransformer.step` runs
 tokens against it (a prompt in chunks, then one token per step); the plain ``forward`` of
 the whole sequence is the reference it is tested against.
 
-Reads top to bottom: norms and RoPE helpers, attention, MLP, block, model.
+Reads top to bottom: norms and RoPE helpers, attention (with the ``ForwardContext`` that
+every layer of one pass shares: positions, backend, what to return), MLP, block, model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +163,30 @@ def temperature_scale(positions: Tensor, temperature: Temperature) -> Tensor:
 # ---------------------------------------------------------------- attention
 
 
+@dataclass(frozen=True)
+class ForwardContext:
+    """What every layer of one forward pass shares (a layer's own cache is passed beside it).
+
+    ``positions`` (T,) are the tokens' absolute positions and ``start_pos`` is
+    ``positions[0]`` (chunk boundaries are absolute); ``backend`` forces one of
+    ``workers.attention.BACKENDS`` (None: chosen per layer); ``return_attn`` runs the dense
+    reference and returns the probabilities; ``rope_length`` is the length an NTK scaling
+    sizes its base for (``rope_cos_sin``).
+    """
+
+    positions: Tensor
+    start_pos: int
+    backend: str | None = None
+    return_attn: bool = False
+    rope_length: int | None = None
+
+    @classmethod
+    def at(cls, positions: Tensor, **options: object) -> ForwardContext:
+        """A pass over ``positions``, its ``start_pos`` read from them."""
+        start = int(positions[0]) if positions.numel() else 0
+        return cls(positions, start, **options)
+
+
 class Attention(nn.Module):
     def __init__(self, shape: ModelShape, spec: LayerSpec) -> None:
         super().__init__()
@@ -181,20 +207,12 @@ class Attention(nn.Module):
             self.sinks = nn.Parameter(torch.zeros(shape.n_heads))
 
     def forward(
-        self,
-        x: Tensor,
-        positions: Tensor,
-        backend: str | None,
-        return_attn: bool,
-        start_pos: int | None = None,
-        cache: LayerCache | None = None,
-        rope_length: int | None = None,
+        self, x: Tensor, ctx: ForwardContext, cache: LayerCache | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """``positions`` (T,) are absolute; ``start_pos`` is ``positions[0]`` if known (chunk
-        boundaries are absolute), else read from ``positions``. With ``cache``, the T new
-        tokens attend to what the layer kept of earlier ones and are kept in turn
-        (``return_attn`` then gives probabilities over the cache's slots, see
-        ``workers.attention.cached_attention``). ``rope_length``: see ``rope_cos_sin``."""
+        """x (B, T, C) at ``ctx.positions`` -> (B, T, C) and, with ``ctx.return_attn``, the
+        probabilities. With ``cache``, the T new tokens attend to what the layer kept of
+        earlier ones and are kept in turn (the probabilities are then over the cache's
+        slots, see ``workers.attention.cached_attention``)."""
         spec = self.spec
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -211,6 +229,7 @@ class Attention(nn.Module):
         )
         if normalize_first:
             q, k = self.q_norm(q), self.k_norm(k)
+        positions = ctx.positions
         if spec.position is Position.ROPE:
             cos, sin = rope_cos_sin(
                 positions,
@@ -218,7 +237,7 @@ class Attention(nn.Module):
                 spec.rope_base,
                 q.dtype,
                 spec.rope_scaling,
-                length=rope_length,
+                length=ctx.rope_length,
             )  # (T, R)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if spec.qk_norm is QKNorm.POST_ROPE:
@@ -238,21 +257,22 @@ class Attention(nn.Module):
                 spec.window_tokens,
                 window_kind=spec.window_kind,
                 sinks=sinks,
-                return_probs=return_attn,
+                return_probs=ctx.return_attn,
             )  # (B, H, T, D)
             y = y.transpose(1, 2).reshape(B, T, H * D)
             return self.o_proj(y), probs
-        if start_pos is None:
-            start_pos = int(positions[0]) if T else 0
         mask = {
             "window_kind": spec.window_kind,
             "sinks": sinks,
-            "start_pos": start_pos,
+            "start_pos": ctx.start_pos,
         }
-        if return_attn:
+        if ctx.return_attn:
             y, probs = dense_attention(q, k, v, spec.window_tokens, **mask)  # probs (B, H, T, T)
         else:
-            y, probs = attend(q, k, v, spec.window_tokens, backend, **mask), None  # (B, H, T, D)
+            y, probs = (
+                attend(q, k, v, spec.window_tokens, ctx.backend, **mask),
+                None,
+            )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H * D)
         return self.o_proj(y), probs
 
@@ -280,25 +300,18 @@ class Block(nn.Module):
         self.mlp = SwiGLU(shape)
 
     def forward(
-        self,
-        x: Tensor,
-        positions: Tensor,
-        backend: str | None,
-        return_attn: bool,
-        start_pos: int,
-        cache: LayerCache | None = None,
-        rope_length: int | None = None,
+        self, x: Tensor, ctx: ForwardContext, cache: LayerCache | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        a, probs = self.attn(
-            self.attn_norm(x), positions, backend, return_attn, start_pos, cache, rope_length
-        )
+        a, probs = self.attn(self.attn_norm(x), ctx, cache)
         x = x + a
         x = x + self.mlp(self.mlp_norm(x))
         return x, probs
 
 
 def check_layers(shape: ModelShape, layers: Sequence[LayerSpec]) -> None:
-    """Reject a shape/layer list the model cannot build (ValueError, never assert)."""
+    """Reject a layer list that does not fit the shape (ValueError, never assert). Each spec
+    is valid by construction (``LayerSpec.__post_init__``); what is left is how the specs fit
+    together and the heads' size."""
     if len(layers) != shape.n_layers:
         raise ValueError(f"{len(layers)} layer specs for n_layers={shape.n_layers}")
     if shape.d_model % shape.n_heads or shape.n_heads % shape.n_kv_heads:
@@ -309,20 +322,9 @@ def check_layers(shape: ModelShape, layers: Sequence[LayerSpec]) -> None:
     for i, spec in enumerate(layers):
         if spec.index != i:
             raise ValueError(f"layer {i} has index {spec.index}")
-        if (spec.position is Position.ROPE) != (spec.rope_base is not None):
-            raise ValueError(f"layer {i}: rope_base must be set exactly for RoPE layers")
-        if spec.position is Position.ROPE and shape.head_dim % 2:
-            raise ValueError(f"layer {i}: RoPE needs an even head_dim, got {shape.head_dim}")
-        if spec.window_tokens is not None and spec.window_tokens < 1:
-            raise ValueError(f"layer {i}: window_tokens must be >= 1, got {spec.window_tokens}")
-        if spec.temperature is not None and spec.position is not Position.NOPE:
-            raise ValueError(f"layer {i}: temperature applies to NoPE layers only")
-        if spec.position is Position.ROPE:
-            dims = spec.rotary_dims(shape.head_dim)
-            if dims < 2 or dims % 2:
-                raise ValueError(f"layer {i}: rope_fraction rotates {dims} dims; need even >= 2")
-        elif spec.rope_scaling is not None:
-            raise ValueError(f"layer {i}: rope_scaling applies to RoPE layers only")
+        problem = spec.head_dim_problem(shape.head_dim)
+        if problem is not None:
+            raise ValueError(f"layer {i}: {problem}")
 
 
 class HybridTransformer(nn.Module):
@@ -404,15 +406,15 @@ class HybridTransformer(nn.Module):
     ) -> tuple[Tensor, list[Tensor]]:
         T = idx.shape[1]
         positions = torch.arange(start_pos, start_pos + T, device=idx.device)  # (T,)
+        ctx = ForwardContext(positions, start_pos, attn_backend, return_attn, rope_length)
         x = self.embed(idx)  # (B, T, C)
         attn: list[Tensor] = []
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            args = (x, positions, attn_backend, return_attn, start_pos, None, rope_length)
             if recompute and not return_attn:
-                x, probs = checkpoint(block, *args, use_reentrant=False)
+                x, probs = checkpoint(block, x, ctx, use_reentrant=False)
             else:
-                x, probs = block(*args)
+                x, probs = block(x, ctx)
             if probs is not None:
                 attn.append(probs)
         return self.norm(x), attn
@@ -457,10 +459,11 @@ class HybridTransformer(nn.Module):
         if start + L > cache.max_tokens:
             raise ValueError(f"{start + L} tokens exceed the cache's {cache.max_tokens}")
         positions = torch.arange(start, start + L, device=idx.device)  # (L,)
+        ctx = ForwardContext(positions, start, return_attn=return_attn, rope_length=rope_length)
         x = self.embed(idx)  # (B, L, C)
         attn: list[Tensor] = []
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
-            x, probs = block(x, positions, None, return_attn, start, layer_cache, rope_length)
+            x, probs = block(x, ctx, layer_cache)
             if probs is not None:
                 attn.append(probs)
         cache.length = start + L

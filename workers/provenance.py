@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 from space.names import TAG_CUDA_VERSION, TAG_DEVICE, TAG_TORCH_VERSION
+from workers.device import choose_device
 
 
 def _cpu_name() -> str:
@@ -31,7 +32,7 @@ def environment_tags(device: str | None = None) -> dict[str, str]:
         TAG_TORCH_VERSION: torch.__version__,
         TAG_CUDA_VERSION: torch.version.cuda or "none",
     }
-    wanted = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    wanted = choose_device(device, gpu_given=torch.cuda.is_available())
     if wanted.startswith("cuda") and torch.cuda.is_available():
         index = int(wanted.split(":", 1)[1]) if ":" in wanted else torch.cuda.current_device()
         tags[TAG_DEVICE] = f"{wanted}: {torch.cuda.get_device_name(index)}"

@@ -22,13 +22,20 @@ results, checkpoints, user attributes and MLflow run whatever N is. A worker tha
 launcher raises :class:`TrainWorkerDied`, so Tune restarts the whole trial from its newest
 checkpoint and counts it as a worker restart, as for one worker; an exception in the
 candidate's own code on any worker is that exception, a FAIL with its reason, as for one.
+
+A full disk or an I/O error (ENOSPC, EDQUOT, EIO) while a trial trains or writes a
+checkpoint is not the candidate's failure: the trial raises :class:`InfrastructureFailure`
+and Tune restarts it from its newest checkpoint, as for a worker death.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import math
+import os
 import shutil
 import threading
 import time
@@ -40,6 +47,7 @@ from typing import Any
 from space.expand import Candidate
 from space.outcomes import RunStatus, error_reason
 from space.schema import SweepConfig
+from space.secrets import redact_tail
 from workers.layout import finished_seed, restore_into, seed_dir, snapshot
 from workers.provenance import environment_tags
 from workers.trial import (
@@ -68,6 +76,36 @@ class TrainWorkerDied(RuntimeError):
     from its newest checkpoint, as when a one-worker trial's process dies."""
 
 
+class InfrastructureFailure(RuntimeError):
+    """The trial's machine failed it (a full disk, an I/O error), not its candidate: the
+    trial restarts from its newest checkpoint (``resources.max_retries``), then is FAIL
+    ``infrastructure_failure``, which ``ropenope resume`` runs again."""
+
+
+# OS errors that say the machine, not the candidate, failed: a full disk, a full quota, an
+# I/O error.
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def machine_error(err: BaseException) -> OSError | None:
+    """The OS error in ``err``'s chain (itself, its cause, its context) that says a full
+    disk or an I/O error, or None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _MACHINE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# How long Tune waits for the thread of a trial that ended before it reuses the process for
+# the next trial (Tune's TUNE_FUNCTION_THREAD_TIMEOUT_S, read when it resets the trainable;
+# 2 s in Ray). A trial the scheduler stopped trains on to its next report, an evaluation
+# away; past this, Tune gives the next trial up and the driver re-queues it.
+REUSE_WAIT_S = 300
+THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+
+
 # -- the trainable -------------------------------------------------------------------
 
 
@@ -85,13 +123,14 @@ def run_trial(
     ``corpus`` is the driver's prepared corpus (a ``workers.corpus.CorpusHandle``)."""
     from ray import tune
 
+    # Read in this process when Tune resets it for the next trial; a value set is kept.
+    os.environ.setdefault(THREAD_TIMEOUT_ENV, str(REUSE_WAIT_S))
     if runner is None:
         from workers.candidate import run_candidate as runner
     hooks = hooks or TrialHooks()
     out_dir = Path(params["trial_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in params["seeds"]]
-    metric = sweep.scheduler.metric
     ctx = tune.get_context()
     info = TrialInfo(
         study=params["study"],
@@ -113,10 +152,8 @@ def run_trial(
     elif params.get("restore_from"):
         restore_into(Path(params["restore_from"]), out_dir)
 
-    links: dict[str, Any] = {}
-    links.update(call_hook(links, hooks.on_start, info) or {})
-    evals = 0
-    last_value = math.nan
+    reports = TuneReports(info, hooks, sweep.scheduler.metric)
+    reports.start()
     results: list[Any] = []
     started = time.perf_counter()
     try:
@@ -126,29 +163,7 @@ def run_trial(
             if done is not None:
                 results.append(done)
                 continue
-
-            def on_eval(metrics: dict[str, float], seed: int = seed, index: int = index) -> None:
-                nonlocal evals, last_value
-                evals += 1
-                last_value = float(metrics.get(metric, math.nan))
-                links.update(call_hook(links, hooks.on_eval, info, {**metrics, "seed": seed}) or {})
-                report = {
-                    **metrics,
-                    "seed": seed,
-                    SEED_INDEX_KEY: index,
-                    EVALS_KEY: evals,
-                    LINKS_KEY: json.dumps(links),
-                }
-                staging = out_dir / f".snapshot-{evals}"
-                try:
-                    if snapshot(out_dir, staging):
-                        tune.report(report, checkpoint=tune.Checkpoint.from_directory(staging))
-                    else:
-                        tune.report(report)
-                finally:  # Tune has copied the checkpoint into its trial folder by now
-                    shutil.rmtree(staging, ignore_errors=True)
-                return None
-
+            on_eval = functools.partial(reports.on_eval, seed=seed, index=index)
             if sweep.resources.workers_per_trial > 1:
                 result = train_on_workers(
                     sweep, info.candidate, seed, folder, on_eval, runner, corpus
@@ -172,17 +187,77 @@ def run_trial(
     except TrainWorkerDied:
         raise  # Tune restarts the trial from its newest checkpoint (resources.max_retries)
     except Exception as err:  # a bug or bad data: FAIL with its reason, the sweep goes on
+        failed = machine_error(err)
+        if failed is not None:  # ... but not a full disk: Tune restarts it (max_retries)
+            raise InfrastructureFailure(
+                f"{errno.errorcode.get(failed.errno or 0, failed.errno)} while trial "
+                f"#{info.number} trained: {failed}"
+            ) from err
         outcome = TrialOutcome(
             RunStatus.ERROR,
             error_reason(f"{type(err).__name__}: {err}"),
-            traceback.format_exc(limit=8)[-4000:],
+            redact_tail(traceback.format_exc(limit=8), 4000),
         )
     outcome.trial_seconds = time.perf_counter() - started
     outcome.results = results
-    links.update(call_hook(links, hooks.on_end, info, outcome) or {})
-    outcome.links = links
-    # The last report carries the outcome; no EVALS_KEY, so a scheduler ignores it.
-    tune.report({metric: last_value, OUTCOME_KEY: outcome.to_json(), LINKS_KEY: json.dumps(links)})
+    reports.end(outcome)
+
+
+class TuneReports:
+    """What a trial tells Tune and the tracking hooks: every evaluation of every seed (with
+    a snapshot of the trial folder as its checkpoint), then one last report holding the
+    outcome. ``links`` collects what the hooks return (run ids) for the driver."""
+
+    def __init__(self, info: TrialInfo, hooks: TrialHooks, metric: str) -> None:
+        self.info, self.hooks, self.metric = info, hooks, metric
+        self.links: dict[str, Any] = {}
+        self.evals = 0
+        self.last_value = math.nan
+
+    def start(self) -> None:
+        self.links.update(call_hook(self.links, self.hooks.on_start, self.info) or {})
+
+    def on_eval(self, metrics: dict[str, float], *, seed: int, index: int) -> None:
+        from ray import tune
+
+        self.evals += 1
+        self.last_value = float(metrics.get(self.metric, math.nan))
+        links = self.links
+        links.update(
+            call_hook(links, self.hooks.on_eval, self.info, {**metrics, "seed": seed}) or {}
+        )
+        report = {
+            **metrics,
+            "seed": seed,
+            SEED_INDEX_KEY: index,
+            EVALS_KEY: self.evals,
+            LINKS_KEY: json.dumps(links),
+        }
+        out_dir = self.info.out_dir
+        staging = out_dir / f".snapshot-{self.evals}"
+        try:
+            if snapshot(out_dir, staging):
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(staging))
+            else:
+                tune.report(report)
+        finally:  # Tune has copied the checkpoint into its trial folder by now
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def end(self, outcome: TrialOutcome) -> None:
+        """The tracking hooks' last word, then the outcome (no EVALS_KEY, so a scheduler
+        ignores this report)."""
+        from ray import tune
+
+        links = self.links
+        links.update(call_hook(links, self.hooks.on_end, self.info, outcome) or {})
+        outcome.links = links
+        tune.report(
+            {
+                self.metric: self.last_value,
+                OUTCOME_KEY: outcome.to_json(),
+                LINKS_KEY: json.dumps(links),
+            }
+        )
 
 
 # -- several workers per trial ------------------------------------------------------------
@@ -362,10 +437,9 @@ def train_on_workers(
         else:  # Tune stops the trial (or the launcher failed): stop the workers too
             with contextlib.suppress(Exception):
                 channel.answers.put(True, timeout=5)
-            # ... without waiting for them here: Tune gives a stopped trial's thread 2 s
-            # before it reuses the process for the next trial (and fails that one when the
-            # thread is still alive). The Train run ends on its own at the answer, releasing
-            # its workers' resources; the channel stays open until it has.
+            # ... without waiting for them here: the launcher ends at once. The Train run
+            # ends on its own at the answer, releasing its workers' resources; the channel
+            # stays open until it has.
             threading.Thread(
                 target=_wind_down, args=(thread, channel), name="ray-train-wind-down", daemon=True
             ).start()
@@ -376,4 +450,4 @@ def train_on_workers(
     return result
 
 
-__all__ = ["TrainWorkerDied", "run_trial", "train_on_workers"]
+__all__ = ["InfrastructureFailure", "TrainWorkerDied", "run_trial", "train_on_workers"]

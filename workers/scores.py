@@ -88,6 +88,83 @@ def bits_per_byte(
     return total_nats / total_bytes / math.log(2)
 
 
+@torch.no_grad()
+def bits_per_byte_by_position(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    train_len: int,
+    *,
+    n_windows: int = 8,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    count_bytes: Callable[[np.ndarray], int] | None = None,
+    doc: int = DOC,
+) -> dict[int, float]:
+    """Bits per byte by position bucket in windows of ``seq_len`` tokens: ``{1: ..., 2: ...,
+    4: ...}``, bucket ``m`` holding the targets at text positions ``(m/2 * train_len,
+    m * train_len]`` (bucket 1: positions 2 .. ``train_len``), up to ``seq_len``.
+
+    Windows and targets as :func:`bits_per_byte` (the same starts, rows opening with
+    ``doc``, the first target not scored). Unlike the mean over a whole long window
+    (``extrap_bpb@Nx``), whose first ``train_len`` positions are those a model was trained
+    on, a bucket beyond 1 holds only the positions past the training length.
+    """
+    n = len(tokens)
+    if seq_len % train_len or seq_len < 2 * train_len:
+        raise ValueError(f"seq_len {seq_len} must be a multiple >= 2 of train_len {train_len}")
+    if n < seq_len + 1:
+        raise ValueError(f"{n} tokens cannot fill one window of {seq_len} + 1")
+    starts = np.unique(np.round(np.linspace(0, n - seq_len, n_windows)).astype(np.int64))
+    # Target j of a row is the text token at position j + 2 (1-based; position 1 unscored).
+    positions = np.arange(2, seq_len + 1)
+    buckets: dict[int, np.ndarray] = {1: positions <= train_len}
+    m = 2
+    while m * train_len <= seq_len:
+        buckets[m] = (positions > m // 2 * train_len) & (positions <= m * train_len)
+        m *= 2
+    nats = dict.fromkeys(buckets, 0.0)
+    counted = dict.fromkeys(buckets, 0)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(starts), batch_size):
+            rows = [
+                np.concatenate([[doc], np.asarray(tokens[s : s + seq_len], dtype=np.int64)])
+                for s in starts[i : i + batch_size]
+            ]
+            batch = torch.from_numpy(np.stack(rows)).to(device)
+            targets = batch[:, 2:]
+            per_position = _position_nats(model, batch[:, :-1], targets)  # (B, seq_len - 1)
+            ids = targets.cpu().numpy()
+            for k, mask in buckets.items():
+                nats[k] += float(per_position[:, mask].sum())
+                if count_bytes is None:
+                    counted[k] += int(mask.sum()) * len(rows)
+                else:
+                    counted[k] += sum(count_bytes(row[mask]) for row in ids)
+    finally:
+        model.train(was_training)
+    return {k: nats[k] / counted[k] / math.log(2) for k in buckets if counted[k] > 0}
+
+
+def _position_nats(
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> np.ndarray:
+    """(B, T - 1) next-token cross-entropy (nats, float64) of ``targets`` given ``inputs``."""
+    if not isinstance(model, HybridTransformer):
+        logits = model_logits(model, inputs).float()[:, 1:]
+        nats = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        return nats.double().cpu().numpy()
+    hidden = model.features(inputs)[:, 1:]  # (B, T - 1, C)
+    parts = []
+    for start in range(0, hidden.shape[1], LOGIT_SLICE_TOKENS):
+        part = slice(start, start + LOGIT_SLICE_TOKENS)
+        logits = model.head(hidden[:, part]).float()
+        parts.append(F.cross_entropy(logits.transpose(1, 2), targets[:, part], reduction="none"))
+    return torch.cat(parts, dim=1).double().cpu().numpy()
+
+
 # Positions whose logits one slice holds when a HybridTransformer is scored (its hidden
 # states are kept, the (T, vocab) logits never at once).
 LOGIT_SLICE_TOKENS = 1024

@@ -20,6 +20,10 @@ learnable by a tiny model within a CPU budget). Formats (``k`` a key, ``v`` a va
 - ``vartrack``: statements ``OPEN name SEP rhs CLOSE`` forming chains ``X1 = 12345``,
   ``X2 = X1``, ... (in context order); the question ``QUERY 12345 SEP`` asks which names
   hold the value, the answer lists them in chain order, ``X1 SEP X2 SEP ... CLOSE``.
+- ``passkey`` / ``multikey`` / ``multivalue`` / ``multiquery`` with ``prefix_distractors``:
+  extra needles ``OPEN k' v' CLOSE`` whose key ``k'`` is the queried key with its last
+  character changed (another letter, for single-letter keys); never asked.
+- ``mqar``, ``aliaskey``, ``selcopy``: :mod:`workers.recall_tasks`.
 - ``commonwords``: after the Begin segment, ``SEP`` and a list of words (each `` word``, a
   space then the word); a few common words occur ``count_ratio`` times as often as the
   most frequent other word. The question is ``QUERY``; the answer lists the common words in
@@ -45,6 +49,7 @@ import numpy as np
 
 from space.tasks import (  # noqa: F401 - re-exported: the task rules live in space/
     DEPTHLESS_TASKS,
+    DIFFICULTY,
     NEEDLE_TASKS,
     SEGMENTS,
     TASK_DEFAULTS,
@@ -52,16 +57,20 @@ from space.tasks import (  # noqa: F401 - re-exported: the task rules live in sp
     WORDS,
     TokenBounds,
     answer_len,
+    key_code,
     min_length,
     needle_count,
     queried_count,
     task_params,
 )
 from workers.examples import Codec, Example, Span, assemble, codec_for, filler_window, finish
+from workers.recall_tasks import RECALL_TASKS, render_recall
 from workers.tokenizer import BYTE_TOKENIZER, Tokenizer
 from workers.tokens import TOKEN_DTYPE
 
 KEY_ALPHABET = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8).astype(TOKEN_DTYPE)
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_UPPER = _LOWER.upper()
 DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8).astype(TOKEN_DTYPE)
 HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8).astype(TOKEN_DTYPE)
 
@@ -71,13 +80,22 @@ HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8).astype(TOKEN_DTY
 def token_bounds(tokenizer: Tokenizer) -> TokenBounds:
     """The most tokens ``tokenizer`` spends on a key letter, a word key, a list item and a
     value (values are measured per character: a byte-level tokenizer never spends more
-    than one token on an ASCII character; others may add a word-start token)."""
+    than one token on an ASCII character; others may add a word-start token), an mqar
+    key code, an upper-case word key and a prefix distractor's key."""
     codec = codec_for(tokenizer)
     letter = max(len(codec.text(chr(int(c)))) for c in KEY_ALPHABET)
     word = max(len(codec.text(w)) for w in WORDS)
     item = max(len(codec.text(" " + w)) for w in WORDS)
     byte_level = tokenizer.kind == "bytes" or getattr(tokenizer, "is_byte_level", False)
-    return TokenBounds(letter=letter, word=word, item=item, value_extra=0 if byte_level else 1)
+    return TokenBounds(
+        letter=letter,
+        word=word,
+        item=item,
+        value_extra=0 if byte_level else 1,
+        code=max(len(codec.text(key_code(i))) for i in range(26 * 26)),
+        upper_word=max(len(codec.text(w.upper())) for w in WORDS),
+        near_word=max(len(codec.text(w[:-1] + c)) for w in WORDS for c in _LOWER + _UPPER),
+    )
 
 
 def _keys(rng: np.random.Generator, n: int, distinct: bool, kind: str) -> list[str]:
@@ -93,6 +111,19 @@ def _keys(rng: np.random.Generator, n: int, distinct: bool, kind: str) -> list[s
     else:
         picks = np.repeat(rng.choice(len(WORDS)), n)
     return [WORDS[int(i)] for i in picks]
+
+
+def _near_keys(rng: np.random.Generator, keys: list[str], n: int, kind: str) -> list[str]:
+    """``n`` distinct keys sharing all but the last character of ``keys[0]`` and equal to
+    none of ``keys`` (RULER-style distractors); other letters for single-letter keys."""
+    if kind == "letter":
+        free = [c for c in _UPPER if c not in keys]
+        return [free[int(i)] for i in rng.choice(len(free), size=n, replace=False)]
+    stem, last = keys[0][:-1], keys[0][-1]
+    lower = [stem + c for c in _LOWER if c != last and stem + c not in keys]
+    # Upper-case last letters only when a collision leaves too few lower-case ones.
+    pool = lower if len(lower) >= n else lower + [stem + c for c in _UPPER]
+    return [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
 
 
 def _values(rng: np.random.Generator, n: int, value_len: int, kind: str) -> list[str]:
@@ -155,6 +186,8 @@ def render_with_rng(
     codec = codec_for(tokenizer or BYTE_TOKENIZER)
     if task in NEEDLE_TASKS or task == "multiquery":
         return _render_needles(task, length, depth, rng, filler_tokens, codec, p)
+    if task in RECALL_TASKS:
+        return render_recall(task, length, depth, rng, filler_tokens, codec, p)
     if task == "vartrack":
         return _render_vartrack(length, depth, rng, filler_tokens, codec, p)
     return _render_commonwords(length, rng, filler_tokens, codec, p)
@@ -178,9 +211,14 @@ def _render_needles(
 ) -> Example:
     vocab = codec.vocab
     n_needles = needle_count(task, p)
+    n_near = int(p["prefix_distractors"])
+    n_real = n_needles - n_near  # the needles of the task; prefix distractors come last
     # Keys and values. Needle 0 is the queried one placed at `depth`.
-    keys = _keys(rng, n_needles, distinct=task in ("multikey", "multiquery"), kind=p["key_kind"])
-    values = _values(rng, n_needles, int(p["value_len"]), p["value_kind"])
+    keys = _keys(rng, n_real, distinct=task in ("multikey", "multiquery"), kind=p["key_kind"])
+    values = _values(rng, n_real, int(p["value_len"]), p["value_kind"])
+    if n_near:
+        keys += _near_keys(rng, keys, n_near, p["key_kind"])
+        values += _values(rng, n_near, int(p["value_len"]), p["value_kind"])
     key_ids = [codec.text(k) for k in keys]
     value_ids = [codec.text(v) for v in values]
     needles = [
@@ -189,10 +227,10 @@ def _render_needles(
         )
         for i in range(n_needles)
     ]
-    queried = list(range(n_needles)) if task == "multivalue" else [0]
+    queried = list(range(n_real)) if task == "multivalue" else [0]
     asked: list[int] = []
     if task == "multiquery":
-        others = rng.choice(np.arange(1, n_needles), size=int(p["n_queries"]) - 1, replace=False)
+        others = rng.choice(np.arange(1, n_real), size=int(p["n_queries"]) - 1, replace=False)
         queried = [0, *(int(i) for i in others)]
         asked = [queried[int(i)] for i in rng.permutation(len(queried))]
         question = np.concatenate(

@@ -10,7 +10,6 @@ import numpy as np
 
 from space.vocab import (  # noqa: F401 - re-exported: the workers' view of the vocabulary
     DOC,
-    FIRST_TASK_TOKEN,
     N_BYTE_TOKENS,
     NEEDLE_CLOSE,
     NEEDLE_OPEN,

@@ -5,16 +5,18 @@ evaluation; returning ``True`` asks it to stop (a scheduler's early stop). A
 non-finite loss or gradient ends the run with status ``diverged`` and the last
 good metrics; it never raises for that.
 
-A run is one or more stages (``TrainSettings.stages``), trained in order with one
-optimizer, one step counter and one checkpoint: each stage has its own sequence length,
-batch size and learning-rate schedule (warmup, then cosine decay over the stage), and the
-caller switches data and model per stage (``begin_stage``). The AdamW moments carry over
-from stage to stage, as when pretraining continues. The checkpoint records the stage and
-the step, so a run killed in any stage resumes exactly.
+A run is one or more stages (``TrainSection.stage_plans()``: one ``space.stages.StagePlan``
+each), trained in order with one optimizer, one step counter and one checkpoint: each stage
+has its own sequence length, batch size and learning-rate schedule (warmup, then cosine
+decay over the stage), and the caller switches data and model per stage (``begin_stage``).
+The AdamW moments carry over from stage to stage, as when pretraining continues. The
+checkpoint records the stage and the step (:class:`RunState` says what else), so a run
+killed in any stage resumes exactly.
 
-Speed and scale (``TrainSettings``): ``precision`` (autocast to bf16, fp32 master weights
-and optimizer state), ``compile`` (``torch.compile``; a model that cannot compile trains
-eager after one warning, never a failed run), ``activation_checkpointing``,
+The settings are the sweep file's train section itself (``space.sections.TrainSection``):
+its defaults are the only ones. Speed and scale: ``precision`` (autocast to bf16, fp32
+master weights and optimizer state), ``compile`` (``torch.compile``; a model that cannot
+compile trains eager after one warning, never a failed run), ``activation_checkpointing``,
 ``micro_batch_size`` (gradient accumulation), and data parallelism through a
 ``workers.distributed.Workers``: with several workers each trains on its share of the
 same global batch and only the main worker writes checkpoints and reports.
@@ -38,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from space.outcomes import RunStatus
+from space.sections import TrainSection
+from space.stages import StagePlan
 from workers import checkpoint
 from workers.distributed import Workers
 
@@ -46,60 +50,7 @@ log = logging.getLogger("ropenope.train")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,T), y (B,T), weights (B,T)
 
 
-@dataclass(frozen=True)
-class StageSettings:
-    """One stage: its steps, the rows it trains on and its learning-rate schedule."""
-
-    steps: int
-    seq_len: int
-    batch_size: int
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """``steps``, ``batch_size``, ``seq_len`` and the schedule are the one stage of a plain run;
-    with ``stages`` they are the stages' and ``steps`` must be their sum."""
-
-    steps: int
-    batch_size: int
-    seq_len: int
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    seed: int = 0
-    compile: bool = False
-    stages: tuple[StageSettings, ...] = ()
-    precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16
-    activation_checkpointing: bool = False
-    micro_batch_size: int | None = None  # rows per forward/backward; None: a worker's share
-
-    def __post_init__(self) -> None:
-        if self.stages and self.steps != sum(s.steps for s in self.stages):
-            raise ValueError(f"steps={self.steps} is not the sum of the stages' steps")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
-
-    def plan(self) -> tuple[StageSettings, ...]:
-        """The stages to train, in order (one for a plain run)."""
-        if self.stages:
-            return self.stages
-        one = StageSettings(
-            self.steps, self.seq_len, self.batch_size, self.lr, self.min_lr_ratio, self.warmup_steps
-        )
-        return (one,)
-
-
-def lr_at(step: int, s: TrainSettings | StageSettings) -> float:
+def lr_at(step: int, s: StagePlan) -> float:
     """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``.
 
     ``step`` counts from the start of the stage ``s`` (a plain run is one stage)."""
@@ -215,12 +166,324 @@ def save_checkpoint(
     checkpoint.save(path, state)  # atomic, the previous one kept: see workers.checkpoint
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """The caller's side of a run (see :func:`train`)."""
+
+    next_batch: Callable[[np.random.Generator, int], Batch]
+    evaluate: Callable[[nn.Module, int], dict[str, float]]
+    on_eval: Callable[[dict[str, float]], bool | None] | None = None
+    on_step: Callable[[int, float, float], None] | None = None
+    begin_stage: Callable[[int], None] | None = None
+    between_stages: Callable[[int, nn.Module], dict[str, float]] | None = None
+
+
+@dataclass
+class RunState:
+    """What a run carries from step to step. ``to_checkpoint``/``restore`` are the one place
+    that says what a checkpoint keeps of it (the speed counters are this process's own)."""
+
+    step: int = 0  # optimizer steps done, counting on across stages
+    stage: int = 0  # the stage being trained
+    history: list[dict[str, float]] = field(default_factory=list)
+    loss_sum: float = 0.0  # training loss since the last evaluation
+    loss_count: int = 0
+    stage_results: dict[int, dict[str, float]] = field(default_factory=dict)
+    resumed_from: int | None = None
+    train_seconds: float = 0.0  # not saved: speed is measured per process
+    timed_tokens: int = 0
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"loss_window": (self.loss_sum, self.loss_count)}
+        extra["stage"] = self.stage
+        if self.stage_results:
+            extra["stage_results"] = self.stage_results
+        return extra
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint's ``step``, ``history`` and ``extra``."""
+        self.step = int(saved["step"])
+        self.history = list(saved["history"])
+        self.loss_sum, self.loss_count = saved["extra"].get("loss_window", (0.0, 0))
+        self.stage_results = {int(k): v for k, v in saved["extra"].get("stage_results", {}).items()}
+        self.resumed_from = self.step
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+    def speed(self) -> float:
+        return self.timed_tokens / max(self.train_seconds, 1e-9)
+
+
+class _Run:
+    """One call of :func:`train`: the model, optimizer, data RNG and :class:`RunState`, and
+    the parts of the loop as named steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: TrainSection,
+        seed: int,
+        device: torch.device,
+        workers: Workers,
+        checkpoint_path: Path | None,
+        hooks: Hooks,
+    ) -> None:
+        self.model, self.settings, self.device, self.workers = model, settings, device, workers
+        self.checkpoint_path = checkpoint_path
+        self.hooks = hooks
+        self.main = workers.is_main
+        seed_everything(seed)
+        self.rng = np.random.default_rng(seed)
+        model.to(device)
+        if settings.activation_checkpointing:
+            if not hasattr(model, "activation_checkpointing"):
+                raise ValueError(f"{type(model).__name__} has no activation checkpointing")
+            model.activation_checkpointing = True
+        self.wrapped = workers.wrap(model, device)  # the module to train through
+        self.opt = torch.optim.AdamW(
+            _param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
+        )
+        self.plan = settings.stage_plans()
+        self.ends = list(itertools.accumulate(stage.steps for stage in self.plan))
+        self.starts = [0, *self.ends[:-1]]
+        self.state = RunState()
+        self.forward: nn.Module = self.wrapped  # compiled by :meth:`compile`
+        self.compile_error: str | None = None
+        self.autocast = autocast_for(device, settings.precision)
+
+    def compile(self) -> None:
+        if self.settings.compile:
+            self.forward = compile_model(self.wrapped)
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def restore(self, resume: bool) -> None:
+        """Continue from the newest checkpoint (weights, moments, RNGs, state) when there is
+        one; every worker must find the same step."""
+        path = self.checkpoint_path
+        found = checkpoint.load_latest(path) if resume and path else None
+        if found is not None:
+            saved, _ = found
+            self.workers.load_state(self.model, self.opt, saved["model"], saved["optimizer"])
+            self.rng.bit_generator.state = saved["numpy_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+            self.state.restore(saved)
+        step = float(self.state.step)
+        highest, lowest = self.workers.all_max(step), -self.workers.all_max(-step)
+        if highest != lowest:  # every worker must continue from the same step
+            raise RuntimeError(
+                f"the workers of this run found different checkpoints at {path} "
+                f"(steps {lowest:.0f} to {highest:.0f}): "
+                "several workers per trial need the runs folder on storage that every node of "
+                "the trial sees"
+            )
+
+    def save(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        states = self.workers.state_dicts(self.model, self.opt)  # all take part (FSDP gathers)
+        if states is None:
+            return
+        st = self.state
+        save_checkpoint(
+            self.checkpoint_path, *states, st.step, self.rng, st.history, st.checkpoint_extra()
+        )
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def stages(self) -> TrainOutcome:
+        """Every stage in order, from where the state is; the outcome of the run."""
+        between = self.hooks.between_stages
+        self.model.train()
+        for index, stage in enumerate(self.plan):
+            self.state.stage = index
+            last = index == len(self.plan) - 1
+            if self.state.step >= self.ends[index]:  # trained before a resume
+                if between is not None and not last and index not in self.state.stage_results:
+                    self.begin(index)  # the between-stage work is still owed
+                    self.run_between(index)
+                continue
+            self.begin(index)
+            ended = self.stage(index, stage)
+            if ended is not None:
+                return ended
+            if between is not None and not last:
+                self.run_between(index)
+        return self.finish(RunStatus.COMPLETE, None)
+
+    def begin(self, index: int) -> None:
+        if self.hooks.begin_stage is not None:
+            self.hooks.begin_stage(index)
+
+    def run_between(self, index: int) -> None:
+        """The caller's work between two stages, as if it had not run: the torch RNG is
+        restored after it and its result checkpointed."""
+        torch_rng = torch.get_rng_state()
+        self.model.eval()
+        whole = self.workers.plain_model(self.model)
+        between = self.hooks.between_stages
+        self.state.stage_results[index] = dict(between(index, whole)) if self.main else {}
+        del whole
+        self.workers.barrier()  # the others wait while the main worker scores
+        self.model.train()
+        torch.set_rng_state(torch_rng)
+        self.save()
+
+    def stage(self, index: int, stage: StagePlan) -> TrainOutcome | None:
+        """Train one stage to its end; an outcome when the run ends inside it."""
+        st = self.state
+        while st.step < self.ends[index]:
+            lr = lr_at(st.step - self.starts[index], stage)
+            problem = self.optimizer_step(index, lr, stage.batch_size * stage.seq_len)
+            if problem is not None:
+                return self.finish(RunStatus.DIVERGED, problem)
+            at_eval = st.step % self.settings.eval_every == 0 or st.step == self.ends[index]
+            if at_eval and not self.evaluate(index, lr):
+                return self.finish(
+                    RunStatus.DIVERGED, f"non-finite validation metrics at step {st.step}"
+                )
+            if at_eval or st.step % self.settings.checkpoint_every == 0:
+                self.save()
+            if at_eval and self.stop_asked():
+                return self.finish(RunStatus.STOPPED, f"stopped by the caller at step {st.step}")
+        return None
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def optimizer_step(self, index: int, lr: float, tokens_per_step: int) -> str | None:
+        """One optimizer step of stage ``index``; why the run diverged, or None."""
+        st = self.state
+        t0 = time.perf_counter()
+        batch = self.hooks.next_batch(self.rng, index)
+        x, y, w = (t.to(self.device, non_blocking=True) for t in batch)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_and_gradients(x, y, w)
+        if not torch.isfinite(loss):
+            return f"non-finite loss at step {st.step}"
+        params = self.model.parameters()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
+            grad_norm = grad_norm.full_tensor()
+        if not torch.isfinite(grad_norm):
+            return f"non-finite gradient at step {st.step}"
+        self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        st.train_seconds += time.perf_counter() - t0
+        st.timed_tokens += tokens_per_step
+        st.step += 1
+        loss_value = float(loss)
+        st.loss_sum += loss_value
+        st.loss_count += 1
+        if self.hooks.on_step is not None and self.main:
+            self.hooks.on_step(st.step, loss_value, st.speed())
+        return None
+
+    def loss_and_gradients(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """:meth:`gradients` through the compiled model; a model that cannot compile falls
+        back to eager once (one warning), and an eager error is a real one."""
+        try:
+            return self.gradients(x, y, w)
+        except Exception as err:
+            if self.forward is self.wrapped:
+                raise
+            self.compile_error = compile_failure(err)
+            if self.main:
+                log.warning(self.compile_error)
+            self.forward = self.wrapped
+            self.opt.zero_grad(set_to_none=True)
+            return self.gradients(x, y, w)
+
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Backward passes over this worker's rows of the global batch; returns the rows'
+        weighted cross-entropy sum (detached). Scaled so that the workers' averaged
+        gradient is the gradient of the global batch's weighted mean."""
+        workers = self.workers
+        share = workers.rows(x.shape[0])
+        xs, ys, ws = x[share], y[share], w[share]
+        total = total_weight(w)  # the global batch's: every worker drew all of it
+        size = self.settings.micro_batch_size or xs.shape[0]
+        firsts = range(0, xs.shape[0], size)
+        local = torch.zeros((), device=self.device)
+        for k, first in enumerate(firsts):
+            rows = slice(first, first + size)
+            with workers.gradient_sync(self.wrapped, enabled=k == len(firsts) - 1):
+                with self.autocast:
+                    logits = self.forward(xs[rows])
+                part = weighted_sum(logits, ys[rows], ws[rows])
+                (part / total * workers.world_size).backward()
+            local = local + part.detach()
+        return workers.all_sum(local) / total
+
+    # -- evaluation and stopping -----------------------------------------------------------
+
+    def evaluate(self, index: int, lr: float) -> bool:
+        """Validation metrics into the history; False when any is not finite."""
+        st = self.state
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            val = self.hooks.evaluate(self.model, index)
+        self.model.train()
+        metrics = {
+            "step": float(st.step),
+            "tokens": float(self.tokens_at(st.step)),
+            "train_loss": st.loss_sum / max(1, st.loss_count),
+            "lr": lr,
+            "tokens_per_s": st.speed(),
+            **({"stage": float(index + 1)} if len(self.plan) > 1 else {}),
+            **val,
+        }
+        st.loss_sum, st.loss_count = 0.0, 0
+        if self.workers.agree(not all(math.isfinite(v) for v in metrics.values())):
+            return False
+        st.history.append(metrics)
+        return True
+
+    def stop_asked(self) -> bool:
+        """Whether the caller's ``on_eval`` asks to stop before the run's last step."""
+        on_eval = self.hooks.on_eval
+        asked = (
+            bool(on_eval(self.state.last_metrics)) if self.main and on_eval is not None else False
+        )
+        return self.workers.agree(asked) and self.state.step < self.ends[-1]
+
+    def tokens_at(self, n_steps: int) -> int:
+        """Training tokens seen after ``n_steps`` optimizer steps (stages differ in rows)."""
+        return sum(
+            min(max(n_steps - start, 0), stage.steps) * stage.batch_size * stage.seq_len
+            for start, stage in zip(self.starts, self.plan, strict=True)
+        )
+
+    def finish(self, status: str, reason: str | None) -> TrainOutcome:
+        st = self.state
+        return TrainOutcome(
+            status=status,
+            reason=reason,
+            step=st.step,
+            history=st.history,
+            last_metrics=st.last_metrics,
+            tokens_per_s=st.timed_tokens / st.train_seconds if st.train_seconds else 0.0,
+            train_seconds=st.train_seconds,
+            peak_memory_bytes=int(self.workers.all_max(float(peak_memory_bytes(self.device)))),
+            resumed_from_step=st.resumed_from,
+            stage=st.stage,
+            stage_results=st.stage_results,
+            compiled=self.forward is not self.wrapped,
+            compile_error=self.compile_error,
+        )
+
+
 def train(
     model: nn.Module,
-    settings: TrainSettings,
+    settings: TrainSection,
     next_batch: Callable[[np.random.Generator, int], Batch],
     evaluate: Callable[[nn.Module, int], dict[str, float]],
     *,
+    seed: int,
     device: torch.device,
     on_eval: Callable[[dict[str, float]], bool | None] | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
@@ -230,7 +493,7 @@ def train(
     between_stages: Callable[[int, nn.Module], dict[str, float]] | None = None,
     workers: Workers | None = None,
 ) -> TrainOutcome:
-    """Train ``model`` for ``settings.steps`` optimizer steps, stage after stage.
+    """Train ``model`` through ``settings.stage_plans()``, stage after stage, from ``seed``.
 
     ``next_batch(rng, stage)`` draws one batch of stage ``stage`` (0-based) from a numpy
     Generator whose state is checkpointed, so a resumed run sees exactly the batches an
@@ -248,202 +511,8 @@ def train(
     calls ``on_eval``, ``on_step`` and ``between_stages``; a stop it asks for, or a
     divergence, ends every worker at the same step.
     """
-    workers = workers or Workers()
-    main = workers.is_main
-    seed_everything(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    model.to(device)
-    if settings.activation_checkpointing:
-        if not hasattr(model, "activation_checkpointing"):
-            raise ValueError(f"{type(model).__name__} has no activation checkpointing")
-        model.activation_checkpointing = True
-    wrapped = workers.wrap(model, device)  # the module to train through; ``model`` to evaluate
-    opt = torch.optim.AdamW(
-        _param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
-    )
-    plan = settings.plan()
-    ends = list(itertools.accumulate(stage.steps for stage in plan))
-    starts = [0, *ends[:-1]]
-    multi_stage = len(plan) > 1
-    step = 0
-    history: list[dict[str, float]] = []
-    loss_sum, loss_count = 0.0, 0  # training loss since the last evaluation
-    stage_results: dict[int, dict[str, float]] = {}
-    resumed_from = None
-    found = checkpoint.load_latest(checkpoint_path) if resume and checkpoint_path else None
-    if found is not None:
-        state, _ = found
-        workers.load_state(model, opt, state["model"], state["optimizer"])
-        step = int(state["step"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        history = list(state["history"])
-        loss_sum, loss_count = state["extra"].get("loss_window", (0.0, 0))
-        stage_results = {int(k): v for k, v in state["extra"].get("stage_results", {}).items()}
-        resumed_from = step
-    highest, lowest = workers.all_max(float(step)), -workers.all_max(-float(step))
-    if highest != lowest:  # every worker must continue from the same step
-        raise RuntimeError(
-            f"the workers of this run found different checkpoints at {checkpoint_path} "
-            f"(steps {lowest:.0f} to {highest:.0f}): "
-            "several workers per trial need the runs folder on storage that every node of "
-            "the trial sees"
-        )
-
-    forward = compile_model(wrapped) if settings.compile else wrapped
-    compile_error: str | None = None
-    autocast = autocast_for(device, settings.precision)
-    train_seconds = 0.0
-    timed_tokens = 0
-    last_metrics: dict[str, float] = dict(history[-1]) if history else {}
-    current = 0
-
-    def tokens_at(n_steps: int) -> int:
-        """Training tokens seen after ``n_steps`` optimizer steps (stages differ in rows)."""
-        return sum(
-            min(max(n_steps - start, 0), stage.steps) * stage.batch_size * stage.seq_len
-            for start, stage in zip(starts, plan, strict=True)
-        )
-
-    def speed() -> float:
-        return timed_tokens / train_seconds if train_seconds else 0.0
-
-    def finish(status: str, reason: str | None) -> TrainOutcome:
-        return TrainOutcome(
-            status=status,
-            reason=reason,
-            step=step,
-            history=history,
-            last_metrics=last_metrics,
-            tokens_per_s=speed(),
-            train_seconds=train_seconds,
-            peak_memory_bytes=int(workers.all_max(float(peak_memory_bytes(device)))),
-            resumed_from_step=resumed_from,
-            stage=current,
-            stage_results=stage_results,
-            compiled=forward is not wrapped,
-            compile_error=compile_error,
-        )
-
-    def save_now() -> None:
-        if checkpoint_path is None:
-            return
-        states = workers.state_dicts(model, opt)  # every worker takes part (FSDP gathers)
-        if states is None:
-            return
-        extra = {"loss_window": (loss_sum, loss_count), "stage": current}
-        if stage_results:
-            extra["stage_results"] = stage_results
-        save_checkpoint(checkpoint_path, *states, step, rng, history, extra=extra)
-
-    def run_between(index: int) -> None:
-        torch_rng = torch.get_rng_state()
-        model.eval()
-        whole = workers.plain_model(model)
-        stage_results[index] = dict(between_stages(index, whole)) if main else {}
-        del whole
-        workers.barrier()  # the others wait while the main worker scores
-        model.train()
-        torch.set_rng_state(torch_rng)
-        save_now()
-
-    def gradients(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Backward passes over this worker's rows of the global batch; returns the rows'
-        weighted cross-entropy sum (detached). Scaled so that the workers' averaged
-        gradient is the gradient of the global batch's weighted mean."""
-        share = workers.rows(x.shape[0])
-        xs, ys, ws = x[share], y[share], w[share]
-        total = total_weight(w)  # the global batch's: every worker drew all of it
-        size = settings.micro_batch_size or xs.shape[0]
-        firsts = range(0, xs.shape[0], size)
-        local = torch.zeros((), device=device)
-        for k, first in enumerate(firsts):
-            rows = slice(first, first + size)
-            with workers.gradient_sync(wrapped, enabled=k == len(firsts) - 1):
-                with autocast:
-                    logits = forward(xs[rows])
-                part = weighted_sum(logits, ys[rows], ws[rows])
-                (part / total * workers.world_size).backward()
-            local = local + part.detach()
-        return workers.all_sum(local) / total
-
-    model.train()
-    for current, stage in enumerate(plan):
-        last = current == len(plan) - 1
-        if step >= ends[current]:  # trained before a resume; the between-stage work may be owed
-            if between_stages is not None and not last and current not in stage_results:
-                if begin_stage is not None:
-                    begin_stage(current)
-                run_between(current)
-            continue
-        if begin_stage is not None:
-            begin_stage(current)
-        tokens_per_step = stage.batch_size * stage.seq_len
-        while step < ends[current]:
-            t0 = time.perf_counter()
-            x, y, w = (t.to(device, non_blocking=True) for t in next_batch(rng, current))
-            lr = lr_at(step - starts[current], stage)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            try:
-                loss = gradients(x, y, w)
-            except Exception as err:  # compiled: eager from now on; eager: a real error
-                if forward is wrapped:
-                    raise
-                compile_error = compile_failure(err)
-                if main:
-                    log.warning(compile_error)
-                forward = wrapped
-                opt.zero_grad(set_to_none=True)
-                loss = gradients(x, y, w)
-            if not torch.isfinite(loss):
-                return finish(RunStatus.DIVERGED, f"non-finite loss at step {step}")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
-                grad_norm = grad_norm.full_tensor()
-            if not torch.isfinite(grad_norm):
-                return finish(RunStatus.DIVERGED, f"non-finite gradient at step {step}")
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_seconds += time.perf_counter() - t0
-            timed_tokens += tokens_per_step
-            step += 1
-            loss_value = float(loss)
-            loss_sum += loss_value
-            loss_count += 1
-            if on_step is not None and main:
-                on_step(step, loss_value, timed_tokens / max(train_seconds, 1e-9))
-
-            at_eval = step % settings.eval_every == 0 or step == ends[current]
-            if at_eval:
-                model.eval()
-                with torch.no_grad(), autocast:
-                    val = evaluate(model, current)
-                model.train()
-                metrics = {
-                    "step": float(step),
-                    "tokens": float(tokens_at(step)),
-                    "train_loss": loss_sum / max(1, loss_count),
-                    "lr": lr,
-                    "tokens_per_s": timed_tokens / max(train_seconds, 1e-9),
-                    **({"stage": float(current + 1)} if multi_stage else {}),
-                    **val,
-                }
-                loss_sum, loss_count = 0.0, 0
-                if workers.agree(not all(math.isfinite(v) for v in metrics.values())):
-                    return finish(
-                        RunStatus.DIVERGED, f"non-finite validation metrics at step {step}"
-                    )
-                history.append(metrics)
-                last_metrics = metrics
-            if at_eval or step % settings.checkpoint_every == 0:
-                save_now()
-            if at_eval:
-                asked = bool(on_eval(last_metrics)) if main and on_eval is not None else False
-                if workers.agree(asked) and step < ends[-1]:
-                    return finish(RunStatus.STOPPED, f"stopped by the caller at step {step}")
-        if between_stages is not None and not last:
-            run_between(current)
-    return finish(RunStatus.COMPLETE, None)
+    hooks = Hooks(next_batch, evaluate, on_eval, on_step, begin_stage, between_stages)
+    run = _Run(model, settings, seed, device, workers or Workers(), checkpoint_path, hooks)
+    run.restore(resume)
+    run.compile()
+    return run.stages()

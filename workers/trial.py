@@ -28,6 +28,7 @@ from space.names import (
 )
 from space.outcomes import Reason, RunStatus
 from space.schema import SweepConfig
+from workers.device import choose_device
 
 # Keys of the results this trainable reports to Tune (the driver reads them).
 OUTCOME_KEY = "trial_outcome"  # JSON of TrialOutcome, only in the last report
@@ -138,10 +139,7 @@ def _strict(value: Any) -> Any:
 def trial_device(config: SweepConfig) -> str:
     """``auto`` means the GPU only when Ray gave this trial one: a trial without a GPU
     allocation must not take one Ray thinks is free."""
-    wanted = config.resources.device
-    if wanted != "auto":
-        return wanted
-    return "cuda" if config.resources.gpus_per_trial > 0 else "cpu"
+    return choose_device(config.resources.device, gpu_given=config.resources.gpus_per_trial > 0)
 
 
 def trial_threads(config: SweepConfig) -> int:

@@ -24,11 +24,13 @@ from tracking.report.tables import (
     mass_table,
     pareto_rows,
     seed_plan_table,
+    signal_noise_table,
     stability_table,
 )
 from tracking.seed_plan import SeedPlan
 from tracking.stability import RankStability
 from tracking.stats import Verdict
+from tracking.ties import SignalToNoise
 
 __all__ = [
     "FIG_CURVES",
@@ -79,6 +81,13 @@ RULE_TEXT = (
     "score is missing (the finding names the hypothesis and field). Comparisons of "
     "retrieval beyond T count only runs that learned the task at T (the competence gate, "
     "acc@1x >= 0.9 unless the hypothesis says otherwise); the runs left out are named."
+)
+
+SIGNAL_NOISE_TEXT = (
+    "Per objective: signal = the standard deviation of the candidates' means, noise = the "
+    "pooled standard deviation over seeds. Below about 1 the objective cannot order these "
+    "candidates and a search on it is close to random; candidates at a bound (accuracy 1.00 "
+    "or 0.00 on every seed) cannot be ordered at all. Tie groups are named in the notes."
 )
 
 STABILITY_TEXT = (
@@ -146,6 +155,7 @@ class ReportInput:
     seed_plan: SeedPlan | None = None
     notes: Sequence[str] = ()
     stages: Sequence[Any] = ()  # the sweep's train.stage_plans() when it has several
+    signal_noise: Sequence[SignalToNoise] = ()  # per objective
 
 
 def overview(r: ReportInput) -> str:
@@ -298,6 +308,14 @@ def sections(r: ReportInput) -> list[Section]:
             (Text(STABILITY_TEXT), TableBlock(stability_table(r.stability), "No objectives.")),
         ),
         Section(
+            "signal",
+            "Signal and noise per objective",
+            (
+                Text(SIGNAL_NOISE_TEXT),
+                TableBlock(signal_noise_table(r.signal_noise), "No objectives."),
+            ),
+        ),
+        Section(
             "curves",
             "Accuracy and loss vs context length",
             (_figure(r, FIG_CURVES, "accuracy and bits/byte vs context length"),),
@@ -323,7 +341,12 @@ def sections(r: ReportInput) -> list[Section]:
             TableBlock(pareto_rows(r.pareto)),
             Text(
                 "★ = on the Pareto front (rank 0) of the candidates' mean scores; # is the "
-                "row in the table of scores.",
+                "row in the table of scores. Rank within noise: the same sorting when a "
+                "candidate dominates another only if it is better by more than 2 standard "
+                "errors of the difference in one objective and worse by no more than that in "
+                "any (seed spread; scores computed from the layout have none), so the front "
+                "does not rank candidates on noise. ≈ #k: statistically indistinguishable from "
+                "row k on every objective.",
                 "meta",
             ),
             _figure(r, FIG_PARETO, "Pareto front"),

@@ -39,6 +39,8 @@ code { background: #f6f8fa; padding: 0 3px; }
 .badge.supported { background: #1a7f37; }
 .badge.contradicted { background: #cf222e; }
 .badge.undecided { background: #6e7781; }
+.badge.invalid { background: #9a6700; }
+.holm { font-size: 12px; color: #57606a; }
 .findings li { margin-bottom: 0.8em; }
 .detail { color: #424a53; font-size: 13px; display: block; }
 .rule, .meta { color: #57606a; font-size: 13px; }
@@ -83,8 +85,13 @@ def _findings(block: Findings) -> str:
     items = ['<ul class="findings">']
     for f in block.findings:
         v = Verdict(f.verdict).value
+        holm = (
+            ""
+            if f.family_verdict is None
+            else f" <span class='holm'>Holm across {f.family_size}: {f.family_verdict.value}</span>"
+        )
         items.append(
-            f'<li><span class="badge {v}">{v}</span> <code>{e(f.key)}</code> '
+            f'<li><span class="badge {v}">{v}</span>{holm} <code>{e(f.key)}</code> '
             f"<b>{e(f.claim)}</b><span class='detail'>{e(f.detail)}</span>"
             f"<span class='rule'>Rule: {e(f.rule)}</span></li>"
         )

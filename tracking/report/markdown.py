@@ -50,7 +50,12 @@ def _block(block: object) -> list[str]:
     if isinstance(block, Findings):
         lines = []
         for f in block.findings:
-            lines.append(f"- **{f.verdict.value.upper()}** — `{f.key}`: {f.claim}  ")
+            holm = (
+                ""
+                if f.family_verdict is None
+                else f" (Holm across {f.family_size}: {f.family_verdict.value})"
+            )
+            lines.append(f"- **{f.verdict.value.upper()}**{holm} — `{f.key}`: {f.claim}  ")
             lines.append(f"  {f.detail}  ")
             lines.append(f"  _Rule: {f.rule}_")
         return [*lines, ""]

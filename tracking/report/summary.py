@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from tracking.report.content import ReportInput
+from tracking.ties import tie_groups
 
 __all__ = ["summary"]
 
@@ -58,6 +59,8 @@ def summary(r: ReportInput) -> dict[str, Any]:
             "hypotheses_source": r.hypotheses_source,
             "findings": [f.to_dict() for f in r.findings],
             "rank_stability": [s.to_dict() for s in r.stability],
+            "signal_to_noise": [s.to_dict() for s in r.signal_noise],
+            "tie_groups": [g.to_dict() for g in tie_groups(agg.objective_names, agg.candidates)],
             "seed_plan": None if r.seed_plan is None else r.seed_plan.to_dict(),
             "warnings": [*r.notes, *agg.warnings],
         }

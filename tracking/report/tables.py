@@ -3,6 +3,7 @@ Markdown and HTML by :mod:`tracking.report.markdown` and :mod:`tracking.report.h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from tracking.pareto import ParetoTable
 from tracking.seed_plan import SeedPlan
 from tracking.stability import RankStability
 from tracking.stats import Spread
+from tracking.ties import SignalToNoise
 
 __all__ = [
     "Table",
@@ -21,6 +23,7 @@ __all__ = [
     "mass_table",
     "pareto_rows",
     "seed_plan_table",
+    "signal_noise_table",
     "stability_table",
 ]
 
@@ -95,17 +98,21 @@ def mass_table(agg: StudyAggregate) -> Table:
 
 
 def pareto_rows(p: ParetoTable) -> Table:
-    """The front of candidate means; ★ marks rank 0."""
-    header = ["#", "rank", "candidate", "n"]
+    """The front of candidate means; ★ marks rank 0; the rank within seed noise, and the
+    rows each candidate is statistically indistinguishable from (≈)."""
+    header = ["#", "rank", "rank within noise", "candidate", "n"]
     header += [f"{n} ({d[:3]})" for n, d in zip(p.objective_names, p.directions, strict=True)]
     rows = []
     for r in p.rows:
         rank = "-" if r["rank"] is None else str(r["rank"])
         star = "★ " if r["rank"] == 0 else ""
+        noisy = r.get("rank_within_noise")
+        alike = r.get("indistinguishable_from") or []
         cells: list[Cell] = [
             (str(r["trial"]), ""),
             (rank, ""),
-            (f"{star}{r['candidate']}", ""),
+            ("-" if noisy is None else str(noisy), ""),
+            (f"{star}{r['candidate']}", "≈ " + ", ".join(f"#{j}" for j in alike) if alike else ""),
             (str(r.get("n", "")), ""),
         ]
         for name in p.objective_names:
@@ -117,14 +124,19 @@ def pareto_rows(p: ParetoTable) -> Table:
             else:
                 cells.append((f"{float(v):.4g}", ""))
         rows.append(cells)
-    return Table(header, rows, text_columns=3)
+    return Table(header, rows, text_columns=4)
 
 
 def stability_table(rows: Sequence[RankStability]) -> Table:
-    header = ["objective", "direction", "Kendall's tau", "candidates", "fewest seeds", "meaning"]
+    header = [
+        "objective", "direction", "Kendall's tau [95% bootstrap]", "candidates", "fewest seeds",
+        "meaning",
+    ]  # fmt: skip
     out = []
     for r in rows:
         tau = "-" if r.tau is None else f"{r.tau:+.2f}"
+        if r.interval is not None:  # the bootstrap 95% interval
+            tau += f" [{r.interval[0]:+.2f}, {r.interval[1]:+.2f}]"
         left = f"left out: {', '.join(r.left_out)}" if r.left_out else ""
         out.append(
             [
@@ -137,6 +149,27 @@ def stability_table(rows: Sequence[RankStability]) -> Table:
             ]
         )
     return Table(header, out)
+
+
+def signal_noise_table(rows: Sequence[SignalToNoise]) -> Table:
+    header = ["objective", "signal / noise", "signal", "noise", "candidates", "at a bound"]
+    out = []
+    for r in rows:
+        out.append(
+            [
+                (r.objective, ""),
+                (r.ratio_text(), ""),
+                (_number(r.signal), ""),
+                (_number(r.noise), ""),
+                (str(r.candidates), ""),
+                (str(r.at_bound), ""),
+            ]
+        )
+    return Table(header, out, text_columns=1)
+
+
+def _number(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.3g}"
 
 
 def seed_plan_table(plan: SeedPlan) -> Table:

@@ -7,15 +7,69 @@ and transformers only when the model is loaded, and never imports ropenope.
 
 ``predict`` takes prompts (a list of strings, a string, or a one-column DataFrame) and returns
 one greedy continuation per prompt; ``params={"max_new_tokens": N}``.
+
+Before anything is read, every file of the folder is checked against the sha256 that
+``ropenope export`` recorded in ``ropenope.json``: a changed, added or missing file is
+refused, naming it. A folder with its own modeling code (``auto_map`` in its config) runs
+that code only when the caller says so:
+``mlflow.pyfunc.load_model(uri, model_config={"trust_remote_code": True})``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
 
 DEFAULT_MAX_NEW_TOKENS = 32
+INFO_NAME = "ropenope.json"  # the export's record, holding the files' sha256 (not itself)
+
+
+class UntrustedModel(ValueError):
+    """The folder is not the one that was exported, or asks for trust it was not given."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_folder(folder: str) -> None:
+    """Refuse ``folder`` unless its files are exactly the exported ones, byte for byte.
+    (Self-contained: this file runs where ropenope is not installed.)"""
+    info_path = os.path.join(folder, INFO_NAME)
+    try:
+        with open(info_path) as f:
+            expected = json.load(f)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UntrustedModel(
+            f"{info_path}: no file hashes ({type(err).__name__}); export the model again with "
+            "this version of ropenope"
+        ) from None
+    present = set()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+            if rel != INFO_NAME and "__pycache__" not in rel.split("/"):
+                present.add(rel)
+    for rel in sorted(present - set(expected)):
+        raise UntrustedModel(
+            f"{os.path.join(folder, rel)}: not part of the export; refusing to load"
+        )
+    for rel, digest in sorted(expected.items()):
+        path = os.path.join(folder, rel)
+        if rel not in present:
+            raise UntrustedModel(f"{path}: missing from the exported folder; refusing to load")
+        actual = _sha256(path)
+        if actual != digest:
+            raise UntrustedModel(
+                f"{path}: sha256 {actual[:16]}... differs from the export's {digest[:16]}... "
+                "(changed after export); refusing to load"
+            )
 
 
 def _prompts(model_input: Any) -> list[str]:
@@ -30,12 +84,18 @@ def _prompts(model_input: Any) -> list[str]:
 class HfGenerator:
     """Greedy text continuation with the exported model and its tokenizer."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, trust_remote_code: bool = False) -> None:
+        verify_folder(folder)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         with open(os.path.join(folder, "config.json")) as f:
             remote_code = "auto_map" in json.load(f)  # our own modeling file, not a stock class
+        if remote_code and not trust_remote_code:
+            raise UntrustedModel(
+                f"{folder} runs its own modeling code (modeling_ropenope.py); read it, then load "
+                'with mlflow.pyfunc.load_model(uri, model_config={"trust_remote_code": True})'
+            )
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(
             folder, trust_remote_code=remote_code, dtype=torch.float32
@@ -63,5 +123,6 @@ class HfGenerator:
         return out
 
 
-def _load_pyfunc(data_path: str) -> HfGenerator:
-    return HfGenerator(data_path)
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> HfGenerator:
+    trust = (model_config or {}).get("trust_remote_code", False)
+    return HfGenerator(data_path, trust_remote_code=trust is True)

@@ -1,0 +1,90 @@
+"""bench/calibration.py: the decision procedure replayed on disjoint seed splits of a
+seed bank, here a small hand-made one (10 seeds each of rope and rnope_swa, numpy
+draws with known truths); the real bank is a trained study (README)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tracking.records import TrialRecord
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from calibration import bank_runs, calibrate, claim, format_rows, replay  # noqa: E402
+
+
+def _bank(seeds: int = 10) -> list[TrialRecord]:
+    rng = np.random.default_rng(3)
+    out = []
+    truth = {"rope": (0.10, 2.50), "rnope_swa": (0.95, 2.45)}  # long_acc, short_bpb
+    for name, (long_acc, short) in truth.items():
+        for s in range(seeds):
+            scores = {
+                "long_acc": float(np.clip(long_acc + rng.normal(0, 0.04), 0, 1)),
+                "acc@1x": float(np.clip(0.97 + rng.normal(0, 0.02), 0, 1)),
+                "short_bpb": short + float(rng.normal(0, 0.03)),
+            }
+            out.append(
+                TrialRecord(
+                    number=len(out),
+                    state="COMPLETE",
+                    candidate_id=f"id-{name}",
+                    candidate_name=name,
+                    preset=name,
+                    seed=s,
+                    knobs={},
+                    scores=scores,
+                    niah=None,
+                    attention_mass=None,
+                    reason=None,
+                )  # fmt: skip
+            )
+    failed = TrialRecord(
+        number=len(out), state="FAIL", candidate_id="id-rope", candidate_name="rope",
+        preset="rope", seed=99, knobs={}, scores={}, niah=None, attention_mass=None,
+        reason="diverged",
+    )  # fmt: skip
+    return [*out, failed]
+
+
+def test_bank_runs_keeps_completed_seeds_per_candidate():
+    bank = bank_runs(_bank())
+    assert sorted(bank) == ["rnope_swa", "rope"]
+    assert [r.seed for r in bank["rope"]] == list(range(10))  # the failed seed 99 is out
+
+
+def test_replay_relabels_disjoint_seeds_and_runs_the_study_procedure():
+    bank = bank_runs(_bank())
+    h = claim("long_acc")
+    a, b = bank["rnope_swa"][:5], bank["rope"][5:]
+    # A known large effect: supported at the first look, fixed or adaptive.
+    verdict, runs = replay(h, a, b, (3, 3))
+    assert verdict.value == "supported" and runs == 6
+    verdict, runs = replay(h, a, b, (3, 5))
+    assert verdict.value == "supported" and runs == 6
+    verdict, runs = replay(claim("long_acc", "less"), a, b, (3, 3))
+    assert verdict.value == "contradicted" and runs == 6
+
+
+def test_calibrate_on_a_hand_made_bank_gives_the_known_truths():
+    bank = bank_runs(_bank())
+    rows = calibrate(
+        bank,
+        same=["rope"],
+        effects=[("rnope_swa", "rope", "long_acc", "greater")],
+        count=40,
+        quantities=("short_bpb", "long_acc"),
+    )
+    by = {(r.label, r.procedure): r for r in rows}
+    for procedure in ("fixed 3", "adaptive {min: 3, max: 5}"):
+        effect = by[("effect rnope_swa vs rope long_acc (greater)", procedure)]
+        assert effect.supported == 1.0 and effect.runs == 6.0  # decided at the first look
+        for q in ("short_bpb", "long_acc"):
+            aa = by[(f"A/A rope {q}", procedure)]
+            assert aa.splits == 40 and aa.supported + aa.contradicted <= 0.1
+            assert aa.supported + aa.contradicted + aa.undecided + aa.invalid == 1.0
+    adaptive = by[("A/A rope short_bpb", "adaptive {min: 3, max: 5}")]
+    assert 6.0 <= adaptive.runs <= 10.0
+    assert format_rows(rows)[0].startswith("| row | procedure | splits |")
