@@ -263,24 +263,11 @@ def model_table(model: type[BaseModel], path: str, seen: dict[type, str]) -> lis
 
 
 def knob_rows() -> list[tuple[str, str, Any, tuple[str, ...], bool, str]]:
-    """Every knob: (name, kind, default, values, nullable, meaning)."""
-    from space import knobs
+    """Every knob of :data:`space.knobs.KNOBS`: (name, kind, default, values, nullable,
+    meaning)."""
+    from space.knobs import KNOBS
 
-    table = getattr(knobs, "KNOBS", None)
-    if table is not None:  # one row per knob (space.knobs.Knob)
-        return [(k.name, str(k.kind), k.default, k.values, k.nullable, k.doc) for k in table]
-    nullable = getattr(knobs, "_NULLABLE", ())
-    return [
-        (
-            name,
-            kind,
-            knobs.KNOB_DEFAULTS[name],
-            knobs.ENUM_VALUES.get(name, ()),
-            name in nullable,
-            "",
-        )
-        for name, kind in knobs.KNOB_KINDS.items()
-    ]
+    return [(k.name, str(k.kind), k.default, k.values, k.nullable, k.doc) for k in KNOBS]
 
 
 def knob_table() -> list[str]:
