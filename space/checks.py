@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from space.errors import ConfigError, InvalidCandidate
 from space.hypothesis_files import check_hypotheses
 from space.knobs import grid_size, knob_domain
-from space.layers import rotary_problem
+from space.layers import layout_problem, proportional_problem, rotary_problem
 from space.names import (
     EVAL_METRICS,
     LONG_ACC,
@@ -63,6 +63,7 @@ def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> N
                     f"global_every={echo(highest)} > model.layers={m.layers}; expected <= layers",
                 )
             )
+    _check_layout(config, problems)
     kv = config.space.get("kv_heads")
     if kv is not None and kv.domain in ("fixed", "choice", "int"):
         values = knob_domain(kv)
@@ -110,6 +111,25 @@ def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> N
             )
 
 
+def _check_layout(config: SweepConfig, problems: list) -> None:
+    """Each layout places exactly ``model.layers`` layers; a fixed layout leaves no role to
+    ``global_every``, so setting both is refused rather than silently ignored."""
+    spec = config.space.get("layout")
+    if spec is None:
+        return
+    values = knob_domain(spec)
+    for i, value in enumerate(values):
+        problem = None if value is None else layout_problem(value, config.model.layers)
+        if problem is not None:
+            where = "space.layout" if spec.domain == "fixed" else f"space.layout.choice[{i}]"
+            problems.append((where, problem))
+            return
+    if None not in values and not spec.when and "global_every" in config.space:
+        problems.append(
+            ("space.global_every", "has no effect: space.layout places every global layer")
+        )
+
+
 def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
     """Partial rotary against the head size, and a factor wherever a RoPE scaling is set."""
     m = config.model
@@ -117,9 +137,13 @@ def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
         return
     head_dim = m.d_model // m.heads
     spec = config.space.get("rope_fraction")
+    rope_type = config.space.get("rope_type")
+    neox = rope_type is None or "neox" in knob_domain(rope_type)
     if spec is not None:
         for value in knob_domain(spec):
-            problem = rotary_problem(value, head_dim)
+            problem = (
+                rotary_problem(value, head_dim) if neox else proportional_problem(value, head_dim)
+            )
             if problem:
                 problems.append(("space.rope_fraction", problem))
                 break

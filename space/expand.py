@@ -2,7 +2,8 @@
 
 Global layers are the 0-based indices ``k-1, 2k-1, ...`` for ``global_every: k``
 (Hugging Face Cohere2 / Llama 4 convention): ``k = 1`` makes every layer global,
-``k = 0`` makes none global.
+``k = 0`` makes none global. ``layout: "GLLLGLLL"`` (one letter per layer) places them
+explicitly instead, e.g. first or last layer global; set, it replaces ``global_every``.
 """
 
 from __future__ import annotations
@@ -22,23 +23,20 @@ from space.layers import (
     LayerPlacement,
     LayerSpec,
     ModelShape,
+    OutputGate,
     Position,
     QKNorm,
     QueryTemperature,
     RopeScaling,
     RopeScalingKind,
+    RopeType,
     Temperature,
     WindowKind,
+    global_layer_indices,
+    layout_problem,
     yarn_default_attention_factor,
 )
 from space.stages import SHAPE_KNOBS, StagePlan, describe_layout_change, stage_knobs
-
-
-def global_layer_indices(n_layers: int, global_every: int) -> tuple[int, ...]:
-    """0-based indices of the global layers: k-1, 2k-1, ... (empty for k = 0)."""
-    if global_every == 0:
-        return ()
-    return tuple(range(global_every - 1, n_layers, global_every))
 
 
 def resolve_knobs(knobs: Mapping[str, Any], path: str = "knobs") -> dict[str, Any]:
@@ -63,7 +61,12 @@ def expand_layers(
     the default original length of a RoPE scaling.
     """
     k = knobs["global_every"]
-    if k > shape.n_layers:
+    layout = knobs["layout"]
+    if layout is not None:
+        problem = layout_problem(layout, shape.n_layers)
+        if problem is not None:
+            raise InvalidCandidate(f"layout: {problem}")
+    elif k > shape.n_layers:
         raise InvalidCandidate(
             f"global_every={k} > layers={shape.n_layers}: no layer would be global"
         )
@@ -72,11 +75,13 @@ def expand_layers(
         raise InvalidCandidate(
             "global_temperature scales NoPE queries; it needs global_position: nope"
         )
-    globals_ = set(global_layer_indices(shape.n_layers, k))
+    globals_ = set(global_layer_indices(shape.n_layers, k, layout))
     qk_norm = QKNorm(knobs["qk_norm"])
     qk_where = LayerPlacement(knobs["qk_norm_layers"])
     sink = AttentionSink(knobs["attention_sink"])
     sink_where = LayerPlacement(knobs["attention_sink_layers"])
+    gate = OutputGate(knobs["output_gate"])
+    gate_where = LayerPlacement(knobs["output_gate_layers"])
     temperature = None
     if temperature_kind is QueryTemperature.LOG:
         floor = knobs["global_temperature_floor"] or train_seq_len
@@ -85,6 +90,7 @@ def expand_layers(
         )
     scaling = _rope_scaling(knobs, train_seq_len)
     scaling_where = LayerPlacement(knobs["rope_scaling_layers"])
+    fraction_where = LayerPlacement(knobs["rope_fraction_layers"])
     local_window_kind = WindowKind(knobs["local_attention"])
 
     layers = []
@@ -105,8 +111,9 @@ def expand_layers(
             )
             window_kind = local_window_kind
         rope = position is Position.ROPE
-        layers.append(
-            LayerSpec(
+        partial = rope and fraction_where.covers(kind)
+        try:
+            spec = LayerSpec(
                 index=i,
                 kind=kind,
                 position=position,
@@ -117,10 +124,14 @@ def expand_layers(
                 # chunked with no window is full attention: the same layer as sliding-none
                 window_kind=window_kind if window is not None else WindowKind.SLIDING,
                 attention_sink=sink if sink_where.covers(kind) else AttentionSink.NONE,
-                rope_fraction=float(knobs["rope_fraction"]) if rope else 1.0,
+                rope_fraction=float(knobs["rope_fraction"]) if partial else 1.0,
+                rope_type=RopeType(knobs["rope_type"]) if partial else RopeType.NEOX,
                 rope_scaling=scaling if rope and scaling_where.covers(kind) else None,
+                output_gate=gate if gate_where.covers(kind) else OutputGate.NONE,
             )
-        )
+        except ValueError as err:  # well-formed knobs, an impossible layer
+            raise InvalidCandidate(str(err)) from err
+        layers.append(spec)
     for layer in layers:
         problem = layer.head_dim_problem(shape.head_dim)
         if problem is not None:
@@ -302,7 +313,7 @@ def _attn(spec: LayerSpec) -> str:
     else:
         pos = f"rope{_base(spec.rope_base)}"
         if spec.rope_fraction != 1.0:
-            pos += f" rot{spec.rope_fraction:g}"
+            pos += f" {'p' if spec.rope_type is RopeType.PROPORTIONAL else ''}rot{spec.rope_fraction:g}"
         if spec.rope_scaling is not None:
             pos += f" {spec.rope_scaling.kind.value}{spec.rope_scaling.factor:g}"
     win = ""
@@ -311,7 +322,8 @@ def _attn(spec: LayerSpec) -> str:
         win = f" {prefix}{spec.window_tokens}"
     temp = " temp" if spec.temperature is not None else ""
     sink = " sink" if spec.attention_sink is AttentionSink.LEARNED else ""
-    return pos + win + temp + sink
+    gate = f" gate:{spec.output_gate.value}" if spec.output_gate is not OutputGate.NONE else ""
+    return pos + win + temp + sink + gate
 
 
 def _layout_parts(layers: tuple[LayerSpec, ...]) -> list[str]:
@@ -325,7 +337,17 @@ def _layout_parts(layers: tuple[LayerSpec, ...]) -> list[str]:
     if glob is None:
         return ["local", _attn(local)]
     ratio = f"{n_local // n_global}:1" if n_local % n_global == 0 else f"{n_local}:{n_global}"
-    return [ratio, f"{_attn(local)}/{_attn(glob)}"]
+    return [ratio + _placement(layers), f"{_attn(local)}/{_attn(glob)}"]
+
+
+def _placement(layers: tuple[LayerSpec, ...]) -> str:
+    """``""`` where the global layers are those of some ``global_every``; else where they are,
+    e.g. ``"@G0,7"``: a ratio alone does not tell a first-layer-global model from the usual."""
+    globals_ = tuple(layer.index for layer in layers if layer.kind is LayerKind.GLOBAL)
+    n = len(layers)
+    if any(globals_ == global_layer_indices(n, k) for k in range(1, n + 1)):
+        return ""
+    return "@G" + ",".join(map(str, globals_))
 
 
 def candidate_name(shape: ModelShape, layers: tuple[LayerSpec, ...]) -> str:
