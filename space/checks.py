@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from space.errors import ConfigError, InvalidCandidate
+from space.expand import recurrent_option_problems
 from space.hypothesis_files import check_hypotheses
-from space.knobs import grid_size, knob_domain
+from space.knobs import KNOB_DEFAULTS, grid_size, knob_domain
 from space.layers import layout_problem, proportional_problem, rotary_problem
 from space.names import (
     EVAL_METRICS,
@@ -64,6 +65,7 @@ def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> N
                 )
             )
     _check_layout(config, problems)
+    _check_recurrent(config, problems)
     kv = config.space.get("kv_heads")
     if kv is not None and kv.domain in ("fixed", "choice", "int"):
         values = knob_domain(kv)
@@ -128,6 +130,24 @@ def _check_layout(config: SweepConfig, problems: list) -> None:
         problems.append(
             ("space.global_every", "has no effect: space.layout places every global layer")
         )
+
+
+def _check_recurrent(config: SweepConfig, problems: list) -> None:
+    """Where the local layers can only be recurrent, a window, a RoPE base or an attention
+    option placed on them alone is a mistake: refused at its key."""
+    mixer = config.space.get("local_mixer")
+    if mixer is None or "softmax" in knob_domain(mixer) or mixer.when:
+        return
+    fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
+    knobs = {**KNOB_DEFAULTS, **fixed, "local_mixer": knob_domain(mixer)[0]}
+    why = f"the local layers are {knobs['local_mixer']} (local_mixer), which take no "
+    if "local_rope_base" in config.space:
+        problems.append(("space.local_rope_base", why + "RoPE"))
+    for name in ("local_window", "local_attention"):
+        spec = config.space.get(name)
+        if spec is not None and spec.domain != "fixed":
+            problems.append((f"space.{name}", why + "window"))
+    problems.extend((f"space.{name}", text) for name, text in recurrent_option_problems(knobs))
 
 
 def _check_rope_knobs(config: SweepConfig, problems: list) -> None:

@@ -22,11 +22,13 @@ from space.layers import (
     LayerKind,
     LayerPlacement,
     LayerSpec,
+    Mixer,
     ModelShape,
     OutputGate,
     Position,
     QKNorm,
     QueryTemperature,
+    RecurrentShape,
     RopeScaling,
     RopeScalingKind,
     RopeType,
@@ -92,10 +94,31 @@ def expand_layers(
     scaling_where = LayerPlacement(knobs["rope_scaling_layers"])
     fraction_where = LayerPlacement(knobs["rope_fraction_layers"])
     local_window_kind = WindowKind(knobs["local_attention"])
+    local_mixer = Mixer(knobs["local_mixer"])
+    recurrent = None
+    if local_mixer is not Mixer.SOFTMAX:
+        refuse_attention_knobs_on_recurrent(knobs)
+        recurrent = _recurrent_shape(knobs, shape)
 
     layers = []
     for i in range(shape.n_layers):
         kind = LayerKind.GLOBAL if i in globals_ else LayerKind.LOCAL
+        if kind is LayerKind.LOCAL and recurrent is not None:
+            # attention's options (QK-norm, sinks, gates, RoPE) stay on the softmax layers
+            layers.append(
+                LayerSpec(
+                    index=i,
+                    kind=kind,
+                    position=Position.NOPE,
+                    rope_base=None,
+                    window_tokens=None,
+                    qk_norm=QKNorm.NONE,
+                    temperature=None,
+                    mixer=local_mixer,
+                    recurrent=recurrent,
+                )
+            )
+            continue
         if kind is LayerKind.GLOBAL:
             position = Position(knobs["global_position"])
             base = knobs["global_rope_base"] if position is Position.ROPE else None
@@ -137,6 +160,54 @@ def expand_layers(
         if problem is not None:
             raise InvalidCandidate(problem)
     return tuple(layers)
+
+
+# Options of attention that a placement knob may put on the local layers alone.
+_LOCAL_ONLY_OPTIONS = (
+    ("qk_norm_layers", "qk_norm", "none"),
+    ("attention_sink_layers", "attention_sink", "none"),
+    ("output_gate_layers", "output_gate", "none"),
+    ("rope_scaling_layers", "rope_scaling", "none"),
+    ("rope_fraction_layers", "rope_fraction", 1.0),
+)
+
+
+def recurrent_option_problems(knobs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(knob, why) for each attention option the knobs put on recurrent local layers."""
+    mixer = knobs["local_mixer"]
+    why = f"the local layers are {mixer} (local_mixer), which take no "
+    out = []
+    if knobs["local_window"] is not None:
+        out.append(("local_window", why + "window"))
+    if knobs["local_attention"] != WindowKind.SLIDING.value:
+        out.append(("local_attention", why + "window"))
+    for where, option, off in _LOCAL_ONLY_OPTIONS:
+        if knobs[where] == LayerPlacement.LOCAL.value and knobs[option] != off:
+            out.append((where, why + option))
+    return out
+
+
+def refuse_attention_knobs_on_recurrent(knobs: Mapping[str, Any]) -> None:
+    """InvalidCandidate naming the first attention option set on recurrent local layers."""
+    problems = recurrent_option_problems(knobs)
+    if problems:
+        name, why = problems[0]
+        raise InvalidCandidate(f"{name}={knobs[name]}: {why}")
+
+
+def _recurrent_shape(knobs: Mapping[str, Any], shape: ModelShape) -> RecurrentShape:
+    """Gated DeltaNet sizes; by default Qwen3-Next's proportions: as many key heads as the
+    model has heads, of the model's head size, and twice as many value heads."""
+    key_heads = knobs["deltanet_heads"] or shape.n_heads
+    try:
+        return RecurrentShape(
+            key_heads=key_heads,
+            value_heads=knobs["deltanet_value_heads"] or 2 * key_heads,
+            head_dim=knobs["deltanet_head_dim"] or shape.head_dim,
+            conv_tokens=knobs["deltanet_conv_tokens"],
+        )
+    except ValueError as err:
+        raise InvalidCandidate(f"deltanet_value_heads: {err}") from err
 
 
 def _rope_scaling(knobs: Mapping[str, Any], train_seq_len: int) -> RopeScaling | None:
@@ -308,6 +379,9 @@ def _base(value: float) -> str:
 
 
 def _attn(spec: LayerSpec) -> str:
+    if spec.mixer is not Mixer.SOFTMAX:
+        r = spec.recurrent
+        return f"gdn{r.key_heads}x{r.head_dim}v{r.value_heads}"
     if spec.position is Position.NOPE:
         pos = "nope"
     else:

@@ -85,6 +85,56 @@ class RopeType(StrEnum):
     PROPORTIONAL = "proportional"
 
 
+class Mixer(StrEnum):
+    """What mixes tokens in a layer. ``SOFTMAX``: attention, with every positional and window
+    option. ``GATED_DELTANET``: Qwen3-Next's Gated DeltaNet, a recurrent (linear-attention)
+    layer whose state has a constant size (:class:`RecurrentShape`); it takes no position,
+    window, QK-norm, sink or output-gate option."""
+
+    SOFTMAX = "softmax"
+    GATED_DELTANET = "gated_deltanet"
+
+
+@dataclass(frozen=True)
+class RecurrentShape:
+    """The sizes of a Gated DeltaNet layer (Qwen3-Next's ``linear_*`` config fields): query/key
+    heads, value heads (a multiple of them), one head size for keys and values, and the
+    depthwise causal convolution's kernel in tokens."""
+
+    key_heads: int
+    value_heads: int
+    head_dim: int
+    conv_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("key_heads", "value_heads", "head_dim", "conv_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.value_heads % self.key_heads:
+            raise ValueError(
+                f"value heads {self.value_heads} must be a multiple of key heads {self.key_heads}"
+            )
+
+    @property
+    def conv_channels(self) -> int:
+        """Queries, keys and values go through the convolution: ``2 Hk Dk + Hv Dv``."""
+        return (2 * self.key_heads + self.value_heads) * self.head_dim
+
+    def state_elements(self) -> int:
+        """Elements one sequence's decoding state holds, whatever its length: the last
+        ``conv_tokens - 1`` convolution inputs and a ``Dk x Dv`` matrix per value head."""
+        conv = self.conv_channels * (self.conv_tokens - 1)
+        return conv + self.value_heads * self.head_dim * self.head_dim
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "key_heads": self.key_heads,
+            "value_heads": self.value_heads,
+            "head_dim": self.head_dim,
+            "conv_tokens": self.conv_tokens,
+        }
+
+
 class OutputGate(StrEnum):
     """A sigmoid gate on each head's attention output, computed from the layer's input, before
     ``o_proj`` (Gated Attention, arXiv 2505.06708; Qwen3-Next's full-attention layers).
@@ -205,6 +255,8 @@ class LayerSpec:
     rope_scaling: RopeScaling | None = None  # RoPE layers only
     output_gate: OutputGate = OutputGate.NONE  # a sigmoid gate on each head's output
     rope_type: RopeType = RopeType.NEOX  # RoPE layers: which dims rope_fraction turns
+    mixer: Mixer = Mixer.SOFTMAX
+    recurrent: RecurrentShape | None = None  # exactly for a recurrent mixer
 
     def __post_init__(self) -> None:
         """A spec is valid by construction: what holds for every layer whatever the model's
@@ -229,6 +281,21 @@ class LayerSpec:
             raise ValueError(f"{where}: rope_type applies to RoPE layers only")
         if self.rope_type is RopeType.PROPORTIONAL and self.rope_scaling is not None:
             raise ValueError(f"{where}: rope_type: proportional takes no rope_scaling")
+        softmax = self.mixer is Mixer.SOFTMAX
+        if softmax != (self.recurrent is None):
+            raise ValueError(f"{where}: recurrent sizes are set exactly for a recurrent mixer")
+        attention_only = {
+            "position: rope": rope,
+            "window_tokens": self.window_tokens is not None,
+            "qk_norm": self.qk_norm is not QKNorm.NONE,
+            "temperature": self.temperature is not None,
+            "attention_sink": self.attention_sink is not AttentionSink.NONE,
+            "output_gate": self.output_gate is not OutputGate.NONE,
+        }
+        if not softmax:
+            for name, present in attention_only.items():
+                if present:
+                    raise ValueError(f"{where}: a {self.mixer.value} layer takes no {name}")
 
     def head_dim_problem(self, head_dim: int) -> str | None:
         """Why this layer cannot run on heads of ``head_dim`` dimensions (None: it can).
@@ -282,6 +349,9 @@ class LayerSpec:
             out["output_gate"] = self.output_gate.value
         if self.rope_type is not RopeType.NEOX:
             out["rope_type"] = self.rope_type.value
+        if self.mixer is not Mixer.SOFTMAX:
+            out["mixer"] = self.mixer.value
+            out["recurrent"] = self.recurrent.to_dict()
         return out
 
     @classmethod
@@ -305,9 +375,11 @@ class LayerSpec:
             rope_scaling=None if scaling is None else RopeScaling.from_dict(scaling),
             output_gate=OutputGate(d.get("output_gate", OutputGate.NONE.value)),
             rope_type=RopeType(d.get("rope_type", RopeType.NEOX.value)),
+            mixer=Mixer(d.get("mixer", Mixer.SOFTMAX.value)),
+            recurrent=None if d.get("recurrent") is None else RecurrentShape(**d["recurrent"]),
         )
 
-    def parameter_layout(self) -> tuple[bool, bool, str]:
+    def parameter_layout(self) -> tuple[bool, bool, str, str]:
         """What this layer adds to the attention's parameters: (QK-norm weights, sink logits,
         output gate).
 
@@ -318,6 +390,7 @@ class LayerSpec:
             self.qk_norm is not QKNorm.NONE,
             self.attention_sink is AttentionSink.LEARNED,
             self.output_gate.value,
+            self.mixer.value,
         )
 
 

@@ -22,7 +22,13 @@ from typing import Any
 from space.layers import LayerKind, LayerPlacement, global_layer_indices
 
 # Knobs that change parameter shapes whatever else is set: never overridable by a stage.
-SHAPE_KNOBS = ("kv_heads",)
+SHAPE_KNOBS = (
+    "kv_heads",
+    "deltanet_heads",
+    "deltanet_value_heads",
+    "deltanet_head_dim",
+    "deltanet_conv_tokens",
+)
 # Knobs that decide which layers carry QK-norm weights or sink logits.
 LAYOUT_KNOBS = (
     "global_every",
@@ -33,6 +39,7 @@ LAYOUT_KNOBS = (
     "attention_sink_layers",
     "output_gate",
     "output_gate_layers",
+    "local_mixer",
 )
 
 
@@ -96,14 +103,18 @@ def parameter_layout(knobs: Mapping[str, Any], n_layers: int) -> tuple[tuple[boo
     sink_where = LayerPlacement(knobs["attention_sink_layers"])
     gate = knobs.get("output_gate", "none")
     gate_where = LayerPlacement(knobs.get("output_gate_layers", "all"))
+    local_mixer = knobs.get("local_mixer", "softmax")
     out = []
     for i in range(n_layers):
         kind = LayerKind.GLOBAL if i in globals_ else LayerKind.LOCAL
+        mixer = local_mixer if kind is LayerKind.LOCAL else "softmax"
+        softmax = mixer == "softmax"
         out.append(
             (
-                qk and qk_where.covers(kind),
-                sink and sink_where.covers(kind),
-                gate if gate_where.covers(kind) else "none",
+                softmax and qk and qk_where.covers(kind),
+                softmax and sink and sink_where.covers(kind),
+                gate if softmax and gate_where.covers(kind) else "none",
+                mixer,
             )
         )
     return tuple(out)

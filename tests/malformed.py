@@ -431,6 +431,19 @@ def _cases() -> list[Case]:
         _with("space.rope_fraction_layers", "first"),
         "space.rope_fraction_layers",
     )
+    add("local_mixer_unknown", _with("space.local_mixer", "mamba"), "space.local_mixer")
+    recurrent = copy.deepcopy(VALID)
+    recurrent["space"]["local_mixer"] = "gated_deltanet"
+    add("window_on_recurrent_layers", _dump(recurrent), "space.local_window")
+    recurrent["space"]["local_window"] = None
+    recurrent["space"]["local_rope_base"] = 50000.0
+    add("rope_base_on_recurrent_layers", _dump(recurrent), "space.local_rope_base")
+    add("deltanet_heads_zero", _with("space.deltanet_heads", 0), "space.deltanet_heads")
+    add(
+        "deltanet_conv_tokens_float",
+        _with("space.deltanet_conv_tokens", 2.5),
+        "space.deltanet_conv_tokens",
+    )
     grid = copy.deepcopy(VALID)
     grid["study"]["sampler"] = "grid"
     grid["space"]["local_window"] = {"int": [1, 10**9]}

@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 from space.layers import (
     AttentionSink,
     LayerSpec,
+    Mixer,
     ModelShape,
     OutputGate,
     Position,
@@ -52,7 +53,8 @@ from space.layers import (
     Temperature,
 )
 from workers.attention import attend, cached_attention, dense_attention
-from workers.kv_cache import KVCache, LayerCache
+from workers.deltanet import GatedDeltaNet
+from workers.kv_cache import KVCache, LayerCache, RecurrentCache
 
 
 class RMSNorm(nn.Module):
@@ -325,14 +327,19 @@ class Block(nn.Module):
     def __init__(self, shape: ModelShape, spec: LayerSpec) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(shape.d_model, shape.norm_eps)
-        self.attn = Attention(shape, spec)
+        # the token mixer: attention, or a recurrent layer (``workers.deltanet``)
+        self.recurrent = spec.mixer is not Mixer.SOFTMAX
+        self.attn = GatedDeltaNet(shape, spec) if self.recurrent else Attention(shape, spec)
         self.mlp_norm = RMSNorm(shape.d_model, shape.norm_eps)
         self.mlp = SwiGLU(shape)
 
     def forward(
-        self, x: Tensor, ctx: ForwardContext, cache: LayerCache | None = None
+        self, x: Tensor, ctx: ForwardContext, cache: LayerCache | RecurrentCache | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        a, probs = self.attn(self.attn_norm(x), ctx, cache)
+        if self.recurrent:  # no attention probabilities: it has none
+            a, probs = self.attn(self.attn_norm(x), cache), None
+        else:
+            a, probs = self.attn(self.attn_norm(x), ctx, cache)
         x = x + a
         x = x + self.mlp(self.mlp_norm(x))
         return x, probs
