@@ -62,6 +62,19 @@ def describe_knobs(knobs: Mapping[str, Any], stages: Sequence[StagePlan] = ()) -
         global_pos = "no positional encoding (NoPE)"
     local_attention = _attention(k.get("local_window"), k.get("local_attention", "sliding"))
     local = f"{_rope(k, 'local_rope_base')} with {local_attention}"
+    if k.get("local_mixer") == "gated_deltanet":
+        local = "a Gated DeltaNet recurrent layer (Qwen3-Next; no positions, constant state"
+        sizes = [
+            f"{k[name]} {what}"
+            for name, what in (
+                ("deltanet_heads", "key heads"),
+                ("deltanet_value_heads", "value heads"),
+                ("deltanet_head_dim", "dimensions a head"),
+            )
+            if k.get(name)
+        ]
+        conv = k.get("deltanet_conv_tokens", 4)
+        local += ", " + ", ".join([*sizes, f"a {conv}-token convolution"]) + ")"
     glob = f"{global_pos} with {_attention(k.get('global_window'))}"
     layout = k.get("layout")
     if layout:
@@ -90,12 +103,18 @@ def describe_knobs(knobs: Mapping[str, Any], stages: Sequence[StagePlan] = ()) -
         text += f"; learned attention-sink logits on {where}"
     if k.get("output_gate") not in (None, "none"):
         where = _WHERE.get(k.get("output_gate_layers"), str(k.get("output_gate_layers")))
-        text += f"; a {k['output_gate']} sigmoid gate on each head's attention output on {where}"
+        article = "an" if k["output_gate"][0] in "aeiou" else "a"
+        text += (
+            f"; {article} {k['output_gate']} sigmoid gate on each head's attention output "
+            f"on {where}"
+        )
     if k.get("global_temperature") not in (None, "none"):
         text += f"; {k['global_temperature']} temperature scaling of global queries past T"
     if k.get("kv_heads"):
         text += f"; {k['kv_heads']} KV heads (grouped-query attention)"
     text += _scaling(k)
+    if k.get("local_mixer", "softmax") != "softmax":  # attention options: softmax layers only
+        text = text.replace("all layers", "the attention layers")
     for i, stage in enumerate(stages[1:], start=2):
         text += f"; then stage {i}: {stage.steps} steps at T={stage.seq_len}"
         if stage.knobs:

@@ -320,3 +320,20 @@ def test_deltanet_layer_spec_refuses_attention_options():
         )
     round_trip = LayerSpec.from_dict(gdn_spec().to_dict())
     assert round_trip == gdn_spec()
+
+
+def test_deltanet_describer_and_qwen3_next_preset():
+    from space import BUILTIN_PRESETS
+    from space.describe import describe_knobs
+
+    candidate = build_candidate(dict(BUILTIN_PRESETS["qwen3_next_like"]), MODEL_SHAPE, 32)
+    assert [s.mixer.value for s in candidate.layers[:4]] == ["gated_deltanet"] * 3 + ["softmax"]
+    glob = candidate.layers[3]
+    assert (glob.output_gate.value, glob.qk_norm.value, glob.rope_fraction) == (
+        "elementwise",
+        "pre_rope",
+        0.25,
+    )
+    text = describe_knobs(candidate.knobs)
+    assert text.startswith("3 of every 4 layers: a Gated DeltaNet recurrent layer (Qwen3-Next")
+    assert "on the attention layers" in text and "all layers" not in text
