@@ -337,3 +337,23 @@ def test_deltanet_describer_and_qwen3_next_preset():
     text = describe_knobs(candidate.knobs)
     assert text.startswith("3 of every 4 layers: a Gated DeltaNet recurrent layer (Qwen3-Next")
     assert "on the attention layers" in text and "all layers" not in text
+
+
+def test_deltanet_hybrid_trains_every_parameter():
+    from workers.model import HybridTransformer
+
+    candidate = build_candidate({**HYBRID, "kv_heads": None}, MODEL_SHAPE, 32)
+    torch.manual_seed(0)
+    model = HybridTransformer(candidate.shape, candidate.layers)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x = torch.randint(0, 256, (4, 65), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(15):
+        logits = model(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
