@@ -23,6 +23,7 @@ def layer_row(layer: LayerSpec) -> dict[str, Any]:
         "rope_scaling": None if layer.rope_scaling is None else layer.rope_scaling.to_dict(),
         "rope_type": layer.rope_type.value,
         "output_gate": layer.output_gate.value,
+        "mixer": layer.mixer.value,
     }
 
 
@@ -107,12 +108,14 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
     show_scaling = any(x["rope_scaling"] is not None for x in layers)
     show_sink = any(x["attention_sink"] != "none" for x in layers)
     show_gate = any(x["output_gate"] != "none" for x in layers)
+    show_mixer = any(x["mixer"] != "softmax" for x in layers)
     head = f"  {'layer':>5}  {'kind':<6}  {'position':<8}  {'rope_base':>9}  {'window':>9}  "
     head += f"{'qk_norm':<9}"
     head += f"  {'rot':>4}  {'rope_type':<12}" if show_rot else ""
     head += f"  {'rope_scaling':<20}" if show_scaling else ""
     head += "  sink   " if show_sink else ""
     head += f"  {'gate':<11}" if show_gate else ""
+    head += f"  {'mixer':<14}" if show_mixer else ""
     out = [head.rstrip()]
     for layer in layers:
         base = "-" if layer["rope_base"] is None else f"{layer['rope_base']:g}"
@@ -131,6 +134,8 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
             row += f"  {layer['attention_sink']:<7}"
         if show_gate:
             row += f"  {layer['output_gate']:<11}"
+        if show_mixer:
+            row += f"  {layer['mixer']:<14}"
         if layer["temperature"]:
             row += "  +temperature"
         out.append(row.rstrip())

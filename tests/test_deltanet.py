@@ -357,3 +357,26 @@ def test_deltanet_hybrid_trains_every_parameter():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_deltanet_mixers_config_validates_and_samples_no_window_on_recurrent_layers():
+    from pathlib import Path
+
+    import optuna
+
+    from space import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "mixers.yaml")
+    assert {s.mixer.value for s in config.preset_candidate("qwen3_next_like").layers} == {
+        "softmax",
+        "gated_deltanet",
+    }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    mixers = set()
+    for _ in range(12):
+        trial = study.ask()
+        knobs = config.suggest(trial)
+        candidate = config.candidate(knobs)  # never an invalid candidate: the window is conditional
+        mixers.update(s.mixer.value for s in candidate.layers if s.kind is LayerKind.LOCAL)
+        study.tell(trial, 0.0)
+    assert mixers == {"softmax", "gated_deltanet"}
