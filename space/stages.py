@@ -149,6 +149,9 @@ def describe_layout_change(
             if old[slot] != new[slot]:
                 verb = "gain" if new[slot] else "lose"
                 changes.setdefault(f"would {verb} {what}", []).append(i)
+        for slot, what in ((2, "output gate"), (3, "mixer")):
+            if old[slot] != new[slot]:
+                changes.setdefault(f"would change {what} {old[slot]} -> {new[slot]}", []).append(i)
     return "; ".join(
         f"layer{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))} {what}"
         for what, idx in changes.items()

@@ -380,3 +380,30 @@ def test_deltanet_mixers_config_validates_and_samples_no_window_on_recurrent_lay
         mixers.update(s.mixer.value for s in candidate.layers if s.kind is LayerKind.LOCAL)
         study.tell(trial, 0.0)
     assert mixers == {"softmax", "gated_deltanet"}
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ({"local_mixer": "softmax"}, "would change mixer gated_deltanet -> softmax"),
+        ({"output_gate": "none"}, "layer 3 would change output gate elementwise -> none"),
+        ({"layout": "GGGG"}, "would change mixer gated_deltanet -> softmax"),
+    ],
+)
+def test_deltanet_a_later_stage_cannot_change_mixers_or_gates(override, words):
+    from space import ConfigError, parse_config
+
+    raw = {
+        **BASE,
+        "train": {
+            "seq_len": 64,
+            "batch_size": 2,
+            "stages": [{"steps": 1}, {"steps": 1, "knobs": override}],
+        },
+        "space": {"global_every": 4, "local_mixer": "gated_deltanet", "output_gate": "elementwise"},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    problems = dict(info.value.problems)
+    key = f"train.stages[1].knobs.{next(iter(override))}"
+    assert words in problems[key], problems
