@@ -25,9 +25,10 @@ from space.expand import Candidate
 from space.schema import SweepConfig
 from space.tasks import BYTE_BOUNDS, DIFFICULTY, TokenBounds, min_length, task_params
 from workers import scores
-from workers.candidate import build_model, pick_device, run_candidate
+from workers.candidate import build_model, run_candidate
 from workers.checkpoint import load_latest
 from workers.corpus import CorpusHandle, prepare
+from workers.device import choose_device
 from workers.layout import CHECKPOINT_FILE
 
 # Levels tried when score.calibrate.levels leaves a family out: 0 (prefix distractors
@@ -144,7 +145,7 @@ def pilot(
     levels = {}
     for task in s.families:
         tried = c.levels.get(task) or ladder(
-            task, s.params_for(task, t.task_params), t.seq_len, bounds
+            task, s.params_for(task, t.task_params), t.final_seq_len, bounds
         )
         if tried:
             levels[task] = tuple(tried)
@@ -206,7 +207,8 @@ def train_and_score(
         raise RuntimeError(f"the pilot of {candidate.name} left no checkpoint in {out_dir}")
     model = build_model(candidate, seed)
     model.load_state_dict(found[0]["model"])
-    dev = pick_device(config, device)
+    wanted = device or config.resources.device
+    dev = torch.device(choose_device(wanted, gpu_given=torch.cuda.is_available()))
     model.to(dev).eval()
     data = corpus.open()
     out: dict[str, dict[int, float]] = {}
@@ -219,7 +221,7 @@ def train_and_score(
                     model,
                     data.val,
                     task=task,
-                    lengths=[t.seq_len],
+                    lengths=[t.final_seq_len],
                     depths=s.depths,
                     samples=c.samples if c is not None else 1,
                     seed=s.seed,
@@ -228,6 +230,6 @@ def train_and_score(
                     tokenizer=data.tokenizer,
                     graded=False,
                 )
-                acc = scores.acc_at(grid, t.seq_len)
+                acc = scores.acc_at(grid, t.final_seq_len)
                 out[task][level] = acc if math.isfinite(acc) else 0.0
     return out
