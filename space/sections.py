@@ -474,6 +474,21 @@ class SchedulerSection(_Section):
     reduction_factor: int = Field(default=2, ge=2, le=1000)
 
 
+class FailuresSection(_Section):
+    """``resources.failures``: when a sweep gives up on a broken cluster, and how often one
+    candidate is re-run (search.failures). An infrastructure failure is a trial that ended
+    ``worker_died`` or ``infrastructure_failure`` (a full disk, an I/O error)."""
+
+    # Stop the sweep once this many trials in a row ended by an infrastructure failure ...
+    max_consecutive: int = Field(default=5, ge=1, le=MAX_TRIALS)
+    # ... or once more than max_rate of the last `window` trials did.
+    window: int = Field(default=20, ge=1, le=MAX_TRIALS)
+    max_rate: float = Field(default=0.5, gt=0, le=1)
+    # A trial this many re-runs deep (a re-run of a re-run ...) is not re-run again: it is
+    # FAIL rerun_limit, and counts toward the target.
+    max_rerun_depth: int = Field(default=5, ge=0, le=1000)
+
+
 class ResourcesSection(_Section):
     cpus_per_trial: float = Field(default=1, gt=0, le=MAX_CPUS)
     gpus_per_trial: float = Field(default=0, ge=0, le=MAX_CPUS)
@@ -492,8 +507,9 @@ class ResourcesSection(_Section):
     # Checkpoints kept once a trial ends (search.retention): last (one per finished seed),
     # best (as last; `ropenope gc` then keeps only the Pareto front's), all (nothing removed).
     keep: Literal["last", "best", "all"] = "last"
+    failures: FailuresSection = FailuresSection()
 
-    _added_fields = frozenset({"workers_per_trial", "placement", "keep"})
+    _added_fields = frozenset({"workers_per_trial", "placement", "keep", "failures"})
 
 
 class TrackingSection(_Section):

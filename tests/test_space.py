@@ -78,6 +78,8 @@ def test_expand_every_preset_exact_layout():
         "llama4_like": {3, 7, 11},
         "gptoss_like": {1, 3, 5, 7, 9, 11},
         "cohere2_like": {3, 7, 11},
+        "qwen3_next_like": {3, 7, 11},
+        "gemma4_like": {5, 11},
     }
     assert set(expected_globals) == set(BUILTIN_PRESETS)
     for name, globals_ in expected_globals.items():

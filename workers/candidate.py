@@ -58,6 +58,12 @@ from workers.tasks import render, task_params
 from workers.train import TrainOutcome, seed_everything, train
 
 
+def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
+    """The torch device of ``device`` or else ``resources.device`` (workers.device's rule)."""
+    wanted = device or config.resources.device
+    return torch.device(choose_device(wanted, gpu_given=torch.cuda.is_available()))
+
+
 def stage_key(stage: int, score: str) -> str:
     """The key of a score taken after stage ``stage`` (0-based): ``stage1/short_bpb``."""
     return f"stage{stage + 1}/{score}"
@@ -185,8 +191,7 @@ def run_candidate(
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
-    wanted = device or config.resources.device
-    dev = torch.device(choose_device(wanted, gpu_given=torch.cuda.is_available()))
+    dev = pick_device(config, device)
     # The driver's prepared corpus; on a worker that does not share its runs folder, or
     # without one (`ropenope train`), prepared (or found) in this machine's cache.
     handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
