@@ -25,10 +25,9 @@ from space.expand import Candidate
 from space.schema import SweepConfig
 from space.tasks import BYTE_BOUNDS, DIFFICULTY, TokenBounds, min_length, task_params
 from workers import scores
-from workers.candidate import build_model, run_candidate
+from workers.candidate import build_model, pick_device, run_candidate
 from workers.checkpoint import load_latest
 from workers.corpus import CorpusHandle, prepare
-from workers.device import choose_device
 from workers.layout import CHECKPOINT_FILE
 
 # Levels tried when score.calibrate.levels leaves a family out: 0 (prefix distractors
@@ -207,8 +206,7 @@ def train_and_score(
         raise RuntimeError(f"the pilot of {candidate.name} left no checkpoint in {out_dir}")
     model = build_model(candidate, seed)
     model.load_state_dict(found[0]["model"])
-    wanted = device or config.resources.device
-    dev = torch.device(choose_device(wanted, gpu_given=torch.cuda.is_available()))
+    dev = pick_device(config, device)
     model.to(dev).eval()
     data = corpus.open()
     out: dict[str, dict[int, float]] = {}
