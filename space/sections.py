@@ -282,6 +282,16 @@ class TrainSection(_Section):
             return self.steps
         return max(1, self.tokens // (self.batch_size * self.seq_len))
 
+    @property
+    def final_seq_len(self) -> int:
+        """T for scoring: the length the last stage trains at (``seq_len`` without stages).
+
+        Score lengths are multiples of it in every stage's scores (so stages compare at the
+        same absolute lengths), "beyond T" starts past it and the competence gate's
+        ``acc@1x`` reads it: after a context-extension stage, T is the extended length.
+        """
+        return self.stage_plans()[-1].seq_len
+
     def stage_plans(self) -> tuple[StagePlan, ...]:
         """Every stage with its settings resolved; one stage when ``stages`` is not given."""
         if not self.stages:
@@ -395,7 +405,7 @@ class ScoreSection(_Section):
     tasks: tuple[TaskName, ...] | None = None
     # Families averaged into long_acc and long_answer_nll; None = the primary family.
     long_tasks: tuple[TaskName, ...] | None = None
-    lengths: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1, max_length=32)  # x seq_len
+    lengths: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1, max_length=32)  # x T
     depths: tuple[float, ...] = Field(
         default=(0.0, 0.25, 0.5, 0.75, 1.0), min_length=1, max_length=64
     )
@@ -406,8 +416,15 @@ class ScoreSection(_Section):
     kv_dtype_bytes: int = Field(default=2, ge=1, le=16)
     attention_mass: bool = True
     mass_lengths: tuple[int, ...] = Field(default=(1, 4), max_length=32)
-    mass_samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)
+    # Prompts of the attention-mass profile per length (depths spread over [0, 1]).
+    mass_samples: int = Field(default=32, ge=1, le=MAX_SAMPLES)
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+    # Which evaluation items a run scores: per_seed draws them from ``seed`` and the run's
+    # own seed, so the spread across seeds (and every interval over it) covers the items as
+    # well as the training; shared scores every run on the items of ``seed`` alone. Always
+    # in the dump (never an _added_field): studies scored before per_seed existed have
+    # another budget key, so dedup never mixes their trials with these.
+    items: Literal["per_seed", "shared"] = "per_seed"
 
     # Score after every stage of train.stages too (keys "stage1/short_bpb", ...), not only
     # after the last one.

@@ -504,8 +504,9 @@ def test_config_files_without_the_new_keys_dump_as_before():
     }
     assert set(config.score.model_dump(mode="json")) == {
         "task", "lengths", "depths", "samples", "extrap", "val_windows", "kv_context_tokens",
-        "kv_dtype_bytes", "attention_mass", "mass_lengths", "mass_samples", "seed",
+        "kv_dtype_bytes", "attention_mass", "mass_lengths", "mass_samples", "seed", "items",
     }  # fmt: skip
+    # score.items always dumps, on purpose: per-seed items are another scoring, another key.
     assert config.base_shape().vocab_size == 264
     assert config.preset_candidate("rnope_swa").id == "d7c6bb7238bd"  # unchanged since v1
     bpe = parse_config(_config(data={"tokenizer": {"bpe": {"vocab_size": 512}}}))
