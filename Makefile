@@ -43,4 +43,10 @@ ui: install
 	$(VENV)/bin/ropenope ui --config $(DEMO_CONFIG) $(if $(PORT),--port $(PORT))
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache
+
+# The documentation site (docs/, mkdocs.yml) into site/; a broken link or reference fails.
+# `make test` builds it too (tests/test_docs.py).
+.PHONY: docs
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -2,7 +2,8 @@
 
 - :func:`submit` / :func:`resume` / :func:`run_sweep` (``search.driver``): Optuna
   ask/tell around Ray Tune, with exact outcomes (COMPLETE / PRUNED / FAIL + reason),
-  dedup, crash reconciliation; ``tracking.hooks.SweepHooks`` is where tracking plugs in.
+  dedup, crash reconciliation, a failure budget (``search.failures``);
+  ``tracking.hooks.SweepHooks`` is where tracking plugs in.
 - :func:`open_study` / :func:`load_existing` (``search.study``): the Optuna study in a
   SQL database, refused when its directions or space differ from the sweep file.
 - :func:`summarize` (``search.status``): what ``ropenope status`` shows.

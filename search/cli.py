@@ -56,10 +56,18 @@ def _print_sweep_summary(summary) -> None:
         print(summary.ui)
 
 
+# The exit status of a sweep that its failure budget stopped (resources.failures).
+EXIT_FAILURE_BUDGET = 3
+
+
 def _run_sweep(start: Callable[..., object], first: str, **kwargs: object) -> int:
-    """Run ``driver.submit`` or ``driver.resume``; print the summary; 130 if interrupted."""
+    """Run ``driver.submit`` or ``driver.resume``; print the summary; 130 if interrupted,
+    3 (with the one line that says why) if the failure budget stopped it."""
     summary = start(first, **kwargs)
     _print_sweep_summary(summary)
+    if summary.stopped:
+        print(f"ropenope: {summary.stopped}", file=sys.stderr)
+        return EXIT_FAILURE_BUDGET
     return 130 if summary.interrupted else 0
 
 

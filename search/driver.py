@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from search.calibration import calibrated
 from search.drivers import DriverRegistry, SqliteLock
 from search.errors import StudyError
+from search.failures import close_capped
 from search.progress import Progress
 from search.ray_runtime import check_resources, fit, start_ray
 from search.restore import find_restore
@@ -70,6 +71,7 @@ class SweepSummary:
     warnings: list[str] = field(default_factory=list)  # e.g. tie groups on an objective
     seed_plan: SeedPlan | None = None  # adaptive seeds: where each hypothesis ended
     runs: int | None = None  # adaptive seeds: completed runs (candidate x seed) in the study
+    stopped: str | None = None  # the line of the failure budget, when it stopped the sweep
 
 
 def study_dir(study_name: str) -> Path:
@@ -155,6 +157,15 @@ def run_sweep(
         hooks.on_sweep_start(study_view(study), config)
         # With the SQLite lock held, no other driver is alive: every RUNNING trial is orphaned.
         is_dead = (lambda t: True) if lock is not None else registry.dead_trial_check()
+        failures = config.resources.failures
+        gone = "the driver running it stopped before the trial ended"
+        capped = close_capped(study, opened.storage, is_dead, failures, gone)
+        for number in capped:
+            show.note(
+                f"#{number} was left RUNNING by a dead driver, {failures.max_rerun_depth} "
+                "re-run(s) deep: FAIL rerun_limit, not re-queued"
+            )
+        notify_closed(study, hooks, capped, show)
         closed = reconcile_interrupted(study, opened.storage, is_dead, restore_for=find_restore)
         for number, restore in closed:
             where = f", continuing from {restore}" if restore else ""
@@ -164,7 +175,7 @@ def run_sweep(
         notify_closed(study, hooks, [n for n, _ in closed], show)
         for number, restore in requeue_worker_deaths(study, restore_for=find_restore):
             where = f", continuing from {restore}" if restore else ""
-            show.note(f"#{number} ended because its worker died: re-queued{where}")
+            show.note(f"#{number} ended by an infrastructure failure: re-queued{where}")
         summary = SweepSummary(
             name, redact_url(url), target, {}, 0.0, reconciled=[n for n, _ in closed]
         )
@@ -201,7 +212,8 @@ def run_sweep(
                 fit(config, searcher, experiment, folder / "ray", hooks, runner, corpus)
             finally:
                 summary.interrupted = searcher.close_leftovers()
-            if summary.interrupted:
+            summary.stopped = searcher.stop_line
+            if summary.interrupted and summary.stopped is None:
                 show.note(f"stopped early: continue with `ropenope resume {name}`")
             summary.trained = len(searcher.trained)
             summary.trial_seconds = searcher.trial_seconds

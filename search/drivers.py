@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.errors import StoreError, StudyLocked
+from search.optuna_adapter import rdb_storage, storage_trial_id
 from space.names import ATTR_DRIVER, STUDY_ATTR_DRIVER_PREFIX
 
 log = logging.getLogger("ropenope.driver")
@@ -123,14 +124,51 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def database_now(study: optuna.Study) -> float | None:
+    """The clock of the database holding ``study``, in seconds since the epoch: one clock
+    that every driver reads, whatever machine it runs on (PostgreSQL's
+    ``clock_timestamp()``, MySQL's ``NOW(6)``; SQLite and the in-memory storage live on
+    the one machine their single driver runs on, and read its clock). None where the
+    storage has no clock or did not answer."""
+    storage = rdb_storage(study)
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        return time.time() if isinstance(storage, optuna.storages.InMemoryStorage) else None
+    import sqlalchemy
+
+    query = _CLOCK_QUERIES.get(engine.dialect.name)
+    if query is None:
+        return None
+    try:
+        with engine.connect() as conn:
+            return float(conn.execute(sqlalchemy.text(query)).scalar_one())
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        log.warning("the database clock could not be read: %s", err)
+        return None
+
+
+_CLOCK_QUERIES = {
+    "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
+    "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
+    "sqlite": "SELECT (julianday('now') - 2440587.5) * 86400.0",
+}
+
+
 class DriverRegistry:
     """Live drivers of a study, as study user attributes with a heartbeat.
 
-    Each driver writes ``ropenope:driver:<id>`` = {host, pid, started, heartbeat, state};
-    its trials carry ``driver_id``. A driver is dead when it said it ended, when its pid
-    is gone on this host, or when its heartbeat is older than ``stale_after`` seconds.
-    The heartbeat runs on its own thread and clock (:meth:`register` starts it): a driver
-    whose loop is busy is still alive, and another driver never takes it for dead.
+    Each driver writes ``ropenope:driver:<id>`` = {host, pid, started, heartbeat,
+    db_heartbeat, state}; its trials carry ``driver_id``. A driver is dead when it said it
+    ended, when its pid is gone on this host, or when it has not beaten for
+    ``stale_after`` seconds. That age is never the reader's clock minus the writer's
+    (machines' clocks differ): ``db_heartbeat`` is the database's clock at the beat, and
+    the reader compares it with the database's clock now (:func:`database_now`). Where
+    the database has no clock (or a record has no ``db_heartbeat``), the age is how long
+    this reader has seen the heartbeat unchanged, on its own monotonic clock: a driver
+    first seen is given ``stale_after`` seconds to beat. ``heartbeat`` (the writer's wall
+    clock) is only shown. The heartbeat runs on its own thread (:meth:`register` starts
+    it): a driver whose loop is busy is still alive, and another driver never takes it
+    for dead.
     """
 
     def __init__(
@@ -151,6 +189,10 @@ class DriverRegistry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
+        # Observed change, per driver: (the last heartbeat seen, monotonic time it was first seen).
+        self._seen: dict[str, tuple[Any, float]] = {}
+        # Untagged RUNNING trials, per trial id: the monotonic time first seen untagged.
+        self._untagged: dict[int, float] = {}
 
     @property
     def key(self) -> str:
@@ -166,6 +208,7 @@ class DriverRegistry:
                     "pid": os.getpid(),
                     "started": self._started,
                     "heartbeat": self._last,
+                    "db_heartbeat": database_now(self.study),
                     "state": state,
                 },
             )
@@ -196,27 +239,54 @@ class DriverRegistry:
         n = len(STUDY_ATTR_DRIVER_PREFIX)
         return {k[n:]: v for k, v in attrs.items() if k.startswith(STUDY_ATTR_DRIVER_PREFIX)}
 
-    def alive(self, driver_id: str | None, info: Mapping[str, Any] | None) -> bool:
+    def alive(
+        self,
+        driver_id: str | None,
+        info: Mapping[str, Any] | None,
+        db_now: float | None = None,
+    ) -> bool:
+        """Is driver ``driver_id`` (its record ``info``) running? ``db_now``: the database's
+        clock, when the caller has read it for several judgements (else read here)."""
         if driver_id == self.driver_id:
             return True
         if not driver_id or not info or info.get("state") != "running":
             return False
         if info.get("host") == self.host and not _pid_alive(int(info.get("pid", -1))):
             return False
-        return time.time() - float(info.get("heartbeat", 0)) < self.stale_after_s
+        beat = info.get("db_heartbeat")
+        if beat is not None:
+            now = db_now if db_now is not None else database_now(self.study)
+            if now is not None:
+                return now - float(beat) < self.stale_after_s
+        return self._unchanged_for(driver_id, (beat, info.get("heartbeat"))) < self.stale_after_s
+
+    def _unchanged_for(self, driver_id: str, value: Any) -> float:
+        """Seconds (this reader's monotonic clock) since ``value`` was first seen for
+        ``driver_id``: zero when it just changed, or on first sight."""
+        now = time.monotonic()
+        seen = self._seen.get(driver_id)
+        if seen is None or seen[0] != value:
+            self._seen[driver_id] = (value, now)
+            return 0.0
+        return now - seen[1]
+
+    def untagged_for(self, trial: FrozenTrial) -> float:
+        """Seconds (this reader's monotonic clock) this RUNNING trial has been seen with no
+        ``driver_id``; its ``datetime_start`` is its creator's clock, so not used."""
+        now = time.monotonic()
+        return now - self._untagged.setdefault(storage_trial_id(trial), now)
 
     def dead_trial_check(self) -> Callable[[FrozenTrial], bool]:
         """A predicate for :func:`reconcile_interrupted`: is this RUNNING trial orphaned?"""
         drivers = self.drivers()
-        now = datetime.now()
+        db_now = database_now(self.study)
 
         def is_dead(trial: FrozenTrial) -> bool:
             driver = trial.user_attrs.get(ATTR_DRIVER)
             if driver is None:
                 # Asked but not yet tagged: give its driver the grace period.
-                started = trial.datetime_start or now
-                return (now - started).total_seconds() > self.stale_after_s
-            return not self.alive(driver, drivers.get(driver))
+                return self.untagged_for(trial) >= self.stale_after_s
+            return not self.alive(driver, drivers.get(driver), db_now)
 
         return is_dead
 

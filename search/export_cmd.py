@@ -150,7 +150,7 @@ def trial_scores(trial: Any) -> dict[str, float]:
 def _context_tokens(config: Any) -> int:
     s = config.score
     multiples = [*s.lengths, *s.extrap, *s.mass_lengths, 1]
-    return int(config.train.seq_len * max(multiples))
+    return int(config.train.final_seq_len * max(multiples))
 
 
 def _default_out(study_name: str, number: int, seed: int, n_seeds: int) -> Path:

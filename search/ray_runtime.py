@@ -7,7 +7,10 @@ Tune function only launches and reports (no CPU or GPU; :data:`LAUNCHER_MEMORY_B
 memory, since Tune cannot schedule a trial that asks for nothing) and its N Ray Train
 workers hold ``cpus_per_trial`` and ``gpus_per_trial`` each, in a placement group of their
 own (Ray Train V2): :func:`trial_cost`. The resource check and the number of trials run at
-once (:func:`concurrent_trials`) count the workers. With ``resources.parallel_seeds`` a
+once (:func:`concurrent_trials`) count the workers. A launcher that dies takes its Train
+run's controller with it, and the workers' placement group would stay reserved until the
+driver ends (Train's own cleaner asks the state API, which only the dashboard serves):
+:class:`PlacementGroupReaper` frees it from the driver. With ``resources.parallel_seeds`` a
 trial asks for a placement group: a launcher bundle with no CPU and one bundle per seed it
 trains at once (``workers.ray_seeds.seeds_at_once``), and the count holds its seeds.
 """
@@ -28,7 +31,7 @@ from ray.tune.schedulers import ASHAScheduler
 from search import mo_asha
 from search.errors import StudyError
 from search.searcher import StudySearcher, trial_dirname
-from search.tune_callback import SweepCallback
+from search.tune_callback import FailureBudgetStop, SweepCallback
 from space.schema import SweepConfig
 from tracking.hooks import SweepHooks
 from workers.ray_seeds import seeds_at_once
@@ -170,6 +173,82 @@ def check_resources(config: SweepConfig) -> None:
         )
 
 
+def orphaned_placement_groups(job_id: str) -> list[str]:
+    """The placement groups of this Ray job (ids, hex) still reserved although the actor
+    that made them is dead: the Ray Train controller of a trial whose launcher died.
+
+    Ray frees an actor's placement group only when its job ends; Train V2 frees it through
+    a detached cleaner that asks the state API, which needs the dashboard (local Ray runs
+    without one). So this reads the GCS's placement group table itself. It is Ray's
+    internal accessor (``ray._private.state``, the table's protobuf): public Ray offers no
+    placement group's creator. ``tests/test_workers_per_trial.py`` kills a launcher and
+    checks that its reservation is freed, so an upgrade that moves it fails there."""
+    from ray._private import state
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData as Table
+
+    found = []
+    for raw in state.state._connect_and_get_accessor().get_placement_group_table():
+        pg = Table.FromString(raw)
+        creator = pg.creator_actor_id
+        if (
+            pg.state != Table.REMOVED
+            and not pg.is_detached
+            and pg.creator_job_id.hex() == job_id
+            and creator
+            and not ray.ActorID(creator).is_nil()  # nil: made by the driver (Tune's own)
+            and pg.creator_actor_dead
+        ):
+            found.append(pg.placement_group_id.hex())
+    return found
+
+
+class PlacementGroupReaper:
+    """Frees, from the driver, the placement groups of dead launchers' Train runs
+    (:func:`orphaned_placement_groups`), at most every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.every_s = every_s
+        self.job_id = ray.get_runtime_context().get_job_id()
+        self.freed: list[str] = []
+        self._next = 0.0
+
+    def tick(self) -> list[str]:
+        """Free what is orphaned now; returns one note per placement group freed."""
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        now = time.monotonic()
+        if now < self._next:
+            return []
+        self._next = now + self.every_s
+        notes = []
+        for pg_id in orphaned_placement_groups(self.job_id):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+            self.freed.append(pg_id)
+            notes.append(
+                f"freed the reservation of a dead trial launcher's workers (placement group "
+                f"{pg_id[:12]})"
+            )
+        return notes
+
+
+def make_trainable(
+    config: SweepConfig,
+    hooks: SweepHooks,
+    runner: Any = None,
+    corpus: Any = None,
+    have: dict[str, float] | None = None,
+) -> Any:
+    """The Tune trainable of the sweep's trials: :func:`workers.ray_trainable.run_trial`
+    with the sweep's parameters, asking for :func:`trial_resources` (``have``: the
+    cluster's resources, which bound the seeds a trial trains at once)."""
+    return tune.with_resources(
+        tune.with_parameters(
+            run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner, corpus=corpus
+        ),
+        trial_resources(config, have),
+    )
+
+
 def asha_scheduler(config: SweepConfig) -> ASHAScheduler | None:
     """Single-objective ASHA on the trial's evaluation count, with every rung strictly
     before the trial's last evaluation: a stop there would skip its scoring and mark a
@@ -229,28 +308,27 @@ def fit(
             f"{r.gpus_per_trial:g} GPU"
         )
     searcher.max_concurrent = at_once
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner, corpus=corpus
-        ),
-        trial_resources(config, have),
-    )
+    several = r.workers_per_trial > 1
     tuner = tune.Tuner(
-        trainable,
+        make_trainable(config, hooks, runner, corpus, have),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=-1,
-            # One process serves many trials: torch is imported and the corpus loaded once
-            # per worker, not per trial. A stopped trial's thread exits at its next report.
-            reuse_actors=True,
+            # One process serves many one-worker trials: torch is imported and the corpus
+            # loaded once per process, not per trial. A stopped trial's thread exits at its
+            # next report; Tune waits for it (workers.ray_trainable.REUSE_WAIT_S), and a
+            # trial it then gives up is re-queued (StudySearcher.tune_dropped). A launcher
+            # of several workers is not reused: its Train run may still be winding down.
+            reuse_actors=not several,
             trial_name_creator=lambda t: f"optuna_{t.config['optuna_trial']}",
             trial_dirname_creator=lambda t: trial_dirname(t.config["optuna_trial"], t.trial_id),
         ),
         run_config=tune.RunConfig(
             name=experiment,
             storage_path=str(storage_path.resolve()),
-            callbacks=[SweepCallback(searcher)],
+            callbacks=[SweepCallback(searcher, PlacementGroupReaper() if several else None)],
+            stop=FailureBudgetStop(searcher),
             verbose=0,
             # One snapshot is enough: it holds each seed's newest checkpoint and the one
             # before it (workers.layout.snapshot), so a damaged newest still falls back.

@@ -5,7 +5,9 @@ We do not use Tune's ``OptunaSearch`` (DESIGN §7: it tells Optuna that a trial 
 scheduler stopped is COMPLETE with its partial value, and merges unrelated sweeps under
 one default study name). :class:`StudySearcher`:
 
-- ``suggest`` asks Optuna (enqueued presets and re-runs first) and hands the trial to
+- ``suggest`` starts the queued re-runs of interrupted trials first (so a resumed study
+  trains what the uninterrupted sweep would have, and a finished one holds no queued
+  re-run), then asks Optuna (enqueued presets first) and hands the trial to
   :class:`search.triage.Triage`, which samples the knobs, builds the candidate, and
   answers without Ray what needs no training: an impossible candidate is FAIL
   ``invalid_candidate``; a candidate already COMPLETE with the same budget is COMPLETE
@@ -22,6 +24,11 @@ one default study name). :class:`StudySearcher`:
   exception -> FAIL ``error: <type>: <message>``. A trial that ends without an outcome
   was stopped by the scheduler -> PRUNED with its intermediate values. Every FAIL and
   PRUNED trial has a ``reason``.
+- a trial Tune ended without telling anyone (a worker process it could not reuse) is
+  found on the next controller step (:meth:`StudySearcher.tune_dropped`), closed as
+  interrupted and re-queued; a trial too many re-runs deep is FAIL ``rerun_limit``
+  instead, and the failure budget (:mod:`search.failures`) stops a sweep that the cluster
+  keeps failing.
 
 Links go both ways: Optuna trials carry ``ray_trial_id``, ``ray_trial_dir``,
 ``candidate_id``/``candidate_name`` (and ``mlflow_run_id`` once tracking reports it);
@@ -44,6 +51,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from search.drivers import DriverRegistry
+from search.failures import FailureBudget, infrastructure_text, rerun_depth, rerun_limit_detail
 from search.optuna_adapter import claim_waiting, storage_trial_id
 from search.progress import Progress
 from search.restore import find_restore
@@ -75,7 +83,7 @@ from space.names import (
     ATTR_TRIAL_DIR,
     ATTR_WORKER_RESTARTS,
 )
-from space.outcomes import Reason, RunStatus, error_reason
+from space.outcomes import RERUN_REASONS, Reason, RunStatus, error_reason
 from space.schema import SweepConfig
 from space.secrets import redact_tail, redact_text
 from tracking.hooks import SweepHooks
@@ -176,6 +184,10 @@ class StudySearcher(Searcher):
             single_driver=sqlite_path(opened.url) is not None,
             restore_for=find_restore,
         )
+        # Infrastructure failures this driver has seen; the line that stopped the sweep.
+        self.failures = config.resources.failures
+        self.budget = FailureBudget(self.failures, self.study.study_name)
+        self.stop_line: str | None = None
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         return None  # the searcher's state is the Optuna study; nothing else to save
@@ -188,6 +200,8 @@ class StudySearcher(Searcher):
     # -- asking ----------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.stop_line is not None:
+            return Searcher.FINISHED
         if len(self.live) >= self.max_concurrent:
             return None
         if time.monotonic() < self._idle_until:
@@ -196,6 +210,10 @@ class StudySearcher(Searcher):
         ready = self.triage.resolve_waiting()
         while ready is None:
             trials = self.study.get_trials(deepcopy=False)
+            rerun = self._claim_rerun(trials)
+            if rerun is not None:
+                ready = self.triage.prepare(rerun)
+                continue
             if count_toward_target(trials) >= self.target:
                 if self.rounds is not None:
                     return self._seed_round(trial_id)
@@ -207,6 +225,19 @@ class StudySearcher(Searcher):
                 return Searcher.FINISHED
             ready = self.triage.prepare(self.study.ask())
         return self._launch(trial_id, ready)
+
+    def _claim_rerun(self, trials: list[FrozenTrial]) -> optuna.Trial | None:
+        """Re-runs first: start the oldest queued re-run of an interrupted trial before any
+        other queued trial (a preset) or a sampled one. ``study.ask`` would take the oldest
+        queued trial, and presets are queued when the study is made: a resumed study would
+        train presets past its target in place of the candidates it was training, and
+        leave their re-runs queued for ever."""
+        for frozen in trials:
+            if frozen.state == TrialState.WAITING and ATTR_RERUN_OF in frozen.user_attrs:
+                trial = claim_waiting(self.study, frozen)
+                if trial is not None:  # None: another driver started it first
+                    return trial
+        return None
 
     def _reap(self, now: bool) -> bool:
         """Close RUNNING trials no driver runs (every ``reaper.interval_s``, or ``now``);
@@ -303,6 +334,13 @@ class StudySearcher(Searcher):
         retain_trial(frozen, self.study.get_trials(deepcopy=False), self.config.resources.keep)
         return frozen
 
+    def _judge(self, number: int, reason: str | None) -> None:
+        """A trial this driver ran on the cluster ended with ``reason`` (None: COMPLETE):
+        spend the failure budget; past it, the sweep stops (:attr:`stop_line`)."""
+        line = self.budget.record(number, reason)
+        if line is not None and self.stop_line is None:
+            self.stop_line = line
+
     def record_result(self, tune_id: str, result: Mapping[str, Any]) -> None:
         """An evaluation: the scheduler metric as an intermediate value, and links."""
         live = self.live.get(tune_id)
@@ -351,8 +389,10 @@ class StudySearcher(Searcher):
             }
             attrs.update(self.stop_attrs(trial_id))
             self._close(number, TrialState.PRUNED, attrs)
+            self._judge(number, Reason.PRUNED)
             return
         outcome = TrialOutcome.from_json(result[OUTCOME_KEY])
+        self._judge(number, outcome.reason)
         attrs = outcome.attrs()
         if outcome.status == RunStatus.COMPLETE:
             self.trained.append(number)
@@ -380,8 +420,8 @@ class StudySearcher(Searcher):
             self._close(number, TrialState.FAIL, attrs)
 
     def on_trial_restart(self, tune_id: str, error_text: str | None) -> None:
-        """Tune restarts a trial whose worker died, from its last checkpoint: count it on
-        the trial and say so."""
+        """Tune restarts a trial whose worker died (or whose machine failed it: a full
+        disk, an I/O error), from its last checkpoint: count it on the trial and say so."""
         live = self.live.get(tune_id)
         if live is None:
             return
@@ -392,8 +432,9 @@ class StudySearcher(Searcher):
             storage_trial_id(live.trial),
             {ATTR_WORKER_RESTARTS: live.restarts, ATTR_RESTART_REASON: why},
         )
+        what = "its machine failed it" if infrastructure_text(error_text) else "its worker died"
         self.progress.note(
-            f"#{live.trial.number} its worker died ({why[:120]}); restarting from its "
+            f"#{live.trial.number} {what} ({why[:120]}); restarting from its "
             f"newest checkpoint (restart {live.restarts} of {self.config.resources.max_retries})"
         )
 
@@ -401,17 +442,59 @@ class StudySearcher(Searcher):
         live = self.errored.pop(tune_id, None)
         if live is None:
             return
-        reason = Reason.WORKER_DIED if worker_died(error_text) else ray_error_reason(error_text)
-        self._close(
-            live.trial.number,
-            TrialState.FAIL,
-            {ATTR_REASON: reason, ATTR_REASON_DETAIL: redact_tail(error_text or "", 4000)},
-        )
+        if infrastructure_text(error_text):
+            reason = Reason.INFRASTRUCTURE
+        elif worker_died(error_text):
+            reason = Reason.WORKER_DIED
+        else:
+            reason = ray_error_reason(error_text)
+        detail = redact_tail(error_text or "", 4000)
+        number = live.trial.number
+        depth = self._rerun_depth(number)
+        if reason in RERUN_REASONS and depth >= self.failures.max_rerun_depth:
+            attrs = {
+                ATTR_REASON: Reason.RERUN_LIMIT,
+                ATTR_REASON_DETAIL: rerun_limit_detail(depth, reason, detail),
+            }
+        else:
+            attrs = {ATTR_REASON: reason, ATTR_REASON_DETAIL: detail}
+        self._close(number, TrialState.FAIL, attrs)
+        self._judge(number, reason)
+
+    def tune_dropped(self, ended: Mapping[str, str | None]) -> None:
+        """Trials Tune ended without telling the searcher or any callback, by Tune trial id
+        -> its error text. Tune does so when it cannot reuse a worker process for a trial
+        (``reset_config`` returns False: ``TuneController._on_trial_reset`` marks the trial
+        ERROR and tells no one); the trial would stay in :attr:`live`, and with it full,
+        ``suggest`` would wait for ever. Each is closed as interrupted and re-queued (it
+        never trained: Tune gave it no process)."""
+        for tune_id, error_text in ended.items():
+            live = self.live.pop(tune_id, None)
+            if live is None:
+                continue
+            why = ray_error_reason(error_text).removeprefix(f"{Reason.ERROR}: ")
+            self.interrupt(live, f"Ray Tune ended it without a result: {why}")
+
+    def _rerun_depth(self, number: int) -> int:
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        return rerun_depth(by_number[number], by_number)
 
     def interrupt(self, live: _Live | Waiting, detail: str) -> None:
         """Close a trial this driver cannot finish as FAIL ``interrupted`` and enqueue its
-        candidate again, continuing from its newest checkpoint."""
+        candidate again, continuing from its newest checkpoint; one already
+        ``max_rerun_depth`` re-runs deep is FAIL ``rerun_limit`` instead, not re-queued."""
         number = live.trial.number
+        depth = self._rerun_depth(number)
+        if depth >= self.failures.max_rerun_depth:
+            self._close(
+                number,
+                TrialState.FAIL,
+                {
+                    ATTR_REASON: Reason.RERUN_LIMIT,
+                    ATTR_REASON_DETAIL: rerun_limit_detail(depth, Reason.INTERRUPTED, detail),
+                },
+            )
+            return
         closed = reconcile_interrupted(
             self.study,
             self.storage,

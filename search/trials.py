@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from space.names import (
     ATTR_RESTORE_FROM,
     ATTR_SEED,
 )
-from space.outcomes import RERUN_REASONS, Reason
+from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
 from space.secrets import redact_text
 
 
@@ -219,8 +218,8 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
 def requeue_worker_deaths(
     study: optuna.Study, *, restore_for: Callable[[FrozenTrial], Path | None] = lambda t: None
 ) -> list[tuple[int, Path | None]]:
-    """Re-run the candidates of FAIL ``worker_died`` trials that no trial re-runs yet
-    (``ropenope resume``), from their newest checkpoint."""
+    """Re-run the candidates of FAIL ``worker_died`` and ``infrastructure_failure`` trials
+    that no trial re-runs yet (``ropenope resume``), from their newest checkpoint."""
     queued = []
     with scan_lock(study):  # read, decide and enqueue with no other driver in between
         trials = study.get_trials(deepcopy=False)
@@ -228,7 +227,7 @@ def requeue_worker_deaths(
         for trial in trials:
             if (
                 trial.state == TrialState.FAIL
-                and trial.user_attrs.get(ATTR_REASON) == Reason.WORKER_DIED
+                and trial.user_attrs.get(ATTR_REASON) in INFRASTRUCTURE_REASONS
                 and trial.number not in rerun
             ):
                 restore = restore_for(trial)
@@ -267,6 +266,7 @@ class GhostReaper:
         self.grace_s = grace_s
         self.restore_for = restore_for
         self._next = time.monotonic() + interval_s
+        self._untagged: dict[int, float] = {}  # trial id -> monotonic time first seen untagged
 
     def is_ghost(self, trial: FrozenTrial, held: set[int]) -> bool:
         if trial.number in held:
@@ -276,8 +276,10 @@ class GhostReaper:
         driver = trial.user_attrs.get(ATTR_DRIVER)
         if driver is not None:
             return driver == self.driver_id
-        started = trial.datetime_start or datetime.now()
-        return (datetime.now() - started).total_seconds() > self.grace_s
+        # Untagged for ``grace_s`` of this driver's monotonic clock: ``datetime_start`` was
+        # written by the asking driver's clock, which need not agree with this one's.
+        now = time.monotonic()
+        return now - self._untagged.setdefault(storage_trial_id(trial), now) >= self.grace_s
 
     def reap(self, held: Iterable[int]) -> list[int]:
         """Close the ghosts now; returns their numbers."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from space.errors import ConfigError, InvalidCandidate
+from space.expand import recurrent_option_problems
 from space.hypothesis_files import check_hypotheses
-from space.knobs import grid_size, knob_domain
-from space.layers import rotary_problem
+from space.knobs import KNOB_DEFAULTS, grid_size, knob_domain
+from space.layers import layout_problem, proportional_problem, rotary_problem
 from space.names import (
     EVAL_METRICS,
     LONG_ACC,
@@ -66,6 +67,8 @@ def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> N
                     f"global_every={echo(highest)} > model.layers={m.layers}; expected <= layers",
                 )
             )
+    _check_layout(config, problems)
+    _check_recurrent(config, problems)
     kv = config.space.get("kv_heads")
     if kv is not None and kv.domain in ("fixed", "choice", "int"):
         values = knob_domain(kv)
@@ -124,6 +127,43 @@ def _wide_window(window: Any, seq_len: int) -> str:
     )
 
 
+def _check_layout(config: SweepConfig, problems: list) -> None:
+    """Each layout places exactly ``model.layers`` layers; a fixed layout leaves no role to
+    ``global_every``, so setting both is refused rather than silently ignored."""
+    spec = config.space.get("layout")
+    if spec is None:
+        return
+    values = knob_domain(spec)
+    for i, value in enumerate(values):
+        problem = None if value is None else layout_problem(value, config.model.layers)
+        if problem is not None:
+            where = "space.layout" if spec.domain == "fixed" else f"space.layout.choice[{i}]"
+            problems.append((where, problem))
+            return
+    if None not in values and not spec.when and "global_every" in config.space:
+        problems.append(
+            ("space.global_every", "has no effect: space.layout places every global layer")
+        )
+
+
+def _check_recurrent(config: SweepConfig, problems: list) -> None:
+    """Where the local layers can only be recurrent, a window, a RoPE base or an attention
+    option placed on them alone is a mistake: refused at its key."""
+    mixer = config.space.get("local_mixer")
+    if mixer is None or "softmax" in knob_domain(mixer) or mixer.when:
+        return
+    fixed = {k: v.value for k, v in config.fixed.items() if not v.when}
+    knobs = {**KNOB_DEFAULTS, **fixed, "local_mixer": knob_domain(mixer)[0]}
+    why = f"the local layers are {knobs['local_mixer']} (local_mixer), which take no "
+    if "local_rope_base" in config.space:
+        problems.append(("space.local_rope_base", why + "RoPE"))
+    for name in ("local_window", "local_attention"):
+        spec = config.space.get(name)
+        if spec is not None and spec.domain != "fixed":
+            problems.append((f"space.{name}", why + "window"))
+    problems.extend((f"space.{name}", text) for name, text in recurrent_option_problems(knobs))
+
+
 def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
     """Partial rotary against the head size, and a factor wherever a RoPE scaling is set."""
     m = config.model
@@ -131,9 +171,13 @@ def _check_rope_knobs(config: SweepConfig, problems: list) -> None:
         return
     head_dim = m.d_model // m.heads
     spec = config.space.get("rope_fraction")
+    rope_type = config.space.get("rope_type")
+    neox = rope_type is None or "neox" in knob_domain(rope_type)
     if spec is not None:
         for value in knob_domain(spec):
-            problem = rotary_problem(value, head_dim)
+            problem = (
+                rotary_problem(value, head_dim) if neox else proportional_problem(value, head_dim)
+            )
             if problem:
                 problems.append(("space.rope_fraction", problem))
                 break

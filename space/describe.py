@@ -29,8 +29,12 @@ def _attention(window: Any, kind: str = "sliding") -> str:
 def _rope(k: Mapping[str, Any], base_knob: str) -> str:
     text = f"RoPE ({_base(k.get(base_knob))}"
     fraction = k.get("rope_fraction", 1.0)
-    if fraction not in (None, 1, 1.0):
-        text += f", on the first {float(fraction):g} of each head's dimensions"
+    kind = base_knob.split("_")[0]  # local_rope_base -> local
+    if fraction not in (None, 1, 1.0) and k.get("rope_fraction_layers", "all") in ("all", kind):
+        if k.get("rope_type") == "proportional":
+            text += f", proportional: only the fastest {float(fraction):g} of its frequencies turn"
+        else:
+            text += f", on the first {float(fraction):g} of each head's dimensions"
     return text + ")"
 
 
@@ -58,8 +62,28 @@ def describe_knobs(knobs: Mapping[str, Any], stages: Sequence[StagePlan] = ()) -
         global_pos = "no positional encoding (NoPE)"
     local_attention = _attention(k.get("local_window"), k.get("local_attention", "sliding"))
     local = f"{_rope(k, 'local_rope_base')} with {local_attention}"
+    if k.get("local_mixer") == "gated_deltanet":
+        local = "a Gated DeltaNet recurrent layer (Qwen3-Next; no positions, constant state"
+        sizes = [
+            f"{k[name]} {what}"
+            for name, what in (
+                ("deltanet_heads", "key heads"),
+                ("deltanet_value_heads", "value heads"),
+                ("deltanet_head_dim", "dimensions a head"),
+            )
+            if k.get(name)
+        ]
+        conv = k.get("deltanet_conv_tokens", 4)
+        local += ", " + ", ".join([*sizes, f"a {conv}-token convolution"]) + ")"
     glob = f"{global_pos} with {_attention(k.get('global_window'))}"
-    if every == 1:
+    layout = k.get("layout")
+    if layout:
+        where = ", ".join(str(i) for i, letter in enumerate(layout) if letter == "G")
+        parts = [f"layers {where} (from 0): {glob}"] if where else []
+        if "L" in layout:
+            parts.insert(0, f"the L layers: {local}")
+        text = f"Layers {layout} (G global, L local): " + "; ".join(parts)
+    elif every == 1:
         text = f"Every layer: {glob}"
     elif not every:
         text = f"Every layer: {local}"
@@ -77,11 +101,20 @@ def describe_knobs(knobs: Mapping[str, Any], stages: Sequence[StagePlan] = ()) -
     if k.get("attention_sink") not in (None, "none"):
         where = _WHERE.get(k.get("attention_sink_layers"), str(k.get("attention_sink_layers")))
         text += f"; learned attention-sink logits on {where}"
+    if k.get("output_gate") not in (None, "none"):
+        where = _WHERE.get(k.get("output_gate_layers"), str(k.get("output_gate_layers")))
+        article = "an" if k["output_gate"][0] in "aeiou" else "a"
+        text += (
+            f"; {article} {k['output_gate']} sigmoid gate on each head's attention output "
+            f"on {where}"
+        )
     if k.get("global_temperature") not in (None, "none"):
         text += f"; {k['global_temperature']} temperature scaling of global queries past T"
     if k.get("kv_heads"):
         text += f"; {k['kv_heads']} KV heads (grouped-query attention)"
     text += _scaling(k)
+    if k.get("local_mixer", "softmax") != "softmax":  # attention options: softmax layers only
+        text = text.replace("all layers", "the attention layers")
     for i, stage in enumerate(stages[1:], start=2):
         text += f"; then stage {i}: {stage.steps} steps at T={stage.seq_len}"
         if stage.knobs:

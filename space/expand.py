@@ -2,7 +2,8 @@
 
 Global layers are the 0-based indices ``k-1, 2k-1, ...`` for ``global_every: k``
 (Hugging Face Cohere2 / Llama 4 convention): ``k = 1`` makes every layer global,
-``k = 0`` makes none global.
+``k = 0`` makes none global. ``layout: "GLLLGLLL"`` (one letter per layer) places them
+explicitly instead, e.g. first or last layer global; set, it replaces ``global_every``.
 """
 
 from __future__ import annotations
@@ -21,24 +22,23 @@ from space.layers import (
     LayerKind,
     LayerPlacement,
     LayerSpec,
+    Mixer,
     ModelShape,
+    OutputGate,
     Position,
     QKNorm,
     QueryTemperature,
+    RecurrentShape,
     RopeScaling,
     RopeScalingKind,
+    RopeType,
     Temperature,
     WindowKind,
+    global_layer_indices,
+    layout_problem,
     yarn_default_attention_factor,
 )
 from space.stages import SHAPE_KNOBS, StagePlan, describe_layout_change, stage_knobs
-
-
-def global_layer_indices(n_layers: int, global_every: int) -> tuple[int, ...]:
-    """0-based indices of the global layers: k-1, 2k-1, ... (empty for k = 0)."""
-    if global_every == 0:
-        return ()
-    return tuple(range(global_every - 1, n_layers, global_every))
 
 
 def resolve_knobs(knobs: Mapping[str, Any], path: str = "knobs") -> dict[str, Any]:
@@ -63,7 +63,12 @@ def expand_layers(
     the default original length of a RoPE scaling.
     """
     k = knobs["global_every"]
-    if k > shape.n_layers:
+    layout = knobs["layout"]
+    if layout is not None:
+        problem = layout_problem(layout, shape.n_layers)
+        if problem is not None:
+            raise InvalidCandidate(f"layout: {problem}")
+    elif k > shape.n_layers:
         raise InvalidCandidate(
             f"global_every={k} > layers={shape.n_layers}: no layer would be global"
         )
@@ -72,11 +77,13 @@ def expand_layers(
         raise InvalidCandidate(
             "global_temperature scales NoPE queries; it needs global_position: nope"
         )
-    globals_ = set(global_layer_indices(shape.n_layers, k))
+    globals_ = set(global_layer_indices(shape.n_layers, k, layout))
     qk_norm = QKNorm(knobs["qk_norm"])
     qk_where = LayerPlacement(knobs["qk_norm_layers"])
     sink = AttentionSink(knobs["attention_sink"])
     sink_where = LayerPlacement(knobs["attention_sink_layers"])
+    gate = OutputGate(knobs["output_gate"])
+    gate_where = LayerPlacement(knobs["output_gate_layers"])
     temperature = None
     if temperature_kind is QueryTemperature.LOG:
         floor = knobs["global_temperature_floor"] or train_seq_len
@@ -85,11 +92,33 @@ def expand_layers(
         )
     scaling = _rope_scaling(knobs, train_seq_len)
     scaling_where = LayerPlacement(knobs["rope_scaling_layers"])
+    fraction_where = LayerPlacement(knobs["rope_fraction_layers"])
     local_window_kind = WindowKind(knobs["local_attention"])
+    local_mixer = Mixer(knobs["local_mixer"])
+    recurrent = None
+    if local_mixer is not Mixer.SOFTMAX:
+        refuse_attention_knobs_on_recurrent(knobs)
+        recurrent = _recurrent_shape(knobs, shape)
 
     layers = []
     for i in range(shape.n_layers):
         kind = LayerKind.GLOBAL if i in globals_ else LayerKind.LOCAL
+        if kind is LayerKind.LOCAL and recurrent is not None:
+            # attention's options (QK-norm, sinks, gates, RoPE) stay on the softmax layers
+            layers.append(
+                LayerSpec(
+                    index=i,
+                    kind=kind,
+                    position=Position.NOPE,
+                    rope_base=None,
+                    window_tokens=None,
+                    qk_norm=QKNorm.NONE,
+                    temperature=None,
+                    mixer=local_mixer,
+                    recurrent=recurrent,
+                )
+            )
+            continue
         if kind is LayerKind.GLOBAL:
             position = Position(knobs["global_position"])
             base = knobs["global_rope_base"] if position is Position.ROPE else None
@@ -105,8 +134,9 @@ def expand_layers(
             )
             window_kind = local_window_kind
         rope = position is Position.ROPE
-        layers.append(
-            LayerSpec(
+        partial = rope and fraction_where.covers(kind)
+        try:
+            spec = LayerSpec(
                 index=i,
                 kind=kind,
                 position=position,
@@ -117,15 +147,67 @@ def expand_layers(
                 # chunked with no window is full attention: the same layer as sliding-none
                 window_kind=window_kind if window is not None else WindowKind.SLIDING,
                 attention_sink=sink if sink_where.covers(kind) else AttentionSink.NONE,
-                rope_fraction=float(knobs["rope_fraction"]) if rope else 1.0,
+                rope_fraction=float(knobs["rope_fraction"]) if partial else 1.0,
+                rope_type=RopeType(knobs["rope_type"]) if partial else RopeType.NEOX,
                 rope_scaling=scaling if rope and scaling_where.covers(kind) else None,
+                output_gate=gate if gate_where.covers(kind) else OutputGate.NONE,
             )
-        )
+        except ValueError as err:  # well-formed knobs, an impossible layer
+            raise InvalidCandidate(str(err)) from err
+        layers.append(spec)
     for layer in layers:
         problem = layer.head_dim_problem(shape.head_dim)
         if problem is not None:
             raise InvalidCandidate(problem)
     return tuple(layers)
+
+
+# Options of attention that a placement knob may put on the local layers alone.
+_LOCAL_ONLY_OPTIONS = (
+    ("qk_norm_layers", "qk_norm", "none"),
+    ("attention_sink_layers", "attention_sink", "none"),
+    ("output_gate_layers", "output_gate", "none"),
+    ("rope_scaling_layers", "rope_scaling", "none"),
+    ("rope_fraction_layers", "rope_fraction", 1.0),
+)
+
+
+def recurrent_option_problems(knobs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(knob, why) for each attention option the knobs put on recurrent local layers."""
+    mixer = knobs["local_mixer"]
+    why = f"the local layers are {mixer} (local_mixer), which take no "
+    out = []
+    if knobs["local_window"] is not None:
+        out.append(("local_window", why + "window"))
+    if knobs["local_attention"] != WindowKind.SLIDING.value:
+        out.append(("local_attention", why + "window"))
+    for where, option, off in _LOCAL_ONLY_OPTIONS:
+        if knobs[where] == LayerPlacement.LOCAL.value and knobs[option] != off:
+            out.append((where, why + option))
+    return out
+
+
+def refuse_attention_knobs_on_recurrent(knobs: Mapping[str, Any]) -> None:
+    """InvalidCandidate naming the first attention option set on recurrent local layers."""
+    problems = recurrent_option_problems(knobs)
+    if problems:
+        name, why = problems[0]
+        raise InvalidCandidate(f"{name}={knobs[name]}: {why}")
+
+
+def _recurrent_shape(knobs: Mapping[str, Any], shape: ModelShape) -> RecurrentShape:
+    """Gated DeltaNet sizes; by default Qwen3-Next's proportions: as many key heads as the
+    model has heads, of the model's head size, and twice as many value heads."""
+    key_heads = knobs["deltanet_heads"] or shape.n_heads
+    try:
+        return RecurrentShape(
+            key_heads=key_heads,
+            value_heads=knobs["deltanet_value_heads"] or 2 * key_heads,
+            head_dim=knobs["deltanet_head_dim"] or shape.head_dim,
+            conv_tokens=knobs["deltanet_conv_tokens"],
+        )
+    except ValueError as err:
+        raise InvalidCandidate(f"deltanet_value_heads: {err}") from err
 
 
 def _rope_scaling(knobs: Mapping[str, Any], train_seq_len: int) -> RopeScaling | None:
@@ -297,12 +379,15 @@ def _base(value: float) -> str:
 
 
 def _attn(spec: LayerSpec) -> str:
+    if spec.mixer is not Mixer.SOFTMAX:
+        r = spec.recurrent
+        return f"gdn{r.key_heads}x{r.head_dim}v{r.value_heads}"
     if spec.position is Position.NOPE:
         pos = "nope"
     else:
         pos = f"rope{_base(spec.rope_base)}"
         if spec.rope_fraction != 1.0:
-            pos += f" rot{spec.rope_fraction:g}"
+            pos += f" {'p' if spec.rope_type is RopeType.PROPORTIONAL else ''}rot{spec.rope_fraction:g}"
         if spec.rope_scaling is not None:
             pos += f" {spec.rope_scaling.kind.value}{spec.rope_scaling.factor:g}"
     win = ""
@@ -311,7 +396,8 @@ def _attn(spec: LayerSpec) -> str:
         win = f" {prefix}{spec.window_tokens}"
     temp = " temp" if spec.temperature is not None else ""
     sink = " sink" if spec.attention_sink is AttentionSink.LEARNED else ""
-    return pos + win + temp + sink
+    gate = f" gate:{spec.output_gate.value}" if spec.output_gate is not OutputGate.NONE else ""
+    return pos + win + temp + sink + gate
 
 
 def _layout_parts(layers: tuple[LayerSpec, ...]) -> list[str]:
@@ -325,7 +411,17 @@ def _layout_parts(layers: tuple[LayerSpec, ...]) -> list[str]:
     if glob is None:
         return ["local", _attn(local)]
     ratio = f"{n_local // n_global}:1" if n_local % n_global == 0 else f"{n_local}:{n_global}"
-    return [ratio, f"{_attn(local)}/{_attn(glob)}"]
+    return [ratio + _placement(layers), f"{_attn(local)}/{_attn(glob)}"]
+
+
+def _placement(layers: tuple[LayerSpec, ...]) -> str:
+    """``""`` where the global layers are those of some ``global_every``; else where they are,
+    e.g. ``"@G0,7"``: a ratio alone does not tell a first-layer-global model from the usual."""
+    globals_ = tuple(layer.index for layer in layers if layer.kind is LayerKind.GLOBAL)
+    n = len(layers)
+    if any(globals_ == global_layer_indices(n, k) for k in range(1, n + 1)):
+        return ""
+    return "@G" + ",".join(map(str, globals_))
 
 
 def candidate_name(shape: ModelShape, layers: tuple[LayerSpec, ...]) -> str:

@@ -10,6 +10,7 @@ or a mapping with exactly one domain key::
     local_rope_base: {log: [1000, 1000000]}  # log-uniform float range
     global_rope_base: {log: [1.0e4, 1.0e6], when: {global_position: rope}}
     rope_fraction: {choice: [0.25, 0.5, 1.0]}  # a fraction in (0, 1]
+    layout: {choice: [GLLLLLLL, LLLLLLLG]}   # explicit placement, one letter per layer
 
 ``when`` makes a knob conditional: it is sampled only when every named knob has
 the given value (or one of a list of values); otherwise it keeps its default.
@@ -31,11 +32,15 @@ from space.errors import ConfigError
 from space.layers import (
     AttentionSink,
     LayerPlacement,
+    Mixer,
+    OutputGate,
     Position,
     QKNorm,
     QueryTemperature,
     RopeScalingKind,
+    RopeType,
     WindowKind,
+    layout_problem,
 )
 from space.yaml_io import echo
 
@@ -49,6 +54,7 @@ class KnobKind(StrEnum):
     ENUM = "enum"  # one of ``Knob.values``
     FRACTION = "fraction"  # a real in (0, 1]
     FACTOR = "factor"  # a real >= 1
+    LAYOUT = "layout"  # one letter per layer, G (global) or L (local), or null
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Knob:
 
 
 _INT, _FLOAT, _WINDOW, _ENUM = KnobKind.INT, KnobKind.FLOAT, KnobKind.WINDOW, KnobKind.ENUM
-_FRACTION, _FACTOR = KnobKind.FRACTION, KnobKind.FACTOR
+_FRACTION, _FACTOR, _LAYOUT = KnobKind.FRACTION, KnobKind.FACTOR, KnobKind.LAYOUT
 
 # The defaults describe the plain Llama-style baseline: every layer global, RoPE, full
 # attention, no QK-norm. The knobs after ``kv_heads`` came later; at their defaults a
@@ -87,6 +93,7 @@ _FRACTION, _FACTOR = KnobKind.FRACTION, KnobKind.FACTOR
 # fmt: off
 KNOBS: tuple[Knob, ...] = (
     Knob("global_every", _INT, 1, minimum=0, null_reads_as=0, doc="every k-th layer is global (layers k-1, 2k-1, ...); 1: all, 0 or null: none"),
+    Knob("layout", _LAYOUT, None, nullable=True, doc='explicit placement, one letter per layer, G global or L local (e.g. "GLLLGLLL"); set, it replaces global_every'),
     Knob("global_position", _ENUM, "rope", enum=Position, doc="the global layers' positions"),
     Knob("local_rope_base", _FLOAT, 10000.0, doc="the RoPE base of the local layers"),
     Knob("global_rope_base", _FLOAT, 10000.0, doc="the RoPE base of the global layers (with global_position: rope)"),
@@ -102,7 +109,16 @@ KNOBS: tuple[Knob, ...] = (
     Knob("local_attention", _ENUM, "sliding", enum=WindowKind, doc="how the local window limits attention"),
     Knob("attention_sink", _ENUM, "none", enum=AttentionSink, doc="a learned sink logit per query head (gpt-oss)"),
     Knob("attention_sink_layers", _ENUM, "all", enum=LayerPlacement, doc="the layers with sinks"),
+    Knob("output_gate", _ENUM, "none", enum=OutputGate, doc="a sigmoid gate on each head's attention output (Qwen3-Next, Gated Attention)"),
+    Knob("output_gate_layers", _ENUM, "all", enum=LayerPlacement, doc="the layers with an output gate"),
     Knob("rope_fraction", _FRACTION, 1.0, doc="the leading fraction of each head's dimensions RoPE rotates"),
+    Knob("rope_type", _ENUM, "neox", enum=RopeType, doc="which dimensions rope_fraction turns: the leading ones (neox) or the fastest pairs of the whole head (proportional, Gemma 4)"),
+    Knob("rope_fraction_layers", _ENUM, "all", enum=LayerPlacement, doc="the RoPE layers rope_fraction and rope_type apply to (the others turn every dimension)"),
+    Knob("local_mixer", _ENUM, "softmax", enum=Mixer, doc="what mixes tokens in the local layers: attention (softmax) or Qwen3-Next's Gated DeltaNet"),
+    Knob("deltanet_heads", _INT, None, nullable=True, doc="Gated DeltaNet query/key heads (null: the model's heads)"),
+    Knob("deltanet_value_heads", _INT, None, nullable=True, doc="Gated DeltaNet value heads, a multiple of deltanet_heads (null: twice them, as Qwen3-Next)"),
+    Knob("deltanet_head_dim", _INT, None, nullable=True, doc="Gated DeltaNet key and value head size (null: the model's head_dim)"),
+    Knob("deltanet_conv_tokens", _INT, 4, doc="Gated DeltaNet causal convolution kernel in tokens (Qwen3-Next: 4)"),
     Knob("rope_scaling", _ENUM, "none", enum=RopeScalingKind, off="none", doc="RoPE frequency scaling (Hugging Face rope_type)"),
     Knob("rope_scaling_factor", _FACTOR, None, nullable=True, doc="the scaling factor (required when rope_scaling is not none)"),
     Knob("rope_scaling_layers", _ENUM, "all", enum=LayerPlacement, doc="the RoPE layers scaled"),
@@ -230,6 +246,17 @@ def check_value(name: str, value: Any, path: str) -> Any:
     if kind == _ENUM:
         if not isinstance(value, str) or value not in knob.values:
             raise ConfigError.at(path, f"expected one of {list(knob.values)}, got {echo(value)}")
+        return value
+    if kind == _LAYOUT:
+        if not isinstance(value, str):
+            raise ConfigError.at(
+                path, f"expected a layout string such as GLLLGLLL or null, got {echo(value)}"
+            )
+        if len(value) > MAX_INT_KNOB:
+            raise ConfigError.at(path, "expected a layout of at most one letter per layer")
+        problem = layout_problem(value)
+        if problem is not None:
+            raise ConfigError.at(path, problem)
         return value
     if kind == _WINDOW:
         if isinstance(value, bool) or not isinstance(value, int):

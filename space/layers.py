@@ -70,6 +70,84 @@ class AttentionSink(StrEnum):
     LEARNED = "learned"
 
 
+class RopeType(StrEnum):
+    """Which dimensions a partial rotary (``rope_fraction`` < 1) turns, and how fast.
+
+    ``NEOX``: the leading ``R = int(D * fraction)`` dimensions turn as a RoPE of ``R``
+    dimensions (pairs ``(i, i + R/2)``, frequencies ``base ** (-2k / R)``); the rest pass
+    through (GPT-NeoX ``rotary_pct``, Qwen3-Next). ``PROPORTIONAL``: the whole head keeps its
+    RoPE pairs ``(i, i + D/2)`` and frequencies ``base ** (-2k / D)``, and only the
+    ``int(D * fraction) // 2`` fastest pairs turn; the slowest get frequency 0 (Hugging
+    Face's ``proportional`` rope type, Gemma 4's global layers).
+    """
+
+    NEOX = "neox"
+    PROPORTIONAL = "proportional"
+
+
+class Mixer(StrEnum):
+    """What mixes tokens in a layer. ``SOFTMAX``: attention, with every positional and window
+    option. ``GATED_DELTANET``: Qwen3-Next's Gated DeltaNet, a recurrent (linear-attention)
+    layer whose state has a constant size (:class:`RecurrentShape`); it takes no position,
+    window, QK-norm, sink or output-gate option."""
+
+    SOFTMAX = "softmax"
+    GATED_DELTANET = "gated_deltanet"
+
+
+@dataclass(frozen=True)
+class RecurrentShape:
+    """The sizes of a Gated DeltaNet layer (Qwen3-Next's ``linear_*`` config fields): query/key
+    heads, value heads (a multiple of them), one head size for keys and values, and the
+    depthwise causal convolution's kernel in tokens."""
+
+    key_heads: int
+    value_heads: int
+    head_dim: int
+    conv_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("key_heads", "value_heads", "head_dim", "conv_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.value_heads % self.key_heads:
+            raise ValueError(
+                f"value heads {self.value_heads} must be a multiple of key heads {self.key_heads}"
+            )
+
+    @property
+    def conv_channels(self) -> int:
+        """Queries, keys and values go through the convolution: ``2 Hk Dk + Hv Dv``."""
+        return (2 * self.key_heads + self.value_heads) * self.head_dim
+
+    def state_elements(self) -> int:
+        """Elements one sequence's decoding state holds, whatever its length: the last
+        ``conv_tokens - 1`` convolution inputs and a ``Dk x Dv`` matrix per value head."""
+        conv = self.conv_channels * (self.conv_tokens - 1)
+        return conv + self.value_heads * self.head_dim * self.head_dim
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "key_heads": self.key_heads,
+            "value_heads": self.value_heads,
+            "head_dim": self.head_dim,
+            "conv_tokens": self.conv_tokens,
+        }
+
+
+class OutputGate(StrEnum):
+    """A sigmoid gate on each head's attention output, computed from the layer's input, before
+    ``o_proj`` (Gated Attention, arXiv 2505.06708; Qwen3-Next's full-attention layers).
+
+    ``HEADWISE``: one gate per head (a scalar for its whole output vector). ``ELEMENTWISE``: one
+    gate per output dimension of each head (Qwen3-Next).
+    """
+
+    NONE = "none"
+    HEADWISE = "headwise"
+    ELEMENTWISE = "elementwise"
+
+
 class RopeScalingKind(StrEnum):
     """RoPE frequency scaling, as Hugging Face's ``rope_type`` (``modeling_rope_utils``).
 
@@ -175,6 +253,10 @@ class LayerSpec:
     attention_sink: AttentionSink = AttentionSink.NONE
     rope_fraction: float = 1.0  # RoPE layers: the leading fraction of head dims rotated
     rope_scaling: RopeScaling | None = None  # RoPE layers only
+    output_gate: OutputGate = OutputGate.NONE  # a sigmoid gate on each head's output
+    rope_type: RopeType = RopeType.NEOX  # RoPE layers: which dims rope_fraction turns
+    mixer: Mixer = Mixer.SOFTMAX
+    recurrent: RecurrentShape | None = None  # exactly for a recurrent mixer
 
     def __post_init__(self) -> None:
         """A spec is valid by construction: what holds for every layer whatever the model's
@@ -195,6 +277,25 @@ class LayerSpec:
             raise ValueError(f"{where}: rope_scaling applies to RoPE layers only")
         if not 0 < self.rope_fraction <= 1:
             raise ValueError(f"{where}: rope_fraction must be in (0, 1], got {self.rope_fraction}")
+        if self.rope_type is not RopeType.NEOX and not rope:
+            raise ValueError(f"{where}: rope_type applies to RoPE layers only")
+        if self.rope_type is RopeType.PROPORTIONAL and self.rope_scaling is not None:
+            raise ValueError(f"{where}: rope_type: proportional takes no rope_scaling")
+        softmax = self.mixer is Mixer.SOFTMAX
+        if softmax != (self.recurrent is None):
+            raise ValueError(f"{where}: recurrent sizes are set exactly for a recurrent mixer")
+        attention_only = {
+            "position: rope": rope,
+            "window_tokens": self.window_tokens is not None,
+            "qk_norm": self.qk_norm is not QKNorm.NONE,
+            "temperature": self.temperature is not None,
+            "attention_sink": self.attention_sink is not AttentionSink.NONE,
+            "output_gate": self.output_gate is not OutputGate.NONE,
+        }
+        if not softmax:
+            for name, present in attention_only.items():
+                if present:
+                    raise ValueError(f"{where}: a {self.mixer.value} layer takes no {name}")
 
     def head_dim_problem(self, head_dim: int) -> str | None:
         """Why this layer cannot run on heads of ``head_dim`` dimensions (None: it can).
@@ -202,6 +303,8 @@ class LayerSpec:
         ``d / (d - 2)`` needs ``d >= 4``)."""
         if self.position is not Position.ROPE:
             return None
+        if self.rope_type is RopeType.PROPORTIONAL:
+            return proportional_problem(self.rope_fraction, head_dim)
         problem = rotary_problem(self.rope_fraction, head_dim)
         if problem is not None:
             return problem
@@ -212,10 +315,13 @@ class LayerSpec:
         return None
 
     def rotary_dims(self, head_dim: int) -> int:
-        """Leading head dimensions that turn: ``int(head_dim * rope_fraction)`` (GPT-NeoX
-        ``rotary_ndims``), 0 on a NoPE layer."""
+        """Head dimensions that turn: ``int(head_dim * rope_fraction)`` (GPT-NeoX
+        ``rotary_ndims``, the leading ones), two per turning pair for ``PROPORTIONAL``; 0 on a
+        NoPE layer."""
         if self.position is Position.NOPE:
             return 0
+        if self.rope_type is RopeType.PROPORTIONAL:
+            return 2 * int(head_dim * self.rope_fraction // 2)
         return int(head_dim * self.rope_fraction)
 
     def to_dict(self) -> dict:
@@ -239,6 +345,13 @@ class LayerSpec:
             out["rope_fraction"] = self.rope_fraction
         if self.rope_scaling is not None:
             out["rope_scaling"] = self.rope_scaling.to_dict()
+        if self.output_gate is not OutputGate.NONE:
+            out["output_gate"] = self.output_gate.value
+        if self.rope_type is not RopeType.NEOX:
+            out["rope_type"] = self.rope_type.value
+        if self.mixer is not Mixer.SOFTMAX:
+            out["mixer"] = self.mixer.value
+            out["recurrent"] = self.recurrent.to_dict()
         return out
 
     @classmethod
@@ -260,15 +373,37 @@ class LayerSpec:
             attention_sink=AttentionSink(d.get("attention_sink", AttentionSink.NONE.value)),
             rope_fraction=float(d.get("rope_fraction", 1.0)),
             rope_scaling=None if scaling is None else RopeScaling.from_dict(scaling),
+            output_gate=OutputGate(d.get("output_gate", OutputGate.NONE.value)),
+            rope_type=RopeType(d.get("rope_type", RopeType.NEOX.value)),
+            mixer=Mixer(d.get("mixer", Mixer.SOFTMAX.value)),
+            recurrent=None if d.get("recurrent") is None else RecurrentShape(**d["recurrent"]),
         )
 
-    def parameter_layout(self) -> tuple[bool, bool]:
-        """What this layer adds to the attention's parameters: (QK-norm weights, sink logits).
+    def parameter_layout(self) -> tuple[bool, bool, str, str]:
+        """What this layer adds to the attention's parameters: (QK-norm weights, sink logits,
+        output gate).
 
         Two specs with the same layout can share one set of weights (a later training stage
         may switch between them); anything else changes parameter shapes.
         """
-        return (self.qk_norm is not QKNorm.NONE, self.attention_sink is AttentionSink.LEARNED)
+        return (
+            self.qk_norm is not QKNorm.NONE,
+            self.attention_sink is AttentionSink.LEARNED,
+            self.output_gate.value,
+            self.mixer.value,
+        )
+
+
+def proportional_problem(fraction: float, head_dim: int) -> str | None:
+    """Why proportional RoPE cannot turn ``fraction`` of a head of ``head_dim`` (None: it can)."""
+    pairs = int(head_dim * fraction // 2)
+    if head_dim % 2 == 0 and pairs >= 1:
+        return None
+    return (
+        f"rope_type: proportional with rope_fraction={fraction:g} turns int({head_dim} x "
+        f"{fraction:g} // 2) = {pairs} pairs of head_dim {head_dim}; it needs an even head_dim "
+        "and >= 1 pair"
+    )
 
 
 def rotary_problem(fraction: float, head_dim: int) -> str | None:
@@ -280,6 +415,40 @@ def rotary_problem(fraction: float, head_dim: int) -> str | None:
         f"rope_fraction={fraction:g} rotates int({head_dim} x {fraction:g}) = {dims} of "
         f"head_dim {head_dim} dimensions; RoPE needs an even number >= 2"
     )
+
+
+GLOBAL_LETTER, LOCAL_LETTER = "G", "L"
+
+
+def layout_problem(layout: str, n_layers: int | None = None) -> str | None:
+    """Why ``layout`` is not a placement of ``n_layers`` layers (None: it is one).
+
+    A layout is one letter per layer, first layer first: ``G`` global, ``L`` local.
+    """
+    letters = set(layout) - {GLOBAL_LETTER, LOCAL_LETTER}
+    if not layout or letters:
+        return f"expected one letter per layer, G (global) or L (local), got {layout!r}"
+    if n_layers is not None and len(layout) != n_layers:
+        return f"layout {layout!r} places {len(layout)} layers; the model has {n_layers}"
+    return None
+
+
+def global_layer_indices(
+    n_layers: int, global_every: int, layout: str | None = None
+) -> tuple[int, ...]:
+    """0-based indices of the global layers.
+
+    ``layout`` (one letter per layer, ``G`` global) when given; else ``k-1, 2k-1, ...`` for
+    ``global_every: k`` (empty for ``k = 0``), the Hugging Face Cohere2 / Llama 4 convention.
+    """
+    if layout is not None:
+        problem = layout_problem(layout, n_layers)
+        if problem is not None:
+            raise ValueError(problem)
+        return tuple(i for i, letter in enumerate(layout) if letter == GLOBAL_LETTER)
+    if global_every == 0:
+        return ()
+    return tuple(range(global_every - 1, n_layers, global_every))
 
 
 def layer_kind(spec: LayerSpec) -> str:

@@ -36,11 +36,19 @@ class Reason(StrEnum):
     PRUNED = "pruned_by_scheduler"
     ERROR = "error"  # the prefix of "error: <Type>: <message>"
     WORKER_DIED = "worker_died"  # its process or node died more often than retries allow
+    # Its machine failed it (a full disk, an I/O error) more often than retries allow.
+    INFRASTRUCTURE = "infrastructure_failure"
+    # Re-run (of a re-run ...) resources.failures.max_rerun_depth times, and not again.
+    RERUN_LIMIT = "rerun_limit"
 
 
 # Reasons of a FAIL trial whose candidate runs again (``ropenope resume``; interrupted ones
 # at once): they do not count toward the study's target.
-RERUN_REASONS = frozenset({Reason.INTERRUPTED, Reason.WORKER_DIED})
+RERUN_REASONS = frozenset({Reason.INTERRUPTED, Reason.WORKER_DIED, Reason.INFRASTRUCTURE})
+
+# Reasons that say the cluster, not the candidate, failed a trial: what the failure budget
+# counts (search.failures).
+INFRASTRUCTURE_REASONS = frozenset({Reason.WORKER_DIED, Reason.INFRASTRUCTURE})
 
 
 OUTCOME_OF_STATUS: dict[RunStatus, Outcome] = {

@@ -48,6 +48,31 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "local_window": 64,
         "local_rope_base": 50000.0,
     },
+    # Qwen3-Next: 3 Gated DeltaNet : 1 gated full-attention layer with partial RoPE (a quarter
+    # of each head, NeoX style, base 1e7) and QK-norm before it.
+    "qwen3_next_like": {
+        "global_every": 4,
+        "global_position": "rope",
+        "global_rope_base": 10000000.0,
+        "local_mixer": "gated_deltanet",
+        "output_gate": "elementwise",
+        "qk_norm": "pre_rope",
+        "rope_fraction": 0.25,
+    },
+    # Gemma 4: 5 sliding-window RoPE layers : 1 global layer with proportional RoPE (a quarter
+    # of the frequencies, base 1e6), QK-norm; the last layer is global when the layer count is
+    # a multiple of 6.
+    "gemma4_like": {
+        "global_every": 6,
+        "global_position": "rope",
+        "local_rope_base": 10000.0,
+        "global_rope_base": 1000000.0,
+        "local_window": 64,
+        "qk_norm": "pre_rope",
+        "rope_fraction": 0.25,
+        "rope_type": "proportional",
+        "rope_fraction_layers": "global",
+    },
 }
 
 BUILTIN_PRESETS: MappingProxyType = MappingProxyType(
@@ -64,4 +89,6 @@ DESCRIPTIONS: dict[str, str] = {
     "llama4_like": "3:1 chunked-attention RoPE : full NoPE with log temperature scaling of NoPE queries (Llama 4).",
     "gptoss_like": "Alternating sliding-window and full-attention RoPE layers, each with learned attention-sink logits (gpt-oss).",
     "cohere2_like": "3 sliding-window RoPE layers (base 50k) to 1 full-attention NoPE layer (Cohere2, Command R7B / A).",
+    "qwen3_next_like": "3 Gated DeltaNet layers to 1 gated full-attention layer with partial RoPE and QK-norm (Qwen3-Next).",
+    "gemma4_like": "5 sliding-window RoPE layers to 1 global layer with proportional RoPE on a quarter of its frequencies, QK-norm (Gemma 4).",
 }

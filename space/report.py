@@ -21,6 +21,9 @@ def layer_row(layer: LayerSpec) -> dict[str, Any]:
         "attention_sink": layer.attention_sink.value,
         "rope_fraction": layer.rope_fraction,
         "rope_scaling": None if layer.rope_scaling is None else layer.rope_scaling.to_dict(),
+        "rope_type": layer.rope_type.value,
+        "output_gate": layer.output_gate.value,
+        "mixer": layer.mixer.value,
     }
 
 
@@ -104,11 +107,15 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
     show_rot = any(x["rope_fraction"] != 1.0 for x in layers)
     show_scaling = any(x["rope_scaling"] is not None for x in layers)
     show_sink = any(x["attention_sink"] != "none" for x in layers)
+    show_gate = any(x["output_gate"] != "none" for x in layers)
+    show_mixer = any(x["mixer"] != "softmax" for x in layers)
     head = f"  {'layer':>5}  {'kind':<6}  {'position':<8}  {'rope_base':>9}  {'window':>9}  "
     head += f"{'qk_norm':<9}"
-    head += f"  {'rot':>4}" if show_rot else ""
+    head += f"  {'rot':>4}  {'rope_type':<12}" if show_rot else ""
     head += f"  {'rope_scaling':<20}" if show_scaling else ""
     head += "  sink   " if show_sink else ""
+    head += f"  {'gate':<11}" if show_gate else ""
+    head += f"  {'mixer':<14}" if show_mixer else ""
     out = [head.rstrip()]
     for layer in layers:
         base = "-" if layer["rope_base"] is None else f"{layer['rope_base']:g}"
@@ -120,11 +127,15 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
             f"{window:>9}  {layer['qk_norm']:<9}"
         )
         if show_rot:
-            row += f"  {layer['rope_fraction']:>4g}"
+            row += f"  {layer['rope_fraction']:>4g}  {layer['rope_type']:<12}"
         if show_scaling:
             row += f"  {_scaling_text(layer['rope_scaling']):<20}"
         if show_sink:
             row += f"  {layer['attention_sink']:<7}"
+        if show_gate:
+            row += f"  {layer['output_gate']:<11}"
+        if show_mixer:
+            row += f"  {layer['mixer']:<14}"
         if layer["temperature"]:
             row += "  +temperature"
         out.append(row.rstrip())

@@ -282,6 +282,16 @@ class TrainSection(_Section):
             return self.steps
         return max(1, self.tokens // (self.batch_size * self.seq_len))
 
+    @property
+    def final_seq_len(self) -> int:
+        """T for scoring: the length the last stage trains at (``seq_len`` without stages).
+
+        Score lengths are multiples of it in every stage's scores (so stages compare at the
+        same absolute lengths), "beyond T" starts past it and the competence gate's
+        ``acc@1x`` reads it: after a context-extension stage, T is the extended length.
+        """
+        return self.stage_plans()[-1].seq_len
+
     def stage_plans(self) -> tuple[StagePlan, ...]:
         """Every stage with its settings resolved; one stage when ``stages`` is not given."""
         if not self.stages:
@@ -395,7 +405,7 @@ class ScoreSection(_Section):
     tasks: tuple[TaskName, ...] | None = None
     # Families averaged into long_acc and long_answer_nll; None = the primary family.
     long_tasks: tuple[TaskName, ...] | None = None
-    lengths: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1, max_length=32)  # x seq_len
+    lengths: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1, max_length=32)  # x T
     depths: tuple[float, ...] = Field(
         default=(0.0, 0.25, 0.5, 0.75, 1.0), min_length=1, max_length=64
     )
@@ -406,8 +416,15 @@ class ScoreSection(_Section):
     kv_dtype_bytes: int = Field(default=2, ge=1, le=16)
     attention_mass: bool = True
     mass_lengths: tuple[int, ...] = Field(default=(1, 4), max_length=32)
-    mass_samples: int = Field(default=8, ge=1, le=MAX_SAMPLES)
+    # Prompts of the attention-mass profile per length (depths spread over [0, 1]).
+    mass_samples: int = Field(default=32, ge=1, le=MAX_SAMPLES)
     seed: int = Field(default=1234, ge=0, le=MAX_SEED)
+    # Which evaluation items a run scores: per_seed draws them from ``seed`` and the run's
+    # own seed, so the spread across seeds (and every interval over it) covers the items as
+    # well as the training; shared scores every run on the items of ``seed`` alone. Always
+    # in the dump (never an _added_field): studies scored before per_seed existed have
+    # another budget key, so dedup never mixes their trials with these.
+    items: Literal["per_seed", "shared"] = "per_seed"
 
     # Score after every stage of train.stages too (keys "stage1/short_bpb", ...), not only
     # after the last one.
@@ -457,6 +474,21 @@ class SchedulerSection(_Section):
     reduction_factor: int = Field(default=2, ge=2, le=1000)
 
 
+class FailuresSection(_Section):
+    """``resources.failures``: when a sweep gives up on a broken cluster, and how often one
+    candidate is re-run (search.failures). An infrastructure failure is a trial that ended
+    ``worker_died`` or ``infrastructure_failure`` (a full disk, an I/O error)."""
+
+    # Stop the sweep once this many trials in a row ended by an infrastructure failure ...
+    max_consecutive: int = Field(default=5, ge=1, le=MAX_TRIALS)
+    # ... or once more than max_rate of the last `window` trials did.
+    window: int = Field(default=20, ge=1, le=MAX_TRIALS)
+    max_rate: float = Field(default=0.5, gt=0, le=1)
+    # A trial this many re-runs deep (a re-run of a re-run ...) is not re-run again: it is
+    # FAIL rerun_limit, and counts toward the target.
+    max_rerun_depth: int = Field(default=5, ge=0, le=1000)
+
+
 class ResourcesSection(_Section):
     cpus_per_trial: float = Field(default=1, gt=0, le=MAX_CPUS)
     gpus_per_trial: float = Field(default=0, ge=0, le=MAX_CPUS)
@@ -478,8 +510,11 @@ class ResourcesSection(_Section):
     # The seeds of one trial train at the same time, one Ray task of cpus_per_trial /
     # gpus_per_trial each (workers.ray_seeds); the trial's request is sized for its seeds.
     parallel_seeds: bool = False
+    failures: FailuresSection = FailuresSection()
 
-    _added_fields = frozenset({"workers_per_trial", "placement", "keep", "parallel_seeds"})
+    _added_fields = frozenset(
+        {"workers_per_trial", "placement", "keep", "parallel_seeds", "failures"}
+    )
 
 
 class TrackingSection(_Section):

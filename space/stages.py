@@ -19,17 +19,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from space.layers import LayerKind, LayerPlacement
+from space.layers import LayerKind, LayerPlacement, global_layer_indices
 
 # Knobs that change parameter shapes whatever else is set: never overridable by a stage.
-SHAPE_KNOBS = ("kv_heads",)
+SHAPE_KNOBS = (
+    "kv_heads",
+    "deltanet_heads",
+    "deltanet_value_heads",
+    "deltanet_head_dim",
+    "deltanet_conv_tokens",
+)
 # Knobs that decide which layers carry QK-norm weights or sink logits.
 LAYOUT_KNOBS = (
     "global_every",
+    "layout",
     "qk_norm",
     "qk_norm_layers",
     "attention_sink",
     "attention_sink_layers",
+    "output_gate",
+    "output_gate_layers",
+    "local_mixer",
 )
 
 
@@ -77,22 +87,36 @@ def eval_steps(stages: Sequence[StagePlan], eval_every: int) -> tuple[int, ...]:
     return tuple(sorted(set(range(eval_every, total + 1, eval_every)) | ends))
 
 
-def parameter_layout(knobs: Mapping[str, Any], n_layers: int) -> tuple[tuple[bool, bool], ...]:
-    """Per layer (QK-norm weights?, sink logits?) from resolved knobs, without building layers.
+def parameter_layout(knobs: Mapping[str, Any], n_layers: int) -> tuple[tuple[bool, bool, str], ...]:
+    """Per layer (QK-norm weights?, sink logits?, output gate) from resolved knobs, without
+    building layers.
 
     The same answer as ``LayerSpec.parameter_layout`` of the expanded layers; cheap enough to
     check every combination a search space allows.
     """
-    every = int(knobs["global_every"] or 0)
-    globals_ = set(range(every - 1, n_layers, every)) if every else set()  # as space.expand
+    globals_ = set(
+        global_layer_indices(n_layers, int(knobs["global_every"] or 0), knobs.get("layout"))
+    )
     qk = knobs["qk_norm"] != "none"
     qk_where = LayerPlacement(knobs["qk_norm_layers"])
     sink = knobs["attention_sink"] != "none"
     sink_where = LayerPlacement(knobs["attention_sink_layers"])
+    gate = knobs.get("output_gate", "none")
+    gate_where = LayerPlacement(knobs.get("output_gate_layers", "all"))
+    local_mixer = knobs.get("local_mixer", "softmax")
     out = []
     for i in range(n_layers):
         kind = LayerKind.GLOBAL if i in globals_ else LayerKind.LOCAL
-        out.append((qk and qk_where.covers(kind), sink and sink_where.covers(kind)))
+        mixer = local_mixer if kind is LayerKind.LOCAL else "softmax"
+        softmax = mixer == "softmax"
+        out.append(
+            (
+                softmax and qk and qk_where.covers(kind),
+                softmax and sink and sink_where.covers(kind),
+                gate if softmax and gate_where.covers(kind) else "none",
+                mixer,
+            )
+        )
     return tuple(out)
 
 
@@ -125,6 +149,9 @@ def describe_layout_change(
             if old[slot] != new[slot]:
                 verb = "gain" if new[slot] else "lose"
                 changes.setdefault(f"would {verb} {what}", []).append(i)
+        for slot, what in ((2, "output gate"), (3, "mixer")):
+            if old[slot] != new[slot]:
+                changes.setdefault(f"would change {what} {old[slot]} -> {new[slot]}", []).append(i)
     return "; ".join(
         f"layer{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))} {what}"
         for what, idx in changes.items()

@@ -311,11 +311,11 @@ def _check_score_params(config: SweepConfig, problems: list) -> None:
             problems.append((f"score.task_params.{task}", str(err)))
             continue
         need = min_length(task, **params)
-        if config.data.tokenizer.kind == "bytes" and need > t.seq_len:
+        if config.data.tokenizer.kind == "bytes" and need > t.final_seq_len:
             problems.append(
                 (
                     f"score.task_params.{task}",
-                    f"needs at least {need} tokens; scoring at 1x holds seq_len={t.seq_len}",
+                    f"needs at least {need} tokens; scoring at 1x holds {t.final_seq_len}",
                 )
             )
     c = s.calibrate

@@ -8,7 +8,8 @@ never a skip) renders a page three ways:
 - :func:`screenshot`: the pixels (``--screenshot --window-size``), as an RGB array;
 - :func:`open_page`: a live page over the DevTools protocol on a pipe (no port, no
   websocket library): evaluate an expression in it (has an image decoded, where is it
-  laid out), move the mouse, and the list of every request the page made.
+  laid out), move the mouse, the list of every request the page made and every error
+  its console showed.
 
 ``offline=True`` cuts the browser off the network: every connection goes to a proxy on a
 closed port and every host name fails to resolve (``127.0.0.1`` is kept reachable when
@@ -227,6 +228,9 @@ class Page:
         self._next_id = 0
         self._session: str | None = None
         self.requests: list[str] = []  # every URL the page asked for, in order
+        # what the browser's console shows as an error: uncaught exceptions,
+        # console.error calls, failed loads (Runtime and Log are enabled before the page)
+        self.console_errors: list[str] = []
 
     def _read_message(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
@@ -239,8 +243,21 @@ class Page:
             self._buffer += chunk
         raw, self._buffer = self._buffer.split(b"\0", 1)
         message = json.loads(raw)
-        if message.get("method") == "Network.requestWillBeSent":
-            self.requests.append(message["params"]["request"]["url"])
+        method, params = message.get("method"), message.get("params", {})
+        if method == "Network.requestWillBeSent":
+            self.requests.append(params["request"]["url"])
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            self.console_errors.append(
+                details.get("exception", {}).get("description") or details.get("text", "")
+            )
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            self.console_errors.append(
+                " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+            )
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            entry = params["entry"]
+            self.console_errors.append(f"{entry.get('text', '')} {entry.get('url', '')}")
         return message
 
     def send(self, method: str, params: dict | None = None) -> dict:
@@ -335,6 +352,8 @@ def open_page(
         )
         page._session = attached["sessionId"]
         page.send("Network.enable")
+        page.send("Runtime.enable")
+        page.send("Log.enable")
         page.goto(url)
         yield page
     finally:

@@ -394,10 +394,10 @@ def pid_reporting_runner(config: Any, candidate: Any, *, pid_file: str, **kwargs
     return run_candidate(config, candidate, on_eval=on_eval, **kwargs)
 
 
-def sigkill_when_written(pid_file: Path, wait_s: float) -> Any:
+def sigkill_when_written(pid_file: Path, wait_s: float, pid_of: Any = None) -> Any:
     """A started daemon thread that waits (at most ``wait_s``) for ``pid_file``, which
-    :func:`pid_reporting_runner` writes at its first evaluation, and SIGKILLs that process;
-    ``join`` it after the sweep."""
+    :func:`pid_reporting_runner` writes at its first evaluation, and SIGKILLs that process
+    (or the one ``pid_of()`` names then); ``join`` it after the sweep."""
     import contextlib
     import threading
 
@@ -407,11 +407,69 @@ def sigkill_when_written(pid_file: Path, wait_s: float) -> Any:
             time.sleep(0.2)
         time.sleep(0.5)
         with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            os.kill(int(pid_file.read_text()) if pid_of is None else pid_of(), signal.SIGKILL)
 
     killer = threading.Thread(target=kill, daemon=True)
     killer.start()
     return killer
+
+
+def launcher_pid() -> int:
+    """The process id of the one live Tune function trainable (the launcher of a trial of
+    several workers), from the GCS actor table (Ray's state API needs the dashboard)."""
+    from ray._private.state import actors
+
+    (pid,) = [
+        info["Pid"]
+        for info in actors(actor_state_name="ALIVE").values()
+        if info["ActorClassName"] == "ImplicitFunc"
+    ]
+    return int(pid)
+
+
+def refusing_reuse(trainable: Any) -> Any:
+    """``trainable`` (a Tune function trainable) as a Tune class whose process is never
+    reused for a next trial: its ``reset_config`` refuses, as Tune's own does when a
+    finished trial's thread outlives Tune's wait."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class RefusesReuse(wrap_function(trainable)):
+        def reset_config(self, new_config: dict) -> bool:
+            return False
+
+    return RefusesReuse
+
+
+def dying_runner(config: Any, candidate: Any, **kwargs: Any) -> Any:
+    """A trial whose process is SIGKILLed as it starts (a broken node: the OOM killer, a
+    bad driver), every time."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # the signal lands first
+
+
+def disk_full_runner(config: Any, candidate: Any, *, marker: str, **kwargs: Any) -> Any:
+    """run_candidate; on its first attempt (no ``marker`` yet) the second checkpoint write
+    fails with ENOSPC, as on a full disk, and writes ``marker``."""
+    import errno
+    from unittest import mock
+
+    from workers import checkpoint
+    from workers.candidate import run_candidate
+
+    if Path(marker).exists():
+        return run_candidate(config, candidate, **kwargs)
+    real = checkpoint.save
+    calls: list[Path] = []
+
+    def save(path: Path, state: dict) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            Path(marker).write_text(str(path))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, state)
+
+    with mock.patch.object(checkpoint, "save", save):
+        return run_candidate(config, candidate, **kwargs)
 
 
 class SilentServer:

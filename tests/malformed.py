@@ -471,6 +471,40 @@ def _cases() -> list[Case]:
     )
     add("preset_name_list", _with("presets", [{"name": ["a"]}]), "presets[0].name")
     add("preset_knobs_list", _with("presets", [{"name": "x", "knobs": [1]}]), "presets[0].knobs")
+    # -- explicit placement, output gate, proportional RoPE -----------------------------
+    add("layout_wrong_length", _with("space.layout", "GLL"), "space.layout")
+    add(
+        "layout_bad_letter",
+        _with("space.layout", {"choice": ["GLLL", "GXLL"]}),
+        "space.layout.choice[1]",
+    )
+    add("layout_number", _with("space.layout", 1010), "space.layout")
+    add("layout_list", _with("space.layout", ["G", "L"]), "space.layout")
+    add("output_gate_unknown", _with("space.output_gate", "sigmoid"), "space.output_gate")
+    add(
+        "output_gate_layers_unknown",
+        _with("space.output_gate_layers", "odd"),
+        "space.output_gate_layers",
+    )
+    add("rope_type_unknown", _with("space.rope_type", "gptj"), "space.rope_type")
+    add(
+        "rope_fraction_layers_unknown",
+        _with("space.rope_fraction_layers", "first"),
+        "space.rope_fraction_layers",
+    )
+    add("local_mixer_unknown", _with("space.local_mixer", "mamba"), "space.local_mixer")
+    recurrent = copy.deepcopy(VALID)
+    recurrent["space"]["local_mixer"] = "gated_deltanet"
+    add("window_on_recurrent_layers", _dump(recurrent), "space.local_window")
+    recurrent["space"]["local_window"] = None
+    recurrent["space"]["local_rope_base"] = 50000.0
+    add("rope_base_on_recurrent_layers", _dump(recurrent), "space.local_rope_base")
+    add("deltanet_heads_zero", _with("space.deltanet_heads", 0), "space.deltanet_heads")
+    add(
+        "deltanet_conv_tokens_float",
+        _with("space.deltanet_conv_tokens", 2.5),
+        "space.deltanet_conv_tokens",
+    )
     grid = copy.deepcopy(VALID)
     grid["study"]["sampler"] = "grid"
     grid["space"]["local_window"] = {"int": [1, 10**9]}

@@ -383,8 +383,8 @@ def test_adaptive_sweep_killed_between_rounds_resumes_the_same_plan(tmp_path, ru
 
 def test_paper_adaptive_is_the_paper_sweep_with_adaptive_seeds():
     """configs/paper_adaptive.yaml (the README's benchmark) changes only the study name
-    and the seeds: min 3 for the paper's four variants and rnope (the division of labour),
-    one for the five other ablations."""
+    and the seeds: min 3 for the paper's four variants, rnope (the division of labour) and
+    the base and ratio candidates, one for the five other ablations."""
     fixed = load_config(REPO / "configs" / "paper.yaml")
     adaptive = load_config(REPO / "configs" / "paper_adaptive.yaml")
     for section in ("model", "train", "data", "score", "resources", "space", "presets"):
@@ -398,6 +398,7 @@ def test_paper_adaptive_is_the_paper_sweep_with_adaptive_seeds():
         for name in adaptive.presets
     }
     compared = {"rope", "qknorm", "nope", "rnope_swa", "rnope"}  # rnope: division of labour
+    compared |= {"rnope_base1e5", "rnope_base1e6", "rnope_swa_1to1"}  # base and ratio claims
     assert {n: s for n, s in seeds.items() if s == (0, 1, 2)}.keys() == compared
     assert all(s == (0,) for n, s in seeds.items() if n not in compared)
     assert adaptive.study.max_repeats == 5

@@ -4,7 +4,9 @@
 - a trial's worker process SIGKILLed mid-training: it continues from its checkpoint;
 - an MLflow "server" that accepts connections and never answers: the sweep does not wait
   for it, and `ropenope sync` completes the runs once a real server is up;
-- PostgreSQL restarted mid-sweep: the sweep waits it out and completes.
+- PostgreSQL restarted mid-sweep: the sweep waits it out and completes;
+- a full disk (ENOSPC) at a checkpoint write: the trial restarts from its checkpoint;
+- a cluster that kills every trial: the failure budget stops the sweep with one line.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from engines import (
     REPO,
     MlflowServer,
     SilentServer,
+    disk_full_runner,
+    dying_runner,
     pid_reporting_runner,
     sigkill_when_written,
     tiny_config_file,
@@ -40,6 +44,8 @@ from search.cli import main as cli_main
 from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_MLFLOW_RUN_ID,
+    ATTR_REASON,
+    ATTR_RESTART_REASON,
     ATTR_RESUMED_FROM_STEP,
     ATTR_REUSED_FROM,
     ATTR_TRACKING_ERROR,
@@ -48,6 +54,7 @@ from space.names import (
     TAG_OPTUNA_TRIAL,
     TAG_RUN_KIND,
 )
+from space.outcomes import Reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -211,6 +218,54 @@ def test_faults_worker_killed_mid_training_continues_from_its_checkpoint(
     (trial,) = optuna.load_study(study_name="workerkill", storage=url).get_trials()
     assert trial.user_attrs[ATTR_WORKER_RESTARTS] == 1
     assert trial.user_attrs[ATTR_RESUMED_FROM_STEP] >= 10  # not from step 0
+
+
+def test_faults_full_disk_at_a_checkpoint_write_reruns_the_trial(tmp_path, runs_home, ray_local):
+    # A full disk is not the candidate's failure: the trial restarts from its newest
+    # checkpoint, never FAIL with an error reason.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "diskfull", "trials": 1},
+        presets=["rope"],
+        train={"steps": 40, "eval_every": 10, "checkpoint_every": 10},
+        resources={"max_concurrent": 1, "max_retries": 2},
+    )
+    marker = tmp_path / "disk.full"
+    runner = functools.partial(disk_full_runner, marker=str(marker))
+    summary = driver.submit(path, storage=url, address=ray_local, runner=runner, progress=False)
+    assert marker.exists()  # the second checkpoint write failed with ENOSPC
+    assert summary.counts["COMPLETE"] == 1 and summary.counts["FAIL"] == 0, summary.counts
+    (trial,) = optuna.load_study(study_name="diskfull", storage=url).get_trials()
+    assert trial.user_attrs[ATTR_WORKER_RESTARTS] == 1
+    assert "ENOSPC" in trial.user_attrs[ATTR_RESTART_REASON]
+    assert trial.user_attrs[ATTR_RESUMED_FROM_STEP] >= 10  # from its checkpoint
+
+
+def test_faults_consecutive_worker_deaths_stop_the_sweep_with_one_line(
+    tmp_path, runs_home, ray_local, monkeypatch, capsys
+):
+    # Every trial's process is killed as it starts: worker deaths do not count toward the
+    # target, so without a budget the sweep would start new trials for ever.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "broken", "trials": 6},
+        space=SPACE,
+        resources={"max_concurrent": 1, "max_retries": 0, "failures": {"max_consecutive": 2}},
+    )
+    monkeypatch.setattr(driver, "submit", functools.partial(driver.submit, runner=dying_runner))
+    code = cli_main(["submit", str(path), "--storage", url, "--address", ray_local, "--quiet"])
+    out, err = capsys.readouterr()
+    said = [line for line in (out + err).splitlines() if "sweep stopped" in line]
+    assert code == 3, (out, err)
+    assert len(said) == 1, said
+    assert "2 trials in a row ended by an infrastructure failure" in said[0]
+    assert "`ropenope resume broken`" in said[0]
+    trials = optuna.load_study(study_name="broken", storage=url).get_trials()
+    assert [(t.state, t.user_attrs[ATTR_REASON]) for t in trials] == [
+        (TrialState.FAIL, Reason.WORKER_DIED)
+    ] * 2
 
 
 def _tiny_sweep(tmp_path: Path, name: str, tracking: dict) -> Path:

@@ -48,7 +48,9 @@ SHAPE = ModelShape(
 )
 TRAIN_LEN = 32  # the temperature floor of llama4_like (its default: the training length)
 
-# Which class each shipped preset exports to (None: no stock class; --remote-code).
+# Which class each shipped preset exports to (None: no stock class; --remote-code; REFUSED: a
+# knob no exporter implements, refused by name even with --remote-code).
+REFUSED = "refused"
 EXPECTED = {
     "rope": LLAMA,
     "qknorm": QWEN3,
@@ -59,6 +61,8 @@ EXPECTED = {
     "llama4_like": None,  # chunked local attention, NoPE query temperature
     "gptoss_like": None,  # learned attention sinks
     "cohere2_like": SMOLLM3,
+    "qwen3_next_like": REFUSED,  # Gated DeltaNet and output gates: no exporter yet
+    "gemma4_like": REFUSED,  # proportional RoPE: no exporter yet
 }
 
 
@@ -151,7 +155,7 @@ def test_hf_export_expected_names_every_shipped_preset():
     assert set(EXPECTED) == set(BUILTIN_PRESETS)
 
 
-@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is not None])
+@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls not in (None, REFUSED)])
 def test_hf_export_stock_preset_loads_without_remote_code_and_matches(name, tmp_path):
     candidate = preset(name)
     result, model = export(candidate, tmp_path)
@@ -166,6 +170,16 @@ def test_hf_export_stock_preset_loads_without_remote_code_and_matches(name, tmp_
         "sliding_attention" if s.window_tokens else "full_attention" for s in candidate.layers
     ]
     assert_same_model(result, model, candidate, remote=False)
+
+
+@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is REFUSED])
+def test_hf_export_preset_with_an_unexported_knob_is_refused_naming_it(name, tmp_path):
+    candidate = preset(name)
+    for remote_code in (False, True):
+        with pytest.raises(NotExpressible, match="not implemented by export") as err:
+            export(candidate, tmp_path, remote_code=remote_code)
+        assert not err.value.remote_code_possible
+    assert not (tmp_path / "model").exists()
 
 
 @pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is None])

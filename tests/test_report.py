@@ -22,7 +22,7 @@ from tracking.report import build_report, judge
 
 REPO = Path(__file__).resolve().parent.parent
 
-N_HYPOTHESES = 10  # configs/hypotheses/paper.yaml
+N_HYPOTHESES = 16  # configs/hypotheses/paper.yaml
 
 
 # -- the report ------------------------------------------------------------------------
@@ -74,8 +74,12 @@ def test_report_renders_every_section(tmp_path):
     # Each finding: its verdict, its interval and the rule that decided; the runs the
     # competence gate left out, named.
     assert (
-        "<span class=\"badge supported\">supported</span> <span class='holm'>Holm across 10: "
-        "supported</span> <code>hybrid_beats_rope_long</code>" in page
+        "<span class=\"badge supported\">supported</span> <span class='holm'>Holm across 16: "
+        "undecided</span> <code>hybrid_beats_rope_long</code>" in page
+    )  # p = 0.0046: under 0.05 / 10 (the family before issue 20's six added claims), not / 16
+    assert (
+        "<span class=\"badge supported\">supported</span> <span class='holm'>Holm across 16: "
+        "supported</span> <code>hybrid_less_kv</code>" in page
     )
     assert (
         "Rule: a - b &gt; 0 (Welch), invalid unless each side has acc@1x &gt;= 0.9 on at "
@@ -95,7 +99,7 @@ def test_report_renders_every_section(tmp_path):
         "## Rank stability across seeds",
     ):
         assert heading in md, heading
-    assert "- **SUPPORTED** (Holm across 10: supported) — `hybrid_beats_rope_long`" in md
+    assert "- **SUPPORTED** (Holm across 16: undecided) — `hybrid_beats_rope_long`" in md
     assert "![NIAH heatmaps](niah_heatmaps.png)" in md
     summary = json.loads(paths["summary.json"].read_text())
     assert len(summary["findings"]) == N_HYPOTHESES
@@ -255,8 +259,8 @@ def test_report_of_an_adaptive_study_shows_where_each_hypothesis_stands(tmp_path
     assert (hybrid["state"], hybrid["verdict"], hybrid["look"]) == ("decided", "supported", 1)
     finding = next(f for f in summary["findings"] if f["key"] == "hybrid_beats_rope_long")
     assert "0.05 split over 3 looks" in finding["rule"]
-    # ... but not across the family: Holm over the 10 hypotheses leaves it undecided.
-    assert finding["holm"]["verdict"] == "undecided" and finding["holm"]["family"] == 10
+    # ... but not across the family: Holm over the 16 hypotheses leaves it undecided.
+    assert finding["holm"]["verdict"] == "undecided" and finding["holm"]["family"] == 16
     assert "family-wise error rate" in finding["holm"]["controls"]
     # Tied sides get no more seeds (futility); an open one asks for both candidates.
     assert states["qknorm_hurts_retrieval"]["state"] == "futile"

@@ -641,3 +641,23 @@ def test_a_trial_reports_its_loss_by_position_past_T(tmp_path):
     buckets = {k: v for k, v in result.scores.items() if k.startswith("bucket_bpb@")}
     assert sorted(buckets) == ["bucket_bpb@1x", "bucket_bpb@2x", "bucket_bpb@4x"]
     assert all(0 < v < 12 for v in buckets.values())
+
+
+def test_items_seed_draws_each_run_seeds_own_items_unless_shared():
+    """score.items per_seed (the default): each run seed scores its own evaluation items,
+    so the spread over seeds covers the items too; shared: every run scores score.seed's."""
+    from space.schema import parse_config
+    from workers.candidate import items_seed
+
+    raw = {
+        "study": {"name": "items"},
+        "model": {"layers": 2, "d_model": 32, "heads": 2, "mlp_hidden": 64},
+        "train": {"seq_len": 64, "batch_size": 4, "steps": 1},
+    }
+    config = parse_config(raw)
+    assert config.score.items == "per_seed" and config.score.mass_samples >= 32
+    drawn = {items_seed(config, seed) for seed in range(8)}
+    assert len(drawn) == 8 and config.score.seed not in drawn
+    assert items_seed(config, 3) == items_seed(config, 3)  # reproducible
+    shared = parse_config({**raw, "score": {"items": "shared"}})
+    assert {items_seed(shared, seed) for seed in range(8)} == {shared.score.seed}

@@ -78,6 +78,8 @@ def test_expand_every_preset_exact_layout():
         "llama4_like": {3, 7, 11},
         "gptoss_like": {1, 3, 5, 7, 9, 11},
         "cohere2_like": {3, 7, 11},
+        "qwen3_next_like": {3, 7, 11},
+        "gemma4_like": {5, 11},
     }
     assert set(expected_globals) == set(BUILTIN_PRESETS)
     for name, globals_ in expected_globals.items():
@@ -502,8 +504,9 @@ def test_config_files_without_the_new_keys_dump_as_before():
     }
     assert set(config.score.model_dump(mode="json")) == {
         "task", "lengths", "depths", "samples", "extrap", "val_windows", "kv_context_tokens",
-        "kv_dtype_bytes", "attention_mass", "mass_lengths", "mass_samples", "seed",
+        "kv_dtype_bytes", "attention_mass", "mass_lengths", "mass_samples", "seed", "items",
     }  # fmt: skip
+    # score.items always dumps, on purpose: per-seed items are another scoring, another key.
     assert config.base_shape().vocab_size == 264
     assert config.preset_candidate("rnope_swa").id == "d7c6bb7238bd"  # unchanged since v1
     bpe = parse_config(_config(data={"tokenizer": {"bpe": {"vocab_size": 512}}}))

@@ -16,7 +16,7 @@ import pytest
 from engines import tiny_config_file
 from optuna.trial import TrialState
 
-from search.drivers import DriverRegistry, SqliteLock
+from search.drivers import DriverRegistry, SqliteLock, database_now
 from search.errors import StudyLocked, StudyMismatch
 from search.optuna_adapter import storage_trial_id
 from search.presets import fixed_params
@@ -357,12 +357,11 @@ def test_study_registry_says_who_is_alive(tmp_path):
     me.register()
     host = HOST
     assert me.alive("me", None)
-    assert me.alive(
-        "x", {"host": "elsewhere", "pid": 1, "heartbeat": time.time(), "state": "running"}
-    )
-    assert not me.alive(
-        "x", {"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 60, "state": "running"}
-    )
+    # ages on the database's clock (an in-memory study's is this process's): fresh, then 60 s old
+    now = database_now(study)
+    fresh = {"host": "elsewhere", "pid": 1, "heartbeat": 0.0, "db_heartbeat": now}
+    assert me.alive("x", {**fresh, "state": "running"})
+    assert not me.alive("x", {**fresh, "db_heartbeat": now - 60, "state": "running"})
     assert not me.alive(
         "x", {"host": host, "pid": os.getpid(), "heartbeat": time.time(), "state": "ended"}
     )

@@ -21,13 +21,17 @@ import pytest
 from engines import REPO, failing_runner, handicap_runner, tiny_config_file
 from optuna.trial import TrialState
 
-from search import driver
+from search import driver, ray_runtime
 from search.cli import main as cli_main
+from search.failures import FailureBudget, close_capped, infrastructure_text, rerun_depth
+from search.trials import requeue_worker_deaths
 from space import load_config
 from space.errors import ConfigError
 from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
+    ATTR_KNOBS,
+    ATTR_PRESET,
     ATTR_RAY_TRIAL_DIR,
     ATTR_RAY_TRIAL_ID,
     ATTR_REASON,
@@ -40,6 +44,7 @@ from space.names import (
     KV_CACHE_BYTES,
 )
 from space.outcomes import Reason
+from space.sections import FailuresSection
 from workers import serving_cost
 from workers.layout import finished_seed, restore_into, snapshot
 from workers.results import CandidateResult
@@ -121,6 +126,94 @@ def test_schema_rejects_what_a_sweep_cannot_report(tmp_path):
     with pytest.raises(ConfigError, match="long_acc needs"):
         load_config(tiny_config_file(tmp_path / "b.yaml", score={"lengths": [1]}))
     load_config(tiny_config_file(tmp_path / "c.yaml"))
+
+
+def test_schema_failure_budget_is_checked_with_its_key_path(tmp_path):
+    config = load_config(
+        tiny_config_file(
+            tmp_path / "a.yaml",
+            resources={"failures": {"max_consecutive": 2, "window": 8, "max_rate": 0.25}},
+        )
+    )
+    assert config.resources.failures.max_consecutive == 2
+    assert config.resources.failures.max_rerun_depth == 5  # the default
+    bad = {
+        "max_consecutive": 0,
+        "max_rate": 1.5,
+        "max_rerun_depth": -1,
+        "window": "ten",
+        "windows": 3,
+    }
+    for key, value in bad.items():
+        with pytest.raises(ConfigError, match=rf"resources\.failures\.{key}"):
+            load_config(
+                tiny_config_file(tmp_path / f"{key}.yaml", resources={"failures": {key: value}})
+            )
+
+
+def test_sweep_failure_budget_stops_after_k_in_a_row_or_too_many_in_its_window():
+    in_a_row = FailureBudget(FailuresSection(max_consecutive=2), "s")
+    assert in_a_row.record(0, Reason.WORKER_DIED) is None
+    assert in_a_row.record(1, None) is None  # a COMPLETE trial ends the run of failures
+    assert in_a_row.record(2, "error: ValueError: x") is None  # the candidate's: not counted
+    assert in_a_row.record(3, Reason.INFRASTRUCTURE) is None
+    line = in_a_row.record(4, Reason.WORKER_DIED)
+    assert line is not None and line.startswith("sweep stopped: 2 trials in a row")
+    assert "#4: worker_died" in line and "`ropenope resume s`" in line
+    assert in_a_row.record(5, Reason.WORKER_DIED) is None  # said once
+
+    rate = FailureBudget(FailuresSection(max_consecutive=5, window=4, max_rate=0.5), "s")
+    ends = [Reason.WORKER_DIED, None, Reason.WORKER_DIED, None]
+    assert [rate.record(n, r) for n, r in enumerate(ends)] == [None] * 4  # 2 of 4: not over
+    assert rate.record(4, Reason.INFRASTRUCTURE) is None  # still 2 of the last 4
+    line = rate.record(5, Reason.WORKER_DIED)  # 3 of the last 4
+    assert line is not None and "3 of the last 4 trials" in line
+
+
+def test_sweep_rerun_depth_follows_rerun_links_and_infrastructure_texts_are_known():
+    study = optuna.create_study()
+    for origin in (None, 0, 1, 7):
+        attrs = {} if origin is None else {ATTR_RERUN_OF: origin}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=attrs))
+    trials = study.get_trials()
+    by_number = {t.number: t for t in trials}
+    assert [rerun_depth(t, by_number) for t in trials] == [0, 1, 2, 1]  # #7 is not here
+    assert infrastructure_text("workers.ray_trainable.InfrastructureFailure: ENOSPC while")
+    assert infrastructure_text("OSError: [Errno 28] No space left on device: '/x'")
+    assert infrastructure_text("OSError: [Errno 5] Input/output error")
+    assert not infrastructure_text("RuntimeError: injected failure")
+    assert not infrastructure_text(None)
+
+
+def test_sweep_trial_as_many_reruns_deep_as_allowed_is_not_rerun_again():
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # 0
+    study.add_trial(
+        optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={ATTR_RERUN_OF: 0})
+    )  # 1
+    for origin in (1, 0):  # 2: two re-runs deep; 3: one
+        study.enqueue_trial({}, user_attrs={ATTR_RERUN_OF: origin})
+        study.ask()
+    closed = close_capped(
+        study, study._storage, lambda t: True, FailuresSection(max_rerun_depth=2), "gone"
+    )
+    assert closed == [2]
+    capped, other = study.get_trials()[2:]
+    assert capped.state == TrialState.FAIL
+    assert capped.user_attrs[ATTR_REASON] == Reason.RERUN_LIMIT
+    assert capped.user_attrs[ATTR_REASON_DETAIL].startswith("not re-run again after 2 re-run(s)")
+    assert other.state == TrialState.RUNNING  # one re-run deep: re-queued as usual
+
+
+def test_sweep_resume_reruns_infrastructure_failures_but_not_the_candidates_own():
+    study = optuna.create_study()
+    for reason in (Reason.INFRASTRUCTURE, Reason.WORKER_DIED, "error: ValueError: x"):
+        attrs = {ATTR_REASON: reason, ATTR_KNOBS: {"global_every": 1}}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=attrs))
+    assert [n for n, _ in requeue_worker_deaths(study)] == [0, 1]
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs[ATTR_RERUN_OF] for t in queued] == [0, 1]
+    assert requeue_worker_deaths(study) == []  # each once
 
 
 # -- real sweeps -----------------------------------------------------------------------
@@ -414,3 +507,100 @@ def test_sweep_two_drivers_share_a_postgres_study(tmp_path, runs_home, ray_local
     trained = [t for t in trials if ATTR_REUSED_FROM not in t.user_attrs]
     ids = [t.user_attrs[ATTR_CANDIDATE_ID] for t in trained]
     assert len(ids) == len(set(ids))  # no candidate trained twice
+
+
+@pytest.mark.timeout(200)  # a hang fails, never hangs
+def test_sweep_completes_every_trial_when_tune_cannot_reuse_a_process(
+    tmp_path, runs_home, ray_local, monkeypatch
+):
+    # Tune gives a trial up without a word to the searcher when the process it meant to
+    # reuse refuses (reset_config False): with one trial at a time the sweep used to wait
+    # for ever on a searcher whose live set stayed full.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "noreuse", "trials": 3},
+        space=SPACE,
+        presets=["rope", "nope"],
+        resources={"cpus_per_trial": 1, "max_concurrent": 1},
+    )
+    build = ray_runtime.make_trainable
+    monkeypatch.setattr(
+        ray_runtime, "make_trainable", lambda *a, **k: engines.refusing_reuse(build(*a, **k))
+    )
+    summary = driver.submit(path, storage=url, address=ray_local, progress=False)
+    assert summary.counts["COMPLETE"] == 3, summary.counts
+    trials = _trials(optuna.load_study(study_name="noreuse", storage=url))
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
+    dropped = [t for t in trials if t.state == TrialState.FAIL]
+    assert dropped, "Tune never refused a process: the test did not test anything"
+    for t in dropped:
+        assert t.user_attrs[ATTR_REASON] == Reason.INTERRUPTED
+        assert "Ray Tune ended it without a result" in t.user_attrs[ATTR_REASON_DETAIL]
+        (rerun,) = [r for r in trials if r.user_attrs.get(ATTR_RERUN_OF) == t.number]
+        assert rerun.state == TrialState.COMPLETE
+        assert rerun.user_attrs[ATTR_CANDIDATE_ID] == t.user_attrs[ATTR_CANDIDATE_ID]
+
+
+def test_sweep_resumed_after_a_kill_trains_the_candidates_the_whole_sweep_would(
+    tmp_path, runs_home, ray_local
+):
+    # Four presets, three trials: the fourth preset stays queued, as it does in the
+    # uninterrupted sweep. The re-run of the trial the kill interrupted must run before
+    # it, not after the study is full.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    swa = {"global_every": 2, "global_position": "nope", "local_window": 16}
+
+    def sweep_file(name: str) -> Path:
+        return tiny_config_file(
+            tmp_path / f"{name}.yaml",
+            study={"name": name, "trials": 3},
+            space=SPACE,
+            presets=["rope", "qknorm", "nope", {"name": "swa", "knobs": swa}],
+            train={"steps": 30, "eval_every": 10, "checkpoint_every": 10},
+            resources={"cpus_per_trial": 1, "max_concurrent": 1},
+        )
+
+    whole = driver.submit(sweep_file("whole"), storage=url, address=ray_local, progress=False)
+    assert whole.counts["COMPLETE"] == 3, whole.counts
+
+    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "submit", str(sweep_file("killed")), "--storage", url]
+        + ["--address", ray_local, "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+
+        def first_done_next_running():
+            try:
+                trials = optuna.load_study(study_name="killed", storage=url).get_trials()
+            except KeyError:
+                return False
+            states = {t.number: t.state for t in trials}
+            return states.get(0) == TrialState.COMPLETE and TrialState.RUNNING in states.values()
+
+        _wait_for(first_done_next_running, 180, "trial 0 to complete and the next to start")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    resumed = driver.resume("killed", storage=url, address=ray_local, progress=False)
+    assert resumed.reconciled, "the kill left no trial running: nothing was tested"
+
+    def outcome(name: str) -> tuple[set, list]:
+        trials = _trials(optuna.load_study(study_name=name, storage=url))
+        done = {t.user_attrs[ATTR_CANDIDATE_ID] for t in trials if t.state == TrialState.COMPLETE}
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        assert not [t.number for t in waiting if ATTR_RERUN_OF in t.user_attrs]
+        return done, [t.user_attrs.get(ATTR_PRESET) for t in waiting]
+
+    assert outcome("killed") == outcome("whole")
+    assert outcome("whole")[1] == ["swa"]  # the one trial past the target, in both

@@ -286,6 +286,53 @@ def _run_staged(config, out_dir, crash_at=None):
     )
 
 
+def test_stage_study_scored_and_gated_at_the_final_stage_length(monkeypatch):
+    """Beyond T starts past the length the model was last trained at (48, not the first
+    stage's 32), and acc@1x, which the competence gate reads, is taken at 48."""
+    from types import SimpleNamespace
+
+    from space.names import ACC_AT_T, LONG_ACC, SHORT_BPB, extrap_bpb
+    from space.schema import parse_config
+    from workers import candidate, scores
+
+    config = parse_config(TWO_STAGE)
+    assert config.train.seq_len == 32 and config.train.final_seq_len == 48
+
+    def grid(model, val, *, task, lengths, depths, **_):  # every cell: length / 100
+        cells = tuple(tuple(n / 100 for _ in depths) for n in lengths)
+        return scores.NiahResult(
+            lengths=tuple(lengths),
+            depths=tuple(depths),
+            acc=cells,
+            task=task,
+            answer_nll=cells,
+            token_acc=cells,
+        )
+
+    bpb_lengths = []
+
+    def bpb(model, val, length, **_):
+        bpb_lengths.append(length)
+        return float(length)
+
+    def by_position(model, val, length, train_len, **_):
+        return {2: float(length + train_len)}
+
+    monkeypatch.setattr(scores, "niah_grid", grid)
+    monkeypatch.setattr(scores, "bits_per_byte", bpb)
+    monkeypatch.setattr(scores, "bits_per_byte_by_position", by_position)
+    data = SimpleNamespace(val=None, tokenizer=SimpleNamespace(count_bytes=None))
+    data.vocab = SimpleNamespace(doc=None)
+    grids = candidate.retrieval_grids(None, config, data, torch.device("cpu"), items=1)
+    assert grids["passkey"].lengths == (48, 96)
+    got = candidate.retrieval_scores(config, grids)
+    assert got[ACC_AT_T] == pytest.approx(0.48) and got[LONG_ACC] == pytest.approx(0.96)
+    language = candidate.language_scores(None, config, data, torch.device("cpu"))
+    assert bpb_lengths == [48, 96]
+    assert language[SHORT_BPB] == 48.0 and language[extrap_bpb(2)] == 96.0
+    assert language["bucket_bpb@2x"] == 96.0 + 48.0
+
+
 def test_run_candidate_two_stages_resumes_exactly_after_a_kill_in_either_stage(tmp_path):
     from space.schema import parse_config
 

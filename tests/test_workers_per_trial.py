@@ -5,6 +5,8 @@ local Ray: 2 workers x 1 CPU (gloo), the launching Tune function on no CPU.
   has (the golden file's), plus the one param that says how it ran;
 - a 2-worker trial whose main worker is SIGKILLed mid-training restarts from its
   checkpoint (one worker restart, resumed past step 0) and COMPLETEs;
+- so does one whose launcher is SIGKILLed: the driver frees the placement group its dead
+  Train run left reserved (Ray runs without the dashboard Train's own cleaner needs);
 - an exception in the candidate's code on the workers is a FAIL with its reason, never a
   restart;
 - a trial the scheduler stops is PRUNED and its workers stop, so the next trial runs;
@@ -22,6 +24,7 @@ import pytest
 from engines import (
     failing_runner,
     handicap_runner,
+    launcher_pid,
     pid_reporting_runner,
     sigkill_when_written,
     tiny_config_file,
@@ -35,6 +38,7 @@ from search.ray_runtime import (
     LAUNCHER_MEMORY_BYTES,
     _check_placement,
     concurrent_trials,
+    orphaned_placement_groups,
     trial_cost,
     trial_resources,
 )
@@ -115,6 +119,37 @@ def test_workers_per_trial_killed_worker_resumes_from_its_checkpoint(
     (trial,) = optuna.load_study(study_name="twokill", storage=url).get_trials()
     assert trial.user_attrs[ATTR_WORKER_RESTARTS] == 1
     assert trial.user_attrs[ATTR_RESUMED_FROM_STEP] >= 10  # not from step 0
+
+
+def test_workers_per_trial_killed_launcher_frees_its_reservation_and_the_trial_restarts(
+    tmp_path, runs_home, ray_local, capsys
+):
+    import ray
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "launcherkill", "trials": 1},
+        presets=["rope"],
+        train={"steps": 40, "eval_every": 10, "checkpoint_every": 10},
+        resources={**TWO_WORKERS, "max_concurrent": 1, "max_retries": 2},
+    )
+    pid_file = tmp_path / "worker.pid"
+    # At the main worker's first evaluation, SIGKILL the trial's launcher (the Tune function
+    # that runs the Train run): its workers die with the Train controller, and their
+    # placement group (both CPUs of the test's Ray) stays reserved by the dead controller.
+    killer = sigkill_when_written(pid_file, wait_s=600, pid_of=launcher_pid)
+    runner = functools.partial(pid_reporting_runner, pid_file=str(pid_file))
+    summary = driver.submit(path, storage=url, address=ray_local, runner=runner, progress=True)
+    killer.join(timeout=10)
+    out = capsys.readouterr().out
+    assert pid_file.exists()
+    assert "freed the reservation of a dead trial launcher's workers" in out, out[-3000:]
+    assert summary.counts["COMPLETE"] == 1 and summary.counts["FAIL"] == 0, summary.counts
+    (trial,) = optuna.load_study(study_name="launcherkill", storage=url).get_trials()
+    assert trial.user_attrs[ATTR_WORKER_RESTARTS] == 1
+    assert trial.user_attrs[ATTR_RESUMED_FROM_STEP] >= 10  # not from step 0
+    assert orphaned_placement_groups(ray.get_runtime_context().get_job_id()) == []
 
 
 def test_workers_per_trial_candidate_error_is_a_fail_with_its_reason(

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from space.layers import LayerSpec, layer_kind
+from space.layers import LayerSpec, Mixer, layer_kind
 from space.tasks import SEGMENTS
 from workers.decoding import prefill_chunk
 from workers.examples import Example, segment_labels
+from workers.kv_cache import LayerCache
 from workers.model import HybridTransformer
 
 
@@ -41,8 +42,10 @@ def attention_mass(
                         "context": .., "end": ..}, ...],
          "per_kind": {"local_rope": {"begin": .., ...}, ...}}   # mean over that kind's layers
 
-    Each layer's fractions sum to 1 (up to float error).
+    Each layer's fractions sum to 1 (up to float error). Recurrent layers have no attention
+    to measure: only the softmax layers are listed.
     """
+    layers = [spec for spec in layers if spec.mixer is Mixer.SOFTMAX]
     if not examples:
         raise ValueError("attention_mass needs at least one example")
     sums = np.zeros((len(layers), len(SEGMENTS)), dtype=np.float64)
@@ -93,9 +96,10 @@ def _segment_mass(
                 prompts[:, start : min(start + chunk, length - 1)], cache, rope_length=length
             )
         _, attn = model.step(prompts[:, -1:], cache, rope_length=length, return_attn=True)
+        attention_caches = [c for c in cache.layers if isinstance(c, LayerCache)]
         rows = [
             (a[:, :, -1, :].double().mean(dim=1), layer.pos)  # (B, slots), slot positions
-            for a, layer in zip(attn, cache.layers, strict=True)
+            for a, layer in zip(attn, attention_caches, strict=True)
         ]
     else:
         _, attn = model(prompts, return_attn=True)

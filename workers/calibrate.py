@@ -144,7 +144,7 @@ def pilot(
     levels = {}
     for task in s.families:
         tried = c.levels.get(task) or ladder(
-            task, s.params_for(task, t.task_params), t.seq_len, bounds
+            task, s.params_for(task, t.task_params), t.final_seq_len, bounds
         )
         if tried:
             levels[task] = tuple(tried)
@@ -219,7 +219,7 @@ def train_and_score(
                     model,
                     data.val,
                     task=task,
-                    lengths=[t.seq_len],
+                    lengths=[t.final_seq_len],
                     depths=s.depths,
                     samples=c.samples if c is not None else 1,
                     seed=s.seed,
@@ -228,6 +228,6 @@ def train_and_score(
                     tokenizer=data.tokenizer,
                     graded=False,
                 )
-                acc = scores.acc_at(grid, t.seq_len)
+                acc = scores.acc_at(grid, t.final_seq_len)
                 out[task][level] = acc if math.isfinite(acc) else 0.0
     return out

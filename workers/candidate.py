@@ -50,11 +50,18 @@ from workers.batches import make_batch
 from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.device import choose_device
 from workers.distributed import Workers
+from workers.examples import example_seed
 from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
 from workers.tasks import render, task_params
 from workers.train import TrainOutcome, seed_everything, train
+
+
+def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:
+    """The torch device of ``device`` or else ``resources.device`` (workers.device's rule)."""
+    wanted = device or config.resources.device
+    return torch.device(choose_device(wanted, gpu_given=torch.cuda.is_available()))
 
 
 def stage_key(stage: int, score: str) -> str:
@@ -184,8 +191,7 @@ def run_candidate(
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
-    wanted = device or config.resources.device
-    dev = torch.device(choose_device(wanted, gpu_given=torch.cuda.is_available()))
+    dev = pick_device(config, device)
     # The driver's prepared corpus; on a worker that does not share its runs folder, or
     # without one (`ropenope train`), prepared (or found) in this machine's cache.
     handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
@@ -285,12 +291,14 @@ def score_model(
     ``long_answer_nll`` the mean over ``score.long_tasks``.
 
     ``layers`` are the specs the model runs with (default: the candidate's last stage's),
-    for the per-layer attention mass. Lengths are multiples of ``train.seq_len`` in every
-    stage, so scores of stages and candidates compare at the same absolute lengths.
+    for the per-layer attention mass. Lengths are multiples of ``train.final_seq_len`` (the
+    length the last stage trains at) in every stage, so scores of stages and candidates
+    compare at the same absolute lengths and "beyond T" is beyond what the model last saw.
     """
     layers = candidate.final_layers if layers is None else layers
     out = language_scores(model, config, data, dev)
-    grids = retrieval_grids(model, config, data, dev)
+    items = items_seed(config, result.seed)
+    grids = retrieval_grids(model, config, data, dev, items)
     out.update(retrieval_scores(config, grids))
     title = f"{candidate.name}  (seed {result.seed})"
     primary = config.score.primary_task
@@ -298,7 +306,7 @@ def score_model(
         record_retrieval(result, grids, primary, out_dir, title)
         if config.score.attention_mass:
             result.attention_mass = attention_masses(
-                model, config, data, dev, layers, result, out_dir, title
+                model, config, data, dev, layers, result, out_dir, title, items
             )
     return out
 
@@ -307,7 +315,7 @@ def language_scores(
     model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
 ) -> dict[str, float]:
     """Validation bits per byte at the training length and at each extrapolation length."""
-    s, T = config.score, config.train.seq_len
+    s, T = config.score, config.train.final_seq_len
 
     def bpb(length: int, windows: int, batch: int) -> float:
         return scores.bits_per_byte(
@@ -340,20 +348,34 @@ def language_scores(
     return out
 
 
+def items_seed(config: SweepConfig, run_seed: int | None) -> int:
+    """The seed the run's evaluation items are drawn from: ``score.seed`` and the run's seed
+    (``score.items: per_seed``), or ``score.seed`` alone (``shared``, or no run seed)."""
+    s = config.score
+    if s.items == "shared" or run_seed is None:
+        return s.seed
+    return example_seed(s.seed, int(run_seed))
+
+
 def retrieval_grids(
-    model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
+    model: torch.nn.Module,
+    config: SweepConfig,
+    data: PreparedCorpus,
+    dev: torch.device,
+    items: int,
 ) -> dict[str, scores.NiahResult]:
-    """The retrieval grid (lengths x depths) of every scored task family."""
+    """The retrieval grid (lengths x depths) of every scored task family on the items drawn
+    from seed ``items`` (:func:`items_seed`)."""
     s, t = config.score, config.train
     return {
         task: scores.niah_grid(
             model,
             data.val,
             task=task,
-            lengths=[m * t.seq_len for m in s.lengths],
+            lengths=[m * t.final_seq_len for m in s.lengths],
             depths=s.depths,
             samples=s.samples,
-            seed=s.seed,
+            seed=items,
             device=dev,
             task_params=s.params_for(task, t.task_params),
             tokenizer=data.tokenizer,
@@ -365,7 +387,7 @@ def retrieval_grids(
 def retrieval_scores(config: SweepConfig, grids: dict[str, scores.NiahResult]) -> dict[str, float]:
     """Each family's ``<task>/...`` scores (with several families), the primary family's
     under the bare names, and the headline means ``long_acc`` and ``long_answer_nll``."""
-    s, T = config.score, config.train.seq_len
+    s, T = config.score, config.train.final_seq_len
     out: dict[str, float] = {}
     if len(s.families) > 1:  # one family: its scores are the bare names alone
         for task in s.families:
@@ -418,11 +440,13 @@ def attention_masses(
     result: CandidateResult,
     out_dir: Path,
     title: str,
+    items: int,
 ) -> dict[str, Any]:
-    """The paper's attention-mass profile at each of ``score.mass_lengths`` on the primary
-    family's prompts, with one chart each (into ``result.artifacts``)."""
+    """The paper's attention-mass profile at each of ``score.mass_lengths`` on
+    ``score.mass_samples`` prompts of the primary family drawn from seed ``items``, with
+    one chart each (into ``result.artifacts``)."""
     s, t = config.score, config.train
-    T, primary = t.seq_len, s.primary_task
+    T, primary = t.final_seq_len, s.primary_task
     tparams = s.params_for(primary, t.task_params)
     mass: dict[str, Any] = {}
     for m in s.mass_lengths:
@@ -431,7 +455,7 @@ def attention_masses(
                 primary,
                 m * T,
                 depth,
-                s.seed + 7919 * i,
+                items + 7919 * i,
                 data.val,
                 tokenizer=data.tokenizer,
                 **tparams,

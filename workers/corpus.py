@@ -451,12 +451,12 @@ def check_fits(config: SweepConfig, handle: CorpusHandle) -> None:
             f"fewer than one batch ({t.batch_size} x {t.seq_len + 1} = {batch}); "
             "use a larger corpus or a smaller train.batch_size / seq_len"
         )
-    longest = max([*s.extrap, *(s.lengths if s.families else ()), 1]) * t.seq_len + 1
+    longest = max([*s.extrap, *(s.lengths if s.families else ()), 1]) * t.final_seq_len + 1
     if len(handle.val) < longest:
         raise DataError(
             f"data source {where}: the validation split holds {len(handle.val)} tokens; "
             f"scoring needs {longest} (the longest of score.lengths / score.extrap times "
-            f"train.seq_len); use a larger corpus or data.val_fraction"
+            f"train.final_seq_len); use a larger corpus or data.val_fraction"
         )
     if handle.tokenizer_kind in ("bytes", "none"):
         return  # the byte lengths were checked by the schema; no tasks without a tokenizer

@@ -10,6 +10,9 @@ allocated once for the longest sequence the decoding will reach (``max_tokens``)
 - chunks of ``W``: the current chunk only, in the same ``W`` slots (a new chunk overwrites
   the old one slot by slot; the mask hides what is left of it).
 
+A recurrent layer (Gated DeltaNet) keeps a state of constant size instead
+(:class:`RecurrentCache`): the last convolution inputs and its delta-rule matrices.
+
 So the bytes a candidate holds for a context of ``N`` tokens are
 ``workers.serving_cost.kv_cache_bytes`` of its layers at ``N`` exactly (per sequence, at the
 cache's element size): :meth:`KVCache.nbytes` measures them. Keys are stored after QK-norm,
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from space.layers import LayerSpec
+from space.layers import LayerSpec, RecurrentShape
 
 
 def capacity_tokens(spec: LayerSpec, max_tokens: int) -> int:
@@ -83,10 +86,30 @@ class LayerCache:
         return self.k.nbytes + self.v.nbytes
 
 
+class RecurrentCache:
+    """One recurrent layer's decoding state for ``batch`` sequences: the last
+    ``conv_tokens - 1`` convolution inputs ``(B, channels, K - 1)`` and the delta-rule state
+    ``(B, value_heads, Dk, Dv)``, both of constant size."""
+
+    def __init__(
+        self, batch: int, shape: RecurrentShape, *, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
+        self.conv = torch.zeros(
+            batch, shape.conv_channels, shape.conv_tokens - 1, dtype=dtype, device=device
+        )
+        self.state = torch.zeros(
+            batch, shape.value_heads, shape.head_dim, shape.head_dim, dtype=dtype, device=device
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.conv.nbytes + self.state.nbytes
+
+
 class KVCache:
     """Every layer's cache and the number of tokens decoded so far (the next position)."""
 
-    def __init__(self, layers: Sequence[LayerCache], max_tokens: int) -> None:
+    def __init__(self, layers: Sequence[LayerCache | RecurrentCache], max_tokens: int) -> None:
         self.layers = list(layers)
         self.max_tokens = max_tokens
         self.length = 0
@@ -114,6 +137,8 @@ class KVCache:
                 dtype=dtype,
                 device=device,
             )
+            if spec.recurrent is None
+            else RecurrentCache(batch, spec.recurrent, dtype=dtype, device=device)
             for spec in specs
         ]
         return cls(layers, max_tokens)
@@ -123,4 +148,4 @@ class KVCache:
         return sum(layer.nbytes for layer in self.layers)
 
 
-__all__ = ["KVCache", "LayerCache", "capacity_tokens"]
+__all__ = ["KVCache", "LayerCache", "RecurrentCache", "capacity_tokens"]

@@ -5,12 +5,16 @@ embeddings, final RMSNorm, no biases. Per layer, from ``space.layers.LayerSpec``
 
 - position: RoPE with the layer's own ``rope_base`` (Hugging Face ``rotate_half`` layout, so
   Llama weights load unchanged), or NoPE (no rotation at all); partial rotary turns only the
-  leading ``rope_fraction`` of each head (GPT-NeoX ``rotary_pct``); a RoPE scaling (linear,
+  leading ``rope_fraction`` of each head (GPT-NeoX ``rotary_pct``), or, proportional RoPE
+  (Gemma 4), the fastest pairs of a whole-head RoPE only; a RoPE scaling (linear,
   NTK, YaRN) changes the frequencies exactly as Hugging Face's rope-init functions do;
 - window: full causal attention, a sliding window of ``window_tokens`` keys counting the
   query itself (Hugging Face ``sliding_window``), or chunks of ``window_tokens`` (Llama 4), see
   ``workers.attention``;
 - attention sink: one learned logit per query head that takes softmax mass (gpt-oss ``sinks``);
+- output gate: ``sigmoid(gate_proj(x))`` times each head's output before ``o_proj``, one gate
+  per head or per dimension (Gated Attention; Qwen3-Next, whose fused ``q_proj`` holds the same
+  weights as our ``q_proj`` and ``gate_proj`` side by side);
 - QK-norm: RMSNorm over ``head_dim`` on queries and keys (one learned weight each, shared by all
   heads), before or after the rotation; on a NoPE layer both placements are the same thing;
 - temperature: Llama 4 scaling of NoPE queries by their absolute position.
@@ -38,15 +42,19 @@ from torch.utils.checkpoint import checkpoint
 from space.layers import (
     AttentionSink,
     LayerSpec,
+    Mixer,
     ModelShape,
+    OutputGate,
     Position,
     QKNorm,
     RopeScaling,
     RopeScalingKind,
+    RopeType,
     Temperature,
 )
 from workers.attention import attend, cached_attention, dense_attention
-from workers.kv_cache import KVCache, LayerCache
+from workers.deltanet import GatedDeltaNet
+from workers.kv_cache import KVCache, LayerCache, RecurrentCache
 
 
 class RMSNorm(nn.Module):
@@ -67,7 +75,11 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(
-    rotary_dims: int, rope_base: float, scaling: RopeScaling | None = None, seq_len: int = 0
+    rotary_dims: int,
+    rope_base: float,
+    scaling: RopeScaling | None = None,
+    seq_len: int = 0,
+    table_dims: int | None = None,
 ) -> tuple[Tensor, float]:
     """Inverse frequencies (rotary_dims / 2,) fp32 and the factor the tables are multiplied by.
 
@@ -77,6 +89,11 @@ def rope_inv_freq(
     position + 1), which only NTK reads.
     """
     dim = rotary_dims
+    if table_dims is not None:
+        # proportional RoPE (Hugging Face ``proportional``): the frequencies of a RoPE over the
+        # whole head, the fastest rotary_dims / 2 of them kept, the slowest set to 0 (unturned)
+        kept = 1.0 / rope_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / table_dims)
+        return torch.cat([kept, torch.zeros(table_dims // 2 - dim // 2)]), 1.0
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     if scaling is None:
         return 1.0 / rope_base**exponents, 1.0
@@ -113,8 +130,11 @@ def rope_cos_sin(
     dtype: torch.dtype,
     scaling: RopeScaling | None = None,
     length: int | None = None,
+    table_dims: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Rotation tables for absolute positions (T,) -> cos, sin of shape (T, rotary_dims).
+    """Rotation tables for absolute positions (T,) -> cos, sin of shape (T, rotary_dims), or
+    (T, table_dims) for proportional RoPE (``table_dims``: the head's size, see
+    :func:`rope_inv_freq`).
 
     Both halves of the rotated part repeat the same frequencies (``rotate_half`` layout); a
     YaRN scaling multiplies both tables by its attention factor, as Hugging Face does.
@@ -125,10 +145,10 @@ def rope_cos_sin(
     seq_len = 0
     if ntk and positions.numel():
         seq_len = int(positions.max()) + 1 if length is None else length
-    inv_freq, attention_factor = rope_inv_freq(rotary_dims, rope_base, scaling, seq_len)
+    inv_freq, attention_factor = rope_inv_freq(rotary_dims, rope_base, scaling, seq_len, table_dims)
     inv_freq = inv_freq.to(positions.device)
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, rotary_dims / 2), fp32 angles
-    emb = torch.cat([freqs, freqs], dim=-1)  # (T, rotary_dims)
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, R / 2), fp32 angles
+    emb = torch.cat([freqs, freqs], dim=-1)  # (T, R)
     return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)
 
 
@@ -205,6 +225,19 @@ class Attention(nn.Module):
             # one logit per query head (gpt-oss ``sinks``); 0 to start: the sink weighs as much
             # as one key with score 0
             self.sinks = nn.Parameter(torch.zeros(shape.n_heads))
+        if spec.output_gate is not OutputGate.NONE:
+            per_head = self.head_dim if spec.output_gate is OutputGate.ELEMENTWISE else 1
+            self.gate_proj = nn.Linear(shape.d_model, shape.n_heads * per_head, bias=False)
+
+    def _output(self, x: Tensor, y: Tensor) -> Tensor:
+        """Heads' outputs y (B, H, T, D) of the layer input x (B, T, C) -> (B, T, C): gated
+        (a sigmoid of x per head or per dimension) where the spec says, then ``o_proj``."""
+        B, H, T, D = y.shape
+        y = y.transpose(1, 2)  # (B, T, H, D)
+        if self.spec.output_gate is not OutputGate.NONE:
+            gate = self.gate_proj(x).view(B, T, H, -1)  # (B, T, H, D or 1)
+            y = y * torch.sigmoid(gate)
+        return self.o_proj(y.reshape(B, T, H * D))
 
     def forward(
         self, x: Tensor, ctx: ForwardContext, cache: LayerCache | None = None
@@ -238,7 +271,8 @@ class Attention(nn.Module):
                 q.dtype,
                 spec.rope_scaling,
                 length=ctx.rope_length,
-            )  # (T, R)
+                table_dims=D if spec.rope_type is RopeType.PROPORTIONAL else None,
+            )  # (T, R), or (T, D) for proportional RoPE
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if spec.qk_norm is QKNorm.POST_ROPE:
                 q, k = self.q_norm(q), self.k_norm(k)
@@ -259,8 +293,7 @@ class Attention(nn.Module):
                 sinks=sinks,
                 return_probs=ctx.return_attn,
             )  # (B, H, T, D)
-            y = y.transpose(1, 2).reshape(B, T, H * D)
-            return self.o_proj(y), probs
+            return self._output(x, y), probs
         mask = {
             "window_kind": spec.window_kind,
             "sinks": sinks,
@@ -273,8 +306,7 @@ class Attention(nn.Module):
                 attend(q, k, v, spec.window_tokens, ctx.backend, **mask),
                 None,
             )  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H * D)
-        return self.o_proj(y), probs
+        return self._output(x, y), probs
 
 
 # ---------------------------------------------------------------- MLP, block, model
@@ -295,14 +327,19 @@ class Block(nn.Module):
     def __init__(self, shape: ModelShape, spec: LayerSpec) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(shape.d_model, shape.norm_eps)
-        self.attn = Attention(shape, spec)
+        # the token mixer: attention, or a recurrent layer (``workers.deltanet``)
+        self.recurrent = spec.mixer is not Mixer.SOFTMAX
+        self.attn = GatedDeltaNet(shape, spec) if self.recurrent else Attention(shape, spec)
         self.mlp_norm = RMSNorm(shape.d_model, shape.norm_eps)
         self.mlp = SwiGLU(shape)
 
     def forward(
-        self, x: Tensor, ctx: ForwardContext, cache: LayerCache | None = None
+        self, x: Tensor, ctx: ForwardContext, cache: LayerCache | RecurrentCache | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        a, probs = self.attn(self.attn_norm(x), ctx, cache)
+        if self.recurrent:  # no attention probabilities: it has none
+            a, probs = self.attn(self.attn_norm(x), cache), None
+        else:
+            a, probs = self.attn(self.attn_norm(x), ctx, cache)
         x = x + a
         x = x + self.mlp(self.mlp_norm(x))
         return x, probs

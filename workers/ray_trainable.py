@@ -22,14 +22,20 @@ results, checkpoints, user attributes and MLflow run whatever N is. A worker tha
 launcher raises :class:`TrainWorkerDied`, so Tune restarts the whole trial from its newest
 checkpoint and counts it as a worker restart, as for one worker; an exception in the
 candidate's own code on any worker is that exception, a FAIL with its reason, as for one.
+
+A full disk or an I/O error (ENOSPC, EDQUOT, EIO) while a trial trains or writes a
+checkpoint is not the candidate's failure: the trial raises :class:`InfrastructureFailure`
+and Tune restarts it from its newest checkpoint, as for a worker death.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import math
+import os
 import shutil
 import threading
 import time
@@ -71,6 +77,36 @@ class TrainWorkerDied(RuntimeError):
     from its newest checkpoint, as when a one-worker trial's process dies."""
 
 
+class InfrastructureFailure(RuntimeError):
+    """The trial's machine failed it (a full disk, an I/O error), not its candidate: the
+    trial restarts from its newest checkpoint (``resources.max_retries``), then is FAIL
+    ``infrastructure_failure``, which ``ropenope resume`` runs again."""
+
+
+# OS errors that say the machine, not the candidate, failed: a full disk, a full quota, an
+# I/O error.
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def machine_error(err: BaseException) -> OSError | None:
+    """The OS error in ``err``'s chain (itself, its cause, its context) that says a full
+    disk or an I/O error, or None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _MACHINE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# How long Tune waits for the thread of a trial that ended before it reuses the process for
+# the next trial (Tune's TUNE_FUNCTION_THREAD_TIMEOUT_S, read when it resets the trainable;
+# 2 s in Ray). A trial the scheduler stopped trains on to its next report, an evaluation
+# away; past this, Tune gives the next trial up and the driver re-queues it.
+REUSE_WAIT_S = 300
+THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+
+
 # -- the trainable -------------------------------------------------------------------
 
 
@@ -88,6 +124,8 @@ def run_trial(
     ``corpus`` is the driver's prepared corpus (a ``workers.corpus.CorpusHandle``)."""
     from ray import tune
 
+    # Read in this process when Tune resets it for the next trial; a value set is kept.
+    os.environ.setdefault(THREAD_TIMEOUT_ENV, str(REUSE_WAIT_S))
     if runner is None:
         from workers.candidate import run_candidate as runner
     hooks = hooks or TrialHooks()
@@ -156,6 +194,12 @@ def run_trial(
     except (TrainWorkerDied, SeedTaskDied):
         raise  # Tune restarts the trial from its newest checkpoint (resources.max_retries)
     except Exception as err:  # a bug or bad data: FAIL with its reason, the sweep goes on
+        failed = machine_error(err)
+        if failed is not None:  # ... but not a full disk: Tune restarts it (max_retries)
+            raise InfrastructureFailure(
+                f"{errno.errorcode.get(failed.errno or 0, failed.errno)} while trial "
+                f"#{info.number} trained: {failed}"
+            ) from err
         outcome = TrialOutcome(
             RunStatus.ERROR,
             error_reason(f"{type(err).__name__}: {err}"),
@@ -400,10 +444,9 @@ def train_on_workers(
         else:  # Tune stops the trial (or the launcher failed): stop the workers too
             with contextlib.suppress(Exception):
                 channel.answers.put(True, timeout=5)
-            # ... without waiting for them here: Tune gives a stopped trial's thread 2 s
-            # before it reuses the process for the next trial (and fails that one when the
-            # thread is still alive). The Train run ends on its own at the answer, releasing
-            # its workers' resources; the channel stays open until it has.
+            # ... without waiting for them here: the launcher ends at once. The Train run
+            # ends on its own at the answer, releasing its workers' resources; the channel
+            # stays open until it has.
             threading.Thread(
                 target=_wind_down, args=(thread, channel), name="ray-train-wind-down", daemon=True
             ).start()
@@ -414,4 +457,4 @@ def train_on_workers(
     return result
 
 
-__all__ = ["TrainWorkerDied", "run_trial", "train_on_workers"]
+__all__ = ["InfrastructureFailure", "TrainWorkerDied", "run_trial", "train_on_workers"]

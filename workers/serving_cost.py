@@ -24,9 +24,16 @@ def kv_cache_bytes(
     """KV-cache bytes for one sequence of ``context_tokens``: per layer, K and V of
     ``n_kv_heads x head_dim`` for ``min(context_tokens, window_tokens)`` tokens (a
     full-attention layer keeps the whole context; a sliding layer its last W tokens; a chunked
-    layer at most W, the chunk being filled). Sink logits are parameters, not cache."""
+    layer at most W, the chunk being filled). Sink logits are parameters, not cache. A
+    recurrent layer holds its state, the same bytes at any length
+    (``RecurrentShape.state_elements``)."""
     per_token = 2 * shape.n_kv_heads * shape.head_dim * dtype_bytes
-    return sum(per_token * _kept_tokens(spec, context_tokens) for spec in layers)
+    return sum(
+        per_token * _kept_tokens(spec, context_tokens)
+        if spec.recurrent is None
+        else spec.recurrent.state_elements() * dtype_bytes
+        for spec in layers
+    )
 
 
 def _kept_tokens(spec: LayerSpec, context_tokens: int) -> int:
@@ -45,13 +52,19 @@ def attention_flops_per_token(
     query heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
     attends to ``min(i + 1, window)`` keys with a sliding window and to ``i mod W + 1`` keys
     with chunks of W (on average about half a sliding window's), so per layer and token it
-    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``.
+    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``. A Gated DeltaNet layer's state
+    is read by the key, written by the delta and read by the query: three ``Dk x Dv``
+    products per value head, ``2 * 3 * value_heads * head_dim ** 2`` whatever the length.
     """
     if context_tokens < 1:
         raise ValueError(f"context_tokens must be >= 1, got {context_tokens}")
     per_key = 4 * shape.n_heads * shape.head_dim
     total = 0.0
     for spec in layers:
+        if spec.recurrent is not None:
+            r = spec.recurrent
+            total += 2 * 3 * r.value_heads * r.head_dim * r.head_dim
+            continue
         if spec.window_kind is WindowKind.CHUNKED and spec.window_tokens is not None:
             keys = _sum_chunk_keys(context_tokens, spec.window_tokens) / context_tokens
         else:

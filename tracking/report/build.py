@@ -100,7 +100,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     interim = interim_look(agg, config, study.user_attrs)
     if interim:
         source += f"; {interim}"
-    train_len = config.train.seq_len if config is not None else None
+    train_len = config.train.final_seq_len if config is not None else None
     stages = config.train.stage_plans() if config is not None else ()
     return render_report(
         agg,

@@ -6,7 +6,9 @@
 and transformers only when the model is loaded, and never imports ropenope.
 
 ``predict`` takes prompts (a list of strings, a string, or a one-column DataFrame) and returns
-one greedy continuation per prompt; ``params={"max_new_tokens": N}``.
+one greedy continuation per prompt; ``params={"max_new_tokens": N}``, an integer from 1 to
+``MAX_NEW_TOKENS``, and prompt plus continuation within the model's
+``max_position_embeddings``: a served model is never asked for an unbounded amount of work.
 
 Before anything is read, every file of the folder is checked against the sha256 that
 ``ropenope export`` recorded in ``ropenope.json``: a changed, added or missing file is
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from typing import Any
 
 DEFAULT_MAX_NEW_TOKENS = 32
+MAX_NEW_TOKENS = 1024  # the most a request may ask for
 INFO_NAME = "ropenope.json"  # the export's record, holding the files' sha256 (not itself)
 
 
@@ -72,6 +76,19 @@ def verify_folder(folder: str) -> None:
             )
 
 
+def max_new_tokens(params: dict[str, Any] | None) -> int:
+    """The request's ``max_new_tokens``, checked: a whole number from 1 to ``MAX_NEW_TOKENS``."""
+    value = (params or {}).get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+        raise ValueError(f"max_new_tokens must be a whole number, not {value!r}")
+    if not 1 <= value <= MAX_NEW_TOKENS:
+        raise ValueError(
+            f"max_new_tokens={int(value)} is outside 1..{MAX_NEW_TOKENS}, the most this served "
+            "model generates per request"
+        )
+    return int(value)
+
+
 def _prompts(model_input: Any) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
@@ -106,12 +123,19 @@ class HfGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote_code)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
-        n_new = int((params or {}).get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        n_new = max_new_tokens(params)
         tok = self.tokenizer
+        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         out = []
         for prompt in _prompts(model_input):
             # Every training document starts with the document token: so does a prompt.
             ids = [tok.bos_token_id, *tok(prompt)["input_ids"]]
+            if limit and len(ids) + n_new > limit:
+                raise ValueError(
+                    f"a prompt of {len(ids)} tokens plus max_new_tokens={n_new} exceeds the "
+                    f"model's max_position_embeddings={limit}, the longest context it was "
+                    "scored at: shorten the prompt or ask for fewer tokens"
+                )
             with self.torch.no_grad():
                 seq = self.model.generate(
                     self.torch.tensor([ids]),

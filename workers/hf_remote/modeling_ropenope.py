@@ -20,12 +20,19 @@ MLP, tied embeddings, no biases), with per layer, from ``config.layer_specs``:
 Weights use the Hugging Face Llama names (plus ``self_attn.sinks``), so ``model.safetensors`` is
 laid out as for Llama.
 
-Generation keeps a key/value cache of every token (the cache object ``generate`` passes in).
-Keys are cached *before* the rotation and turned at every step for the positions they hold:
-with NTK scaling the frequencies depend on the current length, and the model was trained and
-scored with every key turned by the frequencies of the whole sequence. Windows and chunks are
-applied by the mask on absolute positions, so cached keys outside a query's window or chunk
-are simply not attended to. Positions count real tokens only: a left-padded row starts at 0.
+Generation keeps a key/value cache (the cache object ``generate`` passes in): a full-attention
+layer keeps every token, a layer with a window or chunk of W keeps only its last W - 1 tokens
+(transformers' ``DynamicSlidingWindowLayer``), all a later query can see. Keys are cached
+*before* the rotation and turned at every step for the positions they hold: with NTK scaling
+the frequencies depend on the current length, and the model was trained and scored with every
+key turned by the frequencies of the whole sequence. Windows and chunks are applied by the mask
+on absolute positions, so cached keys outside a query's window or chunk are simply not attended
+to. Positions count real tokens only: a left-padded row starts at 0.
+
+Memory is bounded: scores are computed for ``QUERY_BLOCK`` queries at a time (never a full
+T x T matrix), and a sequence longer than ``config.max_position_embeddings`` (the longest
+context the model was scored at) is refused with a clear error; load with a larger
+``max_position_embeddings`` to go further on purpose.
 """
 
 from __future__ import annotations
@@ -41,6 +48,37 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_ropenope import RopenopeConfig
+
+# Queries whose scores are computed at once: the score matrix holds at most
+# batch x heads x QUERY_BLOCK x keys numbers, whatever the prompt's length.
+QUERY_BLOCK = 256
+
+
+class SequenceTooLong(ValueError):
+    """More tokens than the model's ``max_position_embeddings``."""
+
+
+def window_cache_layer(cache: Any, layer_idx: int, window: int) -> None:
+    """Make layer ``layer_idx`` of a transformers ``DynamicCache`` keep only its last
+    ``window - 1`` tokens (all a query of a window or chunk of ``window`` can see besides
+    itself): its still empty full layer becomes a ``DynamicSlidingWindowLayer``, whose
+    ``update`` returns the held tokens plus the new ones and whose length counts every token
+    seen. Caches of another kind are left as they are."""
+    try:
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    except ImportError:  # a transformers without cache layers: the cache keeps every token
+        return
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list):
+        return
+    replicate = getattr(cache, "layer_class_to_replicate", None)
+    while len(layers) <= layer_idx and replicate is not None:
+        layers.append(replicate())
+    if layer_idx < len(layers):
+        layer = layers[layer_idx]
+        if type(layer) is DynamicLayer and not layer.is_initialized:
+            # a window of 1 keeps nothing but the query; the layer class needs 2 to trim
+            layers[layer_idx] = DynamicSlidingWindowLayer(sliding_window=max(int(window), 2))
 
 
 class RopenopeRMSNorm(nn.Module):
@@ -194,9 +232,14 @@ class RopenopeAttention(nn.Module):
         )
         if normalize_first:
             q, k = self.q_norm(q), self.k_norm(k)
-        if cache is not None:  # un-rotated keys of every earlier token, then these
+        if cache is not None:  # un-rotated keys of the earlier tokens it holds, then these
+            if self.window is not None:
+                window_cache_layer(cache, self.layer_idx, self.window)
             k, v = cache.update(k, v, self.layer_idx)
         S = k.shape[2]
+        if key_positions.shape[1] > S:  # a windowed layer holds only the latest keys
+            key_positions = key_positions[:, -S:]
+            key_valid = key_valid[:, -S:] if key_valid is not None else None
         if self.rope:
             lengths = None
             if self.rope_scaling is not None and self.rope_scaling["kind"] == "ntk":
@@ -212,10 +255,34 @@ class RopenopeAttention(nn.Module):
             q = q * scale.to(q.dtype)[:, None, :, None]
 
         k, v = repeat_kv(k, H), repeat_kv(v, H)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, S)
-        i = torch.arange(S - T, S, device=x.device)[:, None]  # query index in the sequence
-        j = torch.arange(S, device=x.device)[None, :]  # key index
-        visible = (j <= i)[None]  # (1, T, S)
+        sinks = getattr(self, "sinks", None)
+        blocks = [
+            self._attend(q[:, :, a : a + QUERY_BLOCK], k, v, positions[:, a : a + QUERY_BLOCK],
+                         key_positions, key_valid, S - T + a, sinks)
+            for a in range(0, T, QUERY_BLOCK)
+        ]  # fmt: skip
+        y = torch.cat(blocks, dim=2).transpose(1, 2).reshape(B, T, H * D)
+        return self.o_proj(y)
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        positions: Tensor,
+        key_positions: Tensor,
+        key_valid: Tensor | None,
+        first: int,
+        sinks: Tensor | None,
+    ) -> Tensor:
+        """Attention of the queries ``q`` (B, H, t, D) at absolute ``positions`` (B, t), the
+        ``first`` of them at key index ``first``, over every key (B, H, S, D): (B, H, t, D)."""
+        B, H, t, D = q.shape
+        S = k.shape[2]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, t, S)
+        i = torch.arange(first, first + t, device=q.device)[:, None]  # query index
+        j = torch.arange(S, device=q.device)[None, :]  # key index
+        visible = (j <= i)[None]  # (1, t, S)
         if self.window is not None:
             q_pos, k_pos = positions[:, :, None], key_positions[:, None, :]  # absolute
             if self.chunked:
@@ -225,16 +292,14 @@ class RopenopeAttention(nn.Module):
         if key_valid is not None:  # padding: keys the attention mask hides
             visible = visible & key_valid[:, None, :]
         scores = scores.masked_fill(~visible[:, None], float("-inf"))
-        sinks = getattr(self, "sinks", None)
         if sinks is not None:  # one more column: the sink's logit, per head
-            column = sinks.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
-            scores = torch.cat([scores, column], dim=-1)  # (B, H, T, S + 1)
+            column = sinks.to(scores.dtype).view(1, H, 1, 1).expand(B, H, t, 1)
+            scores = torch.cat([scores, column], dim=-1)  # (B, H, t, S + 1)
         probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
         probs = torch.nan_to_num(probs.to(q.dtype))  # a fully padded row attends to nothing
         if sinks is not None:
             probs = probs[..., :S]  # the sink's share is dropped: its value is zero
-        y = (probs @ v).transpose(1, 2).reshape(B, T, H * D)
-        return self.o_proj(y)
+        return probs @ v
 
 
 # ---------------------------------------------------------------- MLP, block, model
@@ -321,6 +386,14 @@ class RopenopeModel(RopenopePreTrainedModel):
     ) -> Tensor:
         B, T = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
+        limit = self.config.max_position_embeddings
+        if past + T > limit:
+            raise SequenceTooLong(
+                f"{past + T} tokens ({past} cached + {T} new) exceed this model's "
+                f"max_position_embeddings={limit}, the longest context it was scored at; "
+                "shorten the prompt or max_new_tokens, or load it with a larger "
+                "max_position_embeddings to go further on purpose"
+            )
         key_valid = None
         if attention_mask is not None:
             if attention_mask.dim() != 2:
@@ -399,4 +472,9 @@ class RopenopeForCausalLM(RopenopePreTrainedModel, GenerationMixin):
         return _output(logits, loss, cache if use_cache else None)
 
 
-__all__ = ["RopenopeForCausalLM", "RopenopeModel", "RopenopePreTrainedModel"]
+__all__ = [
+    "RopenopeForCausalLM",
+    "RopenopeModel",
+    "RopenopePreTrainedModel",
+    "SequenceTooLong",
+]

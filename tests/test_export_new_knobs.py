@@ -1,0 +1,62 @@
+"""Export refuses, naming the knob, what it cannot reproduce yet: the attention output gate and
+proportional RoPE are in no exporter (stock class or our remote code) so far."""
+
+from __future__ import annotations
+
+import pytest
+
+from space import ModelShape, build_candidate
+from workers.model import HybridTransformer
+
+pytest.importorskip("transformers")
+
+from workers.hf_export import export_candidate  # noqa: E402
+from workers.hf_reasons import NotExpressible  # noqa: E402
+
+SHAPE = ModelShape(n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, vocab_size=64)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "named"),
+    [
+        ({"output_gate": "elementwise"}, "output_gate=elementwise"),
+        ({"output_gate": "headwise", "output_gate_layers": "global"}, "output_gate=headwise"),
+        ({"rope_type": "proportional", "rope_fraction": 0.5}, "rope_type=proportional"),
+    ],
+)
+@pytest.mark.parametrize("remote_code", [False, True])
+def test_export_refuses_new_knobs_naming_them(knobs, named, remote_code, tmp_path):
+    candidate = build_candidate({"global_every": 2, "global_position": "nope", **knobs}, SHAPE, 32)
+    weights = HybridTransformer(candidate.shape, candidate.layers).state_dict()
+    with pytest.raises(NotExpressible) as err:
+        export_candidate(
+            candidate,
+            weights,
+            tmp_path / "model",
+            max_position_embeddings=64,
+            card="# card\n",
+            remote_code=remote_code,
+        )
+    assert named in str(err.value) and "not implemented by export" in str(err.value)
+    assert not err.value.remote_code_possible
+    assert not (tmp_path / "model").exists()
+
+
+def test_export_layout_placement_is_exported_as_explicit_layer_types(tmp_path):
+    """A layout needs no new export field: layer_types are written per layer already."""
+    import json
+
+    candidate = build_candidate(
+        {"layout": "GLLL", "global_position": "rope", "local_window": 8}, SHAPE, 32
+    )
+    weights = HybridTransformer(candidate.shape, candidate.layers).state_dict()
+    result = export_candidate(
+        candidate, weights, tmp_path / "model", max_position_embeddings=64, card="# card\n"
+    )
+    config = json.loads((result.out_dir / "config.json").read_text())
+    assert config["layer_types"] == [
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "sliding_attention",
+    ]
