@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,4 +118,47 @@ def measure(
         "compile_error": outcome.compile_error,
         "matmul_weights": matmul_flops(model),
         "status": outcome.status,
+    }
+
+
+def measure_minimal(
+    config_path: str,
+    preset: str,
+    *,
+    device: str,
+    steps: int,
+    warmup: int,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+) -> dict[str, Any]:
+    """The reference for the trainer's own overhead: the same model and random tokens in
+    the shortest AdamW loop (fp32, eager, the sweep's attention backends; no schedule,
+    clipping, loss weights or bookkeeping). Tokens/s over the steps after ``warmup``."""
+    config: SweepConfig = load_config(config_path)
+    candidate = config.preset_candidate(preset)
+    batch = batch_size or config.train.batch_size
+    length = seq_len or config.train.seq_len
+    dev = torch.device(device)
+    model = build_model(candidate, 0).to(dev)
+    vocab = candidate.shape.vocab_size
+    t = config.train
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas)
+    rng = np.random.default_rng(0)
+    stamps: list[float] = []
+    for _ in range(steps):
+        x = torch.from_numpy(rng.integers(0, vocab - 8, (batch, length + 1))).to(dev)
+        logits = model(x[:, :-1])
+        loss = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1)
+        )
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # the trainer reads its loss every step too
+        stamps.append(time.perf_counter())
+    seconds = stamps[-1] - stamps[warmup - 1]
+    return {
+        "tokens_per_s": (len(stamps) - warmup) * batch * length / seconds,
+        "step_ms": 1e3 * seconds / (len(stamps) - warmup),
+        "matmul_weights": matmul_flops(model),
     }

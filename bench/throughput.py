@@ -11,6 +11,11 @@ on random tokens in a subprocess of its own; tokens/s counts the steps after ``-
 causal kernel for full attention, FlexAttention on CUDA and the blocked path elsewhere
 for windows) or one forced on every layer; ``flex`` has no backward on CPU.
 
+The trainer's own overhead: ``--reference-pairs`` back-to-back pairs of the trainer's
+eager fp32 run (``auto`` backends) and the shortest AdamW loop on the same model and
+tokens (no schedule, clipping, loss weights or bookkeeping;
+``_training_speed.measure_minimal``), and the median of their tokens/s ratios.
+
 MFU = model FLOPs per second / peak FLOPs per second. Model FLOPs per training token:
 6 x the weights a token multiplies by (every matrix; the tied embedding once, as the
 output head) + 3 x the attention score FLOPs of the candidate's layers at this length
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _training_speed import MIB, measure  # noqa: E402
+from _training_speed import MIB, measure, measure_minimal  # noqa: E402
 
 from space.schema import load_config  # noqa: E402
 from workers.serving_cost import attention_flops_per_token  # noqa: E402
@@ -84,20 +90,36 @@ def matmul_peak_flops(precision: str, device: torch.device, size: int = 2048) ->
     return 2 * size**3 / best
 
 
+# The reference row: the same model in the shortest AdamW loop (fp32, eager).
+MINIMAL = "minimal"
+
+
 def measure_one(args: argparse.Namespace, backend: str, compiled: bool, precision: str) -> dict:
     torch.set_num_threads(args.threads)
-    result = measure(
-        args.config,
-        args.preset,
-        device=args.device,
-        backend=None if backend == "auto" else backend,
-        compile_model=compiled,
-        precision=precision,
-        steps=args.steps,
-        warmup=args.warmup,
-        batch_size=args.batch,
-        seq_len=args.seq_len,
-    )
+    if backend == MINIMAL:
+        result = measure_minimal(
+            args.config,
+            args.preset,
+            device=args.device,
+            steps=args.steps,
+            warmup=args.warmup,
+            batch_size=args.batch,
+            seq_len=args.seq_len,
+        )
+        result.update(peak_bytes=float("nan"), compiled=False)
+    else:
+        result = measure(
+            args.config,
+            args.preset,
+            device=args.device,
+            backend=None if backend == "auto" else backend,
+            compile_model=compiled,
+            precision=precision,
+            steps=args.steps,
+            warmup=args.warmup,
+            batch_size=args.batch,
+            seq_len=args.seq_len,
+        )
     device = torch.device(args.device)
     if args.peak_tflops:
         result["peak_flops"], result["peak_source"] = args.peak_tflops * 1e12, "--peak-tflops"
@@ -147,6 +169,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="default: the config's")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
+    parser.add_argument(
+        "--reference-pairs",
+        type=int,
+        default=3,
+        help="back-to-back runs of the trainer and a minimal AdamW loop (0: none)",
+    )
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -198,6 +226,25 @@ def main() -> None:
                 )
                 source = r["peak_source"]
     print(f"peak: {source}")
+    # The trainer's own overhead: its eager fp32 run against the shortest AdamW loop, in
+    # back-to-back pairs (a shared machine's load drifts between runs); the median ratio.
+    ratios = []
+    for _ in range(args.reference_pairs):
+        trainer = run_child(args, "auto", False, "fp32")
+        ref = run_child(args, MINIMAL, False, "fp32")
+        if "error" in trainer or "error" in ref:
+            print(f"minimal AdamW loop: failed: {trainer.get('error') or ref.get('error')}")
+            return
+        ratios.append(trainer["tokens_per_s"] / ref["tokens_per_s"])
+        print(
+            f"ropenope train (auto, eager, fp32) {trainer['tokens_per_s']:.0f} tokens/s, "
+            f"minimal AdamW loop {ref['tokens_per_s']:.0f} tokens/s: {ratios[-1]:.3f}",
+            flush=True,
+        )
+    if ratios:
+        print(
+            f"ropenope train / minimal AdamW loop, median of pairs: {statistics.median(ratios):.3f}"
+        )
 
 
 if __name__ == "__main__":

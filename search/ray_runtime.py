@@ -10,7 +10,9 @@ own (Ray Train V2): :func:`trial_cost`. The resource check and the number of tri
 once (:func:`concurrent_trials`) count the workers. A launcher that dies takes its Train
 run's controller with it, and the workers' placement group would stay reserved until the
 driver ends (Train's own cleaner asks the state API, which only the dashboard serves):
-:class:`PlacementGroupReaper` frees it from the driver.
+:class:`PlacementGroupReaper` frees it from the driver. With ``resources.parallel_seeds`` a
+trial asks for a placement group: a launcher bundle with no CPU and one bundle per seed it
+trains at once (``workers.ray_seeds.seeds_at_once``), and the count holds its seeds.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from search.searcher import StudySearcher, trial_dirname
 from search.tune_callback import FailureBudgetStop, SweepCallback
 from space.schema import SweepConfig
 from tracking.hooks import SweepHooks
+from workers.ray_seeds import seeds_at_once
 from workers.ray_trainable import run_trial
 from workers.trial import EVALS_KEY
 
@@ -75,21 +78,29 @@ def start_ray(address: str | None) -> tuple[bool, float]:
 LAUNCHER_MEMORY_BYTES = 256 * 2**20
 
 
-def trial_resources(config: SweepConfig) -> dict[str, float]:
-    """What the Tune function of one trial asks for (``tune.with_resources``)."""
+def trial_resources(
+    config: SweepConfig, have: dict[str, float] | None = None
+) -> dict[str, float] | tune.PlacementGroupFactory:
+    """What the Tune function of one trial asks for (``tune.with_resources``); ``have``,
+    the cluster's resources, bounds the seeds a trial trains at once."""
     r = config.resources
+    seeds = seeds_at_once(config, have)
+    if seeds > 1:
+        seed_bundle = {"CPU": r.cpus_per_trial}
+        if r.gpus_per_trial > 0:
+            seed_bundle["GPU"] = r.gpus_per_trial
+        launcher = {"CPU": 0, "memory": LAUNCHER_MEMORY_BYTES}
+        return tune.PlacementGroupFactory([launcher] + [dict(seed_bundle)] * seeds)
     if r.workers_per_trial == 1:
         return {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial}
     return {"cpu": 0, "gpu": 0, "memory": LAUNCHER_MEMORY_BYTES}
 
 
-def trial_cost(config: SweepConfig) -> dict[str, float]:
-    """CPUs and GPUs one running trial holds, its workers included."""
+def trial_cost(config: SweepConfig, have: dict[str, float] | None = None) -> dict[str, float]:
+    """CPUs and GPUs one running trial holds, its workers (or its seeds at once) included."""
     r = config.resources
-    return {
-        "CPU": r.workers_per_trial * r.cpus_per_trial,
-        "GPU": r.workers_per_trial * r.gpus_per_trial,
-    }
+    units = r.workers_per_trial * seeds_at_once(config, have)
+    return {"CPU": units * r.cpus_per_trial, "GPU": units * r.gpus_per_trial}
 
 
 def concurrent_trials(config: SweepConfig, have: dict[str, float]) -> int:
@@ -98,9 +109,9 @@ def concurrent_trials(config: SweepConfig, have: dict[str, float]) -> int:
     their workers (1 at least: :func:`check_resources` refuses a trial that does not fit at
     all). One-worker trials wait in Tune's queue instead, as they always did."""
     cap = config.resources.max_concurrent
-    if config.resources.workers_per_trial == 1:
+    if config.resources.workers_per_trial == 1 and seeds_at_once(config, have) == 1:
         return cap
-    for key, need in trial_cost(config).items():
+    for key, need in trial_cost(config, have).items():
         if need > 0:
             cap = min(cap, int(have.get(key, 0) / need + 1e-9))
     return max(1, cap)
@@ -221,15 +232,20 @@ class PlacementGroupReaper:
 
 
 def make_trainable(
-    config: SweepConfig, hooks: SweepHooks, runner: Any = None, corpus: Any = None
+    config: SweepConfig,
+    hooks: SweepHooks,
+    runner: Any = None,
+    corpus: Any = None,
+    have: dict[str, float] | None = None,
 ) -> Any:
     """The Tune trainable of the sweep's trials: :func:`workers.ray_trainable.run_trial`
-    with the sweep's parameters, asking for :func:`trial_resources`."""
+    with the sweep's parameters, asking for :func:`trial_resources` (``have``: the
+    cluster's resources, which bound the seeds a trial trains at once)."""
     return tune.with_resources(
         tune.with_parameters(
             run_trial, sweep=config, hooks=hooks.trial_hooks(), runner=runner, corpus=corpus
         ),
-        trial_resources(config),
+        trial_resources(config, have),
     )
 
 
@@ -277,8 +293,15 @@ def fit(
                 "last evaluation: no trial is stopped early"
             )
     r = config.resources
-    at_once = concurrent_trials(config, ray.cluster_resources())
-    if at_once < r.max_concurrent:
+    have = ray.cluster_resources()
+    at_once = concurrent_trials(config, have)
+    if r.parallel_seeds:
+        seeds = seeds_at_once(config, have)
+        searcher.progress.note(
+            f"parallel seeds: {at_once} trial(s) at a time, each training up to {seeds} of its "
+            f"seeds at once ({seeds} x {r.cpus_per_trial:g} CPU / {r.gpus_per_trial:g} GPU)"
+        )
+    elif at_once < r.max_concurrent:
         searcher.progress.note(
             f"{at_once} trial(s) at a time, not resources.max_concurrent={r.max_concurrent}: "
             f"each holds {r.workers_per_trial} worker(s) x {r.cpus_per_trial:g} CPU / "
@@ -287,7 +310,7 @@ def fit(
     searcher.max_concurrent = at_once
     several = r.workers_per_trial > 1
     tuner = tune.Tuner(
-        make_trainable(config, hooks, runner, corpus),
+        make_trainable(config, hooks, runner, corpus, have),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,

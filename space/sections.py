@@ -507,9 +507,14 @@ class ResourcesSection(_Section):
     # Checkpoints kept once a trial ends (search.retention): last (one per finished seed),
     # best (as last; `ropenope gc` then keeps only the Pareto front's), all (nothing removed).
     keep: Literal["last", "best", "all"] = "last"
+    # The seeds of one trial train at the same time, one Ray task of cpus_per_trial /
+    # gpus_per_trial each (workers.ray_seeds); the trial's request is sized for its seeds.
+    parallel_seeds: bool = False
     failures: FailuresSection = FailuresSection()
 
-    _added_fields = frozenset({"workers_per_trial", "placement", "keep", "failures"})
+    _added_fields = frozenset(
+        {"workers_per_trial", "placement", "keep", "parallel_seeds", "failures"}
+    )
 
 
 class TrackingSection(_Section):

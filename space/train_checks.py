@@ -60,6 +60,8 @@ def check_train(config: SweepConfig, problems: list) -> bool:
 def check_parallel(config: SweepConfig, problems: list, warnings: list) -> None:
     """Several workers per trial: every stage's global batch must give each a row."""
     t, workers = config.train, config.resources.workers_per_trial
+    if config.resources.parallel_seeds:
+        _check_parallel_seeds(config, problems)
     if workers > 1:
         batches = [("train.batch_size", t.batch_size)]
         batches += [
@@ -94,6 +96,27 @@ def check_parallel(config: SweepConfig, problems: list, warnings: list) -> None:
                     f"the largest global batch ({largest}): no gradient accumulation happens",
                 )
             )
+
+
+def _check_parallel_seeds(config: SweepConfig, problems: list) -> None:
+    """Seeds at once: one process per seed (workers.ray_seeds), and no early stopping, whose
+    time axis counts a trial's evaluations with its seeds one after the other."""
+    if config.resources.workers_per_trial > 1:
+        problems.append(
+            (
+                "resources.parallel_seeds",
+                "seeds train at once in one process each; with resources.workers_per_trial > 1 "
+                "a trial's seeds train one after the other (set parallel_seeds: false)",
+            )
+        )
+    if config.scheduler.kind != "none" or config.study.early_stopping is not None:
+        problems.append(
+            (
+                "resources.parallel_seeds",
+                "early stopping (scheduler, study.early_stopping) counts a trial's evaluations "
+                "with its seeds one after the other; set parallel_seeds: false to use it",
+            )
+        )
 
 
 def _check_data(config: SweepConfig, problems: list) -> bool:

@@ -50,6 +50,7 @@ from space.schema import SweepConfig
 from space.secrets import redact_tail
 from workers.layout import finished_seed, restore_into, seed_dir, snapshot
 from workers.provenance import environment_tags
+from workers.ray_seeds import SeedTaskDied, train_seeds_at_once
 from workers.trial import (
     EVALS_KEY,
     LINKS_KEY,
@@ -157,11 +158,17 @@ def run_trial(
     results: list[Any] = []
     started = time.perf_counter()
     try:
+        # resources.parallel_seeds: the seeds left train at once first, then combine below
+        at_once = train_seeds_at_once(
+            sweep, info.candidate, seeds, out_dir, reports, runner, corpus
+        )
         for index, seed in enumerate(seeds):
             folder = seed_dir(out_dir, seed)
-            done = finished_seed(folder)
+            done = at_once.get(seed) or finished_seed(folder)
             if done is not None:
                 results.append(done)
+                if done.status != RunStatus.COMPLETE:
+                    break
                 continue
             on_eval = functools.partial(reports.on_eval, seed=seed, index=index)
             if sweep.resources.workers_per_trial > 1:
@@ -184,7 +191,7 @@ def run_trial(
             if result.status != RunStatus.COMPLETE:
                 break
         outcome = combine(results, seeds)
-    except TrainWorkerDied:
+    except (TrainWorkerDied, SeedTaskDied):
         raise  # Tune restarts the trial from its newest checkpoint (resources.max_retries)
     except Exception as err:  # a bug or bad data: FAIL with its reason, the sweep goes on
         failed = machine_error(err)
