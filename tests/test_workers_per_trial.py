@@ -89,10 +89,12 @@ def test_workers_per_trial_two_worker_trial_completes_with_every_attribute_and_i
         "resources.workers_per_trial"
     }
 
-    # rank 0 wrote the one-worker folder layout; the Train run's state stays aside
+    # rank 0 wrote the one-worker folder layout; the Train run's state stays aside; the
+    # default retention (resources.keep: last) left the newest checkpoint of the seed only
     trial_dir = Path(trial.user_attrs["trial_dir"])
     seed_files = {p.name for p in (trial_dir / "seed_0").iterdir()}
-    assert {"checkpoint.pt", "checkpoint.prev.pt", "scores.json", "candidate.yaml"} <= seed_files
+    assert {"checkpoint.pt", "scores.json", "candidate.yaml"} <= seed_files
+    assert "checkpoint.prev.pt" not in seed_files
     assert (trial_dir / ".ray_train").is_dir()
 
 
