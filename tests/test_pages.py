@@ -104,11 +104,24 @@ def test_report_page_renders_every_section_candidate_and_figure_offline(report, 
     assert [h.text() for h in dom.find_all("h2")] == list(REPORT_HEADINGS)
     found = " ".join(n.text() for n in _section(dom, "found"))
     assert "Pareto front of candidate means" in found and "rnope_swa" in found
-    verdicts = [f["verdict"] for f in json.loads(report["summary.json"].read_text())["findings"]]
-    tally = ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted"))
-    assert (
-        f"Hypotheses: {tally}, {verdicts.count('undecided')} undecided of {len(verdicts)}" in found
+    findings = json.loads(report["summary.json"].read_text())["findings"]
+    verdicts = [f["verdict"] for f in findings]
+    # nope learns nothing at T (acc@1x 0.3): the competence gate makes its claim invalid.
+    assert {f["key"]: f["verdict"] for f in findings}["nope_degrades_past_T"] == "invalid"
+    kinds = ("supported", "contradicted", "undecided", "invalid")
+    tally = ", ".join(f"{verdicts.count(v)} {v}" for v in kinds)
+    assert f"Hypotheses: {tally} of {len(verdicts)}" in found
+    # The decided hypotheses are named, supported then contradicted then invalid, each in
+    # its own code element (Node.text() puts an element's children after its own text).
+    line = next(
+        li
+        for n in _section(dom, "found")
+        for li in n.find_all("li")
+        if li.text().startswith("Hypotheses:")
     )
+    named = [f["key"] for v in kinds if v != "undecided" for f in findings if f["verdict"] == v]
+    assert [c.text() for c in line.find_all("code")] == named
+    assert "supported:" in line.text() and "invalid:" in line.text()
     # Every candidate has its row in the table of scores (name, then its layout below it).
     table = next(n for n in _section(dom, "table") if n.tag == "table")
     rows = table.find_all("tbody")[0].find_all("tr")
