@@ -1003,3 +1003,59 @@ def test_sweep_end_completes_and_links_the_runs_tracking_missed(sqlite_uri, conf
     assert ATTR_MLFLOW_RUN_ID not in trials[5].user_attrs
     again = MlflowSweepHooks(_tracker(sqlite_uri))
     assert again.complete_runs(study_view(optuna.load_study(study_name="tiny", storage=url))) == {}
+
+
+def _store_with_leftover(tmp_path, *, with_run: bool, between_drop_and_rename: bool = False):
+    """A real MLflow SQLite store as a SIGKILL inside alembic's copy-and-rename of a
+    table leaves it: ``_alembic_tmp_endpoints`` next to (or instead of) ``endpoints``."""
+    import sqlite3
+
+    from tracking.store import MlflowStore
+    from tracking.target import TrackingTarget
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    target = TrackingTarget(uri=uri, experiment="e", study="s")
+    store = MlflowStore(target)
+    experiment = store.experiment_id()  # creates the store's tables
+    if with_run:
+        store.client.create_run(experiment)
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as conn:
+        if between_drop_and_rename:
+            conn.execute("ALTER TABLE endpoints RENAME TO _alembic_tmp_endpoints")
+        else:
+            conn.execute("CREATE TABLE _alembic_tmp_endpoints AS SELECT * FROM endpoints")
+        conn.commit()
+    return target
+
+
+def _tables(path) -> set[str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+@pytest.mark.parametrize("between_drop_and_rename", [False, True])
+def test_store_mends_a_migration_a_kill_interrupted_and_keeps_its_runs(
+    tmp_path, between_drop_and_rename
+):
+    from tracking.store import MlflowStore
+
+    target = _store_with_leftover(
+        tmp_path, with_run=True, between_drop_and_rename=between_drop_and_rename
+    )
+    store = MlflowStore(target)
+    assert len(store.client.search_runs([store.experiment_id()])) == 1  # the run is kept
+    tables = _tables(tmp_path / "mlflow.db")
+    assert "endpoints" in tables and "_alembic_tmp_endpoints" not in tables
+
+
+def test_store_half_created_by_a_killed_process_is_made_again(tmp_path):
+    from tracking.store import MlflowStore, mend_interrupted_migration
+
+    target = _store_with_leftover(tmp_path, with_run=False)
+    store = MlflowStore(target)
+    run = store.client.create_run(store.experiment_id())  # a working store again
+    assert store.client.get_run(run.info.run_id).info.status == "RUNNING"
+    assert "_alembic_tmp_endpoints" not in _tables(tmp_path / "mlflow.db")
+    assert mend_interrupted_migration(tmp_path / "mlflow.db") is None  # nothing left to mend

@@ -11,12 +11,13 @@ layer is :class:`tracking.tracker.Tracker`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,9 @@ class TrackingError(RuntimeError):
     """A tracking operation failed (raised by :class:`MlflowStore` and ``sync``)."""
 
 
+log = logging.getLogger(__name__)
+
+
 def _quote(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -77,6 +81,55 @@ def _sqlite_wal(path: Path) -> None:
 
     with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
+
+
+def mend_interrupted_migration(path: Path) -> str | None:
+    """Repair what a process killed inside MLflow's schema migration leaves in a SQLite
+    store, and say what was done (None when the file needed nothing).
+
+    Alembic alters a SQLite table by copying it into ``_alembic_tmp_<table>`` and
+    renaming; a SIGKILL in between leaves the copy, and every later open of the store
+    fails with "table _alembic_tmp_... already exists" (seen in crash torture: a driver
+    killed while it created ``mlflow.db``). A store that holds no run yet is only a
+    half-made file: it is removed and MLflow makes it again. One with runs keeps them:
+    a leftover copy is dropped where its table still exists (the copy is the partial
+    one) and renamed back where the kill fell between drop and rename, so the upgrade
+    resumes from the version the store records. Called under :func:`_init_lock`."""
+    import sqlite3
+
+    if not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+        if not leftovers:
+            return None
+        runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        if runs:
+            for tmp in leftovers:
+                base = tmp.removeprefix("_alembic_tmp_")
+                if base in tables:
+                    conn.execute(f'DROP TABLE "{tmp}"')
+                else:
+                    conn.execute(f'ALTER TABLE "{tmp}" RENAME TO "{base}"')
+            conn.commit()
+            return f"mended an interrupted schema migration of {path} ({', '.join(leftovers)})"
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return f"removed {path}, left half-created by a killed process (it held no run)"
+
+
+@contextlib.contextmanager
+def _init_lock(path: Path) -> Iterator[None]:
+    """One process at a time opens (creates, migrates, mends) a SQLite store."""
+    import fcntl
+
+    with open(f"{path}.init.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class MlflowStore:
@@ -97,10 +150,18 @@ class MlflowStore:
                 for key, value in HTTP_ENV_DEFAULTS.items():
                     os.environ.setdefault(key, value)
             path = sqlite_file(self.target.uri)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if path is None:
+                self._client = MlflowClient(tracking_uri=self.target.uri)
+                return self._client
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _init_lock(path):
+                mended = mend_interrupted_migration(path)
+                if mended is not None:
+                    log.warning("MLflow store: %s", mended)
                 _sqlite_wal(path)
-            self._client = MlflowClient(tracking_uri=self.target.uri)
+                client = MlflowClient(tracking_uri=self.target.uri)
+                client.search_experiments(max_results=1)  # creates or migrates the tables now
+            self._client = client
         return self._client
 
     @property
