@@ -277,10 +277,18 @@ def check_export(
     """Load ``folder`` with ``AutoModelForCausalLM`` and compare its logits with ``model``'s
     on random token ids (2 x ``seq_len``); returns the largest absolute difference and raises
     ExportMismatch above ``atol``."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    extra: dict[str, Any] = {}
+    if trust_remote_code:
+        # Our own model refuses sequences past max_position_embeddings (the longest context
+        # it was scored at); the check may run past it (twice a window), so it raises that
+        # limit for this load only. Stock classes keep their config as written.
+        limit = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
+        if limit.max_position_embeddings < seq_len:
+            extra["max_position_embeddings"] = seq_len
     theirs = AutoModelForCausalLM.from_pretrained(
-        str(folder), trust_remote_code=trust_remote_code, dtype=torch.float32
+        str(folder), trust_remote_code=trust_remote_code, dtype=torch.float32, **extra
     ).eval()
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, model.shape.vocab_size, (2, seq_len), generator=gen)
