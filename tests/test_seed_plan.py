@@ -166,10 +166,11 @@ def test_large_effect_is_supported_within_min_seeds(test):
 
 def test_plan_for_study_reads_the_study_and_plans_the_paper_hypotheses():
     """Three seeds of the four paper variants, adaptive seeds {min 2, max 4}: what is
-    decided stays decided; RoPE and QK-norm get seed 3 for the two attention claims
-    (once, for both). The QK-norm retrieval claim and NoPE's degradation claim are
-    invalid at the first look (QK-norm and NoPE do not learn the task at T): more seeds
-    cannot rescue them. The division of labour reads RNoPE, which this study lacks."""
+        decided stays decided; RoPE and QK-norm get seed 3 for the two attention claims
+        (once, for both). The QK-norm retrieval claim and NoPE's degradation claim are
+        invalid at the first look (QK-norm and NoPE do not learn the task at T): more seeds
+        cannot rescue them. The division of labour and the base, window and ratio claims read
+    candidates this study lacks."""
     raw = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
     raw["study"]["repeats"] = {"min": 2, "max": 4}
     config = parse_config(parse_yaml(yaml.safe_dump(raw)), base_dir=REPO / "configs")
@@ -188,8 +189,19 @@ def test_plan_for_study_reads_the_study_and_plans_the_paper_hypotheses():
     }
     assert plan.requests[0].knobs  # enough to train it: the candidate's recorded knobs
     lines = format_open_hypotheses(plan)
-    assert len(lines) == 3 and lines[0].startswith("qknorm_recency_bias: open at look 2/3")
-    assert lines[2].startswith("hybrid_division_of_labour: blocked; ")
+    assert lines[0].startswith("qknorm_recency_bias: open at look 2/3")
+    assert lines[1].startswith("qknorm_flattens_attention: open at look 2/3")
+    # the claims on candidates this four-variant study never ran (RNoPE without a window,
+    # its RoPE bases, the 1:1 and 1:7 ratios: issue 20's added claims) are blocked, named
+    blocked = {line.split(":")[0] for line in lines[2:]}
+    assert all(": blocked; " in line for line in lines[2:])
+    assert blocked == {
+        "hybrid_division_of_labour",
+        "larger_base_hurts_rnope",
+        "window_helps_rnope",
+        "ratio_1to3_beats_1to1",
+        "ratio_1to3_beats_1to7",
+    }
     fixed = parse_config(parse_yaml((REPO / "configs" / "paper.yaml").read_text()))
     assert plan_for_study(study(trials), fixed) is None  # repeats: 3, nothing to plan
 
