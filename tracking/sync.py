@@ -19,10 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from space.names import (
-    ATTR_EVAL_METRIC,
-    ATTR_MLFLOW_RUN_ID,
-    ATTR_REASON,
-    ATTR_TRIAL_DIR,
     STEPS,
     TAG_OPTUNA_TRIAL,
     TAG_OUTCOME,
@@ -32,6 +28,7 @@ from space.names import (
     is_score_name,
 )
 from space.schema import load_config_text
+from space.trial_attrs import ATTR_EVAL_METRIC, ATTR_MLFLOW_RUN_ID, ATTR_REASON, ATTR_TRIAL_DIR
 from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, metric_key
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import TrialRunSpec, spec_from_trial
