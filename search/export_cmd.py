@@ -184,6 +184,7 @@ def export_trial(
         ATTR_TRIAL_DIR,
     )
     from space.secrets import redact_url as redact
+    from space.stages import seq_len_at
     from tracking.provenance import source_tags
     from workers.hf_card import CardFacts, render_card
     from workers.hf_export import export_candidate, is_byte_vocabulary, load_weights
@@ -223,7 +224,7 @@ def export_trial(
             trial=trial.number,
             seed=seed,
             step=step,
-            seq_len=config.train.seq_len,
+            seq_len=seq_len_at(config.train.stage_plans(), step),
             architecture=architecture,
             remote_code=remote,
             scores=seed_scores,
