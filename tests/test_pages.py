@@ -39,8 +39,14 @@ from studies import BAD_ROPE, attrs, complete, study, tiny_trials
 from search.presets import enqueue_presets
 from search.signature import record_config
 from search.study_view import study_view
-from space.names import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_PRESET, ATTR_REASON
 from space.schema import load_config
+from space.trial_attrs import (
+    ATTR_CANDIDATE_ID,
+    ATTR_CANDIDATE_NAME,
+    ATTR_KNOBS,
+    ATTR_PRESET,
+    ATTR_REASON,
+)
 from tracking.pareto import pareto_of_study
 from tracking.pareto_plots import write_pareto_files
 from tracking.report import build_report
