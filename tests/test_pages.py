@@ -118,7 +118,7 @@ def test_report_page_renders_every_section_candidate_and_figure_offline(report, 
     tally = ", ".join(f"{verdicts.count(v)} {v}" for v in kinds)
     assert f"Hypotheses: {tally} of {len(verdicts)}" in found
     # The decided hypotheses are named, supported then contradicted then invalid, each in
-    # its own code element (Node.text() puts an element's children after its own text).
+    # its own code element, in the order the line reads.
     line = next(
         li
         for n in _section(dom, "found")

@@ -169,6 +169,7 @@ def export_trial(
 ) -> tuple[Exported, dict[str, Any]]:
     """Export one COMPLETE trial; returns what was written and the facts for registering."""
     from space.secrets import redact_url as redact
+    from space.stages import seq_len_at
     from tracking.provenance import source_tags
     from workers.hf.card import CardFacts, render_card
     from workers.hf.export import export_candidate, is_byte_vocabulary, load_weights
@@ -185,7 +186,7 @@ def export_trial(
             trial=trial.number,
             seed=seed,
             step=step,
-            seq_len=config.train.seq_len,
+            seq_len=seq_len_at(config.train.stage_plans(), step),
             architecture=architecture,
             remote_code=remote,
             scores=seed_scores,
