@@ -27,6 +27,7 @@ from search.calibration import calibrated
 from search.drivers import DriverRegistry, SqliteLock
 from search.errors import StudyError
 from search.failures import close_capped
+from search.ladder import LadderRun, run_rungs
 from search.progress import Progress
 from search.ray_runtime import check_resources, fit, start_ray
 from search.restore import find_restore
@@ -44,11 +45,14 @@ from search.trials import (
     record_run_links,
     requeue_worker_deaths,
 )
+from space.ladder import rung_of
 from space.paths import runs_dir
 from space.schema import SweepConfig, load_config
 from space.secrets import redact_url
 from space.sections import study_name_problem
+from tracking.decision_accuracy import DecisionAccuracy
 from tracking.hooks import MlflowSweepHooks, SweepHooks
+from tracking.ladder_view import study_decision_accuracy
 from tracking.pareto import ParetoTable, pareto_of_study
 from tracking.seed_plan import SeedPlan, plan_for_study
 
@@ -72,6 +76,7 @@ class SweepSummary:
     seed_plan: SeedPlan | None = None  # adaptive seeds: where each hypothesis ended
     runs: int | None = None  # adaptive seeds: completed runs (candidate x seed) in the study
     stopped: str | None = None  # the line of the failure budget, when it stopped the sweep
+    decision_accuracy: DecisionAccuracy | None = None  # a scale ladder's, between its rungs
 
 
 def study_dir(study_name: str) -> Path:
@@ -179,6 +184,7 @@ def run_sweep(
         summary = SweepSummary(
             name, redact_url(url), target, {}, 0.0, reconciled=[n for n, _ in closed]
         )
+        corpus: Any = None
         if count_toward_target(study.get_trials(deepcopy=False)) >= target and not rounds_left(
             study, config
         ):
@@ -217,13 +223,39 @@ def run_sweep(
                 show.note(f"stopped early: continue with `ropenope resume {name}`")
             summary.trained = len(searcher.trained)
             summary.trial_seconds = searcher.trial_seconds
+        if config.ladder is not None and summary.stopped is None and not summary.interrupted:
+            rungs = LadderRun(
+                opened,
+                config,
+                folder,
+                driver_id,
+                registry,
+                hooks,
+                show,
+                dedup=dedup if dedup is not None else config.study.dedup,
+                address=address,
+                runner=runner,
+                progress=progress,
+                prepare_corpus=prepare_corpus,
+                corpus=corpus,
+                started_ray=started_ray,
+            )
+            try:
+                summary.interrupted = run_rungs(rungs)
+            finally:
+                started_ray = rungs.started_ray
+            summary.stopped = rungs.stopped
+            summary.trained += rungs.trained
+            summary.trial_seconds += rungs.trial_seconds
         view = study_view(study)
         summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
         summary.wall_seconds = time.perf_counter() - t_start
         # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
-        first = [t for t in view.trials if not adds_seeds(t)]
+        # Rung 0 of a ladder: objectives compare within a rung (summary.ladder has the rest).
+        first = [t for t in view.trials if not adds_seeds(t) and rung_of(t.user_attrs) == 0]
         summary.pareto = pareto_of_study(study_view(study, first))
         summary.warnings = tie_warnings(view.trials, config.objective_names())
+        summary.decision_accuracy = study_decision_accuracy(study, config)
         if config.study.adaptive:
             summary.seed_plan = plan_for_study(study, config)
             summary.runs = study_runs(study)

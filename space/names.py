@@ -199,6 +199,11 @@ ATTR_RUNG_VALUES = "rung_values"  # the trial's rung objectives there, {metric: 
 # candidate for the hypotheses still undecided. It does not count toward study.trials.
 ATTR_REQUESTED_SEEDS = "requested_seeds"  # the seeds this trial trains, as the planner asked
 ATTR_REQUESTED_FOR = "requested_for"  # the names of the hypotheses that asked for them
+# Scale ladder (``ladder:``): a trial of a candidate promoted to a larger rung. Rung 0 is
+# every trial without it; a promoted one does not count toward study.trials.
+ATTR_LADDER_RUNG = "ladder_rung"  # the ladder rung (0 = the first) this trial trains at
+ATTR_PROMOTED_FROM = "promoted_from"  # the trial number one rung below it
+ATTR_LADDER_ORIGIN = "ladder_origin"  # the candidate's rung-0 trial number
 # Idempotency keys (search.storage): a call whose commit may have applied before the
 # connection was lost finds its own trial by them instead of making a second one.
 ATTR_CREATE_KEY = "create_key"  # the call that created the trial (ask, enqueue)
