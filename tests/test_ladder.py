@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
-from engines import tiny_config_file
+from engines import REPO, tiny_config_file
 from optuna.trial import TrialState
 from scipy import stats
 
@@ -30,7 +35,10 @@ from space.names import (
     ATTR_PRESET,
     ATTR_PROMOTED_FROM,
     ATTR_REASON,
+    ATTR_RERUN_OF,
+    ATTR_RESUMED_FROM_STEP,
 )
+from space.outcomes import Reason
 from space.schema import load_config
 from tracking.decision_accuracy import (
     Effect,
@@ -297,3 +305,82 @@ def test_ladder_sweep_promotes_links_and_resumes_between_rungs(
     assert status["ladder"]["decision_accuracy"]["pairs"]
     text = format_summary(status)
     assert "ladder:" in text and "rung 0 -> 1 short_bpb: agreement" in text
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ladder_driver_killed_inside_rung_one_resumes_there(tmp_path, runs_home, ray_local):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # Rung 1 trains long enough (150 steps, a checkpoint every 15) to be killed inside it.
+    ladder = {
+        **LADDER,
+        "rungs": [
+            {"d_model": 32, "steps": 30},
+            {"d_model": 64, "steps": 150, "eval_every": 15, "checkpoint_every": 15},
+        ],
+        "seeds": [2, 1],
+    }
+    path = _ladder_file(tmp_path, name="ladkill", ladder=ladder)
+    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
+    cmd = [sys.executable, "-m", "search", "submit", str(path), "--storage", url]
+    # The driver joins the test's Ray cluster: its trials die with it, as on a real crash.
+    proc = subprocess.Popen(
+        [*cmd, "--address", ray_local, "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+
+        def inside_rung_one() -> bool:
+            try:
+                study = optuna.load_study(study_name="ladkill", storage=url)
+            except KeyError:
+                return False
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            return any(
+                rung_of(t.user_attrs) == 1 and len(t.intermediate_values) >= 2 for t in running
+            )
+
+        _wait_for(inside_rung_one, 400, "a rung-1 trial to pass its second evaluation")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    study = optuna.load_study(study_name="ladkill", storage=url)
+    rung0, _ = _by_rung(study)
+    rung0_before = {t.number: (t.values, t.datetime_complete) for t in rung0}
+    assert all(t.state == TrialState.COMPLETE for t in rung0)
+
+    summary = driver.resume("ladkill", storage=url, progress=False)
+    assert summary.reconciled  # the rung-1 trial the dead driver left RUNNING
+    study = optuna.load_study(study_name="ladkill", storage=url)
+    rung0, rung1 = _by_rung(study)
+    assert {t.number: (t.values, t.datetime_complete) for t in rung0} == rung0_before
+    assert not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+    interrupted = [t for t in rung1 if t.user_attrs.get(ATTR_REASON) == Reason.INTERRUPTED]
+    assert [t.number for t in interrupted] == summary.reconciled
+    for t in interrupted:  # re-run at rung 1, with its links, from its checkpoint
+        (rerun,) = [r for r in rung1 if r.user_attrs.get(ATTR_RERUN_OF) == t.number]
+        assert rerun.state == TrialState.COMPLETE
+        for key in (ATTR_PROMOTED_FROM, ATTR_LADDER_ORIGIN, ATTR_PRESET):
+            assert rerun.user_attrs[key] == t.user_attrs[key]
+        if len(t.intermediate_values) >= 2:  # it had trained: it continues, not from 0
+            assert (rerun.user_attrs.get(ATTR_RESUMED_FROM_STEP) or 0) >= 30
+    assert any(len(t.intermediate_values) >= 2 for t in interrupted)
+    promoted = {t.user_attrs[ATTR_PROMOTED_FROM] for t in rung1}
+    done = [t for t in rung1 if t.state == TrialState.COMPLETE]
+    assert {t.user_attrs[ATTR_PROMOTED_FROM] for t in done} == promoted
