@@ -218,6 +218,38 @@ def test_decision_accuracy_on_a_recorded_ladder_equals_the_hand_computation():
     assert accuracy.metrics()["ladder.r0_r1.short_bpb.agreement"] == pytest.approx(2 / 3)
 
 
+def test_decision_accuracy_lands_on_the_study_mlflow_run(tmp_path, template_db):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from search.study_view import study_view
+    from tracking.hooks import MlflowSweepHooks
+    from tracking.tracker import Tracker
+
+    records, objectives, directions = _recorded()
+    hypotheses = parse_hypotheses(HYPOTHESES)
+    accuracy = ladder_accuracy(
+        records, objectives, directions, lambda r, agg: evaluate(hypotheses, agg, lambda c: None)
+    )
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copyfile(template_db, runs / "mlflow.db")
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    config = load_config(_ladder_file(tmp_path))
+    hooks = MlflowSweepHooks(Tracker.for_study("lad", uri=uri, runs=runs))
+    study = optuna.create_study(directions=["minimize"] * 3, study_name="lad")
+    hooks.on_sweep_start(study_view(study), config)
+    summary = SimpleNamespace(counts={"COMPLETE": 0}, wall_seconds=1.0, decision_accuracy=accuracy)
+    hooks.on_sweep_end(study_view(study), config, summary)
+    assert hooks.errors == []
+    metrics = MlflowClient(tracking_uri=uri).get_run(hooks.tracker.parent_run_id).data.metrics
+    assert metrics["ladder.r0_r1.short_bpb.agreement"] == pytest.approx(2 / 3)
+    assert metrics["ladder.r0_r1.short_bpb.tau_high"] == pytest.approx(2 / math.sqrt(6))
+    assert metrics["ladder.rope_beats_qknorm_short.r1.inside"] == 1.0
+    assert metrics["ladder.rope_beats_qknorm_short.r0.effect"] == pytest.approx(-0.4)
+
+
 def test_decision_accuracy_pieces():
     assert order_agreement({"a": 1, "b": 2, "c": 3}, {"a": 3, "b": 2, "c": 1}) == 0.0
     assert order_agreement({"a": 1}, {"a": 2}) is None
