@@ -27,7 +27,7 @@ from search.calibration import calibrated
 from search.drivers import DriverRegistry, SqliteLock
 from search.errors import StudyError
 from search.failures import close_capped
-from search.ladder import LadderRun, run_rungs
+from search.ladder import LadderRun, refuse_growth_past_promotion, run_rungs
 from search.progress import Progress
 from search.ray_runtime import check_resources, fit, start_ray
 from search.restore import find_restore
@@ -141,6 +141,7 @@ def run_sweep(
         )
         study = opened.study
         target = target_trials(study) or config.study.trials
+        refuse_growth_past_promotion(study, target)
         show = Progress(
             name,
             target,
@@ -254,7 +255,8 @@ def run_sweep(
         # Rung 0 of a ladder: objectives compare within a rung (summary.ladder has the rest).
         first = [t for t in view.trials if not adds_seeds(t) and rung_of(t.user_attrs) == 0]
         summary.pareto = pareto_of_study(study_view(study, first))
-        summary.warnings = tie_warnings(view.trials, config.objective_names())
+        rung0 = [t for t in view.trials if rung_of(t.user_attrs) == 0]
+        summary.warnings = tie_warnings(rung0, config.objective_names())
         summary.decision_accuracy = study_decision_accuracy(study, config)
         if config.study.adaptive:
             summary.seed_plan = plan_for_study(study, config)

@@ -20,7 +20,7 @@ killed between rungs or inside one resumes at that rung and trains no rung-0 tri
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from search.calibration import calibrated
+from search.errors import StudyError
 from search.optuna_adapter import claim_waiting
 from search.presets import fixed_params
 from search.progress import Progress
@@ -39,7 +40,7 @@ from search.searcher import StudySearcher
 from search.seed_rounds import compares
 from search.storage import scan_lock
 from search.study import OpenedStudy
-from search.trials import adds_seeds
+from search.trials import adds_seeds, count_toward_target
 from space.errors import ConfigError, InvalidCandidate
 from space.ladder import apply_rung, promote_direction, rung_of
 from space.names import (
@@ -265,12 +266,15 @@ def _describe(config: SweepConfig) -> str:
     )
 
 
-def rungs_of(trials: Sequence[FrozenTrial]) -> Mapping[int, list[FrozenTrial]]:
-    """The trials of each rung present, by rung."""
-    out: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        out.setdefault(rung_of(t.user_attrs), []).append(t)
-    return dict(sorted(out.items()))
+def refuse_growth_past_promotion(study: optuna.Study, target: int) -> None:
+    """A ladder study whose rung 0 was promoted cannot take more rung-0 candidates: rung 1
+    was chosen from the ones it had (and a rung-0 driver would claim its queued trials)."""
+    trials = study.get_trials(deepcopy=False)
+    if count_toward_target(trials) < target and any(rung_of(t.user_attrs) for t in trials):
+        raise StudyError(
+            f"study {study.study_name!r} promoted its rung-0 candidates to rung 1 already; "
+            "its target of rung-0 trials cannot grow (submit a new study to rank more)"
+        )
 
 
 __all__ = [
@@ -281,5 +285,5 @@ __all__ = [
     "queue_promotions",
     "queued_rung_trials",
     "run_rungs",
-    "rungs_of",
+    "refuse_growth_past_promotion",
 ]

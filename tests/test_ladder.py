@@ -23,6 +23,7 @@ from scipy import stats
 
 from search import driver
 from search import ladder as ladder_mod
+from search.errors import StudyError
 from search.status import format_summary, summarize
 from space.errors import ConfigError
 from space.hypothesis_files import parse_hypotheses
@@ -49,6 +50,7 @@ from tracking.decision_accuracy import (
 )
 from tracking.hypotheses import evaluate
 from tracking.records import seed_records
+from tracking.report import MD_NAME, SUMMARY_NAME, build_report
 
 DATA = Path(__file__).parent / "data" / "ladder_study.json"
 HYPOTHESES = [
@@ -328,9 +330,18 @@ def test_ladder_sweep_promotes_links_and_resumes_between_rungs(
     (trend,) = accuracy.hypotheses
     assert [e.rung for e in trend.effects] == [0, 1]
 
-    # A resume of the finished ladder trains nothing.
+    # A resume of the finished ladder trains nothing; rung 0 cannot grow once promoted.
     again = driver.resume("lad", storage=url, progress=False)
     assert again.trained == 0
+    with pytest.raises(StudyError, match="cannot grow"):
+        driver.resume("lad", storage=url, trials=4, progress=False)
+
+    # The report compares candidates within rung 0 and has the ladder's section.
+    paths = build_report(study, tmp_path / "report", load_config(path))
+    data = json.loads(paths[SUMMARY_NAME].read_text())
+    assert sorted(c["preset"] for c in data["candidates"]) == ["nope", "qknorm", "rope"]
+    assert data["decision_accuracy"]["rungs"] == [0, 1]
+    assert "Scale ladder: decision accuracy" in paths[MD_NAME].read_text()
 
     status = summarize(study)
     assert [r["rung"] for r in status["ladder"]["rungs"]] == [0, 1]
