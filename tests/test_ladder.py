@@ -220,6 +220,7 @@ def test_decision_accuracy_on_a_recorded_ladder_equals_the_hand_computation():
     assert accuracy.metrics()["ladder.r0_r1.short_bpb.agreement"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_decision_accuracy_lands_on_the_study_mlflow_run(tmp_path, template_db):
     import shutil
 

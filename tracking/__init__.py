@@ -8,7 +8,9 @@ study's run, ships a :class:`Tracker` to each trial (``trial_started`` /
 all on a background thread; :func:`sync_study` rebuilds the runs from the study;
 :func:`run_ui` serves the MLflow UI. The study report (:func:`build_report`) judges the
 sweep's hypotheses (:func:`evaluate`); with adaptive seeds, :func:`plan_seeds` /
-:func:`plan_for_study` say which candidates need one more seed.
+:func:`plan_for_study` say which candidates need one more seed. With a scale ladder,
+:func:`study_decision_accuracy` says whether rung 0's rankings and effects held at the
+larger rungs (:func:`ladder_accuracy`, pure).
 
 Modules: ``target`` (where runs go), ``keys`` (MLflow spelling of names), ``provenance``
 (git), ``store`` (the raising client wrapper), ``tracker`` (the soft tracker),
@@ -16,7 +18,8 @@ Modules: ``target`` (where runs go), ``keys`` (MLflow spelling of names), ``prov
 shared by live tracking and sync), ``sync``, ``hooks``, ``pareto`` / ``pareto_plots``,
 ``ui``, ``runs_view`` (the page the UI opens on), ``registry`` (exported models in the
 MLflow Model Registry), ``study_view``; the report: ``stats``, ``records``, ``aggregate``, ``sides``,
-``hypotheses``, ``stability``, ``seed_plan``, ``report/``.
+``hypotheses``, ``stability``, ``seed_plan``, ``decision_accuracy`` / ``ladder_view``,
+``report/``.
 
 Names resolve on first use, so importing one module does not import them all.
 """
@@ -30,6 +33,9 @@ _WHERE = {
     "MlflowSweepHooks": "tracking.hooks",
     "MlflowTrialHooks": "tracking.hooks",
     "SweepHooks": "tracking.hooks",
+    "DecisionAccuracy": "tracking.decision_accuracy",
+    "ladder_accuracy": "tracking.decision_accuracy",
+    "study_decision_accuracy": "tracking.ladder_view",
     "Finding": "tracking.hypotheses",
     "evaluate": "tracking.hypotheses",
     "metric_key": "tracking.keys",

@@ -212,6 +212,10 @@ class Effect:
     df: float | None
     verdict: str
 
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return None if self.low is None or self.high is None else (self.low, self.high)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "rung": self.rung,
@@ -409,8 +413,7 @@ class DecisionAccuracy:
         for h in self.hypotheses:
             label = h.hypothesis + (f" [{h.measure}]" if h.measure else "")
             effects = ", ".join(
-                f"rung {e.rung} {_fmt(e.diff)} {_interval((e.low, e.high) if e.low is not None else None)}"  # noqa: E501
-                for e in h.effects
+                f"rung {e.rung} {_fmt(e.diff)} {_interval(e.interval)}" for e in h.effects
             )
             out.append(f"{label}: effect {effects or 'none'}")
             for p in h.predictions:

@@ -427,7 +427,7 @@ def _effect_cell(h: HypothesisTrend, rung: int) -> tuple[str, str]:
     e = next((e for e in h.effects if e.rung == rung), None)
     if e is None:
         return "-", ""
-    return _num(e.diff), _iv((e.low, e.high) if e.low is not None and e.high is not None else None)
+    return _num(e.diff), _iv(e.interval)
 
 
 def _prediction_cell(h: HypothesisTrend, rung: int) -> tuple[str, str]:
