@@ -128,6 +128,8 @@ def run_sweep(
     started_ray = False
     registry: DriverRegistry | None = None
     try:
+        if config.ladder is not None and trials is not None:
+            refuse_growth_past_promotion(url, name, trials)
         opened = open_study(
             config,
             config_text=config_text,
@@ -141,7 +143,6 @@ def run_sweep(
         )
         study = opened.study
         target = target_trials(study) or config.study.trials
-        refuse_growth_past_promotion(study, target)
         show = Progress(
             name,
             target,

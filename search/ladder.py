@@ -38,7 +38,7 @@ from search.progress import Progress
 from search.ray_runtime import check_resources, fit, start_ray
 from search.searcher import StudySearcher
 from search.seed_rounds import compares
-from search.storage import scan_lock
+from search.storage import scan_lock, sqlite_path
 from search.study import OpenedStudy
 from search.trials import adds_seeds, count_toward_target
 from space.errors import ConfigError, InvalidCandidate
@@ -266,9 +266,17 @@ def _describe(config: SweepConfig) -> str:
     )
 
 
-def refuse_growth_past_promotion(study: optuna.Study, target: int) -> None:
+def refuse_growth_past_promotion(url: str, name: str, target: int) -> None:
     """A ladder study whose rung 0 was promoted cannot take more rung-0 candidates: rung 1
-    was chosen from the ones it had (and a rung-0 driver would claim its queued trials)."""
+    was chosen from the ones it had (and a rung-0 driver would claim its queued trials).
+    Checked before the study is opened, which records the target asked for."""
+    db = sqlite_path(url)
+    if db is not None and not db.exists():
+        return  # a new store, hence a new study
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:  # a new study
+        return
     trials = study.get_trials(deepcopy=False)
     if count_toward_target(trials) < target and any(rung_of(t.user_attrs) for t in trials):
         raise StudyError(

@@ -24,6 +24,7 @@ from scipy import stats
 from search import driver
 from search import ladder as ladder_mod
 from search.errors import StudyError
+from search.signature import target_trials
 from search.status import format_summary, summarize
 from space.errors import ConfigError
 from space.hypothesis_files import parse_hypotheses
@@ -336,6 +337,7 @@ def test_ladder_sweep_promotes_links_and_resumes_between_rungs(
     assert again.trained == 0
     with pytest.raises(StudyError, match="cannot grow"):
         driver.resume("lad", storage=url, trials=4, progress=False)
+    assert target_trials(optuna.load_study(study_name="lad", storage=url)) == 3  # unchanged
 
     # The report compares candidates within rung 0 and has the ladder's section.
     paths = build_report(study, tmp_path / "report", load_config(path))
