@@ -6,7 +6,8 @@ Rung 0 is the sweep as :func:`search.driver.run_sweep` runs it. Then, rung by ru
 by ``promote.by`` (ties: the earlier trial), plus every candidate a hypothesis compares,
 and enqueues one trial each, with the candidate's knobs (and the rung's ``knobs``),
 ``ladder_rung``, ``promoted_from`` (the trial one rung below) and ``ladder_origin`` (its
-rung-0 trial). :class:`RungSearcher` trains exactly those queued trials with the rung's
+rung-0 trial), and records in the study each hypothesis's effect predicted for the rung
+from the rungs below (:func:`state_predictions`). :class:`RungSearcher` trains exactly those queued trials with the rung's
 sweep file (:func:`space.ladder.apply_rung`): the rung's model, training and seeds.
 
 Nothing lives only in memory. A rung is promoted once, under the study's scan lock, and
@@ -51,9 +52,11 @@ from space.names import (
     ATTR_LADDER_RUNG,
     ATTR_PRESET,
     ATTR_PROMOTED_FROM,
+    STUDY_ATTR_LADDER_PREDICTIONS,
 )
 from space.schema import SweepConfig
 from tracking.hooks import SweepHooks
+from tracking.ladder_view import study_decision_accuracy
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,23 @@ def queue_promotions(study: optuna.Study, config: SweepConfig, rung: int) -> lis
                 if below.get(key) is not None:
                     attrs[key] = below[key]
             study.enqueue_trial(params, user_attrs=attrs)
+        state_predictions(study, config, rung)
         return chosen
+
+
+def state_predictions(study: optuna.Study, config: SweepConfig, rung: int) -> None:
+    """Record, before ``rung`` trains, each hypothesis's effect predicted for it from the
+    rungs below (:mod:`tracking.decision_accuracy`): the report checks the same numbers."""
+    accuracy = study_decision_accuracy(study, config)
+    if accuracy is None:
+        return
+    stated = {
+        h.hypothesis + (f" [{h.measure}]" if h.measure else ""): p.to_dict()
+        for h in accuracy.hypotheses
+        for p in h.predictions
+        if p.rung == rung
+    }
+    study.set_user_attr(f"{STUDY_ATTR_LADDER_PREDICTIONS}{rung}", stated)
 
 
 def queued_rung_trials(trials: Sequence[FrozenTrial], rung: int) -> list[FrozenTrial]:

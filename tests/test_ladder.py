@@ -39,6 +39,7 @@ from space.names import (
     ATTR_REASON,
     ATTR_RERUN_OF,
     ATTR_RESUMED_FROM_STEP,
+    STUDY_ATTR_LADDER_PREDICTIONS,
 )
 from space.outcomes import Reason
 from space.schema import load_config
@@ -331,6 +332,11 @@ def test_ladder_sweep_promotes_links_and_resumes_between_rungs(
     assert all(p.pairs == len(expected) * (len(expected) - 1) // 2 for p in accuracy.pairs)
     (trend,) = accuracy.hypotheses
     assert [e.rung for e in trend.effects] == [0, 1]
+    # The prediction checked now is the one the driver stated before rung 1 trained.
+    stated = study.user_attrs[f"{STUDY_ATTR_LADDER_PREDICTIONS}1"]
+    (p,) = trend.predictions
+    assert stated[trend.hypothesis]["interval"] == pytest.approx([p.low, p.high])
+    assert stated[trend.hypothesis]["observed"] is None and p.observed is not None
 
     # A resume of the finished ladder trains nothing; rung 0 cannot grow once promoted.
     again = driver.resume("lad", storage=url, progress=False)
