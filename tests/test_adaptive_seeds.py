@@ -50,7 +50,9 @@ from search.trials import (
 )
 from space import load_config
 from space.errors import ConfigError
-from space.names import (
+from space.outcomes import Reason
+from space.schema import parse_config, parse_yaml
+from space.trial_attrs import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_PRESET,
@@ -64,8 +66,6 @@ from space.names import (
     ATTR_SEED,
     ATTR_TRIAL_DIR,
 )
-from space.outcomes import Reason
-from space.schema import parse_config, parse_yaml
 from tracking.aggregate import aggregate_study
 from tracking.seed_plan import DECIDED, EXHAUSTED, plan_for_study
 from workers.ray_seeds import INTERVAL_FILE

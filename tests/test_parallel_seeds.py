@@ -33,21 +33,17 @@ from test_interface import collect_interface
 from search import driver
 from search.ray_runtime import LAUNCHER_MEMORY_BYTES, concurrent_trials, trial_cost, trial_resources
 from space.errors import ConfigError
-from space.names import (
+from space.names import PEAK_MEMORY_BYTES, SHORT_BPB, TOKENS_PER_S, TRAIN_SECONDS, VAL_BPB
+from space.outcomes import Reason
+from space.schema import load_config
+from space.trial_attrs import (
     ATTR_REASON,
     ATTR_RERUN_OF,
     ATTR_RESTART_REASON,
     ATTR_RESUMED_FROM_STEP,
     ATTR_TRIAL_DIR,
     ATTR_WORKER_RESTARTS,
-    PEAK_MEMORY_BYTES,
-    SHORT_BPB,
-    TOKENS_PER_S,
-    TRAIN_SECONDS,
-    VAL_BPB,
 )
-from space.outcomes import Reason
-from space.schema import load_config
 from tracking.target import resolve_tracking_uri
 from workers.layout import CHECKPOINT_FILE, finished_seed, read_scores, seed_dir
 from workers.ray_seeds import INTERVAL_FILE, seeds_at_once
