@@ -10,6 +10,7 @@ class expresses load from the folder's own ``modeling_ropenope.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -63,11 +64,17 @@ EXPECTED = {
     "cohere2_like": SMOLLM3,
     "qwen3_next_like": REFUSED,  # Gated DeltaNet and output gates: no exporter yet
     "gemma4_like": REFUSED,  # proportional RoPE: no exporter yet
+    "jamba_like": REFUSED,  # Mamba2 layers: no exporter yet
+    "olmo_hybrid_like": REFUSED,  # Gated DeltaNet layers: no exporter yet
+    "mimo_like": None,  # two RoPE bases, sinks on the local layers only
 }
+# Presets whose placement needs more than SHAPE's six layers (a 7:1 ratio, an 8-letter layout)
+LAYERS = {"jamba_like": 8, "mimo_like": 8}
 
 
 def preset(name: str, **knobs):
-    return build_candidate({**BUILTIN_PRESETS[name], "kv_heads": 2, **knobs}, SHAPE, TRAIN_LEN)
+    shape = dataclasses.replace(SHAPE, n_layers=LAYERS.get(name, SHAPE.n_layers))
+    return build_candidate({**BUILTIN_PRESETS[name], "kv_heads": 2, **knobs}, shape, TRAIN_LEN)
 
 
 def random_weights(candidate, seed: int = 0) -> dict[str, torch.Tensor]:
