@@ -180,8 +180,10 @@ class Mamba2(nn.Module):
         dt = F.softplus(dt.to(f32) + self.dt_bias.to(f32)).transpose(1, 2)  # (B, H, T)
         A = -self.A_log.to(f32).exp()
         state = None if cache is None else cache.state.to(f32)
-        rule = recurrent_ssd if recurrent or T == 1 else chunk_ssd
-        y, state = rule(xs, dt, A, Bm, Cm, state)  # (B, H, T, P)
+        if recurrent or T == 1:
+            y, state = recurrent_ssd(xs, dt, A, Bm, Cm, state)  # (B, H, T, P)
+        else:  # a sequence shorter than a chunk is one chunk of its own length, not padded
+            y, state = chunk_ssd(xs, dt, A, Bm, Cm, state, chunk=min(CHUNK_TOKENS, T))
         if cache is not None:
             cache.state.copy_(state)
         y = y + self.D.to(f32)[:, None, None] * xs
