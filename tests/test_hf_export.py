@@ -33,6 +33,7 @@ from workers.hf_export import (  # noqa: E402
     export_candidate,
 )
 from workers.hf_layout import (  # noqa: E402
+    GRANITE_HYBRID,
     LLAMA,
     LLAMA4,
     PHI3,
@@ -64,7 +65,7 @@ EXPECTED = {
     "cohere2_like": SMOLLM3,
     "qwen3_next_like": REFUSED,  # Gated DeltaNet and output gates: no exporter yet
     "gemma4_like": REFUSED,  # proportional RoPE: no exporter yet
-    "jamba_like": REFUSED,  # Mamba2 layers: no exporter yet
+    "jamba_like": GRANITE_HYBRID,  # Mamba2 layers with NoPE attention (Granite 4.0-H)
     "olmo_hybrid_like": REFUSED,  # Gated DeltaNet layers: no exporter yet
     "mimo_like": None,  # two RoPE bases, sinks on the local layers only
 }
@@ -174,7 +175,12 @@ def test_hf_export_stock_preset_loads_without_remote_code_and_matches(name, tmp_
     config = json.loads((result.out_dir / "config.json").read_text())
     assert "auto_map" not in config
     assert config["layer_types"] == [
-        "sliding_attention" if s.window_tokens else "full_attention" for s in candidate.layers
+        "linear_attention"
+        if s.recurrent
+        else "sliding_attention"
+        if s.window_tokens
+        else "full_attention"
+        for s in candidate.layers
     ]
     assert_same_model(result, model, candidate, remote=False)
 

@@ -306,16 +306,53 @@ def test_mamba2_hybrid_trains_every_parameter():
     assert losses[-1] < losses[0] - 0.5
 
 
-def test_mamba2_export_is_refused_naming_the_mixer(tmp_path):
+def test_mamba2_hybrid_exports_to_granite_moe_hybrid_without_remote_code(tmp_path):
+    """A Mamba2 : NoPE hybrid is GraniteMoeHybrid without experts (Granite 4.0-H's layers):
+    AutoModelForCausalLM loads it from the folder alone, logits within 1e-4 and the same
+    greedy tokens through its own cache. (Every shipped preset: tests/test_hf_export.py.)"""
+    transformers = pytest.importorskip("transformers")
+    from workers.decoding import greedy_decode
+    from workers.hf_export import export_candidate
+    from workers.model import HybridTransformer
+
+    candidate = build_candidate(HYBRID, MODEL_SHAPE, 32)
+    torch.manual_seed(1)
+    model = HybridTransformer(candidate.shape, candidate.layers)
+    with torch.no_grad():  # norm gains and D away from 1, so a misplaced one shows
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_(1.0, 0.3)
+    model.eval()
+    result = export_candidate(
+        candidate,
+        model.state_dict(),
+        tmp_path / "model",
+        max_position_embeddings=256,
+        card="# card\n",
+    )
+    assert result.architecture == "GraniteMoeHybridForCausalLM" and not result.remote_code
+    assert not any(f.endswith(".py") for f in result.files)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(result.out_dir)).eval()
+    idx = torch.randint(0, 256, (2, 90), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=idx).logits, model(idx), atol=1e-4, rtol=0)
+        prompt = idx[:1, :40]
+        theirs = hf.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
+        mine = greedy_decode(model, prompt, 12)
+    assert theirs[0, 40:].tolist() == mine[0].tolist()
+
+
+def test_mamba2_export_refuses_what_granite_lacks_naming_the_knob(tmp_path):
     pytest.importorskip("transformers")
     from workers.hf_export import export_candidate
     from workers.hf_reasons import NotExpressible
     from workers.model import HybridTransformer
 
-    candidate = build_candidate({"global_every": 4, "local_mixer": "mamba2"}, SHAPE, 64)
+    knobs = {"global_every": 4, "local_mixer": "mamba2", "global_window": 16}
+    candidate = build_candidate(knobs, SHAPE, 64)
     weights = HybridTransformer(candidate.shape, candidate.layers).state_dict()
-    for remote_code in (False, True):
-        with pytest.raises(NotExpressible, match="mixer=mamba2") as err:
+    for remote_code in (False, True):  # the remote-code model has no Mamba2 layer either
+        with pytest.raises(NotExpressible, match="global_window=16") as err:
             export_candidate(
                 candidate,
                 weights,
@@ -325,6 +362,7 @@ def test_mamba2_export_is_refused_naming_the_mixer(tmp_path):
                 remote_code=remote_code,
             )
         assert not err.value.remote_code_possible
+    assert not (tmp_path / "model").exists()
 
 
 def test_mamba2_describer():

@@ -40,7 +40,7 @@ from space.expand import Candidate
 from space.layers import LayerSpec, ModelShape
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from workers.hf_layout import LLAMA4, PHI3, StockLayout, stock_layout
+from workers.hf_layout import GRANITE_HYBRID, LLAMA4, PHI3, StockLayout, stock_layout
 from workers.hf_reasons import NotExpressible, unknown_layer_fields
 from workers.model import HybridTransformer
 
@@ -118,6 +118,8 @@ def hf_state_dict(
         out[_RENAMES[prefix] + name[len(prefix) :]] = tensor
     if architecture == PHI3:
         out = _fuse_for_phi3(out)
+    if architecture == GRANITE_HYBRID:
+        out = _rename_for_granite(out)
     if architecture == LLAMA4:
         if shape is None:
             raise ValueError("the Llama4 layout reorders q/k rows per head: pass the shape")
@@ -143,6 +145,26 @@ def _interleave_for_llama4(tensors: dict[str, Tensor], shape: ModelShape) -> dic
         if heads is not None:
             tensor = tensor.view(heads, dim, -1)[:, order].reshape(heads * dim, -1)
         out[name.replace(".mlp.", ".feed_forward.")] = tensor
+    return out
+
+
+def _rename_for_granite(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """GraniteMoeHybrid: a Mamba2 layer's mixer is ``mamba`` (parameters named as ours, which
+    are transformers' Mamba2Mixer's); every layer's SwiGLU is ``shared_mlp`` with gate and up
+    fused in ``input_linear`` (gate rows first) and down as ``output_linear``."""
+    out = {}
+    mamba = {k.split(".")[2] for k in tensors if k.endswith("self_attn.A_log")}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        if name.startswith("model.layers.") and parts[2] in mamba and parts[3] == "self_attn":
+            name = name.replace(".self_attn.", ".mamba.")
+        out[name] = tensor
+    layers = sorted({k.split(".")[2] for k in tensors if k.startswith("model.layers.")}, key=int)
+    for i in layers:
+        pre = f"model.layers.{i}."
+        parts = [out.pop(f"{pre}mlp.{p}_proj.weight") for p in ("gate", "up")]
+        out[f"{pre}shared_mlp.input_linear.weight"] = torch.cat(parts, dim=0)
+        out[f"{pre}shared_mlp.output_linear.weight"] = out.pop(f"{pre}mlp.down_proj.weight")
     return out
 
 
