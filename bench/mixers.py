@@ -4,9 +4,10 @@
     .venv/bin/python bench/mixers.py --device cuda --lengths 64 256 1024 4096
 
 For each preset (softmax attention only: ``rnope_swa``; Gated DeltaNet : gated attention:
-``qwen3_next_like``) at the model size of ``configs/mixers.yaml``: training tokens/s of a
-forward and backward pass at each length T, and the bytes a KV cache holds after decoding T
-tokens (measured on the cache; equal to ``kv_cache_bytes`` of the layers).
+``qwen3_next_like``; Mamba2 : NoPE attention 7:1: ``jamba_like``; Mamba2 and sliding-window
+attention alternating: ``swax_w8``) at the model size of ``configs/mixers.yaml``: training
+tokens/s of a forward and backward pass at each length T, and the bytes a KV cache holds
+after decoding T tokens (measured on the cache; equal to ``kv_cache_bytes`` of the layers).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--presets", nargs="+", default=["rnope_swa", "qwen3_next_like"])
+    parser.add_argument(
+        "--presets", nargs="+", default=["rnope_swa", "qwen3_next_like", "jamba_like", "swax_w8"]
+    )
     args = parser.parse_args()
     config = load_config(CONFIG)
     print(f"device {args.device}, batch {args.batch}, model of {CONFIG.name}")

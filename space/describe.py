@@ -75,6 +75,14 @@ def describe_knobs(knobs: Mapping[str, Any], stages: Sequence[StagePlan] = ()) -
         ]
         conv = k.get("deltanet_conv_tokens", 4)
         local += ", " + ", ".join([*sizes, f"a {conv}-token convolution"]) + ")"
+    if k.get("local_mixer") == "mamba2":
+        local = (
+            f"a Mamba2 state-space layer (no positions, constant state: "
+            f"{k['mamba2_head_dim']}-channel heads over {k['mamba2_expand']} x d_model, "
+            f"state size {k['mamba2_state_size']}, {k['mamba2_groups']} B/C "
+            f"group{'s' if k['mamba2_groups'] != 1 else ''}, "
+            f"a {k['mamba2_conv_tokens']}-token convolution)"
+        )
     glob = f"{global_pos} with {_attention(k.get('global_window'))}"
     layout = k.get("layout")
     if layout:

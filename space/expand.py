@@ -22,6 +22,7 @@ from space.layers import (
     LayerKind,
     LayerPlacement,
     LayerSpec,
+    Mamba2Shape,
     Mixer,
     ModelShape,
     OutputGate,
@@ -195,9 +196,13 @@ def refuse_attention_knobs_on_recurrent(knobs: Mapping[str, Any]) -> None:
         raise InvalidCandidate(f"{name}={knobs[name]}: {why}")
 
 
-def _recurrent_shape(knobs: Mapping[str, Any], shape: ModelShape) -> RecurrentShape:
-    """Gated DeltaNet sizes; by default Qwen3-Next's proportions: as many key heads as the
-    model has heads, of the model's head size, and twice as many value heads."""
+def _recurrent_shape(knobs: Mapping[str, Any], shape: ModelShape) -> RecurrentShape | Mamba2Shape:
+    """The local recurrent mixer's sizes. Gated DeltaNet: by default Qwen3-Next's
+    proportions (as many key heads as the model has heads, of the model's head size, and twice
+    as many value heads). Mamba2: ``expand x d_model`` channels in heads of
+    ``mamba2_head_dim``."""
+    if Mixer(knobs["local_mixer"]) is Mixer.MAMBA2:
+        return _mamba2_shape(knobs, shape)
     key_heads = knobs["deltanet_heads"] or shape.n_heads
     try:
         return RecurrentShape(
@@ -208,6 +213,27 @@ def _recurrent_shape(knobs: Mapping[str, Any], shape: ModelShape) -> RecurrentSh
         )
     except ValueError as err:
         raise InvalidCandidate(f"deltanet_value_heads: {err}") from err
+
+
+def _mamba2_shape(knobs: Mapping[str, Any], shape: ModelShape) -> Mamba2Shape:
+    inner, head_dim = knobs["mamba2_expand"] * shape.d_model, knobs["mamba2_head_dim"]
+    if inner % head_dim:
+        raise InvalidCandidate(
+            f"mamba2_head_dim={head_dim} does not divide the inner width mamba2_expand x d_model "
+            f"= {knobs['mamba2_expand']} x {shape.d_model} = {inner}"
+        )
+    heads = inner // head_dim
+    if heads % knobs["mamba2_groups"]:
+        raise InvalidCandidate(
+            f"mamba2_groups={knobs['mamba2_groups']} does not divide the {heads} Mamba2 heads"
+        )
+    return Mamba2Shape(
+        heads=heads,
+        head_dim=head_dim,
+        state_size=knobs["mamba2_state_size"],
+        groups=knobs["mamba2_groups"],
+        conv_tokens=knobs["mamba2_conv_tokens"],
+    )
 
 
 def _rope_scaling(knobs: Mapping[str, Any], train_seq_len: int) -> RopeScaling | None:
@@ -379,8 +405,10 @@ def _base(value: float) -> str:
 
 
 def _attn(spec: LayerSpec) -> str:
+    r = spec.recurrent
+    if spec.mixer is Mixer.MAMBA2:
+        return f"mamba{r.heads}x{r.head_dim}s{r.state_size}"
     if spec.mixer is not Mixer.SOFTMAX:
-        r = spec.recurrent
         return f"gdn{r.key_heads}x{r.head_dim}v{r.value_heads}"
     if spec.position is Position.NOPE:
         pos = "nope"

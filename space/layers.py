@@ -88,11 +88,13 @@ class RopeType(StrEnum):
 class Mixer(StrEnum):
     """What mixes tokens in a layer. ``SOFTMAX``: attention, with every positional and window
     option. ``GATED_DELTANET``: Qwen3-Next's Gated DeltaNet, a recurrent (linear-attention)
-    layer whose state has a constant size (:class:`RecurrentShape`); it takes no position,
-    window, QK-norm, sink or output-gate option."""
+    layer whose state has a constant size (:class:`RecurrentShape`). ``MAMBA2``: the Mamba2
+    selective state-space layer (:class:`Mamba2Shape`; Granite 4.0-H, Bamba, Nemotron-H). A
+    recurrent layer takes no position, window, QK-norm, sink or output-gate option."""
 
     SOFTMAX = "softmax"
     GATED_DELTANET = "gated_deltanet"
+    MAMBA2 = "mamba2"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,67 @@ class RecurrentShape:
             "head_dim": self.head_dim,
             "conv_tokens": self.conv_tokens,
         }
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """The recurrent state of one sequence: a ``Dk x Dv`` matrix per value head."""
+        return (self.value_heads, self.head_dim, self.head_dim)
+
+
+@dataclass(frozen=True)
+class Mamba2Shape:
+    """The sizes of a Mamba2 layer (transformers' ``Mamba2Config``): ``heads`` of
+    ``head_dim`` channels (together the inner width, ``expand x d_model``), the state size
+    ``N`` per channel, ``groups`` of heads sharing one ``B`` and ``C`` projection (and one
+    group of the gated norm), and the depthwise causal convolution's kernel in tokens."""
+
+    heads: int
+    head_dim: int
+    state_size: int
+    groups: int = 1
+    conv_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "head_dim", "state_size", "groups", "conv_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.heads % self.groups:
+            raise ValueError(f"groups {self.groups} must divide heads {self.heads}")
+
+    @property
+    def inner(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def conv_channels(self) -> int:
+        """x, B and C go through the convolution: ``inner + 2 groups N``."""
+        return self.inner + 2 * self.groups * self.state_size
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """The recurrent state of one sequence: ``head_dim x N`` per head."""
+        return (self.heads, self.head_dim, self.state_size)
+
+    def state_elements(self) -> int:
+        """Elements one sequence's decoding state holds, whatever its length: the last
+        ``conv_tokens - 1`` convolution inputs and ``heads x head_dim x N`` of state."""
+        return self.conv_channels * (self.conv_tokens - 1) + self.inner * self.state_size
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "heads": self.heads,
+            "head_dim": self.head_dim,
+            "state_size": self.state_size,
+            "groups": self.groups,
+            "conv_tokens": self.conv_tokens,
+        }
+
+
+# The sizes each recurrent mixer takes (``LayerSpec.recurrent``).
+RECURRENT_SHAPES: dict[Mixer, type] = {
+    Mixer.GATED_DELTANET: RecurrentShape,
+    Mixer.MAMBA2: Mamba2Shape,
+}
 
 
 class OutputGate(StrEnum):
@@ -256,7 +319,7 @@ class LayerSpec:
     output_gate: OutputGate = OutputGate.NONE  # a sigmoid gate on each head's output
     rope_type: RopeType = RopeType.NEOX  # RoPE layers: which dims rope_fraction turns
     mixer: Mixer = Mixer.SOFTMAX
-    recurrent: RecurrentShape | None = None  # exactly for a recurrent mixer
+    recurrent: RecurrentShape | Mamba2Shape | None = None  # exactly for a recurrent mixer
 
     def __post_init__(self) -> None:
         """A spec is valid by construction: what holds for every layer whatever the model's
@@ -284,6 +347,10 @@ class LayerSpec:
         softmax = self.mixer is Mixer.SOFTMAX
         if softmax != (self.recurrent is None):
             raise ValueError(f"{where}: recurrent sizes are set exactly for a recurrent mixer")
+        if not softmax and not isinstance(self.recurrent, RECURRENT_SHAPES[self.mixer]):
+            raise ValueError(
+                f"{where}: a {self.mixer.value} layer needs {RECURRENT_SHAPES[self.mixer].__name__}"
+            )
         attention_only = {
             "position: rope": rope,
             "window_tokens": self.window_tokens is not None,
@@ -359,6 +426,7 @@ class LayerSpec:
         """The inverse of :meth:`to_dict`."""
         temp = d.get("temperature")
         scaling = d.get("rope_scaling")
+        mixer = Mixer(d.get("mixer", Mixer.SOFTMAX.value))
         return cls(
             index=int(d["index"]),
             kind=LayerKind(d["kind"]),
@@ -375,8 +443,10 @@ class LayerSpec:
             rope_scaling=None if scaling is None else RopeScaling.from_dict(scaling),
             output_gate=OutputGate(d.get("output_gate", OutputGate.NONE.value)),
             rope_type=RopeType(d.get("rope_type", RopeType.NEOX.value)),
-            mixer=Mixer(d.get("mixer", Mixer.SOFTMAX.value)),
-            recurrent=None if d.get("recurrent") is None else RecurrentShape(**d["recurrent"]),
+            mixer=mixer,
+            recurrent=None
+            if d.get("recurrent") is None
+            else RECURRENT_SHAPES[mixer](**d["recurrent"]),
         )
 
     def parameter_layout(self) -> tuple[bool, bool, str, str]:

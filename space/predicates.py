@@ -7,8 +7,9 @@ the same architecture differently still select the same models.
 A **layer match** is a mapping of :class:`space.layers.LayerSpec` fields, every one of
 which must hold for a layer: ``kind`` (local | global), ``position`` (rope | nope),
 ``window`` (tokens; ``null`` = full attention), ``windowed`` (true | false),
-``rope_base``, ``qk_norm`` (none | pre_rope | post_rope) and ``temperature`` (true:
-Llama-4 query temperature scaling). A value is an exact value, a list of allowed
+``rope_base``, ``qk_norm`` (none | pre_rope | post_rope), ``temperature`` (true:
+Llama-4 query temperature scaling), ``mixer`` (softmax | gated_deltanet | mamba2) and
+``output_gate`` (none | headwise | elementwise). A value is an exact value, a list of allowed
 values, or a range ``{min: a, max: b}`` (inclusive, either end optional).
 
 A **predicate** holds when all its clauses hold:
@@ -135,8 +136,10 @@ class LayerMatch(_Model):
     rope_base: NumberMatch | None = None
     qk_norm: tuple[Literal["none", "pre_rope", "post_rope"], ...] | None = None
     temperature: bool | None = None
+    mixer: tuple[Literal["softmax", "gated_deltanet", "mamba2"], ...] | None = None
+    output_gate: tuple[Literal["none", "headwise", "elementwise"], ...] | None = None
 
-    _choice = field_validator("kind", "position", "qk_norm", mode="before")(
+    _choice = field_validator("kind", "position", "qk_norm", "mixer", "output_gate", mode="before")(
         lambda cls, v: _choices(v)
     )
     _number = field_validator("window", "rope_base", mode="before")(lambda cls, v: _number_match(v))
@@ -154,11 +157,15 @@ class LayerMatch(_Model):
             return False
         if self.qk_norm is not None and layer.qk_norm.value not in self.qk_norm:
             return False
+        if self.mixer is not None and layer.mixer.value not in self.mixer:
+            return False
+        if self.output_gate is not None and layer.output_gate.value not in self.output_gate:
+            return False
         return self.temperature is None or (layer.temperature is not None) == self.temperature
 
     def describe(self) -> str:
         parts = []
-        for name in ("kind", "position", "qk_norm"):
+        for name in ("kind", "position", "qk_norm", "mixer", "output_gate"):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name} {'/'.join(value)}")

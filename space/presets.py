@@ -73,6 +73,34 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "rope_type": "proportional",
         "rope_fraction_layers": "global",
     },
+    # Jamba: one NoPE attention layer in every 8, the others state-space layers (Jamba's are
+    # Mamba-1, ours Mamba2, the mixer of Bamba / Granite 4.0-H); Jamba puts the attention in
+    # the middle of each 8 (offset 4), here it is the 8th, so any multiple of 8 layers fits.
+    "jamba_like": {
+        "global_every": 8,
+        "global_position": "nope",
+        "local_mixer": "mamba2",
+    },
+    # OLMo Hybrid: 3 Gated DeltaNet : 1 full attention (layers 3, 7, ...), no RoPE in the
+    # released checkpoints (transformers' OlmoHybridConfig). Its QK-norm over the whole
+    # projection and its value heads twice the key heads' size are not knobs here.
+    "olmo_hybrid_like": {
+        "global_every": 4,
+        "global_position": "nope",
+        "local_mixer": "gated_deltanet",
+    },
+    # MiMo-V2-Flash: the first layer and every 6th are full attention (layers 0 and 5 of 8),
+    # the others a 128-token sliding window with learned sinks; RoPE base 1e4 local, 5e6 global.
+    # Its partial rotary (a third of each head) is left out: a third of our heads is odd.
+    "mimo_like": {
+        "layout": "GLLLLGLL",
+        "global_position": "rope",
+        "local_rope_base": 10000.0,
+        "global_rope_base": 5000000.0,
+        "local_window": 128,
+        "attention_sink": "learned",
+        "attention_sink_layers": "local",
+    },
 }
 
 BUILTIN_PRESETS: MappingProxyType = MappingProxyType(
@@ -91,4 +119,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cohere2_like": "3 sliding-window RoPE layers (base 50k) to 1 full-attention NoPE layer (Cohere2, Command R7B / A).",
     "qwen3_next_like": "3 Gated DeltaNet layers to 1 gated full-attention layer with partial RoPE and QK-norm (Qwen3-Next).",
     "gemma4_like": "5 sliding-window RoPE layers to 1 global layer with proportional RoPE on a quarter of its frequencies, QK-norm (Gemma 4).",
+    "jamba_like": "1 full-attention NoPE layer in every 8, the other 7 Mamba2 state-space layers (Jamba's ratio; Bamba / Granite 4.0-H's mixer).",
+    "olmo_hybrid_like": "3 Gated DeltaNet layers to 1 full-attention NoPE layer (OLMo Hybrid).",
+    "mimo_like": "The first layer and every 6th full-attention RoPE (base 5e6), the others 128-token sliding-window RoPE with learned sinks (MiMo-V2-Flash; 8 layers).",
 }

@@ -28,6 +28,11 @@ SHAPE_KNOBS = (
     "deltanet_value_heads",
     "deltanet_head_dim",
     "deltanet_conv_tokens",
+    "mamba2_state_size",
+    "mamba2_conv_tokens",
+    "mamba2_expand",
+    "mamba2_head_dim",
+    "mamba2_groups",
 )
 # Knobs that decide which layers carry QK-norm weights or sink logits.
 LAYOUT_KNOBS = (

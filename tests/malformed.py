@@ -505,6 +505,14 @@ def _cases() -> list[Case]:
         _with("space.deltanet_conv_tokens", 2.5),
         "space.deltanet_conv_tokens",
     )
+    mamba = copy.deepcopy(VALID)
+    mamba["space"]["local_mixer"] = "mamba2"
+    add("window_on_mamba2_layers", _dump(mamba), "space.local_window")
+    mamba["space"]["local_window"] = None
+    mamba["space"]["local_rope_base"] = 50000.0
+    add("rope_base_on_mamba2_layers", _dump(mamba), "space.local_rope_base")
+    add("mamba2_state_size_zero", _with("space.mamba2_state_size", 0), "space.mamba2_state_size")
+    add("mamba2_expand_float", _with("space.mamba2_expand", 1.5), "space.mamba2_expand")
     grid = copy.deepcopy(VALID)
     grid["study"]["sampler"] = "grid"
     grid["space"]["local_window"] = {"int": [1, 10**9]}

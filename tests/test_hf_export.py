@@ -10,6 +10,7 @@ class expresses load from the folder's own ``modeling_ropenope.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -32,6 +33,7 @@ from workers.hf.export import (  # noqa: E402
     export_candidate,
 )
 from workers.hf.layout import (  # noqa: E402
+    GRANITE_HYBRID,
     LLAMA,
     LLAMA4,
     PHI3,
@@ -63,11 +65,17 @@ EXPECTED = {
     "cohere2_like": SMOLLM3,
     "qwen3_next_like": REFUSED,  # Gated DeltaNet and output gates: no exporter yet
     "gemma4_like": REFUSED,  # proportional RoPE: no exporter yet
+    "jamba_like": GRANITE_HYBRID,  # Mamba2 layers with NoPE attention (Granite 4.0-H)
+    "olmo_hybrid_like": REFUSED,  # Gated DeltaNet layers: no exporter yet
+    "mimo_like": None,  # two RoPE bases, sinks on the local layers only
 }
+# Presets whose placement needs more than SHAPE's six layers (a 7:1 ratio, an 8-letter layout)
+LAYERS = {"jamba_like": 8, "mimo_like": 8}
 
 
 def preset(name: str, **knobs):
-    return build_candidate({**BUILTIN_PRESETS[name], "kv_heads": 2, **knobs}, SHAPE, TRAIN_LEN)
+    shape = dataclasses.replace(SHAPE, n_layers=LAYERS.get(name, SHAPE.n_layers))
+    return build_candidate({**BUILTIN_PRESETS[name], "kv_heads": 2, **knobs}, shape, TRAIN_LEN)
 
 
 def random_weights(candidate, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -167,7 +175,12 @@ def test_hf_export_stock_preset_loads_without_remote_code_and_matches(name, tmp_
     config = json.loads((result.out_dir / "config.json").read_text())
     assert "auto_map" not in config
     assert config["layer_types"] == [
-        "sliding_attention" if s.window_tokens else "full_attention" for s in candidate.layers
+        "linear_attention"
+        if s.recurrent
+        else "sliding_attention"
+        if s.window_tokens
+        else "full_attention"
+        for s in candidate.layers
     ]
     assert_same_model(result, model, candidate, remote=False)
 

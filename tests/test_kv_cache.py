@@ -56,9 +56,10 @@ EXTRA_PRESETS = [
 
 def _config():
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
-    # six layers hold every preset's ratio; in the shipped presets four query heads share two
-    # key/value heads (GQA), the extra ones keep one per query head
-    raw["model"] = {"layers": 6, "d_model": 32, "heads": 4, "mlp_hidden": 64}
+    # eight layers hold every preset's ratio (jamba_like's 7:1, mimo_like's 8-letter layout);
+    # in the shipped presets four query heads share two key/value heads (GQA), the extra ones
+    # keep one per query head
+    raw["model"] = {"layers": 8, "d_model": 32, "heads": 4, "mlp_hidden": 64}
     gqa = [{"name": name, "knobs": {"kv_heads": 2}} for name in BUILTIN_PRESETS]
     raw["presets"] = [*gqa, *EXTRA_PRESETS]
     return load_config_text(yaml.safe_dump(raw))

@@ -80,13 +80,18 @@ def test_expand_every_preset_exact_layout():
         "cohere2_like": {3, 7, 11},
         "qwen3_next_like": {3, 7, 11},
         "gemma4_like": {5, 11},
+        "jamba_like": {7},
+        "olmo_hybrid_like": {3, 7, 11},
     }
-    assert set(expected_globals) == set(BUILTIN_PRESETS)
+    # mimo_like's explicit layout places 8 layers: refused at 12, naming the knob
+    assert set(expected_globals) | {"mimo_like"} == set(BUILTIN_PRESETS)
     for name, globals_ in expected_globals.items():
         cand = build_candidate(BUILTIN_PRESETS[name], SHAPE, train_seq_len=64)
         got = {layer.index for layer in cand.layers if layer.kind is LayerKind.GLOBAL}
         assert got == globals_, name
         assert [layer.index for layer in cand.layers] == list(range(12))
+    with pytest.raises(InvalidCandidate, match="layout: layout 'GLLLLGLL' places 8 layers"):
+        build_candidate(BUILTIN_PRESETS["mimo_like"], SHAPE, train_seq_len=64)
 
 
 def test_expand_rnope_swa_attributes():

@@ -10,8 +10,8 @@ allocated once for the longest sequence the decoding will reach (``max_tokens``)
 - chunks of ``W``: the current chunk only, in the same ``W`` slots (a new chunk overwrites
   the old one slot by slot; the mask hides what is left of it).
 
-A recurrent layer (Gated DeltaNet) keeps a state of constant size instead
-(:class:`RecurrentCache`): the last convolution inputs and its delta-rule matrices.
+A recurrent layer (Gated DeltaNet, Mamba2) keeps a state of constant size instead
+(:class:`RecurrentCache`): the last convolution inputs and its state matrices.
 
 So the bytes a candidate holds for a context of ``N`` tokens are
 ``workers.serving_cost.kv_cache_bytes`` of its layers at ``N`` exactly (per sequence, at the
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from space.layers import LayerSpec, RecurrentShape
+from space.layers import LayerSpec, Mamba2Shape, RecurrentShape
 
 
 def capacity_tokens(spec: LayerSpec, max_tokens: int) -> int:
@@ -88,18 +88,22 @@ class LayerCache:
 
 class RecurrentCache:
     """One recurrent layer's decoding state for ``batch`` sequences: the last
-    ``conv_tokens - 1`` convolution inputs ``(B, channels, K - 1)`` and the delta-rule state
-    ``(B, value_heads, Dk, Dv)``, both of constant size."""
+    ``conv_tokens - 1`` convolution inputs ``(B, channels, K - 1)`` and the recurrent state
+    ``(B, *shape.state_shape)`` (Gated DeltaNet: ``(B, value_heads, Dk, Dv)``; Mamba2:
+    ``(B, heads, head_dim, N)``), both of constant size."""
 
     def __init__(
-        self, batch: int, shape: RecurrentShape, *, dtype: torch.dtype, device: torch.device | str
+        self,
+        batch: int,
+        shape: RecurrentShape | Mamba2Shape,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
     ) -> None:
         self.conv = torch.zeros(
             batch, shape.conv_channels, shape.conv_tokens - 1, dtype=dtype, device=device
         )
-        self.state = torch.zeros(
-            batch, shape.value_heads, shape.head_dim, shape.head_dim, dtype=dtype, device=device
-        )
+        self.state = torch.zeros(batch, *shape.state_shape, dtype=dtype, device=device)
 
     @property
     def nbytes(self) -> int:

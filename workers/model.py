@@ -55,6 +55,7 @@ from space.layers import (
 from workers.attention import attend, cached_attention, dense_attention
 from workers.deltanet import GatedDeltaNet
 from workers.kv_cache import KVCache, LayerCache, RecurrentCache
+from workers.mamba2 import Mamba2
 
 
 class RMSNorm(nn.Module):
@@ -323,13 +324,17 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+RECURRENT_MIXERS = {Mixer.GATED_DELTANET: GatedDeltaNet, Mixer.MAMBA2: Mamba2}
+
+
 class Block(nn.Module):
     def __init__(self, shape: ModelShape, spec: LayerSpec) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(shape.d_model, shape.norm_eps)
-        # the token mixer: attention, or a recurrent layer (``workers.deltanet``)
+        # the token mixer: attention, or a recurrent layer (``workers.deltanet``,
+        # ``workers.mamba2``)
         self.recurrent = spec.mixer is not Mixer.SOFTMAX
-        self.attn = GatedDeltaNet(shape, spec) if self.recurrent else Attention(shape, spec)
+        self.attn = RECURRENT_MIXERS.get(spec.mixer, Attention)(shape, spec)
         self.mlp_norm = RMSNorm(shape.d_model, shape.norm_eps)
         self.mlp = SwiGLU(shape)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from space.layers import LayerSpec, ModelShape, WindowKind
+from space.layers import LayerSpec, Mixer, ModelShape, WindowKind
 
 # The context ``kv_cache_bytes`` assumes when given none; trials pass the sweep's
 # ``score.kv_context_tokens``.
@@ -54,13 +54,18 @@ def attention_flops_per_token(
     with chunks of W (on average about half a sliding window's), so per layer and token it
     costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``. A Gated DeltaNet layer's state
     is read by the key, written by the delta and read by the query: three ``Dk x Dv``
-    products per value head, ``2 * 3 * value_heads * head_dim ** 2`` whatever the length.
+    products per value head, ``2 * 3 * value_heads * head_dim ** 2`` whatever the length. A
+    Mamba2 layer's state (``head_dim x N`` per head) is written by ``x B^T`` and read by ``C``:
+    ``2 * 2 * heads * head_dim * N``.
     """
     if context_tokens < 1:
         raise ValueError(f"context_tokens must be >= 1, got {context_tokens}")
     per_key = 4 * shape.n_heads * shape.head_dim
     total = 0.0
     for spec in layers:
+        if spec.mixer is Mixer.MAMBA2:
+            total += 2 * 2 * spec.recurrent.inner * spec.recurrent.state_size
+            continue
         if spec.recurrent is not None:
             r = spec.recurrent
             total += 2 * 3 * r.value_heads * r.head_dim * r.head_dim

@@ -2,15 +2,15 @@
 
 ``export_candidate`` writes, into a fresh folder:
 
-- ``config.json``: the stock class that reproduces the candidate (``workers.hf_layout``), or,
+- ``config.json``: the stock class that reproduces the candidate (``workers.hf.layout``), or,
   with ``remote_code=True`` for a candidate no stock class expresses, our own
-  ``configuration_ropenope.py`` / ``modeling_ropenope.py`` (``workers/hf_remote``) next to the
+  ``configuration_ropenope.py`` / ``modeling_ropenope.py`` (``workers/hf/remote``) next to the
   weights with an ``auto_map`` for ``trust_remote_code=True``;
 - ``model.safetensors`` (fp32, Hugging Face Llama parameter names, the tied output head left
   to ``tie_word_embeddings``; fused for Phi3, reordered for Llama 4's interleaved RoPE, see
   :func:`hf_state_dict`) and ``generation_config.json``;
-- the byte tokenizer (``workers.hf_tokenizer``) when the model reads bytes;
-- ``README.md``: the model card the caller renders (``workers.hf_card``);
+- the byte tokenizer (``workers.hf.tokenizer``) when the model reads bytes;
+- ``README.md``: the model card the caller renders (``workers.hf.card``);
 - ``ropenope.json``: where it came from (study, trial, seed, candidate, scores, the check).
 
 The model is the candidate's last training stage (:func:`served_layers`): a later stage may
@@ -40,7 +40,7 @@ from space.expand import Candidate
 from space.layers import LayerSpec, ModelShape
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from workers.hf.layout import LLAMA4, PHI3, StockLayout, stock_layout
+from workers.hf.layout import GRANITE_HYBRID, LLAMA4, PHI3, StockLayout, stock_layout
 from workers.hf.reasons import NotExpressible, unknown_layer_fields
 from workers.model import HybridTransformer
 
@@ -118,6 +118,8 @@ def hf_state_dict(
         out[_RENAMES[prefix] + name[len(prefix) :]] = tensor
     if architecture == PHI3:
         out = _fuse_for_phi3(out)
+    if architecture == GRANITE_HYBRID:
+        out = _rename_for_granite(out)
     if architecture == LLAMA4:
         if shape is None:
             raise ValueError("the Llama4 layout reorders q/k rows per head: pass the shape")
@@ -143,6 +145,26 @@ def _interleave_for_llama4(tensors: dict[str, Tensor], shape: ModelShape) -> dic
         if heads is not None:
             tensor = tensor.view(heads, dim, -1)[:, order].reshape(heads * dim, -1)
         out[name.replace(".mlp.", ".feed_forward.")] = tensor
+    return out
+
+
+def _rename_for_granite(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """GraniteMoeHybrid: a Mamba2 layer's mixer is ``mamba`` (parameters named as ours, which
+    are transformers' Mamba2Mixer's); every layer's SwiGLU is ``shared_mlp`` with gate and up
+    fused in ``input_linear`` (gate rows first) and down as ``output_linear``."""
+    out = {}
+    mamba = {k.split(".")[2] for k in tensors if k.endswith("self_attn.A_log")}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        if name.startswith("model.layers.") and parts[2] in mamba and parts[3] == "self_attn":
+            name = name.replace(".self_attn.", ".mamba.")
+        out[name] = tensor
+    layers = sorted({k.split(".")[2] for k in tensors if k.startswith("model.layers.")}, key=int)
+    for i in layers:
+        pre = f"model.layers.{i}."
+        parts = [out.pop(f"{pre}mlp.{p}_proj.weight") for p in ("gate", "up")]
+        out[f"{pre}shared_mlp.input_linear.weight"] = torch.cat(parts, dim=0)
+        out[f"{pre}shared_mlp.output_linear.weight"] = out.pop(f"{pre}mlp.down_proj.weight")
     return out
 
 
@@ -329,7 +351,7 @@ def _files(folder: Path) -> tuple[str, ...]:
 
 def file_digests(folder: Path) -> dict[str, str]:
     """``name -> sha256`` of every file of an export folder but ``ropenope.json`` (which
-    records them). The MLflow loader (hf_remote/mlflow_pyfunc.py) checks them before it
+    records them). The MLflow loader (hf/remote/mlflow_pyfunc.py) checks them before it
     loads anything, so a changed weight, tokenizer or modeling file is refused."""
     out: dict[str, str] = {}
     for name in _files(folder):

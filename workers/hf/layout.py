@@ -1,7 +1,7 @@
 """Which stock Hugging Face ``transformers`` class reproduces a candidate exactly, and its config.
 
 Our block is the Llama block (pre-norm RMSNorm, SwiGLU, GQA, ``rotate_half`` RoPE, tied
-embeddings, no biases); five stock classes add per-layer options on top of it, each checked
+embeddings, no biases); six stock classes add per-layer options on top of it, each checked
 against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``:
 
 - ``LlamaForCausalLM``: every layer RoPE with one base, full attention, no QK-norm.
@@ -16,7 +16,7 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
   fraction, no QK-norm, no RoPE scaling (Phi3 accepts only its own ``longrope``), and every
   layer full or every layer sliding with one window (Phi3 has one ``sliding_window`` for all
   layers). Its q/k/v and gate/up projections are fused (``qkv_proj``, ``gate_up_proj``): the
-  same arithmetic, the weights concatenated (:func:`workers.hf_export.hf_state_dict`). Llama,
+  same arithmetic, the weights concatenated (:func:`workers.hf.export.hf_state_dict`). Llama,
   Qwen3 and SmolLM3 rotate whole heads only (their ``apply_rotary_pos_emb`` does not split).
 - ``Llama4ForCausalLM`` without experts (``moe_layers: []``, every layer the dense SwiGLU
   ``feed_forward``): chunked attention (``attention_chunk_size``, ``layer_types``
@@ -27,6 +27,14 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
   other exactly. Its NoPE query temperature would match ours without padding, but it counts
   positions over left padding (``cache_position``), so a candidate with ``global_temperature``
   is not exported to it.
+
+- ``GraniteMoeHybridForCausalLM`` without experts (``num_local_experts: 0``, every layer the
+  dense SwiGLU ``shared_mlp``, gate and up fused in ``input_linear``; multipliers 1, attention
+  scaled by ``1 / sqrt(head_dim)``): Mamba2 layers (``local_mixer: mamba2``; ``mamba``, named
+  as transformers' Mamba2Mixer, as ours) with full-attention layers, all NoPE
+  (``position_embedding_type: null``, Granite 4.0-H) or all RoPE with one base, no window, no
+  QK-norm. A Mamba2 hybrid it cannot reproduce is refused even with remote code (our modeling
+  file has no recurrent layer); Gated DeltaNet layers are refused outright.
 
 RoPE scaling is ``rope_parameters`` on Llama, Qwen3 and SmolLM3 (``linear``; ``yarn`` with
 ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``attention_factor`` and
@@ -51,7 +59,7 @@ The knobs of issue 17 that no stock class reproduces with our block, each checke
 What none of them expresses (these, and QK-norm on some layers only, a learned QK-norm after
 RoPE, QK-norm together with NoPE layers, NoPE query temperature, two RoPE bases, two window
 sizes) is a :class:`NotExpressible` naming the knob and its value; such a candidate exports with
-its own modeling file (``--remote-code``, ``workers/hf_remote``), which implements every field
+its own modeling file (``--remote-code``, ``workers/hf/remote``), which implements every field
 of :class:`space.layers.LayerSpec`. Per-layer fields this module does not know (knobs newer than
 it) are refused outright, remote code included, rather than exported as something else.
 
@@ -69,6 +77,7 @@ from typing import Any
 
 from space.layers import (
     LayerSpec,
+    Mixer,
     ModelShape,
     Position,
     QKNorm,
@@ -83,12 +92,14 @@ QWEN3 = "Qwen3ForCausalLM"
 SMOLLM3 = "SmolLM3ForCausalLM"
 PHI3 = "Phi3ForCausalLM"
 LLAMA4 = "Llama4ForCausalLM"
+GRANITE_HYBRID = "GraniteMoeHybridForCausalLM"
 MODEL_TYPES = {
     LLAMA: "llama",
     QWEN3: "qwen3",
     SMOLLM3: "smollm3",
     PHI3: "phi3",
     LLAMA4: "llama4_text",
+    GRANITE_HYBRID: "granitemoehybrid",
 }
 # Hugging Face's rope_type for each of our scalings that a stock class reproduces exactly.
 HF_ROPE_TYPES = {RopeScalingKind.LINEAR: "linear", RopeScalingKind.YARN: "yarn"}
@@ -189,8 +200,9 @@ def stock_layout(
     if unknown:
         raise NotExpressible(unknown, remote_code_possible=False)
     reasons = stock_reasons(layers, knobs)
-    if reasons:
-        raise NotExpressible(reasons)
+    mamba = [s.recurrent for s in layers if s.mixer is Mixer.MAMBA2]
+    if reasons:  # the remote-code model has no recurrent layer either
+        raise NotExpressible(reasons, remote_code_possible=not mamba)
 
     rope = [s for s in layers if s.position is Position.ROPE]
     base = rope[0].rope_base if rope else UNUSED_ROPE_BASE
@@ -205,7 +217,31 @@ def stock_layout(
     common = _common_config(shape, layers, rope_params, scaling, max_position_embeddings)
     common.update(special_tokens or {})
     chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
-    if chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
+    if mamba:  # stock_reasons made sure: full attention, no QK-norm, one position
+        architecture = GRANITE_HYBRID
+        r = mamba[0]  # one set of sizes for every Mamba2 layer (the knobs)
+        config = {
+            **common,
+            "layer_types": ["linear_attention" if s.recurrent else FULL for s in layers],
+            "shared_intermediate_size": shape.mlp_hidden,  # the dense SwiGLU of every layer
+            "num_local_experts": 0,  # no mixture of experts
+            "position_embedding_type": "rope" if rope else None,  # None: NoPE
+            # Granite's scalings, set to be our plain block
+            "embedding_multiplier": 1.0,
+            "residual_multiplier": 1.0,
+            "logits_scaling": 1.0,
+            "attention_multiplier": shape.head_dim**-0.5,
+            "mamba_n_heads": r.heads,
+            "mamba_d_head": r.head_dim,
+            "mamba_d_state": r.state_size,
+            "mamba_n_groups": r.groups,
+            "mamba_d_conv": r.conv_tokens,
+            "mamba_expand": r.inner // shape.d_model,
+            "mamba_chunk_size": 256,
+            "mamba_conv_bias": True,
+            "mamba_proj_bias": False,
+        }
+    elif chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
         architecture = LLAMA4
         config = {
             **common,
@@ -256,6 +292,7 @@ def stock_layout(
 
 
 __all__ = [
+    "GRANITE_HYBRID",
     "HF_ROPE_TYPES",
     "LLAMA",
     "LLAMA4",

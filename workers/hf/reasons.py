@@ -1,5 +1,5 @@
 """Why no stock Hugging Face class reproduces a candidate: each reason names a knob, its
-value and what the classes lack (:mod:`workers.hf_layout` says which class does, and why
+value and what the classes lack (:mod:`workers.hf.layout` says which class does, and why
 these are the rules). A per-layer field this module does not know is a reason that even
 remote code cannot lift."""
 
@@ -13,6 +13,7 @@ from space.layers import (
     AttentionSink,
     LayerKind,
     LayerSpec,
+    Mixer,
     Position,
     QKNorm,
     RopeScalingKind,
@@ -37,6 +38,10 @@ KNOWN_LAYER_FIELDS = frozenset(
         "rope_scaling",
     }
 )
+# Per-layer fields exported only for some mixers: a Mamba2 layer's (GraniteMoeHybrid's mamba
+# layers, workers.hf.layout); a Gated DeltaNet layer's are still unknown to every exporter.
+MIXER_FIELDS = frozenset({"mixer", "recurrent"})
+EXPORTED_MIXERS = frozenset({Mixer.MAMBA2})
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,9 @@ def unknown_layer_fields(layers: Sequence[LayerSpec]) -> list[Reason]:
     reasons: list[Reason] = []
     seen: set[str] = set()
     for spec in layers:
+        exported = MIXER_FIELDS if spec.mixer in EXPORTED_MIXERS else frozenset()
         for key, value in spec.to_dict().items():
-            if key not in KNOWN_LAYER_FIELDS and key not in seen:
+            if key not in KNOWN_LAYER_FIELDS | exported and key not in seen:
                 seen.add(key)
                 reasons.append(Reason(key, value, f"layer {spec.index}: not implemented by export"))
     return reasons
@@ -158,6 +164,48 @@ def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list
             )
         )
     reasons += _new_knob_reasons(layers, knobs)
+    if any(s.mixer is Mixer.MAMBA2 for s in layers):
+        reasons += _mamba2_reasons(layers, knobs)
+    return reasons
+
+
+def _mamba2_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """What GraniteMoeHybrid (Granite 4.0-H: Mamba2 layers and attention layers, each with
+    the dense SwiGLU ``shared_mlp``) lacks for the attention layers of a Mamba2 hybrid: no
+    window, no QK-norm, and one position for all of them (``position_embedding_type``)."""
+    softmax = [s for s in layers if s.mixer is Mixer.SOFTMAX]
+    reasons: list[Reason] = []
+    windowed = [s for s in softmax if s.window_tokens is not None]
+    if windowed:
+        reasons.append(
+            Reason(
+                "global_window",
+                _knob(knobs, "global_window", windowed[0].window_tokens),
+                f"windowed attention on layers {_indices(windowed)}: GraniteMoeHybrid, the "
+                "stock class with Mamba2 layers, has full attention only",
+            )
+        )
+    if any(s.qk_norm is not QKNorm.NONE for s in softmax):
+        reasons.append(
+            Reason("qk_norm", _knob(knobs, "qk_norm", "?"), "GraniteMoeHybrid has no QK-norm")
+        )
+    if len({s.position for s in softmax}) > 1:
+        reasons.append(
+            Reason(
+                "global_position",
+                _knob(knobs, "global_position", "?"),
+                "RoPE and NoPE attention layers: GraniteMoeHybrid has one "
+                "position_embedding_type for all",
+            )
+        )
+    if any(s.rope_scaling is not None or s.rope_fraction != 1.0 for s in softmax):
+        reasons.append(
+            Reason(
+                "rope_scaling",
+                _knob(knobs, "rope_scaling", "?"),
+                "a RoPE scaling or partial rotary with Mamba2 layers: not exported",
+            )
+        )
     return reasons
 
 
