@@ -2,7 +2,7 @@
 
 :func:`run_sweep` takes the study's lock (SQLite) or registers as one of its drivers
 (PostgreSQL), opens the study (:mod:`search.study`), closes what a dead driver left
-RUNNING and re-queues it from its newest checkpoint (:mod:`search.trials`,
+RUNNING and re-queues it from its newest checkpoint (:mod:`search.bookkeeping`,
 :mod:`search.restore`), then lets Ray Tune train trials that the study searcher
 (:mod:`search.searcher`) asks Optuna for, until the study holds its target, and ends with
 the Pareto front. With adaptive seeds (``study.repeats: {min, max}``) the searcher then
@@ -24,11 +24,19 @@ import optuna
 import ray
 from optuna.trial import TrialState
 
+from search.bookkeeping import (
+    adds_seeds,
+    count_toward_target,
+    reconcile_interrupted,
+    record_run_links,
+    requeue_worker_deaths,
+)
 from search.calibration import calibrated
-from search.drivers import DriverRegistry, SqliteLock
 from search.errors import StudyError
 from search.failures import close_capped
 from search.ladder import LadderRun, refuse_growth_past_promotion, run_rungs
+from search.liveness import DriverRegistry, SqliteLock
+from search.optuna_view import study_view
 from search.progress import Progress
 from search.ray_runtime import check_resources, fit, start_ray
 from search.restore import find_restore
@@ -38,14 +46,6 @@ from search.signature import stored_config, target_trials
 from search.status import tie_warnings
 from search.storage import resolve_storage_url, sqlite_path
 from search.study import OpenedStudy, load_existing, open_study
-from search.study_view import study_view
-from search.trials import (
-    adds_seeds,
-    count_toward_target,
-    reconcile_interrupted,
-    record_run_links,
-    requeue_worker_deaths,
-)
 from space.ladder import rung_of
 from space.paths import runs_dir
 from space.schema import SweepConfig, load_config

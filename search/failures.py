@@ -25,7 +25,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.trials import finish_trial
+from search.bookkeeping import finish_trial
 from space.outcomes import INFRASTRUCTURE_REASONS, Reason
 from space.sections import FailuresSection
 from space.trial_attrs import ATTR_REASON, ATTR_REASON_DETAIL, ATTR_RERUN_OF

@@ -14,7 +14,7 @@ Nothing lives only in memory. A rung is promoted once, under the study's scan lo
 only when the rung below has nothing running or queued; its trials never count toward
 ``study.trials``; their budget key holds the rung (:func:`search.signature.budget_key`), so
 dedup never hands a rung-0 result to a rung-1 trial; an interrupted rung-1 trial is
-re-queued with its ladder links (:func:`search.trials.reconcile_interrupted`). So a driver
+re-queued with its ladder links (:func:`search.bookkeeping.reconcile_interrupted`). So a driver
 killed between rungs or inside one resumes at that rung and trains no rung-0 trial again.
 """
 
@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
+from search.bookkeeping import adds_seeds, count_toward_target
 from search.calibration import calibrated
 from search.errors import StudyError
 from search.optuna_adapter import claim_waiting
@@ -41,7 +42,6 @@ from search.searcher import StudySearcher
 from search.seed_rounds import compares
 from search.storage import scan_lock, sqlite_path
 from search.study import OpenedStudy
-from search.trials import adds_seeds, count_toward_target
 from space.errors import ConfigError, InvalidCandidate
 from space.ladder import apply_rung, promote_direction, rung_of
 from space.names import STUDY_ATTR_LADDER_PREDICTIONS

@@ -14,8 +14,8 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.bookkeeping import adds_seeds
 from search.status import best_per_objective, count_states, format_value
-from search.trials import adds_seeds
 from space.outcomes import Reason
 from space.trial_attrs import TrialAttrs
 

@@ -50,24 +50,24 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
-from search.drivers import DriverRegistry
-from search.failures import FailureBudget, infrastructure_text, rerun_depth, rerun_limit_detail
-from search.optuna_adapter import claim_waiting, storage_trial_id
-from search.progress import Progress
-from search.restore import find_restore
-from search.retention import retain_trial
-from search.seed_rounds import SeedRounds, queued_seed_trials, unsettled
-from search.storage import sqlite_path
-from search.study import OpenedStudy
-from search.study_view import study_view
-from search.triage import Ready, Triage, Waiting
-from search.trials import (
+from search.bookkeeping import (
     GhostReaper,
     count_toward_target,
     finish_trial,
     reconcile_interrupted,
     set_trial_attrs,
 )
+from search.failures import FailureBudget, infrastructure_text, rerun_depth, rerun_limit_detail
+from search.liveness import DriverRegistry
+from search.optuna_adapter import claim_waiting, storage_trial_id
+from search.optuna_view import study_view
+from search.progress import Progress
+from search.restore import find_restore
+from search.retention import retain_trial
+from search.seed_rounds import SeedRounds, queued_seed_trials, unsettled
+from search.storage import sqlite_path
+from search.study import OpenedStudy
+from search.triage import Ready, Triage, Waiting
 from space.expand import Candidate
 from space.outcomes import RERUN_REASONS, Reason, RunStatus, error_reason
 from space.schema import SweepConfig
@@ -176,7 +176,7 @@ class StudySearcher(Searcher):
         self.trained: list[int] = []
         self.trial_seconds = 0.0
         self._idle_until = 0.0
-        # Closes RUNNING trials no driver runs (search.trials.GhostReaper), now and then.
+        # Closes RUNNING trials no driver runs (search.bookkeeping.GhostReaper), now and then.
         self.reaper = GhostReaper(
             self.study,
             self.storage,

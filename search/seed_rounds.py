@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.bookkeeping import adds_seeds
 from search.errors import StudyError
 from search.presets import fixed_params
 from search.signature import sweep_seeds
 from search.storage import scan_lock
-from search.trials import adds_seeds
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate
 from space.hypotheses import Hypothesis

@@ -108,10 +108,10 @@ def seed_plan_summary(study: optuna.Study, config: Any = None) -> dict[str, Any]
     lines ``ropenope status`` prints, and the trials of more seeds; None for a study with
     a fixed number of seeds. ``config``: the sweep file (default: the one the study
     stores)."""
+    from search.bookkeeping import adds_seeds
     from search.errors import StudyError
     from search.seed_rounds import describe_state, unsettled
     from search.signature import stored_config
-    from search.trials import adds_seeds
     from space.errors import ConfigError
     from tracking.seed_plan import SeedPlan, format_open_hypotheses, plan_for_study
 
@@ -166,7 +166,7 @@ def summarize(
     study: optuna.Study, *, target: int | None = None, config: Any = None
 ) -> dict[str, Any]:
     """Everything `ropenope status` shows, as JSON-able data."""
-    from search.drivers import driver_states
+    from search.liveness import driver_states
     from search.signature import target_trials
 
     every = study.get_trials(deepcopy=False)

@@ -27,12 +27,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.bookkeeping import find_reusable, find_running_twin, set_trial_attrs
 from search.optuna_adapter import enqueued_params, storage_trial_id
+from search.optuna_view import study_view
 from search.progress import Progress
 from search.seed_rounds import trial_seeds
 from search.signature import budget_key, sweep_seeds
-from search.study_view import study_view
-from search.trials import find_reusable, find_running_twin, set_trial_attrs
 from space.errors import InvalidCandidate
 from space.expand import Candidate
 from space.names import STEPS, TRAIN_SECONDS, VAL_BPB, is_score_name

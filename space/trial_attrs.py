@@ -10,7 +10,7 @@ export, sync and retention read it. This module is the one owner of its keys and
 - :data:`TRIAL_ATTRS`: key -> :class:`AttrSpec` (its JSON type and what it means); every
   key that is not in the table is a score (a number, or null for a non-finite one);
 - :func:`check_attrs`: what a writer is about to store, checked against the table (the
-  writers' choke points call it: ``search.trials.set_trial_attrs`` and each enqueue);
+  writers' choke points call it: ``search.bookkeeping.set_trial_attrs`` and each enqueue);
 - :class:`TrialAttrs`: a trial's attributes read back as one typed object.
 
 The key names are part of the interface (``tests/golden/interface.json``): other tools

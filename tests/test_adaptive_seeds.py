@@ -30,6 +30,12 @@ from optuna.trial import TrialState, create_trial
 from studies import BAD_ROPE, GOOD_HYBRID, paper_trials, study
 
 from search import driver
+from search.bookkeeping import (
+    adds_seeds,
+    count_toward_target,
+    find_reusable,
+    reconcile_interrupted,
+)
 from search.cli import main as cli_main
 from search.optuna_adapter import claim_waiting
 from search.seed_rounds import (
@@ -42,12 +48,6 @@ from search.seed_rounds import (
 )
 from search.signature import budget_key, sweep_seeds
 from search.status import format_seed_plan, seed_plan_summary
-from search.trials import (
-    adds_seeds,
-    count_toward_target,
-    find_reusable,
-    reconcile_interrupted,
-)
 from space import load_config
 from space.errors import ConfigError
 from space.outcomes import Reason

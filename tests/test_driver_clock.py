@@ -19,10 +19,10 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-import search.drivers
-from search.drivers import DriverRegistry, database_now
+import search.liveness
+from search.bookkeeping import GhostReaper
+from search.liveness import DriverRegistry, database_now
 from search.storage import make_storage
-from search.trials import GhostReaper
 
 HOUR = 3600.0
 STALE = 1.0  # seconds without a beat before a driver is dead, in these tests
@@ -86,7 +86,7 @@ def test_driver_with_a_skewed_clock_is_alive_while_it_beats_and_dead_once_it_sto
 
 
 def test_without_a_database_clock_liveness_is_observed_change(monkeypatch):
-    monkeypatch.setattr(search.drivers, "database_now", lambda study: None)
+    monkeypatch.setattr(search.liveness, "database_now", lambda study: None)
     study = optuna.create_study()
     observer = DriverRegistry(study, "observer", stale_after_s=STALE)
     record = {"host": "another-machine", "pid": 1, "state": "running", "db_heartbeat": None}

@@ -23,15 +23,15 @@ from optuna.trial import TrialState
 
 from search import driver
 from search import presets as presets_module
-from search.storage import make_storage
-from search.study import open_study
-from search.trials import (
+from search.bookkeeping import (
     GhostReaper,
     finish_trial,
     reconcile_interrupted,
     requeue_worker_deaths,
     set_trial_attrs,
 )
+from search.storage import make_storage
+from search.study import open_study
 from space.schema import parse_config, parse_yaml
 from space.trial_attrs import (
     ATTR_CLAIM_KEY,

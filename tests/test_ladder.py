@@ -228,7 +228,7 @@ def test_decision_accuracy_lands_on_the_study_mlflow_run(tmp_path, template_db):
 
     from mlflow import MlflowClient
 
-    from search.study_view import study_view
+    from search.optuna_view import study_view
     from tracking.hooks import MlflowSweepHooks
     from tracking.tracker import Tracker
 

@@ -26,8 +26,8 @@ from browser import distinct_colours, dump_dom, ink_fraction, screenshot
 from engines import REPO, free_port
 from mlflow import MlflowClient
 
+from search.optuna_view import study_view
 from search.signature import record_config
-from search.study_view import study_view
 from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB
 from space.schema import parse_config, parse_yaml
 from space.trial_attrs import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_SEED

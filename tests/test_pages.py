@@ -36,9 +36,9 @@ from browser import (
 from engines import REPO, free_port
 from studies import BAD_ROPE, attrs, complete, study, tiny_trials
 
+from search.optuna_view import study_view
 from search.presets import enqueue_presets
 from search.signature import record_config
-from search.study_view import study_view
 from space.schema import load_config
 from space.trial_attrs import (
     ATTR_CANDIDATE_ID,

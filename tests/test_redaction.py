@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from search.bookkeeping import _clean
 from search.commands.remote import job_env
 from search.errors import RemoteError
-from search.trials import _clean
 from space.outcomes import error_reason
 from space.secrets import MASK, RedactedStream, redact_tail, redact_text
 from tracking.keys import MAX_PARAM_CHARS, param_value
@@ -133,7 +133,7 @@ def test_a_cut_error_text_never_keeps_a_password(case, keep):
 @FAST
 @given(st.lists(secret_urls(), min_size=1, max_size=3))
 def test_the_choke_points_mask_every_password(cases):
-    """Trial attributes (search.trials), MLflow params (tracking.keys) and printed lines
+    """Trial attributes (search.bookkeeping), MLflow params (tracking.keys) and printed lines
     (the CLI's streams) each pass the one redaction."""
     urls = [url for url, _, _ in cases]
     shown = [expected for _, expected, _ in cases]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from search import drivers
-from search.drivers import SqliteLock, filesystem_type
+from search import liveness
 from search.errors import StoreError, StudyLocked
+from search.liveness import SqliteLock, filesystem_type
 
 
 def test_sqlite_lock_a_symlink_or_another_spelling_gets_no_second_driver(tmp_path):
@@ -50,7 +50,7 @@ def _mounts(tmp_path: Path, kind: str, point: Path) -> Path:
 def test_sqlite_on_a_network_filesystem_is_refused_with_one_clear_line(tmp_path, monkeypatch, kind):
     share = tmp_path / "shared runs"
     share.mkdir()
-    monkeypatch.setattr(drivers, "MOUNTS", _mounts(tmp_path, kind, share))
+    monkeypatch.setattr(liveness, "MOUNTS", _mounts(tmp_path, kind, share))
     with pytest.raises(StoreError, match=f"network filesystem \\({kind}\\).*PostgreSQL"):
         SqliteLock(share / "optuna.db", "tiny").acquire()
     # beside the share, on the local disk, it is taken

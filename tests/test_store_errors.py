@@ -11,7 +11,7 @@ import pytest
 from engines import free_port, tiny_config_file
 
 from search.cli import main
-from search.drivers import SqliteLock
+from search.liveness import SqliteLock
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:

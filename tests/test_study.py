@@ -16,21 +16,21 @@ import pytest
 from engines import tiny_config_file
 from optuna.trial import TrialState
 
-from search.drivers import DriverRegistry, SqliteLock, database_now
-from search.errors import StudyLocked, StudyMismatch
-from search.optuna_adapter import storage_trial_id
-from search.presets import fixed_params
-from search.samplers import make_sampler
-from search.signature import budget_key, stored_config
-from search.storage import resolve_storage_url
-from search.study import open_study
-from search.trials import (
+from search.bookkeeping import (
     find_reusable,
     find_running_twin,
     finish_trial,
     reconcile_interrupted,
     set_trial_attrs,
 )
+from search.errors import StudyLocked, StudyMismatch
+from search.liveness import DriverRegistry, SqliteLock, database_now
+from search.optuna_adapter import storage_trial_id
+from search.presets import fixed_params
+from search.samplers import make_sampler
+from search.signature import budget_key, stored_config
+from search.storage import resolve_storage_url
+from search.study import open_study
 from space import load_config
 from space.names import STUDY_ATTR_CONFIG, STUDY_ATTR_OBJECTIVES, STUDY_ATTR_SPACE
 from space.outcomes import Reason
@@ -329,7 +329,7 @@ def test_study_sqlite_lock_admits_one_driver_and_frees_on_sigkill(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from search.drivers import SqliteLock;"
+            "import sys, time; from pathlib import Path; from search.liveness import SqliteLock;"
             f"SqliteLock(Path({str(db)!r}), 'tiny').acquire(); print('held', flush=True);"
             "time.sleep(60)",
         ],

@@ -28,9 +28,9 @@ from engines import (
 from optuna.trial import TrialState
 
 from search import driver, ray_runtime
+from search.bookkeeping import requeue_worker_deaths
 from search.cli import main as cli_main
 from search.failures import FailureBudget, close_capped, infrastructure_text, rerun_depth
-from search.trials import requeue_worker_deaths
 from space import load_config
 from space.errors import ConfigError
 from space.names import KV_CACHE_BYTES

@@ -34,7 +34,7 @@ from mlflow import MlflowClient
 
 from search import driver
 from search.cli import main as cli_main
-from search.study_view import study_view
+from search.optuna_view import study_view
 from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB, acc_at, is_score_name
 from space.schema import parse_config, parse_yaml
 from space.trial_attrs import (
@@ -972,8 +972,8 @@ def test_background_on_a_local_store_is_never_judged_silent(monkeypatch, tmp_pat
 def test_sweep_end_completes_and_links_the_runs_tracking_missed(sqlite_uri, config, tmp_path):
     """The sweep's end (and resume's) gives every finished trial its complete run and its
     ``mlflow_run_id`` without `ropenope sync` (issue 21 #7); a second pass finds nothing."""
+    from search.bookkeeping import record_run_links
     from search.storage import make_storage
-    from search.trials import record_run_links
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = _fake_study(url, "tiny", config, tmp_path / "t")

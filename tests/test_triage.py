@@ -1,6 +1,6 @@
 """search/triage.py without Ray: what a started trial becomes (trained, closed, parked).
 
-The searcher's own close is replaced by :func:`search.trials.finish_trial`, which is what
+The searcher's own close is replaced by :func:`search.bookkeeping.finish_trial`, which is what
 it calls underneath; the sweeps in test_sweep.py and test_adaptive_seeds.py cover the
 same paths through Ray Tune."""
 
@@ -13,10 +13,10 @@ import pytest
 from engines import tiny_config_file
 from optuna.trial import TrialState
 
+from search.bookkeeping import finish_trial
 from search.progress import Progress
 from search.signature import budget_key, sweep_seeds
 from search.triage import Ready, Triage
-from search.trials import finish_trial
 from space import load_config
 from space.outcomes import Reason
 from space.trial_attrs import (

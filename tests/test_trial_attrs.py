@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.trials import set_trial_attrs
+from search.bookkeeping import set_trial_attrs
 from space.names import STEPS, TRAIN_SECONDS, VAL_BPB, is_score_name
 from space.trial_attrs import (
     ATTR_ATTENTION_MASS,

@@ -44,10 +44,10 @@ def human_bytes(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.optuna_view import study_view
     from search.retention import plan_study
     from search.signature import stored_config
     from search.study import load_existing
-    from search.study_view import study_view
     from tracking.pareto import pareto_of_study
 
     opened = load_existing(args.study, args.storage)

@@ -88,7 +88,7 @@ def _tracker(study_name: str, config: Any, uri: str | None) -> Any:
 
 
 def run_pareto(args: argparse.Namespace) -> int:
-    from search.study_view import study_view
+    from search.optuna_view import study_view
     from tracking.pareto import pareto_of_study
     from tracking.pareto_plots import plot_pareto
 
@@ -145,7 +145,7 @@ def format_pareto(table: Any) -> str:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    from search.study_view import study_view
+    from search.optuna_view import study_view
     from tracking.store import TrackingError
     from tracking.sync import sync_study
 
