@@ -78,6 +78,7 @@ TaskName = Literal[
     "mqar",
     "aliaskey",
     "selcopy",
+    "fuzzyrecall",
 ]
 
 
