@@ -16,7 +16,8 @@ Modules: ``target`` (where runs go), ``keys`` (MLflow spelling of names), ``prov
 shared by live tracking and sync), ``sync``, ``hooks``, ``pareto`` / ``pareto_plots``,
 ``ui``, ``runs_view`` (the page the UI opens on), ``registry`` (exported models in the
 MLflow Model Registry), ``study_view``; the report: ``stats``, ``records``, ``aggregate``, ``sides``,
-``hypotheses``, ``stability``, ``seed_plan``, ``report/``.
+``hypotheses``, ``stability``, ``seed_plan``, ``held_out`` (transfer to held-out task
+families), ``report/``.
 
 Names resolve on first use, so importing one module does not import them all.
 """
@@ -31,6 +32,8 @@ _WHERE = {
     "MlflowTrialHooks": "tracking.hooks",
     "SweepHooks": "tracking.hooks",
     "Finding": "tracking.hypotheses",
+    "HeldOutTransfer": "tracking.held_out",
+    "held_out_transfer": "tracking.held_out",
     "evaluate": "tracking.hypotheses",
     "metric_key": "tracking.keys",
     "ParetoRanks": "tracking.pareto",

@@ -40,6 +40,7 @@ from space.names import (
     answer_nll_at,
     bucket_bpb,
     extrap_bpb,
+    held_out_score,
     task_score,
     token_acc_at,
 )
@@ -386,7 +387,9 @@ def retrieval_grids(
 
 def retrieval_scores(config: SweepConfig, grids: dict[str, scores.NiahResult]) -> dict[str, float]:
     """Each family's ``<task>/...`` scores (with several families), the primary family's
-    under the bare names, and the headline means ``long_acc`` and ``long_answer_nll``."""
+    under the bare names, the headline means ``long_acc`` and ``long_answer_nll``, and
+    with ``score.held_out`` the mean of each bare score over the held-out families
+    (``held_out_long_acc``, ``held_out_acc@Nx`` ...)."""
     s, T = config.score, config.train.final_seq_len
     out: dict[str, float] = {}
     if len(s.families) > 1:  # one family: its scores are the bare names alone
@@ -396,6 +399,10 @@ def retrieval_scores(config: SweepConfig, grids: dict[str, scores.NiahResult]) -
     primary = s.primary_task
     if primary is not None:
         out.update(family_scores(grids[primary], T, s.lengths))
+    if s.held_out:  # the means over the held-out families, apart from the headline
+        held = [family_scores(grids[task], T, s.lengths) for task in s.held_out]
+        for name in held[0]:
+            out[held_out_score(name)] = float(np.mean([h[name] for h in held]))
     headline = [grids[task] for task in s.headline_tasks]
     if headline:
         beyond = any(m > 1 for m in s.lengths)
