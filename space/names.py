@@ -34,6 +34,12 @@ def bucket_bpb(multiple: int) -> str:
     return f"bucket_bpb@{multiple}x"
 
 
+# Bits per byte of the validation text on its key tokens at T: those whose loss drops most
+# from a short context (an eighth of T) to the full one, by the model's own difference
+# (LongPPL's long-short difference; workers.key_tokens).
+KEY_TOKEN_BPB = "key_token_bpb"
+
+
 def acc_at(multiple: int) -> str:
     return f"acc@{multiple}x"
 
@@ -77,6 +83,7 @@ OBJECTIVE_SCORES = (
     LONG_ACC,
     LONG_ANSWER_NLL,
     SHORT_BPB,
+    KEY_TOKEN_BPB,
     KV_CACHE_BYTES,
     ACC_AT_T,
     PARAMS,

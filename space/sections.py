@@ -438,9 +438,20 @@ class ScoreSection(_Section):
     # ``<task>/...`` scores, and their means go under ``held_out_<score>`` (e.g.
     # ``held_out_long_acc``), apart from the trained families' headline.
     held_out: tuple[TaskName, ...] = Field(default=(), max_length=32)
+    # key_token_bpb: the share of the validation targets past the short context (an eighth
+    # of T) whose loss drops most with the full context (workers.key_tokens).
+    key_token_fraction: float = Field(default=0.1, gt=0, le=1)
 
     _added_fields = frozenset(
-        {"tasks", "long_tasks", "after_each_stage", "task_params", "calibrate", "held_out"}
+        {
+            "tasks",
+            "long_tasks",
+            "after_each_stage",
+            "task_params",
+            "calibrate",
+            "held_out",
+            "key_token_fraction",
+        }
     )
 
     def params_for(self, task: str, train_params: dict[str, dict[str, int | str]]) -> dict:

@@ -26,6 +26,7 @@ from space.layers import LayerSpec
 from space.names import (
     ACC_AT_T,
     ATTN_FLOPS_PER_TOKEN,
+    KEY_TOKEN_BPB,
     KV_CACHE_BYTES,
     LONG_ACC,
     LONG_ANSWER_NLL,
@@ -46,7 +47,7 @@ from space.names import (
 )
 from space.outcomes import RunStatus
 from space.schema import SweepConfig
-from workers import attention_mass, plots, scores, serving_cost
+from workers import attention_mass, key_tokens, plots, scores, serving_cost
 from workers.batches import make_batch
 from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.device import choose_device
@@ -315,7 +316,8 @@ def score_model(
 def language_scores(
     model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
 ) -> dict[str, float]:
-    """Validation bits per byte at the training length and at each extrapolation length."""
+    """Validation bits per byte at the training length, on its key tokens
+    (``key_token_bpb``), at each extrapolation length and by position past T."""
     s, T = config.score, config.train.final_seq_len
 
     def bpb(length: int, windows: int, batch: int) -> float:
@@ -331,6 +333,17 @@ def language_scores(
         )
 
     out = {SHORT_BPB: bpb(T, s.val_windows, 8)}
+    # The loss on the tokens that need the long context at T (LongPPL's key tokens).
+    out[KEY_TOKEN_BPB] = key_tokens.key_tokens(
+        model,
+        data.val,
+        T,
+        fraction=s.key_token_fraction,
+        n_windows=s.val_windows,
+        device=dev,
+        count_bytes=data.tokenizer.count_bytes,
+        doc=data.vocab.doc,
+    ).bpb
     for m in s.extrap:
         out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
     longest = max((m for m in s.extrap if m >= 2), default=None)
