@@ -229,3 +229,26 @@ def test_held_out_in_report_json_and_status(tmp_path):
     assert "held-out families:" in text and "rank transfer long_acc -> held_out_long_acc" in text
     held = [c["held_out"] for c in status["held_out"]["ranks"][0]["candidates"]]
     assert math.isfinite(float(np.mean(held)))
+
+
+def test_paper_graded_config_is_the_ten_paper_candidates_on_the_calibrated_suite():
+    from pathlib import Path
+
+    from space.schema import load_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    graded = load_config(configs / "paper_graded.yaml")
+    paper = load_config(configs / "paper.yaml")
+    demo = load_config(configs / "demo.yaml")
+    names = list(graded.presets)
+    assert names == list(paper.presets)[:10]
+    for name in names:  # the same models as the paper sweep's
+        assert graded.preset_candidate(name).id == paper.preset_candidate(name).id
+    assert graded.study.repeats == 3 and graded.study.trials == 10
+    for field in ("seq_len", "batch_size", "steps", "lr"):  # the demo budget
+        assert getattr(graded.train, field) == getattr(demo.train, field)
+    s = graded.score
+    assert s.calibrate is not None and set(s.calibrate.panel) <= set(names)
+    assert s.headline_tasks == ("passkey", "mqar", "aliaskey")
+    assert s.held_out and not set(s.held_out) & set(graded.train.task_mix)
+    assert graded.study.objectives[0].metric == "long_acc"
