@@ -16,13 +16,18 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import StudyError
 from search.optuna_adapter import enqueued_params, link_finished_trial, storage_trial_id
 from search.storage import scan_lock
-from space.names import (
+from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
+from space.secrets import redact_text
+from space.trial_attrs import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_DRIVER,
     ATTR_KNOBS,
+    ATTR_LADDER_ORIGIN,
+    ATTR_LADDER_RUNG,
     ATTR_MLFLOW_RUN_ID,
     ATTR_PRESET,
+    ATTR_PROMOTED_FROM,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
     ATTR_REPEATS,
@@ -31,9 +36,8 @@ from space.names import (
     ATTR_RERUN_OF,
     ATTR_RESTORE_FROM,
     ATTR_SEED,
+    check_attrs,
 )
-from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
-from space.secrets import redact_text
 
 
 def adds_seeds(trial: FrozenTrial) -> bool:
@@ -45,8 +49,9 @@ def adds_seeds(trial: FrozenTrial) -> bool:
 def counts_toward_target(trial: FrozenTrial) -> bool:
     """Finished trials count, and running ones; an interrupted trial or one whose worker
     died does not (its candidate runs again), nor does a queued one until it is asked,
-    nor one that adds seeds to a candidate (``study.trials`` counts candidates)."""
-    if adds_seeds(trial):
+    nor one that adds seeds to a candidate or trains it at a ladder rung above 0
+    (``study.trials`` counts candidates)."""
+    if adds_seeds(trial) or ATTR_LADDER_RUNG in trial.user_attrs:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
@@ -76,8 +81,11 @@ def _clean(value: Any) -> Any:
 
 
 def set_trial_attrs(storage: RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
-    for key, value in attrs.items():
-        storage.set_trial_user_attr(trial_id, key, _clean(value))
+    """Write ``attrs`` on a trial, cleaned and checked against the trial attributes'
+    table (:mod:`space.trial_attrs`)."""
+    cleaned = check_attrs({key: _clean(value) for key, value in attrs.items()})
+    for key, value in cleaned.items():
+        storage.set_trial_user_attr(trial_id, key, value)
 
 
 def finish_trial(
@@ -114,6 +122,7 @@ def record_run_links(study: optuna.Study, storage: RDBStorage, links: Mapping[in
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number, run_id in links.items():
         if number in by_number:
+            check_attrs({ATTR_MLFLOW_RUN_ID: run_id})
             link_finished_trial(
                 storage, storage_trial_id(by_number[number]), ATTR_MLFLOW_RUN_ID, run_id
             )
@@ -203,7 +212,9 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
     rerun_attrs = {ATTR_KNOBS: knobs, ATTR_RERUN_OF: trial.number}
     # The candidate id while queued: the seed planner then sees its seeds as on their way.
     # A re-run of seeds the planner asked for trains the same seeds for the same reason.
-    carried = [ATTR_PRESET, ATTR_CANDIDATE_ID]
+    # A promoted trial keeps its ladder rung and links.
+    carried = [ATTR_PRESET, ATTR_CANDIDATE_ID, ATTR_LADDER_RUNG, ATTR_PROMOTED_FROM]
+    carried += [ATTR_LADDER_ORIGIN]
     if adds_seeds(trial):
         carried += [ATTR_REQUESTED_SEEDS, ATTR_REQUESTED_FOR, ATTR_SEED, ATTR_REPEATS]
     for key in carried:
@@ -212,7 +223,9 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
     if restore is not None:
         rerun_attrs[ATTR_RESTORE_FROM] = str(restore)
     params = enqueued_params(trial)
-    study.enqueue_trial(dict(trial.params) if params is None else params, user_attrs=rerun_attrs)
+    study.enqueue_trial(
+        dict(trial.params) if params is None else params, user_attrs=check_attrs(rerun_attrs)
+    )
 
 
 def requeue_worker_deaths(

@@ -17,8 +17,9 @@ from mlflow import MlflowClient
 
 from search import driver
 from search.cli import main as cli_main
-from space.names import ATTR_MLFLOW_RUN_ID, ATTR_TRIAL_DIR, SHORT_BPB
+from space.names import SHORT_BPB
 from space.schema import load_config
+from space.trial_attrs import ATTR_MLFLOW_RUN_ID, ATTR_TRIAL_DIR
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,7 +64,7 @@ def _study(sweep) -> optuna.Study:
 
 
 def _trained_model(sweep, trial):
-    from workers.hf_export import build_model, load_weights
+    from workers.hf.export import build_model, load_weights
 
     candidate = sweep["config"].candidate(trial.user_attrs["knobs"])
     weights, _ = load_weights(Path(trial.user_attrs[ATTR_TRIAL_DIR]) / "seed_0" / "checkpoint.pt")

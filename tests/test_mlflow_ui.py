@@ -28,16 +28,9 @@ from mlflow import MlflowClient
 
 from search.signature import record_config
 from search.study_view import study_view
-from space.names import (
-    ATTR_CANDIDATE_ID,
-    ATTR_CANDIDATE_NAME,
-    ATTR_KNOBS,
-    ATTR_SEED,
-    KV_CACHE_BYTES,
-    LONG_ACC,
-    SHORT_BPB,
-)
+from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB
 from space.schema import parse_config, parse_yaml
+from space.trial_attrs import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_SEED
 from tracking.runs_view import VIEW_KEY
 from tracking.sync import sync_study
 from tracking.tracker import Tracker
@@ -159,7 +152,7 @@ def test_registry_on_a_tracking_server_links_the_version_to_the_run(store, ui, t
 
     from tracking.registry import register_exported_model
     from tracking.target import TrackingTarget
-    from workers.hf_export import PYFUNC_LOADER, export_candidate
+    from workers.hf.export import PYFUNC_LOADER, export_candidate
     from workers.model import HybridTransformer
 
     config, study = store["config"], store["study"]

@@ -30,8 +30,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from space.names import ATTR_MLFLOW_RUN_ID
 from space.outcomes import OUTCOME_OF_STATUS, Outcome, RunStatus
+from space.trial_attrs import ATTR_MLFLOW_RUN_ID
 from tracking.background import Background
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import trial_run_spec
@@ -281,6 +281,9 @@ class MlflowSweepHooks(SweepHooks):
         }
         if getattr(summary, "wall_seconds", None) is not None:
             numbers["sweep_wall_seconds"] = float(summary.wall_seconds)
+        accuracy = getattr(summary, "decision_accuracy", None)  # a scale ladder's
+        if accuracy is not None:
+            numbers.update(accuracy.metrics())
         self._background.submit(lambda: self.tracker.log_study_metrics(numbers))
         self._background.submit(self.tracker.end_study)
         self._background.drain(self.end_timeout_s)

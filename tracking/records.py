@@ -19,11 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from space.names import (
+from space.ladder import rung_of
+from space.names import STUDY_ATTR_OBJECTIVES, is_score_name
+from space.trial_attrs import (
     ATTR_ATTENTION_MASS,
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
+    ATTR_LADDER_ORIGIN,
     ATTR_NIAH,
     ATTR_PRESET,
     ATTR_REASON,
@@ -32,8 +35,6 @@ from space.names import (
     ATTR_SEED,
     ATTR_SEEDS,
     ATTR_TRIAL_DIR,
-    STUDY_ATTR_OBJECTIVES,
-    is_score_name,
 )
 from workers.layout import SCORES_FILE, SEED_DIR_PREFIX, seed_of
 
@@ -50,6 +51,12 @@ __all__ = [
 COMPLETE = "COMPLETE"
 # A run in one of these states will not change: its seed has been spent.
 FINISHED_STATES = frozenset({"COMPLETE", "FAIL", "PRUNED"})
+
+
+def as_int(value: Any) -> int | None:
+    """A whole number stored as a user attribute, or None."""
+    number = as_float(value)
+    return int(number) if number is not None else None
 
 
 def as_float(value: Any) -> float | None:
@@ -77,6 +84,8 @@ class TrialRecord:
     reused_from: Any = None
     repeats: int | None = None
     has_id: bool = True  # False: no candidate_id recorded (a queued preset, a foreign trial)
+    rung: int = 0  # the scale-ladder rung it trained at (space.ladder)
+    ladder_origin: int | None = None  # above rung 0: the candidate's rung-0 trial number
 
     @property
     def run_key(self) -> Any:
@@ -123,6 +132,8 @@ class TrialRecord:
             reused_from=attrs.get(ATTR_REUSED_FROM),
             repeats=int(repeats) if as_float(repeats) is not None else None,
             has_id=has_id,
+            rung=rung_of(attrs),
+            ladder_origin=as_int(attrs.get(ATTR_LADDER_ORIGIN)),
         )
 
 
@@ -195,13 +206,19 @@ class StudyRecords:
     directions: tuple[str, ...]
 
 
-def study_records(study: Any) -> StudyRecords:
+def study_records(study: Any, rung: int | None = 0) -> StudyRecords:
     """Every trial of an ``optuna.Study`` expanded into its seeds' runs
     (:func:`seed_records`, which may read the trial folders); objective names come from
-    the study (the sweep driver records them), directions from the study itself."""
+    the study (the sweep driver records them), directions from the study itself.
+
+    ``rung``: only the trials of that scale-ladder rung (objectives compare within a
+    rung; rung 0 is every trial of a study without a ladder); None: every trial."""
     names = study.user_attrs.get(STUDY_ATTR_OBJECTIVES) or getattr(study, "metric_names", None)
     directions = tuple(d.name.lower() for d in study.directions)
     if names is not None and len(names) != len(directions):
         names = None
-    records = tuple(r for t in study.get_trials(deepcopy=False) for r in seed_records(t, names))
+    trials = study.get_trials(deepcopy=False)
+    if rung is not None:
+        trials = [t for t in trials if rung_of(t.user_attrs) == rung]
+    records = tuple(r for t in trials for r in seed_records(t, names))
     return StudyRecords(records, tuple(names) if names is not None else None, directions)

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from space.expand import Candidate
-from space.names import (
+from space.outcomes import Reason, RunStatus
+from space.schema import SweepConfig
+from space.trial_attrs import (
     ATTR_RESUMED_FROM_STEP,
     ATTR_SEEDS,
     ATTR_TRACKING_ERROR,
     ATTR_TRIAL_SECONDS,
 )
-from space.outcomes import Reason, RunStatus
-from space.schema import SweepConfig
 from workers.device import choose_device
 
 # Keys of the results this trainable reports to Tune (the driver reads them).

@@ -15,9 +15,11 @@ from typing import Any
 from space.hypothesis_files import PAPER_FILE, shipped_hypotheses
 from space.names import STUDY_ATTR_TARGET
 from tracking.aggregate import CandidateSummary, StudyAggregate, aggregate
+from tracking.decision_accuracy import DecisionAccuracy
 from tracking.decision_plan import decision_plan
 from tracking.held_out import HeldOutTransfer, held_out_families, held_out_transfer
 from tracking.hypotheses import Finding, evaluate, item_counts, with_family
+from tracking.ladder_view import study_decision_accuracy
 from tracking.pareto import ParetoTable, pareto_ranks_within_noise, pareto_table
 from tracking.pareto_plots import plot_pareto_png
 from tracking.records import FINISHED_STATES, study_records
@@ -101,7 +103,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     """Aggregate ``study`` (an ``optuna.Study``), judge its hypotheses, write the report
     into ``out_dir``; returns file name -> path. ``config`` is the study's sweep file
     (:class:`space.schema.SweepConfig`; None: a study without one)."""
-    read = study_records(study)
+    read = study_records(study)  # rung 0 of a ladder: objectives compare within a rung
     agg = aggregate(read.records, read.objective_names, read.directions)
     findings, source, plan = judge(agg, config, study.user_attrs)
     held_out = held_out_transfer(
@@ -127,6 +129,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
         seed_plan=plan,
         stages=tuple(stages) if len(stages) > 1 else (),
         held_out=held_out,
+        decision_accuracy=study_decision_accuracy(study, config),
     )
 
 
@@ -212,6 +215,7 @@ def render_report(
     seed_plan: SeedPlan | None = None,
     stages: Sequence[Any] = (),
     held_out: HeldOutTransfer | None = None,
+    decision_accuracy: DecisionAccuracy | None = None,
 ) -> dict[str, Path]:
     """Write the report of an aggregate (see :func:`build_report`); without
     ``findings``, the shipped paper hypotheses are judged (by preset name only); without
@@ -257,6 +261,7 @@ def render_report(
         stability=tuple(rank_stability(agg)),
         seed_plan=seed_plan,
         held_out=held_out,
+        decision_accuracy=decision_accuracy,
     )
     content = sections(report)
     paths[MD_NAME] = out / MD_NAME
