@@ -156,6 +156,21 @@ def score_quality(
     return warnings, [signal_to_noise(o, candidates).to_dict() for o in objectives]
 
 
+def held_out_summary(
+    trials: Sequence[FrozenTrial], objectives: Sequence[str], config: Any = None
+) -> dict[str, Any] | None:
+    """Whether the ranking on the trained families transfers to the held-out ones
+    (``score.held_out``; :mod:`tracking.held_out`), over the COMPLETE candidates' seeds;
+    None for a study that records no held-out score. Decided effects are the report's."""
+    from tracking.aggregate import aggregate
+    from tracking.held_out import held_out_families, held_out_transfer
+    from tracking.records import seed_records
+
+    records = [r for t in _complete(trials) for r in seed_records(t, objectives)]
+    transfer = held_out_transfer(aggregate(records, objectives), families=held_out_families(config))
+    return None if transfer is None else {**transfer.to_dict(), "lines": transfer.lines()}
+
+
 def tie_warnings(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[str]:
     """A warning for each group of candidates that ties on an objective (at a bound, or
     inside each other's seed noise), naming the score that would separate them."""
@@ -221,6 +236,7 @@ def summarize(
         "seed_plan": seed_plan_summary(study, config),
         "ladder": ladder_summary(study, every, directions, config),
         "signal_to_noise": signal_noise,
+        "held_out": held_out_summary(trials, objectives, config),
         "warnings": warnings,
     }
 
@@ -256,6 +272,7 @@ def format_summary(s: dict[str, Any]) -> str:
             vals = "".join(f"{format_value(p['values'].get(m)):>16}" for m in names)
             lines.append(f"  {p['number']:<5}{vals}  {p['candidate']}")
     lines += format_signal_to_noise(s.get("signal_to_noise") or [])
+    lines += format_held_out(s.get("held_out"))
     lines += format_seed_plan(s.get("seed_plan"))
     lines += format_ladder(s.get("ladder"))
     for warning in s.get("warnings", []):
@@ -338,6 +355,26 @@ def format_signal_to_noise(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"  {r['objective']:<16} {r['ratio_text']:>8}  signal {format_value(r['signal'])}"
             f"  noise {format_value(r['noise'])}{bound}"
         )
+    return lines
+
+
+def format_held_out(held: dict[str, Any] | None) -> list[str]:
+    """The held-out families' rank transfer, and each candidate's trained and held-out
+    headline (long_acc), one line each."""
+    if not held:
+        return []
+    lines = [
+        "held-out families"
+        + (f" ({', '.join(held['families'])})" if held["families"] else "")
+        + ":"
+    ]
+    lines += [f"  {line}" for line in held["lines"]]
+    for rank in held["ranks"][:1]:
+        for c in rank["candidates"]:
+            lines.append(
+                f"  {c['name']:<24} {rank['trained']} {format_value(c['trained']):>8}"
+                f"  {rank['held_out']} {format_value(c['held_out']):>8}"
+            )
     return lines
 
 

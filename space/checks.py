@@ -23,6 +23,7 @@ from space.names import (
     is_score_name,
     is_task_score,
     multiple_of,
+    split_held_out,
     split_task_score,
 )
 from space.sections import MAX_GRID_POINTS, MAX_LENGTH_MULTIPLE
@@ -225,6 +226,7 @@ def _check_score(config: SweepConfig, problems: list) -> None:
         bpb_m = multiple_of(name, "extrap_bpb@")
         if bpb_m is not None and bpb_m not in s.extrap:
             problems.append((path, f"{name} needs {bpb_m} in score.extrap"))
+    _check_held_out(config, problems)
     if config.scheduler.metric not in EVAL_METRICS:
         problems.append(
             (
@@ -290,8 +292,54 @@ def _check_early_stopping(config: SweepConfig, problems: list, warnings: list) -
             )
 
 
+def _check_held_out(config: SweepConfig, problems: list) -> None:
+    """``score.held_out``: families scored but never trained on, so none is in a task_mix
+    (train's or a stage's), the headline (``score.long_tasks``) or the primary family."""
+    s, t = config.score, config.train
+    if s.held_out and s.primary_task is None:
+        problems.append(("score.held_out", "needs a scored task (score.tasks is empty)"))
+        return
+    mixes = [("train.task_mix", t.task_mix)]
+    mixes += [
+        (f"train.stages[{k}].task_mix", stage.task_mix)
+        for k, stage in enumerate(t.stages)
+        if stage.task_mix is not None
+    ]
+    for i, task in enumerate(s.held_out):
+        path = f"score.held_out[{i}]"
+        if s.held_out.index(task) != i:
+            problems.append((path, f"{task!r} is listed twice"))
+            continue
+        trained = [where for where, mix in mixes if mix.get(task, 0.0) > 0]
+        if trained:
+            problems.append(
+                (
+                    path,
+                    f"{task!r} is also in {trained[0]}: a held-out family must not be trained "
+                    "on; remove it from one of the two",
+                )
+            )
+        if task == s.primary_task:
+            problems.append(
+                (path, f"{task!r} is the primary family (score.task); pick another as primary")
+            )
+        elif task in s.headline_tasks:
+            problems.append(
+                (
+                    path,
+                    f"{task!r} is in score.long_tasks: held-out families are reported apart "
+                    "(held_out_long_acc), not in the headline",
+                )
+            )
+
+
 def _check_task_objective(config: SweepConfig, path: str, name: str, problems: list) -> None:
     s = config.score
+    held = split_held_out(name)
+    if held is not None:
+        if not s.held_out:
+            problems.append((path, f"{name} needs score.held_out (families scored, not trained)"))
+        name = held
     task, base = split_task_score(name)
     if task is not None and task not in s.families:
         problems.append((path, f"{name} needs {task!r} in score.tasks"))

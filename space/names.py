@@ -34,6 +34,12 @@ def bucket_bpb(multiple: int) -> str:
     return f"bucket_bpb@{multiple}x"
 
 
+# Bits per byte of the validation text on its key tokens at T: those whose loss drops most
+# from a short context (an eighth of T) to the full one, by the model's own difference
+# (LongPPL's long-short difference; workers.key_tokens).
+KEY_TOKEN_BPB = "key_token_bpb"
+
+
 def acc_at(multiple: int) -> str:
     return f"acc@{multiple}x"
 
@@ -77,6 +83,7 @@ OBJECTIVE_SCORES = (
     LONG_ACC,
     LONG_ANSWER_NLL,
     SHORT_BPB,
+    KEY_TOKEN_BPB,
     KV_CACHE_BYTES,
     ACC_AT_T,
     PARAMS,
@@ -119,21 +126,49 @@ ACCURACY_SCORES = (LONG_ACC, ACC_AT_T)
 ACCURACY_PREFIXES = ("acc@", "token_acc@")
 
 
-def is_task_score(name: str) -> bool:
-    """A retrieval score of one task family (bare or ``<task>/...``)."""
-    _, base = split_task_score(name)
+# Held-out families (``score.held_out``: scored, never trained on): the mean over them of
+# each bare task score, under ``held_out_<score>`` (``held_out_long_acc``,
+# ``held_out_acc@4x``, ...), apart from the trained families' headline.
+HELD_OUT_PREFIX = "held_out_"
+
+
+def held_out_score(name: str) -> str:
+    """``held_out_long_acc`` for ``long_acc``: the mean over the held-out families."""
+    return f"{HELD_OUT_PREFIX}{name}"
+
+
+def split_held_out(name: str) -> str | None:
+    """``"long_acc"`` for ``held_out_long_acc``; None for a name that is not a held-out mean."""
+    if not name.startswith(HELD_OUT_PREFIX):
+        return None
+    base = name[len(HELD_OUT_PREFIX) :]
+    return base if _is_bare_task_score(base) else None
+
+
+def _is_bare_task_score(base: str) -> bool:
     return base in TASK_SCORES or any(multiple_of(base, p) is not None for p in TASK_SCORE_PREFIXES)
+
+
+def is_task_score(name: str) -> bool:
+    """A retrieval score of one task family (bare or ``<task>/...``) or of the held-out
+    families (``held_out_...``)."""
+    task, base = split_task_score(name)
+    return _is_bare_task_score(base if task is not None else split_held_out(base) or base)
 
 
 def is_accuracy_score(name: str) -> bool:
     """A score in [0, 1], higher is better (exact-match or token accuracy)."""
-    _, base = split_task_score(name)
+    task, base = split_task_score(name)
+    if task is None:
+        base = split_held_out(base) or base
     return base in ACCURACY_SCORES or any(
         multiple_of(base, p) is not None for p in ACCURACY_PREFIXES
     )
 
 
 def is_score_name(name: str) -> bool:
+    if split_held_out(name) is not None:
+        return True
     task, base = split_task_score(name)
     if task is not None:
         return is_task_score(base)

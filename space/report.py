@@ -88,6 +88,8 @@ def describe_data(config: SweepConfig) -> str:
         tokenizer = "bytes"
     tasks = ", ".join(s.families) or "none"
     headline = f" (long_acc over {', '.join(s.headline_tasks)})" if s.families else ""
+    if s.held_out and s.families:
+        headline += f" (held out, never trained: {', '.join(s.held_out)})"
     return (
         f"data: {d.source or 'python stdlib'}, tokenizer {tokenizer} "
         f"(model vocabulary {config.base_shape().vocab_size}); tasks: {tasks}{headline}"

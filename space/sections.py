@@ -79,6 +79,7 @@ TaskName = Literal[
     "mqar",
     "aliaskey",
     "selcopy",
+    "fuzzyrecall",
 ]
 
 
@@ -434,9 +435,24 @@ class ScoreSection(_Section):
     # than training saw); score.calibrate fills in the difficulty it picks.
     task_params: dict[TaskName, dict[str, int | str]] = Field(default_factory=dict)
     calibrate: CalibrateSection | None = None
+    # Families scored but never trained on (not in any task_mix): each gets its grid and
+    # ``<task>/...`` scores, and their means go under ``held_out_<score>`` (e.g.
+    # ``held_out_long_acc``), apart from the trained families' headline.
+    held_out: tuple[TaskName, ...] = Field(default=(), max_length=32)
+    # key_token_bpb: the share of the validation targets past the short context (an eighth
+    # of T) whose loss drops most with the full context (workers.key_tokens).
+    key_token_fraction: float = Field(default=0.1, gt=0, le=1)
 
     _added_fields = frozenset(
-        {"tasks", "long_tasks", "after_each_stage", "task_params", "calibrate"}
+        {
+            "tasks",
+            "long_tasks",
+            "after_each_stage",
+            "task_params",
+            "calibrate",
+            "held_out",
+            "key_token_fraction",
+        }
     )
 
     def params_for(self, task: str, train_params: dict[str, dict[str, int | str]]) -> dict:
@@ -445,11 +461,11 @@ class ScoreSection(_Section):
 
     @property
     def families(self) -> tuple[str, ...]:
-        """Every scored family, the primary first."""
+        """Every scored family, the primary first, the held-out ones last."""
         if self.tasks is None:
-            return (self.task,)
+            return tuple(dict.fromkeys([self.task, *self.held_out]))
         primary = self.primary_task
-        return tuple(dict.fromkeys([primary, *self.tasks])) if primary else ()
+        return tuple(dict.fromkeys([primary, *self.tasks, *self.held_out])) if primary else ()
 
     @property
     def primary_task(self) -> str | None:

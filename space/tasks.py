@@ -26,6 +26,12 @@ non-literal needles), each with one documented difficulty parameter:
   Difficulty: ``n_needles`` (keys, each with its alias; the others are distractors).
 - ``selcopy`` (selective copying): ``n_items`` short values scattered over the haystack,
   to be copied out in context order. No depth. Difficulty: ``n_items``.
+- ``fuzzyrecall`` (fuzzy recall, after MAD's noisy and fuzzy in-context recall):
+  ``n_pairs`` needles with distinct keys of ``key_len`` upper-case letters; the question
+  names the queried key with ``noise_chars`` of its letters substituted, and the answer is
+  the value of the stored key nearest to it (by construction the only key within
+  ``noise_chars`` substitutions of the question). Difficulty: ``noise_chars`` (0 is exact
+  recall; at most ``(key_len - 1) // 2``).
 
 RULER's difficulty knob on the needle families: ``prefix_distractors`` adds needles whose
 key shares all but the last character of the queried key (``key_kind: word``; with
@@ -43,7 +49,16 @@ SEGMENTS = ("begin", "needle", "context", "end")
 
 NEEDLE_TASKS = ("passkey", "multikey", "multivalue")
 # New families go at the end: training batches draw tasks in this order.
-TASKS = (*NEEDLE_TASKS, "multiquery", "vartrack", "commonwords", "mqar", "aliaskey", "selcopy")
+TASKS = (
+    *NEEDLE_TASKS,
+    "multiquery",
+    "vartrack",
+    "commonwords",
+    "mqar",
+    "aliaskey",
+    "selcopy",
+    "fuzzyrecall",
+)
 # Families whose examples do not depend on a depth: their grid has a single column.
 DEPTHLESS_TASKS = ("commonwords", "selcopy")
 # Families with prefix_distractors (the queried needle is their first needle).
@@ -59,6 +74,7 @@ DIFFICULTY = {
     "mqar": "n_pairs",
     "aliaskey": "n_needles",
     "selcopy": "n_items",
+    "fuzzyrecall": "noise_chars",
 }
 
 KEY_KINDS = ("letter", "word")  # an upper-case ASCII letter, or a word of WORDS
@@ -145,6 +161,14 @@ TASK_DEFAULTS: dict[str, dict[str, int | str]] = {
         "begin_tokens": 4,
         "query_gap_tokens": 8,
     },
+    "fuzzyrecall": {
+        "n_pairs": 4,  # needles with distinct keys; one asked
+        "key_len": 6,  # upper-case letters per key
+        "noise_chars": 1,  # letters of the asked key the question substitutes
+        "value_len": 4,
+        "begin_tokens": 4,
+        "query_gap_tokens": 8,
+    },
 }
 for _task in PREFIX_TASKS:
     TASK_DEFAULTS[_task]["prefix_distractors"] = 0
@@ -154,6 +178,7 @@ _MINIMUM = {
     "query_gap_tokens": 0,
     "count_ratio": 2,
     "prefix_distractors": 0,
+    "noise_chars": 0,
 }  # others: >= 1
 # Distinct lower-case letters a word key's last character can change to.
 MAX_PREFIX_DISTRACTORS = 25
@@ -218,6 +243,13 @@ def _check_counts(task: str, p: dict[str, int | str]) -> None:
             raise ValueError(
                 f"task {task!r}: n_queries={p['n_queries']} exceeds n_pairs={p['n_pairs']}"
             )
+    if task == "fuzzyrecall" and 2 * int(p["noise_chars"]) >= int(p["key_len"]):
+        # The other keys differ from the asked one in more than 2 x noise_chars letters,
+        # so the stored key is the only one within noise_chars of the question.
+        raise ValueError(
+            f"task {task!r}: noise_chars={p['noise_chars']} must be < key_len / 2 "
+            f"(key_len={p['key_len']}), so that the asked key stays the nearest"
+        )
     if task == "aliaskey" and int(p["n_needles"]) > len(WORDS):
         raise ValueError(f"task {task!r}: n_needles must be <= {len(WORDS)} (the alias pool)")
     distractors = int(p.get("prefix_distractors", 0))
@@ -233,6 +265,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))
 
 
+def lowest_level(task: str) -> int:
+    """The easiest value of ``task``'s difficulty parameter (0 or 1)."""
+    return _MINIMUM.get(DIFFICULTY[task], 1)
+
+
 def distinct_keys(task: str, params: dict[str, int | str]) -> int:
     """How many distinct keys (or variable names) an example of ``task`` uses."""
     extra = 0
@@ -242,7 +279,7 @@ def distinct_keys(task: str, params: dict[str, int | str]) -> int:
         return int(params["n_needles"]) + extra
     if task == "aliaskey":
         return int(params["n_needles"])
-    if task in ("mqar", "selcopy"):
+    if task in ("mqar", "selcopy", "fuzzyrecall"):  # keys of their own, not letters or words
         return 0
     if task == "vartrack":
         return int(params["n_vars"]) * int(params["n_chains"])
@@ -261,6 +298,8 @@ def needle_count(task: str, params: dict[str, int | str]) -> int:
         return int(params["n_values"]) + extra
     if task == "mqar":
         return 1
+    if task == "fuzzyrecall":
+        return int(params["n_pairs"])
     if task == "aliaskey":
         return 2 * int(params["n_needles"])
     if task == "selcopy":
@@ -320,6 +359,10 @@ class TokenBounds:
     def value(self, params: dict[str, int | str]) -> int:
         return value_chars(params) + self.value_extra
 
+    def fuzzy_key(self, params: dict[str, int | str]) -> int:
+        """A fuzzyrecall key: ``key_len`` letters, counted like a value's characters."""
+        return int(params["key_len"]) + self.value_extra
+
 
 BYTE_BOUNDS = TokenBounds()
 
@@ -356,6 +399,8 @@ def question_len(task: str, params: dict[str, int | str], bounds: TokenBounds = 
         return queried_count(task, params) * (1 + bounds.code)
     if task == "aliaskey":  # QUERY alias
         return 1 + bounds.word
+    if task == "fuzzyrecall":  # QUERY key', the asked key with letters substituted
+        return 1 + bounds.fuzzy_key(params)
     if task in ("commonwords", "selcopy"):  # QUERY
         return 1
     return 1 + bounds.key(params)  # OPEN key
@@ -376,6 +421,8 @@ def body_len(task: str, params: dict[str, int | str], bounds: TokenBounds = BYTE
         return int(params["n_needles"]) * ((2 + upper + v) + (3 + bounds.word + upper))
     if task == "selcopy":  # SEP value, per item
         return int(params["n_items"]) * (1 + v)
+    if task == "fuzzyrecall":  # OPEN key value CLOSE, per needle
+        return int(params["n_pairs"]) * (2 + bounds.fuzzy_key(params) + v)
     extra = int(params.get("prefix_distractors", 0))
     near = bounds.distractor_key(params)
     # OPEN key value CLOSE, per needle; a prefix distractor's key may be longer

@@ -474,6 +474,7 @@ ALL_FAMILIES = [
     "mqar",
     "aliaskey",
     "selcopy",
+    "fuzzyrecall",
 ]
 
 

@@ -284,6 +284,10 @@ def _bracketed(pieces: list, start: int, stop: int) -> list[list[str]]:
     return out
 
 
+def _mismatches(a: str, b: str) -> int:
+    return sum(x != y for x, y in zip(a, b, strict=True))
+
+
 def solve(task: str, prompt_pieces: list, params: dict) -> list:
     """The answer's pieces (text and control offsets, final CLOSE dropped), computed from
     the prompt alone."""
@@ -361,6 +365,17 @@ def solve(task: str, prompt_pieces: list, params: dict) -> list:
         for item in items:
             out += [item, SEP]
         return out[:-1]
+    if task == "fuzzyrecall":
+        assert prompt_pieces[-2] == QUERY
+        asked, n = prompt_pieces[-1], params["key_len"]
+        assert len(asked) == n and asked.isupper()
+        stored = [s[0] for s in _bracketed(prompt_pieces[:-2], OPEN, CLOSE)]
+        assert len(stored) == params["n_pairs"]
+        distance = {s[:n]: _mismatches(s[:n], asked) for s in stored}
+        (nearest,) = [k for k, d in distance.items() if d <= params["noise_chars"]]
+        assert distance[nearest] == params["noise_chars"]  # exactly that many substituted
+        (value,) = [s[n:] for s in stored if s[:n] == nearest]
+        return [value]
     if task == "commonwords":
         text = prompt_pieces[prompt_pieces.index(SEP) + 1]  # SEP word word ... QUERY
         words = text.split(" ")[1:]
@@ -398,6 +413,9 @@ VARIANTS = [
     ("aliaskey", {"n_needles": 6, "key_kind": "word"}),
     ("selcopy", {}),
     ("selcopy", {"n_items": 9, "value_len": 3}),
+    ("fuzzyrecall", {}),
+    ("fuzzyrecall", {"noise_chars": 0}),
+    ("fuzzyrecall", {"n_pairs": 8, "key_len": 9, "noise_chars": 4, "value_len": 3}),
 ]
 
 
@@ -497,7 +515,7 @@ def test_render_aliaskey_question_shares_no_token_with_the_needle(
 
 
 @pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
-@pytest.mark.parametrize("task", ["mqar", "aliaskey", "selcopy"])
+@pytest.mark.parametrize("task", ["mqar", "aliaskey", "selcopy", "fuzzyrecall"])
 def test_render_new_families_are_reproducible_in_both_vocabularies(
     task, tokenizer_name, bpe, filler
 ):
@@ -674,3 +692,100 @@ def test_sweep_file_selects_the_new_families_and_checks_their_parameters():
     with pytest.raises(ConfigError) as info:
         parse_config(bad)
     assert any(path.startswith("score.tasks") for path, _ in info.value.problems)
+
+
+# --------------------------------------------------------------------------- fuzzy recall
+
+
+def _fuzzy_reader(pieces: list, params: dict, tolerance: int) -> list:
+    """Answers the value of the first stored key within ``tolerance`` substituted letters of
+    the question's key (0: exact match only)."""
+    asked, n = pieces[-1], params["key_len"]
+    for s in _bracketed(pieces[:-2], OPEN, CLOSE):
+        if _mismatches(s[0][:n], asked) <= tolerance:
+            return [s[0][n:]]
+    return ["?"]
+
+
+def test_fuzzyrecall_noise_chars_defeats_readers_that_tolerate_less_noise():
+    from space.tasks import DIFFICULTY
+
+    assert DIFFICULTY["fuzzyrecall"] == "noise_chars"
+    levels = (0, 1, 2, 3)
+    for tolerance in (0, 1, 2):
+        acc = [
+            _accuracy(
+                "fuzzyrecall",
+                lambda t, p, f, tol=tolerance: _fuzzy_reader(p, f, tol),
+                key_len=8,
+                n_pairs=6,
+                noise_chars=level,
+            )
+            for level in levels
+        ]
+        # Exact below the reader's tolerance, lost beyond it: the noise is what is hard.
+        assert acc == [1.0 if level <= tolerance else 0.0 for level in levels], (tolerance, acc)
+    for level in levels:  # the nearest stored key always answers right
+        assert (
+            _accuracy(
+                "fuzzyrecall",
+                lambda t, p, f: solve(t, p, f),
+                key_len=8,
+                n_pairs=6,
+                noise_chars=level,
+            )
+            == 1.0
+        )
+
+
+@pytest.mark.parametrize("tokenizer_name", ["bytes", "bpe"])
+def test_render_fuzzyrecall_question_is_the_asked_key_with_noise_chars_substituted(
+    tokenizer_name, bpe, filler
+):
+    tokenizer = BYTE_TOKENIZER if tokenizer_name == "bytes" else bpe
+    corpus = filler if tokenizer_name == "bytes" else _retokenize(filler, bpe)
+    for noise in (0, 1, 2):
+        for seed in range(10):
+            ex = render(
+                "fuzzyrecall", 300, 0.5, seed, corpus, tokenizer=tokenizer, noise_chars=noise
+            )
+            pieces = _pieces(tokenizer, ex.prompt)
+            (a, b) = ex.segments["needle"][0]  # the asked needle: OPEN key value CLOSE
+            needle = _pieces(tokenizer, ex.prompt[a:b])
+            assert needle[0] == OPEN and needle[-1] == CLOSE
+            key = needle[1][:6]
+            assert _mismatches(key, pieces[-1]) == noise
+            assert needle[1][6:] == _pieces(tokenizer, ex.scored)[0]
+
+
+def test_fuzzyrecall_noise_chars_must_leave_the_asked_key_nearest():
+    from space.errors import ConfigError
+    from space.schema import parse_config
+
+    assert task_params("fuzzyrecall", key_len=7, noise_chars=3)["noise_chars"] == 3
+    from workers.calibrate import ladder
+
+    # score.calibrate's ladder starts at exact recall and stops where the key is no longer
+    # the nearest.
+    assert ladder("fuzzyrecall", {}, 256) == (0, 1, 2)
+    assert ladder("fuzzyrecall", {"key_len": 12}, 256) == (0, 1, 2, 4)
+    with pytest.raises(ValueError, match="noise_chars=3 must be < key_len / 2"):
+        task_params("fuzzyrecall", key_len=6, noise_chars=3)
+    base = {
+        "study": {"name": "t", "trials": 1},
+        "space": {"global_every": {"choice": [1, 4]}},
+        "model": {"layers": 4, "d_model": 64, "heads": 4, "mlp_hidden": 128},
+        "train": {
+            "seq_len": 128,
+            "batch_size": 2,
+            "steps": 10,
+            "task_mix": {"fuzzyrecall": 1.0},
+            "task_params": {"fuzzyrecall": {"noise_chars": 2}},
+        },
+        "score": {"tasks": ["fuzzyrecall"]},
+    }
+    assert parse_config(base).score.families == ("fuzzyrecall",)
+    bad = {**base, "train": {**base["train"], "task_params": {"fuzzyrecall": {"noise_chars": 5}}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad)
+    assert "key_len" in dict(info.value.problems)["train.task_params.fuzzyrecall"]

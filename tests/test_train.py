@@ -113,7 +113,8 @@ def test_run_candidate_scores_and_artifacts(tmp_path):
     result = run_candidate(config, cand, seed=0, out_dir=tmp_path, threads=1)
     assert result.status == "complete"
     s = result.scores
-    for key in ("short_bpb", "long_acc", "acc_at_T", "acc@2x", "extrap_bpb@2x", "extrap_bpb@4x"):
+    keys = ("short_bpb", "long_acc", "acc_at_T", "acc@2x", "extrap_bpb@2x", "extrap_bpb@4x")
+    for key in (*keys, "key_token_bpb"):
         assert math.isfinite(s[key]), key
     assert 0 <= s["long_acc"] <= 1 and 0 < s["short_bpb"] < 12
     assert s["params"] == sum(
@@ -293,7 +294,7 @@ def test_stage_study_scored_and_gated_at_the_final_stage_length(monkeypatch):
 
     from space.names import ACC_AT_T, LONG_ACC, SHORT_BPB, extrap_bpb
     from space.schema import parse_config
-    from workers import candidate, scores
+    from workers import candidate, key_tokens, scores
 
     config = parse_config(TWO_STAGE)
     assert config.train.seq_len == 32 and config.train.final_seq_len == 48
@@ -321,6 +322,13 @@ def test_stage_study_scored_and_gated_at_the_final_stage_length(monkeypatch):
     monkeypatch.setattr(scores, "niah_grid", grid)
     monkeypatch.setattr(scores, "bits_per_byte", bpb)
     monkeypatch.setattr(scores, "bits_per_byte_by_position", by_position)
+    key_lengths = []
+
+    def key(model, val, seq_len, **_):
+        key_lengths.append(seq_len)
+        return SimpleNamespace(bpb=float(seq_len) / 2)
+
+    monkeypatch.setattr(key_tokens, "key_tokens", key)
     data = SimpleNamespace(val=None, tokenizer=SimpleNamespace(count_bytes=None))
     data.vocab = SimpleNamespace(doc=None)
     grids = candidate.retrieval_grids(None, config, data, torch.device("cpu"), items=1)
@@ -331,6 +339,7 @@ def test_stage_study_scored_and_gated_at_the_final_stage_length(monkeypatch):
     assert bpb_lengths == [48, 96]
     assert language[SHORT_BPB] == 48.0 and language[extrap_bpb(2)] == 96.0
     assert language["bucket_bpb@2x"] == 96.0 + 48.0
+    assert key_lengths == [48] and language["key_token_bpb"] == 24.0  # at the final T
 
 
 def test_run_candidate_two_stages_resumes_exactly_after_a_kill_in_either_stage(tmp_path):

@@ -22,7 +22,8 @@ Two halves (an import-linter contract keeps the second free of mlflow and of the
   MLflow Model Registry), ``report.upload``;
 - the pure analysis: ``study_view``, ``records``, ``stats``, ``aggregate``, ``sides``,
   ``hypotheses``, ``decision_plan``, ``seed_plan``, ``stability``, ``ties``,
-  ``decision_accuracy`` / ``ladder_view`` (a scale ladder's rungs), ``pareto`` /
+  ``decision_accuracy`` / ``ladder_view`` (a scale ladder's rungs), ``held_out``
+  (transfer to held-out task families), ``pareto`` /
   ``pareto_plots``, and the report's pages (``report/`` but ``upload``).
 
 Names resolve on first use, so importing one module does not import them all.
@@ -41,6 +42,8 @@ _WHERE = {
     "ladder_accuracy": "tracking.decision_accuracy",
     "study_decision_accuracy": "tracking.ladder_view",
     "Finding": "tracking.hypotheses",
+    "HeldOutTransfer": "tracking.held_out",
+    "held_out_transfer": "tracking.held_out",
     "evaluate": "tracking.hypotheses",
     "metric_key": "tracking.keys",
     "ParetoRanks": "tracking.pareto",

@@ -20,7 +20,7 @@ and any score with no seed spread in the study, have no noise to tie within: equ
 there are a true tie, not flagged.
 
 Each group is flagged with the recorded score that would separate it: the quality score
-(a task score, ``short_bpb``, ``extrap_bpb@Nx``, ``bucket_bpb@Nx``) on which the most pairs of the group are
+(a task score, ``short_bpb``, ``key_token_bpb``, ``extrap_bpb@Nx``, ``bucket_bpb@Nx``) on which the most pairs of the group are
 distinguishable, or, when none is, what to do instead (the graded score of the same family,
 a harder task, more seeds).
 
@@ -43,6 +43,7 @@ import numpy as np
 
 from space.names import (
     ACC_AT_T,
+    KEY_TOKEN_BPB,
     LAYOUT_SCORES,
     LONG_ACC,
     LONG_ANSWER_NLL,
@@ -223,7 +224,7 @@ def _quality_score(name: str) -> bool:
     """Scores that measure the model (not the layout, not the hardware)."""
     return (
         is_task_score(name)
-        or name == SHORT_BPB
+        or name in (SHORT_BPB, KEY_TOKEN_BPB)
         or any(multiple_of(name, p) is not None for p in ("extrap_bpb@", "bucket_bpb@"))
     )
 

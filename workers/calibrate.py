@@ -23,7 +23,14 @@ import torch
 
 from space.expand import Candidate
 from space.schema import SweepConfig
-from space.tasks import BYTE_BOUNDS, DIFFICULTY, TokenBounds, min_length, task_params
+from space.tasks import (
+    BYTE_BOUNDS,
+    DIFFICULTY,
+    TokenBounds,
+    lowest_level,
+    min_length,
+    task_params,
+)
 from workers import scores
 from workers.candidate import build_model, pick_device, run_candidate
 from workers.checkpoint import load_latest
@@ -31,7 +38,7 @@ from workers.corpus import CorpusHandle, prepare
 from workers.layout import CHECKPOINT_FILE
 
 # Levels tried when score.calibrate.levels leaves a family out: 0 (prefix distractors
-# only), then powers of two while an example still fits.
+# and noise_chars only), then powers of two while an example still fits.
 _MAX_LEVEL = 1024
 
 
@@ -74,10 +81,11 @@ class Calibration:
 def ladder(
     task: str, params: Mapping[str, Any], seq_len: int, bounds: TokenBounds = BYTE_BOUNDS
 ) -> tuple[int, ...]:
-    """The difficulty levels of ``task`` to try: 0 (for prefix_distractors) or 1, then
-    powers of two, each valid with ``params`` and fitting in ``seq_len`` tokens."""
+    """The difficulty levels of ``task`` to try: 0 (for prefix_distractors and
+    noise_chars, :func:`space.tasks.lowest_level`) or 1, then powers of two, each valid
+    with ``params`` and fitting in ``seq_len`` tokens."""
     name = DIFFICULTY[task]
-    level = 0 if name == "prefix_distractors" else 1
+    level = lowest_level(task)
     levels = []
     while level <= _MAX_LEVEL:
         try:

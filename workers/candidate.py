@@ -26,6 +26,7 @@ from space.layers import LayerSpec
 from space.names import (
     ACC_AT_T,
     ATTN_FLOPS_PER_TOKEN,
+    KEY_TOKEN_BPB,
     KV_CACHE_BYTES,
     LONG_ACC,
     LONG_ANSWER_NLL,
@@ -40,12 +41,13 @@ from space.names import (
     answer_nll_at,
     bucket_bpb,
     extrap_bpb,
+    held_out_score,
     task_score,
     token_acc_at,
 )
 from space.outcomes import RunStatus
 from space.schema import SweepConfig
-from workers import attention_mass, plots, scores, serving_cost
+from workers import attention_mass, key_tokens, plots, scores, serving_cost
 from workers.batches import make_batch
 from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.device import choose_device
@@ -314,7 +316,8 @@ def score_model(
 def language_scores(
     model: torch.nn.Module, config: SweepConfig, data: PreparedCorpus, dev: torch.device
 ) -> dict[str, float]:
-    """Validation bits per byte at the training length and at each extrapolation length."""
+    """Validation bits per byte at the training length, on its key tokens
+    (``key_token_bpb``), at each extrapolation length and by position past T."""
     s, T = config.score, config.train.final_seq_len
 
     def bpb(length: int, windows: int, batch: int) -> float:
@@ -330,6 +333,17 @@ def language_scores(
         )
 
     out = {SHORT_BPB: bpb(T, s.val_windows, 8)}
+    # The loss on the tokens that need the long context at T (LongPPL's key tokens).
+    out[KEY_TOKEN_BPB] = key_tokens.key_tokens(
+        model,
+        data.val,
+        T,
+        fraction=s.key_token_fraction,
+        n_windows=s.val_windows,
+        device=dev,
+        count_bytes=data.tokenizer.count_bytes,
+        doc=data.vocab.doc,
+    ).bpb
     for m in s.extrap:
         out[extrap_bpb(m)] = bpb(m * T, max(4, s.val_windows // m), 4)
     longest = max((m for m in s.extrap if m >= 2), default=None)
@@ -386,7 +400,9 @@ def retrieval_grids(
 
 def retrieval_scores(config: SweepConfig, grids: dict[str, scores.NiahResult]) -> dict[str, float]:
     """Each family's ``<task>/...`` scores (with several families), the primary family's
-    under the bare names, and the headline means ``long_acc`` and ``long_answer_nll``."""
+    under the bare names, the headline means ``long_acc`` and ``long_answer_nll``, and
+    with ``score.held_out`` the mean of each bare score over the held-out families
+    (``held_out_long_acc``, ``held_out_acc@Nx`` ...)."""
     s, T = config.score, config.train.final_seq_len
     out: dict[str, float] = {}
     if len(s.families) > 1:  # one family: its scores are the bare names alone
@@ -396,6 +412,10 @@ def retrieval_scores(config: SweepConfig, grids: dict[str, scores.NiahResult]) -
     primary = s.primary_task
     if primary is not None:
         out.update(family_scores(grids[primary], T, s.lengths))
+    if s.held_out:  # the means over the held-out families, apart from the headline
+        held = [family_scores(grids[task], T, s.lengths) for task in s.held_out]
+        for name in held[0]:
+            out[held_out_score(name)] = float(np.mean([h[name] for h in held]))
     headline = [grids[task] for task in s.headline_tasks]
     if headline:
         beyond = any(m > 1 for m in s.lengths)

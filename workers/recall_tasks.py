@@ -20,9 +20,17 @@ and its assembly in :mod:`workers.examples`, as for RULER's families in
 - ``selcopy`` (MAD's selective copying): ``n_items`` items ``SEP v`` scattered over the
   haystack; the question is ``QUERY`` and the answer every value in context order,
   ``v1 SEP v2 ... CLOSE``. No depth.
+- ``fuzzyrecall`` (after MAD's noisy and fuzzy in-context recall): needles
+  ``OPEN K v CLOSE`` with distinct keys of ``key_len`` upper-case letters; the question is
+  ``QUERY K'``, where ``K'`` is the asked key with ``noise_chars`` letters (at distinct
+  positions) each replaced by another letter, and the answer ``v CLOSE``. Every other key
+  differs from the asked one in more than ``2 x noise_chars`` letters, so by the triangle
+  inequality the asked key is the only stored key within ``noise_chars`` substitutions of
+  ``K'``: the answer is well defined, and an exact-match reader fails as soon as
+  ``noise_chars >= 1``. The asked needle sits at ``depth``, the others anywhere.
 
 Needle segments (the attention-mass analysis): the mqar block, the queried needle and its
-binding, every selcopy item.
+binding, every selcopy item, the asked fuzzyrecall needle.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import numpy as np
 from space.tasks import WORDS, key_code, min_length
 from workers.examples import Codec, Example, assemble
 
-RECALL_TASKS = ("mqar", "aliaskey", "selcopy")
+RECALL_TASKS = ("mqar", "aliaskey", "selcopy", "fuzzyrecall")
 
 _DIGITS = "0123456789"
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -54,6 +62,8 @@ def render_recall(
         return _render_aliaskey(length, depth, rng, filler_tokens, codec, p)
     if task == "selcopy":
         return _render_selcopy(length, depth, rng, filler_tokens, codec, p)
+    if task == "fuzzyrecall":
+        return _render_fuzzyrecall(length, depth, rng, filler_tokens, codec, p)
     raise ValueError(f"not a recall task: {task!r}")
 
 
@@ -219,6 +229,74 @@ def _render_selcopy(
         offsets,
         order,
         needle_ids=list(range(n)),
+        question=question,
+        answer=answer,
+        n_filler=n_filler,
+    )
+
+
+def _letters(rng: np.random.Generator, n: int) -> str:
+    return "".join(_UPPER[int(i)] for i in rng.integers(0, len(_UPPER), size=n))
+
+
+def _mismatches(a: str, b: str) -> int:
+    return sum(x != y for x, y in zip(a, b, strict=True))
+
+
+def fuzzy_keys(rng: np.random.Generator, n: int, key_len: int, noise: int) -> tuple[list[str], str]:
+    """``n`` distinct keys of ``key_len`` letters, each after the first differing from the
+    first in more than ``2 * noise`` letters, and the first with ``noise`` of its letters
+    (at distinct positions) replaced by other letters: the question's key."""
+    keys = [_letters(rng, key_len)]
+    while len(keys) < n:  # random keys of 26 letters are this far apart almost always
+        key = _letters(rng, key_len)
+        if key not in keys and _mismatches(key, keys[0]) > 2 * noise:
+            keys.append(key)
+    noisy = list(keys[0])
+    for i in rng.choice(key_len, size=noise, replace=False):
+        shift = int(rng.integers(1, len(_UPPER)))  # never 0: the letter always changes
+        noisy[int(i)] = _UPPER[(_UPPER.index(noisy[int(i)]) + shift) % len(_UPPER)]
+    return keys, "".join(noisy)
+
+
+def _render_fuzzyrecall(
+    length: int,
+    depth: float,
+    rng: np.random.Generator,
+    filler_tokens: np.ndarray,
+    codec: Codec,
+    p: dict,
+) -> Example:
+    vocab = codec.vocab
+    n = int(p["n_pairs"])
+    keys, asked = fuzzy_keys(rng, n, int(p["key_len"]), int(p["noise_chars"]))
+    value_ids = [codec.text(v) for v in _digit_values(rng, n, int(p["value_len"]))]
+    needles = [
+        np.concatenate(
+            [codec.marks(vocab.open), codec.text(keys[i]), value_ids[i], codec.marks(vocab.close)]
+        )
+        for i in range(n)
+    ]
+    question = np.append(codec.marks(vocab.query), codec.text(asked))
+    answer = np.append(value_ids[0], vocab.close)
+    n_filler = length - len(answer) - 1 - len(question) - sum(len(s) for s in needles)
+    lo, hi = _filler_range("fuzzyrecall", length, p, n_filler)
+    offsets = np.empty(n, dtype=np.int64)
+    offsets[0] = lo + int(round(depth * (hi - lo)))
+    offsets[1:] = rng.integers(lo, hi + 1, size=n - 1)
+    order = np.lexsort((rng.permutation(n), offsets))
+    return assemble(
+        "fuzzyrecall",
+        length,
+        depth,
+        rng,
+        filler_tokens,
+        codec,
+        p,
+        needles,
+        offsets,
+        order,
+        needle_ids=[0],
         question=question,
         answer=answer,
         n_filler=n_filler,

@@ -135,7 +135,7 @@ def bits_per_byte_by_position(
             ]
             batch = torch.from_numpy(np.stack(rows)).to(device)
             targets = batch[:, 2:]
-            per_position = _position_nats(model, batch[:, :-1], targets)  # (B, seq_len - 1)
+            per_position = position_nats(model, batch[:, :-1], targets)  # (B, seq_len - 1)
             ids = targets.cpu().numpy()
             for k, mask in buckets.items():
                 nats[k] += float(per_position[:, mask].sum())
@@ -148,7 +148,7 @@ def bits_per_byte_by_position(
     return {k: nats[k] / counted[k] / math.log(2) for k in buckets if counted[k] > 0}
 
 
-def _position_nats(
+def position_nats(
     model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> np.ndarray:
     """(B, T - 1) next-token cross-entropy (nats, float64) of ``targets`` given ``inputs``."""

@@ -17,6 +17,7 @@ from space.names import STUDY_ATTR_TARGET
 from tracking.aggregate import CandidateSummary, StudyAggregate, aggregate
 from tracking.decision_accuracy import DecisionAccuracy
 from tracking.decision_plan import decision_plan
+from tracking.held_out import HeldOutTransfer, held_out_families, held_out_transfer
 from tracking.hypotheses import Finding, evaluate, item_counts, with_family
 from tracking.ladder_view import study_decision_accuracy
 from tracking.pareto import ParetoTable, pareto_ranks_within_noise, pareto_table
@@ -62,12 +63,7 @@ def judge(
     """
     layers_of = candidate_layers(config)
     items = item_counts(config)
-    if config is not None and config.hypotheses:
-        hypotheses = config.hypotheses
-        source = f"{config.hypotheses_from}" if config.hypotheses_from else "the sweep file"
-    else:
-        hypotheses = shipped_hypotheses()
-        source = f"configs/{PAPER_FILE} (the paper's claims: the sweep file states none)"
+    hypotheses, source = study_hypotheses(config)
     decisions = decision_plan(attrs or {}, config)
     alpha = (
         decisions.alpha if decisions is not None else min(1.0 - h.confidence for h in hypotheses)
@@ -92,6 +88,17 @@ def judge(
     return with_family(findings, alpha), source, plan
 
 
+def study_hypotheses(config: Any | None) -> tuple[tuple[Any, ...], str]:
+    """The hypotheses a study is judged on and where they came from: the sweep file's,
+    else the shipped paper hypotheses."""
+    if config is not None and config.hypotheses:
+        source = f"{config.hypotheses_from}" if config.hypotheses_from else "the sweep file"
+        return tuple(config.hypotheses), source
+    return tuple(shipped_hypotheses()), (
+        f"configs/{PAPER_FILE} (the paper's claims: the sweep file states none)"
+    )
+
+
 def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> dict[str, Path]:
     """Aggregate ``study`` (an ``optuna.Study``), judge its hypotheses, write the report
     into ``out_dir``; returns file name -> path. ``config`` is the study's sweep file
@@ -99,6 +106,14 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     read = study_records(study)  # rung 0 of a ladder: objectives compare within a rung
     agg = aggregate(read.records, read.objective_names, read.directions)
     findings, source, plan = judge(agg, config, study.user_attrs)
+    held_out = held_out_transfer(
+        agg,
+        families=held_out_families(config),
+        hypotheses=study_hypotheses(config)[0],
+        findings=findings,
+        layers_of=candidate_layers(config),
+        items=item_counts(config),
+    )
     interim = interim_look(agg, config, study.user_attrs)
     if interim:
         source += f"; {interim}"
@@ -113,6 +128,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
         hypotheses_source=source,
         seed_plan=plan,
         stages=tuple(stages) if len(stages) > 1 else (),
+        held_out=held_out,
         decision_accuracy=study_decision_accuracy(study, config),
     )
 
@@ -198,15 +214,19 @@ def render_report(
     hypotheses_source: str = "",
     seed_plan: SeedPlan | None = None,
     stages: Sequence[Any] = (),
+    held_out: HeldOutTransfer | None = None,
     decision_accuracy: DecisionAccuracy | None = None,
 ) -> dict[str, Path]:
     """Write the report of an aggregate (see :func:`build_report`); without
-    ``findings``, the shipped paper hypotheses are judged (by preset name only)."""
+    ``findings``, the shipped paper hypotheses are judged (by preset name only); without
+    ``held_out``, the held-out families' rank transfer alone (no effects)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if findings is None:
         findings, hypotheses_source, seed_plan = judge(agg, None)
     train_len = train_len or _train_len_from_niah(agg)
+    if held_out is None:
+        held_out = held_out_transfer(agg)
     paths: dict[str, Path] = {}
     figures: dict[str, Path | None] = {}
     if agg.candidates:
@@ -240,6 +260,7 @@ def render_report(
         figures=figures,
         stability=tuple(rank_stability(agg)),
         seed_plan=seed_plan,
+        held_out=held_out,
         decision_accuracy=decision_accuracy,
     )
     content = sections(report)

@@ -17,11 +17,13 @@ from space.presets import DESCRIPTIONS
 from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import StudyAggregate
 from tracking.decision_accuracy import DecisionAccuracy, HypothesisTrend
+from tracking.held_out import HeldOutTransfer
 from tracking.hypotheses import Finding
 from tracking.pareto import MAXIMIZE, ParetoTable, direction_arrow
 from tracking.report.tables import (
     Table,
     candidate_table,
+    held_out_table,
     mass_table,
     pareto_rows,
     seed_plan_table,
@@ -91,6 +93,15 @@ SIGNAL_NOISE_TEXT = (
     "or 0.00 on every seed) cannot be ordered at all. Tie groups are named in the notes."
 )
 
+HELD_OUT_TEXT = (
+    "Families scored but never trained on (score.held_out), reported apart from the trained "
+    "families' headline: does the ranking on the trained families transfer (Kendall's tau "
+    "between the candidates' means, 1 = the same order), and does each decided hypothesis "
+    "keep the sign of its effect a - b when the same comparison (same sides, same gate) reads "
+    "the held-out families' mean of the same score. Measures of a loss, a cost or an "
+    "attention mass have no held-out counterpart and are not counted."
+)
+
 STABILITY_TEXT = (
     "Kendall's tau between the candidate rankings from two disjoint halves of each "
     "candidate's seeds (alternate seeds), per objective: 1 = the same order, 0 = "
@@ -157,6 +168,7 @@ class ReportInput:
     notes: Sequence[str] = ()
     stages: Sequence[Any] = ()  # the sweep's train.stage_plans() when it has several
     signal_noise: Sequence[SignalToNoise] = ()  # per objective
+    held_out: HeldOutTransfer | None = None  # a study with score.held_out
     decision_accuracy: DecisionAccuracy | None = None  # a scale ladder's (rung 0 above)
 
 
@@ -319,6 +331,21 @@ def sections(r: ReportInput) -> list[Section]:
                 TableBlock(signal_noise_table(r.signal_noise), "No objectives."),
             ),
         ),
+    ]
+    if r.held_out is not None:
+        effects = tuple(e.describe() for e in r.held_out.effects)
+        out.append(
+            Section(
+                "held_out",
+                "Held-out families: does the ranking transfer?",
+                (
+                    Text(HELD_OUT_TEXT),
+                    Bullets(tuple(r.held_out.lines()) + effects),
+                    TableBlock(held_out_table(r.agg), "No held-out scores."),
+                ),
+            )
+        )
+    out += [
         Section(
             "curves",
             "Accuracy and loss vs context length",

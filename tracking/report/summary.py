@@ -61,6 +61,7 @@ def summary(r: ReportInput) -> dict[str, Any]:
             "rank_stability": [s.to_dict() for s in r.stability],
             "signal_to_noise": [s.to_dict() for s in r.signal_noise],
             "tie_groups": [g.to_dict() for g in tie_groups(agg.objective_names, agg.candidates)],
+            "held_out": None if r.held_out is None else r.held_out.to_dict(),
             "seed_plan": None if r.seed_plan is None else r.seed_plan.to_dict(),
             "decision_accuracy": None
             if r.decision_accuracy is None

@@ -7,7 +7,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB, TOKENS_PER_S
+from space.names import (
+    KV_CACHE_BYTES,
+    LONG_ACC,
+    LONG_ANSWER_NLL,
+    SHORT_BPB,
+    TOKENS_PER_S,
+    held_out_score,
+)
 from space.tasks import SEGMENTS
 from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import CandidateSummary, StudyAggregate
@@ -20,6 +27,7 @@ from tracking.ties import SignalToNoise
 __all__ = [
     "Table",
     "candidate_table",
+    "held_out_table",
     "mass_table",
     "pareto_rows",
     "seed_plan_table",
@@ -81,6 +89,33 @@ def candidate_table(agg: StudyAggregate) -> Table:
         row += [spread_cell(c.spread(name), name) for name, _ in cols]
         rows.append(row)
     return Table(header, rows)
+
+
+def held_out_table(agg: StudyAggregate) -> Table:
+    """Each candidate's headline scores on the trained families beside their means over
+    the held-out families (``score.held_out``), only the columns some candidate has."""
+    have = {name for c in agg.candidates for name in c.scores}
+    cols = [(LONG_ACC, "long_acc ↑ (trained)"), (held_out_score(LONG_ACC), "long_acc ↑ (held out)")]
+    cols += [
+        (LONG_ANSWER_NLL, "answer NLL ↓ (trained)"),
+        (held_out_score(LONG_ANSWER_NLL), "answer NLL ↓ (held out)"),
+    ]
+    cols += [
+        (held_out_score(f"acc@{m}x"), f"acc@{m}x ↑ (held out)")
+        for m in sorted({int(n[len("held_out_acc@") : -1]) for n in have if _held_acc(n)})
+    ]
+    cols = [(name, label) for name, label in cols if name in have]
+    header = ["#", "candidate", "n", *[label for _, label in cols]]
+    rows = []
+    for i, c in enumerate(agg.candidates, start=1):
+        row = [(str(i), ""), (c.name, c.candidate_name or ""), (str(c.n), _seeds(c))]
+        row += [spread_cell(c.spread(name), name) for name, _ in cols]
+        rows.append(row)
+    return Table(header, rows)
+
+
+def _held_acc(name: str) -> bool:
+    return name.startswith("held_out_acc@") and name.endswith("x") and name[13:-1].isdigit()
 
 
 def mass_table(agg: StudyAggregate) -> Table:
