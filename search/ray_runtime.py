@@ -331,7 +331,7 @@ def fit(
             stop=FailureBudgetStop(searcher),
             verbose=0,
             # One snapshot is enough: it holds each seed's newest checkpoint and the one
-            # before it (workers.layout.snapshot), so a damaged newest still falls back.
+            # before it (workers.trial_folder.snapshot), so a damaged newest still falls back.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=config.resources.max_retries),
         ),

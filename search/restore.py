@@ -7,7 +7,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial
 
 from space.trial_attrs import ATTR_RAY_TRIAL_DIR, ATTR_RESTORE_FROM, ATTR_TRIAL_DIR
-from workers.layout import newest_snapshot
+from workers.trial_folder import newest_snapshot
 
 
 def find_restore(trial: FrozenTrial) -> Path | None:

@@ -2,7 +2,7 @@
 removes from a study.
 
 While it trains, each seed of a trial keeps two checkpoints (``checkpoint.pt`` and
-``checkpoint.prev.pt``, :mod:`workers.layout`) and Tune keeps one snapshot of both in the
+``checkpoint.prev.pt``, :mod:`workers.trial_folder`) and Tune keeps one snapshot of both in the
 Ray trial folder (``checkpoint_NNNNNN``). Weights plus AdamW moments are 12 bytes per
 parameter, so that is about 48 bytes per parameter per seed until the trial ends. Then:
 
@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from space.outcomes import RERUN_REASONS
 from space.trial_attrs import ATTR_RAY_TRIAL_DIR, ATTR_REASON, ATTR_RERUN_OF, ATTR_TRIAL_DIR
-from workers.layout import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, seed_dirs
+from workers.trial_folder import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, seed_dirs
 
 log = logging.getLogger("ropenope.retention")
 

@@ -256,7 +256,7 @@ def seed_effect_runner(
     short_bpb plus ``NULL_GAP_BY_SEED[seed]`` (none). A seed in ``slow_seeds`` sleeps
     after each evaluation (its checkpoint is saved), so a test can kill the driver
     while it trains."""
-    from workers.layout import SCORES_FILE, write_atomic
+    from workers.trial_folder import SCORES_FILE, write_atomic
 
     seed = kwargs["seed"]
     result = slow_seeds_runner(config, candidate, slow_seeds=slow_seeds, **kwargs)

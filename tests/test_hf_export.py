@@ -25,14 +25,7 @@ from space.stages import StagePlan  # noqa: E402
 from space.vocab import DOC, NEEDLE_CLOSE, NEEDLE_OPEN, PAD, VOCAB_SIZE  # noqa: E402
 from workers import tokens  # noqa: E402
 from workers.decoding import greedy_decode  # noqa: E402
-from workers.hf.export import (  # noqa: E402
-    INFO_NAME,
-    ExportError,
-    ExportMismatch,
-    check_export,
-    export_candidate,
-)
-from workers.hf.layout import (  # noqa: E402
+from workers.hf.classes import (  # noqa: E402
     GRANITE_HYBRID,
     LLAMA,
     LLAMA4,
@@ -40,6 +33,13 @@ from workers.hf.layout import (  # noqa: E402
     QWEN3,
     SMOLLM3,
     stock_layout,
+)
+from workers.hf.export import (  # noqa: E402
+    INFO_NAME,
+    ExportError,
+    ExportMismatch,
+    check_export,
+    export_candidate,
 )
 from workers.hf.reasons import NotExpressible  # noqa: E402
 from workers.model import HybridTransformer  # noqa: E402
@@ -536,7 +536,7 @@ def test_hf_dynamic_rope_is_not_our_ntk_so_ntk_needs_remote_code():
 def test_hf_llama4_temperature_counts_padding_so_temperature_needs_remote_code(tmp_path):
     """Why ``global_temperature`` is refused for the dense Llama4 layout that takes chunks: it
     matches unpadded, but a left-padded row's NoPE queries are scaled by padded positions."""
-    from workers.hf.layout import LLAMA4 as llama4
+    from workers.hf.classes import LLAMA4 as llama4
 
     candidate = preset("llama4_like")
     no_temperature = preset("llama4_like", global_temperature="none")

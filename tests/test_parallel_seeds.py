@@ -45,8 +45,8 @@ from space.trial_attrs import (
     ATTR_WORKER_RESTARTS,
 )
 from tracking.target import resolve_tracking_uri
-from workers.layout import CHECKPOINT_FILE, finished_seed, read_scores, seed_dir
 from workers.ray_seeds import INTERVAL_FILE, seeds_at_once
+from workers.trial_folder import CHECKPOINT_FILE, finished_seed, read_scores, seed_dir
 
 
 def _one_trial(

@@ -52,9 +52,9 @@ from space.trial_attrs import (
     ATTR_TRIAL_DIR,
 )
 from workers import serving_cost
-from workers.layout import finished_seed, restore_into, snapshot
 from workers.results import CandidateResult
 from workers.trial import TrialOutcome, combine
+from workers.trial_folder import finished_seed, restore_into, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

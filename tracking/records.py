@@ -36,7 +36,7 @@ from space.trial_attrs import (
     ATTR_SEEDS,
     ATTR_TRIAL_DIR,
 )
-from workers.layout import SCORES_FILE, SEED_DIR_PREFIX, seed_of
+from workers.trial_folder import SCORES_FILE, SEED_DIR_PREFIX, seed_of
 
 __all__ = [
     "COMPLETE",

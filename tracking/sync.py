@@ -35,7 +35,7 @@ from tracking.run_spec import TrialRunSpec, spec_from_trial
 from tracking.store import MlflowStore, TrackingError, now_ms
 from tracking.study_view import StudyView, TrialLike
 from tracking.tracker import Tracker
-from workers.layout import ARTIFACT_PATTERNS, CANDIDATE_FILE, read_scores, seed_dirs
+from workers.trial_folder import ARTIFACT_PATTERNS, CANDIDATE_FILE, read_scores, seed_dirs
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

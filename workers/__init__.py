@@ -3,7 +3,7 @@
 Build the PyTorch model from per-layer specs, train it, and score short- and
 long-context ability on the study's prepared corpus (:func:`workers.corpus.prepare`,
 once per sweep); export a trained one as a Hugging Face folder (``hf.export``; the
-stock class that reproduces it is chosen in ``hf.layout``, transformers is imported only
+stock class that reproduces it is chosen in ``hf.classes``, transformers is imported only
 when exporting). Train one candidate on several processes (``distributed``:
 DDP or FSDP2 through ``torch.distributed``, each worker its share of the global batch) and
 score it by greedy decoding with a KV cache (``kv_cache``, ``decoding``). Runs
@@ -12,7 +12,7 @@ trial's Ray Train workers, is ``workers.ray_trainable``, imported only by the sw
 driver).
 
 Names are imported on first use (PEP 562): ``import workers.trial`` or
-``workers.layout`` (torch-free, used by tracking and the driver) does not import torch.
+``workers.trial_folder`` (torch-free, used by tracking and the driver) does not import torch.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ _EXPORTS = {
     "check_export": "workers.hf.export",
     "export_candidate": "workers.hf.export",
     "NotExpressible": "workers.hf.reasons",
-    "StockLayout": "workers.hf.layout",
-    "stock_layout": "workers.hf.layout",
+    "StockLayout": "workers.hf.classes",
+    "stock_layout": "workers.hf.classes",
     "byte_tokenizer": "workers.hf.tokenizer",
     "save_byte_tokenizer": "workers.hf.tokenizer",
     "run_candidate": "workers.candidate",

@@ -35,7 +35,7 @@ from workers import scores
 from workers.candidate import build_model, pick_device, run_candidate
 from workers.checkpoint import load_latest
 from workers.corpus import CorpusHandle, prepare
-from workers.layout import CHECKPOINT_FILE
+from workers.trial_folder import CHECKPOINT_FILE
 
 # Levels tried when score.calibrate.levels leaves a family out: 0 (prefix distractors
 # and noise_chars only), then powers of two while an example still fits.

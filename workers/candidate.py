@@ -53,11 +53,11 @@ from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.device import choose_device
 from workers.distributed import Workers
 from workers.examples import example_seed
-from workers.layout import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
 from workers.tasks import render, task_params
 from workers.train import TrainOutcome, seed_everything, train
+from workers.trial_folder import CANDIDATE_FILE, CHECKPOINT_FILE, SCORES_FILE, write_atomic
 
 
 def pick_device(config: SweepConfig, device: str | None = None) -> torch.device:

@@ -1,7 +1,7 @@
 """Checkpoints on disk: written atomically, read safely, and a corrupt one falls back.
 
 - :func:`save` writes to a unique temporary name, fsyncs, keeps the previous checkpoint
-  as ``<stem>.prev.pt`` (``workers.layout.PREVIOUS_CHECKPOINT_FILE``) and renames the new one into place: a crash at any moment leaves
+  as ``<stem>.prev.pt`` (``workers.trial_folder.PREVIOUS_CHECKPOINT_FILE``) and renames the new one into place: a crash at any moment leaves
   the newest complete checkpoint or the one before it, never half a file.
 - :func:`load_latest` reads with ``torch.load(weights_only=True)``: tensors, numbers,
   strings and containers only, so a crafted ``checkpoint.pt`` cannot run code; such a

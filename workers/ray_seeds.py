@@ -25,8 +25,8 @@ from typing import Any
 
 from space.expand import Candidate
 from space.schema import SweepConfig
-from workers.layout import finished_seed, seed_dir
 from workers.trial import trial_device, trial_threads
+from workers.trial_folder import finished_seed, seed_dir
 
 # In a seed folder: {"seed", "started", "ended"} (Unix seconds) of its parallel training.
 INTERVAL_FILE = "training_interval.json"

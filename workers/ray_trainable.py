@@ -48,7 +48,6 @@ from space.expand import Candidate
 from space.outcomes import RunStatus, error_reason
 from space.schema import SweepConfig
 from space.secrets import redact_tail
-from workers.layout import finished_seed, restore_into, seed_dir, snapshot
 from workers.provenance import environment_tags
 from workers.ray_seeds import SeedTaskDied, train_seeds_at_once
 from workers.trial import (
@@ -64,6 +63,7 @@ from workers.trial import (
     trial_device,
     trial_threads,
 )
+from workers.trial_folder import finished_seed, restore_into, seed_dir, snapshot
 
 Runner = Callable[..., Any]  # run_candidate's signature
 

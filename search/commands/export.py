@@ -252,7 +252,7 @@ def _trained_checkpoint(
     candidate rebuilt from its knobs must have the trial's id, the seed one it trained
     (default: its first), the checkpoint a file."""
     from search.errors import CliError
-    from workers.layout import CHECKPOINT_FILE, seed_dir
+    from workers.trial_folder import CHECKPOINT_FILE, seed_dir
 
     attrs = TrialAttrs.of(trial.user_attrs)
     if attrs.knobs is None:

@@ -2,7 +2,7 @@
 
 ``export_candidate`` writes, into a fresh folder:
 
-- ``config.json``: the stock class that reproduces the candidate (``workers.hf.layout``), or,
+- ``config.json``: the stock class that reproduces the candidate (``workers.hf.classes``), or,
   with ``remote_code=True`` for a candidate no stock class expresses, our own
   ``configuration_ropenope.py`` / ``modeling_ropenope.py`` (``workers/hf/remote``) next to the
   weights with an ``auto_map`` for ``trust_remote_code=True``;
@@ -40,7 +40,7 @@ from space.expand import Candidate
 from space.layers import LayerSpec, ModelShape
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from workers.hf.layout import GRANITE_HYBRID, LLAMA4, PHI3, StockLayout, stock_layout
+from workers.hf.classes import GRANITE_HYBRID, LLAMA4, PHI3, StockLayout, stock_layout
 from workers.hf.reasons import NotExpressible, unknown_layer_fields
 from workers.model import HybridTransformer
 

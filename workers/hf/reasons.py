@@ -1,5 +1,5 @@
 """Why no stock Hugging Face class reproduces a candidate: each reason names a knob, its
-value and what the classes lack (:mod:`workers.hf.layout` says which class does, and why
+value and what the classes lack (:mod:`workers.hf.classes` says which class does, and why
 these are the rules). A per-layer field this module does not know is a reason that even
 remote code cannot lift."""
 
@@ -39,7 +39,7 @@ KNOWN_LAYER_FIELDS = frozenset(
     }
 )
 # Per-layer fields exported only for some mixers: a Mamba2 layer's (GraniteMoeHybrid's mamba
-# layers, workers.hf.layout); a Gated DeltaNet layer's are still unknown to every exporter.
+# layers, workers.hf.classes); a Gated DeltaNet layer's are still unknown to every exporter.
 MIXER_FIELDS = frozenset({"mixer", "recurrent"})
 EXPORTED_MIXERS = frozenset({Mixer.MAMBA2})
 
