@@ -24,6 +24,7 @@ from space.names import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
+    ATTR_LR_SEARCH,
     ATTR_NIAH,
     ATTR_PRESET,
     ATTR_REASON,
@@ -77,6 +78,9 @@ class TrialRecord:
     reused_from: Any = None
     repeats: int | None = None
     has_id: bool = True  # False: no candidate_id recorded (a queued preset, a foreign trial)
+    # train.lr_search: the trial's pilots and their choice ({seed, steps, values, pilots,
+    # chosen}, workers.lr_search), shared by the trial's seeds; None without a search.
+    lr_search: Mapping[str, Any] | None = None
 
     @property
     def run_key(self) -> Any:
@@ -108,6 +112,7 @@ class TrialRecord:
         repeats = attrs.get(ATTR_REPEATS)
         niah = attrs.get(ATTR_NIAH)
         mass = attrs.get(ATTR_ATTENTION_MASS)
+        lr_search = attrs.get(ATTR_LR_SEARCH)
         return cls(
             number=int(trial.number),
             state=state,
@@ -123,6 +128,7 @@ class TrialRecord:
             reused_from=attrs.get(ATTR_REUSED_FROM),
             repeats=int(repeats) if as_float(repeats) is not None else None,
             has_id=has_id,
+            lr_search=lr_search if isinstance(lr_search, Mapping) else None,
         )
 
 

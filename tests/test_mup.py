@@ -1,0 +1,125 @@
+"""µP (``model.parametrization: mup``): the coordinate check, the multipliers, and the
+identity with the standard parametrization at the base width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from space.expand import build_candidate
+from space.layers import ModelShape, Parametrization
+from workers.model import HybridTransformer, mup_query_scale
+from workers.train import param_groups, set_lr
+
+WIDTHS = (32, 64, 128)
+BASE = 32
+VOCAB, T, B = 64, 32, 8
+# The coordinate check's bound: with µP, every measured activation's mean |x| after a few
+# Adam steps stays within this factor across a 4x range of widths.
+COORD_FACTOR = 2.0
+
+
+def shape(d_model: int, parametrization: Parametrization) -> ModelShape:
+    mup = parametrization is Parametrization.MUP
+    return ModelShape(
+        n_layers=2,
+        d_model=d_model,
+        n_heads=4,
+        n_kv_heads=4,
+        mlp_hidden=4 * d_model,
+        vocab_size=VOCAB,
+        init_std=0.02,
+        parametrization=parametrization,
+        base_d_model=BASE if mup else None,
+    )
+
+
+def model_of(s: ModelShape, seed: int = 0) -> HybridTransformer:
+    candidate = build_candidate({"global_every": 2, "local_window": 8}, s, T)  # 1:1 hybrid
+    torch.manual_seed(seed)
+    return HybridTransformer(candidate.shape, candidate.layers)
+
+
+def coordinates(parametrization: Parametrization, steps: int = 5, lr: float = 1e-2) -> dict:
+    """Per width: mean |x| of every block's attention and MLP output, the residual stream
+    after each block and the logits, after ``steps`` AdamW steps (the trainer's parameter
+    groups and learning-rate rule) on one fixed batch of random tokens."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (B, T + 1), generator=g)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    out: dict[str, list[float]] = {}
+    for width in WIDTHS:
+        model = model_of(shape(width, parametrization))
+        opt = torch.optim.AdamW(param_groups(model, 0.0), lr=lr, betas=(0.9, 0.95))
+        for _ in range(steps):
+            set_lr(opt, lr)
+            opt.zero_grad()
+            F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+            opt.step()
+        seen: dict[str, float] = {}
+        hooks = []
+        for i, block in enumerate(model.blocks):
+            for name, module in (("attn", block.attn), ("mlp", block.mlp), ("block", block)):
+
+                def keep(_m, _i, o, key=f"{name}{i}", seen=seen) -> None:
+                    o = o[0] if isinstance(o, tuple) else o
+                    seen[key] = float(o.abs().mean())
+
+                hooks.append(module.register_forward_hook(keep))
+        with torch.no_grad():
+            seen["logits"] = float(model(x).abs().mean())
+        for h in hooks:
+            h.remove()
+        for key, value in seen.items():
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def spread(values: list[float]) -> float:
+    return max(values) / min(values)
+
+
+@pytest.mark.slow
+def test_mup_coordinate_check_is_flat_across_widths_and_standard_is_not() -> None:
+    mup = coordinates(Parametrization.MUP)
+    standard = coordinates(Parametrization.STANDARD)
+    mup_spread = {k: spread(v) for k, v in mup.items()}
+    standard_spread = {k: spread(v) for k, v in standard.items()}
+    assert max(mup_spread.values()) < COORD_FACTOR, mup_spread
+    # the same check fails for the standard parametrization: its activations grow with width
+    assert max(standard_spread.values()) >= COORD_FACTOR, standard_spread
+    assert standard["logits"][-1] > standard["logits"][0] * COORD_FACTOR
+
+
+def test_mup_at_base_width_is_the_standard_parametrization() -> None:
+    x = torch.randint(0, VOCAB, (2, T))
+    mup = model_of(shape(BASE, Parametrization.MUP))
+    standard = model_of(shape(BASE, Parametrization.STANDARD))
+    torch.testing.assert_close(mup(x), standard(x), rtol=0, atol=0)
+    assert {g["lr_scale"] for g in param_groups(mup, 0.1)} == {1.0}
+
+
+def test_mup_multipliers_follow_the_width() -> None:
+    wide = model_of(shape(4 * BASE, Parametrization.MUP))
+    assert wide.readout_scale == pytest.approx(1 / 4)
+    # scores scale as 1 / head_dim: sqrt(base_head_dim) / head_dim over 1 / sqrt(head_dim)
+    assert mup_query_scale(wide.shape) == pytest.approx(0.5)
+    scales = wide.lr_scales()
+    assert scales["blocks.0.attn.q_proj.weight"] == pytest.approx(1 / 4)
+    assert scales["blocks.1.mlp.down_proj.weight"] == pytest.approx(1 / 4)
+    assert "embed.weight" not in scales and "norm.weight" not in scales
+    groups = {g["lr_scale"]: g for g in param_groups(wide, 0.1) if g["weight_decay"]}
+    # decay per step (lr x weight_decay) stays that of the base width
+    assert groups[0.25]["weight_decay"] == pytest.approx(0.4)
+    assert groups[1.0]["weight_decay"] == pytest.approx(0.1)  # the tied embedding
+    # hidden matrices start at init_std / sqrt(width_mult); the embedding at init_std
+    assert float(wide.blocks[0].attn.q_proj.weight.detach().std()) == pytest.approx(0.01, rel=0.1)
+    assert float(wide.embed.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
+
+
+def test_model_shape_refuses_mup_without_a_base() -> None:
+    with pytest.raises(ValueError, match="base_d_model"):
+        ModelShape(4, 64, 4, 4, 128, 64, parametrization=Parametrization.MUP)
+    with pytest.raises(ValueError, match="base_d_model"):
+        ModelShape(4, 64, 4, 4, 128, 64, base_d_model=32)
