@@ -3,6 +3,8 @@ identity with the standard parametrization at the base width."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,3 +125,41 @@ def test_model_shape_refuses_mup_without_a_base() -> None:
         ModelShape(4, 64, 4, 4, 128, 64, parametrization=Parametrization.MUP)
     with pytest.raises(ValueError, match="base_d_model"):
         ModelShape(4, 64, 4, 4, 128, 64, base_d_model=32)
+
+
+@pytest.mark.parametrize("name", ["rope", "qknorm", "gptoss_like"])
+def test_mup_candidate_exports_as_the_standard_model_with_the_same_logits(name, tmp_path):
+    pytest.importorskip("transformers")
+    from test_hf_export import assert_same_model, random_weights
+
+    from space.presets import BUILTIN_PRESETS
+    from space.vocab import VOCAB_SIZE
+    from workers.hf_export import INFO_NAME, export_candidate
+
+    wide = ModelShape(
+        n_layers=6,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=4,
+        mlp_hidden=96,
+        vocab_size=VOCAB_SIZE,
+        parametrization=Parametrization.MUP,
+        base_d_model=16,  # width multiplier 4: multipliers far from 1
+    )
+    candidate = build_candidate({**BUILTIN_PRESETS[name], "kv_heads": 2}, wide, 32)
+    weights = random_weights(candidate)
+    result = export_candidate(
+        candidate,
+        weights,
+        tmp_path / "model",
+        max_position_embeddings=1024,
+        card="# test card\n",
+        remote_code=name == "gptoss_like",  # sinks: our own modeling file
+    )
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    ours = HybridTransformer(candidate.shape, candidate.final_layers)
+    ours.load_state_dict(weights)
+    assert_same_model(result, ours.eval(), candidate, remote=result.remote_code)
+    info = json.loads((result.out_dir / INFO_NAME).read_text())
+    assert info["folded"] == "model.parametrization: mup"
+    assert info["candidate"]["shape"]["parametrization"] == "mup"
