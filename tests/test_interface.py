@@ -97,6 +97,10 @@ def test_interface_names_match_the_golden_file(tmp_path, runs_home, ray_local):
             {"name": "impossible", "knobs": {"global_temperature": "log"}},
         ],
         tracking={"enabled": True},
+        # the optional settings whose names reach the trials and runs: µP, and the
+        # learning-rate pilots (their choice is a user attr, a param and metrics)
+        model={"parametrization": "mup", "base_d_model": 16},
+        train={"lr_search": {"values": [1e-3, 3e-3], "steps": 10}},
     )
     summary = driver.submit(path, storage=url, address=ray_local, progress=False)
     assert summary.counts["COMPLETE"] == 2 and summary.counts["FAIL"] == 1

@@ -218,6 +218,9 @@ def test_lr_search_sweep_records_the_choice_on_the_trial_in_mlflow_and_the_repor
     assert run.data.metrics[METRIC_LR_CHOSEN] == best
     assert run.data.metrics[pilot_metric(1e-3)] == pytest.approx(pilots[1e-3]["val_bpb"])
     assert pilot_metric(DIVERGING_LR) not in run.data.metrics
+    copy = client.get_run(reused.user_attrs["mlflow_run_id"])  # the reused trial's own run
+    assert float(copy.data.params[PARAM_LR_CHOSEN]) == best
+    assert copy.data.metrics[pilot_metric(3e-3)] == pytest.approx(pilots[3e-3]["val_bpb"])
 
     study = optuna.load_study(study_name="lrs", storage=url)
     paths = build_report(study, tmp_path / "report")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from space.names import (
     ATTR_EVAL_METRIC,
+    ATTR_LR_SEARCH,
     ATTR_MLFLOW_RUN_ID,
     ATTR_REASON,
     ATTR_TRIAL_DIR,
@@ -32,7 +33,7 @@ from space.names import (
     is_score_name,
 )
 from space.schema import load_config_text
-from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, metric_key
+from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, lr_search_tracking, metric_key
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import spec_from_trial
 from tracking.store import TrackingError, now_ms
@@ -166,6 +167,9 @@ def sync_trial(
         run = store.client.get_run(run_id)
     run_id = run.info.run_id
     changes = store.log_params(run_id, spec.params, run.data.params)
+    # train.lr_search: what the trial's pilots chose (a reused trial's are its source's)
+    lr_params, lr_metrics = lr_search_tracking(attrs.get(ATTR_LR_SEARCH))
+    changes += store.log_params(run_id, lr_params, run.data.params)
     changes += store.set_tags(run_id, {**tags, MLFLOW_PARENT_RUN_ID: parent}, run.data.tags)
 
     # Metrics: the history (scores.json, else Optuna's intermediate values), final scores.
@@ -196,7 +200,7 @@ def sync_trial(
         for step, value in sorted(trial.intermediate_values.items()):
             add(metric, float(value), int(step))
 
-    scores: dict[str, float] = {}
+    scores: dict[str, float] = dict(lr_metrics)
     for key, value in attrs.items():
         if is_score_name(key) and _number(value) is not None:
             scores[key] = float(value)
