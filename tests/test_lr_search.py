@@ -228,3 +228,37 @@ def test_lr_search_sweep_records_the_choice_on_the_trial_in_mlflow_and_the_repor
     assert "| lr |" in table and f"| {best:g} |" in table
     (entry,) = json.loads(paths["summary.json"].read_text())["candidates"]
     assert entry["lr_search"][0]["chosen"] == best
+
+
+@pytest.mark.slow
+def test_cli_train_runs_the_pilots_once_then_trains_at_their_choice(
+    tmp_path, runs_home, capsys, monkeypatch
+) -> None:
+    import workers.candidate
+    from search.cli import main
+
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        train={**TINY["train"], "lr_search": {"values": [1e-3, DIVERGING_LR], "steps": 10}},
+    )
+    out = tmp_path / "one"
+    argv = ["train", str(path), "--preset", "rope", "--out", str(out), "--threads", "1", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    record = read_record(out)
+    assert result["lr"] == record.chosen == 1e-3
+    assert record.done[DIVERGING_LR].status == "diverged"
+    written = (out / LR_SEARCH_FILE).stat().st_mtime_ns
+    calls: list[float] = []
+    real = workers.candidate.run_pilot
+
+    def counted(*args: Any, **kwargs: Any) -> Pilot:
+        calls.append(kwargs["lr"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workers.candidate, "run_pilot", counted)
+    assert main(argv) == 0  # again: the pilots are read back, not trained
+    assert json.loads(capsys.readouterr().out)["lr"] == 1e-3
+    assert calls == [] and (out / LR_SEARCH_FILE).stat().st_mtime_ns == written
+    assert main([*argv, "--fresh"]) == 0  # --fresh: the pilots again
+    assert calls == [1e-3, DIVERGING_LR]

@@ -247,10 +247,13 @@ def run_pilot(
     device: str | None = None,
     threads: int | None = None,
     corpus: CorpusHandle | None = None,
+    resume: bool = True,
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> Pilot:
     """One ``train.lr_search`` pilot (``config`` is ``workers.lr_search.pilot_config``): train
     ``candidate`` with ``seed`` at ``lr``, checkpointing in ``out_dir`` (a killed pilot
-    continues there), and return its final validation bits per byte; nothing is scored."""
+    continues there unless ``resume`` is off), and return its final validation bits per
+    byte; nothing is scored."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
@@ -259,7 +262,7 @@ def run_pilot(
     handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
     model = build_model(candidate, seed)
     run = CandidateRun(config, candidate, seed, out_dir, dev, handle.open(), model)
-    outcome = run.train(Workers(), resume=True)
+    outcome = run.train(Workers(), resume=resume, on_step=on_step)
     val = outcome.last_metrics.get(VAL_BPB) if outcome.status == RunStatus.COMPLETE else None
     finite = val is not None and math.isfinite(val)
     return Pilot(

@@ -129,31 +129,32 @@ def choose_lr(
     trial_dir: Path,
     seed: int,
     pilot: Callable[[SweepConfig, float, Path], Pilot],
+    *,
+    fresh: bool = False,
 ) -> LrChoice:
     """Run the pilots not yet recorded in ``trial_dir`` (``pilot(pilot_config, lr, folder)``,
     in the order of ``values``), recording each as it ends; the choice they make.
 
     A record made with another seed, pilot length or set of values is not this search's
-    and is started over."""
+    and is started over, as is any record with ``fresh``."""
     search = config.train.lr_search
     if search is None:
         raise ValueError("the sweep has no train.lr_search")
     steps = search.pilot_steps(config.train.total_steps)
-    fresh = LrChoice(seed=seed, steps=steps, values=tuple(search.values))
-    found = read_record(trial_dir)
+    new = LrChoice(seed=seed, steps=steps, values=tuple(search.values))
+    found = None if fresh else read_record(trial_dir)
     same = found is not None and (found.seed, found.steps, found.values) == (
-        fresh.seed,
-        fresh.steps,
-        fresh.values,
+        new.seed,
+        new.steps,
+        new.values,
     )
-    choice = found if same and found is not None else fresh
+    choice = found if same and found is not None else new
     done = choice.done
     for lr in search.values:
         if lr in done:
             continue
         choice.pilots.append(pilot(pilot_config(config, lr), lr, pilot_dir(trial_dir, lr)))
         write_atomic(Path(trial_dir) / RECORD_FILE, json.dumps(choice.to_dict(), indent=2))
-    write_atomic(Path(trial_dir) / RECORD_FILE, json.dumps(choice.to_dict(), indent=2))
     return choice
 
 
