@@ -262,3 +262,29 @@ def test_cli_train_runs_the_pilots_once_then_trains_at_their_choice(
     assert calls == [] and (out / LR_SEARCH_FILE).stat().st_mtime_ns == written
     assert main([*argv, "--fresh"]) == 0  # --fresh: the pilots again
     assert calls == [1e-3, DIVERGING_LR]
+
+
+@pytest.mark.slow
+def test_lr_search_sweep_trial_whose_every_pilot_diverges_is_diverged(
+    tmp_path, runs_home, ray_local
+) -> None:
+    import optuna
+
+    from search import driver
+    from space.names import ATTR_REASON, ATTR_REASON_DETAIL
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "lost", "trials": 1},
+        train={**TINY["train"], "lr_search": {"values": [DIVERGING_LR], "steps": 10}},
+        presets=["rope"],
+    )
+    summary = driver.submit(path, storage=url, address=ray_local, progress=False)
+    assert summary.counts["FAIL"] == 1
+    (trial,) = optuna.load_study(study_name="lost", storage=url).get_trials()
+    assert trial.user_attrs[ATTR_REASON] == "diverged"
+    assert "every train.lr_search pilot lost" in trial.user_attrs[ATTR_REASON_DETAIL]
+    assert trial.user_attrs[ATTR_LR_SEARCH]["chosen"] is None
+    assert ATTR_LR not in trial.user_attrs
+    assert not list(Path(trial.user_attrs["trial_dir"]).glob("seed_*"))  # no seed trained
