@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     lr = None
     if config.train.lr_search is not None:  # the pilots first, as a sweep's trial does
-        choice = search_lr(config, candidate, seed, out, corpus, args)
+        choice = search_lr(config, candidate, out, corpus, args)
         print(f"lr search: {describe(choice)}", file=sys.stderr)
         if choice.chosen is None:
             print("ropenope train: every train.lr_search pilot lost", file=sys.stderr)
@@ -153,14 +153,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def search_lr(
-    config: Any, candidate: Candidate, seed: int, out: Path, corpus: Any, args: argparse.Namespace
+    config: Any, candidate: Candidate, out: Path, corpus: Any, args: argparse.Namespace
 ) -> Any:
     """``train.lr_search``'s pilots in ``out`` (``out/lr_search.json``; ``--fresh`` runs them
-    again), each with a progress bar; the choice (``workers.lr_search.LrChoice``)."""
+    again) on ``train.seed`` as a sweep's (whatever ``--seed`` says), each with a progress
+    bar; the choice (``workers.lr_search.LrChoice``)."""
     from tqdm import tqdm
 
     from workers.candidate import run_pilot
-    from workers.lr_search import choose_lr
+    from workers.lr_search import choose_lr, pilot_seed
+
+    seed = pilot_seed(config)
 
     def pilot(pilot_config: Any, lr: float, folder: Path) -> Any:
         steps = pilot_config.train.total_steps

@@ -101,7 +101,7 @@ def describe_training(config: SweepConfig) -> list[str]:
         values = ", ".join(f"{v:g}" for v in search["values"])
         out.append(
             f"lr search: pilots of {search['pilot_steps']} steps at lr {values} on each "
-            "trial's first seed; the seeds train at the lowest final val_bpb"
+            "candidate's first seed (train.seed); the seeds train at the lowest final val_bpb"
         )
     return out
 

@@ -238,9 +238,10 @@ class StageSection(_Section):
 
 class LrSearchSection(_Section):
     """``train.lr_search``: before its full run, each trial trains a short pilot at every
-    value (on its first seed) and trains the full run at the value of the lowest final
-    validation loss; a pilot that diverges or ends non-finite loses. The pilot's length is
-    ``steps``, or ``fraction`` of the full run's steps (exactly one of the two)."""
+    value (on ``train.seed``, the first seed of every candidate) and trains its seeds at
+    the value of the lowest final validation loss; a pilot that diverges or ends non-finite
+    loses. The pilot's length is ``steps``, or ``fraction`` of the full run's steps
+    (exactly one of the two)."""
 
     values: tuple[float, ...] = Field(min_length=1, max_length=64)
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)

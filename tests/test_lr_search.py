@@ -139,9 +139,15 @@ def test_choose_lr_resumed_reruns_no_finished_pilot(tmp_path: Path) -> None:
     calls.clear()
     assert choose_lr(config, moved, 0, fake_pilots(losses, calls)).chosen == 3e-3
     assert calls == []  # after the pilots: none again
-    # another seed is another search
+    # a record of another seed is another search's
     choose_lr(config, moved, 1, fake_pilots(losses, calls))
     assert calls == [1e-3, 3e-3, 1e-2]
+
+
+def test_pilots_train_the_sweeps_first_seed_whatever_seeds_a_trial_trains() -> None:
+    from workers.lr_search import pilot_seed
+
+    assert pilot_seed(parse_config(tiny(seed=3, lr_search={"values": [1e-3], "steps": 10}))) == 3
 
 
 # -- real pilots -----------------------------------------------------------------------------

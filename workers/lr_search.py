@@ -2,8 +2,9 @@
 the best value.
 
 Before a trial's seeds train, one pilot per value of ``train.lr_search.values`` trains the
-candidate on the trial's **first seed** (the same initial weights and the same batches for
-every value, so only the learning rate differs) for ``pilot_steps`` steps: a whole short
+candidate on the sweep's first seed, ``train.seed`` (:func:`pilot_seed`; the same initial
+weights and the same batches for every value, so only the learning rate differs), for
+``pilot_steps`` steps: a whole short
 run with the train section's warmup and its own cosine decay to the end, so the losses
 compare at the end of a schedule rather than in the middle of one. The value with the
 lowest final validation bits per byte (``val_bpb``) wins; a pilot that diverges, or whose
@@ -92,6 +93,14 @@ class LrChoice:
             values=tuple(float(v) for v in data["values"]),
             pilots=[Pilot(**p) for p in data["pilots"]],
         )
+
+
+def pilot_seed(config: SweepConfig) -> int:
+    """The seed every pilot trains with: ``train.seed``, the first seed of every candidate,
+    whatever seeds a trial trains. So the learning rate is the candidate's, not its seeds':
+    a later round of adaptive seeds (a trial of seeds 2 and 3) repeats the first round's
+    pilots and makes the same choice, rather than training its seeds at another value."""
+    return config.train.seed
 
 
 def pilot_dir(trial_dir: Path, lr: float) -> Path:

@@ -49,7 +49,7 @@ from space.outcomes import Reason, RunStatus, error_reason
 from space.schema import SweepConfig
 from space.secrets import redact_tail
 from workers.layout import finished_seed, restore_into, seed_dir, snapshot
-from workers.lr_search import LrChoice, Pilot, choose_lr, describe, with_lr
+from workers.lr_search import LrChoice, Pilot, choose_lr, describe, pilot_seed, with_lr
 from workers.provenance import environment_tags
 from workers.ray_seeds import SeedTaskDied, train_seeds_at_once
 from workers.trial import (
@@ -163,7 +163,7 @@ def run_trial(
     choice: LrChoice | None = None
     try:
         if sweep.train.lr_search is not None:  # the pilots first; the seeds at their choice
-            choice = search_lr(sweep, info.candidate, seeds[0], out_dir, pilot, corpus)
+            choice = search_lr(sweep, info.candidate, out_dir, pilot, corpus)
             if choice.chosen is None:
                 raise NoLearningRate(describe(choice))
             sweep = with_lr(sweep, choice.chosen)
@@ -232,14 +232,15 @@ class NoLearningRate(RuntimeError):
 def search_lr(
     sweep: SweepConfig,
     candidate: Candidate,
-    seed: int,
     trial_dir: Path,
     pilot: Runner | None = None,
     corpus: Any = None,
 ) -> LrChoice:
-    """The trial's ``train.lr_search`` (``workers.lr_search``): the pilots still to run on
-    ``seed`` (``pilot``: ``workers.candidate.run_pilot`` unless a test gives another), in
-    the trial process, with the trial's device and threads."""
+    """The trial's ``train.lr_search`` (``workers.lr_search``): the pilots still to run
+    (``pilot``: ``workers.candidate.run_pilot`` unless a test gives another), in the trial
+    process, with the trial's device and threads, on ``pilot_seed`` whatever seeds the
+    trial trains."""
+    seed = pilot_seed(sweep)
     if pilot is None:
         from workers.candidate import run_pilot as pilot
 
