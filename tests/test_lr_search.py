@@ -294,3 +294,27 @@ def test_lr_search_sweep_trial_whose_every_pilot_diverges_is_diverged(
     assert trial.user_attrs[ATTR_LR_SEARCH]["chosen"] is None
     assert ATTR_LR not in trial.user_attrs
     assert not list(Path(trial.user_attrs["trial_dir"]).glob("seed_*"))  # no seed trained
+
+
+def test_retention_drops_the_pilots_checkpoints_and_keeps_their_record(tmp_path: Path) -> None:
+    from optuna.trial import TrialState, create_trial
+
+    from search.retention import plan_trial
+    from space.names import ATTR_TRIAL_DIR
+    from workers.layout import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
+
+    config = parse_config(tiny(lr_search={"values": [1e-3, 3e-3], "steps": 10}))
+
+    def pilot(c: Any, lr: float, folder: Path) -> Pilot:
+        folder.mkdir(parents=True)
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            (folder / name).write_bytes(b"c" * 100)
+        return Pilot(lr, "complete", 2.0 + lr)
+
+    choose_lr(config, tmp_path, 0, pilot)
+    trial = create_trial(state=TrialState.COMPLETE, values=[1.0], user_attrs={})
+    trial.set_user_attr(ATTR_TRIAL_DIR, str(tmp_path))
+    assert not plan_trial(trial, [trial], "all").paths
+    plan_trial(trial, [trial], "last").apply()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == [LR_SEARCH_FILE]
