@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     from optuna.trial import TrialState
 
     from search.driver import run_sweep
-    from space.names import ATTR_CANDIDATE_NAME, ATTR_RUNG, ATTR_RUNG_EVALS
     from space.paths import runs_dir
     from space.schema import load_config
+    from space.trial_attrs import ATTR_CANDIDATE_NAME, ATTR_RUNG, ATTR_RUNG_EVALS
 
     raw = yaml.safe_load(Path(args.config).read_text())
     runs: dict[str, dict[str, Any]] = {}

@@ -39,8 +39,9 @@ def one_study(
     import ray
 
     from search.driver import run_sweep
-    from space.names import ATTR_CANDIDATE_ID, TRAIN_SECONDS
+    from space.names import TRAIN_SECONDS
     from space.schema import load_config
+    from space.trial_attrs import ATTR_CANDIDATE_ID
     from workers.ray_seeds import INTERVAL_FILE
 
     home = tmp / ("parallel" if parallel else "sequential")

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import workers.candidate as trial  # noqa: E402
-from search.train_cmd import resolve_candidate  # noqa: E402
+from search.commands.train import resolve_candidate  # noqa: E402
 from space.schema import load_config, parse_config  # noqa: E402
 from space.yaml_io import read_yaml_file  # noqa: E402
 

@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from search.driver import run_sweep
-    from space.names import ATTR_TRIAL_SECONDS, TRAIN_SECONDS
+    from space.names import TRAIN_SECONDS
     from space.schema import load_config
+    from space.trial_attrs import ATTR_TRIAL_SECONDS
 
     with tempfile.TemporaryDirectory(prefix="ropenope-bench-") as tmp:
         home = Path(tmp) / "runs"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from search.seed_rounds import rounds_left, study_runs
 from search.signature import stored_config, target_trials
 from search.status import tie_warnings
 from search.storage import resolve_storage_url, sqlite_path
-from search.study import load_existing, open_study
+from search.study import OpenedStudy, load_existing, open_study
 from search.study_view import study_view
 from search.trials import (
     adds_seeds,
@@ -136,49 +137,14 @@ def run_sweep(
         )
         study = opened.study
         target = target_trials(study) or config.study.trials
-        show = Progress(
-            name,
-            target,
-            config.objective_names(),
-            config.directions(),
-            total_steps=config.train.total_steps,
-            enabled=progress,
-        )
-        for path, message in config.warnings:
-            show.note(f"warning: {path}: {message}")
-        for w in opened.warnings:
-            show.note(f"warning: {w}")
-        show.note(
-            f"study {name} in {redact_url(url)}: {'created' if opened.created else 'loaded'}, "
-            f"target {target} trials, sampler {config.study.sampler}"
-        )
+        show = _open_progress(config, opened, name, url, target, progress)
         registry = DriverRegistry(study, driver_id)
         registry.register()
         hooks.on_sweep_start(study_view(study), config)
         # With the SQLite lock held, no other driver is alive: every RUNNING trial is orphaned.
         is_dead = (lambda t: True) if lock is not None else registry.dead_trial_check()
-        failures = config.resources.failures
-        gone = "the driver running it stopped before the trial ended"
-        capped = close_capped(study, opened.storage, is_dead, failures, gone)
-        for number in capped:
-            show.note(
-                f"#{number} was left RUNNING by a dead driver, {failures.max_rerun_depth} "
-                "re-run(s) deep: FAIL rerun_limit, not re-queued"
-            )
-        notify_closed(study, hooks, capped, show)
-        closed = reconcile_interrupted(study, opened.storage, is_dead, restore_for=find_restore)
-        for number, restore in closed:
-            where = f", continuing from {restore}" if restore else ""
-            show.note(
-                f"#{number} was left RUNNING by a dead driver: FAIL interrupted, re-queued{where}"
-            )
-        notify_closed(study, hooks, [n for n, _ in closed], show)
-        for number, restore in requeue_worker_deaths(study, restore_for=find_restore):
-            where = f", continuing from {restore}" if restore else ""
-            show.note(f"#{number} ended by an infrastructure failure: re-queued{where}")
-        summary = SweepSummary(
-            name, redact_url(url), target, {}, 0.0, reconciled=[n for n, _ in closed]
-        )
+        closed = _close_dead_trials(opened, config, hooks, show, is_dead)
+        summary = SweepSummary(name, redact_url(url), target, {}, 0.0, reconciled=closed)
         if count_toward_target(study.get_trials(deepcopy=False)) >= target and not rounds_left(
             study, config
         ):
@@ -192,52 +158,20 @@ def run_sweep(
             config = calibrated(study, config, folder / "calibration", corpus, show.note)
             started_ray, summary.ray_start_seconds = start_ray(address)
             check_resources(config)
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            experiment = f"{name}-{stamp}-{driver_id[:6]}"
-            experiment_dir = folder / "ray" / experiment
-            summary.experiment_dir = str(experiment_dir)
-            searcher = StudySearcher(
+            _train(
                 opened,
                 config,
-                target=target,
+                summary,
+                folder=folder,
                 driver_id=driver_id,
                 registry=registry,
-                experiment_dir=experiment_dir,
-                trials_dir=folder / "trials",
-                dedup=config.study.dedup if dedup is None else dedup,
-                progress=show,
+                dedup=dedup,
+                show=show,
                 hooks=hooks,
+                runner=runner,
+                corpus=corpus,
             )
-            try:
-                fit(config, searcher, experiment, folder / "ray", hooks, runner, corpus)
-            finally:
-                summary.interrupted = searcher.close_leftovers()
-            summary.stopped = searcher.stop_line
-            if summary.interrupted and summary.stopped is None:
-                show.note(f"stopped early: continue with `ropenope resume {name}`")
-            summary.trained = len(searcher.trained)
-            summary.trial_seconds = searcher.trial_seconds
-        view = study_view(study)
-        summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
-        summary.wall_seconds = time.perf_counter() - t_start
-        # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
-        first = [t for t in view.trials if not adds_seeds(t)]
-        summary.pareto = pareto_of_study(study_view(study, first))
-        summary.warnings = tie_warnings(view.trials, config.objective_names())
-        if config.study.adaptive:
-            summary.seed_plan = plan_for_study(study, config)
-            summary.runs = study_runs(study)
-        show.note(
-            f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
-        )
-        # What live tracking missed (a busy store, a driver killed before a run closed)
-        # is completed now, so the MLflow UI shows every trial without `ropenope sync`.
-        links = hooks.complete_runs(view)
-        if links:
-            record_run_links(study, opened.storage, links)
-            view = study_view(optuna.load_study(study_name=name, storage=opened.storage))
-        hooks.on_sweep_end(view, config, summary)
-        return summary
+        return _finish(opened, config, summary, hooks, show, t_start)
     finally:
         if registry is not None:
             registry.close()
@@ -245,6 +179,141 @@ def run_sweep(
             ray.shutdown()
         if lock is not None:
             lock.release()
+
+
+def _open_progress(
+    config: SweepConfig, opened: OpenedStudy, name: str, url: str, target: int, progress: bool
+) -> Progress:
+    """The sweep's progress display, opened with the sweep file's and the study's warnings."""
+    show = Progress(
+        name,
+        target,
+        config.objective_names(),
+        config.directions(),
+        total_steps=config.train.total_steps,
+        enabled=progress,
+    )
+    for path, message in config.warnings:
+        show.note(f"warning: {path}: {message}")
+    for w in opened.warnings:
+        show.note(f"warning: {w}")
+    show.note(
+        f"study {name} in {redact_url(url)}: {'created' if opened.created else 'loaded'}, "
+        f"target {target} trials, sampler {config.study.sampler}"
+    )
+    return show
+
+
+def _close_dead_trials(
+    opened: OpenedStudy,
+    config: SweepConfig,
+    hooks: SweepHooks,
+    show: Progress,
+    is_dead: Callable[[Any], bool],
+) -> list[int]:
+    """Close what dead drivers left RUNNING (FAIL rerun_limit past the re-run cap, else FAIL
+    interrupted and re-queued from the newest checkpoint) and re-queue trials ended by an
+    infrastructure failure; the numbers closed as interrupted."""
+    study = opened.study
+    failures = config.resources.failures
+    gone = "the driver running it stopped before the trial ended"
+    capped = close_capped(study, opened.storage, is_dead, failures, gone)
+    for number in capped:
+        show.note(
+            f"#{number} was left RUNNING by a dead driver, {failures.max_rerun_depth} "
+            "re-run(s) deep: FAIL rerun_limit, not re-queued"
+        )
+    notify_closed(study, hooks, capped, show)
+    closed = reconcile_interrupted(study, opened.storage, is_dead, restore_for=find_restore)
+    for number, restore in closed:
+        where = f", continuing from {restore}" if restore else ""
+        show.note(
+            f"#{number} was left RUNNING by a dead driver: FAIL interrupted, re-queued{where}"
+        )
+    notify_closed(study, hooks, [n for n, _ in closed], show)
+    for number, restore in requeue_worker_deaths(study, restore_for=find_restore):
+        where = f", continuing from {restore}" if restore else ""
+        show.note(f"#{number} ended by an infrastructure failure: re-queued{where}")
+    return [n for n, _ in closed]
+
+
+def _train(
+    opened: OpenedStudy,
+    config: SweepConfig,
+    summary: SweepSummary,
+    *,
+    folder: Path,
+    driver_id: str,
+    registry: DriverRegistry,
+    dedup: bool | None,
+    show: Progress,
+    hooks: SweepHooks,
+    runner: Any,
+    corpus: Any,
+) -> None:
+    """Let Ray Tune train the trials the study searcher asks Optuna for, until the target;
+    what this driver trained, interrupted or was stopped by goes into ``summary``."""
+    name = summary.study
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    experiment = f"{name}-{stamp}-{driver_id[:6]}"
+    experiment_dir = folder / "ray" / experiment
+    summary.experiment_dir = str(experiment_dir)
+    searcher = StudySearcher(
+        opened,
+        config,
+        target=summary.target,
+        driver_id=driver_id,
+        registry=registry,
+        experiment_dir=experiment_dir,
+        trials_dir=folder / "trials",
+        dedup=config.study.dedup if dedup is None else dedup,
+        progress=show,
+        hooks=hooks,
+    )
+    try:
+        fit(config, searcher, experiment, folder / "ray", hooks, runner, corpus)
+    finally:
+        summary.interrupted = searcher.close_leftovers()
+    summary.stopped = searcher.stop_line
+    if summary.interrupted and summary.stopped is None:
+        show.note(f"stopped early: continue with `ropenope resume {name}`")
+    summary.trained = len(searcher.trained)
+    summary.trial_seconds = searcher.trial_seconds
+
+
+def _finish(
+    opened: OpenedStudy,
+    config: SweepConfig,
+    summary: SweepSummary,
+    hooks: SweepHooks,
+    show: Progress,
+    t_start: float,
+) -> SweepSummary:
+    """Count the study's trials, rank the Pareto front, complete the MLflow runs live
+    tracking missed, and tell the hooks the sweep ended."""
+    study = opened.study
+    name = summary.study
+    view = study_view(study)
+    summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
+    summary.wall_seconds = time.perf_counter() - t_start
+    # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
+    first = [t for t in view.trials if not adds_seeds(t)]
+    summary.pareto = pareto_of_study(study_view(study, first))
+    summary.warnings = tie_warnings(view.trials, config.objective_names())
+    if config.study.adaptive:
+        summary.seed_plan = plan_for_study(study, config)
+        summary.runs = study_runs(study)
+    show.note(
+        f"sweep done in {summary.wall_seconds:.1f} s; `ropenope status {name}` for the Pareto set"
+    )
+    # What live tracking missed (a busy store, a driver killed before a run closed)
+    # is completed now, so the MLflow UI shows every trial without `ropenope sync`.
+    links = hooks.complete_runs(view)
+    if links:
+        record_run_links(study, opened.storage, links)
+        view = study_view(optuna.load_study(study_name=name, storage=opened.storage))
+    hooks.on_sweep_end(view, config, summary)
+    return summary
 
 
 def prepare_corpus(config: SweepConfig, show: Progress, progress: bool) -> Any:

@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial
 
 from search.errors import StoreError, StudyLocked
 from search.optuna_adapter import rdb_storage, storage_trial_id
-from space.names import ATTR_DRIVER, STUDY_ATTR_DRIVER_PREFIX
+from space.names import STUDY_ATTR_DRIVER_PREFIX
+from space.trial_attrs import ATTR_DRIVER
 
 log = logging.getLogger("ropenope.driver")
 

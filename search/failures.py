@@ -26,9 +26,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.trials import finish_trial
-from space.names import ATTR_REASON, ATTR_REASON_DETAIL, ATTR_RERUN_OF
 from space.outcomes import INFRASTRUCTURE_REASONS, Reason
 from space.sections import FailuresSection
+from space.trial_attrs import ATTR_REASON, ATTR_REASON_DETAIL, ATTR_RERUN_OF
 
 # What a trial's trace says when its machine, not its code, failed it: the trainable's own
 # InfrastructureFailure (workers.ray_trainable), or the OS error anywhere else.

@@ -1,6 +1,6 @@
 """The Ray Jobs API as the CLI uses it: the address, Ray's token authentication, a client,
 the jobs' status and logs (``ropenope logs``, ``ropenope job-status``), as JSON-ready
-dicts and text. Submitting a sweep is :mod:`search.remote`."""
+dicts and text. Submitting a sweep is :mod:`search.commands.remote`."""
 
 from __future__ import annotations
 

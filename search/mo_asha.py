@@ -49,15 +49,8 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from space.expand import Candidate
-from space.names import (
-    ATTN_FLOPS_PER_TOKEN,
-    ATTR_REASON_DETAIL,
-    ATTR_RUNG,
-    ATTR_RUNG_EVALS,
-    ATTR_RUNG_VALUES,
-    KV_CACHE_BYTES,
-    PARAMS,
-)
+from space.names import ATTN_FLOPS_PER_TOKEN, KV_CACHE_BYTES, PARAMS
+from space.trial_attrs import ATTR_REASON_DETAIL, ATTR_RUNG, ATTR_RUNG_EVALS, ATTR_RUNG_VALUES
 from workers import serving_cost
 from workers.trial import EVALS_KEY, SEED_INDEX_KEY
 

@@ -10,8 +10,9 @@ import optuna
 
 from space.errors import ConfigError, InvalidCandidate
 from space.knobs import KnobSpec
-from space.names import ATTR_KNOBS, ATTR_PRESET, STUDY_ATTR_PRESETS
+from space.names import STUDY_ATTR_PRESETS
 from space.schema import SweepConfig
+from space.trial_attrs import ATTR_KNOBS, ATTR_PRESET, check_attrs
 
 
 def representable(spec: KnobSpec, value: Any) -> bool:
@@ -55,7 +56,9 @@ def enqueue_presets(study: optuna.Study, config: SweepConfig) -> list[str]:
             params = fixed_params(config, knobs)
         except (ConfigError, InvalidCandidate):  # still runs: its trial fails with the reason
             params = {}
-        study.enqueue_trial(params, user_attrs={ATTR_PRESET: name, ATTR_KNOBS: dict(knobs)})
+        study.enqueue_trial(
+            params, user_attrs=check_attrs({ATTR_PRESET: name, ATTR_KNOBS: dict(knobs)})
+        )
         added.append(name)
     if added:
         study.set_user_attr(STUDY_ATTR_PRESETS, done + added)

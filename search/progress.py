@@ -16,13 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.status import best_per_objective, count_states, format_value
 from search.trials import adds_seeds
-from space.names import (
-    ATTR_CANDIDATE_NAME,
-    ATTR_REASON,
-    ATTR_REASON_DETAIL,
-    ATTR_REUSED_FROM,
-)
 from space.outcomes import Reason
+from space.trial_attrs import TrialAttrs
 
 
 class Progress:
@@ -68,19 +63,19 @@ class Progress:
         self._print(f"#{number} eval   step {int(step)}{of}  {metric} {format_value(value)}")
 
     def finished(self, trial: FrozenTrial, study: optuna.Study) -> None:
-        name = trial.user_attrs.get(ATTR_CANDIDATE_NAME, "")
+        attrs = TrialAttrs.of(trial.user_attrs)
+        name = attrs.candidate_name or ""
         if trial.state == TrialState.COMPLETE:
             values = "  ".join(
                 f"{m}={format_value(v)}"
                 for m, v in zip(self.objectives, trial.values, strict=False)
             )
-            reused = trial.user_attrs.get(ATTR_REUSED_FROM)
-            note = f"  (reused #{reused})" if reused is not None else ""
+            note = f"  (reused #{attrs.reused_from})" if attrs.reused_from is not None else ""
             self._print(f"#{trial.number} COMPLETE  {values}{note}  {name}")
         else:
-            reason = trial.user_attrs.get(ATTR_REASON, "")
+            reason = attrs.reason or ""
             if reason == Reason.INVALID:  # no candidate to name: say why it is impossible
-                name = trial.user_attrs.get(ATTR_REASON_DETAIL, "")
+                name = attrs.reason_detail or ""
             self._print(f"#{trial.number} {trial.state.name}  {reason}  {name}")
         self.summary(study)
 

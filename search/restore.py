@@ -6,7 +6,7 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial
 
-from space.names import ATTR_RAY_TRIAL_DIR, ATTR_RESTORE_FROM, ATTR_TRIAL_DIR
+from space.trial_attrs import ATTR_RAY_TRIAL_DIR, ATTR_RESTORE_FROM, ATTR_TRIAL_DIR
 from workers.layout import newest_snapshot
 
 

@@ -31,8 +31,8 @@ from typing import Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
-from space.names import ATTR_RAY_TRIAL_DIR, ATTR_REASON, ATTR_RERUN_OF, ATTR_TRIAL_DIR
 from space.outcomes import RERUN_REASONS
+from space.trial_attrs import ATTR_RAY_TRIAL_DIR, ATTR_REASON, ATTR_RERUN_OF, ATTR_TRIAL_DIR
 from workers.layout import CHECKPOINT_FILE, LR_PILOTS_DIR, PREVIOUS_CHECKPOINT_FILE, seed_dirs
 
 log = logging.getLogger("ropenope.retention")

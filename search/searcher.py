@@ -69,7 +69,10 @@ from search.trials import (
     set_trial_attrs,
 )
 from space.expand import Candidate
-from space.names import (
+from space.outcomes import RERUN_REASONS, Reason, RunStatus, error_reason
+from space.schema import SweepConfig
+from space.secrets import redact_tail, redact_text
+from space.trial_attrs import (
     ATTR_PRESET,
     ATTR_RAY_TRIAL_DIR,
     ATTR_RAY_TRIAL_ID,
@@ -83,9 +86,6 @@ from space.names import (
     ATTR_TRIAL_DIR,
     ATTR_WORKER_RESTARTS,
 )
-from space.outcomes import RERUN_REASONS, Reason, RunStatus, error_reason
-from space.schema import SweepConfig
-from space.secrets import redact_tail, redact_text
 from tracking.hooks import SweepHooks
 from workers.trial import EVALS_KEY, LINKS_KEY, OUTCOME_KEY, SEED_INDEX_KEY, TrialOutcome
 

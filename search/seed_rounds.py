@@ -34,7 +34,8 @@ from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate
 from space.hypotheses import Hypothesis
 from space.layers import LayerSpec
-from space.names import (
+from space.schema import SweepConfig
+from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
@@ -43,8 +44,8 @@ from space.names import (
     ATTR_REQUESTED_FOR,
     ATTR_REQUESTED_SEEDS,
     ATTR_SEED,
+    check_attrs,
 )
-from space.schema import SweepConfig
 from tracking.aggregate import aggregate_study
 from tracking.seed_plan import (
     BLOCKED,
@@ -164,7 +165,7 @@ def queue_requests(
             for key in (ATTR_PRESET, ATTR_CANDIDATE_NAME):
                 if earlier.get(key) is not None:
                     attrs[key] = earlier[key]
-            study.enqueue_trial(params, user_attrs=attrs)
+            study.enqueue_trial(params, user_attrs=check_attrs(attrs))
             queued.append((r, block))
     return queued
 

@@ -12,17 +12,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from space.names import (
-    ATTR_CANDIDATE_ID,
+from space.outcomes import RERUN_REASONS
+from space.trial_attrs import (
     ATTR_CANDIDATE_NAME,
-    ATTR_DRIVER,
-    ATTR_EVAL_METRIC,
     ATTR_REASON,
     ATTR_REQUESTED_FOR,
     ATTR_REUSED_FROM,
-    ATTR_TRIAL_DIR,
+    TrialAttrs,
 )
-from space.outcomes import RERUN_REASONS
 from tracking.study_view import objective_names as study_objectives
 
 
@@ -180,20 +177,21 @@ def summarize(
         if t.state != TrialState.RUNNING:
             continue
         step = t.last_step
+        attrs = TrialAttrs.of(t.user_attrs)
         running.append(
             {
                 "number": t.number,
-                "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
-                "candidate_id": t.user_attrs.get(ATTR_CANDIDATE_ID),
+                "candidate": attrs.candidate_name,
+                "candidate_id": attrs.candidate_id,
                 "step": step,
-                "metric": t.user_attrs.get(ATTR_EVAL_METRIC),
+                "metric": attrs.eval_metric,
                 "value": t.intermediate_values.get(step) if step is not None else None,
-                "driver": t.user_attrs.get(ATTR_DRIVER),
-                "driver_state": drivers.get(t.user_attrs.get(ATTR_DRIVER), {}).get("state"),
+                "driver": attrs.driver_id,
+                "driver_state": drivers.get(attrs.driver_id, {}).get("state"),
                 "started": t.datetime_start.isoformat(timespec="seconds")
                 if t.datetime_start
                 else None,
-                "trial_dir": t.user_attrs.get(ATTR_TRIAL_DIR),
+                "trial_dir": attrs.trial_dir,
             }
         )
     reasons = {k[len("reason:") :]: v for k, v in c.items() if k.startswith("reason:")}

@@ -33,9 +33,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StoreError, StudyNotFound
 from search.optuna_adapter import rdb_storage, study_storage_id
-from space.names import ATTR_CLAIM_KEY, ATTR_CREATE_KEY
 from space.paths import runs_dir
 from space.secrets import is_redacted, redact_text, redact_url
+from space.trial_attrs import ATTR_CLAIM_KEY, ATTR_CREATE_KEY
 
 log = logging.getLogger("ropenope.storage")
 

@@ -35,7 +35,11 @@ from search.study_view import study_view
 from search.trials import find_reusable, find_running_twin, set_trial_attrs
 from space.errors import InvalidCandidate
 from space.expand import Candidate
-from space.names import (
+from space.names import STEPS, TRAIN_SECONDS, VAL_BPB, is_score_name
+from space.outcomes import Outcome, Reason, error_reason
+from space.schema import SweepConfig
+from space.secrets import redact_tail
+from space.trial_attrs import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
@@ -52,14 +56,7 @@ from space.names import (
     ATTR_REUSED_FROM,
     ATTR_SEED,
     ATTR_TRIAL_DIR,
-    STEPS,
-    TRAIN_SECONDS,
-    VAL_BPB,
-    is_score_name,
 )
-from space.outcomes import Outcome, Reason, error_reason
-from space.schema import SweepConfig
-from space.secrets import redact_tail
 from tracking.hooks import SweepHooks
 from tracking.study_view import TrialSnapshot
 

@@ -16,7 +16,9 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import StudyError
 from search.optuna_adapter import enqueued_params, link_finished_trial, storage_trial_id
 from search.storage import scan_lock
-from space.names import (
+from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
+from space.secrets import redact_text
+from space.trial_attrs import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_DRIVER,
@@ -31,9 +33,8 @@ from space.names import (
     ATTR_RERUN_OF,
     ATTR_RESTORE_FROM,
     ATTR_SEED,
+    check_attrs,
 )
-from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
-from space.secrets import redact_text
 
 
 def adds_seeds(trial: FrozenTrial) -> bool:
@@ -76,8 +77,11 @@ def _clean(value: Any) -> Any:
 
 
 def set_trial_attrs(storage: RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
-    for key, value in attrs.items():
-        storage.set_trial_user_attr(trial_id, key, _clean(value))
+    """Write ``attrs`` on a trial, cleaned and checked against the trial attributes'
+    table (:mod:`space.trial_attrs`)."""
+    cleaned = check_attrs({key: _clean(value) for key, value in attrs.items()})
+    for key, value in cleaned.items():
+        storage.set_trial_user_attr(trial_id, key, value)
 
 
 def finish_trial(
@@ -114,6 +118,7 @@ def record_run_links(study: optuna.Study, storage: RDBStorage, links: Mapping[in
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number, run_id in links.items():
         if number in by_number:
+            check_attrs({ATTR_MLFLOW_RUN_ID: run_id})
             link_finished_trial(
                 storage, storage_trial_id(by_number[number]), ATTR_MLFLOW_RUN_ID, run_id
             )
@@ -212,7 +217,9 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
     if restore is not None:
         rerun_attrs[ATTR_RESTORE_FROM] = str(restore)
     params = enqueued_params(trial)
-    study.enqueue_trial(dict(trial.params) if params is None else params, user_attrs=rerun_attrs)
+    study.enqueue_trial(
+        dict(trial.params) if params is None else params, user_attrs=check_attrs(rerun_attrs)
+    )
 
 
 def requeue_worker_deaths(

@@ -143,25 +143,6 @@ def is_score_name(name: str) -> bool:
     return any(multiple_of(name, prefix) is not None for prefix in prefixes)
 
 
-# Optuna trial user attributes (interface: other tools read them).
-ATTR_CANDIDATE_ID = "candidate_id"
-ATTR_CANDIDATE_NAME = "candidate_name"
-ATTR_RAY_TRIAL_ID = "ray_trial_id"
-ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
-ATTR_REASON = "reason"
-ATTR_REUSED_FROM = "reused_from"
-ATTR_BUDGET = "budget"
-ATTR_SEED = "seed"
-ATTR_KNOBS = "knobs"
-ATTR_PRESET = "preset"
-ATTR_TRACKING_ERROR = "tracking_error"
-# Each seed's own result ([{seed, status, reason, scores, niah, attention_mass}]): the
-# study database holds everything a report needs even when trial folders stay on
-# worker machines.
-ATTR_SEEDS = "seeds"
-ATTR_NIAH = "niah"
-ATTR_ATTENTION_MASS = "attention_mass"
-
 # MLflow tags.
 TAG_CANDIDATE_ID = "candidate_id"
 TAG_CANDIDATE_NAME = "candidate_name"
@@ -179,32 +160,7 @@ TAG_STUDY = "study"
 # On the study's run, one tag per hypothesis: hypothesis.<name> = supported | ...
 TAG_HYPOTHESIS_PREFIX = "hypothesis."
 
-# Sweep bookkeeping on Optuna trials (search/), also part of the interface.
-ATTR_DRIVER = "driver_id"  # the driver process that asked the trial
-ATTR_TRIAL_DIR = "trial_dir"  # where the trial's artifacts and checkpoints live
-ATTR_RAY_TRIAL_DIR = "ray_trial_dir"  # the Ray Tune trial folder (its checkpoints)
-ATTR_RERUN_OF = "rerun_of"  # the interrupted trial number whose candidate this trial re-runs
-ATTR_RESTORE_FROM = "restore_from"  # the checkpoint folder a re-run continues from
-ATTR_RESUMED_FROM_STEP = "resumed_from_step"  # optimizer step the training continued from
-ATTR_LR = "lr"  # train.lr_search: the learning rate the pilots chose, the seeds trained at
-ATTR_LR_SEARCH = "lr_search"  # train.lr_search: {seed, steps, values, pilots, chosen}
-ATTR_WORKER_RESTARTS = "worker_restarts"  # times its worker died and it restarted
-ATTR_RESTART_REASON = "restart_reason"  # why it last restarted (the Ray error's last line)
-ATTR_REASON_DETAIL = "reason_detail"  # the human-readable cause behind ``reason``
-ATTR_TRIAL_SECONDS = "trial_seconds"  # wall time of the trial's own work (train + score)
-ATTR_REPEATS = "repeats"  # seeds trained for this candidate (scores are their mean)
-ATTR_EVAL_METRIC = "eval_metric"  # the metric stored as the trial's intermediate values
-ATTR_RUNG = "rung"  # MO-ASHA: the rung (0 = the first) where the scheduler stopped the trial
-ATTR_RUNG_EVALS = "rung_evals"  # that rung's place on the time axis, in evaluations
-ATTR_RUNG_VALUES = "rung_values"  # the trial's rung objectives there, {metric: value}
-# Adaptive seeds (study.repeats: {min, max}): a trial that trains more seeds of a
-# candidate for the hypotheses still undecided. It does not count toward study.trials.
-ATTR_REQUESTED_SEEDS = "requested_seeds"  # the seeds this trial trains, as the planner asked
-ATTR_REQUESTED_FOR = "requested_for"  # the names of the hypotheses that asked for them
-# Idempotency keys (search.storage): a call whose commit may have applied before the
-# connection was lost finds its own trial by them instead of making a second one.
-ATTR_CREATE_KEY = "create_key"  # the call that created the trial (ask, enqueue)
-ATTR_CLAIM_KEY = "claim_key"  # the call that started the queued trial
+# Optuna trial user attributes: their keys and types are space/trial_attrs.py.
 
 # Study user attributes written by the sweep driver.
 STUDY_ATTR_SPACE = "ropenope:space"  # the space signature the study was created with

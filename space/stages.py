@@ -71,6 +71,17 @@ class StagePlan:
         }
 
 
+def seq_len_at(stages: Sequence[StagePlan], step: int) -> int:
+    """The sequence length training used at optimizer step ``step`` (1-based, as checkpoints
+    count): the stage whose steps contain it; past the last stage, the last stage's."""
+    end = 0
+    for plan in stages:
+        end += plan.steps
+        if step <= end:
+            return plan.seq_len
+    return stages[-1].seq_len
+
+
 def stage_knobs(base: Mapping[str, Any], stages: Sequence[StagePlan], index: int) -> dict[str, Any]:
     """The knobs in force in stage ``index``: ``base`` plus every override up to it."""
     out = dict(base)

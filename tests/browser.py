@@ -150,6 +150,7 @@ class Node:
     attrs: dict[str, str]
     children: list[Node] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # text directly inside, in order
+    flow: list[Node | str] = field(default_factory=list)  # children and text, in page order
 
     def iter(self) -> Iterator[Node]:
         yield self
@@ -179,7 +180,7 @@ class Node:
         """The text a person reads in this element (scripts and styles left out)."""
         if self.tag in ("script", "style"):
             return ""
-        pieces = [*self.parts, *(c.text() for c in self.children)]
+        pieces = [p if isinstance(p, str) else p.text() for p in self.flow]
         return " ".join(" ".join(p.split()) for p in pieces if p.strip())
 
 
@@ -192,11 +193,14 @@ class _TreeBuilder(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         node = Node(tag, {k: v or "" for k, v in attrs})
         self.stack[-1].children.append(node)
+        self.stack[-1].flow.append(node)
         if tag not in _VOID:
             self.stack.append(node)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.stack[-1].children.append(Node(tag, {k: v or "" for k, v in attrs}))
+        node = Node(tag, {k: v or "" for k, v in attrs})
+        self.stack[-1].children.append(node)
+        self.stack[-1].flow.append(node)
 
     def handle_endtag(self, tag: str) -> None:
         for depth in range(len(self.stack) - 1, 0, -1):
@@ -206,6 +210,7 @@ class _TreeBuilder(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.stack[-1].parts.append(data)
+        self.stack[-1].flow.append(data)
 
 
 def parse_dom(html_text: str) -> Node:

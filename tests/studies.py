@@ -14,7 +14,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from space.names import (
+from space.names import STUDY_ATTR_OBJECTIVES
+from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
@@ -23,7 +24,6 @@ from space.names import (
     ATTR_REPEATS,
     ATTR_SEED,
     ATTR_SEEDS,
-    STUDY_ATTR_OBJECTIVES,
 )
 
 OBJECTIVES = ("long_acc", "short_bpb", "kv_cache_bytes")

@@ -47,7 +47,9 @@ from search.trials import (
 )
 from space import load_config
 from space.errors import ConfigError
-from space.names import (
+from space.outcomes import Reason
+from space.schema import parse_config, parse_yaml
+from space.trial_attrs import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_PRESET,
@@ -60,8 +62,6 @@ from space.names import (
     ATTR_REUSED_FROM,
     ATTR_SEED,
 )
-from space.outcomes import Reason
-from space.schema import parse_config, parse_yaml
 from tracking.aggregate import aggregate_study
 from tracking.seed_plan import DECIDED, EXHAUSTED, plan_for_study
 

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from studies import DIRECTIONS, KNOBS, OBJECTIVES, attrs, complete, study
 
-from space.names import (
+from space.trial_attrs import (
     ATTR_KNOBS,
     ATTR_PRESET,
     ATTR_REASON,

@@ -41,7 +41,8 @@ from pathlib import Path
 import pytest
 from engines import free_port  # on 127.0.0.1, LOCAL
 
-from space.names import ATTR_MLFLOW_RUN_ID, ATTR_RAY_TRIAL_DIR, RUN_KIND_TRIAL, TAG_RUN_KIND
+from space.names import RUN_KIND_TRIAL, TAG_RUN_KIND
+from space.trial_attrs import ATTR_MLFLOW_RUN_ID, ATTR_RAY_TRIAL_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

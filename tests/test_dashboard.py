@@ -1,4 +1,4 @@
-"""The read-only, Host-checking wrapper around optuna-dashboard (search.dashboard), as a
+"""The read-only, Host-checking wrapper around optuna-dashboard (search.commands.dashboard), as a
 WSGI app called directly: no server, no browser. The served dashboard is checked in
 tests/test_pages.py (a foreign-Host DELETE and POST refused, a same-host page rendered)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.dashboard import ReadOnlyHosts, default_hosts, parse_hosts
+from search.commands.dashboard import ReadOnlyHosts, default_hosts, parse_hosts
 
 
 def _inner(environ, start_response):

@@ -15,6 +15,7 @@ floating-point sums: measured ~1e-8 over 30 steps); accuracies exactly equal.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -66,8 +67,17 @@ def _rank(rank: int, world: int, port: int, out: str, kind: str, train: dict, st
         )
         if rank == 0:
             Path(out, "result.json").write_text(json.dumps(result.to_dict(), default=str))
+        # Tear down together and while the interpreter is whole: the worker that does not
+        # score would otherwise leave the group long before the main one, and the sharded
+        # model's tensors (which hold the group through their device mesh) would live on
+        # into interpreter shutdown, where gloo's threads end in std::terminate (a SIGABRT
+        # once in a CI run; pytorch/pytorch#179291 describes that finalisation crash).
+        del result
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+        gc.collect()
 
 
 def _two_workers(out: Path, kind: str, train: dict, stop: bool = False) -> dict:

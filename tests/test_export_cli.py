@@ -17,8 +17,9 @@ from mlflow import MlflowClient
 
 from search import driver
 from search.cli import main as cli_main
-from space.names import ATTR_MLFLOW_RUN_ID, ATTR_TRIAL_DIR, SHORT_BPB
+from space.names import SHORT_BPB
 from space.schema import load_config
+from space.trial_attrs import ATTR_MLFLOW_RUN_ID, ATTR_TRIAL_DIR
 
 transformers = pytest.importorskip("transformers")
 

@@ -41,7 +41,9 @@ from optuna.trial import TrialState
 
 from search import driver
 from search.cli import main as cli_main
-from space.names import (
+from space.names import RUN_KIND_TRIAL, TAG_OPTUNA_TRIAL, TAG_RUN_KIND
+from space.outcomes import Reason
+from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_MLFLOW_RUN_ID,
     ATTR_REASON,
@@ -50,11 +52,7 @@ from space.names import (
     ATTR_REUSED_FROM,
     ATTR_TRACKING_ERROR,
     ATTR_WORKER_RESTARTS,
-    RUN_KIND_TRIAL,
-    TAG_OPTUNA_TRIAL,
-    TAG_RUN_KIND,
 )
-from space.outcomes import Reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -35,10 +35,10 @@ from space.errors import ConfigError
 from space.expand import build_candidate
 from space.hypothesis_files import load_hypotheses, parse_hypotheses, shipped_hypotheses
 from space.layers import ModelShape
-from space.names import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_REASON
 from space.predicates import Predicate
 from space.presets import BUILTIN_PRESETS
 from space.schema import load_config, parse_config, parse_yaml
+from space.trial_attrs import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_REASON
 from tracking.aggregate import aggregate, aggregate_study
 from tracking.hypotheses import combine, evaluate, evaluate_hypothesis, with_family
 from tracking.records import TrialRecord

@@ -32,7 +32,8 @@ from search.trials import (
     requeue_worker_deaths,
     set_trial_attrs,
 )
-from space.names import (
+from space.schema import parse_config, parse_yaml
+from space.trial_attrs import (
     ATTR_CLAIM_KEY,
     ATTR_CREATE_KEY,
     ATTR_DRIVER,
@@ -41,7 +42,6 @@ from space.names import (
     ATTR_REASON,
     ATTR_RERUN_OF,
 )
-from space.schema import parse_config, parse_yaml
 from tracking.hooks import SweepHooks
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,13 +20,8 @@ from mlflow import MlflowClient
 
 from search import driver
 from search.cli import build_parser
-from space.names import (
-    ATTR_REASON,
-    ATTR_REUSED_FROM,
-    STUDY_ATTR_DRIVER_PREFIX,
-    TAG_OPTUNA_TRIAL,
-    TAG_RUN_KIND,
-)
+from space.names import STUDY_ATTR_DRIVER_PREFIX, TAG_OPTUNA_TRIAL, TAG_RUN_KIND
+from space.trial_attrs import ATTR_REASON, ATTR_REUSED_FROM
 from tracking.target import resolve_tracking_uri
 
 GOLDEN = Path(__file__).parent / "golden" / "interface.json"

@@ -13,8 +13,8 @@ import pytest
 from engines import TINY, tiny_config_file
 
 from space.errors import ConfigError
-from space.names import ATTR_LR, ATTR_LR_SEARCH, ATTR_REUSED_FROM
 from space.schema import load_config, parse_config
+from space.trial_attrs import ATTR_LR, ATTR_LR_SEARCH, ATTR_REUSED_FROM
 from workers.layout import LR_SEARCH_FILE, newest_write, restore_into, snapshot
 from workers.lr_search import Pilot, choose_lr, pilot_dir, read_record, with_lr
 
@@ -277,7 +277,7 @@ def test_lr_search_sweep_trial_whose_every_pilot_diverges_is_diverged(
     import optuna
 
     from search import driver
-    from space.names import ATTR_REASON, ATTR_REASON_DETAIL
+    from space.trial_attrs import ATTR_REASON, ATTR_REASON_DETAIL
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tiny_config_file(
@@ -300,7 +300,7 @@ def test_retention_drops_the_pilots_checkpoints_and_keeps_their_record(tmp_path:
     from optuna.trial import TrialState, create_trial
 
     from search.retention import plan_trial
-    from space.names import ATTR_TRIAL_DIR
+    from space.trial_attrs import ATTR_TRIAL_DIR
     from workers.layout import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
 
     config = parse_config(tiny(lr_search={"values": [1e-3, 3e-3], "steps": 10}))

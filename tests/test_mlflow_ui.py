@@ -28,16 +28,9 @@ from mlflow import MlflowClient
 
 from search.signature import record_config
 from search.study_view import study_view
-from space.names import (
-    ATTR_CANDIDATE_ID,
-    ATTR_CANDIDATE_NAME,
-    ATTR_KNOBS,
-    ATTR_SEED,
-    KV_CACHE_BYTES,
-    LONG_ACC,
-    SHORT_BPB,
-)
+from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB
 from space.schema import parse_config, parse_yaml
+from space.trial_attrs import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_SEED
 from tracking.runs_view import VIEW_KEY
 from tracking.sync import sync_study
 from tracking.tracker import Tracker

@@ -234,16 +234,15 @@ def test_mo_asha_sweep_stopped_trial_is_pruned_at_its_rung(tmp_path, runs_home, 
     from optuna.trial import TrialState
 
     from search import driver
-    from space.names import (
+    from space.names import KV_CACHE_BYTES, VAL_BPB
+    from space.outcomes import Reason
+    from space.trial_attrs import (
         ATTR_REASON,
         ATTR_REASON_DETAIL,
         ATTR_RUNG,
         ATTR_RUNG_EVALS,
         ATTR_RUNG_VALUES,
-        KV_CACHE_BYTES,
-        VAL_BPB,
     )
-    from space.outcomes import Reason
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tiny_config_file(
@@ -292,14 +291,14 @@ def test_mo_asha_resume_mid_rung_trains_no_step_twice(tmp_path, runs_home, ray_l
     from optuna.trial import TrialState
 
     from search import driver
-    from space.names import (
+    from space.outcomes import Reason
+    from space.trial_attrs import (
         ATTR_CANDIDATE_ID,
         ATTR_REASON,
         ATTR_RERUN_OF,
         ATTR_RESUMED_FROM_STEP,
         ATTR_RUNG_EVALS,
     )
-    from space.outcomes import Reason
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tiny_config_file(

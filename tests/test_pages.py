@@ -39,8 +39,14 @@ from studies import BAD_ROPE, attrs, complete, study, tiny_trials
 from search.presets import enqueue_presets
 from search.signature import record_config
 from search.study_view import study_view
-from space.names import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_PRESET, ATTR_REASON
 from space.schema import load_config
+from space.trial_attrs import (
+    ATTR_CANDIDATE_ID,
+    ATTR_CANDIDATE_NAME,
+    ATTR_KNOBS,
+    ATTR_PRESET,
+    ATTR_REASON,
+)
 from tracking.pareto import pareto_of_study
 from tracking.pareto_plots import write_pareto_files
 from tracking.report import build_report
@@ -112,7 +118,7 @@ def test_report_page_renders_every_section_candidate_and_figure_offline(report, 
     tally = ", ".join(f"{verdicts.count(v)} {v}" for v in kinds)
     assert f"Hypotheses: {tally} of {len(verdicts)}" in found
     # The decided hypotheses are named, supported then contradicted then invalid, each in
-    # its own code element (Node.text() puts an element's children after its own text).
+    # its own code element, in the order the line reads.
     line = next(
         li
         for n in _section(dom, "found")

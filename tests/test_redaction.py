@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from search.commands.remote import job_env
 from search.errors import RemoteError
-from search.remote import job_env
 from search.trials import _clean
 from space.outcomes import error_reason
 from space.secrets import MASK, RedactedStream, redact_tail, redact_text
@@ -157,7 +157,7 @@ def test_the_choke_points_mask_every_password(cases):
 @given(secret_urls())
 def test_a_ray_job_environment_never_gets_a_url_with_a_password(case):
     """A Ray job's environment is shown by the Jobs API: a storage URL with a password is
-    refused, a shell's store URL with one is not forwarded (search.remote.job_env)."""
+    refused, a shell's store URL with one is not forwarded (search.commands.remote.job_env)."""
     url, _, password = case
     with pytest.raises(RemoteError) as refused:
         job_env(url, {}, root=None)

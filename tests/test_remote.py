@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from engines import free_port
 
-from search import jobs, remote
+from search import jobs
 from search.cli import build_parser, main
+from search.commands import remote
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "tests/data/tiny.yaml"

@@ -14,8 +14,8 @@ from search import driver
 from search.cli import main as cli_main
 from search.retention import disk_bytes, plan_study, plan_trial
 from space.errors import ConfigError
-from space.names import ATTR_RAY_TRIAL_DIR, ATTR_REASON, ATTR_RERUN_OF, ATTR_TRIAL_DIR
 from space.schema import parse_config, parse_yaml
+from space.trial_attrs import ATTR_RAY_TRIAL_DIR, ATTR_REASON, ATTR_RERUN_OF, ATTR_TRIAL_DIR
 from workers.layout import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, SCORES_FILE
 
 REPO = Path(__file__).resolve().parent.parent

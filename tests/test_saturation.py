@@ -12,7 +12,8 @@ from studies import study
 from tie_studies import paper_sweep_trials, separated_trials
 
 from search.status import format_summary, summarize, tie_warnings
-from space.names import ATTR_CANDIDATE_ID, ATTR_REUSED_FROM, STUDY_ATTR_OBJECTIVES
+from space.names import STUDY_ATTR_OBJECTIVES
+from space.trial_attrs import ATTR_CANDIDATE_ID, ATTR_REUSED_FROM
 from tracking.aggregate import aggregate
 from tracking.records import study_records
 from tracking.stats import Spread

@@ -787,6 +787,17 @@ def test_stages_later_defaults_stay_out_of_section_dumps():
     assert staged.score.model_dump()["after_each_stage"] is True
 
 
+def test_stages_seq_len_at_a_step_is_the_length_of_the_stage_holding_it():
+    # What an exported model card says it was trained at: a checkpoint from the extension
+    # stage was trained at that stage's length, not at train.seq_len.
+    from space.stages import seq_len_at
+
+    plans = parse_config(_with_train(TWO_STAGES)).train.stage_plans()
+    assert [seq_len_at(plans, s) for s in (1, 250, 251, 370, 400)] == [64, 64, 256, 256, 256]
+    (plain,) = parse_config(_with_train(_train(steps=10))).train.stage_plans()
+    assert seq_len_at((plain,), 10) == 64
+
+
 def test_stages_plan_ids_names_and_final_layers():
     config = parse_config(_with_train(TWO_STAGES, presets=["rope", "rnope_swa"]))
     assert config.train.total_steps == 370

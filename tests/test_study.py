@@ -32,7 +32,9 @@ from search.trials import (
     set_trial_attrs,
 )
 from space import load_config
-from space.names import (
+from space.names import STUDY_ATTR_CONFIG, STUDY_ATTR_OBJECTIVES, STUDY_ATTR_SPACE
+from space.outcomes import Reason
+from space.trial_attrs import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_DRIVER,
@@ -40,11 +42,7 @@ from space.names import (
     ATTR_PRESET,
     ATTR_REASON,
     ATTR_RERUN_OF,
-    STUDY_ATTR_CONFIG,
-    STUDY_ATTR_OBJECTIVES,
-    STUDY_ATTR_SPACE,
 )
-from space.outcomes import Reason
 
 HOST = socket.gethostname()
 PRESETS = ["rope", "nope", {"name": "swa", "knobs": {"global_every": 2, "local_window": 8}}]

@@ -27,7 +27,10 @@ from search.failures import FailureBudget, close_capped, infrastructure_text, re
 from search.trials import requeue_worker_deaths
 from space import load_config
 from space.errors import ConfigError
-from space.names import (
+from space.names import KV_CACHE_BYTES
+from space.outcomes import Reason
+from space.sections import FailuresSection
+from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
@@ -41,10 +44,7 @@ from space.names import (
     ATTR_REUSED_FROM,
     ATTR_SEEDS,
     ATTR_TRIAL_DIR,
-    KV_CACHE_BYTES,
 )
-from space.outcomes import Reason
-from space.sections import FailuresSection
 from workers import serving_cost
 from workers.layout import finished_seed, restore_into, snapshot
 from workers.results import CandidateResult

@@ -12,7 +12,7 @@ from engines import tiny_config_file
 from optuna.trial import TrialState
 
 from search import driver
-from space.names import ATTR_TRIAL_DIR
+from space.trial_attrs import ATTR_TRIAL_DIR
 from workers.corpus import BUILD_LOG, CORPUS_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

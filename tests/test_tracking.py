@@ -35,7 +35,9 @@ from mlflow import MlflowClient
 from search import driver
 from search.cli import main as cli_main
 from search.study_view import study_view
-from space.names import (
+from space.names import KV_CACHE_BYTES, LONG_ACC, SHORT_BPB, acc_at, is_score_name
+from space.schema import parse_config, parse_yaml
+from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_EVAL_METRIC,
@@ -46,13 +48,7 @@ from space.names import (
     ATTR_SEED,
     ATTR_TRACKING_ERROR,
     ATTR_TRIAL_DIR,
-    KV_CACHE_BYTES,
-    LONG_ACC,
-    SHORT_BPB,
-    acc_at,
-    is_score_name,
 )
-from space.schema import parse_config, parse_yaml
 from tracking import tracker as tracker_module
 from tracking.hooks import MlflowSweepHooks, MlflowTrialHooks
 from tracking.keys import metric_key, param_value

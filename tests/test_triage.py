@@ -18,7 +18,8 @@ from search.signature import budget_key, sweep_seeds
 from search.triage import Ready, Triage
 from search.trials import finish_trial
 from space import load_config
-from space.names import (
+from space.outcomes import Reason
+from space.trial_attrs import (
     ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
     ATTR_KNOBS,
@@ -28,7 +29,6 @@ from space.names import (
     ATTR_REUSED_FROM,
     ATTR_SEED,
 )
-from space.outcomes import Reason
 from tracking.hooks import SweepHooks
 
 HYBRID = {"global_every": 2, "global_position": "nope", "local_rope_base": 1e4, "local_window": 8}

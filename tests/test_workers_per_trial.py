@@ -42,14 +42,9 @@ from search.ray_runtime import (
     trial_cost,
     trial_resources,
 )
-from space.names import (
-    ATTR_REASON,
-    ATTR_RESUMED_FROM_STEP,
-    ATTR_WORKER_RESTARTS,
-    SHORT_BPB,
-    VAL_BPB,
-)
+from space.names import SHORT_BPB, VAL_BPB
 from space.schema import load_config
+from space.trial_attrs import ATTR_REASON, ATTR_RESUMED_FROM_STEP, ATTR_WORKER_RESTARTS
 from tracking.target import resolve_tracking_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

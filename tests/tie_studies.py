@@ -14,7 +14,13 @@ import copy
 from optuna.trial import TrialState, create_trial
 from studies import OBJECTIVES, attrs, complete, readme_paper_trials
 
-from space.names import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_KNOBS, ATTR_PRESET, ATTR_SEEDS
+from space.trial_attrs import (
+    ATTR_CANDIDATE_ID,
+    ATTR_CANDIDATE_NAME,
+    ATTR_KNOBS,
+    ATTR_PRESET,
+    ATTR_SEEDS,
+)
 
 # name: qk_norm_layers, short_bpb per seed, extrap_bpb@4x per seed (README's table).
 _QK_VARIANTS = {

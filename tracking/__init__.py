@@ -10,13 +10,17 @@ all on a background thread; :func:`sync_study` rebuilds the runs from the study;
 sweep's hypotheses (:func:`evaluate`); with adaptive seeds, :func:`plan_seeds` /
 :func:`plan_for_study` say which candidates need one more seed.
 
-Modules: ``target`` (where runs go), ``keys`` (MLflow spelling of names), ``provenance``
-(git), ``store`` (the raising client wrapper), ``tracker`` (the soft tracker),
-``background`` (calls off the caller's path), ``run_spec`` (a trial run's params/tags,
-shared by live tracking and sync), ``sync``, ``hooks``, ``pareto`` / ``pareto_plots``,
-``ui``, ``runs_view`` (the page the UI opens on), ``registry`` (exported models in the
-MLflow Model Registry), ``study_view``; the report: ``stats``, ``records``, ``aggregate``, ``sides``,
-``hypotheses``, ``stability``, ``seed_plan``, ``report/``.
+Two halves (an import-linter contract keeps the second free of mlflow and of the first):
+
+- the MLflow adapter: ``target`` (where runs go), ``keys`` (MLflow spelling of names),
+  ``provenance`` (git), ``store`` (the raising client wrapper), ``tracker`` (the soft
+  tracker), ``background`` (calls off the caller's path), ``run_spec`` (a trial run's
+  params/tags, shared by live tracking and sync), ``sync``, ``hooks``, ``study_run``,
+  ``ui``, ``runs_view`` (the page the UI opens on), ``registry`` (exported models in the
+  MLflow Model Registry), ``report.upload``;
+- the pure analysis: ``study_view``, ``records``, ``stats``, ``aggregate``, ``sides``,
+  ``hypotheses``, ``decision_plan``, ``seed_plan``, ``stability``, ``ties``, ``pareto`` /
+  ``pareto_plots``, and the report's pages (``report/`` but ``upload``).
 
 Names resolve on first use, so importing one module does not import them all.
 """

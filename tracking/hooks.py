@@ -30,8 +30,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from space.names import ATTR_MLFLOW_RUN_ID
 from space.outcomes import OUTCOME_OF_STATUS, Outcome, RunStatus
+from space.trial_attrs import ATTR_MLFLOW_RUN_ID
 from tracking.background import Background
 from tracking.keys import lr_search_tracking
 from tracking.pareto import pareto_of_study

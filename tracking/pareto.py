@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from space.names import ATTR_CANDIDATE_ID, ATTR_CANDIDATE_NAME, ATTR_MLFLOW_RUN_ID
+from space.trial_attrs import ATTR_MLFLOW_RUN_ID, TrialAttrs
 from tracking.study_view import StudyView
 
 MINIMIZE = "minimize"
@@ -378,15 +378,13 @@ def pareto_of_study(study: StudyView) -> ParetoTable:
     rows = []
     for trial in study.complete():
         values = list(trial.values or [])
-        row: dict[str, Any] = {
-            TRIAL: trial.number,
-            CANDIDATE: trial.user_attrs.get(ATTR_CANDIDATE_NAME, ""),
-        }
+        attrs = TrialAttrs.of(trial.user_attrs)
+        row: dict[str, Any] = {TRIAL: trial.number, CANDIDATE: attrs.candidate_name or ""}
         for i, name in enumerate(study.objectives):
             row[name] = values[i] if i < len(values) else None
-        row["candidate_id"] = trial.user_attrs.get(ATTR_CANDIDATE_ID, "")
-        if trial.user_attrs.get(ATTR_MLFLOW_RUN_ID):
-            row[ATTR_MLFLOW_RUN_ID] = trial.user_attrs[ATTR_MLFLOW_RUN_ID]
+        row["candidate_id"] = attrs.candidate_id or ""
+        if attrs.mlflow_run_id:
+            row[ATTR_MLFLOW_RUN_ID] = attrs.mlflow_run_id
         rows.append(row)
     return pareto_table(
         rows, study.objectives, study.directions, title=f"Pareto front of {study.name}"

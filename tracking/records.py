@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from space.names import (
+from space.names import STUDY_ATTR_OBJECTIVES, is_score_name
+from space.trial_attrs import (
     ATTR_ATTENTION_MASS,
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
@@ -33,8 +34,6 @@ from space.names import (
     ATTR_SEED,
     ATTR_SEEDS,
     ATTR_TRIAL_DIR,
-    STUDY_ATTR_OBJECTIVES,
-    is_score_name,
 )
 from workers.layout import SCORES_FILE, SEED_DIR_PREFIX, seed_of
 

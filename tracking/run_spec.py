@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from space.names import (
+from space.names import TAG_CANDIDATE_ID, TAG_CANDIDATE_NAME, TAG_OPTUNA_TRIAL, TAG_RAY_TRIAL_ID
+from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
@@ -26,10 +27,6 @@ from space.names import (
     ATTR_RERUN_OF,
     ATTR_REUSED_FROM,
     ATTR_SEED,
-    TAG_CANDIDATE_ID,
-    TAG_CANDIDATE_NAME,
-    TAG_OPTUNA_TRIAL,
-    TAG_RAY_TRIAL_ID,
 )
 from tracking.keys import TRIAL_SECTIONS, config_params, knob_params, param_value
 from tracking.study_view import TrialLike

@@ -19,11 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from space.names import (
-    ATTR_EVAL_METRIC,
-    ATTR_LR_SEARCH,
-    ATTR_MLFLOW_RUN_ID,
-    ATTR_REASON,
-    ATTR_TRIAL_DIR,
     STEPS,
     TAG_OPTUNA_TRIAL,
     TAG_OUTCOME,
@@ -33,15 +28,24 @@ from space.names import (
     is_score_name,
 )
 from space.schema import load_config_text
+from space.trial_attrs import (
+    ATTR_EVAL_METRIC,
+    ATTR_LR_SEARCH,
+    ATTR_MLFLOW_RUN_ID,
+    ATTR_REASON,
+    ATTR_TRIAL_DIR,
+)
 from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, lr_search_tracking, metric_key
 from tracking.pareto import pareto_of_study
-from tracking.run_spec import spec_from_trial
-from tracking.store import TrackingError, now_ms
+from tracking.run_spec import TrialRunSpec, spec_from_trial
+from tracking.store import MlflowStore, TrackingError, now_ms
 from tracking.study_view import StudyView, TrialLike
 from tracking.tracker import Tracker
 from workers.layout import ARTIFACT_PATTERNS, CANDIDATE_FILE, read_scores, seed_dirs
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
+
     from space.schema import SweepConfig
 
 CREATED = "created"
@@ -139,8 +143,6 @@ def sync_trial(
     Raises :class:`TrackingError` (or MLflow's error) when MLflow fails, unlike the
     trial-time tracker.
     """
-    from mlflow.entities import Metric
-
     state = trial.state.name
     if state not in RUN_STATUS:
         return SKIPPED, None
@@ -149,31 +151,63 @@ def sync_trial(
     tracker.parent_run_id = parent
     attrs = trial.user_attrs
     spec = spec_from_trial(trial, config)
+    run, created = _child_run(trial, store, spec, parent)
+    run_id = run.info.run_id
+    tags = {**spec.tags, TAG_OUTCOME: state, TAG_REASON: str(attrs.get(ATTR_REASON) or "")}
+    changes = store.log_params(run_id, spec.params, run.data.params)
+    # train.lr_search: what the trial's pilots chose (a reused trial's are its source's)
+    lr_params = lr_search_tracking(attrs.get(ATTR_LR_SEARCH))[0]
+    changes += store.log_params(run_id, lr_params, run.data.params)
+    changes += store.set_tags(run_id, {**tags, MLFLOW_PARENT_RUN_ID: parent}, run.data.tags)
+    trial_dir = Path(attrs[ATTR_TRIAL_DIR]) if attrs.get(ATTR_TRIAL_DIR) else None
+    changes += _sync_metrics(trial, store, run, trial_dir, objective_names, eval_metric)
+    changes += _sync_artifacts(store, run_id, trial_dir, spec.candidate_yaml)
+    want = RUN_STATUS[state]
+    if run.info.status != want:
+        store.terminate(run_id, want, end_time=_ms(trial.datetime_complete))
+        changes += 1
+    if created:
+        return CREATED, run_id
+    return (COMPLETED if changes else UNCHANGED), run_id
 
+
+def _child_run(
+    trial: TrialLike, store: MlflowStore, spec: TrialRunSpec, parent: str
+) -> tuple[Run, bool]:
+    """The trial's child run: the linked one, else the one found by trial number and
+    candidate, else a new one; ``(run, created)``."""
+    attrs = trial.user_attrs
     run = store.get_run(attrs[ATTR_MLFLOW_RUN_ID]) if attrs.get(ATTR_MLFLOW_RUN_ID) else None
     if run is not None and run.data.tags.get(TAG_OPTUNA_TRIAL) not in (None, str(trial.number)):
         run = None  # a run id copied from another trial: never write into its run
     if run is None:
         run = store.find_child(trial.number, spec.candidate_id)
-    created = run is None
+    if run is not None:
+        return run, False
+    state = trial.state.name
     tags = {**spec.tags, TAG_OUTCOME: state, TAG_REASON: str(attrs.get(ATTR_REASON) or "")}
-    if created:
-        run_id = store.create_child(
-            parent,
-            spec.run_name,
-            {**tags, TAG_SYNCED: "true"},
-            start_time=_ms(trial.datetime_start),
-        )
-        run = store.client.get_run(run_id)
-    run_id = run.info.run_id
-    changes = store.log_params(run_id, spec.params, run.data.params)
-    # train.lr_search: what the trial's pilots chose (a reused trial's are its source's)
-    lr_params, lr_metrics = lr_search_tracking(attrs.get(ATTR_LR_SEARCH))
-    changes += store.log_params(run_id, lr_params, run.data.params)
-    changes += store.set_tags(run_id, {**tags, MLFLOW_PARENT_RUN_ID: parent}, run.data.tags)
+    run_id = store.create_child(
+        parent,
+        spec.run_name,
+        {**tags, TAG_SYNCED: "true"},
+        start_time=_ms(trial.datetime_start),
+    )
+    return store.client.get_run(run_id), True
 
-    # Metrics: the history (scores.json, else Optuna's intermediate values), final scores.
-    trial_dir = Path(attrs[ATTR_TRIAL_DIR]) if attrs.get(ATTR_TRIAL_DIR) else None
+
+def _sync_metrics(
+    trial: TrialLike,
+    store: MlflowStore,
+    run: Run,
+    trial_dir: Path | None,
+    objective_names: Sequence[str],
+    eval_metric: str,
+) -> int:
+    """Log the metrics the run lacks: the history (scores.json, else Optuna's intermediate
+    values), then the final scores at the last step; the number logged."""
+    from mlflow.entities import Metric
+
+    attrs = trial.user_attrs
     logged = store.metric_steps(run)
     now = now_ms()
     new: list[Metric] = []
@@ -200,7 +234,7 @@ def sync_trial(
         for step, value in sorted(trial.intermediate_values.items()):
             add(metric, float(value), int(step))
 
-    scores: dict[str, float] = dict(lr_metrics)
+    scores: dict[str, float] = dict(lr_search_tracking(attrs.get(ATTR_LR_SEARCH))[1])
     for key, value in attrs.items():
         if is_score_name(key) and _number(value) is not None:
             scores[key] = float(value)
@@ -217,25 +251,22 @@ def sync_trial(
         new = [m for m in new if not (m.key == name and m.step == final_step)]
         new.append(Metric(name, value, now, final_step))
     if new:
-        store.log_metrics(run_id, new)
-        changes += len(new)
+        store.log_metrics(run.info.run_id, new)
+    return len(new)
 
-    # Artifacts: what the trial folder still has, and the resolved candidate.
+
+def _sync_artifacts(
+    store: MlflowStore, run_id: str, trial_dir: Path | None, candidate_yaml: str | None
+) -> int:
+    """Upload what the trial folder still has and the run lacks, and the resolved candidate
+    when no copy of it is there; the number uploaded."""
     have = store.artifact_names(run_id)
     files = trial_artifacts(trial_dir)
     with tempfile.TemporaryDirectory(prefix="ropenope-sync-") as tmp:
-        if spec.candidate_yaml and not any(n.endswith(CANDIDATE_FILE) for n in (*files, *have)):
+        if candidate_yaml and not any(n.endswith(CANDIDATE_FILE) for n in (*files, *have)):
             files[CANDIDATE_FILE] = Path(tmp) / CANDIDATE_FILE
-            files[CANDIDATE_FILE].write_text(spec.candidate_yaml)
-        changes += len(store.log_files(run_id, files, skip=have))
-
-    want = RUN_STATUS[state]
-    if run.info.status != want:
-        store.terminate(run_id, want, end_time=_ms(trial.datetime_complete))
-        changes += 1
-    if created:
-        return CREATED, run_id
-    return (COMPLETED if changes else UNCHANGED), run_id
+            files[CANDIDATE_FILE].write_text(candidate_yaml)
+        return len(store.log_files(run_id, files, skip=have))
 
 
 def sync_missed(

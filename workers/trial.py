@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from space.expand import Candidate
-from space.names import (
+from space.outcomes import Reason, RunStatus
+from space.schema import SweepConfig
+from space.trial_attrs import (
     ATTR_LR,
     ATTR_LR_SEARCH,
     ATTR_RESUMED_FROM_STEP,
@@ -28,8 +30,6 @@ from space.names import (
     ATTR_TRACKING_ERROR,
     ATTR_TRIAL_SECONDS,
 )
-from space.outcomes import Reason, RunStatus
-from space.schema import SweepConfig
 from workers.device import choose_device
 
 # Keys of the results this trainable reports to Tune (the driver reads them).

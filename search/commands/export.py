@@ -19,6 +19,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from space.trial_attrs import ATTR_TRIAL_DIR, TrialAttrs
+
 HELP = "write a trained trial as a Hugging Face model folder (and register it in MLflow)"
 
 _STORAGE_HELP = (
@@ -104,7 +106,7 @@ def select_trials(
             raise CliError(f"study {study.study_name!r} has no trial {trial}")
         t = found[0]
         if t.state != TrialState.COMPLETE:
-            reason = t.user_attrs.get("reason")
+            reason = TrialAttrs.of(t.user_attrs).reason
             raise CliError(
                 f"trial {trial} is {t.state.name}{f' ({reason})' if reason else ''}: only a "
                 "COMPLETE trial has fully trained weights to export"
@@ -126,25 +128,16 @@ def select_trials(
 
 
 def _seed_entries(trial: Any) -> dict[int, dict[str, Any]]:
-    from space.names import ATTR_SEED, ATTR_SEEDS
-
-    entries = {int(e["seed"]): e for e in trial.user_attrs.get(ATTR_SEEDS) or [] if "seed" in e}
-    if not entries and trial.user_attrs.get(ATTR_SEED) is not None:
-        entries[int(trial.user_attrs[ATTR_SEED])] = {"seed": trial.user_attrs[ATTR_SEED]}
+    attrs = TrialAttrs.of(trial.user_attrs)
+    entries = {int(e["seed"]): e for e in attrs.seeds or [] if "seed" in e}
+    if not entries and attrs.seed is not None:
+        entries[attrs.seed] = {"seed": attrs.seed}
     return entries
 
 
 def trial_scores(trial: Any) -> dict[str, float]:
     """The trial's scores (the mean over its seeds when it trained several)."""
-    from space.names import is_score_name
-
-    return {
-        key: float(value)
-        for key, value in trial.user_attrs.items()
-        if (is_score_name(key) or key in ("val_bpb", "steps", "train_seconds"))
-        and isinstance(value, int | float)
-        and not isinstance(value, bool)
-    }
+    return dict(TrialAttrs.of(trial.user_attrs).scores)
 
 
 def _context_tokens(config: Any) -> int:
@@ -175,47 +168,17 @@ def export_trial(
     storage_url: str,
 ) -> tuple[Exported, dict[str, Any]]:
     """Export one COMPLETE trial; returns what was written and the facts for registering."""
-    from search.errors import CliError
-    from space.names import (
-        ATTR_CANDIDATE_ID,
-        ATTR_KNOBS,
-        ATTR_MLFLOW_RUN_ID,
-        ATTR_PRESET,
-        ATTR_TRIAL_DIR,
-    )
     from space.secrets import redact_url as redact
+    from space.stages import seq_len_at
     from tracking.provenance import source_tags
     from workers.hf_card import CardFacts, render_card
     from workers.hf_export import export_candidate, is_byte_vocabulary, load_weights
-    from workers.layout import CHECKPOINT_FILE, seed_dir
 
-    attrs = trial.user_attrs
-    if ATTR_KNOBS not in attrs:
-        raise CliError(f"trial {trial.number} has no recorded knobs; was it made by ropenope?")
-    candidate = config.candidate(attrs[ATTR_KNOBS])
-    if attrs.get(ATTR_CANDIDATE_ID) and candidate.id != attrs[ATTR_CANDIDATE_ID]:
-        raise CliError(
-            f"trial {trial.number} trained candidate {attrs[ATTR_CANDIDATE_ID]}, but this sweep "
-            f"file builds {candidate.id} from its knobs (a different model size?); pass the "
-            "sweep file the study ran with (--config)"
-        )
-    seeds = _seed_entries(trial)
-    if seed is None:
-        seed = min(seeds) if seeds else 0
-    elif seeds and seed not in seeds:
-        raise CliError(f"trial {trial.number} trained seeds {sorted(seeds)}, not seed {seed}")
-    if not attrs.get(ATTR_TRIAL_DIR):
-        raise CliError(f"trial {trial.number} has no trial folder ({ATTR_TRIAL_DIR})")
-    checkpoint = seed_dir(Path(attrs[ATTR_TRIAL_DIR]), seed) / CHECKPOINT_FILE
-    if not checkpoint.is_file():
-        raise CliError(
-            f"trial {trial.number}: no checkpoint at {checkpoint} (on a cluster the trial "
-            "folders are on the shared runs volume: run export where it is mounted)"
-        )
+    candidate, seeds, seed, checkpoint = _trained_checkpoint(trial, config, seed)
     weights, step = load_weights(checkpoint)
     seed_scores = dict((seeds.get(seed) or {}).get("scores") or {}) or trial_scores(trial)
-    preset = attrs.get(ATTR_PRESET)
-    run_id = attrs.get(ATTR_MLFLOW_RUN_ID)
+    attrs = TrialAttrs.of(trial.user_attrs)
+    preset, run_id = attrs.preset, attrs.mlflow_run_id
 
     def card(architecture: str, remote: bool) -> str:
         facts = CardFacts(
@@ -223,7 +186,7 @@ def export_trial(
             trial=trial.number,
             seed=seed,
             step=step,
-            seq_len=config.train.seq_len,
+            seq_len=seq_len_at(config.train.stage_plans(), step),
             architecture=architecture,
             remote_code=remote,
             scores=seed_scores,
@@ -280,6 +243,41 @@ def export_trial(
     }
     extra = {"run_id": run_id, "scores": seed_scores, "knobs": candidate.knobs, "facts": facts}
     return Exported(trial.number, seed, result), extra
+
+
+def _trained_checkpoint(
+    trial: Any, config: Any, seed: int | None
+) -> tuple[Any, dict[int, dict[str, Any]], int, Path]:
+    """``(candidate, seed entries, seed, checkpoint)`` of the trial's trained model: the
+    candidate rebuilt from its knobs must have the trial's id, the seed one it trained
+    (default: its first), the checkpoint a file."""
+    from search.errors import CliError
+    from workers.layout import CHECKPOINT_FILE, seed_dir
+
+    attrs = TrialAttrs.of(trial.user_attrs)
+    if attrs.knobs is None:
+        raise CliError(f"trial {trial.number} has no recorded knobs; was it made by ropenope?")
+    candidate = config.candidate(attrs.knobs)
+    if attrs.candidate_id and candidate.id != attrs.candidate_id:
+        raise CliError(
+            f"trial {trial.number} trained candidate {attrs.candidate_id}, but this sweep "
+            f"file builds {candidate.id} from its knobs (a different model size?); pass the "
+            "sweep file the study ran with (--config)"
+        )
+    seeds = _seed_entries(trial)
+    if seed is None:
+        seed = min(seeds) if seeds else 0
+    elif seeds and seed not in seeds:
+        raise CliError(f"trial {trial.number} trained seeds {sorted(seeds)}, not seed {seed}")
+    if not attrs.trial_dir:
+        raise CliError(f"trial {trial.number} has no trial folder ({ATTR_TRIAL_DIR})")
+    checkpoint = seed_dir(Path(attrs.trial_dir), seed) / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise CliError(
+            f"trial {trial.number}: no checkpoint at {checkpoint} (on a cluster the trial "
+            "folders are on the shared runs volume: run export where it is mounted)"
+        )
+    return candidate, seeds, seed, checkpoint
 
 
 def _register(
@@ -357,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir = Path(args.out) / default.name if args.out else default
         else:
             out_dir = args.out or default
-        name = trial.user_attrs.get("candidate_name", "")
+        name = TrialAttrs.of(trial.user_attrs).candidate_name or ""
         try:
             exported, extra = export_trial(
                 study,

@@ -174,6 +174,3 @@ def run_ui(args: argparse.Namespace) -> int:
         if config is None:
             print(f"ropenope ui: {err}; opening the default tracking store", file=sys.stderr)
     return serve(_tracker(args.study, config, args.tracking_uri), host=args.host, port=args.port)
-
-
-COMMANDS = {"pareto": run_pareto, "sync": run_sync, "ui": run_ui}
