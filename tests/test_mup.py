@@ -4,6 +4,7 @@ identity with the standard parametrization at the base width."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +164,39 @@ def test_mup_candidate_exports_as_the_standard_model_with_the_same_logits(name, 
     info = json.loads((result.out_dir / INFO_NAME).read_text())
     assert info["folded"] == "model.parametrization: mup"
     assert info["candidate"]["shape"]["parametrization"] == "mup"
+
+
+def _sweep(**model):
+    from space.schema import parse_config, parse_yaml
+
+    raw = parse_yaml((Path(__file__).resolve().parents[1] / "configs/demo.yaml").read_text())
+    raw["model"].update(model)
+    return parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"parametrization": "mup"},  # no base width
+        {"base_d_model": 64},  # a base width without mup
+        {"parametrization": "mup", "base_d_model": 66},  # not a multiple of the heads
+    ],
+)
+def test_mup_config_names_model_base_d_model(model) -> None:
+    from space.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _sweep(**model)
+    assert "model.base_d_model" in dict(err.value.problems)
+
+
+def test_mup_candidate_id_is_new_and_round_trips_while_standard_ids_stay() -> None:
+    from space.expand import Candidate
+
+    standard, mup = _sweep(), _sweep(parametrization="mup", base_d_model=64)
+    assert "parametrization" not in standard.model.model_dump()  # older dumps unchanged
+    plain, wide = standard.preset_candidate("rope"), mup.preset_candidate("rope")
+    assert "parametrization" not in plain.canonical()["shape"]  # ids made before µP stay
+    assert wide.id != plain.id and wide.name.endswith("mup/64")
+    back = Candidate.from_dict(wide.to_dict())
+    assert back == wide and back.shape.width_mult == 2.0
