@@ -318,3 +318,78 @@ def test_retention_drops_the_pilots_checkpoints_and_keeps_their_record(tmp_path:
     plan_trial(trial, [trial], "last").apply()
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == [LR_SEARCH_FILE]
+
+
+@pytest.mark.slow
+def test_lr_search_driver_killed_mid_pilots_resumes_from_the_finished_pilots(
+    tmp_path, runs_home, ray_local
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from search import driver
+    from space.trial_attrs import ATTR_RERUN_OF, ATTR_RESTORE_FROM, ATTR_TRIAL_DIR
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = {"values": [1e-3, 3e-3, 1e-2], "steps": 20}
+    path = tiny_config_file(
+        tmp_path / "sweep.yaml",
+        study={"name": "pilotkill", "trials": 1},
+        train={**TINY["train"], "lr_search": search},
+        presets=["rope"],
+    )
+    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
+    cmd = [sys.executable, "-m", "search", "submit", str(path), "--storage", url]
+    proc = subprocess.Popen(
+        [*cmd, "--address", ray_local, "--quiet"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    killed_record = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and killed_record is None:
+            time.sleep(0.2)
+            try:
+                study = optuna.load_study(study_name="pilotkill", storage=url)
+            except KeyError:
+                continue
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                folder = t.user_attrs.get(ATTR_TRIAL_DIR)
+                record = read_record(Path(folder)) if folder else None
+                if record is not None and record.pilots:
+                    os.kill(proc.pid, signal.SIGKILL)  # after the first pilot, mid-search
+                    killed_record, killed_dir = record, Path(folder)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert killed_record is not None, "no pilot finished in time"
+    assert len(killed_record.pilots) < 3 and not list(killed_dir.glob("seed_*"))
+
+    driver.resume("pilotkill", storage=url, progress=False)
+    trials = optuna.load_study(study_name="pilotkill", storage=url).get_trials()
+    (rerun,) = [t for t in trials if t.user_attrs.get(ATTR_RERUN_OF) is not None]
+    assert rerun.state == TrialState.COMPLETE
+    # the re-run continued from the killed trial's pilots (its folder held nothing else)
+    assert rerun.user_attrs[ATTR_RESTORE_FROM]
+    record = rerun.user_attrs[ATTR_LR_SEARCH]
+    assert [p["lr"] for p in record["pilots"]] == search["values"]
+    first = killed_record.pilots[0]
+    assert record["pilots"][0] == {
+        "lr": first.lr,
+        "status": first.status,
+        "val_bpb": first.val_bpb,
+        "reason": first.reason,
+    }
+    assert rerun.user_attrs[ATTR_LR] == record["chosen"] is not None
