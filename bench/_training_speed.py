@@ -1,7 +1,10 @@
 """Steady-state training speed of one candidate, shared by bench/throughput.py and
 bench/data_parallel.py: ``workers.train.train`` itself (autocast, compile and its
 fallback, micro-batches, data parallelism) on random tokens, timed from the end of the
-warm-up steps (which compile, when compiling) to the end of the run."""
+warm-up steps (which compile, when compiling) to the end of the run. ``step_cpu_ms`` is
+the training thread's CPU time per step over the same steps: on a machine shared with other
+work it moves far less than the wall-clock figures (with one torch thread it is the step's
+whole cost; with more, the main thread's share)."""
 
 from __future__ import annotations
 
@@ -87,6 +90,12 @@ def measure(
         precision=precision,
     )
     stamps: list[float] = []
+    cpu: list[float] = []  # this thread's CPU time at each step's end
+
+    def on_step(step: int, loss: float, speed: float) -> None:
+        stamps.append(time.perf_counter())
+        cpu.append(time.thread_time())
+
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
@@ -100,7 +109,7 @@ def measure(
         lambda m, stage: {},
         seed=0,
         device=dev,
-        on_step=lambda step, loss, speed: stamps.append(time.perf_counter()),
+        on_step=on_step,
         workers=workers,
     )
     if dev.type == "cuda":
@@ -113,6 +122,7 @@ def measure(
     return {
         "tokens_per_s": (len(stamps) - warmup) * batch * length / seconds,
         "step_ms": 1e3 * seconds / (len(stamps) - warmup),
+        "step_cpu_ms": 1e3 * (cpu[-1] - cpu[warmup - 1]) / (len(cpu) - warmup),
         "peak_bytes": peak,
         "compiled": outcome.compiled,
         "compile_error": outcome.compile_error,
@@ -145,6 +155,7 @@ def measure_minimal(
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas)
     rng = np.random.default_rng(0)
     stamps: list[float] = []
+    cpu: list[float] = []
     for _ in range(steps):
         x = torch.from_numpy(rng.integers(0, vocab - 8, (batch, length + 1))).to(dev)
         logits = model(x[:, :-1])
@@ -156,9 +167,11 @@ def measure_minimal(
         opt.zero_grad(set_to_none=True)
         loss.item()  # the trainer reads its loss every step too
         stamps.append(time.perf_counter())
+        cpu.append(time.thread_time())
     seconds = stamps[-1] - stamps[warmup - 1]
     return {
         "tokens_per_s": (len(stamps) - warmup) * batch * length / seconds,
         "step_ms": 1e3 * seconds / (len(stamps) - warmup),
+        "step_cpu_ms": 1e3 * (cpu[-1] - cpu[warmup - 1]) / (len(cpu) - warmup),
         "matmul_weights": matmul_flops(model),
     }

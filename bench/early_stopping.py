@@ -18,8 +18,20 @@ hypervolume of the trials COMPLETE by then. The target of issue 23: MO-ASHA reac
 no-early-stopping final hypervolume within 5% in at most 60% of that arm's wall time.
 
 Prints Markdown: one row per arm (wall time, trials by state, final hypervolume, when it
-first reached 95% of the no-early-stopping final one), then the trials each arm stopped
-(with their rung), then the hypervolume over time. Nothing is asserted.
+first reached 95% of the no-early-stopping final one), the issue's target met or not, the
+hypervolume each arm held at fixed shares of the no-early-stopping arm's wall time, then
+the trials each arm stopped (with their rung, and whether the no-early-stopping arm trained
+the same candidate onto its Pareto front: a stop that cost the front), then the
+hypervolume after each COMPLETE trial. Nothing is asserted.
+
+``--sampler random`` gives every arm the same candidates in the same order (a random
+sampler's draws do not depend on the results), so the arms differ only in what they stop;
+the default keeps the sweep file's sampler (the demo's TPE adapts to what it has seen, as
+in use).
+
+The full benchmark of issue 23 (hours on 2 cores; 24 trials x 3 arms):
+
+    python bench/early_stopping.py --trials 24
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ def arm_file(raw: dict[str, Any], arm: str, args: argparse.Namespace, folder: Pa
     doc = copy.deepcopy(raw)
     doc["study"]["name"] = f"es-{arm}"
     doc["study"]["trials"] = args.trials
+    if args.sampler is not None:
+        doc["study"]["sampler"] = args.sampler
     if args.steps is not None:
         every = max(1, args.steps // EVALS_PER_RUN)
         doc["train"].update(
@@ -94,6 +108,18 @@ def hypervolume(points: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
     return float(compute_hypervolume(unit, np.full(points.shape[1], 1.1)))
 
 
+def non_dominated(points: np.ndarray) -> list[int]:
+    """Rows of lower-is-better ``points`` that no other row dominates."""
+    return [
+        i
+        for i in range(len(points))
+        if not any(
+            np.all(points[j] <= points[i]) and np.any(points[j] < points[i])
+            for j in range(len(points))
+        )
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
@@ -104,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace-period", type=int, default=1)
     parser.add_argument("--reduction-factor", type=int, default=2)
     parser.add_argument("--arms", default=",".join(ARMS), help="a subset of none,asha,mo_asha")
+    parser.add_argument(
+        "--sampler",
+        choices=("tpe", "random"),
+        help="study.sampler for every arm (default: the sweep file's)",
+    )
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     if any(a not in ARMS for a in arms):
@@ -117,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     from search.driver import run_sweep
     from space.paths import runs_dir
     from space.schema import load_config
-    from space.trial_attrs import ATTR_CANDIDATE_NAME, ATTR_RUNG, ATTR_RUNG_EVALS
+    from space.trial_attrs import (
+        ATTR_CANDIDATE_ID,
+        ATTR_CANDIDATE_NAME,
+        ATTR_RUNG,
+        ATTR_RUNG_EVALS,
+    )
 
     raw = yaml.safe_load(Path(args.config).read_text())
     runs: dict[str, dict[str, Any]] = {}
@@ -181,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sweep: {Path(args.config).name}, {args.trials} trials per arm, "
         f"steps {args.steps or raw['train']['steps']}, concurrency {args.concurrency}, "
-        f"grace {args.grace_period}, reduction factor {args.reduction_factor}"
+        f"grace {args.grace_period}, reduction factor {args.reduction_factor}, "
+        f"sampler {args.sampler or raw['study'].get('sampler', 'tpe')}"
     )
     print()
     print(
@@ -201,8 +238,38 @@ def main(argv: list[str] | None = None) -> int:
             f"{states.count(TrialState.PRUNED)} | {states.count(TrialState.FAIL)} | "
             f"{final:.4f} | {ratio} | {reach_text} | {share} |"
         )
+    if reference and "mo_asha" in curves:
+        wall = runs["none"]["wall"]
+        reach = next((sec for sec, hv in curves["mo_asha"] if hv >= target), None)
+        met = reach is not None and reach <= 0.6 * wall
+        print()
+        print(
+            "issue 23's target (MO-ASHA within 5% of none's final HV in <= 60% of none's "
+            f"wall time): {'met' if met else 'not met'}"
+            + (f" ({reach:.0f} s of {wall:.0f} s)" if reach is not None else " (never reached)")
+        )
+    if reference:
+        shares = (0.2, 0.4, 0.6, 0.8, 1.0)
+        wall = runs["none"]["wall"]
+        print()
+        print("hypervolume held at a share of none's wall time (" + f"{wall:.0f} s):")
+        print()
+        print("| arm | " + " | ".join(f"{share:.0%}" for share in shares) + " |")
+        print("| --- |" + " ---: |" * len(shares))
+        for arm, points in curves.items():
+            held = [
+                max((hv for sec, hv in points if sec <= share * wall), default=0.0)
+                for share in shares
+            ]
+            print(f"| {arm} | " + " | ".join(f"{hv:.4f}" for hv in held) + " |")
+
+    front = set()  # candidates the no-early-stopping arm trained onto its Pareto front
+    if "none" in runs:
+        done = [t for t in runs["none"]["trials"] if t.state == TrialState.COMPLETE]
+        points = np.array([losses(t.values, runs["none"]["directions"]) for t in done])
+        front = {done[i].user_attrs.get(ATTR_CANDIDATE_ID) for i in non_dominated(points)}
     print()
-    print("stopped trials (PRUNED), per arm:")
+    print("stopped trials (PRUNED), per arm (*: on none's Pareto front when trained in full):")
     for arm, run in runs.items():
         pruned = [t for t in run["trials"] if t.state == TrialState.PRUNED]
         items = []
@@ -212,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                 if ATTR_RUNG in t.user_attrs
                 else f"after {len(t.intermediate_values)} evals"
             )
-            items.append(f"#{t.number} {t.user_attrs.get(ATTR_CANDIDATE_NAME, '?')} {where}")
+            star = "*" if t.user_attrs.get(ATTR_CANDIDATE_ID) in front else ""
+            name = t.user_attrs.get(ATTR_CANDIDATE_NAME, "?")
+            items.append(f"#{t.number}{star} {name} {where}")
         print(f"- {arm}: {'; '.join(items) if items else 'none'}")
     print()
     print("hypervolume over time (s: HV after each COMPLETE trial):")

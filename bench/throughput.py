@@ -14,7 +14,12 @@ for windows) or one forced on every layer; ``flex`` has no backward on CPU.
 The trainer's own overhead: ``--reference-pairs`` back-to-back pairs of the trainer's
 eager fp32 run (``auto`` backends) and the shortest AdamW loop on the same model and
 tokens (no schedule, clipping, loss weights or bookkeeping;
-``_training_speed.measure_minimal``), and the median of their tokens/s ratios.
+``_training_speed.measure_minimal``), which one runs first alternating from pair to pair,
+and the median of their tokens/s ratios; also the ratio of their CPU time per step (the
+training thread's), which a shared machine's load moves far less. Only that comparison:
+
+    python bench/throughput.py --backends auto --compile off --precision fp32 --threads 1 \
+        --reference-pairs 8 --only-reference
 
 MFU = model FLOPs per second / peak FLOPs per second. Model FLOPs per training token:
 6 x the weights a token multiplies by (every matrix; the tied embedding once, as the
@@ -175,6 +180,11 @@ def main() -> None:
         default=3,
         help="back-to-back runs of the trainer and a minimal AdamW loop (0: none)",
     )
+    parser.add_argument(
+        "--only-reference",
+        action="store_true",
+        help="only the trainer vs minimal AdamW loop pairs (no backend table)",
+    )
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -195,6 +205,13 @@ def main() -> None:
         f"device={args.device}, threads={args.threads}, {args.steps} steps "
         f"(tokens/s over the last {args.steps - args.warmup})"
     )
+    if not args.only_reference:
+        table(args, precisions, attention)
+    reference_pairs(args)
+
+
+def table(args: argparse.Namespace, precisions: list[str], attention: float) -> None:
+    """One row per backend, compile setting and precision."""
     header = (
         f"{'backend':<8} {'compile':<7} {'prec':<5} | {'tokens/s':>9} {'step ms':>8} "
         f"{'peak MiB':>9} | {'TFLOP/s':>8} {'peak':>8} {'MFU':>6}"
@@ -226,24 +243,33 @@ def main() -> None:
                 )
                 source = r["peak_source"]
     print(f"peak: {source}")
-    # The trainer's own overhead: its eager fp32 run against the shortest AdamW loop, in
-    # back-to-back pairs (a shared machine's load drifts between runs); the median ratio.
-    ratios = []
-    for _ in range(args.reference_pairs):
-        trainer = run_child(args, "auto", False, "fp32")
-        ref = run_child(args, MINIMAL, False, "fp32")
+
+
+def reference_pairs(args: argparse.Namespace) -> None:
+    """The trainer's own overhead: its eager fp32 run against the shortest AdamW loop, in
+    back-to-back pairs (a shared machine's load drifts between runs), which runs first
+    alternating from pair to pair; the median ratio of tokens/s, and of CPU time per step."""
+    ratios, cpu_ratios = [], []
+    for pair in range(args.reference_pairs):
+        order = ("auto", MINIMAL) if pair % 2 == 0 else (MINIMAL, "auto")
+        done = {kind: run_child(args, kind, False, "fp32") for kind in order}
+        trainer, ref = done["auto"], done[MINIMAL]
         if "error" in trainer or "error" in ref:
             print(f"minimal AdamW loop: failed: {trainer.get('error') or ref.get('error')}")
             return
         ratios.append(trainer["tokens_per_s"] / ref["tokens_per_s"])
+        cpu_ratios.append(ref["step_cpu_ms"] / trainer["step_cpu_ms"])
         print(
             f"ropenope train (auto, eager, fp32) {trainer['tokens_per_s']:.0f} tokens/s, "
-            f"minimal AdamW loop {ref['tokens_per_s']:.0f} tokens/s: {ratios[-1]:.3f}",
+            f"minimal AdamW loop {ref['tokens_per_s']:.0f} tokens/s: {ratios[-1]:.3f} "
+            f"(CPU ms per step {trainer['step_cpu_ms']:.1f} vs {ref['step_cpu_ms']:.1f}: "
+            f"{cpu_ratios[-1]:.3f})",
             flush=True,
         )
     if ratios:
         print(
             f"ropenope train / minimal AdamW loop, median of pairs: {statistics.median(ratios):.3f}"
+            f" (tokens/s); {statistics.median(cpu_ratios):.3f} (CPU time per step)"
         )
 
 

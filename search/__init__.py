@@ -6,6 +6,8 @@
   ``tracking.hooks.SweepHooks`` is where tracking plugs in.
 - :func:`open_study` / :func:`load_existing` (``search.study``): the Optuna study in a
   SQL database, refused when its directions or space differ from the sweep file.
+- :func:`run_rungs` (``search.ladder``): a scale ladder's rungs above 0, promoted from the
+  rung below as trials of the same study.
 - :func:`summarize` (``search.status``): what ``ropenope status`` shows.
 - :func:`main`: the ``ropenope`` command (``search.cli``).
 - :class:`MOASHAScheduler` (``search.mo_asha``): multi-objective successive halving as a
@@ -31,6 +33,7 @@ _WHERE = {
     "load_existing": "search.study",
     "open_study": "search.study",
     "summarize": "search.status",
+    "run_rungs": "search.ladder",
     "main": "search.cli",
     "MOASHAScheduler": "search.mo_asha",
 }

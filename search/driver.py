@@ -28,6 +28,7 @@ from search.calibration import calibrated
 from search.drivers import DriverRegistry, SqliteLock
 from search.errors import StudyError
 from search.failures import close_capped
+from search.ladder import LadderRun, refuse_growth_past_promotion, run_rungs
 from search.progress import Progress
 from search.ray_runtime import check_resources, fit, start_ray
 from search.restore import find_restore
@@ -45,11 +46,14 @@ from search.trials import (
     record_run_links,
     requeue_worker_deaths,
 )
+from space.ladder import rung_of
 from space.paths import runs_dir
 from space.schema import SweepConfig, load_config
 from space.secrets import redact_url
 from space.sections import study_name_problem
+from tracking.decision_accuracy import DecisionAccuracy
 from tracking.hooks import MlflowSweepHooks, SweepHooks
+from tracking.ladder_view import study_decision_accuracy
 from tracking.pareto import ParetoTable, pareto_of_study
 from tracking.seed_plan import SeedPlan, plan_for_study
 
@@ -73,6 +77,7 @@ class SweepSummary:
     seed_plan: SeedPlan | None = None  # adaptive seeds: where each hypothesis ended
     runs: int | None = None  # adaptive seeds: completed runs (candidate x seed) in the study
     stopped: str | None = None  # the line of the failure budget, when it stopped the sweep
+    decision_accuracy: DecisionAccuracy | None = None  # a scale ladder's, between its rungs
 
 
 def study_dir(study_name: str) -> Path:
@@ -124,6 +129,8 @@ def run_sweep(
     started_ray = False
     registry: DriverRegistry | None = None
     try:
+        if config.ladder is not None and trials is not None:
+            refuse_growth_past_promotion(url, name, trials)
         opened = open_study(
             config,
             config_text=config_text,
@@ -145,6 +152,7 @@ def run_sweep(
         is_dead = (lambda t: True) if lock is not None else registry.dead_trial_check()
         closed = _close_dead_trials(opened, config, hooks, show, is_dead)
         summary = SweepSummary(name, redact_url(url), target, {}, 0.0, reconciled=closed)
+        corpus: Any = None
         if count_toward_target(study.get_trials(deepcopy=False)) >= target and not rounds_left(
             study, config
         ):
@@ -171,6 +179,24 @@ def run_sweep(
                 runner=runner,
                 corpus=corpus,
             )
+        if config.ladder is not None and summary.stopped is None and not summary.interrupted:
+            rungs = LadderRun(
+                opened,
+                config,
+                folder,
+                driver_id,
+                registry,
+                hooks,
+                show,
+                dedup=dedup if dedup is not None else config.study.dedup,
+                address=address,
+                runner=runner,
+                progress=progress,
+                prepare_corpus=prepare_corpus,
+                corpus=corpus,
+                started_ray=started_ray,
+            )
+            started_ray = _climb(rungs, summary)
         return _finish(opened, config, summary, hooks, show, t_start)
     finally:
         if registry is not None:
@@ -281,6 +307,19 @@ def _train(
     summary.trial_seconds = searcher.trial_seconds
 
 
+def _climb(rungs: LadderRun, summary: SweepSummary) -> bool:
+    """Train the ladder's rungs above 0 (promoting as each ends) into ``summary``; whether
+    Ray is now started by this driver (a rung may start it)."""
+    try:
+        summary.interrupted = run_rungs(rungs)
+    finally:
+        started = rungs.started_ray
+    summary.stopped = rungs.stopped
+    summary.trained += rungs.trained
+    summary.trial_seconds += rungs.trial_seconds
+    return started
+
+
 def _finish(
     opened: OpenedStudy,
     config: SweepConfig,
@@ -297,9 +336,12 @@ def _finish(
     summary.counts = {s.name: sum(t.state == s for t in view.trials) for s in TrialState}
     summary.wall_seconds = time.perf_counter() - t_start
     # One row per candidate, as in `ropenope status`: trials of more seeds repeat one.
-    first = [t for t in view.trials if not adds_seeds(t)]
+    # Rung 0 of a ladder: objectives compare within a rung (decision_accuracy has the rest).
+    first = [t for t in view.trials if not adds_seeds(t) and rung_of(t.user_attrs) == 0]
     summary.pareto = pareto_of_study(study_view(study, first))
-    summary.warnings = tie_warnings(view.trials, config.objective_names())
+    rung0 = [t for t in view.trials if rung_of(t.user_attrs) == 0]
+    summary.warnings = tie_warnings(rung0, config.objective_names())
+    summary.decision_accuracy = study_decision_accuracy(study, config)
     if config.study.adaptive:
         summary.seed_plan = plan_for_study(study, config)
         summary.runs = study_runs(study)

@@ -41,7 +41,8 @@ def budget_key(config: SweepConfig, seeds: Sequence[int] | None = None) -> str:
     and scored the same way; the thread count does not change a result. ``seeds``: the
     seeds the trial trains, when they are not the sweep's own (:func:`sweep_seeds`):
     adaptive seeds train a candidate again with other seeds, which is another result,
-    never a copy of the first. The sweep's own seeds keep the key they always had.
+    never a copy of the first. The sweep's own seeds keep the key they always had; a
+    ladder rung above 0 adds its rung and model.
     """
     blob: dict[str, Any] = {
         "train": config.train.model_dump(mode="json", exclude={"threads"}),
@@ -51,6 +52,9 @@ def budget_key(config: SweepConfig, seeds: Sequence[int] | None = None) -> str:
     }
     if seeds is not None and tuple(seeds) != sweep_seeds(config):
         blob["seeds"] = [int(s) for s in seeds]
+    if config.rung:  # a ladder rung above 0: another model, never a rung-0 result
+        blob["rung"] = config.rung
+        blob["model"] = config.model.model_dump(mode="json")
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 

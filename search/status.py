@@ -1,6 +1,7 @@
 """`ropenope status STUDY`: counts by state, running trials with their progress, the best
 trial per objective, the current Pareto set and, with adaptive seeds, where each
-hypothesis stands, read from the study alone (with the sweep file it stores)."""
+hypothesis stands, with a scale ladder each rung and the decision accuracy between them,
+read from the study alone (with the sweep file it stores)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from space.ladder import rung_of
 from space.outcomes import RERUN_REASONS
 from space.trial_attrs import (
     ATTR_CANDIDATE_NAME,
+    ATTR_PROMOTED_FROM,
     ATTR_REASON,
     ATTR_REQUESTED_FOR,
     ATTR_REUSED_FROM,
@@ -166,14 +169,17 @@ def summarize(
     from search.drivers import driver_states
     from search.signature import target_trials
 
-    trials = study.get_trials(deepcopy=False)
+    every = study.get_trials(deepcopy=False)
+    # Objectives compare within a rung: best, Pareto set and ties are rung 0's (every
+    # trial of a study without a ladder); the other rungs are under "ladder".
+    trials = [t for t in every if rung_of(t.user_attrs) == 0]
     objectives = objective_names(study)
     directions = [d.name.lower() for d in study.directions]
-    c = count_states(trials)
+    c = count_states(every)
     drivers = driver_states(study)
     warnings, signal_noise = score_quality(trials, objectives)
     running = []
-    for t in trials:
+    for t in every:
         if t.state != TrialState.RUNNING:
             continue
         step = t.last_step
@@ -213,6 +219,7 @@ def summarize(
         ],
         "drivers": drivers,
         "seed_plan": seed_plan_summary(study, config),
+        "ladder": ladder_summary(study, every, directions, config),
         "signal_to_noise": signal_noise,
         "warnings": warnings,
     }
@@ -250,9 +257,73 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"  {p['number']:<5}{vals}  {p['candidate']}")
     lines += format_signal_to_noise(s.get("signal_to_noise") or [])
     lines += format_seed_plan(s.get("seed_plan"))
+    lines += format_ladder(s.get("ladder"))
     for warning in s.get("warnings", []):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def ladder_summary(
+    study: optuna.Study, trials: Sequence[FrozenTrial], directions: Sequence[str], config: Any
+) -> dict[str, Any] | None:
+    """A ladder study's rungs (trial counts and Pareto set of each) and its decision
+    accuracy (:mod:`tracking.decision_accuracy`); None without a ladder."""
+    from search.errors import StudyError
+    from search.signature import stored_config
+    from space.errors import ConfigError
+    from tracking.ladder_view import study_decision_accuracy
+
+    if config is None:
+        try:
+            config = stored_config(study)
+        except (StudyError, ConfigError):  # no sweep file, or one seed_plan reports
+            return None
+    if config.ladder is None:
+        return None
+
+    objectives = objective_names(study)
+    rungs = []
+    for rung in range(len(config.ladder.rungs)):
+        at = [t for t in trials if rung_of(t.user_attrs) == rung]
+        rungs.append(
+            {
+                "rung": rung,
+                "counts": {k: v for k, v in count_states(at).items() if ":" not in k},
+                "pareto": [
+                    {
+                        "number": t.number,
+                        "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
+                        "promoted_from": t.user_attrs.get(ATTR_PROMOTED_FROM),
+                        "values": dict(zip(objectives, t.values, strict=False)),
+                    }
+                    for t in pareto_set(at, directions)
+                ],
+            }
+        )
+    accuracy = study_decision_accuracy(study, config)
+    return {
+        "rungs": rungs,
+        "decision_accuracy": accuracy.to_dict() if accuracy is not None else None,
+        "lines": accuracy.lines() if accuracy is not None else [],
+    }
+
+
+def format_ladder(ladder: dict[str, Any] | None) -> list[str]:
+    """The scale-ladder lines of ``ropenope status``: each rung's trials and Pareto set,
+    then the decision accuracy between rungs."""
+    if not ladder:
+        return []
+    lines = ["ladder:"]
+    for r in ladder["rungs"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()) if v)
+        lines.append(f"  rung {r['rung']}: {counts or 'no trials yet'}")
+        for p in r["pareto"][:8]:
+            came = f" (from #{p['promoted_from']})" if p["promoted_from"] is not None else ""
+            lines.append(f"    pareto #{p['number']} {p['candidate']}{came}")
+    if ladder["lines"]:
+        lines.append("  decision accuracy (95% bootstrap intervals over seeds):")
+        lines += [f"    {line}" for line in ladder["lines"]]
+    return lines
 
 
 def format_signal_to_noise(rows: Sequence[dict[str, Any]]) -> list[str]:

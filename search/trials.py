@@ -23,8 +23,11 @@ from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_DRIVER,
     ATTR_KNOBS,
+    ATTR_LADDER_ORIGIN,
+    ATTR_LADDER_RUNG,
     ATTR_MLFLOW_RUN_ID,
     ATTR_PRESET,
+    ATTR_PROMOTED_FROM,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
     ATTR_REPEATS,
@@ -46,8 +49,9 @@ def adds_seeds(trial: FrozenTrial) -> bool:
 def counts_toward_target(trial: FrozenTrial) -> bool:
     """Finished trials count, and running ones; an interrupted trial or one whose worker
     died does not (its candidate runs again), nor does a queued one until it is asked,
-    nor one that adds seeds to a candidate (``study.trials`` counts candidates)."""
-    if adds_seeds(trial):
+    nor one that adds seeds to a candidate or trains it at a ladder rung above 0
+    (``study.trials`` counts candidates)."""
+    if adds_seeds(trial) or ATTR_LADDER_RUNG in trial.user_attrs:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
@@ -208,7 +212,9 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
     rerun_attrs = {ATTR_KNOBS: knobs, ATTR_RERUN_OF: trial.number}
     # The candidate id while queued: the seed planner then sees its seeds as on their way.
     # A re-run of seeds the planner asked for trains the same seeds for the same reason.
-    carried = [ATTR_PRESET, ATTR_CANDIDATE_ID]
+    # A promoted trial keeps its ladder rung and links.
+    carried = [ATTR_PRESET, ATTR_CANDIDATE_ID, ATTR_LADDER_RUNG, ATTR_PROMOTED_FROM]
+    carried += [ATTR_LADDER_ORIGIN]
     if adds_seeds(trial):
         carried += [ATTR_REQUESTED_SEEDS, ATTR_REQUESTED_FOR, ATTR_SEED, ATTR_REPEATS]
     for key in carried:

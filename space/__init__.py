@@ -3,7 +3,8 @@
 The sweep-file schema (:func:`load_config`), the knob vocabulary (one :class:`Knob` row
 each in :data:`KNOBS`), the shipped
 presets, the training stages, the expansion of knobs into per-layer specs
-(:func:`build_candidate`), and hypotheses as data (:class:`Hypothesis`, selecting
+(:func:`build_candidate`), a scale ladder's rungs (:class:`LadderSection`,
+:func:`apply_rung`), and hypotheses as data (:class:`Hypothesis`, selecting
 candidates by a :class:`Predicate` on their layers; the paper's claims:
 :func:`shipped_hypotheses`).
 """
@@ -19,6 +20,7 @@ from space.expand import (
 from space.hypotheses import Hypothesis
 from space.hypothesis_files import load_hypotheses, parse_hypotheses, shipped_hypotheses
 from space.knobs import KNOB_DEFAULTS, KNOB_NAMES, KNOBS, Knob, KnobSpec
+from space.ladder import LadderSection, apply_rung
 from space.layers import (
     AttentionSink,
     LayerKind,
@@ -53,6 +55,7 @@ __all__ = [
     "InvalidCandidate",
     "Knob",
     "KnobSpec",
+    "LadderSection",
     "LayerMatch",
     "LayerKind",
     "LayerPlacement",
@@ -70,6 +73,7 @@ __all__ = [
     "SweepConfig",
     "Temperature",
     "WindowKind",
+    "apply_rung",
     "build_candidate",
     "candidate_name",
     "global_layer_indices",

@@ -172,6 +172,8 @@ STUDY_ATTR_PRESETS = "ropenope:presets_enqueued"  # preset names already enqueue
 STUDY_ATTR_DECISIONS = "ropenope:decisions"
 STUDY_ATTR_CALIBRATION = "ropenope:calibration"  # score.calibrate's difficulty per family
 STUDY_ATTR_DRIVER_PREFIX = "ropenope:driver:"  # + driver id: host, pid, heartbeat
+# + rung: each hypothesis's predicted effect at that ladder rung, stated when it was promoted
+STUDY_ATTR_LADDER_PREDICTIONS = "ropenope:ladder_predictions:"
 
 # Tracking (MLflow) additions: the kind of run (one study run, one run per trial),
 # whether the source tree had uncommitted changes, runs rebuilt from the study by

@@ -7,6 +7,7 @@ from typing import Any
 
 from space.errors import ConfigError, InvalidCandidate
 from space.expand import Candidate
+from space.ladder import apply_rung
 from space.layers import LayerSpec
 from space.presets import BUILTIN_PRESETS
 from space.schema import SweepConfig
@@ -175,6 +176,26 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _ladder_lines(config: SweepConfig) -> list[str]:
+    """The scale ladder: each rung as it trains (rung 0 is the model and train above)."""
+    ladder = config.ladder
+    if ladder is None:
+        return []
+    p = ladder.promote
+    out = [f"ladder: {len(ladder.rungs)} rungs, promote the top {p.top_k} by {p.by} (and "
+           "every candidate a hypothesis compares)"]  # fmt: skip
+    for rung in range(len(ladder.rungs)):
+        at = apply_rung(config, rung)
+        m, t = at.model, at.train
+        knobs = ", ".join(f"{k}={v}" for k, v in ladder.rungs[rung].knobs.items())
+        out.append(
+            f"  rung {rung}: {m.layers} layers, d_model {m.d_model}, {m.heads} heads, mlp "
+            f"{m.mlp_hidden}; T={t.seq_len}, {t.total_steps} steps, batch {t.batch_size}; "
+            f"{at.study.repeats} seed(s)" + (f"; knobs {knobs}" if knobs else "")
+        )
+    return out
+
+
 def format_space(config: SweepConfig) -> str:
     """Human-readable tables for the terminal."""
     desc = describe_space(config)
@@ -194,6 +215,7 @@ def format_space(config: SweepConfig) -> str:
                 f"lr {plan.lr:g} (warmup {plan.warmup_steps}, min ratio {plan.min_lr_ratio:g})"
                 + (f"; knobs {knobs}" if knobs else "")
             )
+    out += _ladder_lines(config)
     out.append(
         "objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in config.study.objectives)
     )

@@ -30,6 +30,7 @@ from space.knobs import (
     domain_holds,
     parse_knob,
 )
+from space.ladder import LadderSection, apply_rung, check_ladder
 from space.layers import ModelShape, Parametrization
 from space.presets import BUILTIN_PRESETS
 from space.sections import (
@@ -62,12 +63,16 @@ class SweepConfig(_Section):
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> knobs
     hypotheses: tuple[Hypothesis, ...] = ()  # the file's own, or those of hypotheses_from
     hypotheses_from: str | None = None  # the file they came from, as written
+    ladder: LadderSection | None = None  # a scale ladder (space.ladder)
+    # The ladder rung this config trains (space.ladder.apply_rung); 0 without a ladder.
+    rung: int = 0
     source: str | None = None
     # (dotted path, message): legal but probably not what was meant; shown by `ropenope
     # space` and `submit`, never silenced.
     warnings: tuple[tuple[str, str], ...] = ()
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    _added_fields = frozenset({"ladder", "rung"})
 
     # -- derived views -------------------------------------------------------
     @property
@@ -219,6 +224,7 @@ _SECTION_MODELS: dict[str, type[_Section]] = {
     "scheduler": SchedulerSection,
     "resources": ResourcesSection,
     "tracking": TrackingSection,
+    "ladder": LadderSection,
 }
 _REQUIRED = ("study", "model", "train")
 
@@ -268,11 +274,59 @@ def parse_config(
         hypotheses_from=raw.get("hypotheses_from"),
         **sections,
     )
+    if config.ladder is not None:
+        config = _ladder_rung_zero(config, config.ladder, raw, problems)
+        if problems:
+            raise ConfigError(problems, source)
     warnings: list[tuple[str, str]] = []
     check_semantics(config, problems, warnings)
     if problems:
         raise ConfigError(problems, source)
+    if config.ladder is not None:
+        _check_upper_rungs(config, config.ladder, problems)
+        if problems:
+            raise ConfigError(problems, source)
     return config.model_copy(update={"warnings": tuple(warnings)}) if warnings else config
+
+
+def _ladder_rung_zero(
+    config: SweepConfig, ladder: LadderSection, raw: Mapping[str, Any], problems: list
+) -> SweepConfig:
+    """The ladder's own checks, then ``config`` as rung 0 trains it (its overrides are the
+    sweep's model and training: :mod:`space.ladder`)."""
+    check_ladder(ladder, raw, problems)
+    if ladder.promote.by not in config.objective_names():
+        problems.append(
+            (
+                "ladder.promote.by",
+                f"not an objective of the study; expected one of {config.objective_names()}",
+            )
+        )
+    if config.study.adaptive:
+        problems.append(
+            ("study.repeats", "a ladder sets seeds per rung (ladder.seeds), not {min, max}")
+        )
+    if problems:
+        return config
+    try:
+        return apply_rung(config, 0)
+    except ConfigError as err:
+        problems.extend(err.problems)
+        return config
+
+
+def _check_upper_rungs(config: SweepConfig, ladder: LadderSection, problems: list) -> None:
+    """Every check across sections again for each rung above 0, as that rung trains."""
+    for rung in range(1, len(ladder.rungs)):
+        path = f"ladder.rungs[{rung}]"
+        try:
+            upper = apply_rung(config, rung)
+        except ConfigError as err:
+            problems.extend(err.problems)
+            continue
+        found: list[tuple[str, str]] = []
+        check_semantics(upper, found, [])
+        problems.extend((path, f"at this rung, {key}: {message}") for key, message in found)
 
 
 def _split_repeats(study: Mapping[str, Any], problems: list) -> dict[str, Any]:

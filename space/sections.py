@@ -43,6 +43,7 @@ SECTIONS = (
     "presets",
     "hypotheses",
     "hypotheses_from",
+    "ladder",
 )
 
 

@@ -68,6 +68,11 @@ ATTR_RUNG_VALUES = "rung_values"
 # candidate for the hypotheses still undecided. It does not count toward study.trials.
 ATTR_REQUESTED_SEEDS = "requested_seeds"
 ATTR_REQUESTED_FOR = "requested_for"
+# Scale ladder (``ladder:``): a trial of a candidate promoted to a larger rung. Rung 0 is
+# every trial without it; a promoted one does not count toward study.trials.
+ATTR_LADDER_RUNG = "ladder_rung"
+ATTR_PROMOTED_FROM = "promoted_from"
+ATTR_LADDER_ORIGIN = "ladder_origin"
 # Idempotency keys (search.storage): a call whose commit may have applied before the
 # connection was lost finds its own trial by them instead of making a second one.
 ATTR_CREATE_KEY = "create_key"
@@ -132,6 +137,9 @@ TRIAL_ATTRS: dict[str, AttrSpec] = {
         AttrSpec(ATTR_RUNG_VALUES, DICT, "the trial's rung objectives there, {metric: value}"),
         AttrSpec(ATTR_REQUESTED_SEEDS, LIST, "the seeds this trial trains, as planned"),
         AttrSpec(ATTR_REQUESTED_FOR, LIST, "the hypotheses that asked for those seeds"),
+        AttrSpec(ATTR_LADDER_RUNG, INT, "the ladder rung (0 = the first) this trial trains at"),
+        AttrSpec(ATTR_PROMOTED_FROM, INT, "the trial number one rung below it"),
+        AttrSpec(ATTR_LADDER_ORIGIN, INT, "the candidate's rung-0 trial number"),
         AttrSpec(ATTR_CREATE_KEY, TEXT, "the call that created the trial (ask, enqueue)"),
         AttrSpec(ATTR_CLAIM_KEY, TEXT, "the call that started the queued trial"),
     )
@@ -199,6 +207,9 @@ class TrialAttrs:
     rung_values: dict[str, float] | None = None
     requested_seeds: list[int] | None = None
     requested_for: list[str] | None = None
+    ladder_rung: int | None = None
+    promoted_from: int | None = None
+    ladder_origin: int | None = None
     create_key: str | None = None
     claim_key: str | None = None
     scores: dict[str, float] = field(default_factory=dict)  # every other numeric key

@@ -150,6 +150,16 @@ TINY: dict[str, Any] = {
 }
 
 
+# A space whose sampled candidates always have local layers, so none collides with the
+# presets the sweep tests enqueue (rope, nope, qknorm: all layers global).
+SWEEP_SPACE: dict[str, Any] = {
+    "global_every": 2,
+    "global_position": {"choice": ["nope", "rope"]},
+    "local_rope_base": {"log": [1000.0, 100000.0]},
+    "local_window": {"choice": [8, 16]},
+}
+
+
 def tiny_config_file(path: Path, **sections: Any) -> Path:
     """Write the tiny sweep with ``sections`` merged over it (one level deep; ``space``
     and ``presets`` are replaced whole)."""
@@ -205,6 +215,31 @@ def handicap_runner(config: Any, candidate: Any, **kwargs: Any) -> Any:
     return run_candidate(config, candidate, on_eval=on_eval, **kwargs)
 
 
+def slow_seeds_runner(
+    config: Any,
+    candidate: Any,
+    *,
+    slow_seeds: tuple[int, ...],
+    pause_s: float = 20.0,
+    **kwargs: Any,
+) -> Any:
+    """run_candidate; a seed in ``slow_seeds`` pauses ``pause_s`` after each evaluation (its
+    checkpoint saved and the evaluation reported), so a test can kill what runs it then.
+    The pause changes no number."""
+    from workers.candidate import run_candidate
+
+    if kwargs["seed"] in slow_seeds:
+        inner = kwargs.pop("on_eval")
+
+        def on_eval(metrics: dict) -> Any:
+            out = inner(metrics)
+            time.sleep(pause_s)
+            return out
+
+        kwargs["on_eval"] = on_eval
+    return run_candidate(config, candidate, **kwargs)
+
+
 # Per seed, the gap between the all-NoPE candidate's extrap_bpb@2x and its short_bpb under
 # seed_effect_runner: about zero over seeds 0-2 (a hypothesis with no effect), but seeds 0
 # and 1 agree on a lead that a third seed could still confirm (not futile), which seed 2
@@ -221,20 +256,10 @@ def seed_effect_runner(
     short_bpb plus ``NULL_GAP_BY_SEED[seed]`` (none). A seed in ``slow_seeds`` sleeps
     after each evaluation (its checkpoint is saved), so a test can kill the driver
     while it trains."""
-    from workers.candidate import run_candidate
     from workers.layout import SCORES_FILE, write_atomic
 
     seed = kwargs["seed"]
-    if seed in slow_seeds:
-        inner = kwargs.pop("on_eval")
-
-        def on_eval(metrics: dict) -> Any:
-            out = inner(metrics)
-            time.sleep(20.0)
-            return out
-
-        kwargs["on_eval"] = on_eval
-    result = run_candidate(config, candidate, **kwargs)
+    result = slow_seeds_runner(config, candidate, slow_seeds=slow_seeds, **kwargs)
     if result.status == "complete" and _is_all_nope(candidate):
         short = result.scores["short_bpb"] + NOPE_SHORT_BPB_HANDICAP
         result.scores = {
@@ -504,3 +529,119 @@ class SilentServer:
         for conn in self._held:
             conn.close()
         self.sock.close()
+
+
+# -- drivers killed and resumed ------------------------------------------------------------
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    """``predicate()``'s first truthy value, polled every 0.2 s; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trials_by_number(study_name: str, storage: str) -> list:
+    """The study's trials in the order they were asked (an unknown study has none)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return []
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def cli_driver(*args: str, storage: str, address: str) -> list[str]:
+    """The command line of a ``ropenope`` driver (``submit FILE`` or ``resume NAME``) that
+    joins the test's Ray cluster at ``address``: its trials die with it, as on a crash."""
+    head = [sys.executable, "-m", "search", *args, "--storage", storage]
+    return [*head, "--address", address, "--quiet"]
+
+
+def runner_driver(call: str) -> list[str]:
+    """The command line of a driver started from Python, for a test runner of this module:
+    ``call`` is an expression of ``driver`` (search.driver), ``engines`` and ``functools``,
+    e.g. ``driver.submit(PATH, ..., runner=engines.slow_seeds_runner)``."""
+    code = (
+        "import functools, sys; sys.path.insert(0, 'tests'); import engines, ray.cloudpickle;"
+        "ray.cloudpickle.register_pickle_by_value(engines); from search import driver;" + call
+    )
+    return [sys.executable, "-c", code]
+
+
+def start_driver(command: list[str], runs_home: Path, stderr: Any = subprocess.DEVNULL) -> Any:
+    """``command`` (:func:`cli_driver`, :func:`runner_driver`) in its own session, in the
+    repository, with the test's runs folder; stop it with :func:`kill_driver`."""
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "ROPENOPE_HOME": str(runs_home)},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
+
+
+def kill_driver(proc: Any) -> bool:
+    """SIGKILL the driver if it still runs, as a crash would (its session too, should it
+    not die); returns whether it was still running."""
+    running = proc.poll() is None
+    if running:
+        os.kill(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return running
+
+
+def kill_driver_when(
+    command: list[str], runs_home: Path, ready: Any, *, timeout: float, what: str
+) -> Any:
+    """Start the driver ``command``, SIGKILL it as soon as ``ready()`` is truthy, and return
+    that value; fails when the driver ended before (its error output in the message)."""
+    log = runs_home.parent / f"driver-{uuid.uuid4().hex[:8]}.log"
+    with open(log, "wb") as err:
+        proc = start_driver(command, runs_home, stderr=err)
+        try:
+            value = wait_for(ready, timeout, what)
+        finally:
+            kill_driver(proc)
+    tail = log.read_text(errors="replace")[-2000:]
+    assert proc.returncode == -signal.SIGKILL, f"the driver ended by itself: {tail}"
+    return value
+
+
+def kill_at_random_moments(
+    path: Path,
+    study: str,
+    *,
+    storage: str,
+    address: str,
+    runs_home: Path,
+    times: int,
+    seed: int,
+    within: tuple[float, float],
+) -> int:
+    """``times`` drivers in turn, ``submit`` then ``resume``, each SIGKILLed at a moment
+    drawn uniformly ``within`` (seconds after its start: start-up, training, the end) unless
+    it ended before; returns how many kills landed."""
+    import random
+
+    rng = random.Random(seed)
+    kills = 0
+    for attempt in range(times):
+        args = ["submit", str(path)] if attempt == 0 else ["resume", study]
+        proc = start_driver(cli_driver(*args, storage=storage, address=address), runs_home)
+        try:
+            time.sleep(rng.uniform(*within))
+        finally:
+            kills += kill_driver(proc)
+    return kills

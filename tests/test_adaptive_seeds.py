@@ -11,18 +11,21 @@ others: 1}``; once uninterrupted, once killed while the second round trains and 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from engines import REPO, seed_effect_runner, tiny_config_file
+from engines import (
+    REPO,
+    SWEEP_SPACE,
+    kill_driver_when,
+    runner_driver,
+    seed_effect_runner,
+    tiny_config_file,
+    trials_by_number,
+)
 from optuna.trial import TrialState, create_trial
 from studies import BAD_ROPE, GOOD_HYBRID, paper_trials, study
 
@@ -61,16 +64,13 @@ from space.trial_attrs import (
     ATTR_RESUMED_FROM_STEP,
     ATTR_REUSED_FROM,
     ATTR_SEED,
+    ATTR_TRIAL_DIR,
 )
 from tracking.aggregate import aggregate_study
 from tracking.seed_plan import DECIDED, EXHAUSTED, plan_for_study
+from workers.ray_seeds import INTERVAL_FILE
 
-SPACE = {  # sampled candidates have local layers: never one of the presets below
-    "global_every": 2,
-    "global_position": {"choice": ["nope", "rope"]},
-    "local_rope_base": {"log": [1000.0, 100000.0]},
-    "local_window": {"choice": [8, 16]},
-}
+SPACE = SWEEP_SPACE  # sampled candidates have local layers: never one of the presets
 BIG, NULL = "nope_worse_short", "nope_flat_past_T"
 HYPOTHESES = {
     "hypotheses": [
@@ -95,13 +95,14 @@ HYPOTHESES = {
 REPEATS = {"min": 2, "max": 3, "others": 1}
 
 
-def _sweep_file(tmp_path: Path, name: str, **study) -> Path:
+def _sweep_file(tmp_path: Path, name: str, resources: dict | None = None, **study) -> Path:
     return tiny_config_file(
         tmp_path / f"{name}.yaml",
         study={"name": name, "trials": 3, "repeats": REPEATS, **study},
         space=SPACE,
         presets=["rope", "nope"],
         hypotheses=HYPOTHESES,
+        resources=resources or {},
     )
 
 
@@ -316,16 +317,6 @@ def test_adaptive_sweep_adds_seeds_only_where_undecided(tmp_path, runs_home, ray
     assert again.trained == 0 and again.counts["COMPLETE"] == 4
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_adaptive_sweep_killed_between_rounds_resumes_the_same_plan(tmp_path, runs_home, ray_local):
@@ -333,39 +324,18 @@ def test_adaptive_sweep_killed_between_rounds_resumes_the_same_plan(tmp_path, ru
     path = _sweep_file(tmp_path, "killed")
     config = load_config(path)
     # The driver joins the test's Ray cluster; seed 2 (the second round) trains slowly.
-    code = (
-        "import functools, sys; sys.path.insert(0, 'tests'); import engines, ray.cloudpickle;"
-        "ray.cloudpickle.register_pickle_by_value(engines); from search import driver;"
+    command = runner_driver(
         f"driver.submit({str(path)!r}, storage={url!r}, address={ray_local!r}, progress=False,"
         " runner=functools.partial(engines.seed_effect_runner, slow_seeds=(2,)))"
     )
-    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+
+    def second_round_training():
+        running = [t for t in trials_by_number("killed", url) if t.state == TrialState.RUNNING]
+        return [t for t in running if adds_seeds(t) and t.intermediate_values]
+
+    (killed,) = kill_driver_when(
+        command, runs_home, second_round_training, timeout=200, what="the second round to train"
     )
-    try:
-
-        def second_round_training():
-            try:
-                s = optuna.load_study(study_name="killed", storage=url)
-            except KeyError:
-                return False
-            running = s.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            return [t for t in running if adds_seeds(t) and t.intermediate_values]
-
-        (killed,) = _wait_for(second_round_training, 200, "the second round to train")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     # What a dead driver left: the open hypothesis waits for the seed in training.
     plan = seed_plan_summary(optuna.load_study(study_name="killed", storage=url))
     assert "trials of more seeds: running 1" in "\n".join(format_seed_plan(plan))
@@ -379,6 +349,41 @@ def test_adaptive_sweep_killed_between_rounds_resumes_the_same_plan(tmp_path, ru
     assert rerun.user_attrs[ATTR_RESUMED_FROM_STEP] >= 10  # from its checkpoint
     dead = next(t for t in found["trials"] if t.number == killed.number)
     assert dead.user_attrs[ATTR_REASON] == Reason.INTERRUPTED
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_adaptive_sweep_with_parallel_seeds_is_the_sequential_sweep(tmp_path, runs_home, ray_local):
+    """``resources.parallel_seeds``: the first round's two seeds of a candidate train at
+    once, and the seed the planner adds later is a trial of its own, as sequentially; the
+    plan, the trials and every number are the sequential sweep's."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    found = {}
+    for name, parallel in (("apart", False), ("together", True)):
+        path = _sweep_file(tmp_path, name, resources={"parallel_seeds": parallel})
+        summary = driver.submit(path, storage=url, runner=seed_effect_runner, progress=False)
+        assert summary.counts["COMPLETE"] == 4 and summary.runs == 6
+        found[name] = _check_finished_sweep(url, name, load_config(path))
+
+    def by_seeds(trials) -> dict:
+        return {
+            (t.user_attrs[ATTR_CANDIDATE_ID], tuple(e["seed"] for e in t.user_attrs["seeds"])): t
+            for t in trials
+            if t.state == TrialState.COMPLETE
+        }
+
+    apart, together = by_seeds(found["apart"]["trials"]), by_seeds(found["together"]["trials"])
+    assert apart.keys() == together.keys()
+    for key, trial in together.items():
+        assert trial.values == apart[key].values, key
+        folder = Path(trial.user_attrs[ATTR_TRIAL_DIR])
+        spans = [json.loads(p.read_text()) for p in sorted(folder.glob(f"seed_*/{INTERVAL_FILE}"))]
+        if len(key[1]) == 2:  # the first round of a compared candidate: its seeds at once
+            assert max(s["started"] for s in spans) < min(s["ended"] for s in spans), spans
+        else:  # one seed (the added one, the sampled candidate's): trained by the trial
+            assert spans == []
+    extra = found["together"]["extra"]
+    assert [e["seed"] for e in extra.user_attrs["seeds"]] == [2]
 
 
 def test_paper_adaptive_is_the_paper_sweep_with_adaptive_seeds():

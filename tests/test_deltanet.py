@@ -282,8 +282,8 @@ def test_deltanet_sampled_window_on_recurrent_layers_is_an_invalid_candidate():
 
 def test_deltanet_export_is_refused_naming_the_mixer(tmp_path):
     pytest.importorskip("transformers")
-    from workers.hf_export import export_candidate
-    from workers.hf_reasons import NotExpressible
+    from workers.hf.export import export_candidate
+    from workers.hf.reasons import NotExpressible
     from workers.model import HybridTransformer
 
     candidate = build_candidate({"global_every": 4, "local_mixer": "gated_deltanet"}, SHAPE, 64)

@@ -64,7 +64,7 @@ def _study(sweep) -> optuna.Study:
 
 
 def _trained_model(sweep, trial):
-    from workers.hf_export import build_model, load_weights
+    from workers.hf.export import build_model, load_weights
 
     candidate = sweep["config"].candidate(trial.user_attrs["knobs"])
     weights, _ = load_weights(Path(trial.user_attrs[ATTR_TRIAL_DIR]) / "seed_0" / "checkpoint.pt")

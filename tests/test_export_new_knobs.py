@@ -10,8 +10,8 @@ from workers.model import HybridTransformer
 
 pytest.importorskip("transformers")
 
-from workers.hf_export import export_candidate  # noqa: E402
-from workers.hf_reasons import NotExpressible  # noqa: E402
+from workers.hf.export import export_candidate  # noqa: E402
+from workers.hf.reasons import NotExpressible  # noqa: E402
 
 SHAPE = ModelShape(n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, vocab_size=64)
 

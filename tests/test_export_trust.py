@@ -1,5 +1,5 @@
 """An exported model is loaded only as it was exported (issue 21): ``ropenope.json`` records
-the sha256 of every file, and the MLflow loader (workers/hf_remote/mlflow_pyfunc.py, what
+the sha256 of every file, and the MLflow loader (workers/hf/remote/mlflow_pyfunc.py, what
 ``mlflow.pyfunc.load_model`` runs for a registered version) refuses a changed, added or
 missing file by name, and runs the folder's own modeling code only when the caller passes
 ``trust_remote_code`` explicitly."""
@@ -12,8 +12,8 @@ import json
 import pytest
 from test_hf_export import export, preset
 
-from workers.hf_export import INFO_NAME
-from workers.hf_remote.mlflow_pyfunc import UntrustedModel, _load_pyfunc
+from workers.hf.export import INFO_NAME
+from workers.hf.remote.mlflow_pyfunc import UntrustedModel, _load_pyfunc
 
 pytest.importorskip("transformers")
 

@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import random
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,11 +22,11 @@ from pathlib import Path
 import optuna
 import pytest
 from engines import (
-    REPO,
     MlflowServer,
     SilentServer,
     disk_full_runner,
     dying_runner,
+    kill_at_random_moments,
     pid_reporting_runner,
     sigkill_when_written,
     tiny_config_file,
@@ -91,31 +86,16 @@ def test_faults_driver_killed_five_times_then_resumed_loses_nothing(tmp_path, ru
         train={"steps": 60, "eval_every": 10, "checkpoint_every": 10},
         tracking={"enabled": True},
     )
-    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
-    rng = random.Random(20261130)
-    kills = 0
-    for attempt in range(5):
-        command = ["submit", str(path)] if attempt == 0 else ["resume", "torture"]
-        # The driver joins the test's Ray cluster: its trials die with it, as on a crash.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "search", *command, "--storage", url]
-            + ["--address", ray_local, "--quiet"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            time.sleep(rng.uniform(3.0, 14.0))  # a random moment: start-up, training, ends
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    kills = kill_at_random_moments(
+        path,
+        "torture",
+        storage=url,
+        address=ray_local,
+        runs_home=runs_home,
+        times=5,
+        seed=20261130,
+        within=(3.0, 14.0),  # a random moment: start-up, training, ends
+    )
     assert kills >= 5, f"only {kills} kills landed before the sweep ended"
 
     summary = driver.resume("torture", storage=url, address=ray_local, progress=False)
@@ -158,28 +138,16 @@ def test_faults_driver_kills_end_with_an_mlflow_run_linked_to_every_complete_tri
         train={"steps": 40, "eval_every": 10, "checkpoint_every": 10},
         tracking={"enabled": True},
     )
-    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
-    rng = random.Random(20261207)
-    for attempt in range(3):
-        command = ["submit", str(path)] if attempt == 0 else ["resume", "linked"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "search", *command, "--storage", url]
-            + ["--address", ray_local, "--quiet"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            time.sleep(rng.uniform(4.0, 12.0))
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    kill_at_random_moments(
+        path,
+        "linked",
+        storage=url,
+        address=ray_local,
+        runs_home=runs_home,
+        times=3,
+        seed=20261207,
+        within=(4.0, 12.0),
+    )
 
     driver.resume("linked", storage=url, address=ray_local, progress=False)
     trials = optuna.load_study(study_name="linked", storage=url).get_trials(deepcopy=False)

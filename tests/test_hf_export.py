@@ -24,14 +24,14 @@ from space.stages import StagePlan  # noqa: E402
 from space.vocab import DOC, NEEDLE_CLOSE, NEEDLE_OPEN, PAD, VOCAB_SIZE  # noqa: E402
 from workers import tokens  # noqa: E402
 from workers.decoding import greedy_decode  # noqa: E402
-from workers.hf_export import (  # noqa: E402
+from workers.hf.export import (  # noqa: E402
     INFO_NAME,
     ExportError,
     ExportMismatch,
     check_export,
     export_candidate,
 )
-from workers.hf_layout import (  # noqa: E402
+from workers.hf.layout import (  # noqa: E402
     LLAMA,
     LLAMA4,
     PHI3,
@@ -39,7 +39,7 @@ from workers.hf_layout import (  # noqa: E402
     SMOLLM3,
     stock_layout,
 )
-from workers.hf_reasons import NotExpressible  # noqa: E402
+from workers.hf.reasons import NotExpressible  # noqa: E402
 from workers.model import HybridTransformer  # noqa: E402
 
 # Six layers, so gemma3_like's 5:1 pattern has its global layer; two KV heads for four heads.
@@ -465,7 +465,7 @@ def test_hf_export_two_stage_remote_code_candidate_exports_its_last_stage(tmp_pa
 
 
 def test_hf_card_shows_the_last_stage_and_the_new_knobs():
-    from workers.hf_card import CardFacts, render_card
+    from workers.hf.card import CardFacts, render_card
 
     later = {"global_rope_base": 1e6, "rope_scaling": "yarn", "rope_scaling_factor": 4}
     candidate = two_stage(dict(BUILTIN_PRESETS["gptoss_like"], rope_fraction=0.5), later)
@@ -491,7 +491,7 @@ def test_hf_card_shows_the_last_stage_and_the_new_knobs():
 def test_hf_dynamic_rope_is_not_our_ntk_so_ntk_needs_remote_code():
     """Why ``rope_scaling: ntk`` is refused for stock classes (HF ``dynamic``): a forward after a
     longer one keeps the longer one's frequencies. If HF ever matches, NTK can go stock."""
-    from workers.hf_export import hf_state_dict
+    from workers.hf.export import hf_state_dict
 
     knobs = {"kv_heads": 2, "rope_scaling": "ntk", "rope_scaling_factor": 4,
              "rope_scaling_original_tokens": 16}  # fmt: skip
@@ -523,7 +523,7 @@ def test_hf_dynamic_rope_is_not_our_ntk_so_ntk_needs_remote_code():
 def test_hf_llama4_temperature_counts_padding_so_temperature_needs_remote_code(tmp_path):
     """Why ``global_temperature`` is refused for the dense Llama4 layout that takes chunks: it
     matches unpadded, but a left-padded row's NoPE queries are scaled by padded positions."""
-    from workers.hf_layout import LLAMA4 as llama4
+    from workers.hf.layout import LLAMA4 as llama4
 
     candidate = preset("llama4_like")
     no_temperature = preset("llama4_like", global_temperature="none")
@@ -540,7 +540,7 @@ def test_hf_llama4_temperature_counts_padding_so_temperature_needs_remote_code(t
     fields.update(attn_temperature_tuning=True, floor_scale=t.floor_tokens, attn_scale=t.scale)
     config = transformers.AutoConfig.for_model(layout.model_type, **fields)
     hf = transformers.Llama4ForCausalLM(config).eval()
-    from workers.hf_export import hf_state_dict
+    from workers.hf.export import hf_state_dict
 
     hf.load_state_dict(hf_state_dict(weights, llama4, candidate.shape), strict=False)
     model = ours(candidate, weights)
@@ -634,7 +634,7 @@ def test_hf_export_replaces_an_earlier_export_but_never_a_foreign_folder(tmp_pat
 
 
 def test_hf_tokenizer_round_trips_text_and_control_tokens(tmp_path):
-    from workers.hf_tokenizer import save_byte_tokenizer
+    from workers.hf.tokenizer import save_byte_tokenizer
 
     save_byte_tokenizer(tmp_path, max_length=512)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))

@@ -18,7 +18,7 @@ from test_hf_export import EVERY_NEW_KNOB, PAD, SHAPE, TRAIN_LEN, export, preset
 
 from space.expand import build_candidate  # noqa: E402
 from workers.decoding import greedy_decode  # noqa: E402
-from workers.hf_remote.mlflow_pyfunc import MAX_NEW_TOKENS, _load_pyfunc  # noqa: E402
+from workers.hf.remote.mlflow_pyfunc import MAX_NEW_TOKENS, _load_pyfunc  # noqa: E402
 
 CANDIDATES = {
     # sliding RoPE layers (window 9) between full RoPE layers, learned sinks (remote code)

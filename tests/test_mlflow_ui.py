@@ -152,7 +152,7 @@ def test_registry_on_a_tracking_server_links_the_version_to_the_run(store, ui, t
 
     from tracking.registry import register_exported_model
     from tracking.target import TrackingTarget
-    from workers.hf_export import PYFUNC_LOADER, export_candidate
+    from workers.hf.export import PYFUNC_LOADER, export_candidate
     from workers.model import HybridTransformer
 
     config, study = store["config"], store["study"]

@@ -14,7 +14,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from engines import REPO
+from engines import (
+    REPO,
+    SWEEP_SPACE,
+    cli_driver,
+    handicap_runner,
+    kill_driver_when,
+    tiny_config_file,
+    trials_by_number,
+)
 from ray.tune.schedulers import TrialScheduler
 
 from search.mo_asha import (
@@ -218,19 +226,11 @@ def test_mo_asha_in_a_real_tune_run_stops_the_hand_computed_trials(tmp_path, ray
 
 # Presets rope and nope: all layers global with full attention, so the same KV cache;
 # handicap_runner adds 10 bits to nope's val_bpb, so at the first rung nope is dominated.
-SWEEP_SPACE = {
-    "global_every": 2,
-    "global_position": {"choice": ["nope", "rope"]},
-    "local_rope_base": {"log": [1000.0, 100000.0]},
-    "local_window": {"choice": [8, 16]},
-}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_mo_asha_sweep_stopped_trial_is_pruned_at_its_rung(tmp_path, runs_home, ray_local):
-    import optuna
-    from engines import handicap_runner, tiny_config_file
     from optuna.trial import TrialState
 
     from search import driver
@@ -253,8 +253,7 @@ def test_mo_asha_sweep_stopped_trial_is_pruned_at_its_rung(tmp_path, runs_home, 
         resources={"cpus_per_trial": 1, "max_concurrent": 1},
     )
     driver.submit(path, storage=url, runner=handicap_runner, progress=False)
-    study = optuna.load_study(study_name="moasha", storage=url)
-    rope, nope = sorted(study.get_trials(), key=lambda t: t.number)
+    rope, nope = trials_by_number("moasha", url)
     # Rungs rank on (val_bpb, kv_cache_bytes), both minimised (the demo objectives as a
     # rung sees them). Rung 0 (1 evaluation): rope alone goes on; nope has the same KV
     # cache and a val_bpb 10 bits worse, so rope dominates it: 2nd of 2, ceil(2/2)=1 go
@@ -280,14 +279,6 @@ def test_mo_asha_resume_mid_rung_trains_no_step_twice(tmp_path, runs_home, ray_l
     As with ASHA, the resumed sweep's rungs start empty; the re-run is judged at the next
     rung it reaches (its evaluations are counted from its first seed's start), never again
     at the rungs it passed, and trains no step its interrupted trial had trained."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import optuna
-    from engines import REPO, tiny_config_file
     from optuna.trial import TrialState
 
     from search import driver
@@ -313,41 +304,21 @@ def test_mo_asha_resume_mid_rung_trains_no_step_twice(tmp_path, runs_home, ray_l
         train={"steps": 150, "eval_every": 15, "checkpoint_every": 15},
         resources={"cpus_per_trial": 1, "max_concurrent": 1},
     )
-    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
-    cmd = [sys.executable, "-m", "search", "submit", str(path), "--storage", url]
-    proc = subprocess.Popen(
-        [*cmd, "--address", ray_local, "--quiet"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+
+    def past_second_rung():
+        running = [t for t in trials_by_number("moresume", url) if t.state == TrialState.RUNNING]
+        return any(len(t.intermediate_values) >= 3 for t in running)
+
+    kill_driver_when(
+        cli_driver("submit", str(path), storage=url, address=ray_local),
+        runs_home,
+        past_second_rung,
+        timeout=200,
+        what="a trial past its second rung",
     )
-    try:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline:
-            try:
-                study = optuna.load_study(study_name="moresume", storage=url)
-                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            except KeyError:
-                running = []
-            if any(len(t.intermediate_values) >= 3 for t in running):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("timed out waiting for a trial past its second rung")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
     driver.resume("moresume", storage=url, progress=False)
-    trials = sorted(
-        optuna.load_study(study_name="moresume", storage=url).get_trials(),
-        key=lambda t: t.number,
-    )
+    trials = trials_by_number("moresume", url)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     interrupted = [t for t in trials if t.user_attrs.get(ATTR_REASON) == Reason.INTERRUPTED]
     assert interrupted

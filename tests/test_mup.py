@@ -135,7 +135,7 @@ def test_mup_candidate_exports_as_the_standard_model_with_the_same_logits(name, 
 
     from space.presets import BUILTIN_PRESETS
     from space.vocab import VOCAB_SIZE
-    from workers.hf_export import INFO_NAME, export_candidate
+    from workers.hf.export import INFO_NAME, export_candidate
 
     wide = ModelShape(
         n_layers=6,

@@ -1,15 +1,11 @@
-"""The attention output gate (``output_gate``), against Qwen3-Next's gated attention.
-
-Qwen3-Next's ``q_proj`` emits, per head, the query and then its gate side by side
-(``2 * head_dim`` rows a head); ours keeps the query in ``q_proj`` and the gate in
-``gate_proj``, so the same weights split into two matrices. Its RMSNorm scales by
-``1 + weight``; ours by ``weight``.
-"""
+"""The attention output gate (``output_gate``), against Qwen3-Next's gated attention
+(how its weights map onto ours: ``hf_twins``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hf_twins import load_qwen3_next_weights, qwen3_next_attention_output, qwen3_next_config
 
 from space import LayerKind, ModelShape, OutputGate, build_candidate
 from space.layers import LayerSpec, Position, QKNorm
@@ -36,52 +32,22 @@ def gated_spec(gate: OutputGate, fraction: float = 1.0) -> LayerSpec:
 
 @pytest.mark.parametrize("fraction", [1.0, 0.25])
 def test_output_gate_elementwise_matches_qwen3_next_attention(fraction):
-    transformers = pytest.importorskip("transformers")
-    from transformers.models.qwen3_next.modeling_qwen3_next import (
-        Qwen3NextAttention,
-        Qwen3NextRotaryEmbedding,
-    )
+    pytest.importorskip("transformers")
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttention
 
-    D, H, seq_len = SHAPE.head_dim, SHAPE.n_heads, 13
-    config = transformers.Qwen3NextConfig(
-        hidden_size=SHAPE.d_model,
-        num_attention_heads=H,
-        num_key_value_heads=SHAPE.n_kv_heads,
-        head_dim=D,
-        num_hidden_layers=1,
-        layer_types=["full_attention"],
-        rms_norm_eps=SHAPE.norm_eps,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 500.0,
-            "partial_rotary_factor": fraction,
-        },
-        attention_bias=False,
-        attn_implementation="eager",
-    )
+    seq_len = 13
+    config = qwen3_next_config(SHAPE, fraction=fraction)
     torch.manual_seed(0)
     theirs = Qwen3NextAttention(config, layer_idx=0).eval()
     with torch.no_grad():
         for norm in (theirs.q_norm, theirs.k_norm):
             norm.weight.normal_(0, 0.3)  # not the zero it starts at: the 1 + w offset counts
     ours = Attention(SHAPE, gated_spec(OutputGate.ELEMENTWISE, fraction)).eval()
-    fused = theirs.q_proj.weight.view(H, 2 * D, SHAPE.d_model)  # per head: query, then gate
-    state = {
-        "q_proj.weight": fused[:, :D].reshape(H * D, -1),
-        "gate_proj.weight": fused[:, D:].reshape(H * D, -1),
-        "k_proj.weight": theirs.k_proj.weight,
-        "v_proj.weight": theirs.v_proj.weight,
-        "o_proj.weight": theirs.o_proj.weight,
-        "q_norm.weight": 1 + theirs.q_norm.weight,
-        "k_norm.weight": 1 + theirs.k_norm.weight,
-    }
-    ours.load_state_dict(state, strict=True)
+    load_qwen3_next_weights(ours, theirs, SHAPE)
     x = torch.randn(2, seq_len, SHAPE.d_model, generator=torch.Generator().manual_seed(3))
     positions = torch.arange(seq_len)
-    mask = torch.full((seq_len, seq_len), float("-inf")).triu(1)[None, None]
+    want = qwen3_next_attention_output(theirs, config, x, positions)
     with torch.no_grad():
-        cos_sin = Qwen3NextRotaryEmbedding(config)(x, positions[None].expand(2, -1))
-        want, _ = theirs(x, position_embeddings=cos_sin, attention_mask=mask)
         for backend in ("dense", "blocked"):
             got, _ = ours(x, ForwardContext.at(positions, backend=backend))
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=backend)

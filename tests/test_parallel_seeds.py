@@ -5,26 +5,47 @@
   seeds one after the other, to the last digit, with the same Optuna attributes and MLflow
   runs;
 - a trial's request is sized for its seeds, and the number of trials at once counts them;
-- the sweep file refuses parallel seeds where they would change a result's meaning.
+- the sweep file refuses parallel seeds where they would change a result's meaning;
+- faults: the driver killed while a seed trains, then `resume`, and one seed's process
+  killed: the trial ends with the numbers of the same trial never interrupted, and a seed
+  that had finished is not trained again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import optuna
 import pytest
-from engines import tiny_config_file
+from engines import (
+    kill_driver_when,
+    pid_reporting_runner,
+    runner_driver,
+    sigkill_when_written,
+    tiny_config_file,
+    trials_by_number,
+)
+from optuna.trial import TrialState
 from test_interface import collect_interface
 
 from search import driver
 from search.ray_runtime import LAUNCHER_MEMORY_BYTES, concurrent_trials, trial_cost, trial_resources
 from space.errors import ConfigError
 from space.names import PEAK_MEMORY_BYTES, SHORT_BPB, TOKENS_PER_S, TRAIN_SECONDS, VAL_BPB
+from space.outcomes import Reason
 from space.schema import load_config
+from space.trial_attrs import (
+    ATTR_REASON,
+    ATTR_RERUN_OF,
+    ATTR_RESTART_REASON,
+    ATTR_RESUMED_FROM_STEP,
+    ATTR_TRIAL_DIR,
+    ATTR_WORKER_RESTARTS,
+)
 from tracking.target import resolve_tracking_uri
-from workers.layout import read_scores, seed_dir
+from workers.layout import CHECKPOINT_FILE, finished_seed, read_scores, seed_dir
 from workers.ray_seeds import INTERVAL_FILE, seeds_at_once
 
 
@@ -143,3 +164,131 @@ def test_parallel_seeds_refused_with_early_stopping_or_several_workers(tmp_path,
         load_config(path)
     assert "resources.parallel_seeds" in str(info.value)
     assert says in str(info.value)
+
+
+# -- faults: the driver killed, a seed's process killed -------------------------------------
+
+
+def _three_seeds(tmp_path: Path, name: str) -> Path:
+    """One trial of the rope preset with 3 seeds at once: the test's 2-CPU Ray holds two
+    seed bundles, so two seeds train together and the third waits for a free bundle."""
+    return tiny_config_file(
+        tmp_path / f"{name}.yaml",
+        study={"name": name, "trials": 1, "repeats": 3},
+        presets=["rope"],
+        resources={"cpus_per_trial": 1, "max_concurrent": 1, "parallel_seeds": True},
+    )
+
+
+def _seed_scores(trial: optuna.trial.FrozenTrial, seed: int) -> dict:
+    return read_scores(seed_dir(Path(trial.user_attrs[ATTR_TRIAL_DIR]), seed))
+
+
+def _same_numbers(trial: optuna.trial.FrozenTrial, twin: optuna.trial.FrozenTrial, seeds) -> None:
+    """``trial`` has ``twin``'s objectives and, seed by seed, its learning curve and every
+    score but the machine's measurements, to the last digit."""
+    assert trial.values == twin.values
+    for seed in seeds:
+        mine, theirs = _seed_scores(trial, seed), _seed_scores(twin, seed)
+        assert [_model_scores(e) for e in mine["history"]] == [
+            _model_scores(e) for e in theirs["history"]
+        ], seed
+        assert _model_scores(mine["scores"]) == _model_scores(theirs["scores"]), seed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_parallel_seeds_driver_killed_mid_trial_resumes_to_the_uninterrupted_scores(
+    tmp_path, runs_home, ray_local
+):
+    """The driver is SIGKILLed while the trial's third seed trains (the first two are
+    done); `resume` re-runs the trial from its folder: the finished seeds are not trained
+    again (their results are carried over as they were), the third continues from its
+    checkpoint, and the trial ends with the numbers of the same trial never interrupted."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    whole = driver.submit(
+        _three_seeds(tmp_path, "whole"), storage=url, address=ray_local, progress=False
+    )
+    assert whole.counts["COMPLETE"] == 1, whole.counts
+    (twin,) = trials_by_number("whole", url)
+
+    path = _three_seeds(tmp_path, "killed")
+    command = runner_driver(
+        f"driver.submit({str(path)!r}, storage={url!r}, address={ray_local!r}, progress=False,"
+        " runner=functools.partial(engines.slow_seeds_runner, slow_seeds=(2,)))"
+    )
+
+    def third_seed_training():
+        for t in trials_by_number("killed", url):
+            folder = t.user_attrs.get(ATTR_TRIAL_DIR)
+            if t.state != TrialState.RUNNING or not folder:
+                continue
+            done = [finished_seed(seed_dir(Path(folder), s)) is not None for s in (0, 1, 2)]
+            started = (seed_dir(Path(folder), 2) / CHECKPOINT_FILE).is_file()
+            if done == [True, True, False] and started:
+                return t
+        return None
+
+    killed = kill_driver_when(
+        command, runs_home, third_seed_training, timeout=400, what="the third seed to train"
+    )
+    before = {s: read_scores(seed_dir(Path(killed.user_attrs[ATTR_TRIAL_DIR]), s)) for s in (0, 1)}
+
+    summary = driver.resume("killed", storage=url, address=ray_local, progress=False)
+    assert summary.reconciled == [killed.number]
+    trials = trials_by_number("killed", url)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    dead, rerun = trials
+    assert dead.user_attrs[ATTR_REASON] == Reason.INTERRUPTED
+    assert rerun.user_attrs[ATTR_RERUN_OF] == dead.number
+
+    rerun_dir = Path(rerun.user_attrs[ATTR_TRIAL_DIR])
+    for seed in (0, 1):  # finished before the kill: carried over, never trained again
+        assert read_scores(seed_dir(rerun_dir, seed)) == before[seed]
+        assert not (seed_dir(rerun_dir, seed) / INTERVAL_FILE).exists()
+    third = read_scores(seed_dir(rerun_dir, 2))
+    assert third["resumed_from_step"] >= 10  # from its checkpoint, not from step 0
+    _same_numbers(rerun, twin, (0, 1, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_parallel_seeds_seed_process_killed_restarts_the_trial_with_the_same_scores(
+    tmp_path, runs_home, ray_local
+):
+    """One seed task's process is SIGKILLed at its first evaluation: the trial restarts
+    from its newest checkpoint (one worker restart, never a FAIL) and ends with the
+    numbers of the same trial never interrupted."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def two_seeds(name: str) -> Path:
+        return tiny_config_file(
+            tmp_path / f"{name}.yaml",
+            study={"name": name, "trials": 1, "repeats": 2},
+            presets=["rope"],
+            resources={
+                "cpus_per_trial": 1,
+                "max_concurrent": 1,
+                "max_retries": 2,
+                "parallel_seeds": True,
+            },
+        )
+
+    whole = driver.submit(two_seeds("whole"), storage=url, address=ray_local, progress=False)
+    assert whole.counts["COMPLETE"] == 1, whole.counts
+    (twin,) = trials_by_number("whole", url)
+
+    pid_file = tmp_path / "seed.pid"
+    killer = sigkill_when_written(pid_file, wait_s=300)
+    runner = functools.partial(pid_reporting_runner, pid_file=str(pid_file))
+    summary = driver.submit(
+        two_seeds("seedkill"), storage=url, address=ray_local, runner=runner, progress=False
+    )
+    killer.join(timeout=10)
+    assert pid_file.exists()
+    assert summary.counts["COMPLETE"] == 1 and summary.counts["FAIL"] == 0, summary.counts
+    (trial,) = trials_by_number("seedkill", url)
+    assert trial.user_attrs[ATTR_WORKER_RESTARTS] == 1
+    assert "seed task" in trial.user_attrs[ATTR_RESTART_REASON]
+    assert trial.user_attrs[ATTR_RESUMED_FROM_STEP] >= 10  # not from step 0
+    _same_numbers(trial, twin, (0, 1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_twins import load_qwen3_next_weights, qwen3_next_attention_output, qwen3_next_config
 
 from space import InvalidCandidate, LayerKind, ModelShape, OutputGate, RopeType, build_candidate
 from space.describe import describe_knobs
@@ -20,30 +21,11 @@ SHAPE = ModelShape(
 D = SHAPE.head_dim
 
 
-def qwen3_next_config(rope_type: str, fraction: float):
-    return transformers.Qwen3NextConfig(
-        hidden_size=SHAPE.d_model,
-        num_attention_heads=SHAPE.n_heads,
-        num_key_value_heads=SHAPE.n_kv_heads,
-        head_dim=D,
-        num_hidden_layers=1,
-        layer_types=["full_attention"],
-        rms_norm_eps=SHAPE.norm_eps,
-        rope_parameters={
-            "rope_type": rope_type,
-            "rope_theta": 500.0,
-            "partial_rotary_factor": fraction,
-        },
-        attention_bias=False,
-        attn_implementation="eager",
-    )
-
-
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.3, 1.0])
 def test_proportional_inv_freq_matches_hf_rope_init_function(fraction):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    config = qwen3_next_config("proportional", fraction)
+    config = qwen3_next_config(SHAPE, rope_type="proportional", fraction=fraction)
     want, factor = ROPE_INIT_FUNCTIONS["proportional"](config, "cpu")
     spec = LayerSpec(
         0,
@@ -66,13 +48,10 @@ def test_proportional_inv_freq_matches_hf_rope_init_function(fraction):
 def test_proportional_attention_matches_qwen3_next_with_hf_rope_type(rope_type):
     """A whole gated attention layer with HF's rotary module of that rope type: ``default``
     with a partial factor is our NeoX partial rotary, ``proportional`` is ours."""
-    from transformers.models.qwen3_next.modeling_qwen3_next import (
-        Qwen3NextAttention,
-        Qwen3NextRotaryEmbedding,
-    )
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttention
 
-    fraction, seq_len, H = 0.25, 11, SHAPE.n_heads
-    config = qwen3_next_config(rope_type, fraction)
+    fraction, seq_len = 0.25, 11
+    config = qwen3_next_config(SHAPE, rope_type=rope_type, fraction=fraction)
     torch.manual_seed(0)
     theirs = Qwen3NextAttention(config, layer_idx=0).eval()
     ours_type = RopeType.PROPORTIONAL if rope_type == "proportional" else RopeType.NEOX
@@ -89,26 +68,12 @@ def test_proportional_attention_matches_qwen3_next_with_hf_rope_type(rope_type):
         output_gate=OutputGate.ELEMENTWISE,
     )
     ours = Attention(SHAPE, spec).eval()
-    fused = theirs.q_proj.weight.view(H, 2 * D, SHAPE.d_model)
-    ours.load_state_dict(
-        {
-            "q_proj.weight": fused[:, :D].reshape(H * D, -1),
-            "gate_proj.weight": fused[:, D:].reshape(H * D, -1),
-            "k_proj.weight": theirs.k_proj.weight,
-            "v_proj.weight": theirs.v_proj.weight,
-            "o_proj.weight": theirs.o_proj.weight,
-            "q_norm.weight": 1 + theirs.q_norm.weight,
-            "k_norm.weight": 1 + theirs.k_norm.weight,
-        },
-        strict=True,
-    )
+    load_qwen3_next_weights(ours, theirs, SHAPE)
     x = torch.randn(2, seq_len, SHAPE.d_model, generator=torch.Generator().manual_seed(5))
     start = 3
     positions = torch.arange(start, start + seq_len)
-    mask = torch.full((seq_len, seq_len), float("-inf")).triu(1)[None, None]
+    want = qwen3_next_attention_output(theirs, config, x, positions)
     with torch.no_grad():
-        cos_sin = Qwen3NextRotaryEmbedding(config)(x, positions[None].expand(2, -1))
-        want, _ = theirs(x, position_embeddings=cos_sin, attention_mask=mask)
         got, _ = ours(x, ForwardContext.at(positions, backend="dense"))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 

@@ -8,17 +8,23 @@ one reports a worse validation loss so the ASHA scheduler's decision is known.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import engines
 import optuna
 import pytest
-from engines import REPO, failing_runner, handicap_runner, tiny_config_file
+from engines import (
+    SWEEP_SPACE,
+    cli_driver,
+    failing_runner,
+    handicap_runner,
+    kill_driver_when,
+    start_driver,
+    tiny_config_file,
+    trials_by_number,
+)
 from optuna.trial import TrialState
 
 from search import driver, ray_runtime
@@ -53,13 +59,7 @@ from workers.trial import TrialOutcome, combine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 OBJECTIVES = ["long_acc", "short_bpb", "kv_cache_bytes"]
-# Sampled candidates always have local layers, so none collides with the presets below.
-SPACE = {
-    "global_every": 2,
-    "global_position": {"choice": ["nope", "rope"]},
-    "local_rope_base": {"log": [1000.0, 100000.0]},
-    "local_window": {"choice": [8, 16]},
-}
+SPACE = SWEEP_SPACE  # sampled candidates never collide with the presets below
 
 
 # -- the pieces, without engines -------------------------------------------------------
@@ -219,10 +219,6 @@ def test_sweep_resume_reruns_infrastructure_failures_but_not_the_candidates_own(
 # -- real sweeps -----------------------------------------------------------------------
 
 
-def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-
-
 def test_sweep_outcomes_are_exact_in_the_study(tmp_path, runs_home, ray_local, storage_url):
     path = tiny_config_file(
         tmp_path / "sweep.yaml",
@@ -238,8 +234,7 @@ def test_sweep_outcomes_are_exact_in_the_study(tmp_path, runs_home, ray_local, s
     summary = driver.submit(path, storage=storage_url, runner=failing_runner, progress=False)
     assert summary.counts["COMPLETE"] == 3 and summary.counts["FAIL"] == 2
 
-    study = optuna.load_study(study_name="outcomes", storage=storage_url)
-    rope, again, impossible, nope, sampled = _trials(study)
+    rope, again, impossible, nope, sampled = trials_by_number("outcomes", storage_url)
     config = load_config(path)
     states = [t.state for t in (rope, again, impossible, nope, sampled)]
     assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
@@ -327,7 +322,7 @@ def test_sweep_asha_stopped_trial_is_pruned_not_complete(tmp_path, runs_home, ra
         resources={"cpus_per_trial": 1, "max_concurrent": 1},
     )
     driver.submit(path, storage=url, runner=handicap_runner, progress=False)
-    rope, nope = _trials(optuna.load_study(study_name="asha", storage=url))
+    rope, nope = trials_by_number("asha", url)
     assert rope.state == TrialState.COMPLETE and len(rope.values) == 3
     assert nope.state == TrialState.PRUNED
     assert nope.values is None  # never a partial value posing as a result
@@ -393,16 +388,6 @@ def test_sweep_refuses_a_study_with_another_space(tmp_path, runs_home, capsys):
     assert "different space" in err and "--allow-space-change" in err
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sweep_resumes_after_the_driver_is_killed(tmp_path, runs_home, ray_local):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tiny_config_file(
@@ -411,35 +396,18 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path, runs_home, ray_local
         space=SPACE,
         train={"steps": 150, "eval_every": 15, "checkpoint_every": 15},
     )
-    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
-    cmd = [sys.executable, "-m", "search", "submit", str(path), "--storage", url]
-    # The driver joins the test's Ray cluster: its trials die with it, as on a real crash.
-    proc = subprocess.Popen(
-        [*cmd, "--address", ray_local, "--quiet"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+
+    def mid_trial():
+        running = [t for t in trials_by_number("crash", url) if t.state == TrialState.RUNNING]
+        return any(len(t.intermediate_values) >= 2 for t in running)
+
+    kill_driver_when(
+        cli_driver("submit", str(path), storage=url, address=ray_local),
+        runs_home,
+        mid_trial,
+        timeout=150,
+        what="a trial to pass its second evaluation",
     )
-    try:
-
-        def mid_trial():
-            try:
-                study = optuna.load_study(study_name="crash", storage=url)
-            except KeyError:
-                return False
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            return any(len(t.intermediate_values) >= 2 for t in running)
-
-        _wait_for(mid_trial, 150, "a trial to pass its second evaluation")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
 
     study = optuna.load_study(study_name="crash", storage=url)
     left_running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
@@ -448,7 +416,7 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path, runs_home, ray_local
     summary = driver.resume("crash", storage=url, progress=False)
     assert summary.reconciled == left_running
 
-    trials = _trials(optuna.load_study(study_name="crash", storage=url))
+    trials = trials_by_number("crash", url)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 3
     assert not [t for t in trials if t.state == TrialState.RUNNING]
@@ -481,24 +449,13 @@ def test_sweep_two_drivers_share_a_postgres_study(tmp_path, runs_home, ray_local
     from search.study import open_study
 
     open_study(load_config(path), config_text=path.read_text(), storage_url=url)
-    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
-    cmd = [sys.executable, "-m", "search", "resume", "shared", "--storage", url]
-    drivers = [
-        subprocess.Popen(
-            [*cmd, "--address", ray_local, "--quiet"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    command = cli_driver("resume", "shared", storage=url, address=ray_local)
+    drivers = [start_driver(command, runs_home, stderr=subprocess.PIPE) for _ in range(2)]
     for proc in drivers:
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
 
-    trials = _trials(optuna.load_study(study_name="shared", storage=url))
+    trials = trials_by_number("shared", url)
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     # Drivers asking at the same instant may each start one trial past the target.
     assert 4 <= len(trials) <= 5
@@ -530,7 +487,7 @@ def test_sweep_completes_every_trial_when_tune_cannot_reuse_a_process(
     )
     summary = driver.submit(path, storage=url, address=ray_local, progress=False)
     assert summary.counts["COMPLETE"] == 3, summary.counts
-    trials = _trials(optuna.load_study(study_name="noreuse", storage=url))
+    trials = trials_by_number("noreuse", url)
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
     dropped = [t for t in trials if t.state == TrialState.FAIL]
     assert dropped, "Tune never refused a process: the test did not test anything"
@@ -564,39 +521,23 @@ def test_sweep_resumed_after_a_kill_trains_the_candidates_the_whole_sweep_would(
     whole = driver.submit(sweep_file("whole"), storage=url, address=ray_local, progress=False)
     assert whole.counts["COMPLETE"] == 3, whole.counts
 
-    env = {**os.environ, "ROPENOPE_HOME": str(runs_home)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search", "submit", str(sweep_file("killed")), "--storage", url]
-        + ["--address", ray_local, "--quiet"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    def first_done_next_running():
+        states = {t.number: t.state for t in trials_by_number("killed", url)}
+        return states.get(0) == TrialState.COMPLETE and TrialState.RUNNING in states.values()
+
+    kill_driver_when(
+        cli_driver("submit", str(sweep_file("killed")), storage=url, address=ray_local),
+        runs_home,
+        first_done_next_running,
+        timeout=180,
+        what="trial 0 to complete and the next to start",
     )
-    try:
-
-        def first_done_next_running():
-            try:
-                trials = optuna.load_study(study_name="killed", storage=url).get_trials()
-            except KeyError:
-                return False
-            states = {t.number: t.state for t in trials}
-            return states.get(0) == TrialState.COMPLETE and TrialState.RUNNING in states.values()
-
-        _wait_for(first_done_next_running, 180, "trial 0 to complete and the next to start")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
     resumed = driver.resume("killed", storage=url, address=ray_local, progress=False)
     assert resumed.reconciled, "the kill left no trial running: nothing was tested"
 
     def outcome(name: str) -> tuple[set, list]:
-        trials = _trials(optuna.load_study(study_name=name, storage=url))
+        trials = trials_by_number(name, url)
         done = {t.user_attrs[ATTR_CANDIDATE_ID] for t in trials if t.state == TrialState.COMPLETE}
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         assert not [t.number for t in waiting if ATTR_RERUN_OF in t.user_attrs]

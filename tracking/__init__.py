@@ -8,7 +8,9 @@ study's run, ships a :class:`Tracker` to each trial (``trial_started`` /
 all on a background thread; :func:`sync_study` rebuilds the runs from the study;
 :func:`run_ui` serves the MLflow UI. The study report (:func:`build_report`) judges the
 sweep's hypotheses (:func:`evaluate`); with adaptive seeds, :func:`plan_seeds` /
-:func:`plan_for_study` say which candidates need one more seed.
+:func:`plan_for_study` say which candidates need one more seed. With a scale ladder,
+:func:`study_decision_accuracy` says whether rung 0's rankings and effects held at the
+larger rungs (:func:`ladder_accuracy`, pure).
 
 Two halves (an import-linter contract keeps the second free of mlflow and of the first):
 
@@ -19,7 +21,8 @@ Two halves (an import-linter contract keeps the second free of mlflow and of the
   ``ui``, ``runs_view`` (the page the UI opens on), ``registry`` (exported models in the
   MLflow Model Registry), ``report.upload``;
 - the pure analysis: ``study_view``, ``records``, ``stats``, ``aggregate``, ``sides``,
-  ``hypotheses``, ``decision_plan``, ``seed_plan``, ``stability``, ``ties``, ``pareto`` /
+  ``hypotheses``, ``decision_plan``, ``seed_plan``, ``stability``, ``ties``,
+  ``decision_accuracy`` / ``ladder_view`` (a scale ladder's rungs), ``pareto`` /
   ``pareto_plots``, and the report's pages (``report/`` but ``upload``).
 
 Names resolve on first use, so importing one module does not import them all.
@@ -34,6 +37,9 @@ _WHERE = {
     "MlflowSweepHooks": "tracking.hooks",
     "MlflowTrialHooks": "tracking.hooks",
     "SweepHooks": "tracking.hooks",
+    "DecisionAccuracy": "tracking.decision_accuracy",
+    "ladder_accuracy": "tracking.decision_accuracy",
+    "study_decision_accuracy": "tracking.ladder_view",
     "Finding": "tracking.hypotheses",
     "evaluate": "tracking.hypotheses",
     "metric_key": "tracking.keys",

@@ -284,6 +284,9 @@ class MlflowSweepHooks(SweepHooks):
         }
         if getattr(summary, "wall_seconds", None) is not None:
             numbers["sweep_wall_seconds"] = float(summary.wall_seconds)
+        accuracy = getattr(summary, "decision_accuracy", None)  # a scale ladder's
+        if accuracy is not None:
+            numbers.update(accuracy.metrics())
         self._background.submit(lambda: self.tracker.log_study_metrics(numbers))
         self._background.submit(self.tracker.end_study)
         self._background.drain(self.end_timeout_s)

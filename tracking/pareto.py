@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from space.ladder import rung_of
 from space.trial_attrs import ATTR_MLFLOW_RUN_ID, TrialAttrs
 from tracking.study_view import StudyView
 
@@ -372,11 +373,14 @@ def pareto_table(
     return ParetoTable(rows=tuple(out), objective_names=names, directions=dirs, title=title)
 
 
-def pareto_of_study(study: StudyView) -> ParetoTable:
+def pareto_of_study(study: StudyView, rung: int = 0) -> ParetoTable:
     """The COMPLETE trials of ``study`` ranked by Pareto front, with candidate names, ids
-    and their MLflow run ids."""
+    and their MLflow run ids. ``rung``: the scale-ladder rung whose trials are ranked
+    (objectives compare within a rung; every trial of a study without a ladder is at 0)."""
     rows = []
     for trial in study.complete():
+        if rung_of(trial.user_attrs) != rung:
+            continue
         values = list(trial.values or [])
         attrs = TrialAttrs.of(trial.user_attrs)
         row: dict[str, Any] = {TRIAL: trial.number, CANDIDATE: attrs.candidate_name or ""}
@@ -386,6 +390,5 @@ def pareto_of_study(study: StudyView) -> ParetoTable:
         if attrs.mlflow_run_id:
             row[ATTR_MLFLOW_RUN_ID] = attrs.mlflow_run_id
         rows.append(row)
-    return pareto_table(
-        rows, study.objectives, study.directions, title=f"Pareto front of {study.name}"
-    )
+    title = f"Pareto front of {study.name}" + (f", rung {rung}" if rung else "")
+    return pareto_table(rows, study.objectives, study.directions, title=title)

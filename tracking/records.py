@@ -19,12 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from space.ladder import rung_of
 from space.names import STUDY_ATTR_OBJECTIVES, is_score_name
 from space.trial_attrs import (
     ATTR_ATTENTION_MASS,
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
+    ATTR_LADDER_ORIGIN,
     ATTR_LR_SEARCH,
     ATTR_NIAH,
     ATTR_PRESET,
@@ -52,6 +54,12 @@ COMPLETE = "COMPLETE"
 FINISHED_STATES = frozenset({"COMPLETE", "FAIL", "PRUNED"})
 
 
+def as_int(value: Any) -> int | None:
+    """A whole number stored as a user attribute, or None."""
+    number = as_float(value)
+    return int(number) if number is not None else None
+
+
 def as_float(value: Any) -> float | None:
     """A real number as float (booleans are not numbers here); None otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -77,6 +85,8 @@ class TrialRecord:
     reused_from: Any = None
     repeats: int | None = None
     has_id: bool = True  # False: no candidate_id recorded (a queued preset, a foreign trial)
+    rung: int = 0  # the scale-ladder rung it trained at (space.ladder)
+    ladder_origin: int | None = None  # above rung 0: the candidate's rung-0 trial number
     # train.lr_search: the trial's pilots and their choice ({seed, steps, values, pilots,
     # chosen}, workers.lr_search), shared by the trial's seeds; None without a search.
     lr_search: Mapping[str, Any] | None = None
@@ -127,6 +137,8 @@ class TrialRecord:
             reused_from=attrs.get(ATTR_REUSED_FROM),
             repeats=int(repeats) if as_float(repeats) is not None else None,
             has_id=has_id,
+            rung=rung_of(attrs),
+            ladder_origin=as_int(attrs.get(ATTR_LADDER_ORIGIN)),
             lr_search=lr_search if isinstance(lr_search, Mapping) else None,
         )
 
@@ -200,13 +212,19 @@ class StudyRecords:
     directions: tuple[str, ...]
 
 
-def study_records(study: Any) -> StudyRecords:
+def study_records(study: Any, rung: int | None = 0) -> StudyRecords:
     """Every trial of an ``optuna.Study`` expanded into its seeds' runs
     (:func:`seed_records`, which may read the trial folders); objective names come from
-    the study (the sweep driver records them), directions from the study itself."""
+    the study (the sweep driver records them), directions from the study itself.
+
+    ``rung``: only the trials of that scale-ladder rung (objectives compare within a
+    rung; rung 0 is every trial of a study without a ladder); None: every trial."""
     names = study.user_attrs.get(STUDY_ATTR_OBJECTIVES) or getattr(study, "metric_names", None)
     directions = tuple(d.name.lower() for d in study.directions)
     if names is not None and len(names) != len(directions):
         names = None
-    records = tuple(r for t in study.get_trials(deepcopy=False) for r in seed_records(t, names))
+    trials = study.get_trials(deepcopy=False)
+    if rung is not None:
+        trials = [t for t in trials if rung_of(t.user_attrs) == rung]
+    records = tuple(r for t in trials for r in seed_records(t, names))
     return StudyRecords(records, tuple(names) if names is not None else None, directions)

@@ -16,12 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from space.ladder import apply_rung, rung_of
 from space.names import TAG_CANDIDATE_ID, TAG_CANDIDATE_NAME, TAG_OPTUNA_TRIAL, TAG_RAY_TRIAL_ID
 from space.trial_attrs import (
     ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
+    ATTR_LADDER_ORIGIN,
+    ATTR_LADDER_RUNG,
     ATTR_PRESET,
+    ATTR_PROMOTED_FROM,
     ATTR_RAY_TRIAL_ID,
     ATTR_REPEATS,
     ATTR_RERUN_OF,
@@ -36,7 +40,14 @@ if TYPE_CHECKING:
     from space.schema import SweepConfig
 
 # Trial user attributes that say where a trial's candidate came from; each becomes a tag.
-SOURCE_ATTRS = (ATTR_PRESET, ATTR_REUSED_FROM, ATTR_RERUN_OF)
+SOURCE_ATTRS = (
+    ATTR_PRESET,
+    ATTR_REUSED_FROM,
+    ATTR_RERUN_OF,
+    ATTR_LADDER_RUNG,
+    ATTR_PROMOTED_FROM,
+    ATTR_LADDER_ORIGIN,
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,8 @@ def trial_run_spec(
         TAG_CANDIDATE_NAME: candidate_name or "",
         TAG_RAY_TRIAL_ID: str(ray_trial_id or ""),
     }
+    if config is not None and config.rung:  # a scale-ladder rung above 0 (space.ladder)
+        tags[ATTR_LADDER_RUNG] = str(config.rung)
     for key in SOURCE_ATTRS:
         if (source or {}).get(key) is not None:
             tags[key] = str(source[key])
@@ -126,6 +139,7 @@ def spec_from_trial(trial: TrialLike, config: SweepConfig | None) -> TrialRunSpe
         knobs = dict(trial.params)
     candidate: Any = None
     if config is not None:
+        config = apply_rung(config, rung_of(attrs))  # the sweep file its rung trained with
         try:
             candidate = config.candidate(knobs)
         except (ValueError, KeyError):  # an invalid candidate has no layers: keep the knobs

@@ -28,13 +28,7 @@ from space.names import (
     is_score_name,
 )
 from space.schema import load_config_text
-from space.trial_attrs import (
-    ATTR_EVAL_METRIC,
-    ATTR_LR_SEARCH,
-    ATTR_MLFLOW_RUN_ID,
-    ATTR_REASON,
-    ATTR_TRIAL_DIR,
-)
+from space.trial_attrs import ATTR_MLFLOW_RUN_ID, TrialAttrs
 from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, lr_search_tracking, metric_key
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import TrialRunSpec, spec_from_trial
@@ -149,17 +143,17 @@ def sync_trial(
     store = tracker.store
     parent = tracker.parent_run_id or store.ensure_parent(reopen=False)[0]
     tracker.parent_run_id = parent
-    attrs = trial.user_attrs
+    attrs = TrialAttrs.of(trial.user_attrs)
     spec = spec_from_trial(trial, config)
-    run, created = _child_run(trial, store, spec, parent)
+    tags = {**spec.tags, TAG_OUTCOME: state, TAG_REASON: attrs.reason or ""}
+    run, created = _child_run(trial, store, spec, tags, parent)
     run_id = run.info.run_id
-    tags = {**spec.tags, TAG_OUTCOME: state, TAG_REASON: str(attrs.get(ATTR_REASON) or "")}
     changes = store.log_params(run_id, spec.params, run.data.params)
     # train.lr_search: what the trial's pilots chose (a reused trial's are its source's)
-    lr_params = lr_search_tracking(attrs.get(ATTR_LR_SEARCH))[0]
+    lr_params = lr_search_tracking(attrs.lr_search)[0]
     changes += store.log_params(run_id, lr_params, run.data.params)
     changes += store.set_tags(run_id, {**tags, MLFLOW_PARENT_RUN_ID: parent}, run.data.tags)
-    trial_dir = Path(attrs[ATTR_TRIAL_DIR]) if attrs.get(ATTR_TRIAL_DIR) else None
+    trial_dir = Path(attrs.trial_dir) if attrs.trial_dir else None
     changes += _sync_metrics(trial, store, run, trial_dir, objective_names, eval_metric)
     changes += _sync_artifacts(store, run_id, trial_dir, spec.candidate_yaml)
     want = RUN_STATUS[state]
@@ -172,20 +166,18 @@ def sync_trial(
 
 
 def _child_run(
-    trial: TrialLike, store: MlflowStore, spec: TrialRunSpec, parent: str
+    trial: TrialLike, store: MlflowStore, spec: TrialRunSpec, tags: dict[str, str], parent: str
 ) -> tuple[Run, bool]:
     """The trial's child run: the linked one, else the one found by trial number and
     candidate, else a new one; ``(run, created)``."""
-    attrs = trial.user_attrs
-    run = store.get_run(attrs[ATTR_MLFLOW_RUN_ID]) if attrs.get(ATTR_MLFLOW_RUN_ID) else None
+    linked = TrialAttrs.of(trial.user_attrs).mlflow_run_id
+    run = store.get_run(linked) if linked else None
     if run is not None and run.data.tags.get(TAG_OPTUNA_TRIAL) not in (None, str(trial.number)):
         run = None  # a run id copied from another trial: never write into its run
     if run is None:
         run = store.find_child(trial.number, spec.candidate_id)
     if run is not None:
         return run, False
-    state = trial.state.name
-    tags = {**spec.tags, TAG_OUTCOME: state, TAG_REASON: str(attrs.get(ATTR_REASON) or "")}
     run_id = store.create_child(
         parent,
         spec.run_name,
@@ -229,12 +221,12 @@ def _sync_metrics(
                     add(f"{series}/{key}" if series else key, float(value), int(step))
     # Optuna's intermediate values (the scheduler metric by training step) stand in for a
     # history nobody logged; next to a logged one they would only repeat it.
-    metric = str(attrs.get(ATTR_EVAL_METRIC) or eval_metric)
+    metric = TrialAttrs.of(attrs).eval_metric or eval_metric
     if not logged.get(metric_key(metric)):
         for step, value in sorted(trial.intermediate_values.items()):
             add(metric, float(value), int(step))
 
-    scores: dict[str, float] = dict(lr_search_tracking(attrs.get(ATTR_LR_SEARCH))[1])
+    scores: dict[str, float] = dict(lr_search_tracking(TrialAttrs.of(attrs).lr_search)[1])
     for key, value in attrs.items():
         if is_score_name(key) and _number(value) is not None:
             scores[key] = float(value)

@@ -2,8 +2,8 @@
 
 Build the PyTorch model from per-layer specs, train it, and score short- and
 long-context ability on the study's prepared corpus (:func:`workers.corpus.prepare`,
-once per sweep); export a trained one as a Hugging Face folder (``hf_export``; the
-stock class that reproduces it is chosen in ``hf_layout``, transformers is imported only
+once per sweep); export a trained one as a Hugging Face folder (``hf.export``; the
+stock class that reproduces it is chosen in ``hf.layout``, transformers is imported only
 when exporting). Train one candidate on several processes (``distributed``:
 DDP or FSDP2 through ``torch.distributed``, each worker its share of the global batch) and
 score it by greedy decoding with a KV cache (``kv_cache``, ``decoding``). Runs
@@ -37,18 +37,18 @@ _EXPORTS = {
     "Tokenizer": "workers.tokenizer",
     "load_tokenizer_file": "workers.tokenizer",
     "train_bpe": "workers.tokenizer",
-    "CardFacts": "workers.hf_card",
-    "render_card": "workers.hf_card",
-    "ExportError": "workers.hf_export",
-    "ExportMismatch": "workers.hf_export",
-    "ExportResult": "workers.hf_export",
-    "check_export": "workers.hf_export",
-    "export_candidate": "workers.hf_export",
-    "NotExpressible": "workers.hf_reasons",
-    "StockLayout": "workers.hf_layout",
-    "stock_layout": "workers.hf_layout",
-    "byte_tokenizer": "workers.hf_tokenizer",
-    "save_byte_tokenizer": "workers.hf_tokenizer",
+    "CardFacts": "workers.hf.card",
+    "render_card": "workers.hf.card",
+    "ExportError": "workers.hf.export",
+    "ExportMismatch": "workers.hf.export",
+    "ExportResult": "workers.hf.export",
+    "check_export": "workers.hf.export",
+    "export_candidate": "workers.hf.export",
+    "NotExpressible": "workers.hf.reasons",
+    "StockLayout": "workers.hf.layout",
+    "stock_layout": "workers.hf.layout",
+    "byte_tokenizer": "workers.hf.tokenizer",
+    "save_byte_tokenizer": "workers.hf.tokenizer",
     "run_candidate": "workers.candidate",
     "CandidateResult": "workers.results",
     "Corpus": "workers.data",

@@ -24,6 +24,7 @@ same global batch and only the main worker writes checkpoints and reports.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -78,13 +79,14 @@ def total_weight(w: torch.Tensor) -> torch.Tensor:
     return w.flatten().to(torch.float32).sum().clamp_min(1e-8)
 
 
-def autocast_for(device: torch.device, precision: str) -> torch.autocast:
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context of a precision: bf16 autocast for ``bf16`` (and for ``auto`` on
-    CUDA); weights, gradients and optimizer state stay fp32 either way."""
+    CUDA); weights, gradients and optimizer state stay fp32 either way. In fp32 no context
+    at all: a disabled ``torch.autocast`` still costs its entry and exit every step."""
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def compile_model(module: nn.Module) -> nn.Module:
@@ -383,13 +385,17 @@ class _Run:
         set_lr(self.opt, lr)
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_and_gradients(x, y, w)
-        if not torch.isfinite(loss):
-            return f"non-finite loss at step {st.step}"
         params = self.model.parameters()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
             grad_norm = grad_norm.full_tensor()
-        if not torch.isfinite(grad_norm):
+        # One read of the device per step (a sync on a GPU) for both checks and the loss
+        # curve; a non-finite loss makes a non-finite gradient, which is clipped but never
+        # applied: the run ends here before the optimizer steps.
+        loss_value, norm_value = torch.stack((loss.float(), grad_norm.float())).tolist()
+        if not math.isfinite(loss_value):
+            return f"non-finite loss at step {st.step}"
+        if not math.isfinite(norm_value):
             return f"non-finite gradient at step {st.step}"
         self.opt.step()
         if self.device.type == "cuda":
@@ -397,7 +403,6 @@ class _Run:
         st.train_seconds += time.perf_counter() - t0
         st.timed_tokens += tokens_per_step
         st.step += 1
-        loss_value = float(loss)
         st.loss_sum += loss_value
         st.loss_count += 1
         if self.hooks.on_step is not None and self.main:
@@ -429,15 +434,21 @@ class _Run:
         total = total_weight(w)  # the global batch's: every worker drew all of it
         size = self.settings.micro_batch_size or xs.shape[0]
         firsts = range(0, xs.shape[0], size)
-        local = torch.zeros((), device=self.device)
+        parts = []
         for k, first in enumerate(firsts):
             rows = slice(first, first + size)
             with workers.gradient_sync(self.wrapped, enabled=k == len(firsts) - 1):
                 with self.autocast:
                     logits = self.forward(xs[rows])
                 part = weighted_sum(logits, ys[rows], ws[rows])
-                (part / total * workers.world_size).backward()
-            local = local + part.detach()
+                scaled = part / total
+                if workers.world_size > 1:  # times 1 is exact: one worker skips the op
+                    scaled = scaled * workers.world_size
+                scaled.backward()
+            parts.append(part.detach())
+        local = parts[0]  # the micro-batches' sums added in order, with no 0 to start from
+        for more in parts[1:]:
+            local = local + more
         return workers.all_sum(local) / total
 
     # -- evaluation and stopping -----------------------------------------------------------

@@ -5,7 +5,7 @@ Which trial: ``--trial N``, ``--best METRIC`` (the best COMPLETE trial on one ob
 ``ropenope status`` shows it) or ``--pareto`` (every candidate of the Pareto front, one folder
 each). The weights are the trial's checkpoint ``<trial_dir>/seed_<S>/checkpoint.pt`` (its
 first seed unless ``--seed``); the candidate is rebuilt from the study's sweep file and must
-have the trial's candidate id. The conversion and its check are ``workers.hf_export``; the
+have the trial's candidate id. The conversion and its check are ``workers.hf.export``; the
 registry is ``tracking.registry``.
 """
 
@@ -82,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 class Exported:
     trial: int
     seed: int
-    result: Any  # workers.hf_export.ExportResult
+    result: Any  # workers.hf.export.ExportResult
     registered: Any = None  # tracking.registry.RegisteredVersion
 
 
@@ -171,8 +171,8 @@ def export_trial(
     from space.secrets import redact_url as redact
     from space.stages import seq_len_at
     from tracking.provenance import source_tags
-    from workers.hf_card import CardFacts, render_card
-    from workers.hf_export import export_candidate, is_byte_vocabulary, load_weights
+    from workers.hf.card import CardFacts, render_card
+    from workers.hf.export import export_candidate, is_byte_vocabulary, load_weights
 
     candidate, seeds, seed, checkpoint = _trained_checkpoint(trial, config, seed)
     weights, step = load_weights(checkpoint)
@@ -201,7 +201,7 @@ def export_trial(
         return render_card(candidate, facts)
 
     # The card names the class; pick it first (this also refuses what cannot be exported).
-    from workers.hf_export import REMOTE_ARCHITECTURE, choose_layout
+    from workers.hf.export import REMOTE_ARCHITECTURE, choose_layout
 
     layout = choose_layout(
         candidate, remote_code=remote_code, max_position_embeddings=_context_tokens(config)
@@ -285,7 +285,7 @@ def _register(
 ) -> Any:
     from tracking.registry import register_exported_model
     from tracking.target import tracking_target
-    from workers.hf_export import PYFUNC_LOADER
+    from workers.hf.export import PYFUNC_LOADER
 
     target = tracking_target(config, study_name, uri=args.tracking_uri)
     return register_exported_model(
@@ -331,8 +331,8 @@ def run(args: argparse.Namespace) -> int:
     from search.study import load_with_config
     from space.errors import InvalidCandidate
     from tracking.registry import RegistryError
-    from workers.hf_export import ExportError
-    from workers.hf_reasons import NotExpressible
+    from workers.hf.export import ExportError
+    from workers.hf.reasons import NotExpressible
 
     missing = [m for m in ("transformers", "safetensors", "tokenizers") if not find_spec(m)]
     if missing:

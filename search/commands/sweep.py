@@ -95,6 +95,10 @@ def _print_sweep_summary(summary) -> None:
 
         print()
         print("\n".join(format_decisions(summary.seed_plan, summary.runs)))
+    if summary.decision_accuracy is not None:
+        print()
+        print("scale ladder, decision accuracy (95% bootstrap intervals over seeds):")
+        print("\n".join(f"  {line}" for line in summary.decision_accuracy.lines()))
     if summary.ui:
         print()
         print(summary.ui)

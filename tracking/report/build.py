@@ -15,8 +15,10 @@ from typing import Any
 from space.hypothesis_files import PAPER_FILE, shipped_hypotheses
 from space.names import STUDY_ATTR_TARGET
 from tracking.aggregate import CandidateSummary, StudyAggregate, aggregate
+from tracking.decision_accuracy import DecisionAccuracy
 from tracking.decision_plan import decision_plan
 from tracking.hypotheses import Finding, evaluate, item_counts, with_family
+from tracking.ladder_view import study_decision_accuracy
 from tracking.pareto import ParetoTable, pareto_ranks_within_noise, pareto_table
 from tracking.pareto_plots import plot_pareto_png
 from tracking.records import FINISHED_STATES, study_records
@@ -94,7 +96,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
     """Aggregate ``study`` (an ``optuna.Study``), judge its hypotheses, write the report
     into ``out_dir``; returns file name -> path. ``config`` is the study's sweep file
     (:class:`space.schema.SweepConfig`; None: a study without one)."""
-    read = study_records(study)
+    read = study_records(study)  # rung 0 of a ladder: objectives compare within a rung
     agg = aggregate(read.records, read.objective_names, read.directions)
     findings, source, plan = judge(agg, config, study.user_attrs)
     interim = interim_look(agg, config, study.user_attrs)
@@ -111,6 +113,7 @@ def build_report(study: Any, out_dir: str | Path, config: Any | None = None) -> 
         hypotheses_source=source,
         seed_plan=plan,
         stages=tuple(stages) if len(stages) > 1 else (),
+        decision_accuracy=study_decision_accuracy(study, config),
     )
 
 
@@ -195,6 +198,7 @@ def render_report(
     hypotheses_source: str = "",
     seed_plan: SeedPlan | None = None,
     stages: Sequence[Any] = (),
+    decision_accuracy: DecisionAccuracy | None = None,
 ) -> dict[str, Path]:
     """Write the report of an aggregate (see :func:`build_report`); without
     ``findings``, the shipped paper hypotheses are judged (by preset name only)."""
@@ -236,6 +240,7 @@ def render_report(
         figures=figures,
         stability=tuple(rank_stability(agg)),
         seed_plan=seed_plan,
+        decision_accuracy=decision_accuracy,
     )
     content = sections(report)
     paths[MD_NAME] = out / MD_NAME

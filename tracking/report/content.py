@@ -16,6 +16,7 @@ from space.describe import describe_knobs
 from space.presets import DESCRIPTIONS
 from space.units import human_bytes, is_bytes_score
 from tracking.aggregate import StudyAggregate
+from tracking.decision_accuracy import DecisionAccuracy, HypothesisTrend
 from tracking.hypotheses import Finding
 from tracking.pareto import MAXIMIZE, ParetoTable, direction_arrow
 from tracking.report.tables import (
@@ -156,6 +157,7 @@ class ReportInput:
     notes: Sequence[str] = ()
     stages: Sequence[Any] = ()  # the sweep's train.stage_plans() when it has several
     signal_noise: Sequence[SignalToNoise] = ()  # per objective
+    decision_accuracy: DecisionAccuracy | None = None  # a scale ladder's (rung 0 above)
 
 
 def overview(r: ReportInput) -> str:
@@ -296,6 +298,8 @@ def sections(r: ReportInput) -> list[Section]:
                 ),
             )
         )
+    if r.decision_accuracy is not None:
+        out.append(ladder_section(r.decision_accuracy))
     out += [
         Section(
             "table",
@@ -360,3 +364,81 @@ def sections(r: ReportInput) -> list[Section]:
 
 def _figure(r: ReportInput, name: str, alt: str) -> Figure:
     return Figure(name, alt, r.figures.get(name))
+
+
+LADDER_TEXT = (
+    "The tables above are rung 0's. Between rungs: agreement is the share of candidate pairs "
+    "ordered the same way at both rungs (a tie counts 1/2), tau is Kendall's tau-b of the two "
+    "orders, each with a 95% percentile bootstrap interval over seeds. Each hypothesis's "
+    "effect is a - b at every rung with its own test's interval; the prediction for a rung is "
+    "made from the rungs below it only (constant from one rung, a weighted line from two or "
+    "more) and checked once that rung has run."
+)
+
+
+def ladder_section(d: DecisionAccuracy) -> Section:
+    """The scale ladder: rank agreement between rungs, hypotheses' effects across rungs."""
+    pairs = Table(
+        ["rungs", "objective", "candidates", "agreement", "Kendall tau"],
+        [
+            [
+                (f"{p.low} -> {p.high}", ""),
+                (p.objective, ""),
+                (str(len(p.candidates)), f"{p.pairs} pairs"),
+                (_num(p.agreement), _iv(p.agreement_interval)),
+                (_num(p.tau), _iv(p.tau_interval)),
+            ]
+            for p in d.pairs
+        ],
+    )
+    trends = Table(
+        ["hypothesis", "rung", "effect (a - b)", "predicted from below", "inside"],
+        [
+            [
+                (h.hypothesis + (f" [{h.measure}]" if h.measure else ""), ""),
+                (str(rung), ""),
+                _effect_cell(h, rung),
+                _prediction_cell(h, rung),
+                (_inside(h, rung), ""),
+            ]
+            for h in d.hypotheses
+            for rung in sorted({e.rung for e in h.effects} | {p.rung for p in h.predictions})
+        ],
+    )
+    blocks: tuple[Block, ...] = (
+        Text(LADDER_TEXT),
+        TableBlock(pairs, "No two rungs with completed runs yet."),
+        TableBlock(trends, "No hypotheses to follow across rungs."),
+    )
+    if d.notes:
+        blocks += (Bullets(d.notes),)
+    return Section("ladder", "Scale ladder: decision accuracy", blocks)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _iv(x: tuple[float, float] | None) -> str:
+    return "" if x is None else f"[{x[0]:.3g}, {x[1]:.3g}]"
+
+
+def _effect_cell(h: HypothesisTrend, rung: int) -> tuple[str, str]:
+    e = next((e for e in h.effects if e.rung == rung), None)
+    if e is None:
+        return "-", ""
+    return _num(e.diff), _iv(e.interval)
+
+
+def _prediction_cell(h: HypothesisTrend, rung: int) -> tuple[str, str]:
+    p = next((p for p in h.predictions if p.rung == rung), None)
+    if p is None:
+        return "-", ""
+    return _num(p.value), f"{_iv((p.low, p.high))} {p.method}"
+
+
+def _inside(h: HypothesisTrend, rung: int) -> str:
+    p = next((p for p in h.predictions if p.rung == rung), None)
+    if p is None:
+        return "-"
+    return "not yet run" if p.inside is None else ("yes" if p.inside else "no")

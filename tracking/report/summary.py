@@ -63,6 +63,9 @@ def summary(r: ReportInput) -> dict[str, Any]:
             "signal_to_noise": [s.to_dict() for s in r.signal_noise],
             "tie_groups": [g.to_dict() for g in tie_groups(agg.objective_names, agg.candidates)],
             "seed_plan": None if r.seed_plan is None else r.seed_plan.to_dict(),
+            "decision_accuracy": None
+            if r.decision_accuracy is None
+            else r.decision_accuracy.to_dict(),
             "warnings": [*r.notes, *agg.warnings],
         }
     )

@@ -43,13 +43,13 @@ from space.expand import Candidate
 from space.layers import LayerSpec, Mixer, ModelShape, Parametrization, QKNorm
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from workers.hf_layout import LLAMA4, PHI3, StockLayout, stock_layout
-from workers.hf_reasons import NotExpressible, unknown_layer_fields
+from workers.hf.layout import LLAMA4, PHI3, StockLayout, stock_layout
+from workers.hf.reasons import NotExpressible, unknown_layer_fields
 from workers.model import HybridTransformer, mup_query_scale
 
 INFO_NAME = "ropenope.json"  # provenance; also marks a folder as ours (safe to replace)
 WEIGHTS_NAME = "model.safetensors"
-REMOTE_DIR = Path(__file__).resolve().parent / "hf_remote"
+REMOTE_DIR = Path(__file__).resolve().parent / "remote"
 REMOTE_FILES = ("configuration_ropenope.py", "modeling_ropenope.py")
 REMOTE_ARCHITECTURE = "RopenopeForCausalLM"
 # The MLflow pyfunc loader of an exported folder (copied into a registered MLflow model).
@@ -341,7 +341,7 @@ def _write_config(folder: Path, layout: StockLayout | None, candidate: Candidate
     else:
         for name in REMOTE_FILES:
             shutil.copyfile(REMOTE_DIR / name, folder / name)
-        from workers.hf_remote.configuration_ropenope import RopenopeConfig
+        from workers.hf.remote.configuration_ropenope import RopenopeConfig
 
         config = RopenopeConfig(**remote_config(candidate, mpe))
         architecture = REMOTE_ARCHITECTURE
@@ -424,7 +424,7 @@ def export_candidate(
         save_file(hf_tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         tokenizer = is_byte_vocabulary(candidate)
         if tokenizer:
-            from workers.hf_tokenizer import save_byte_tokenizer
+            from workers.hf.tokenizer import save_byte_tokenizer
 
             save_byte_tokenizer(staging, max_length=max_position_embeddings)
         (staging / "README.md").write_text(card)

@@ -76,7 +76,7 @@ from space.layers import (
     RopeScalingKind,
     WindowKind,
 )
-from workers.hf_reasons import NotExpressible, stock_reasons, unknown_layer_fields
+from workers.hf.reasons import NotExpressible, stock_reasons, unknown_layer_fields
 
 LLAMA = "LlamaForCausalLM"
 QWEN3 = "Qwen3ForCausalLM"
