@@ -33,7 +33,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from space.outcomes import RERUN_REASONS
 from space.trial_attrs import ATTR_RAY_TRIAL_DIR, ATTR_REASON, ATTR_RERUN_OF, ATTR_TRIAL_DIR
-from workers.trial_folder import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, seed_dirs
+from workers.trial_folder import (
+    CHECKPOINT_FILE,
+    LR_PILOTS_DIR,
+    PREVIOUS_CHECKPOINT_FILE,
+    seed_dirs,
+)
 
 log = logging.getLogger("ropenope.retention")
 
@@ -131,6 +136,10 @@ def plan_trial(
             removal.add(folder / PREVIOUS_CHECKPOINT_FILE)
         if drop_all:
             removal.add(folder / CHECKPOINT_FILE)
+    if keep != "all" or drop_all:  # train.lr_search's pilots: their record is what stays
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            for stale in (trial_dir / LR_PILOTS_DIR).glob(f"*/{name}"):
+                removal.add(stale)
     return removal
 
 

@@ -46,6 +46,8 @@ from space.trial_attrs import (
     ATTR_DRIVER,
     ATTR_EVAL_METRIC,
     ATTR_KNOBS,
+    ATTR_LR,
+    ATTR_LR_SEARCH,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
     ATTR_REPEATS,
@@ -61,6 +63,10 @@ from tracking.study_view import TrialSnapshot
 # Scores copied from a trial to a deduplicated one (besides every is_score_name key);
 # not trial_seconds: that is what the trial itself cost, and a reused one cost nothing.
 _EXTRA_SCORES = (VAL_BPB, TRAIN_SECONDS, STEPS)
+
+# What the trial's training chose, copied with its scores: the pilots of train.lr_search
+# are part of the trial (the budget key holds lr_search), and the scores are the chosen lr's.
+_TRAINING_CHOICES = (ATTR_LR, ATTR_LR_SEARCH)
 
 # The searcher's close: (number, state, user attrs, values) -> the closed trial.
 Close = Callable[..., FrozenTrial | None]
@@ -221,7 +227,9 @@ class Triage:
     def _reuse(self, number: int, source: FrozenTrial) -> None:
         origin = source.user_attrs.get(ATTR_REUSED_FROM, source.number)
         scores = {
-            k: v for k, v in source.user_attrs.items() if is_score_name(k) or k in _EXTRA_SCORES
+            k: v
+            for k, v in source.user_attrs.items()
+            if is_score_name(k) or k in _EXTRA_SCORES or k in _TRAINING_CHOICES
         }
         attrs: dict[str, Any] = {**scores, ATTR_REUSED_FROM: origin}
         if ATTR_TRIAL_DIR in source.user_attrs:

@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 def check_semantics(config: SweepConfig, problems: list, warnings: list) -> None:
     """Every check across sections, in the order a reader fixes them."""
     _check_model_knobs(config, problems, warnings)
+    shape_ok = _check_parametrization(config, problems)
     _check_rope_knobs(config, problems)
-    data_ok = check_train(config, problems)
+    data_ok = check_train(config, problems) and shape_ok
     check_parallel(config, problems, warnings)
     _check_score(config, problems)
     _check_early_stopping(config, problems, warnings)
@@ -46,6 +47,31 @@ def check_semantics(config: SweepConfig, problems: list, warnings: list) -> None
     if data_ok:  # else no vocabulary, hence no model shape to check candidates against
         _check_candidates(config, problems)
     _check_hypotheses(config, problems)
+
+
+def _check_parametrization(config: SweepConfig, problems: list) -> bool:
+    """``model.parametrization`` and its ``base_d_model``; False when no model shape can be
+    built from the section."""
+    m = config.model
+    before = len(problems)
+    if m.parametrization == "mup":
+        if m.base_d_model is None:
+            problems.append(
+                (
+                    "model.base_d_model",
+                    "parametrization: mup needs the base width its learning rates are tuned at",
+                )
+            )
+        elif m.base_d_model % m.heads:
+            problems.append(
+                (
+                    "model.base_d_model",
+                    f"heads={m.heads} must divide base_d_model={m.base_d_model}",
+                )
+            )
+    elif m.base_d_model is not None:
+        problems.append(("model.base_d_model", "only read with parametrization: mup"))
+    return len(problems) == before
 
 
 def _check_model_knobs(config: SweepConfig, problems: list, warnings: list) -> None:

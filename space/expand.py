@@ -26,6 +26,7 @@ from space.layers import (
     Mixer,
     ModelShape,
     OutputGate,
+    Parametrization,
     Position,
     QKNorm,
     QueryTemperature,
@@ -322,6 +323,10 @@ class Candidate:
             },
             "layers": [layer.to_dict() for layer in self.layers],
         }
+        if self.shape.parametrization is not Parametrization.STANDARD:
+            # only when set: candidates made before µP keep their ids
+            out["shape"]["parametrization"] = self.shape.parametrization.value
+            out["shape"]["base_d_model"] = self.shape.base_d_model
         if self.multi_stage:
             out["stages"] = [
                 {
@@ -346,6 +351,8 @@ class Candidate:
             if stage.layers != previous:
                 name += " " + " ".join(_layout_parts(stage.layers))
             previous = stage.layers
+        if self.shape.parametrization is Parametrization.MUP:
+            name += f" mup/{self.shape.base_d_model}"
         return name
 
     def scaled_at_eval(self) -> dict[str, Any] | None:
@@ -494,6 +501,8 @@ def build_candidate(
         vocab_size=base_shape.vocab_size,
         init_std=base_shape.init_std,
         norm_eps=base_shape.norm_eps,
+        parametrization=base_shape.parametrization,
+        base_d_model=base_shape.base_d_model,
     )
     check_shape(shape)
     layers = expand_layers(resolved, shape, train_seq_len)

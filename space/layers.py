@@ -85,6 +85,17 @@ class RopeType(StrEnum):
     PROPORTIONAL = "proportional"
 
 
+class Parametrization(StrEnum):
+    """How weights are initialised and how their learning rates scale with width.
+    ``STANDARD``: one init std and one learning rate for every weight. ``MUP``: maximal
+    update parametrization (Yang et al., Tensor Programs V; the ``mup`` package's rules,
+    written into ``workers.model``), relative to a base width, so a learning rate tuned at
+    the base width stays the best one at larger widths."""
+
+    STANDARD = "standard"
+    MUP = "mup"
+
+
 class Mixer(StrEnum):
     """What mixes tokens in a layer. ``SOFTMAX``: attention, with every positional and window
     option. ``GATED_DELTANET``: Qwen3-Next's Gated DeltaNet, a recurrent (linear-attention)
@@ -539,7 +550,30 @@ class ModelShape:
     vocab_size: int
     init_std: float = 0.02
     norm_eps: float = 1e-6
+    parametrization: Parametrization = Parametrization.STANDARD
+    # µP's base width: the width whose init and learning rates the standard ones are (None
+    # with the standard parametrization).
+    base_d_model: int | None = None
+
+    def __post_init__(self) -> None:
+        # from a dict (Candidate.from_dict): the enum's value
+        object.__setattr__(self, "parametrization", Parametrization(self.parametrization))
+        mup = self.parametrization is Parametrization.MUP
+        if mup != (self.base_d_model is not None):
+            raise ValueError("base_d_model is given exactly when the parametrization is mup")
+        if mup and (self.base_d_model < 1 or self.base_d_model % self.n_heads):
+            raise ValueError(
+                f"base_d_model={self.base_d_model} must be a positive multiple of "
+                f"n_heads={self.n_heads}"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / base_d_model under µP; 1 with the standard parametrization."""
+        if self.base_d_model is None:
+            return 1.0
+        return self.d_model / self.base_d_model

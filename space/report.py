@@ -66,12 +66,45 @@ def describe_space(config: SweepConfig) -> dict[str, Any]:
         "vocab_size": config.base_shape().vocab_size,
         "tasks": list(config.score.families),
         "stages": [plan.to_dict() for plan in config.train.stage_plans()],
+        "parametrization": config.model.parametrization,
+        "lr_search": _lr_search(config),
         "objectives": [o.model_dump() for o in config.study.objectives],
         "presets": presets,
         "warnings": [{"path": p, "message": m} for p, m in config.warnings],
         "hypotheses_from": config.hypotheses_from,
         "hypotheses": [h.to_dict() for h in config.hypotheses],
     }
+
+
+def _lr_search(config: SweepConfig) -> dict[str, Any] | None:
+    """``train.lr_search`` with the pilot length it implies, or None."""
+    search = config.train.lr_search
+    if search is None:
+        return None
+    return {
+        "values": list(search.values),
+        "pilot_steps": search.pilot_steps(config.train.total_steps),
+    }
+
+
+def describe_training(config: SweepConfig) -> list[str]:
+    """Lines on the parametrization and the learning-rate search, when the file sets them."""
+    out = []
+    m = config.model
+    if m.parametrization == "mup":
+        out.append(
+            f"parametrization: mup, base d_model {m.base_d_model} "
+            f"(width multiplier {m.d_model / (m.base_d_model or m.d_model):g}): an lr tuned at "
+            "the base width holds at this one"
+        )
+    search = _lr_search(config)
+    if search is not None:
+        values = ", ".join(f"{v:g}" for v in search["values"])
+        out.append(
+            f"lr search: pilots of {search['pilot_steps']} steps at lr {values} on each "
+            "candidate's first seed (train.seed); the seeds train at the lowest final val_bpb"
+        )
+    return out
 
 
 def describe_data(config: SweepConfig) -> str:
@@ -175,6 +208,7 @@ def format_space(config: SweepConfig) -> str:
         f"train T={config.train.seq_len}, {config.train.total_steps} steps"
     )
     out.append(describe_data(config))
+    out.extend(describe_training(config))
     if config.train.stages:
         for i, plan in enumerate(config.train.stage_plans(), start=1):
             knobs = ", ".join(f"{k}={v}" for k, v in plan.knobs.items())

@@ -31,7 +31,7 @@ from space.knobs import (
     parse_knob,
 )
 from space.ladder import LadderSection, apply_rung, check_ladder
-from space.layers import ModelShape
+from space.layers import ModelShape, Parametrization
 from space.presets import BUILTIN_PRESETS
 from space.sections import (
     SECTIONS,
@@ -99,6 +99,8 @@ class SweepConfig(_Section):
             vocab_size=vocab,
             init_std=self.model.init_std,
             norm_eps=self.model.norm_eps,
+            parametrization=Parametrization(self.model.parametrization),
+            base_d_model=self.model.base_d_model,
         )
 
     @property

@@ -215,6 +215,13 @@ class ModelSection(_Section):
     init_std: float = Field(default=0.02, gt=0)
     norm_eps: float = Field(default=1e-6, gt=0)
     vocab_size: int | None = Field(default=None, ge=2, le=MAX_VOCAB)  # None = the byte vocabulary
+    # standard: init_std and train.lr for every weight. mup: µP relative to base_d_model
+    # (workers.model says which weights scale how), so an lr tuned at base_d_model holds at
+    # other widths; base_d_model is then required.
+    parametrization: Literal["standard", "mup"] = "standard"
+    base_d_model: int | None = Field(default=None, ge=2, le=MAX_WIDTH)
+
+    _added_fields = frozenset({"parametrization", "base_d_model"})
 
 
 class StageSection(_Section):
@@ -229,6 +236,33 @@ class StageSection(_Section):
     task_mix: dict[TaskName, float] | None = None
     lm_fraction: float | None = Field(default=None, ge=0, le=1)
     knobs: dict[str, Any] = Field(default_factory=dict)  # overrides, stage 2 on
+
+
+class LrSearchSection(_Section):
+    """``train.lr_search``: before its full run, each trial trains a short pilot at every
+    value (on ``train.seed``, the first seed of every candidate) and trains its seeds at
+    the value of the lowest final validation loss; a pilot that diverges or ends non-finite
+    loses. The pilot's length is ``steps``, or ``fraction`` of the full run's steps
+    (exactly one of the two)."""
+
+    values: tuple[float, ...] = Field(min_length=1, max_length=64)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+
+    @field_validator("values")
+    @classmethod
+    def _positive_distinct(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v <= 0 for v in values):
+            raise ValueError(f"learning rates must be > 0, got {list(values)}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"each value may appear once, got {list(values)}")
+        return values
+
+    def pilot_steps(self, total_steps: int) -> int:
+        """The pilot's optimizer steps for a full run of ``total_steps``."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, round((self.fraction or 0.0) * total_steps))
 
 
 class TrainSection(_Section):
@@ -274,6 +308,8 @@ class TrainSection(_Section):
     # Several stages in one trial (e.g. a short stage, then a long one with a larger RoPE
     # base); empty: the fields above are the one stage.
     stages: tuple[StageSection, ...] = ()
+    # A learning rate per candidate: short pilots at each value, the full run at the best.
+    lr_search: LrSearchSection | None = None
 
     @property
     def total_steps(self) -> int:
@@ -316,7 +352,14 @@ class TrainSection(_Section):
         return eval_steps(self.stage_plans(), self.eval_every)
 
     _added_fields = frozenset(
-        {"stages", "precision", "activation_checkpointing", "parallel", "micro_batch_size"}
+        {
+            "stages",
+            "precision",
+            "activation_checkpointing",
+            "parallel",
+            "micro_batch_size",
+            "lr_search",
+        }
     )
 
 

@@ -54,7 +54,50 @@ def check_train(config: SweepConfig, problems: list) -> bool:
     data_ok = _check_data(config, problems)
     _check_tasks(config, problems)
     _check_stages(config, problems)
+    _check_lr_search(config, problems)
     return data_ok
+
+
+def _check_lr_search(config: SweepConfig, problems: list) -> None:
+    """``train.lr_search``: a pilot length shorter than the run, one trial process to run in."""
+    t = config.train
+    search = t.lr_search
+    if search is None:
+        return
+    path = "train.lr_search"
+    if (search.steps is None) == (search.fraction is None):
+        problems.append((f"{path}.steps", "give the pilot's steps or its fraction, not both"))
+        return
+    if t.stages:
+        problems.append((path, "not with train.stages: a pilot trains one stage"))
+        return
+    if t.steps is None and t.tokens is None:
+        return  # no budget: reported on its own
+    pilot = search.pilot_steps(t.total_steps)
+    if pilot >= t.total_steps:
+        problems.append(
+            (
+                f"{path}.steps" if search.steps is not None else f"{path}.fraction",
+                f"a pilot of {pilot} steps must be shorter than the run's {t.total_steps}",
+            )
+        )
+    elif pilot <= t.warmup_steps:
+        problems.append(
+            (
+                f"{path}.steps" if search.steps is not None else f"{path}.fraction",
+                f"a pilot of {pilot} steps ends inside train.warmup_steps={t.warmup_steps}: "
+                "it would never train at the value it tries",
+            )
+        )
+    r = config.resources
+    for key, on in (
+        ("parallel_seeds", r.parallel_seeds),
+        ("workers_per_trial", r.workers_per_trial > 1),
+    ):
+        if on:
+            problems.append(
+                (f"resources.{key}", f"not with {path}: pilots train in the trial's own process")
+            )
 
 
 def check_parallel(config: SweepConfig, problems: list, warnings: list) -> None:

@@ -54,6 +54,10 @@ ATTR_ATTENTION_MASS = "attention_mass"
 ATTR_RERUN_OF = "rerun_of"
 ATTR_RESTORE_FROM = "restore_from"
 ATTR_RESUMED_FROM_STEP = "resumed_from_step"
+# train.lr_search (workers.lr_search): the learning rate the pilots chose, the one the
+# seeds trained at, and the pilots' record.
+ATTR_LR = "lr"
+ATTR_LR_SEARCH = "lr_search"
 ATTR_WORKER_RESTARTS = "worker_restarts"
 ATTR_RESTART_REASON = "restart_reason"
 # MO-ASHA.
@@ -124,6 +128,8 @@ TRIAL_ATTRS: dict[str, AttrSpec] = {
         AttrSpec(ATTR_RERUN_OF, INT, "the interrupted trial whose candidate this re-runs"),
         AttrSpec(ATTR_RESTORE_FROM, TEXT, "the checkpoint folder a re-run continues from"),
         AttrSpec(ATTR_RESUMED_FROM_STEP, INT, "optimizer step the training continued from"),
+        AttrSpec(ATTR_LR, NUMBER, "train.lr_search: the learning rate the seeds trained at"),
+        AttrSpec(ATTR_LR_SEARCH, DICT, "train.lr_search: {seed, steps, values, pilots, chosen}"),
         AttrSpec(ATTR_WORKER_RESTARTS, INT, "times its worker died and it restarted"),
         AttrSpec(ATTR_RESTART_REASON, TEXT, "why it last restarted (the Ray error's line)"),
         AttrSpec(ATTR_RUNG, INT, "MO-ASHA: the rung (0 = the first) that stopped it"),
@@ -192,6 +198,8 @@ class TrialAttrs:
     rerun_of: int | None = None
     restore_from: str | None = None
     resumed_from_step: int | None = None
+    lr: float | None = None
+    lr_search: dict[str, Any] | None = None
     worker_restarts: int | None = None
     restart_reason: str | None = None
     rung: int | None = None

@@ -26,6 +26,29 @@ from tracking.target import resolve_tracking_uri
 
 GOLDEN = Path(__file__).parent / "golden" / "interface.json"
 UPDATE_ENV = "ROPENOPE_UPDATE_GOLDEN"
+# The names only the golden sweep's optional settings write (model.parametrization: mup and
+# train.lr_search with values 1e-3 and 3e-3), by where they live; a sweep without them
+# writes every other name.
+OPTIONAL_NAMES: dict[str, frozenset[str]] = {
+    "attrs": frozenset({"lr", "lr_search"}),
+    "params": frozenset(
+        {
+            "model.parametrization",
+            "model.base_d_model",
+            "train.lr_search",
+            "lr_search.chosen_lr",
+        }
+    ),
+    "metrics": frozenset(
+        {"lr_search/chosen_lr", "lr_search/val_bpb/lr_0.001", "lr_search/val_bpb/lr_0.003"}
+    ),
+}
+
+
+def without_optional(names: list[str], where: str) -> list[str]:
+    """``names`` (of ``where``: attrs, params, metrics, tags, artifacts) less the
+    :data:`OPTIONAL_NAMES` there: what a sweep without those settings writes."""
+    return [name for name in names if name not in OPTIONAL_NAMES.get(where, ())]
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
@@ -92,6 +115,10 @@ def test_interface_names_match_the_golden_file(tmp_path, runs_home, ray_local):
             {"name": "impossible", "knobs": {"global_temperature": "log"}},
         ],
         tracking={"enabled": True},
+        # the optional settings whose names reach the trials and runs: µP, and the
+        # learning-rate pilots (their choice is a user attr, a param and metrics)
+        model={"parametrization": "mup", "base_d_model": 16},
+        train={"lr_search": {"values": [1e-3, 3e-3], "steps": 10}},
     )
     summary = driver.submit(path, storage=url, address=ray_local, progress=False)
     assert summary.counts["COMPLETE"] == 2 and summary.counts["FAIL"] == 1
@@ -101,3 +128,8 @@ def test_interface_names_match_the_golden_file(tmp_path, runs_home, ray_local):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(found, indent=2) + "\n")
     assert found == json.loads(GOLDEN.read_text())
+    # the list is not stale: each optional name is where it says
+    trained = found["mlflow_runs"]["trial complete"]
+    assert OPTIONAL_NAMES["attrs"] <= set(found["optuna_trial_attrs"]["complete"])
+    assert OPTIONAL_NAMES["params"] <= set(trained["params"])
+    assert OPTIONAL_NAMES["metrics"] <= set(trained["metrics"])

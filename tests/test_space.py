@@ -991,7 +991,9 @@ def test_knob_table_one_row_per_knob_with_valid_default():
         and issubclass(value, layers.StrEnum)
         and value is not layers.StrEnum
     }
-    assert strenums - knob_enums == {layers.LayerKind}  # a layer's kind follows global_every
+    # a layer's kind follows global_every; the parametrization is model.parametrization, the
+    # same for every candidate of a sweep
+    assert strenums - knob_enums == {layers.LayerKind, layers.Parametrization}
     for knob in KNOBS:
         if knob.enum is not None:
             assert {m.value for m in knob.enum} <= set(knob.values)

@@ -107,6 +107,14 @@ class CandidateSummary:
     spent_seeds: tuple[Any, ...] = ()  # run keys of finished runs, complete or not (not
     # those a dead driver or worker ended: they run again)
     pending_seeds: tuple[Any, ...] = ()  # run keys of runs still queued or running
+    # train.lr_search of each counted trial (once per trial): {seed, steps, values, pilots,
+    # chosen}, workers.lr_search; empty without a search
+    lr_searches: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def chosen_lrs(self) -> tuple[float | None, ...]:
+        """The learning rate each counted trial's pilots chose (None: every pilot lost)."""
+        return tuple(s.get("chosen") for s in self.lr_searches)
 
     @property
     def n(self) -> int:
@@ -287,6 +295,9 @@ def _summarise(cid: str, group: list[TrialRecord], notes: list[str]) -> Candidat
         aliases=tuple(presets[1:]),
         spent_seeds=tuple(dict.fromkeys(spent)),
         pending_seeds=tuple(dict.fromkeys(pending)),
+        lr_searches=tuple(
+            {r.number: r.lr_search for r in used if r.lr_search is not None}.values()
+        ),
     )
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from space.outcomes import OUTCOME_OF_STATUS, Outcome, RunStatus
 from space.trial_attrs import ATTR_MLFLOW_RUN_ID
 from tracking.background import Background
+from tracking.keys import lr_search_tracking
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import trial_run_spec
 from tracking.runs_view import ui_hint
@@ -127,12 +128,14 @@ class MlflowTrialHooks(TrialHooks):
 
     def on_end(self, info: TrialInfo, outcome: TrialOutcome) -> Mapping[str, Any] | None:
         artifacts = trial_artifacts(info.out_dir)
+        lr_params, lr_metrics = lr_search_tracking(outcome.lr_search)
         future = self._background.submit(
             lambda: self.tracker.trial_finished(
                 OUTCOME_OF_STATUS.get(RunStatus(outcome.status), Outcome.FAIL),
                 outcome.reason,
-                outcome.scores,
+                {**outcome.scores, **lr_metrics},
                 artifacts,
+                params=lr_params,
             )
         )
         error = self._background.wait(future, self.end_timeout_s)

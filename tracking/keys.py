@@ -69,6 +69,32 @@ def config_params(config: SweepConfig, sections: Sequence[str]) -> dict[str, str
     return out
 
 
+# train.lr_search on a trial run: the learning rate the pilots chose (a param and a metric)
+# and each pilot's final validation loss (a metric per value; none for a pilot that lost).
+PARAM_LR_CHOSEN = "lr_search.chosen_lr"
+METRIC_LR_CHOSEN = "lr_search/chosen_lr"
+
+
+def pilot_metric(lr: float) -> str:
+    """The MLflow metric of the pilot at ``lr``: ``lr_search/val_bpb/lr_0.003``."""
+    return f"lr_search/val_bpb/lr_{lr:g}"
+
+
+def lr_search_tracking(record: Any) -> tuple[dict[str, str], dict[str, float]]:
+    """The params and metrics of a trial's ``lr_search`` record (``{}`` and ``{}`` without)."""
+    if not record:
+        return {}, {}
+    metrics = {
+        pilot_metric(p["lr"]): float(p["val_bpb"])
+        for p in record.get("pilots", [])
+        if p.get("val_bpb") is not None
+    }
+    chosen = record.get("chosen")
+    if chosen is None:
+        return {PARAM_LR_CHOSEN: "null"}, metrics
+    return {PARAM_LR_CHOSEN: param_value(chosen)}, {**metrics, METRIC_LR_CHOSEN: float(chosen)}
+
+
 def knob_params(knobs: dict[str, Any]) -> dict[str, str]:
     """A candidate's knobs as params (flat, the YAML names)."""
     return {name: param_value(value) for name, value in knobs.items()}

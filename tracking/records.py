@@ -27,6 +27,7 @@ from space.trial_attrs import (
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
     ATTR_LADDER_ORIGIN,
+    ATTR_LR_SEARCH,
     ATTR_NIAH,
     ATTR_PRESET,
     ATTR_REASON,
@@ -86,6 +87,9 @@ class TrialRecord:
     has_id: bool = True  # False: no candidate_id recorded (a queued preset, a foreign trial)
     rung: int = 0  # the scale-ladder rung it trained at (space.ladder)
     ladder_origin: int | None = None  # above rung 0: the candidate's rung-0 trial number
+    # train.lr_search: the trial's pilots and their choice ({seed, steps, values, pilots,
+    # chosen}, workers.lr_search), shared by the trial's seeds; None without a search.
+    lr_search: Mapping[str, Any] | None = None
 
     @property
     def run_key(self) -> Any:
@@ -117,6 +121,7 @@ class TrialRecord:
         repeats = attrs.get(ATTR_REPEATS)
         niah = attrs.get(ATTR_NIAH)
         mass = attrs.get(ATTR_ATTENTION_MASS)
+        lr_search = attrs.get(ATTR_LR_SEARCH)
         return cls(
             number=int(trial.number),
             state=state,
@@ -134,6 +139,7 @@ class TrialRecord:
             has_id=has_id,
             rung=rung_of(attrs),
             ladder_origin=as_int(attrs.get(ATTR_LADDER_ORIGIN)),
+            lr_search=lr_search if isinstance(lr_search, Mapping) else None,
         )
 
 

@@ -29,7 +29,7 @@ from space.names import (
 )
 from space.schema import load_config_text
 from space.trial_attrs import ATTR_MLFLOW_RUN_ID, TrialAttrs
-from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, metric_key
+from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, lr_search_tracking, metric_key
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import TrialRunSpec, spec_from_trial
 from tracking.store import MlflowStore, TrackingError, now_ms
@@ -149,6 +149,9 @@ def sync_trial(
     run, created = _child_run(trial, store, spec, tags, parent)
     run_id = run.info.run_id
     changes = store.log_params(run_id, spec.params, run.data.params)
+    # train.lr_search: what the trial's pilots chose (a reused trial's are its source's)
+    lr_params = lr_search_tracking(attrs.lr_search)[0]
+    changes += store.log_params(run_id, lr_params, run.data.params)
     changes += store.set_tags(run_id, {**tags, MLFLOW_PARENT_RUN_ID: parent}, run.data.tags)
     trial_dir = Path(attrs.trial_dir) if attrs.trial_dir else None
     changes += _sync_metrics(trial, store, run, trial_dir, objective_names, eval_metric)
@@ -223,7 +226,7 @@ def _sync_metrics(
         for step, value in sorted(trial.intermediate_values.items()):
             add(metric, float(value), int(step))
 
-    scores: dict[str, float] = {}
+    scores: dict[str, float] = dict(lr_search_tracking(TrialAttrs.of(attrs).lr_search)[1])
     for key, value in attrs.items():
         if is_score_name(key) and _number(value) is not None:
             scores[key] = float(value)

@@ -366,9 +366,11 @@ class Tracker:
         reason: str | None = None,
         scores: Mapping[str, float] | None = None,
         artifacts: Mapping[str, str | os.PathLike[str]] | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> str | None:
         """Log the final scores, the outcome (COMPLETE / PRUNED / FAIL, an Optuna state or
         its name) with its reason, upload ``artifacts`` (name -> file) and close the run.
+        ``params`` are what only the trial's end knows (the learning rate its pilots chose).
 
         Sends again whatever earlier calls could not. Returns None when the run is
         complete in MLflow, else the tracking error to store on the Optuna trial
@@ -401,6 +403,8 @@ class Tracker:
         def finish() -> None:
             self._flush()
             store = self.store
+            if params:
+                store.log_params(state.run_id, params)
             store.set_tags(state.run_id, end_tags)
             store.log_files(state.run_id, files)
             store.terminate(state.run_id, RUN_STATUS[outcome_name])

@@ -12,6 +12,7 @@ keyed ``stage1/short_bpb``, ... and their charts in ``out_dir/stage1/``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from workers.corpus import CorpusHandle, PreparedCorpus, prepare
 from workers.device import choose_device
 from workers.distributed import Workers
 from workers.examples import example_seed
+from workers.lr_search import Pilot
 from workers.model import HybridTransformer
 from workers.results import CandidateResult
 from workers.tasks import render, task_params
@@ -235,6 +237,42 @@ def run_candidate(
     write_atomic(out_dir / SCORES_FILE, json.dumps(result.to_dict(), indent=2, default=str))
     result.artifacts[SCORES_FILE] = out_dir / SCORES_FILE
     return result
+
+
+def run_pilot(
+    config: SweepConfig,
+    candidate: Candidate,
+    *,
+    lr: float,
+    seed: int,
+    out_dir: Path,
+    device: str | None = None,
+    threads: int | None = None,
+    corpus: CorpusHandle | None = None,
+    resume: bool = True,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> Pilot:
+    """One ``train.lr_search`` pilot (``config`` is ``workers.lr_search.pilot_config``): train
+    ``candidate`` with ``seed`` at ``lr``, checkpointing in ``out_dir`` (a killed pilot
+    continues there unless ``resume`` is off), and return its final validation bits per
+    byte; nothing is scored."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    dev = pick_device(config, device)
+    handle = corpus if corpus is not None and corpus.is_here() else prepare(config)
+    model = build_model(candidate, seed)
+    run = CandidateRun(config, candidate, seed, out_dir, dev, handle.open(), model)
+    outcome = run.train(Workers(), resume=resume, on_step=on_step)
+    val = outcome.last_metrics.get(VAL_BPB) if outcome.status == RunStatus.COMPLETE else None
+    finite = val is not None and math.isfinite(val)
+    return Pilot(
+        lr=lr,
+        status=RunStatus(outcome.status).value,
+        val_bpb=float(val) if finite else None,
+        reason=outcome.reason if finite or val is None else f"non-finite val_bpb {val}",
+    )
 
 
 def cost_scores(

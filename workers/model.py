@@ -19,6 +19,18 @@ embeddings, final RMSNorm, no biases. Per layer, from ``space.layers.LayerSpec``
   heads), before or after the rotation; on a NoPE layer both placements are the same thing;
 - temperature: Llama 4 scaling of NoPE queries by their absolute position.
 
+The parametrization (``ModelShape.parametrization``) is model-wide. ``standard``: every
+weight starts at ``init_std`` and trains at the one learning rate. ``mup`` (µP, the rules of
+the ``mup`` package for Adam, written here rather than imported), relative to the width
+multiplier ``m = d_model / base_d_model``: every matrix inside a block (attention, MLP,
+recurrent projections) starts at ``init_std / sqrt(m)`` and trains at ``lr / m``
+(:meth:`HybridTransformer.lr_scales`); the tied embedding and the vectors (norms, sinks)
+keep ``init_std`` and ``lr``; the logits are multiplied by ``1 / m`` (the read-out
+multiplier); attention scores scale as ``1 / head_dim`` instead of ``1 / sqrt(head_dim)``,
+with the constant ``sqrt(base_head_dim)`` in front (``mup_query_scale``). At ``m = 1`` µP is
+the standard parametrization exactly; an ``lr`` tuned at ``base_d_model`` is the one to use
+at every other width.
+
 Greedy decoding reuses what earlier tokens computed: :meth:`HybridTransformer.new_cache`
 allocates a ``workers.kv_cache.KVCache`` and :meth:`HybridTransformer.step` runs a few new
 tokens against it (a prompt in chunks, then one token per step); the plain ``forward`` of
@@ -45,6 +57,7 @@ from space.layers import (
     Mixer,
     ModelShape,
     OutputGate,
+    Parametrization,
     Position,
     QKNorm,
     RopeScaling,
@@ -181,6 +194,19 @@ def temperature_scale(positions: Tensor, temperature: Temperature) -> Tensor:
     return 1.0 + temperature.scale * torch.log1p(steps)
 
 
+# ---------------------------------------------------------------- µP multipliers
+
+
+def mup_query_scale(shape: ModelShape) -> float:
+    """What queries are multiplied by so that attention scores scale as ``1 / head_dim``
+    (µP) rather than ``1 / sqrt(head_dim)``: ``sqrt(base_head_dim / head_dim)``, 1 at the base
+    width and with the standard parametrization. A factor on the queries, not on the scores,
+    so every attention path (and an added sink logit) sees it the same way."""
+    if shape.parametrization is not Parametrization.MUP or shape.base_d_model is None:
+        return 1.0
+    return math.sqrt(shape.base_d_model / shape.d_model)
+
+
 # ---------------------------------------------------------------- attention
 
 
@@ -214,6 +240,7 @@ class Attention(nn.Module):
         self.spec = spec
         self.n_heads, self.n_kv_heads = shape.n_heads, shape.n_kv_heads
         self.head_dim = shape.head_dim
+        self.query_scale = mup_query_scale(shape)  # 1 unless µP
         # names follow Hugging Face Llama so weights copy across one to one
         self.q_proj = nn.Linear(shape.d_model, shape.n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(shape.d_model, shape.n_kv_heads * self.head_dim, bias=False)
@@ -279,6 +306,8 @@ class Attention(nn.Module):
                 q, k = self.q_norm(q), self.k_norm(k)
         if spec.temperature is not None:
             q = q * temperature_scale(positions, spec.temperature).to(q.dtype)[:, None]
+        if self.query_scale != 1.0:
+            q = q * self.query_scale
 
         sinks = getattr(self, "sinks", None)
         if cache is not None:
@@ -385,6 +414,27 @@ class HybridTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=shape.init_std)
+        # µP (1 and no change with the standard parametrization): logits times 1 / m, block
+        # matrices from init_std / sqrt(m), so every layer's activations keep their size
+        # whatever the width.
+        self.readout_scale = 1.0 / shape.width_mult
+        if shape.parametrization is Parametrization.MUP:
+            with torch.no_grad():  # scaled, not redrawn: at m = 1 the standard weights
+                for name in self.lr_scales():
+                    self.get_parameter(name).mul_(1.0 / math.sqrt(shape.width_mult))
+
+    def lr_scales(self) -> dict[str, float]:
+        """Parameter name -> what its learning rate is multiplied by: under µP, ``1 / m`` for
+        every matrix inside a block (an ``nn.Linear``: attention, MLP, recurrent
+        projections); empty with the standard parametrization (every weight at ``lr``)."""
+        if self.shape.parametrization is not Parametrization.MUP:
+            return {}
+        scale = 1.0 / self.shape.width_mult
+        return {
+            f"blocks.{name}.weight": scale
+            for name, module in self.blocks.named_modules()
+            if isinstance(module, nn.Linear)
+        }
 
     def set_layers(self, layers: Sequence[LayerSpec]) -> None:
         """Switch every layer to a new spec with the same parameters (a later training stage:
@@ -435,8 +485,10 @@ class HybridTransformer(nn.Module):
         return self._trunk(idx, False, start_pos, None, rope_length)[0]
 
     def head(self, h: Tensor) -> Tensor:
-        """Logits of hidden states (..., C) -> (..., vocab): the tied embedding."""
-        return F.linear(h, self.embed.weight)
+        """Logits of hidden states (..., C) -> (..., vocab): the tied embedding (times µP's
+        read-out multiplier)."""
+        logits = F.linear(h, self.embed.weight)
+        return logits * self.readout_scale if self.readout_scale != 1.0 else logits
 
     def _trunk(
         self,

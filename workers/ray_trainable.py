@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from space.expand import Candidate
-from space.outcomes import RunStatus, error_reason
+from space.outcomes import Reason, RunStatus, error_reason
 from space.schema import SweepConfig
 from space.secrets import redact_tail
+from workers.lr_search import LrChoice, Pilot, choose_lr, describe, pilot_seed, with_lr
 from workers.provenance import environment_tags
 from workers.ray_seeds import SeedTaskDied, train_seeds_at_once
 from workers.trial import (
@@ -117,11 +118,13 @@ def run_trial(
     hooks: TrialHooks | None = None,
     runner: Runner | None = None,
     corpus: Any = None,
+    pilot: Runner | None = None,
 ) -> None:
     """The Tune function trainable. ``params`` is what the driver's searcher suggested:
     ``optuna_trial``, ``study``, ``candidate`` (``Candidate.to_dict()``: validated once in
     the driver, not re-expanded here), ``seeds``, ``trial_dir``, ``restore_from``.
-    ``corpus`` is the driver's prepared corpus (a ``workers.corpus.CorpusHandle``)."""
+    ``corpus`` is the driver's prepared corpus (a ``workers.corpus.CorpusHandle``);
+    ``pilot`` trains one ``train.lr_search`` pilot (default ``workers.candidate.run_pilot``)."""
     from ray import tune
 
     # Read in this process when Tune resets it for the next trial; a value set is kept.
@@ -157,7 +160,13 @@ def run_trial(
     reports.start()
     results: list[Any] = []
     started = time.perf_counter()
+    choice: LrChoice | None = None
     try:
+        if sweep.train.lr_search is not None:  # the pilots first; the seeds at their choice
+            choice = search_lr(sweep, info.candidate, out_dir, pilot, corpus)
+            if choice.chosen is None:
+                raise NoLearningRate(describe(choice))
+            sweep = with_lr(sweep, choice.chosen)
         # resources.parallel_seeds: the seeds left train at once first, then combine below
         at_once = train_seeds_at_once(
             sweep, info.candidate, seeds, out_dir, reports, runner, corpus
@@ -191,6 +200,10 @@ def run_trial(
             if result.status != RunStatus.COMPLETE:
                 break
         outcome = combine(results, seeds)
+    except NoLearningRate as err:  # every pilot diverged: so would the run
+        outcome = TrialOutcome(
+            RunStatus.DIVERGED, Reason.DIVERGED, f"every train.lr_search pilot lost: {err}"
+        )
     except (TrainWorkerDied, SeedTaskDied):
         raise  # Tune restarts the trial from its newest checkpoint (resources.max_retries)
     except Exception as err:  # a bug or bad data: FAIL with its reason, the sweep goes on
@@ -207,7 +220,43 @@ def run_trial(
         )
     outcome.trial_seconds = time.perf_counter() - started
     outcome.results = results
+    if choice is not None:
+        outcome.lr_search = choice.to_dict()
     reports.end(outcome)
+
+
+class NoLearningRate(RuntimeError):
+    """Every ``train.lr_search`` pilot diverged or ended non-finite: the trial is DIVERGED."""
+
+
+def search_lr(
+    sweep: SweepConfig,
+    candidate: Candidate,
+    trial_dir: Path,
+    pilot: Runner | None = None,
+    corpus: Any = None,
+) -> LrChoice:
+    """The trial's ``train.lr_search`` (``workers.lr_search``): the pilots still to run
+    (``pilot``: ``workers.candidate.run_pilot`` unless a test gives another), in the trial
+    process, with the trial's device and threads, on ``pilot_seed`` whatever seeds the
+    trial trains."""
+    seed = pilot_seed(sweep)
+    if pilot is None:
+        from workers.candidate import run_pilot as pilot
+
+    def one(config: SweepConfig, lr: float, folder: Path) -> Pilot:
+        return pilot(
+            config,
+            candidate,
+            lr=lr,
+            seed=seed,
+            out_dir=folder,
+            device=trial_device(sweep),
+            threads=trial_threads(sweep),
+            **({} if corpus is None else {"corpus": corpus}),
+        )
+
+    return choose_lr(sweep, trial_dir, seed, one)
 
 
 class TuneReports:
@@ -457,4 +506,11 @@ def train_on_workers(
     return result
 
 
-__all__ = ["InfrastructureFailure", "TrainWorkerDied", "run_trial", "train_on_workers"]
+__all__ = [
+    "InfrastructureFailure",
+    "NoLearningRate",
+    "TrainWorkerDied",
+    "run_trial",
+    "search_lr",
+    "train_on_workers",
+]

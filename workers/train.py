@@ -130,11 +130,33 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on norms' gains (1-D); decay on matrices and the tied embedding.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: no decay on norms' gains (1-D); decay on matrices and the
+    tied embedding. A model with ``lr_scales()`` (µP, ``workers.model``) gets a group per
+    scale whose ``lr_scale`` multiplies the schedule's learning rate; its weight decay is
+    divided by the same scale, so that the decay per step (lr x weight_decay) stays the
+    same, as the ``mup`` package's MuAdamW does."""
+    scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((scales.get(name, 1.0), p.dim() >= 2), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": weight_decay / scale if decay else 0.0,
+            "lr_scale": scale,
+        }
+        for (scale, decay), params in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] != 1.0, not kv[0][1])
+        )
+    ]
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate on every group, times the group's ``lr_scale`` (µP)."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -245,7 +267,7 @@ class _Run:
             model.activation_checkpointing = True
         self.wrapped = workers.wrap(model, device)  # the module to train through
         self.opt = torch.optim.AdamW(
-            _param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
+            param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
         )
         self.plan = settings.stage_plans()
         self.ends = list(itertools.accumulate(stage.steps for stage in self.plan))
@@ -360,8 +382,7 @@ class _Run:
         t0 = time.perf_counter()
         batch = self.hooks.next_batch(self.rng, index)
         x, y, w = (t.to(self.device, non_blocking=True) for t in batch)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        set_lr(self.opt, lr)
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_and_gradients(x, y, w)
         params = self.model.parameters()

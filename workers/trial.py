@@ -23,6 +23,8 @@ from space.expand import Candidate
 from space.outcomes import Reason, RunStatus
 from space.schema import SweepConfig
 from space.trial_attrs import (
+    ATTR_LR,
+    ATTR_LR_SEARCH,
     ATTR_RESUMED_FROM_STEP,
     ATTR_SEEDS,
     ATTR_TRACKING_ERROR,
@@ -90,6 +92,8 @@ class TrialOutcome:
     resumed_from_step: int | None = None
     links: dict[str, Any] = field(default_factory=dict)
     results: list[Any] = field(default_factory=list, repr=False)
+    # train.lr_search: the pilots and the value chosen (workers.lr_search.LrChoice.to_dict)
+    lr_search: dict[str, Any] | None = None
 
     def attrs(self) -> dict[str, Any]:
         """Scores and bookkeeping as Optuna user attributes."""
@@ -99,6 +103,10 @@ class TrialOutcome:
             out[ATTR_SEEDS] = self.seeds
         if self.resumed_from_step is not None:
             out[ATTR_RESUMED_FROM_STEP] = self.resumed_from_step
+        if self.lr_search is not None:
+            out[ATTR_LR_SEARCH] = _strict(self.lr_search)
+            if self.lr_search.get("chosen") is not None:
+                out[ATTR_LR] = self.lr_search["chosen"]
         out.update(self.links)
         return out
 

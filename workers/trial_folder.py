@@ -7,6 +7,8 @@
                          scores.json       the seed's result once it ended (CandidateResult)
                          candidate.yaml    the resolved candidate and the seed
                          *.png             plots (NIAH heatmap, attention mass, loss curves)
+    <trial_dir>/lr_search.json             train.lr_search: the pilots so far and their choice
+    <trial_dir>/lr_search/lr_<v>/checkpoint.pt   the pilot at learning rate v (exact resume)
 
 The trainer writes it (``workers.candidate``); the Ray adapter snapshots it into Tune
 checkpoints and restores it (:func:`snapshot`, :func:`restore_into`); the driver picks the
@@ -37,6 +39,9 @@ CANDIDATE_FILE = "candidate.yaml"
 ARTIFACT_PATTERNS = (CANDIDATE_FILE, SCORES_FILE, "*.png")
 # What resuming a seed needs; everything else is rebuilt.
 _RESUME_FILES = (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, SCORES_FILE)
+# train.lr_search (workers.lr_search): the record of the pilots, and their own folders.
+LR_SEARCH_FILE = "lr_search.json"
+LR_PILOTS_DIR = "lr_search"
 
 
 def seed_dir(trial_dir: Path, seed: int) -> Path:
@@ -111,36 +116,55 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def snapshot(trial_dir: Path, dest: Path) -> bool:
-    """Gather what resuming needs into ``dest``: each seed's checkpoints and the result of
-    seeds already finished. Returns False when there is nothing to keep yet."""
-    found = False
-    for folder in seed_dirs(trial_dir):
-        for name in _RESUME_FILES:
-            src = folder / name
-            if src.is_file():
-                _link_or_copy(src, Path(dest) / folder.name / name)
-                found = True
+def resume_files(trial_dir: Path | str) -> list[Path]:
+    """What resuming the trial needs, relative to ``trial_dir``: each seed's checkpoints and
+    the result of seeds already finished, and the learning-rate pilots' record and
+    checkpoints."""
+    root = Path(trial_dir)
+    found = [
+        f.relative_to(root)
+        for d in seed_dirs(root)
+        for f in (d / n for n in _RESUME_FILES)
+        if f.is_file()
+    ]
+    if (root / LR_SEARCH_FILE).is_file():
+        found.append(Path(LR_SEARCH_FILE))
+    pilots = root / LR_PILOTS_DIR
+    if pilots.is_dir():
+        for folder in sorted(p for p in pilots.iterdir() if p.is_dir()):
+            for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+                if (folder / name).is_file():
+                    found.append((folder / name).relative_to(root))
     return found
+
+
+def snapshot(trial_dir: Path, dest: Path) -> bool:
+    """Gather what resuming needs (:func:`resume_files`) into ``dest``. Returns False when
+    there is nothing to keep yet."""
+    found = resume_files(trial_dir)
+    for rel in found:
+        _link_or_copy(Path(trial_dir) / rel, Path(dest) / rel)
+    return bool(found)
 
 
 def restore_into(source: Path, trial_dir: Path) -> bool:
     """Copy a snapshot (a Tune checkpoint or an earlier trial folder) into ``trial_dir``;
     files already there are newer and kept. Returns whether anything was restored."""
     restored = False
-    for folder in seed_dirs(source):
-        for name in _RESUME_FILES:
-            src, dst = folder / name, Path(trial_dir) / folder.name / name
-            if src.is_file() and not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-                restored = True
+    for rel in resume_files(source):
+        src, dst = Path(source) / rel, Path(trial_dir) / rel
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            restored = True
     return restored
 
 
 def newest_write(folder: Path) -> float:
     """When resumable state under ``folder`` was last written (-1: there is none)."""
-    files = [f for d in seed_dirs(folder) for f in (d / n for n in _RESUME_FILES) if f.is_file()]
+    if not Path(folder).is_dir():
+        return -1.0
+    files = [Path(folder) / rel for rel in resume_files(folder)]
     return max((f.stat().st_mtime for f in files), default=-1.0)
 
 

@@ -12,6 +12,7 @@ from space.errors import ConfigError
 from space.expand import Candidate
 from space.knobs import KNOB_NAMES
 from space.schema import SweepConfig, load_config, parse_yaml
+from workers.lr_search import describe, with_lr
 
 SUMMARY_KEYS = (
     "short_bpb",
@@ -101,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
     except DataError as err:
         print(f"ropenope train: data: {err}", file=sys.stderr)
         return 2
+    lr = None
+    if config.train.lr_search is not None:  # the pilots first, as a sweep's trial does
+        choice = search_lr(config, candidate, out, corpus, args)
+        print(f"lr search: {describe(choice)}", file=sys.stderr)
+        if choice.chosen is None:
+            print("ropenope train: every train.lr_search pilot lost", file=sys.stderr)
+            return 1
+        lr = choice.chosen
+        config = with_lr(config, lr)
     bar = tqdm(total=steps, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def on_step(step: int, loss: float, tokens_per_s: float) -> None:
@@ -133,12 +143,47 @@ def run(args: argparse.Namespace) -> int:
                     "candidate_id": candidate.id,
                     "seed": seed,
                     "out": str(out),
+                    **({} if lr is None else {"lr": lr}),
                 }
             )
         )
     else:
         print(format_summary(result, candidate, out))
     return 0 if result.status == "complete" else 1
+
+
+def search_lr(
+    config: Any, candidate: Candidate, out: Path, corpus: Any, args: argparse.Namespace
+) -> Any:
+    """``train.lr_search``'s pilots in ``out`` (``out/lr_search.json``; ``--fresh`` runs them
+    again) on ``train.seed`` as a sweep's (whatever ``--seed`` says), each with a progress
+    bar; the choice (``workers.lr_search.LrChoice``)."""
+    from tqdm import tqdm
+
+    from workers.candidate import run_pilot
+    from workers.lr_search import choose_lr, pilot_seed
+
+    seed = pilot_seed(config)
+
+    def pilot(pilot_config: Any, lr: float, folder: Path) -> Any:
+        steps = pilot_config.train.total_steps
+        bar = tqdm(total=steps, desc=f"pilot lr {lr:g}", unit="step", file=sys.stderr)
+        try:
+            return run_pilot(
+                pilot_config,
+                candidate,
+                lr=lr,
+                seed=seed,
+                out_dir=folder,
+                threads=args.threads,
+                corpus=corpus,
+                resume=not args.fresh,
+                on_step=lambda step, loss, _: bar.update(step - bar.n),
+            )
+        finally:
+            bar.close()
+
+    return choose_lr(config, out, seed, pilot, fresh=args.fresh)
 
 
 def format_summary(result: Any, candidate: Candidate, out: Path) -> str:

@@ -38,6 +38,7 @@ def summary(r: ReportInput) -> dict[str, Any]:
             "scores": {k: s.to_dict() for k, s in c.scores.items()},
             "niah": c.niah.to_dict() if c.niah else None,
             "not_complete": dict(c.not_complete),
+            **({"lr_search": [dict(s) for s in c.lr_searches]} if c.lr_searches else {}),
         }
         for c in agg.candidates
     ]

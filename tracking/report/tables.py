@@ -80,12 +80,34 @@ def _seeds(c: CandidateSummary) -> str:
     return "seeds " + ", ".join(str(s) for s in c.seeds)
 
 
+def lr_cell(c: CandidateSummary) -> Cell:
+    """``train.lr_search``: the learning rate the pilots chose (each trial's, when they
+    differ), its detail every pilot's final val_bpb (``diverged`` for one that lost)."""
+    if not c.lr_searches:
+        return "", ""
+    chosen = list(dict.fromkeys(c.chosen_lrs))
+    text = ", ".join("none" if lr is None else f"{lr:g}" for lr in chosen)
+    details = []
+    for search in c.lr_searches:
+        pilots = []
+        for p in search.get("pilots", []):
+            val = p.get("val_bpb")
+            pilots.append(
+                f"{p['lr']:g}: {val:.4g}" if val is not None else f"{p['lr']:g}: {p['status']}"
+            )
+        details.append(f"pilot val_bpb ({search.get('steps')} steps) " + ", ".join(pilots))
+    return text, "; ".join(details)
+
+
 def candidate_table(agg: StudyAggregate) -> Table:
     cols = _score_columns(agg)
-    header = ["#", "candidate", "n", *[label for _, label in cols]]
+    searched = any(c.lr_searches for c in agg.candidates)
+    header = ["#", "candidate", "n", *(["lr"] if searched else []), *[label for _, label in cols]]
     rows = []
     for i, c in enumerate(agg.candidates, start=1):
         row = [(str(i), ""), (c.name, c.candidate_name or ""), (str(c.n), _seeds(c))]
+        if searched:
+            row.append(lr_cell(c))
         row += [spread_cell(c.spread(name), name) for name, _ in cols]
         rows.append(row)
     return Table(header, rows)

@@ -13,6 +13,9 @@
 - ``README.md``: the model card the caller renders (``workers.hf.card``);
 - ``ropenope.json``: where it came from (study, trial, seed, candidate, scores, the check).
 
+A ``model.parametrization: mup`` candidate exports as the standard model with the same
+logits: µP's query and read-out multipliers are folded into the weights (:func:`fold_mup`).
+
 The model is the candidate's last training stage (:func:`served_layers`): a later stage may
 raise a base, add a RoPE scaling or change a window, and the trained weights run with those.
 Before the folder is put in place, it is loaded back with ``AutoModelForCausalLM`` and its
@@ -29,7 +32,7 @@ import json
 import shutil
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +40,12 @@ import torch
 from torch import Tensor
 
 from space.expand import Candidate
-from space.layers import LayerSpec, ModelShape
+from space.layers import LayerSpec, Mixer, ModelShape, Parametrization, QKNorm
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
 from workers.hf.classes import GRANITE_HYBRID, LLAMA4, PHI3, StockLayout, stock_layout
 from workers.hf.reasons import NotExpressible, unknown_layer_fields
-from workers.model import HybridTransformer
+from workers.model import HybridTransformer, mup_query_scale
 
 INFO_NAME = "ropenope.json"  # provenance; also marks a folder as ours (safe to replace)
 WEIGHTS_NAME = "model.safetensors"
@@ -216,6 +219,31 @@ def build_model(candidate: Candidate, weights: Mapping[str, Tensor]) -> HybridTr
     except RuntimeError as err:
         raise ExportError(f"the checkpoint does not fit candidate {candidate.name}: {err}") from err
     return model.eval()
+
+
+def fold_mup(
+    candidate: Candidate, weights: Mapping[str, Tensor]
+) -> tuple[Candidate, dict[str, Tensor]]:
+    """A ``model.parametrization: mup`` candidate as the standard-parametrization model with
+    the same logits (no Hugging Face class has µP's multipliers): the query multiplier
+    (``workers.model.mup_query_scale``) folded into each attention layer's ``q_proj`` (into
+    its ``q_norm`` gain on a QK-norm layer, where a factor before the norm would be undone),
+    the read-out multiplier ``1 / width_mult`` into the final norm's gain (the logits are
+    linear in it; the tied embedding stays as the input needs it). A standard candidate is
+    returned as it is. The export's check compares the result with the µP model itself."""
+    shape = candidate.shape
+    if shape.parametrization is not Parametrization.MUP:
+        return candidate, dict(weights)
+    out = {k: v.detach().clone() for k, v in weights.items()}
+    query = mup_query_scale(shape)
+    for spec in served_layers(candidate):
+        if spec.mixer is not Mixer.SOFTMAX:
+            continue
+        where = "q_norm" if spec.qk_norm is not QKNorm.NONE else "q_proj"
+        out[f"blocks.{spec.index}.attn.{where}.weight"] *= query
+    out["norm.weight"] *= 1.0 / shape.width_mult
+    standard = replace(shape, parametrization=Parametrization.STANDARD, base_d_model=None)
+    return replace(candidate, shape=standard), out
 
 
 def is_byte_vocabulary(candidate: Candidate) -> bool:
@@ -398,10 +426,12 @@ def export_candidate(
     unknown = unknown_layer_fields(served_layers(candidate))
     if unknown:
         raise NotExpressible(unknown, remote_code_possible=False)
+    model = build_model(candidate, weights)  # also checks the weights fit the candidate
+    trained = candidate  # what the record names; the folder holds its standard equivalent
+    candidate, weights = fold_mup(candidate, weights)
     layout = choose_layout(
         candidate, remote_code=remote_code, max_position_embeddings=max_position_embeddings
     )
-    model = build_model(candidate, weights)  # also checks the weights fit the candidate
 
     from safetensors.torch import save_file
 
@@ -429,9 +459,11 @@ def export_candidate(
         files = (*_files(staging), INFO_NAME)
         record = {
             **dict(info or {}),
+            # µP's multipliers live in the weights (fold_mup): the folder is a standard model
+            **({"folded": "model.parametrization: mup"} if trained is not candidate else {}),
             "architecture": architecture,
             "remote_code": layout is None,
-            "candidate": candidate.to_dict(),
+            "candidate": trained.to_dict(),
             "check": {"max_abs_diff": diff, "tokens": n_check, "atol": CHECK_ATOL}
             if check
             else None,
