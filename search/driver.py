@@ -120,11 +120,7 @@ def run_sweep(
     if hooks is None:
         hooks = default_hooks(config, name)
     url = resolve_storage_url(storage or config.study.storage)
-    lock = None
-    db = sqlite_path(url)
-    if db is not None:
-        lock = SqliteLock(db, name)
-        lock.acquire()
+    lock = _sqlite_lock(url, name)
     driver_id = uuid.uuid4().hex[:12]
     started_ray = False
     registry: DriverRegistry | None = None
@@ -153,15 +149,7 @@ def run_sweep(
         closed = _close_dead_trials(opened, config, hooks, show, is_dead)
         summary = SweepSummary(name, redact_url(url), target, {}, 0.0, reconciled=closed)
         corpus: Any = None
-        if count_toward_target(study.get_trials(deepcopy=False)) >= target and not rounds_left(
-            study, config
-        ):
-            settled = " and every hypothesis settled" if config.study.adaptive else ""
-            show.note(
-                f"study {name} already has {target} trials{settled}; raise the target with "
-                "--trials N"
-            )
-        else:
+        if not _target_reached(study, config, target, show):
             corpus = prepare_corpus(config, show, progress)
             config = calibrated(study, config, folder / "calibration", corpus, show.note)
             started_ray, summary.ray_start_seconds = start_ray(address)
@@ -205,6 +193,29 @@ def run_sweep(
             ray.shutdown()
         if lock is not None:
             lock.release()
+
+
+def _sqlite_lock(url: str, name: str) -> SqliteLock | None:
+    """The held file lock of a SQLite study (one driver at a time); None on PostgreSQL."""
+    db = sqlite_path(url)
+    if db is None:
+        return None
+    lock = SqliteLock(db, name)
+    lock.acquire()
+    return lock
+
+
+def _target_reached(study: optuna.Study, config: SweepConfig, target: int, show: Progress) -> bool:
+    """Whether the study already has its target trials (and, with adaptive seeds, every
+    hypothesis settled): then nothing trains, and the user is told how to raise it."""
+    if count_toward_target(study.get_trials(deepcopy=False)) < target or rounds_left(study, config):
+        return False
+    settled = " and every hypothesis settled" if config.study.adaptive else ""
+    show.note(
+        f"study {study.study_name} already has {target} trials{settled}; raise the target "
+        "with --trials N"
+    )
+    return True
 
 
 def _open_progress(

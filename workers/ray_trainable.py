@@ -147,15 +147,7 @@ def run_trial(
         environment=environment_tags(trial_device(sweep)),
     )
 
-    # Continue from a checkpoint: Tune's own (this trial restarted after a failure)
-    # first, else the one the driver found for the interrupted trial this re-runs.
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            restore_into(Path(path), out_dir)
-    elif params.get("restore_from"):
-        restore_into(Path(params["restore_from"]), out_dir)
-
+    _restore(tune.get_checkpoint(), params.get("restore_from"), out_dir)
     reports = TuneReports(info, hooks, sweep.scheduler.metric)
     reports.start()
     results: list[Any] = []
@@ -167,38 +159,7 @@ def run_trial(
             if choice.chosen is None:
                 raise NoLearningRate(describe(choice))
             sweep = with_lr(sweep, choice.chosen)
-        # resources.parallel_seeds: the seeds left train at once first, then combine below
-        at_once = train_seeds_at_once(
-            sweep, info.candidate, seeds, out_dir, reports, runner, corpus
-        )
-        for index, seed in enumerate(seeds):
-            folder = seed_dir(out_dir, seed)
-            done = at_once.get(seed) or finished_seed(folder)
-            if done is not None:
-                results.append(done)
-                if done.status != RunStatus.COMPLETE:
-                    break
-                continue
-            on_eval = functools.partial(reports.on_eval, seed=seed, index=index)
-            if sweep.resources.workers_per_trial > 1:
-                result = train_on_workers(
-                    sweep, info.candidate, seed, folder, on_eval, runner, corpus
-                )
-            else:
-                result = runner(
-                    sweep,
-                    info.candidate,
-                    seed=seed,
-                    out_dir=folder,
-                    on_eval=on_eval,
-                    resume=True,
-                    device=trial_device(sweep),
-                    threads=trial_threads(sweep),
-                    **({} if corpus is None else {"corpus": corpus}),
-                )
-            results.append(result)
-            if result.status != RunStatus.COMPLETE:
-                break
+        _train_seeds(sweep, info.candidate, seeds, out_dir, reports, runner, corpus, results)
         outcome = combine(results, seeds)
     except NoLearningRate as err:  # every pilot diverged: so would the run
         outcome = TrialOutcome(
@@ -223,6 +184,59 @@ def run_trial(
     if choice is not None:
         outcome.lr_search = choice.to_dict()
     reports.end(outcome)
+
+
+def _restore(checkpoint: Any, restore_from: str | None, out_dir: Path) -> None:
+    """Continue from a checkpoint: Tune's own (this trial restarted after a failure) first,
+    else the one the driver found for the interrupted trial this re-runs."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            restore_into(Path(path), out_dir)
+    elif restore_from:
+        restore_into(Path(restore_from), out_dir)
+
+
+def _train_seeds(
+    sweep: SweepConfig,
+    candidate: Candidate,
+    seeds: list[int],
+    out_dir: Path,
+    reports: TuneReports,
+    runner: Runner,
+    corpus: Any,
+    results: list[Any],
+) -> None:
+    """Train the trial's seeds into ``results`` (appended as each ends, so a failure keeps
+    the ones before it), stopping at the first that does not complete. A seed already
+    finished (on resume, or by ``resources.parallel_seeds``, which trains the seeds left
+    at once first) is read back, not trained again."""
+    at_once = train_seeds_at_once(sweep, candidate, seeds, out_dir, reports, runner, corpus)
+    for index, seed in enumerate(seeds):
+        folder = seed_dir(out_dir, seed)
+        done = at_once.get(seed) or finished_seed(folder)
+        if done is not None:
+            results.append(done)
+            if done.status != RunStatus.COMPLETE:
+                return
+            continue
+        on_eval = functools.partial(reports.on_eval, seed=seed, index=index)
+        if sweep.resources.workers_per_trial > 1:
+            result = train_on_workers(sweep, candidate, seed, folder, on_eval, runner, corpus)
+        else:
+            result = runner(
+                sweep,
+                candidate,
+                seed=seed,
+                out_dir=folder,
+                on_eval=on_eval,
+                resume=True,
+                device=trial_device(sweep),
+                threads=trial_threads(sweep),
+                **({} if corpus is None else {"corpus": corpus}),
+            )
+        results.append(result)
+        if result.status != RunStatus.COMPLETE:
+            return
 
 
 class NoLearningRate(RuntimeError):

@@ -295,21 +295,7 @@ def sections(r: ReportInput) -> list[Section]:
         ),
     ]
     if r.seed_plan is not None:
-        out.append(
-            Section(
-                "seeds",
-                "Adaptive seeds: where each hypothesis stands",
-                (
-                    Text(
-                        "Seeds went to the candidates of undecided hypotheses, one round at a "
-                        "time; each hypothesis is judged once per round, its confidence split "
-                        "evenly over the planned rounds (Bonferroni), and stays decided once "
-                        "decided."
-                    ),
-                    TableBlock(seed_plan_table(r.seed_plan)),
-                ),
-            )
-        )
+        out.append(_seeds_section(r.seed_plan))
     if r.decision_accuracy is not None:
         out.append(ladder_section(r.decision_accuracy))
     out += [
@@ -365,28 +351,48 @@ def sections(r: ReportInput) -> list[Section]:
             ),
         ),
     ]
-    if r.pareto is None:
-        pareto: tuple[Block, ...] = (Text("No objectives recorded on the study: no Pareto front."),)
-    else:
-        pareto = (
-            TableBlock(pareto_rows(r.pareto)),
-            Text(
-                "★ = on the Pareto front (rank 0) of the candidates' mean scores; # is the "
-                "row in the table of scores. Rank within noise: the same sorting when a "
-                "candidate dominates another only if it is better by more than 2 standard "
-                "errors of the difference in one objective and worse by no more than that in "
-                "any (seed spread; scores computed from the layout have none), so the front "
-                "does not rank candidates on noise. ≈ #k: statistically indistinguishable from "
-                "row k on every objective.",
-                "meta",
-            ),
-            _figure(r, FIG_PARETO, "Pareto front"),
-        )
     out += [
-        Section("pareto", "Pareto front (candidate means)", pareto),
+        Section("pareto", "Pareto front (candidate means)", _pareto_blocks(r)),
         Section("notes", "Runs and notes", (Bullets(_notes(r)),)),
     ]
     return out
+
+
+def _seeds_section(plan: Any) -> Section:
+    """Adaptive seeds: where each hypothesis stands, and how seeds were given."""
+    return Section(
+        "seeds",
+        "Adaptive seeds: where each hypothesis stands",
+        (
+            Text(
+                "Seeds went to the candidates of undecided hypotheses, one round at a "
+                "time; each hypothesis is judged once per round, its confidence split "
+                "evenly over the planned rounds (Bonferroni), and stays decided once "
+                "decided."
+            ),
+            TableBlock(seed_plan_table(plan)),
+        ),
+    )
+
+
+def _pareto_blocks(r: ReportInput) -> tuple[Block, ...]:
+    """The Pareto front's table, how to read it, and its figure."""
+    if r.pareto is None:
+        return (Text("No objectives recorded on the study: no Pareto front."),)
+    return (
+        TableBlock(pareto_rows(r.pareto)),
+        Text(
+            "★ = on the Pareto front (rank 0) of the candidates' mean scores; # is the "
+            "row in the table of scores. Rank within noise: the same sorting when a "
+            "candidate dominates another only if it is better by more than 2 standard "
+            "errors of the difference in one objective and worse by no more than that in "
+            "any (seed spread; scores computed from the layout have none), so the front "
+            "does not rank candidates on noise. ≈ #k: statistically indistinguishable from "
+            "row k on every objective.",
+            "meta",
+        ),
+        _figure(r, FIG_PARETO, "Pareto front"),
+    )
 
 
 def _figure(r: ReportInput, name: str, alt: str) -> Figure:

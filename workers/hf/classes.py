@@ -183,6 +183,39 @@ def _common_config(
     return common
 
 
+def _granite_hybrid_config(
+    common: dict[str, Any],
+    shape: ModelShape,
+    layers: Sequence[LayerSpec],
+    r: Any,
+    *,
+    rope: bool,
+) -> dict[str, Any]:
+    """GraniteMoeHybrid's config of a Mamba2 hybrid: ``r`` is the Mamba2 sizes (one set for
+    every Mamba2 layer: the knobs); no experts, the dense SwiGLU, Granite's scalings at 1."""
+    return {
+        **common,
+        "layer_types": ["linear_attention" if s.recurrent else FULL for s in layers],
+        "shared_intermediate_size": shape.mlp_hidden,  # the dense SwiGLU of every layer
+        "num_local_experts": 0,  # no mixture of experts
+        "position_embedding_type": "rope" if rope else None,  # None: NoPE
+        # Granite's scalings, set to be our plain block
+        "embedding_multiplier": 1.0,
+        "residual_multiplier": 1.0,
+        "logits_scaling": 1.0,
+        "attention_multiplier": shape.head_dim**-0.5,
+        "mamba_n_heads": r.heads,
+        "mamba_d_head": r.head_dim,
+        "mamba_d_state": r.state_size,
+        "mamba_n_groups": r.groups,
+        "mamba_d_conv": r.conv_tokens,
+        "mamba_expand": r.inner // shape.d_model,
+        "mamba_chunk_size": 256,
+        "mamba_conv_bias": True,
+        "mamba_proj_bias": False,
+    }
+
+
 def stock_layout(
     shape: ModelShape,
     layers: Sequence[LayerSpec],
@@ -219,28 +252,7 @@ def stock_layout(
     chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
     if mamba:  # stock_reasons made sure: full attention, no QK-norm, one position
         architecture = GRANITE_HYBRID
-        r = mamba[0]  # one set of sizes for every Mamba2 layer (the knobs)
-        config = {
-            **common,
-            "layer_types": ["linear_attention" if s.recurrent else FULL for s in layers],
-            "shared_intermediate_size": shape.mlp_hidden,  # the dense SwiGLU of every layer
-            "num_local_experts": 0,  # no mixture of experts
-            "position_embedding_type": "rope" if rope else None,  # None: NoPE
-            # Granite's scalings, set to be our plain block
-            "embedding_multiplier": 1.0,
-            "residual_multiplier": 1.0,
-            "logits_scaling": 1.0,
-            "attention_multiplier": shape.head_dim**-0.5,
-            "mamba_n_heads": r.heads,
-            "mamba_d_head": r.head_dim,
-            "mamba_d_state": r.state_size,
-            "mamba_n_groups": r.groups,
-            "mamba_d_conv": r.conv_tokens,
-            "mamba_expand": r.inner // shape.d_model,
-            "mamba_chunk_size": 256,
-            "mamba_conv_bias": True,
-            "mamba_proj_bias": False,
-        }
+        config = _granite_hybrid_config(common, shape, layers, mamba[0], rope=bool(rope))
     elif chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
         architecture = LLAMA4
         config = {
