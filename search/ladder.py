@@ -43,7 +43,7 @@ from search.seed_rounds import compares
 from search.storage import scan_lock, sqlite_path
 from search.study import OpenedStudy
 from space.errors import ConfigError, InvalidCandidate
-from space.ladder import apply_rung, promote_direction, rung_of
+from space.ladder import apply_rung, promote_direction, rung_of, transfers_lr
 from space.names import STUDY_ATTR_LADDER_PREDICTIONS
 from space.schema import SweepConfig
 from space.trial_attrs import (
@@ -52,6 +52,7 @@ from space.trial_attrs import (
     ATTR_KNOBS,
     ATTR_LADDER_ORIGIN,
     ATTR_LADDER_RUNG,
+    ATTR_LR,
     ATTR_PRESET,
     ATTR_PROMOTED_FROM,
 )
@@ -132,6 +133,8 @@ def queue_promotions(study: optuna.Study, config: SweepConfig, rung: int) -> lis
             for key in (ATTR_PRESET, ATTR_CANDIDATE_NAME):
                 if below.get(key) is not None:
                     attrs[key] = below[key]
+            if transfers_lr(config, rung) and below.get(ATTR_LR) is not None:
+                attrs[ATTR_LR] = below[ATTR_LR]  # µP: the learning rate rung 0 chose
             study.enqueue_trial(params, user_attrs=attrs)
         state_predictions(study, config, rung)
         return chosen

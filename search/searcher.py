@@ -73,6 +73,7 @@ from space.outcomes import RERUN_REASONS, Reason, RunStatus, error_reason
 from space.schema import SweepConfig
 from space.secrets import redact_tail, redact_text
 from space.trial_attrs import (
+    ATTR_LR,
     ATTR_PRESET,
     ATTR_RAY_TRIAL_DIR,
     ATTR_RAY_TRIAL_ID,
@@ -306,6 +307,9 @@ class StudySearcher(Searcher):
             "seeds": list(ready.seeds),
             "trial_dir": str(trial_dir),
             "restore_from": ready.restore_from,
+            # A trial handed its learning rate (a promoted ladder trial under µP) trains
+            # at it; with train.lr_search in its sweep file the pilots choose instead.
+            "lr": trial.user_attrs.get(ATTR_LR) if self.config.train.lr_search is None else None,
         }
 
     # -- telling ---------------------------------------------------------------------

@@ -145,6 +145,8 @@ def apply_rung(config: SweepConfig, rung: int) -> SweepConfig:
     spec = ladder.rungs[rung]
     path = f"ladder.rungs[{rung}]"
     train_over = spec.overrides(TRAIN_OVERRIDES)
+    if transfers_lr(config, rung):  # µP: rung 0's pilots chose it for every width
+        train_over["lr_search"] = None
     if "steps" in train_over:
         train_over["tokens"] = None
     elif "tokens" in train_over:
@@ -160,6 +162,14 @@ def apply_rung(config: SweepConfig, rung: int) -> SweepConfig:
         update={"repeats": ladder.rung_seeds(rung, config.study.repeats)}
     )
     return config.model_copy(update={"model": model, "train": train, "study": study, "rung": rung})
+
+
+def transfers_lr(config: SweepConfig, rung: int) -> bool:
+    """Whether rung ``rung`` trains each candidate at the learning rate rung 0's
+    ``train.lr_search`` pilots chose for it instead of searching again: with
+    ``model.parametrization: mup`` the best learning rate holds across widths, so the
+    larger rungs reuse it (with the standard parametrization each rung searches its own)."""
+    return rung > 0 and config.train.lr_search is not None and config.model.parametrization == "mup"
 
 
 def _train_fields(train: TrainSection) -> dict[str, Any]:

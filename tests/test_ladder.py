@@ -436,3 +436,49 @@ def test_ladder_driver_killed_inside_rung_one_resumes_there(tmp_path, runs_home,
     promoted = {t.user_attrs[ATTR_PROMOTED_FROM] for t in rung1}
     done = [t for t in rung1 if t.state == TrialState.COMPLETE]
     assert {t.user_attrs[ATTR_PROMOTED_FROM] for t in done} == promoted
+
+
+def test_ladder_mup_hands_rung_zero_learning_rate_to_the_promoted_trials(tmp_path):
+    # µP: the learning rate rung 0's pilots chose holds at the larger widths, so a promoted
+    # trial carries it and its rung trains without pilots; the standard parametrization
+    # searches again at every rung.
+    from space.trial_attrs import ATTR_CANDIDATE_ID, ATTR_KNOBS, ATTR_LR
+
+    search = {"values": [1e-3, 3e-3], "steps": 10}
+    mup = load_config(
+        _ladder_file(
+            tmp_path,
+            "mup",
+            model={"parametrization": "mup", "base_d_model": 32},
+            train={"lr_search": search},
+        )
+    )
+    standard = load_config(_ladder_file(tmp_path, "sp", train={"lr_search": search}))
+    assert apply_rung(mup, 1).train.lr_search is None
+    assert apply_rung(standard, 1).train.lr_search is not None
+    assert mup.train.lr_search is not None  # rung 0 searches
+
+    for config, handed in ((mup, True), (standard, False)):
+        study = optuna.create_study(directions=config.directions())
+        objectives = config.objective_names()
+        for i, (preset, lr) in enumerate((("rope", 3e-3), ("nope", 1e-3), ("qknorm", 1e-3))):
+            candidate = config.preset_candidate(preset)
+            values = [1.0 + i if name == "short_bpb" else 0.5 for name in objectives]
+            study.add_trial(
+                optuna.trial.create_trial(
+                    values=values,
+                    user_attrs={
+                        ATTR_CANDIDATE_ID: candidate.id,
+                        ATTR_KNOBS: candidate.knobs,
+                        ATTR_PRESET: preset,
+                        ATTR_LR: lr,
+                    },
+                )
+            )
+        queued = ladder_mod.queue_promotions(study, config, 1)
+        assert {p.trial.user_attrs[ATTR_PRESET] for p in queued} >= {"rope"}  # best short_bpb
+        waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+        assert len(waiting) == len(queued) >= 1
+        for t in waiting:
+            below = study.trials[t.user_attrs[ATTR_PROMOTED_FROM]].user_attrs[ATTR_LR]
+            assert t.user_attrs.get(ATTR_LR) == (below if handed else None)

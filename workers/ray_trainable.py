@@ -154,6 +154,8 @@ def run_trial(
     started = time.perf_counter()
     choice: LrChoice | None = None
     try:
+        if params.get("lr") is not None:  # handed by the driver (µP: rung 0's choice)
+            sweep = with_lr(sweep, float(params["lr"]))
         if sweep.train.lr_search is not None:  # the pilots first; the seeds at their choice
             choice = search_lr(sweep, info.candidate, out_dir, pilot, corpus)
             if choice.chosen is None:
