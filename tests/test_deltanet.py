@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from greedy import assert_cached_greedy_matches
 
 from space import LayerKind, ModelShape, build_candidate
 from space.layers import LayerSpec, Mixer, Position, QKNorm, RecurrentShape
@@ -174,22 +175,10 @@ def _hybrid_model(dtype=torch.float64):
 
 
 def test_deltanet_hybrid_cached_greedy_decoding_gives_the_uncached_tokens():
-    from workers.decoding import Decoder
-
     _, model = _hybrid_model()
     prompts = torch.randint(0, 256, (3, 100), generator=torch.Generator().manual_seed(1))
     budget = 30
-    with torch.no_grad():
-        cached, reference = (
-            Decoder(model, prompts, budget, True, 32),
-            Decoder(model, prompts, budget, False),
-        )
-        got, want = cached.first(), reference.first()
-        for _ in range(budget):
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
-            tokens = want.argmax(-1)
-            assert torch.equal(got.argmax(-1), tokens)
-            got, want = cached.next(tokens), reference.next(tokens)
+    assert_cached_greedy_matches(model, prompts, budget, atol=1e-9)
 
 
 def test_deltanet_hybrid_decoding_state_is_constant_and_equals_serving_cost():

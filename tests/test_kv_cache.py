@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from engines import TINY
+from greedy import assert_cached_greedy_matches
 from test_attention import PeakLiveBytes
 
 from space.layers import WindowKind
@@ -100,17 +101,7 @@ def test_kv_cache_decoding_gives_the_uncached_tokens(name):
     model = _model(name)
     prompts = torch.randint(0, 256, (3, 150), generator=torch.Generator().manual_seed(1))
     budget = 40  # 190 tokens: past every window and chunk, past the temperature floor (32)
-    with torch.no_grad():
-        cached, reference = (
-            Decoder(model, prompts, budget, True, 32),
-            Decoder(model, prompts, budget, False),
-        )
-        got, want = cached.first(), reference.first()
-        for _ in range(budget):
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
-            tokens = want.argmax(-1)
-            assert torch.equal(got.argmax(-1), tokens)
-            got, want = cached.next(tokens), reference.next(tokens)
+    assert_cached_greedy_matches(model, prompts, budget, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", PRESETS)
