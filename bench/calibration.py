@@ -3,6 +3,8 @@ seed splits of a seed bank (a study with many seeds of a few candidates).
 
     python bench/calibration.py --storage sqlite:///runs/optuna.db --study seed-bank
     python bench/calibration.py ... --splits 200 --effect rnope_swa:rope
+    python bench/calibration.py ... --also seed-bank-700:@700 \
+        --effect rnope_swa:rope --effect rope:rope@700:short_bpb:less
 
 The seed bank is a study in which each candidate was trained with many seeds (at least
 12 each of ``rope`` and ``rnope_swa`` at the demo budget; see the README for the command
@@ -17,6 +19,9 @@ revealing the next seeds of the split as the planner asks for them).
   wrong; the stated rate is at most 1 - confidence (0.05).
 - a known effect (``--effect A:B``, e.g. rnope_swa vs rope on long_acc): the share
   supported at the first look (fixed) and at any look (adaptive), and contradicted.
+- a known graded effect across two banks (``--also STUDY:SUFFIX`` adds that study's
+  candidates with the suffix, e.g. ``rope@700`` from ``configs/seed_bank_700.yaml``; then
+  ``--effect rope:rope@700:short_bpb:less``: 1000 steps give a lower short_bpb than 700).
 
 Prints a Markdown table; nothing is asserted here (tests/test_calibration.py checks the
 procedure on a small hand-made bank).
@@ -72,6 +77,20 @@ def bank_runs(records: Sequence[TrialRecord]) -> dict[str, list[TrialRecord]]:
         name = r.preset or r.candidate_name or r.candidate_id
         out.setdefault(name, {})[r.seed] = r
     return {k: [v[s] for s in sorted(v)] for k, v in out.items()}
+
+
+def merge_banks(
+    bank: dict[str, list[TrialRecord]], other: dict[str, list[TrialRecord]], suffix: str
+) -> dict[str, list[TrialRecord]]:
+    """``bank`` plus ``other``'s candidates renamed ``name + suffix``; a name that is
+    already in ``bank`` is an error rather than a silent overwrite."""
+    out = dict(bank)
+    for name, runs in other.items():
+        key = f"{name}{suffix}"
+        if key in out:
+            raise ValueError(f"candidate {key!r} is in both banks; give --also another suffix")
+        out[key] = runs
+    return out
 
 
 def _relabel(runs: Sequence[TrialRecord], side: str) -> list[TrialRecord]:
@@ -213,6 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--splits", type=int, default=200)
     p.add_argument("--same", default="rope,rnope_swa", help="candidates for the A/A rows")
     p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="STUDY:SUFFIX",
+        help="a second bank in the same storage whose candidates get SUFFIX (e.g. seed-bank-700:@700)",
+    )
+    p.add_argument(
         "--effect",
         action="append",
         default=[],
@@ -225,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     study = optuna.load_study(study_name=args.study, storage=args.storage)
     bank = bank_runs(study_records(study).records)
+    for spec in args.also:
+        name, sep, suffix = spec.partition(":")
+        if not sep or not suffix:
+            p.error(f"--also {spec!r}: expected STUDY:SUFFIX, e.g. seed-bank-700:@700")
+        other = optuna.load_study(study_name=name, storage=args.storage)
+        bank = merge_banks(bank, bank_runs(study_records(other).records), suffix)
     effects = []
     for spec in args.effect or ["rnope_swa:rope:long_acc:greater"]:
         parts = spec.split(":")

@@ -12,13 +12,13 @@ import numpy as np
 from tracking.records import TrialRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from calibration import bank_runs, calibrate, claim, format_rows, replay  # noqa: E402
+from calibration import bank_runs, calibrate, claim, format_rows, merge_banks, replay  # noqa: E402
 
 
-def _bank(seeds: int = 10) -> list[TrialRecord]:
-    rng = np.random.default_rng(3)
+def _bank(seeds: int = 10, truth: dict | None = None, rng_seed: int = 3) -> list[TrialRecord]:
+    rng = np.random.default_rng(rng_seed)
     out = []
-    truth = {"rope": (0.10, 2.50), "rnope_swa": (0.95, 2.45)}  # long_acc, short_bpb
+    truth = truth or {"rope": (0.10, 2.50), "rnope_swa": (0.95, 2.45)}  # long_acc, short_bpb
     for name, (long_acc, short) in truth.items():
         for s in range(seeds):
             scores = {
@@ -88,3 +88,28 @@ def test_calibrate_on_a_hand_made_bank_gives_the_known_truths():
     adaptive = by[("A/A rope short_bpb", "adaptive {min: 3, max: 5}")]
     assert 6.0 <= adaptive.runs <= 10.0
     assert format_rows(rows)[0].startswith("| row | procedure | splits |")
+
+
+def test_a_second_bank_joins_with_a_suffix_and_its_graded_effect_is_found():
+    # A second study of rope trained shorter (higher short_bpb by 0.15, seed sd 0.03):
+    # its candidates join as rope@700, and "rope < rope@700 on short_bpb" is the
+    # known graded effect of the calibration table.
+    bank = bank_runs(_bank())
+    short = bank_runs(_bank(truth={"rope": (0.10, 2.65)}, rng_seed=5))
+    merged = merge_banks(bank, short, "@700")
+    assert sorted(merged) == ["rnope_swa", "rope", "rope@700"]
+    assert merged["rope@700"] is short["rope"] and merged["rope"] is bank["rope"]
+    rows = calibrate(
+        merged,
+        same=[],
+        effects=[("rope", "rope@700", "short_bpb", "less")],
+        count=40,
+    )
+    for r in rows:
+        assert r.supported >= 0.8 and r.contradicted == 0.0, r
+    try:
+        merge_banks(bank, short, "")
+    except ValueError as e:
+        assert "'rope' is in both banks" in str(e)
+    else:
+        raise AssertionError("a suffix that collides must be refused")
