@@ -15,9 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from space.ladder import rung_of
 from space.outcomes import RERUN_REASONS
-from space.trial_attrs import (
-    TrialAttrs,
-)
+from space.trial_attrs import TrialAttrs
 from tracking.study_view import objective_names as study_objectives
 
 

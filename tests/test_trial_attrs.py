@@ -171,12 +171,12 @@ def test_storage_claim_key_of_the_wrong_type_is_refused_before_the_claim(
 _NOT_OUR_RECORD = {("search/optuna_adapter.py", "_FIXED_PARAMS")}
 
 
-def _raw_attr_reads(path: Path) -> list[str]:
+def _raw_attr_reads(path: Path, rel: str | None = None) -> list[str]:
     """The places in ``path`` that read a trial attribute out of a raw dict by key:
     ``x.user_attrs[k]``, ``x.user_attrs.get(k)``, ``k in x.user_attrs`` (and the same
     on ``system_attrs``), and ``d[ATTR_*]``, ``d.get(ATTR_*)``, ``ATTR_* in d`` on any
     dict. A study's attributes (``STUDY_ATTR_*`` keys) are not a trial's record."""
-    rel = str(path.relative_to(ROOT))
+    rel = rel if rel is not None else str(path.relative_to(ROOT))
 
     def is_raw(node: ast.AST) -> bool:
         return isinstance(node, ast.Attribute) and node.attr in ("user_attrs", "system_attrs")
@@ -251,3 +251,29 @@ def test_trial_attrs_no_module_reads_a_raw_trial_attribute_by_key():
         for hit in _raw_attr_reads(path)
     ]
     assert not hits, "\n".join(hits)
+
+
+def test_raw_attr_scan_finds_each_pattern_and_not_the_typed_reads(tmp_path):
+    source = tmp_path / "reader.py"
+    source.write_text(
+        """
+a = t.user_attrs["knobs"]
+b = t.user_attrs.get(ATTR_SEED)
+c = ATTR_PRESET in t.user_attrs
+d = t.system_attrs.get("fixed_params")
+attrs = trial.user_attrs
+e = attrs.get("seed")
+f = row.get(ATTR_SEED)
+for key in (ATTR_PRESET, ATTR_CANDIDATE_NAME):
+    g = below[key]
+KEYS = (ATTR_PRESET,)
+for k in KEYS:
+    h = src.get(k)
+fine = study.user_attrs.get(STUDY_ATTR_CONFIG)
+fine = TrialAttrs.of(t.user_attrs).seed
+fine = dict(t.user_attrs)
+out[ATTR_SEED] = 3
+"""
+    )
+    hits = _raw_attr_reads(source, rel="reader.py")
+    assert sorted(int(h.split(":")[1]) for h in hits) == [2, 3, 4, 5, 7, 8, 10, 13]
