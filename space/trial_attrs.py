@@ -10,8 +10,11 @@ export, sync and retention read it. This module is the one owner of its keys and
 - :data:`TRIAL_ATTRS`: key -> :class:`AttrSpec` (its JSON type and what it means); every
   key that is not in the table is a score (a number, or null for a non-finite one);
 - :func:`check_attrs`: what a writer is about to store, checked against the table (the
-  writers' choke points call it: ``search.bookkeeping.set_trial_attrs`` and each enqueue);
-- :class:`TrialAttrs`: a trial's attributes read back as one typed object.
+  writers' choke points call it: ``search.bookkeeping.set_trial_attrs``, each enqueue,
+  and ``search.storage`` for the idempotency keys it writes through Optuna's SQL models);
+- :class:`TrialAttrs`: a trial's attributes read back as one typed object. Every reader
+  goes through it (``tests/test_trial_attrs.py`` fails on a raw read by key elsewhere):
+  an absent key, a null and a value of the wrong type all read as None.
 
 The key names are part of the interface (``tests/golden/interface.json``): other tools
 read them.
