@@ -31,6 +31,7 @@ from workers.hf.classes import (  # noqa: E402
     LLAMA4,
     PHI3,
     QWEN3,
+    QWEN3_NEXT,
     SMOLLM3,
     stock_layout,
 )
@@ -51,8 +52,10 @@ SHAPE = ModelShape(
 TRAIN_LEN = 32  # the temperature floor of llama4_like (its default: the training length)
 
 # Which class each shipped preset exports to (None: no stock class; --remote-code; REFUSED: a
-# knob no exporter implements, refused by name even with --remote-code).
+# knob no exporter implements, refused by name even with --remote-code; UNEXPORTABLE: knobs
+# that only a stock class exports, in a combination none reproduces, refused by name).
 REFUSED = "refused"
+UNEXPORTABLE = "unexportable"
 EXPECTED = {
     "rope": LLAMA,
     "qknorm": QWEN3,
@@ -63,14 +66,18 @@ EXPECTED = {
     "llama4_like": None,  # chunked local attention, NoPE query temperature
     "gptoss_like": None,  # learned attention sinks
     "cohere2_like": SMOLLM3,
-    "qwen3_next_like": REFUSED,  # Gated DeltaNet and output gates: no exporter yet
+    "qwen3_next_like": QWEN3_NEXT,  # Gated DeltaNet with gated, QK-normed partial-RoPE attention
     "gemma4_like": REFUSED,  # proportional RoPE: no exporter yet
     "jamba_like": GRANITE_HYBRID,  # Mamba2 layers with NoPE attention (Granite 4.0-H)
-    "olmo_hybrid_like": REFUSED,  # Gated DeltaNet layers: no exporter yet
+    "olmo_hybrid_like": UNEXPORTABLE,  # Gated DeltaNet with plain NoPE attention: no class
     "mimo_like": None,  # two RoPE bases, sinks on the local layers only
 }
 # Presets whose placement needs more than SHAPE's six layers (a 7:1 ratio, an 8-letter layout)
 LAYERS = {"jamba_like": 8, "mimo_like": 8}
+# What each UNEXPORTABLE preset is refused for, in the knobs' words.
+UNEXPORTABLE_KNOBS = {
+    "olmo_hybrid_like": ("output_gate=none", "qk_norm=none", "global_position=nope"),
+}
 
 
 def preset(name: str, **knobs):
@@ -81,13 +88,17 @@ def preset(name: str, **knobs):
 def random_weights(candidate, seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = HybridTransformer(candidate.shape, candidate.layers)
+    # Gated DeltaNet layers keep their init scale: they have no mask to sharpen, and at 4x it
+    # the fp32 rounding of two equal computations (one layer alone: 9e-7 apart) grows about
+    # tenfold per layer (logits 9e-4 apart on 200 tokens at 4x, 1e-6 at 1x).
+    deltanet = {f"blocks.{s.index}." for s in candidate.layers if s.mixer.value == "gated_deltanet"}
     with torch.no_grad():  # norm gains away from 1, so a misplaced or missing norm shows
         for name, p in model.named_parameters():
             if name.endswith("sinks"):  # sinks that take from none to most of the mass
                 p.copy_(2 * torch.randn_like(p))
             elif p.dim() == 1:
                 p.copy_(1 + 0.3 * torch.randn_like(p))
-            else:
+            elif not name.startswith(tuple(deltanet)):
                 p.mul_(4.0)  # sharper attention than init, so masks matter
     return model.state_dict()
 
@@ -163,7 +174,9 @@ def test_hf_export_expected_names_every_shipped_preset():
     assert set(EXPECTED) == set(BUILTIN_PRESETS)
 
 
-@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls not in (None, REFUSED)])
+@pytest.mark.parametrize(
+    "name", [n for n, cls in EXPECTED.items() if cls not in (None, REFUSED, UNEXPORTABLE)]
+)
 def test_hf_export_stock_preset_loads_without_remote_code_and_matches(name, tmp_path):
     candidate = preset(name)
     result, model = export(candidate, tmp_path)
@@ -192,6 +205,23 @@ def test_hf_export_preset_with_an_unexported_knob_is_refused_naming_it(name, tmp
         with pytest.raises(NotExpressible, match="not implemented by export") as err:
             export(candidate, tmp_path, remote_code=remote_code)
         assert not err.value.remote_code_possible
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is UNEXPORTABLE])
+def test_hf_export_preset_no_class_reproduces_is_refused_naming_the_knobs(name, tmp_path):
+    """Gated DeltaNet layers are exported to Qwen3-Next only (OlmoHybrid's attention layers are
+    post-norm, not our block; our remote-code model has no recurrent layer): what Qwen3-Next
+    lacks is named, with or without --remote-code."""
+    assert set(UNEXPORTABLE_KNOBS) == {n for n, c in EXPECTED.items() if c is UNEXPORTABLE}
+    candidate = preset(name)
+    for remote_code in (False, True):
+        with pytest.raises(NotExpressible) as err:
+            export(candidate, tmp_path, remote_code=remote_code)
+        assert not err.value.remote_code_possible
+        for knob in UNEXPORTABLE_KNOBS[name]:
+            assert knob in str(err.value), (knob, str(err.value))
+        assert "not implemented by export" not in str(err.value)
     assert not (tmp_path / "model").exists()
 
 
@@ -289,6 +319,9 @@ STOCK_NEW_KNOBS = {
         SMOLLM3,
     ),
     "partial_rotary": ({"rope_fraction": 0.5}, PHI3),
+    # Qwen3-Next's gated attention without recurrent layers; whole heads turn (its config's
+    # rotary fraction defaults to 0.25, so 1 must be written)
+    "gated_attention": ({"output_gate": "elementwise", "qk_norm": "pre_rope"}, QWEN3_NEXT),
     "partial_rotary_swa": ({"global_every": 0, "local_window": 7, "rope_fraction": 0.25}, PHI3),
     "chunked_rnope": (
         {"global_every": 3, "global_position": "nope", "local_window": 16,
@@ -327,6 +360,9 @@ def test_hf_export_new_knob_loads_as_its_stock_class_and_matches(name, tmp_path)
             assert config["max_position_embeddings"] == scaling.factor * scaling.original_tokens
     if architecture == PHI3:
         assert rope["partial_rotary_factor"] == knobs["rope_fraction"]
+    if architecture == QWEN3_NEXT:  # dense, every fraction written
+        assert config["num_experts"] == 0 and config["mlp_only_layers"] == list(range(6))
+        assert rope["partial_rotary_factor"] == knobs.get("rope_fraction", 1.0)
     if architecture == LLAMA4:
         assert config["moe_layers"] == [] and not config["attn_temperature_tuning"]
         assert config["attention_chunk_size"] == knobs["local_window"]
