@@ -322,6 +322,14 @@ STOCK_NEW_KNOBS = {
     # Qwen3-Next's gated attention without recurrent layers; whole heads turn (its config's
     # rotary fraction defaults to 0.25, so 1 must be written)
     "gated_attention": ({"output_gate": "elementwise", "qk_norm": "pre_rope"}, QWEN3_NEXT),
+    # Qwen3-Next's layers with YaRN on a half-rotary head (two frequencies: one kept, one
+    # interpolated), so a wrong rotary width or scaling shows
+    "gated_deltanet_yarn": (
+        {"global_every": 3, "local_mixer": "gated_deltanet", "output_gate": "elementwise",
+         "qk_norm": "pre_rope", "rope_fraction": 0.5, "rope_scaling": "yarn",
+         "rope_scaling_factor": 4, "rope_scaling_original_tokens": 16},
+        QWEN3_NEXT,
+    ),
     "partial_rotary_swa": ({"global_every": 0, "local_window": 7, "rope_fraction": 0.25}, PHI3),
     "chunked_rnope": (
         {"global_every": 3, "global_position": "nope", "local_window": 16,
@@ -346,7 +354,7 @@ def test_hf_export_new_knob_loads_as_its_stock_class_and_matches(name, tmp_path)
     assert not any(f.endswith(".py") for f in result.files)
     config = json.loads((result.out_dir / "config.json").read_text())
     rope = config["rope_parameters"]
-    scaling = candidate.layers[0].rope_scaling
+    scaling = next(s.rope_scaling for s in candidate.layers if s.position.value == "rope")
     if scaling is None:
         assert rope["rope_type"] == "default"
     else:  # every field the rope-init function reads, none left to a default
@@ -406,6 +414,33 @@ def test_hf_layout_refuses_the_new_knobs_no_stock_class_reproduces():
             )
         assert expected in str(err.value), (expected, str(err.value))
         assert err.value.remote_code_possible
+
+
+def test_hf_layout_refuses_what_qwen3_next_lacks_naming_the_knob():
+    """qwen3_next_like with one knob Qwen3-Next cannot express: refused by name, and not
+    with remote code either (our modeling file has no Gated DeltaNet layer nor gate)."""
+    cases = {
+        "output_gate=headwise": {"output_gate": "headwise"},
+        "qk_norm=post_rope": {"qk_norm": "post_rope"},
+        "rope_scaling=ntk": {"rope_scaling": "ntk", "rope_scaling_factor": 2,
+                             "rope_fraction": 0.5},
+        "global_window=8": {"global_window": 8},
+        "attention_sink=learned": {"attention_sink": "learned"},
+        "output_gate_layers=local": {"global_every": 2, "local_mixer": "softmax",
+                                     "output_gate_layers": "local"},
+        "rope_scaling_layers=global": {"global_every": 2, "local_mixer": "softmax",
+                                       "local_rope_base": 1e7, "rope_scaling": "linear",
+                                       "rope_scaling_factor": 2, "rope_scaling_layers": "global"},
+    }  # fmt: skip
+    for expected, knobs in cases.items():
+        candidate = preset("qwen3_next_like", **knobs)
+        with pytest.raises(NotExpressible) as err:
+            stock_layout(
+                candidate.shape, candidate.layers, candidate.knobs, max_position_embeddings=64
+            )
+        assert expected in str(err.value), (expected, str(err.value))
+        assert "Qwen3-Next" in str(err.value)
+        assert not err.value.remote_code_possible
 
 
 # Every knob of issue 17 on one candidate: chunked local layers beside sliding global ones, sinks

@@ -40,9 +40,10 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
   ``mlp_only_layers``: the dense SwiGLU ``mlp``): Gated DeltaNet layers (``local_mixer:
   gated_deltanet``, ``linear_attn``: our ``workers.deltanet``, its q/k/v/z and b/a projections
   fused per key-head group in ``in_proj_qkvz`` / ``in_proj_ba``) and attention layers that all
-  have RoPE with one base and one leading fraction (``partial_rotary_factor``), QK-norm before
+  have RoPE with one base and one leading fraction (``partial_rotary_factor``; its linear and
+  YaRN scalings turn that fraction as ours do, NTK is refused as everywhere), QK-norm before
   the rotation, an elementwise output gate (``output_gate: elementwise``; Qwen3-Next's
-  ``q_proj`` holds each head's query rows then its gate rows) and full attention, unscaled.
+  ``q_proj`` holds each head's query rows then its gate rows) and full attention.
   Its RMSNorms (the layers', the final one, QK-norm) are zero-centred, ``x / rms(x) * (1 + w)``:
   the export writes our gain minus one, the same product (exact for gains in [0.5, 2], where
   ``w - 1`` and ``1 + (w - 1)`` are exact in fp32; one rounding of ``w - 1`` elsewhere); the

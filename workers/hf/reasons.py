@@ -229,7 +229,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
     """What Qwen3-Next (Gated DeltaNet layers beside gated attention layers, each with the dense
     SwiGLU when ``num_experts`` is 0) lacks for a candidate with Gated DeltaNet layers or an
     output gate. Its attention layers all turn a leading fraction of each head with one base
-    (``partial_rotary_factor``, no scaling here), normalise q and k per head before the
+    (``partial_rotary_factor``; one linear or YaRN scaling, not NTK), normalise q and k per head before the
     rotation, gate every output elementwise (``q_proj`` holds query and gate) and attend to the
     whole context. OlmoHybrid, the other stock class with Gated DeltaNet layers, is not our
     block: its attention layers are post-norm (the norm on the attention and MLP outputs, none
@@ -309,13 +309,25 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
                 "two rotary fractions: " + why_class + "has one partial_rotary_factor",
             )
         )
-    scaled = [s for s in rope if s.rope_scaling is not None]
-    if scaled:
+    ntk = [
+        s for s in rope if s.rope_scaling is not None and s.rope_scaling.kind is RopeScalingKind.NTK
+    ]
+    if ntk:
         reasons.append(
             Reason(
                 "rope_scaling",
-                scaled[0].rope_scaling.kind.value,
-                "a RoPE scaling with Gated DeltaNet layers or an output gate: not exported",
+                "ntk",
+                "Qwen3-Next's dynamic RoPE (Hugging Face's) keeps the frequencies of the longest "
+                "sequence it has seen, so it differs from ours past "
+                f"{ntk[0].rope_scaling.original_tokens} tokens",
+            )
+        )
+    if len({s.rope_scaling for s in rope}) > 1:
+        reasons.append(
+            Reason(
+                "rope_scaling_layers",
+                _knob(knobs, "rope_scaling_layers", "?"),
+                "a RoPE scaling on some RoPE layers only: " + why_class + "has one rope_parameters",
             )
         )
     windowed = [s for s in softmax if s.window_tokens is not None]
