@@ -572,6 +572,24 @@ def test_hf_card_shows_the_last_stage_and_the_new_knobs():
     assert "rotary dims" not in plain and "training stages" not in plain  # only where used
 
 
+def test_hf_card_shows_the_mixer_and_the_output_gate():
+    from workers.hf.card import CardFacts, render_card
+
+    facts = CardFacts(study="s", trial=3, seed=0, step=15, seq_len=TRAIN_LEN,
+                      architecture=QWEN3_NEXT, remote_code=False, scores={})  # fmt: skip
+    card = render_card(preset("qwen3_next_like"), facts)
+    header = next(line for line in card.splitlines() if line.startswith("| layer |"))
+    assert header == (
+        "| layer | kind | mixer | position | RoPE base | window | QK-norm | output gate "
+        "| temperature | rotary dims |"
+    )
+    rows = [line for line in card.splitlines() if line.startswith(("| 2 |", "| 3 |"))]
+    assert rows == [  # a recurrent layer has no position, QK-norm nor gate
+        "| 2 | local | gated_deltanet | - | - | - | - | - | - | - |",
+        "| 3 | global | softmax | rope | 10000000 | - | pre_rope | elementwise | - | 2 of 8 |",
+    ]
+
+
 def test_hf_dynamic_rope_is_not_our_ntk_so_ntk_needs_remote_code():
     """Why ``rope_scaling: ntk`` is refused for stock classes (HF ``dynamic``): a forward after a
     longer one keeps the longer one's frequencies. If HF ever matches, NTK can go stock."""
