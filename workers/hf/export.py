@@ -7,8 +7,8 @@
   ``configuration_ropenope.py`` / ``modeling_ropenope.py`` (``workers/hf/remote``) next to the
   weights with an ``auto_map`` for ``trust_remote_code=True``;
 - ``model.safetensors`` (fp32, Hugging Face Llama parameter names, the tied output head left
-  to ``tie_word_embeddings``; fused for Phi3, reordered for Llama 4's interleaved RoPE, see
-  :func:`hf_state_dict`) and ``generation_config.json``;
+  to ``tie_word_embeddings``; fused for Phi3 and Qwen3-Next, reordered for Llama 4's
+  interleaved RoPE, see :func:`hf_state_dict`) and ``generation_config.json``;
 - the byte tokenizer (``workers.hf.tokenizer``) when the model reads bytes;
 - ``README.md``: the model card the caller renders (``workers.hf.card``);
 - ``ropenope.json``: where it came from (study, trial, seed, candidate, scores, the check).
@@ -111,6 +111,9 @@ def hf_state_dict(
     concatenated in its order: ``qkv_proj`` = q, k, v rows; ``gate_up_proj`` = gate, up rows.
     For ``Llama4ForCausalLM`` (which needs ``shape``) the MLP is ``feed_forward`` and each
     head's q and k rows are reordered for its interleaved rotation (:func:`_interleave_for_llama4`).
+    For ``Qwen3NextForCausalLM`` (which needs ``shape``) query and gate rows, and a Gated
+    DeltaNet layer's projections, are fused, and the zero-centred norms written as gain minus
+    one (:func:`_fuse_for_qwen3_next`).
     """
     out: dict[str, Tensor] = {}
     for name, tensor in state.items():
