@@ -64,6 +64,32 @@ def expand_layers(
     ``train_seq_len`` is the training length T: the default floor of the NoPE temperature and
     the default original length of a RoPE scaling.
     """
+    _check_placement(knobs, shape)
+    globals_ = set(global_layer_indices(shape.n_layers, knobs["global_every"], knobs["layout"]))
+    attention = _AttentionOptions.of(knobs, train_seq_len)
+    local_mixer = Mixer(knobs["local_mixer"])
+    recurrent = None
+    if local_mixer is not Mixer.SOFTMAX:
+        refuse_attention_knobs_on_recurrent(knobs)
+        recurrent = _recurrent_shape(knobs, shape)
+    layers = []
+    for i in range(shape.n_layers):
+        kind = LayerKind.GLOBAL if i in globals_ else LayerKind.LOCAL
+        if kind is LayerKind.LOCAL and recurrent is not None:
+            # attention's options (QK-norm, sinks, gates, RoPE) stay on the softmax layers
+            layers.append(_recurrent_layer(i, local_mixer, recurrent))
+        else:
+            layers.append(attention.layer(i, kind, knobs))
+    for layer in layers:
+        problem = layer.head_dim_problem(shape.head_dim)
+        if problem is not None:
+            raise InvalidCandidate(problem)
+    return tuple(layers)
+
+
+def _check_placement(knobs: Mapping[str, Any], shape: ModelShape) -> None:
+    """The layout string or ``global_every`` must place a global layer among the model's
+    layers, and a query temperature needs NoPE global layers. Raises InvalidCandidate."""
     k = knobs["global_every"]
     layout = knobs["layout"]
     if layout is not None:
@@ -79,54 +105,68 @@ def expand_layers(
         raise InvalidCandidate(
             "global_temperature scales NoPE queries; it needs global_position: nope"
         )
-    globals_ = set(global_layer_indices(shape.n_layers, k, layout))
-    qk_norm = QKNorm(knobs["qk_norm"])
-    qk_where = LayerPlacement(knobs["qk_norm_layers"])
-    sink = AttentionSink(knobs["attention_sink"])
-    sink_where = LayerPlacement(knobs["attention_sink_layers"])
-    gate = OutputGate(knobs["output_gate"])
-    gate_where = LayerPlacement(knobs["output_gate_layers"])
-    temperature = None
-    if temperature_kind is QueryTemperature.LOG:
-        floor = knobs["global_temperature_floor"] or train_seq_len
-        temperature = Temperature(
-            floor_tokens=int(floor), scale=float(knobs["global_temperature_scale"])
-        )
-    scaling = _rope_scaling(knobs, train_seq_len)
-    scaling_where = LayerPlacement(knobs["rope_scaling_layers"])
-    fraction_where = LayerPlacement(knobs["rope_fraction_layers"])
-    local_window_kind = WindowKind(knobs["local_attention"])
-    local_mixer = Mixer(knobs["local_mixer"])
-    recurrent = None
-    if local_mixer is not Mixer.SOFTMAX:
-        refuse_attention_knobs_on_recurrent(knobs)
-        recurrent = _recurrent_shape(knobs, shape)
 
-    layers = []
-    for i in range(shape.n_layers):
-        kind = LayerKind.GLOBAL if i in globals_ else LayerKind.LOCAL
-        if kind is LayerKind.LOCAL and recurrent is not None:
-            # attention's options (QK-norm, sinks, gates, RoPE) stay on the softmax layers
-            layers.append(
-                LayerSpec(
-                    index=i,
-                    kind=kind,
-                    position=Position.NOPE,
-                    rope_base=None,
-                    window_tokens=None,
-                    qk_norm=QKNorm.NONE,
-                    temperature=None,
-                    mixer=local_mixer,
-                    recurrent=recurrent,
-                )
+
+def _recurrent_layer(index: int, mixer: Mixer, recurrent: RecurrentShape) -> LayerSpec:
+    return LayerSpec(
+        index=index,
+        kind=LayerKind.LOCAL,
+        position=Position.NOPE,
+        rope_base=None,
+        window_tokens=None,
+        qk_norm=QKNorm.NONE,
+        temperature=None,
+        mixer=mixer,
+        recurrent=recurrent,
+    )
+
+
+@dataclass(frozen=True)
+class _AttentionOptions:
+    """The options of a softmax layer that depend on its kind only through a placement
+    (``*_layers: all | local | global``), resolved once per candidate."""
+
+    qk_norm: QKNorm
+    qk_where: LayerPlacement
+    sink: AttentionSink
+    sink_where: LayerPlacement
+    gate: OutputGate
+    gate_where: LayerPlacement
+    temperature: Temperature | None
+    scaling: RopeScaling | None
+    scaling_where: LayerPlacement
+    fraction_where: LayerPlacement
+    local_window_kind: WindowKind
+
+    @classmethod
+    def of(cls, knobs: Mapping[str, Any], train_seq_len: int) -> _AttentionOptions:
+        temperature = None
+        if QueryTemperature(knobs["global_temperature"]) is QueryTemperature.LOG:
+            floor = knobs["global_temperature_floor"] or train_seq_len
+            temperature = Temperature(
+                floor_tokens=int(floor), scale=float(knobs["global_temperature_scale"])
             )
-            continue
+        return cls(
+            qk_norm=QKNorm(knobs["qk_norm"]),
+            qk_where=LayerPlacement(knobs["qk_norm_layers"]),
+            sink=AttentionSink(knobs["attention_sink"]),
+            sink_where=LayerPlacement(knobs["attention_sink_layers"]),
+            gate=OutputGate(knobs["output_gate"]),
+            gate_where=LayerPlacement(knobs["output_gate_layers"]),
+            temperature=temperature,
+            scaling=_rope_scaling(knobs, train_seq_len),
+            scaling_where=LayerPlacement(knobs["rope_scaling_layers"]),
+            fraction_where=LayerPlacement(knobs["rope_fraction_layers"]),
+            local_window_kind=WindowKind(knobs["local_attention"]),
+        )
+
+    def layer(self, index: int, kind: LayerKind, knobs: Mapping[str, Any]) -> LayerSpec:
         if kind is LayerKind.GLOBAL:
             position = Position(knobs["global_position"])
             base = knobs["global_rope_base"] if position is Position.ROPE else None
             window = knobs["global_window"]
             window_kind = WindowKind.SLIDING
-            temp = temperature
+            temp = self.temperature
         else:
             position, base, window, temp = (
                 Position.ROPE,
@@ -134,34 +174,28 @@ def expand_layers(
                 knobs["local_window"],
                 None,
             )
-            window_kind = local_window_kind
+            window_kind = self.local_window_kind
         rope = position is Position.ROPE
-        partial = rope and fraction_where.covers(kind)
+        partial = rope and self.fraction_where.covers(kind)
         try:
-            spec = LayerSpec(
-                index=i,
+            return LayerSpec(
+                index=index,
                 kind=kind,
                 position=position,
                 rope_base=None if base is None else float(base),
                 window_tokens=window,
-                qk_norm=qk_norm if qk_where.covers(kind) else QKNorm.NONE,
+                qk_norm=self.qk_norm if self.qk_where.covers(kind) else QKNorm.NONE,
                 temperature=temp,
                 # chunked with no window is full attention: the same layer as sliding-none
                 window_kind=window_kind if window is not None else WindowKind.SLIDING,
-                attention_sink=sink if sink_where.covers(kind) else AttentionSink.NONE,
+                attention_sink=self.sink if self.sink_where.covers(kind) else AttentionSink.NONE,
                 rope_fraction=float(knobs["rope_fraction"]) if partial else 1.0,
                 rope_type=RopeType(knobs["rope_type"]) if partial else RopeType.NEOX,
-                rope_scaling=scaling if rope and scaling_where.covers(kind) else None,
-                output_gate=gate if gate_where.covers(kind) else OutputGate.NONE,
+                rope_scaling=self.scaling if rope and self.scaling_where.covers(kind) else None,
+                output_gate=self.gate if self.gate_where.covers(kind) else OutputGate.NONE,
             )
         except ValueError as err:  # well-formed knobs, an impossible layer
             raise InvalidCandidate(str(err)) from err
-        layers.append(spec)
-    for layer in layers:
-        problem = layer.head_dim_problem(shape.head_dim)
-        if problem is not None:
-            raise InvalidCandidate(problem)
-    return tuple(layers)
 
 
 # Options of attention that a placement knob may put on the local layers alone.

@@ -31,6 +31,7 @@ from workers.hf.classes import (  # noqa: E402
     LLAMA4,
     PHI3,
     QWEN3,
+    QWEN3_NEXT,
     SMOLLM3,
     stock_layout,
 )
@@ -51,8 +52,10 @@ SHAPE = ModelShape(
 TRAIN_LEN = 32  # the temperature floor of llama4_like (its default: the training length)
 
 # Which class each shipped preset exports to (None: no stock class; --remote-code; REFUSED: a
-# knob no exporter implements, refused by name even with --remote-code).
+# knob no exporter implements, refused by name even with --remote-code; UNEXPORTABLE: knobs
+# that only a stock class exports, in a combination none reproduces, refused by name).
 REFUSED = "refused"
+UNEXPORTABLE = "unexportable"
 EXPECTED = {
     "rope": LLAMA,
     "qknorm": QWEN3,
@@ -63,14 +66,18 @@ EXPECTED = {
     "llama4_like": None,  # chunked local attention, NoPE query temperature
     "gptoss_like": None,  # learned attention sinks
     "cohere2_like": SMOLLM3,
-    "qwen3_next_like": REFUSED,  # Gated DeltaNet and output gates: no exporter yet
+    "qwen3_next_like": QWEN3_NEXT,  # Gated DeltaNet with gated, QK-normed partial-RoPE attention
     "gemma4_like": REFUSED,  # proportional RoPE: no exporter yet
     "jamba_like": GRANITE_HYBRID,  # Mamba2 layers with NoPE attention (Granite 4.0-H)
-    "olmo_hybrid_like": REFUSED,  # Gated DeltaNet layers: no exporter yet
+    "olmo_hybrid_like": UNEXPORTABLE,  # Gated DeltaNet with plain NoPE attention: no class
     "mimo_like": None,  # two RoPE bases, sinks on the local layers only
 }
 # Presets whose placement needs more than SHAPE's six layers (a 7:1 ratio, an 8-letter layout)
 LAYERS = {"jamba_like": 8, "mimo_like": 8}
+# What each UNEXPORTABLE preset is refused for, in the knobs' words.
+UNEXPORTABLE_KNOBS = {
+    "olmo_hybrid_like": ("output_gate=none", "qk_norm=none", "global_position=nope"),
+}
 
 
 def preset(name: str, **knobs):
@@ -81,13 +88,17 @@ def preset(name: str, **knobs):
 def random_weights(candidate, seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = HybridTransformer(candidate.shape, candidate.layers)
+    # Gated DeltaNet layers keep their init scale: they have no mask to sharpen, and at 4x it
+    # the fp32 rounding of two equal computations (one layer alone: 9e-7 apart) grows about
+    # tenfold per layer (logits 9e-4 apart on 200 tokens at 4x, 1e-6 at 1x).
+    deltanet = {f"blocks.{s.index}." for s in candidate.layers if s.mixer.value == "gated_deltanet"}
     with torch.no_grad():  # norm gains away from 1, so a misplaced or missing norm shows
         for name, p in model.named_parameters():
             if name.endswith("sinks"):  # sinks that take from none to most of the mass
                 p.copy_(2 * torch.randn_like(p))
             elif p.dim() == 1:
                 p.copy_(1 + 0.3 * torch.randn_like(p))
-            else:
+            elif not name.startswith(tuple(deltanet)):
                 p.mul_(4.0)  # sharper attention than init, so masks matter
     return model.state_dict()
 
@@ -163,7 +174,9 @@ def test_hf_export_expected_names_every_shipped_preset():
     assert set(EXPECTED) == set(BUILTIN_PRESETS)
 
 
-@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls not in (None, REFUSED)])
+@pytest.mark.parametrize(
+    "name", [n for n, cls in EXPECTED.items() if cls not in (None, REFUSED, UNEXPORTABLE)]
+)
 def test_hf_export_stock_preset_loads_without_remote_code_and_matches(name, tmp_path):
     candidate = preset(name)
     result, model = export(candidate, tmp_path)
@@ -192,6 +205,23 @@ def test_hf_export_preset_with_an_unexported_knob_is_refused_naming_it(name, tmp
         with pytest.raises(NotExpressible, match="not implemented by export") as err:
             export(candidate, tmp_path, remote_code=remote_code)
         assert not err.value.remote_code_possible
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is UNEXPORTABLE])
+def test_hf_export_preset_no_class_reproduces_is_refused_naming_the_knobs(name, tmp_path):
+    """Gated DeltaNet layers are exported to Qwen3-Next only (OlmoHybrid's attention layers are
+    post-norm, not our block; our remote-code model has no recurrent layer): what Qwen3-Next
+    lacks is named, with or without --remote-code."""
+    assert set(UNEXPORTABLE_KNOBS) == {n for n, c in EXPECTED.items() if c is UNEXPORTABLE}
+    candidate = preset(name)
+    for remote_code in (False, True):
+        with pytest.raises(NotExpressible) as err:
+            export(candidate, tmp_path, remote_code=remote_code)
+        assert not err.value.remote_code_possible
+        for knob in UNEXPORTABLE_KNOBS[name]:
+            assert knob in str(err.value), (knob, str(err.value))
+        assert "not implemented by export" not in str(err.value)
     assert not (tmp_path / "model").exists()
 
 
@@ -289,6 +319,17 @@ STOCK_NEW_KNOBS = {
         SMOLLM3,
     ),
     "partial_rotary": ({"rope_fraction": 0.5}, PHI3),
+    # Qwen3-Next's gated attention without recurrent layers; whole heads turn (its config's
+    # rotary fraction defaults to 0.25, so 1 must be written)
+    "gated_attention": ({"output_gate": "elementwise", "qk_norm": "pre_rope"}, QWEN3_NEXT),
+    # Qwen3-Next's layers with YaRN on a half-rotary head (two frequencies: one kept, one
+    # interpolated), so a wrong rotary width or scaling shows
+    "gated_deltanet_yarn": (
+        {"global_every": 3, "local_mixer": "gated_deltanet", "output_gate": "elementwise",
+         "qk_norm": "pre_rope", "rope_fraction": 0.5, "rope_scaling": "yarn",
+         "rope_scaling_factor": 4, "rope_scaling_original_tokens": 16},
+        QWEN3_NEXT,
+    ),
     "partial_rotary_swa": ({"global_every": 0, "local_window": 7, "rope_fraction": 0.25}, PHI3),
     "chunked_rnope": (
         {"global_every": 3, "global_position": "nope", "local_window": 16,
@@ -313,7 +354,7 @@ def test_hf_export_new_knob_loads_as_its_stock_class_and_matches(name, tmp_path)
     assert not any(f.endswith(".py") for f in result.files)
     config = json.loads((result.out_dir / "config.json").read_text())
     rope = config["rope_parameters"]
-    scaling = candidate.layers[0].rope_scaling
+    scaling = next(s.rope_scaling for s in candidate.layers if s.position.value == "rope")
     if scaling is None:
         assert rope["rope_type"] == "default"
     else:  # every field the rope-init function reads, none left to a default
@@ -327,6 +368,9 @@ def test_hf_export_new_knob_loads_as_its_stock_class_and_matches(name, tmp_path)
             assert config["max_position_embeddings"] == scaling.factor * scaling.original_tokens
     if architecture == PHI3:
         assert rope["partial_rotary_factor"] == knobs["rope_fraction"]
+    if architecture == QWEN3_NEXT:  # dense, every fraction written
+        assert config["num_experts"] == 0 and config["mlp_only_layers"] == list(range(6))
+        assert rope["partial_rotary_factor"] == knobs.get("rope_fraction", 1.0)
     if architecture == LLAMA4:
         assert config["moe_layers"] == [] and not config["attn_temperature_tuning"]
         assert config["attention_chunk_size"] == knobs["local_window"]
@@ -370,6 +414,33 @@ def test_hf_layout_refuses_the_new_knobs_no_stock_class_reproduces():
             )
         assert expected in str(err.value), (expected, str(err.value))
         assert err.value.remote_code_possible
+
+
+def test_hf_layout_refuses_what_qwen3_next_lacks_naming_the_knob():
+    """qwen3_next_like with one knob Qwen3-Next cannot express: refused by name, and not
+    with remote code either (our modeling file has no Gated DeltaNet layer nor gate)."""
+    cases = {
+        "output_gate=headwise": {"output_gate": "headwise"},
+        "qk_norm=post_rope": {"qk_norm": "post_rope"},
+        "rope_scaling=ntk": {"rope_scaling": "ntk", "rope_scaling_factor": 2,
+                             "rope_fraction": 0.5},
+        "global_window=8": {"global_window": 8},
+        "attention_sink=learned": {"attention_sink": "learned"},
+        "output_gate_layers=local": {"global_every": 2, "local_mixer": "softmax",
+                                     "output_gate_layers": "local"},
+        "rope_scaling_layers=global": {"global_every": 2, "local_mixer": "softmax",
+                                       "local_rope_base": 1e7, "rope_scaling": "linear",
+                                       "rope_scaling_factor": 2, "rope_scaling_layers": "global"},
+    }  # fmt: skip
+    for expected, knobs in cases.items():
+        candidate = preset("qwen3_next_like", **knobs)
+        with pytest.raises(NotExpressible) as err:
+            stock_layout(
+                candidate.shape, candidate.layers, candidate.knobs, max_position_embeddings=64
+            )
+        assert expected in str(err.value), (expected, str(err.value))
+        assert "Qwen3-Next" in str(err.value)
+        assert not err.value.remote_code_possible
 
 
 # Every knob of issue 17 on one candidate: chunked local layers beside sliding global ones, sinks
@@ -499,6 +570,24 @@ def test_hf_card_shows_the_last_stage_and_the_new_knobs():
     assert "last of 2 training stages" in card and "attention-sinks" in card
     plain = render_card(preset("rope"), facts)
     assert "rotary dims" not in plain and "training stages" not in plain  # only where used
+
+
+def test_hf_card_shows_the_mixer_and_the_output_gate():
+    from workers.hf.card import CardFacts, render_card
+
+    facts = CardFacts(study="s", trial=3, seed=0, step=15, seq_len=TRAIN_LEN,
+                      architecture=QWEN3_NEXT, remote_code=False, scores={})  # fmt: skip
+    card = render_card(preset("qwen3_next_like"), facts)
+    header = next(line for line in card.splitlines() if line.startswith("| layer |"))
+    assert header == (
+        "| layer | kind | mixer | position | RoPE base | window | QK-norm | output gate "
+        "| temperature | rotary dims |"
+    )
+    rows = [line for line in card.splitlines() if line.startswith(("| 2 |", "| 3 |"))]
+    assert rows == [  # a recurrent layer has no position, QK-norm nor gate
+        "| 2 | local | gated_deltanet | - | - | - | - | - | - | - |",
+        "| 3 | global | softmax | rope | 10000000 | - | pre_rope | elementwise | - | 2 of 8 |",
+    ]
 
 
 def test_hf_dynamic_rope_is_not_our_ntk_so_ntk_needs_remote_code():

@@ -128,7 +128,7 @@ def test_model_shape_refuses_mup_without_a_base() -> None:
         ModelShape(4, 64, 4, 4, 128, 64, base_d_model=32)
 
 
-@pytest.mark.parametrize("name", ["rope", "qknorm", "gptoss_like"])
+@pytest.mark.parametrize("name", ["rope", "qknorm", "gptoss_like", "qwen3_next_like"])
 def test_mup_candidate_exports_as_the_standard_model_with_the_same_logits(name, tmp_path):
     pytest.importorskip("transformers")
     from test_hf_export import assert_same_model, random_weights

@@ -10,7 +10,15 @@ from typing import Any
 
 from space.describe import describe_knobs
 from space.expand import Candidate
-from space.layers import AttentionSink, LayerSpec, Position, RopeScalingKind, WindowKind
+from space.layers import (
+    AttentionSink,
+    LayerSpec,
+    Mixer,
+    OutputGate,
+    Position,
+    RopeScalingKind,
+    WindowKind,
+)
 from space.names import (
     ACC_AT_T,
     KV_CACHE_BYTES,
@@ -53,20 +61,22 @@ class CardFacts:
     folder_name: str = "."
 
 
-# Column headers of the layer table; the last three appear only when some layer uses them.
+# Column headers of the layer table; the optional ones appear only when some layer uses them.
 LAYER_COLUMNS = {
     "layer": "layer",
     "kind": "kind",
+    "mixer": "mixer",
     "position": "position",
     "rope_base": "RoPE base",
     "window": "window",
     "qk_norm": "QK-norm",
+    "output_gate": "output gate",
     "temperature": "temperature",
     "rotary": "rotary dims",
     "rope_scaling": "RoPE scaling",
     "sink": "sink",
 }
-_OPTIONAL_COLUMNS = ("rotary", "rope_scaling", "sink")
+_OPTIONAL_COLUMNS = ("mixer", "output_gate", "rotary", "rope_scaling", "sink")
 
 
 def _scaling_cell(spec: LayerSpec) -> str | None:
@@ -87,7 +97,8 @@ def _scaling_cell(spec: LayerSpec) -> str | None:
 def layer_rows(candidate: Candidate) -> list[dict[str, Any]]:
     """One row per layer the exported weights run with (the last training stage's): index,
     kind, position, RoPE base, window (``chunk`` when chunked), QK-norm, temperature, and the
-    rotated dimensions, RoPE scaling and sink where any layer has them."""
+    mixer, output gate, rotated dimensions, RoPE scaling and sink where any layer has them (a
+    recurrent layer has no position nor QK-norm: ``-``)."""
     layers = candidate.final_layers
     head_dim = candidate.shape.head_dim
     rows = []
@@ -97,14 +108,17 @@ def layer_rows(candidate: Candidate) -> list[dict[str, Any]]:
         if window is not None and spec.window_kind is WindowKind.CHUNKED:
             window = f"chunk {window}"
         rope = spec.position is Position.ROPE
+        attention = spec.mixer is Mixer.SOFTMAX
         rows.append(
             {
                 "layer": spec.index,
                 "kind": spec.kind.value,
-                "position": spec.position.value,
+                "mixer": spec.mixer.value,
+                "position": spec.position.value if attention else None,
                 "rope_base": spec.rope_base if rope else None,
                 "window": window,
-                "qk_norm": spec.qk_norm.value,
+                "qk_norm": spec.qk_norm.value if attention else None,
+                "output_gate": spec.output_gate.value if attention else None,
                 "temperature": None if t is None else f"log, from {t.floor_tokens}, x{t.scale:g}",
                 "rotary": f"{spec.rotary_dims(head_dim)} of {head_dim}" if rope else None,
                 "rope_scaling": _scaling_cell(spec),
@@ -112,6 +126,8 @@ def layer_rows(candidate: Candidate) -> list[dict[str, Any]]:
             }
         )
     used = {
+        "mixer": any(s.mixer is not Mixer.SOFTMAX for s in layers),
+        "output_gate": any(s.output_gate is not OutputGate.NONE for s in layers),
         "rotary": any(s.rope_fraction != 1.0 for s in layers),
         "rope_scaling": any(s.rope_scaling is not None for s in layers),
         "sink": any(s.attention_sink is AttentionSink.LEARNED for s in layers),

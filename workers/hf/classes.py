@@ -1,7 +1,7 @@
 """Which stock Hugging Face ``transformers`` class reproduces a candidate exactly, and its config.
 
 Our block is the Llama block (pre-norm RMSNorm, SwiGLU, GQA, ``rotate_half`` RoPE, tied
-embeddings, no biases); six stock classes add per-layer options on top of it, each checked
+embeddings, no biases); seven stock classes add per-layer options on top of it, each checked
 against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``:
 
 - ``LlamaForCausalLM``: every layer RoPE with one base, full attention, no QK-norm.
@@ -34,7 +34,24 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
   as transformers' Mamba2Mixer, as ours) with full-attention layers, all NoPE
   (``position_embedding_type: null``, Granite 4.0-H) or all RoPE with one base, no window, no
   QK-norm. A Mamba2 hybrid it cannot reproduce is refused even with remote code (our modeling
-  file has no recurrent layer); Gated DeltaNet layers are refused outright.
+  file has no recurrent layer).
+
+- ``Qwen3NextForCausalLM`` without experts (``num_experts: 0``, every layer in
+  ``mlp_only_layers``: the dense SwiGLU ``mlp``): Gated DeltaNet layers (``local_mixer:
+  gated_deltanet``, ``linear_attn``: our ``workers.deltanet``, its q/k/v/z and b/a projections
+  fused per key-head group in ``in_proj_qkvz`` / ``in_proj_ba``) and attention layers that all
+  have RoPE with one base and one leading fraction (``partial_rotary_factor``; its linear and
+  YaRN scalings turn that fraction as ours do, NTK is refused as everywhere), QK-norm before
+  the rotation, an elementwise output gate (``output_gate: elementwise``; Qwen3-Next's
+  ``q_proj`` holds each head's query rows then its gate rows) and full attention.
+  Its RMSNorms (the layers', the final one, QK-norm) are zero-centred, ``x / rms(x) * (1 + w)``:
+  the export writes our gain minus one, the same product (exact for gains in [0.5, 2], where
+  ``w - 1`` and ``1 + (w - 1)`` are exact in fp32; one rounding of ``w - 1`` elsewhere); the
+  Gated DeltaNet's gated norm is plain ``w``, as ours. A candidate with an output gate and no
+  recurrent layer exports to it too. Nothing else does: OlmoHybrid's attention layers are
+  post-norm with QK-norm over all heads at once (not our block), and our remote-code model has
+  neither the Gated DeltaNet nor the gate, so such a candidate Qwen3-Next cannot express is
+  refused, naming the knob.
 
 RoPE scaling is ``rope_parameters`` on Llama, Qwen3 and SmolLM3 (``linear``; ``yarn`` with
 ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``attention_factor`` and
@@ -85,7 +102,12 @@ from space.layers import (
     RopeScalingKind,
     WindowKind,
 )
-from workers.hf.reasons import NotExpressible, stock_reasons, unknown_layer_fields
+from workers.hf.reasons import (
+    NotExpressible,
+    needs_qwen3_next,
+    stock_reasons,
+    unknown_layer_fields,
+)
 
 LLAMA = "LlamaForCausalLM"
 QWEN3 = "Qwen3ForCausalLM"
@@ -93,6 +115,7 @@ SMOLLM3 = "SmolLM3ForCausalLM"
 PHI3 = "Phi3ForCausalLM"
 LLAMA4 = "Llama4ForCausalLM"
 GRANITE_HYBRID = "GraniteMoeHybridForCausalLM"
+QWEN3_NEXT = "Qwen3NextForCausalLM"
 MODEL_TYPES = {
     LLAMA: "llama",
     QWEN3: "qwen3",
@@ -100,6 +123,7 @@ MODEL_TYPES = {
     PHI3: "phi3",
     LLAMA4: "llama4_text",
     GRANITE_HYBRID: "granitemoehybrid",
+    QWEN3_NEXT: "qwen3_next",
 }
 # Hugging Face's rope_type for each of our scalings that a stock class reproduces exactly.
 HF_ROPE_TYPES = {RopeScalingKind.LINEAR: "linear", RopeScalingKind.YARN: "yarn"}
@@ -216,6 +240,41 @@ def _granite_hybrid_config(
     }
 
 
+def _qwen3_next_config(
+    common: dict[str, Any],
+    shape: ModelShape,
+    layers: Sequence[LayerSpec],
+    fraction: float,
+) -> dict[str, Any]:
+    """Qwen3-Next's config: Gated DeltaNet layers (one set of sizes, the knobs) and gated
+    attention layers; no experts (``num_experts: 0``, every layer in ``mlp_only_layers``: the
+    dense SwiGLU of ``intermediate_size``). The rotary fraction is always written: Qwen3-Next
+    assumes 0.25 when ``rope_parameters`` has none."""
+    deltanet = [s.recurrent for s in layers if s.mixer is Mixer.GATED_DELTANET]
+    r = deltanet[0] if deltanet else None
+    linear = (
+        {
+            "linear_conv_kernel_dim": r.conv_tokens,
+            "linear_key_head_dim": r.head_dim,
+            "linear_value_head_dim": r.head_dim,
+            "linear_num_key_heads": r.key_heads,
+            "linear_num_value_heads": r.value_heads,
+        }
+        if r is not None
+        else {}
+    )
+    return {
+        **common,
+        **linear,
+        "rope_parameters": {**common["rope_parameters"], "partial_rotary_factor": float(fraction)},
+        "head_dim": shape.head_dim,
+        "layer_types": ["linear_attention" if s.recurrent else FULL for s in layers],
+        "num_experts": 0,  # no mixture of experts
+        "mlp_only_layers": list(range(shape.n_layers)),
+        "decoder_sparse_step": 1,
+    }
+
+
 def stock_layout(
     shape: ModelShape,
     layers: Sequence[LayerSpec],
@@ -234,8 +293,9 @@ def stock_layout(
         raise NotExpressible(unknown, remote_code_possible=False)
     reasons = stock_reasons(layers, knobs)
     mamba = [s.recurrent for s in layers if s.mixer is Mixer.MAMBA2]
-    if reasons:  # the remote-code model has no recurrent layer either
-        raise NotExpressible(reasons, remote_code_possible=not mamba)
+    qwen3_next = needs_qwen3_next(layers)
+    if reasons:  # the remote-code model has no recurrent layer nor output gate either
+        raise NotExpressible(reasons, remote_code_possible=not (mamba or qwen3_next))
 
     rope = [s for s in layers if s.position is Position.ROPE]
     base = rope[0].rope_base if rope else UNUSED_ROPE_BASE
@@ -250,7 +310,10 @@ def stock_layout(
     common = _common_config(shape, layers, rope_params, scaling, max_position_embeddings)
     common.update(special_tokens or {})
     chunk = {s.window_tokens for s in layers if s.window_kind is WindowKind.CHUNKED} - {None}
-    if mamba:  # stock_reasons made sure: full attention, no QK-norm, one position
+    if qwen3_next:  # stock_reasons made sure: gated, QK-normed, full RoPE attention, one base
+        architecture = QWEN3_NEXT
+        config = _qwen3_next_config(common, shape, layers, fraction)
+    elif mamba:  # stock_reasons made sure: full attention, no QK-norm, one position
         architecture = GRANITE_HYBRID
         config = _granite_hybrid_config(common, shape, layers, mamba[0], rope=bool(rope))
     elif chunk:  # stock_reasons made sure: one chunk size, no sliding window, no QK-norm
@@ -310,6 +373,7 @@ __all__ = [
     "LLAMA4",
     "PHI3",
     "QWEN3",
+    "QWEN3_NEXT",
     "SMOLLM3",
     "StockLayout",
     "rope_parameters",

@@ -7,8 +7,8 @@
   ``configuration_ropenope.py`` / ``modeling_ropenope.py`` (``workers/hf/remote``) next to the
   weights with an ``auto_map`` for ``trust_remote_code=True``;
 - ``model.safetensors`` (fp32, Hugging Face Llama parameter names, the tied output head left
-  to ``tie_word_embeddings``; fused for Phi3, reordered for Llama 4's interleaved RoPE, see
-  :func:`hf_state_dict`) and ``generation_config.json``;
+  to ``tie_word_embeddings``; fused for Phi3 and Qwen3-Next, reordered for Llama 4's
+  interleaved RoPE, see :func:`hf_state_dict`) and ``generation_config.json``;
 - the byte tokenizer (``workers.hf.tokenizer``) when the model reads bytes;
 - ``README.md``: the model card the caller renders (``workers.hf.card``);
 - ``ropenope.json``: where it came from (study, trial, seed, candidate, scores, the check).
@@ -43,7 +43,14 @@ from space.expand import Candidate
 from space.layers import LayerSpec, Mixer, ModelShape, Parametrization, QKNorm
 from space.vocab import DOC, PAD
 from space.vocab import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from workers.hf.classes import GRANITE_HYBRID, LLAMA4, PHI3, StockLayout, stock_layout
+from workers.hf.classes import (
+    GRANITE_HYBRID,
+    LLAMA4,
+    PHI3,
+    QWEN3_NEXT,
+    StockLayout,
+    stock_layout,
+)
 from workers.hf.reasons import NotExpressible, unknown_layer_fields
 from workers.model import HybridTransformer, mup_query_scale
 
@@ -104,6 +111,9 @@ def hf_state_dict(
     concatenated in its order: ``qkv_proj`` = q, k, v rows; ``gate_up_proj`` = gate, up rows.
     For ``Llama4ForCausalLM`` (which needs ``shape``) the MLP is ``feed_forward`` and each
     head's q and k rows are reordered for its interleaved rotation (:func:`_interleave_for_llama4`).
+    For ``Qwen3NextForCausalLM`` (which needs ``shape``) query and gate rows, and a Gated
+    DeltaNet layer's projections, are fused, and the zero-centred norms written as gain minus
+    one (:func:`_fuse_for_qwen3_next`).
     """
     out: dict[str, Tensor] = {}
     for name, tensor in state.items():
@@ -123,6 +133,10 @@ def hf_state_dict(
         out = _fuse_for_phi3(out)
     if architecture == GRANITE_HYBRID:
         out = _rename_for_granite(out)
+    if architecture == QWEN3_NEXT:
+        if shape is None:
+            raise ValueError("the Qwen3-Next layout fuses q rows per head: pass the shape")
+        out = _fuse_for_qwen3_next(out, shape)
     if architecture == LLAMA4:
         if shape is None:
             raise ValueError("the Llama4 layout reorders q/k rows per head: pass the shape")
@@ -148,6 +162,49 @@ def _interleave_for_llama4(tensors: dict[str, Tensor], shape: ModelShape) -> dic
         if heads is not None:
             tensor = tensor.view(heads, dim, -1)[:, order].reshape(heads * dim, -1)
         out[name.replace(".mlp.", ".feed_forward.")] = tensor
+    return out
+
+
+def _fuse_for_qwen3_next(tensors: dict[str, Tensor], shape: ModelShape) -> dict[str, Tensor]:
+    """Qwen3-Next: an attention layer's ``q_proj`` holds, head by head, our ``q_proj`` rows
+    then our ``gate_proj`` rows (its query and gate); a Gated DeltaNet layer is ``linear_attn``
+    with q, k, v, z fused in ``in_proj_qkvz`` and b, a in ``in_proj_ba``, both key-head group
+    by group (the group's query and key rows, then its value heads' v rows and z rows; its
+    value heads' b rows then a rows), and its gated norm ``norm``. Every other RMSNorm is
+    zero-centred (``1 + w``): its weight is written as ours minus one."""
+    out: dict[str, Tensor] = {}
+    dim = shape.head_dim
+    deltanet = {k.split(".")[2] for k in tensors if k.endswith("self_attn.norm_weight")}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        layer = parts[2] if name.startswith("model.layers.") else None
+        if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
+            out[name] = tensor - 1.0  # input/post-attention, final and QK norms: 1 + w
+        elif layer in deltanet and parts[3] == "self_attn":
+            out[name.replace(".self_attn.", ".linear_attn.")] = tensor
+        else:
+            out[name] = tensor
+    layers = sorted({k.split(".")[2] for k in tensors if k.startswith("model.layers.")}, key=int)
+    for i in layers:
+        pre = f"model.layers.{i}."
+        if i in deltanet:
+            pre += "linear_attn."
+            q, k, v, z, b, a = (out.pop(f"{pre}{p}_proj.weight") for p in "qkvzba")
+            out[f"{pre}norm.weight"] = out.pop(f"{pre}norm_weight")
+            d = out[f"{pre}norm.weight"].numel()
+            groups = q.shape[0] // d  # key heads
+            per = b.shape[0] // groups  # value heads per key head
+            grouped = [x.view(groups, -1, x.shape[-1]) for x in (q, k, v, z)]
+            qkvz = torch.cat(grouped, dim=1)  # (groups, 2 D + 2 per D, C)
+            out[f"{pre}in_proj_qkvz.weight"] = qkvz.reshape(-1, q.shape[-1])
+            ba = torch.cat([x.view(groups, per, x.shape[-1]) for x in (b, a)], dim=1)
+            out[f"{pre}in_proj_ba.weight"] = ba.reshape(-1, b.shape[-1])
+        elif f"{pre}self_attn.gate_proj.weight" in out:
+            pre += "self_attn."
+            q, gate = (out.pop(f"{pre}{p}_proj.weight") for p in ("q", "gate"))
+            heads = q.shape[0] // dim
+            fused = torch.cat([q.view(heads, dim, -1), gate.view(heads, dim, -1)], dim=1)
+            out[f"{pre}q_proj.weight"] = fused.reshape(2 * heads * dim, -1)
     return out
 
 

@@ -14,6 +14,7 @@ from space.layers import (
     LayerKind,
     LayerSpec,
     Mixer,
+    OutputGate,
     Position,
     QKNorm,
     RopeScalingKind,
@@ -39,9 +40,13 @@ KNOWN_LAYER_FIELDS = frozenset(
     }
 )
 # Per-layer fields exported only for some mixers: a Mamba2 layer's (GraniteMoeHybrid's mamba
-# layers, workers.hf.classes); a Gated DeltaNet layer's are still unknown to every exporter.
+# layers) and a Gated DeltaNet layer's (Qwen3-Next's linear_attn layers), workers.hf.classes.
 MIXER_FIELDS = frozenset({"mixer", "recurrent"})
-EXPORTED_MIXERS = frozenset({Mixer.MAMBA2})
+EXPORTED_MIXERS = frozenset({Mixer.MAMBA2, Mixer.GATED_DELTANET})
+# Per-layer fields only a stock class exports (our remote-code model lacks them): the attention
+# output gate, Qwen3-Next's. A candidate with one of these, or a recurrent layer, is refused
+# outright when no stock class reproduces it.
+STOCK_ONLY_FIELDS = frozenset({"output_gate"})
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ def unknown_layer_fields(layers: Sequence[LayerSpec]) -> list[Reason]:
     seen: set[str] = set()
     for spec in layers:
         exported = MIXER_FIELDS if spec.mixer in EXPORTED_MIXERS else frozenset()
+        exported |= STOCK_ONLY_FIELDS
         for key, value in spec.to_dict().items():
             if key not in KNOWN_LAYER_FIELDS | exported and key not in seen:
                 seen.add(key)
@@ -97,6 +103,8 @@ def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list
     ``knobs`` are the candidate's resolved knobs, used only to name the cause in the user's
     words; the decision is made on the layers themselves.
     """
+    if needs_qwen3_next(layers):
+        return _qwen3_next_reasons(layers, knobs)
     reasons: list[Reason] = []
     temps = [s for s in layers if s.temperature is not None]
     if temps:
@@ -204,6 +212,161 @@ def _mamba2_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> li
                 "rope_scaling",
                 _knob(knobs, "rope_scaling", "?"),
                 "a RoPE scaling or partial rotary with Mamba2 layers: not exported",
+            )
+        )
+    return reasons
+
+
+def needs_qwen3_next(layers: Sequence[LayerSpec]) -> bool:
+    """Gated DeltaNet layers or an attention output gate: of the stock classes only
+    Qwen3-Next has them with our block (:func:`_qwen3_next_reasons`)."""
+    return any(
+        s.mixer is Mixer.GATED_DELTANET or s.output_gate is not OutputGate.NONE for s in layers
+    )
+
+
+def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """What Qwen3-Next (Gated DeltaNet layers beside gated attention layers, each with the dense
+    SwiGLU when ``num_experts`` is 0) lacks for a candidate with Gated DeltaNet layers or an
+    output gate. Its attention layers all turn a leading fraction of each head with one base
+    (``partial_rotary_factor``; one linear or YaRN scaling, not NTK), normalise q and k per head before the
+    rotation, gate every output elementwise (``q_proj`` holds query and gate) and attend to the
+    whole context. OlmoHybrid, the other stock class with Gated DeltaNet layers, is not our
+    block: its attention layers are post-norm (the norm on the attention and MLP outputs, none
+    on their inputs) with QK-norm over all heads at once, and its gated output norm has
+    ``eps`` fixed at 1e-5."""
+    softmax = [s for s in layers if s.mixer is Mixer.SOFTMAX]
+    reasons: list[Reason] = []
+    why_class = "Qwen3-Next, the one stock class with our block and Gated DeltaNet or gates, "
+    if any(s.mixer is Mixer.MAMBA2 for s in layers):
+        reasons.append(
+            Reason(
+                "local_mixer",
+                _knob(knobs, "local_mixer", "mamba2"),
+                "Mamba2 layers beside Gated DeltaNet layers or an output gate: no stock class "
+                "has both",
+            )
+        )
+    headwise = [s for s in softmax if s.output_gate is OutputGate.HEADWISE]
+    if headwise:
+        reasons.append(
+            Reason(
+                "output_gate",
+                "headwise",
+                f"one gate per head on layers {_indices(headwise)}: "
+                + why_class
+                + "gates each output dimension (its q_proj holds a gate row per query row)",
+            )
+        )
+    ungated = [s for s in softmax if s.output_gate is OutputGate.NONE]
+    if ungated:
+        knob = "output_gate_layers" if len(ungated) < len(softmax) else "output_gate"
+        reasons.append(
+            Reason(
+                knob,
+                _knob(knobs, knob, "none"),
+                f"attention layers {_indices(ungated)} without an output gate: "
+                + why_class
+                + "gates every attention output elementwise",
+            )
+        )
+    nope = [s for s in softmax if s.position is Position.NOPE]
+    if nope:
+        reasons.append(
+            Reason(
+                "global_position",
+                _knob(knobs, "global_position", "nope"),
+                f"NoPE attention layers {_indices(nope)}: " + why_class + "turns every one",
+            )
+        )
+    unnormed = [s for s in softmax if s.qk_norm is QKNorm.NONE]
+    post = [s for s in softmax if s.qk_norm is QKNorm.POST_ROPE and s.position is Position.ROPE]
+    if unnormed or post:
+        knob = "qk_norm_layers" if unnormed and len(unnormed) < len(softmax) else "qk_norm"
+        reasons.append(
+            Reason(
+                knob,
+                _knob(knobs, knob, "none" if unnormed else "post_rope"),
+                f"attention layers {_indices(unnormed or post)}: "
+                + why_class
+                + "normalises q and k per head before the rotation on every attention layer",
+            )
+        )
+    rope = [s for s in softmax if s.position is Position.ROPE]
+    if len({s.rope_base for s in rope}) > 1:
+        reasons.append(
+            Reason(
+                "local_rope_base",
+                _knob(knobs, "local_rope_base", "?"),
+                "two RoPE bases: " + why_class + "has one rope_theta",
+            )
+        )
+    if len({s.rope_fraction for s in rope}) > 1:
+        reasons.append(
+            Reason(
+                "rope_fraction_layers",
+                _knob(knobs, "rope_fraction_layers", "?"),
+                "two rotary fractions: " + why_class + "has one partial_rotary_factor",
+            )
+        )
+    ntk = [
+        s for s in rope if s.rope_scaling is not None and s.rope_scaling.kind is RopeScalingKind.NTK
+    ]
+    if ntk:
+        reasons.append(
+            Reason(
+                "rope_scaling",
+                "ntk",
+                "Qwen3-Next's dynamic RoPE (Hugging Face's) keeps the frequencies of the longest "
+                "sequence it has seen, so it differs from ours past "
+                f"{ntk[0].rope_scaling.original_tokens} tokens",
+            )
+        )
+    if len({s.rope_scaling for s in rope}) > 1:
+        reasons.append(
+            Reason(
+                "rope_scaling_layers",
+                _knob(knobs, "rope_scaling_layers", "?"),
+                "a RoPE scaling on some RoPE layers only: " + why_class + "has one rope_parameters",
+            )
+        )
+    windowed = [s for s in softmax if s.window_tokens is not None]
+    if windowed:
+        knob = "local_window" if windowed[0].kind is LayerKind.LOCAL else "global_window"
+        reasons.append(
+            Reason(
+                knob,
+                _knob(knobs, knob, windowed[0].window_tokens),
+                f"windowed attention on layers {_indices(windowed)}: "
+                + why_class
+                + "has full attention only",
+            )
+        )
+    sinks = [s for s in softmax if s.attention_sink is not AttentionSink.NONE]
+    if sinks:
+        reasons.append(
+            Reason(
+                "attention_sink",
+                _knob(knobs, "attention_sink", "learned"),
+                f"sinks on layers {_indices(sinks)}: " + why_class + "has none",
+            )
+        )
+    temps = [s for s in softmax if s.temperature is not None]
+    if temps:
+        reasons.append(
+            Reason(
+                "global_temperature",
+                _knob(knobs, "global_temperature", "log"),
+                why_class + "has no NoPE query temperature",
+            )
+        )
+    shapes = {s.recurrent for s in layers if s.mixer is Mixer.GATED_DELTANET}
+    if len(shapes) > 1:
+        reasons.append(
+            Reason(
+                "local_mixer",
+                "gated_deltanet",
+                "Gated DeltaNet layers of different sizes: " + why_class + "has one set",
             )
         )
     return reasons
