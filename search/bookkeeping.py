@@ -19,9 +19,7 @@ from search.storage import scan_lock
 from space.outcomes import INFRASTRUCTURE_REASONS, RERUN_REASONS, Reason
 from space.secrets import redact_text
 from space.trial_attrs import (
-    ATTR_BUDGET,
     ATTR_CANDIDATE_ID,
-    ATTR_DRIVER,
     ATTR_KNOBS,
     ATTR_LADDER_ORIGIN,
     ATTR_LADDER_RUNG,
@@ -36,6 +34,7 @@ from space.trial_attrs import (
     ATTR_RERUN_OF,
     ATTR_RESTORE_FROM,
     ATTR_SEED,
+    TrialAttrs,
     check_attrs,
 )
 
@@ -43,7 +42,7 @@ from space.trial_attrs import (
 def adds_seeds(trial: FrozenTrial) -> bool:
     """Whether ``trial`` trains more seeds of a candidate for undecided hypotheses
     (adaptive seeds) rather than a candidate of the study's target."""
-    return ATTR_REQUESTED_FOR in trial.user_attrs
+    return TrialAttrs.of(trial.user_attrs).requested_for is not None
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:
@@ -51,12 +50,13 @@ def counts_toward_target(trial: FrozenTrial) -> bool:
     died does not (its candidate runs again), nor does a queued one until it is asked,
     nor one that adds seeds to a candidate or trains it at a ladder rung above 0
     (``study.trials`` counts candidates)."""
-    if adds_seeds(trial) or ATTR_LADDER_RUNG in trial.user_attrs:
+    attrs = TrialAttrs.of(trial.user_attrs)
+    if adds_seeds(trial) or attrs.ladder_rung is not None:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get(ATTR_REASON) not in RERUN_REASONS
+        return attrs.reason not in RERUN_REASONS
     return False
 
 
@@ -143,8 +143,7 @@ def find_reusable(
     for t in trials:
         if (
             t.state == TrialState.COMPLETE
-            and t.user_attrs.get(ATTR_CANDIDATE_ID) == candidate_id
-            and t.user_attrs.get(ATTR_BUDGET) == budget
+            and _same_run(t, candidate_id, budget)
             and (best is None or t.number < best.number)
         ):
             best = t
@@ -164,10 +163,15 @@ def find_running_twin(
         for t in trials
         if t.state == TrialState.RUNNING
         and t.number < number
-        and t.user_attrs.get(ATTR_CANDIDATE_ID) == candidate_id
-        and t.user_attrs.get(ATTR_BUDGET) == budget
+        and _same_run(t, candidate_id, budget)
     ]
     return min(twins, key=lambda t: t.number, default=None)
+
+
+def _same_run(trial: FrozenTrial, candidate_id: str, budget: str) -> bool:
+    """Whether ``trial`` trains this candidate with this budget."""
+    attrs = TrialAttrs.of(trial.user_attrs)
+    return attrs.candidate_id == candidate_id and attrs.budget == budget
 
 
 def reconcile_interrupted(
@@ -206,10 +210,10 @@ def reconcile_interrupted(
 
 def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> None:
     """Enqueue ``trial``'s candidate again (``rerun_of``), continuing from ``restore``."""
-    knobs = trial.user_attrs.get(ATTR_KNOBS)
-    if knobs is None:
+    attrs = TrialAttrs.of(trial.user_attrs)
+    if attrs.knobs is None:
         return
-    rerun_attrs = {ATTR_KNOBS: knobs, ATTR_RERUN_OF: trial.number}
+    rerun_attrs = {ATTR_KNOBS: attrs.knobs, ATTR_RERUN_OF: trial.number}
     # The candidate id while queued: the seed planner then sees its seeds as on their way.
     # A re-run of seeds the planner asked for trains the same seeds for the same reason.
     # A promoted trial keeps its ladder rung and links.
@@ -217,9 +221,7 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, restore: Path | None) -> N
     carried += [ATTR_LADDER_ORIGIN]
     if adds_seeds(trial):
         carried += [ATTR_REQUESTED_SEEDS, ATTR_REQUESTED_FOR, ATTR_SEED, ATTR_REPEATS]
-    for key in carried:
-        if key in trial.user_attrs:
-            rerun_attrs[key] = trial.user_attrs[key]
+    rerun_attrs.update(attrs.pick(carried))
     if restore is not None:
         rerun_attrs[ATTR_RESTORE_FROM] = str(restore)
     params = enqueued_params(trial)
@@ -236,11 +238,11 @@ def requeue_worker_deaths(
     queued = []
     with scan_lock(study):  # read, decide and enqueue with no other driver in between
         trials = study.get_trials(deepcopy=False)
-        rerun = {t.user_attrs.get(ATTR_RERUN_OF) for t in trials}
+        rerun = {TrialAttrs.of(t.user_attrs).rerun_of for t in trials}
         for trial in trials:
             if (
                 trial.state == TrialState.FAIL
-                and trial.user_attrs.get(ATTR_REASON) in INFRASTRUCTURE_REASONS
+                and TrialAttrs.of(trial.user_attrs).reason in INFRASTRUCTURE_REASONS
                 and trial.number not in rerun
             ):
                 restore = restore_for(trial)
@@ -286,7 +288,7 @@ class GhostReaper:
             return False
         if self.single_driver:
             return True
-        driver = trial.user_attrs.get(ATTR_DRIVER)
+        driver = TrialAttrs.of(trial.user_attrs).driver_id
         if driver is not None:
             return driver == self.driver_id
         # Untagged for ``grace_s`` of this driver's monotonic clock: ``datetime_start`` was

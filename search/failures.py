@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.bookkeeping import finish_trial
 from space.outcomes import INFRASTRUCTURE_REASONS, Reason
 from space.sections import FailuresSection
-from space.trial_attrs import ATTR_REASON, ATTR_REASON_DETAIL, ATTR_RERUN_OF
+from space.trial_attrs import ATTR_REASON, ATTR_REASON_DETAIL, TrialAttrs
 
 # What a trial's trace says when its machine, not its code, failed it: the trainable's own
 # InfrastructureFailure (workers.ray_trainable), or the OS error anywhere else.
@@ -81,12 +81,12 @@ def rerun_depth(trial: FrozenTrial, by_number: Mapping[int, FrozenTrial]) -> int
     """How many re-runs deep ``trial`` is: 0 for a trial that re-runs nothing, 1 for the
     re-run of an interrupted trial, 2 for a re-run of that re-run, ..."""
     depth, seen = 0, {trial.number}
-    origin = trial.user_attrs.get(ATTR_RERUN_OF)
+    origin = TrialAttrs.of(trial.user_attrs).rerun_of
     while origin is not None and origin not in seen:
         depth += 1
         seen.add(origin)
         parent = by_number.get(origin)
-        origin = None if parent is None else parent.user_attrs.get(ATTR_RERUN_OF)
+        origin = None if parent is None else TrialAttrs.of(parent.user_attrs).rerun_of
     return depth
 
 

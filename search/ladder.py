@@ -47,7 +47,6 @@ from space.ladder import apply_rung, promote_direction, rung_of, transfers_lr
 from space.names import STUDY_ATTR_LADDER_PREDICTIONS
 from space.schema import SweepConfig
 from space.trial_attrs import (
-    ATTR_CANDIDATE_ID,
     ATTR_CANDIDATE_NAME,
     ATTR_KNOBS,
     ATTR_LADDER_ORIGIN,
@@ -55,6 +54,8 @@ from space.trial_attrs import (
     ATTR_LR,
     ATTR_PRESET,
     ATTR_PROMOTED_FROM,
+    TrialAttrs,
+    check_attrs,
 )
 from tracking.hooks import SweepHooks
 from tracking.ladder_view import study_decision_accuracy
@@ -75,7 +76,7 @@ def _rung_results(trials: Sequence[FrozenTrial], rung: int) -> list[FrozenTrial]
     for t in sorted(trials, key=lambda t: t.number):
         if t.state != TrialState.COMPLETE or adds_seeds(t) or rung_of(t.user_attrs) != rung:
             continue
-        cid = t.user_attrs.get(ATTR_CANDIDATE_ID)
+        cid = TrialAttrs.of(t.user_attrs).candidate_id
         if cid is not None and cid not in out:
             out[cid] = t
     return list(out.values())
@@ -96,11 +97,12 @@ def promotions(config: SweepConfig, trials: Sequence[FrozenTrial], rung: int) ->
     chosen = [Promotion(t, t.values[index], f"top {ladder.promote.top_k} by {by}") for t in top]
     at_rung = apply_rung(config, rung)
     for t in ranked[ladder.promote.top_k :]:
+        attrs = TrialAttrs.of(t.user_attrs)
         try:
-            layers = at_rung.candidate(t.user_attrs.get(ATTR_KNOBS) or {}).layers
+            layers = at_rung.candidate(attrs.knobs or {}).layers
         except (ConfigError, InvalidCandidate):
             continue
-        if compares(config.hypotheses, layers, t.user_attrs.get(ATTR_PRESET)):
+        if compares(config.hypotheses, layers, attrs.preset):
             chosen.append(Promotion(t, t.values[index], "a hypothesis compares it"))
     return chosen
 
@@ -118,8 +120,8 @@ def queue_promotions(study: optuna.Study, config: SweepConfig, rung: int) -> lis
         upper = apply_rung(config, rung)
         chosen = promotions(config, trials, rung - 1)
         for p in chosen:
-            below = p.trial.user_attrs
-            knobs = {**(below.get(ATTR_KNOBS) or {}), **ladder.rungs[rung].knobs}
+            below = TrialAttrs.of(p.trial.user_attrs)
+            knobs = {**(below.knobs or {}), **ladder.rungs[rung].knobs}
             try:
                 params = fixed_params(upper, knobs)
             except (ConfigError, InvalidCandidate):  # still queued: it fails with the reason
@@ -128,14 +130,14 @@ def queue_promotions(study: optuna.Study, config: SweepConfig, rung: int) -> lis
                 ATTR_KNOBS: knobs,
                 ATTR_LADDER_RUNG: rung,
                 ATTR_PROMOTED_FROM: p.trial.number,
-                ATTR_LADDER_ORIGIN: below.get(ATTR_LADDER_ORIGIN, p.trial.number),
+                ATTR_LADDER_ORIGIN: (
+                    below.ladder_origin if below.ladder_origin is not None else p.trial.number
+                ),
             }
-            for key in (ATTR_PRESET, ATTR_CANDIDATE_NAME):
-                if below.get(key) is not None:
-                    attrs[key] = below[key]
-            if transfers_lr(config, rung) and below.get(ATTR_LR) is not None:
-                attrs[ATTR_LR] = below[ATTR_LR]  # µP: the learning rate rung 0 chose
-            study.enqueue_trial(params, user_attrs=attrs)
+            attrs.update(below.pick((ATTR_PRESET, ATTR_CANDIDATE_NAME)))
+            if transfers_lr(config, rung) and below.lr is not None:
+                attrs[ATTR_LR] = below.lr  # µP: the learning rate rung 0 chose
+            study.enqueue_trial(params, user_attrs=check_attrs(attrs))
         state_predictions(study, config, rung)
         return chosen
 
@@ -236,7 +238,8 @@ def run_rungs(run: LadderRun) -> list[int]:
             run.show.note(f"ladder: rung {rung - 1} is still training; rung {rung} waits")
             return []
         for p in queue_promotions(study, config, rung):
-            name = p.trial.user_attrs.get(ATTR_CANDIDATE_NAME, f"#{p.trial.number}")
+            name = TrialAttrs.of(p.trial.user_attrs).candidate_name
+            name = name if name is not None else f"#{p.trial.number}"
             run.show.note(
                 f"ladder: {name} (#{p.trial.number}, {p.value:.4g}) promoted to rung {rung}: "
                 f"{p.why}"

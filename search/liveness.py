@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial
 from search.errors import StoreError, StudyLocked
 from search.optuna_adapter import rdb_storage, storage_trial_id
 from space.names import STUDY_ATTR_DRIVER_PREFIX
-from space.trial_attrs import ATTR_DRIVER
+from space.trial_attrs import TrialAttrs
 
 log = logging.getLogger("ropenope.driver")
 
@@ -283,7 +283,7 @@ class DriverRegistry:
         db_now = database_now(self.study)
 
         def is_dead(trial: FrozenTrial) -> bool:
-            driver = trial.user_attrs.get(ATTR_DRIVER)
+            driver = TrialAttrs.of(trial.user_attrs).driver_id
             if driver is None:
                 # Asked but not yet tagged: give its driver the grace period.
                 return self.untagged_for(trial) >= self.stale_after_s

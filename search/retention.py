@@ -32,7 +32,7 @@ from typing import Literal
 from optuna.trial import FrozenTrial, TrialState
 
 from space.outcomes import RERUN_REASONS
-from space.trial_attrs import ATTR_RAY_TRIAL_DIR, ATTR_REASON, ATTR_RERUN_OF, ATTR_TRIAL_DIR
+from space.trial_attrs import TrialAttrs
 from workers.trial_folder import (
     CHECKPOINT_FILE,
     LR_PILOTS_DIR,
@@ -85,16 +85,18 @@ class Removal:
         return self.bytes
 
 
-def _folder(trial: FrozenTrial, key: str) -> Path | None:
-    value = trial.user_attrs.get(key)
+def _folder(value: str | None) -> Path | None:
     return Path(value) if value and Path(value).is_dir() else None
 
 
 def runs_again(trial: FrozenTrial, trials: Iterable[FrozenTrial]) -> bool:
     """Whether ``trial`` ended for a re-run whose own trial has not finished yet."""
-    if trial.state != TrialState.FAIL or trial.user_attrs.get(ATTR_REASON) not in RERUN_REASONS:
+    if (
+        trial.state != TrialState.FAIL
+        or TrialAttrs.of(trial.user_attrs).reason not in RERUN_REASONS
+    ):
         return False
-    reruns = [t for t in trials if t.user_attrs.get(ATTR_RERUN_OF) == trial.number]
+    reruns = [t for t in trials if TrialAttrs.of(t.user_attrs).rerun_of == trial.number]
     return not any(t.state.is_finished() for t in reruns)
 
 
@@ -116,16 +118,15 @@ def plan_trial(
         return removal
     if keep == "all" and not collect:
         return removal
-    superseded = trial.state == TrialState.FAIL and trial.user_attrs.get(ATTR_REASON) in (
-        RERUN_REASONS
-    )
+    attrs = TrialAttrs.of(trial.user_attrs)
+    superseded = trial.state == TrialState.FAIL and attrs.reason in RERUN_REASONS
     drop_all = superseded or (collect and keep == "best" and trial.number not in (front or set()))
-    ray_dir = _folder(trial, ATTR_RAY_TRIAL_DIR)
+    ray_dir = _folder(attrs.ray_trial_dir)
     if ray_dir is not None:
         for snap in sorted(ray_dir.glob(TUNE_SNAPSHOT_GLOB)):
             if snap.is_dir():
                 removal.add(snap)
-    trial_dir = _folder(trial, ATTR_TRIAL_DIR)
+    trial_dir = _folder(attrs.trial_dir)
     if trial_dir is None:
         return removal
     for pattern in _TEMPORARY_GLOBS:
@@ -149,7 +150,7 @@ def retain_trial(trial: FrozenTrial, trials: Iterable[FrozenTrial], keep: Keep) 
     raised: disk policy must not fail a sweep."""
     trials = list(trials)
     removal = plan_trial(trial, trials, keep)
-    rerun_of = trial.user_attrs.get(ATTR_RERUN_OF)
+    rerun_of = TrialAttrs.of(trial.user_attrs).rerun_of
     for earlier in trials:
         if earlier.number == rerun_of:
             plan_trial(earlier, trials, keep, into=removal)

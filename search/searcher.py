@@ -73,19 +73,14 @@ from space.outcomes import RERUN_REASONS, Reason, RunStatus, error_reason
 from space.schema import SweepConfig
 from space.secrets import redact_tail, redact_text
 from space.trial_attrs import (
-    ATTR_LR,
-    ATTR_PRESET,
     ATTR_RAY_TRIAL_DIR,
     ATTR_RAY_TRIAL_ID,
     ATTR_REASON,
     ATTR_REASON_DETAIL,
-    ATTR_REQUESTED_FOR,
-    ATTR_REQUESTED_SEEDS,
-    ATTR_RERUN_OF,
     ATTR_RESTART_REASON,
-    ATTR_TRACKING_ERROR,
     ATTR_TRIAL_DIR,
     ATTR_WORKER_RESTARTS,
+    TrialAttrs,
 )
 from tracking.hooks import SweepHooks
 from workers.trial import EVALS_KEY, LINKS_KEY, OUTCOME_KEY, SEED_INDEX_KEY, TrialOutcome
@@ -234,7 +229,8 @@ class StudySearcher(Searcher):
         train presets past its target in place of the candidates it was training, and
         leave their re-runs queued for ever."""
         for frozen in trials:
-            if frozen.state == TrialState.WAITING and ATTR_RERUN_OF in frozen.user_attrs:
+            rerun_of = TrialAttrs.of(frozen.user_attrs).rerun_of
+            if frozen.state == TrialState.WAITING and rerun_of is not None:
                 trial = claim_waiting(self.study, frozen)
                 if trial is not None:  # None: another driver started it first
                     return trial
@@ -298,7 +294,8 @@ class StudySearcher(Searcher):
             ATTR_TRIAL_DIR: str(trial_dir),
         }
         set_trial_attrs(self.storage, storage_trial_id(trial), attrs)
-        source = describe_source(trial.user_attrs)
+        read = TrialAttrs.of(trial.user_attrs)
+        source = describe_source(read)
         self.live[tune_id] = _Live(trial, ready.candidate, source)
         return {
             "optuna_trial": number,
@@ -309,7 +306,7 @@ class StudySearcher(Searcher):
             "restore_from": ready.restore_from,
             # A trial handed its learning rate (a promoted ladder trial under µP) trains
             # at it; with train.lr_search in its sweep file the pilots choose instead.
-            "lr": trial.user_attrs.get(ATTR_LR) if self.config.train.lr_search is None else None,
+            "lr": read.lr if self.config.train.lr_search is None else None,
         }
 
     # -- telling ---------------------------------------------------------------------
@@ -327,7 +324,7 @@ class StudySearcher(Searcher):
             self.progress.note(f"#{number} was closed by another driver ({frozen.state.name})")
             return frozen
         self.progress.finished(frozen, self.study)
-        error = frozen.user_attrs.get(ATTR_TRACKING_ERROR)
+        error = TrialAttrs.of(frozen.user_attrs).tracking_error
         if error and not self.tracking_warned:  # once per sweep; every trial keeps its own
             self.tracking_warned = True
             self.progress.note(
@@ -522,14 +519,14 @@ class StudySearcher(Searcher):
         return [h.trial.number for h in held]
 
 
-def describe_source(attrs: Mapping[str, Any]) -> str:
-    if ATTR_RERUN_OF in attrs:
-        return f"re-run of #{attrs['rerun_of']}"
-    if ATTR_REQUESTED_FOR in attrs:
-        seeds = ", ".join(str(s) for s in attrs.get(ATTR_REQUESTED_SEEDS) or ())
-        return f"seeds {seeds} for {', '.join(attrs[ATTR_REQUESTED_FOR])}"
-    if ATTR_PRESET in attrs:
-        return f"preset {attrs[ATTR_PRESET]}"
+def describe_source(attrs: TrialAttrs) -> str:
+    if attrs.rerun_of is not None:
+        return f"re-run of #{attrs.rerun_of}"
+    if attrs.requested_for is not None:
+        seeds = ", ".join(str(s) for s in attrs.requested_seeds or ())
+        return f"seeds {seeds} for {', '.join(attrs.requested_for)}"
+    if attrs.preset is not None:
+        return f"preset {attrs.preset}"
     return "sampled"
 
 

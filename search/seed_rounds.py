@@ -44,6 +44,7 @@ from space.trial_attrs import (
     ATTR_REQUESTED_FOR,
     ATTR_REQUESTED_SEEDS,
     ATTR_SEED,
+    TrialAttrs,
     check_attrs,
 )
 from tracking.aggregate import aggregate_study
@@ -109,10 +110,10 @@ def trial_seeds(
     config: SweepConfig, attrs: Mapping[str, Any], candidate: Candidate
 ) -> tuple[int, ...]:
     """The seeds a trial trains: the ones the planner asked for, else the first seeds."""
-    requested = attrs.get(ATTR_REQUESTED_SEEDS)
-    if requested:
-        return tuple(int(s) for s in requested)
-    return first_seeds(config, candidate, attrs.get(ATTR_PRESET))
+    read = TrialAttrs.of(attrs)
+    if read.requested_seeds:
+        return tuple(int(s) for s in read.requested_seeds)
+    return first_seeds(config, candidate, read.preset)
 
 
 def queued_seed_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -141,18 +142,19 @@ def queue_requests(
 ) -> list[tuple[SeedRequest, tuple[int, ...]]]:
     """Enqueue one trial per request (per run of consecutive seeds) with the links a
     re-run has; returns what was queued."""
-    known: dict[str, Mapping[str, Any]] = {}
+    known: dict[str, TrialAttrs] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        cid = t.user_attrs.get(ATTR_CANDIDATE_ID)
-        if cid is not None and (cid not in known or ATTR_PRESET not in known[cid]):
-            known[cid] = t.user_attrs
+        read = TrialAttrs.of(t.user_attrs)
+        cid = read.candidate_id
+        if cid is not None and (cid not in known or known[cid].preset is None):
+            known[cid] = read
     queued = []
     for r in requests:
         try:
             params = fixed_params(config, r.knobs)
         except (ConfigError, InvalidCandidate):  # still queued: its trial fails with the reason
             params = {}
-        earlier = known.get(r.candidate_id, {})
+        earlier = known.get(r.candidate_id, TrialAttrs())
         for block in _contiguous(r.seeds):
             attrs: dict[str, Any] = {
                 ATTR_KNOBS: dict(r.knobs),
@@ -162,9 +164,7 @@ def queue_requests(
                 ATTR_SEED: block[0],
                 ATTR_REPEATS: len(block),
             }
-            for key in (ATTR_PRESET, ATTR_CANDIDATE_NAME):
-                if earlier.get(key) is not None:
-                    attrs[key] = earlier[key]
+            attrs.update(earlier.pick((ATTR_PRESET, ATTR_CANDIDATE_NAME)))
             study.enqueue_trial(params, user_attrs=check_attrs(attrs))
             queued.append((r, block))
     return queued

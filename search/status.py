@@ -15,14 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from space.ladder import rung_of
 from space.outcomes import RERUN_REASONS
-from space.trial_attrs import (
-    ATTR_CANDIDATE_NAME,
-    ATTR_PROMOTED_FROM,
-    ATTR_REASON,
-    ATTR_REQUESTED_FOR,
-    ATTR_REUSED_FROM,
-    TrialAttrs,
-)
+from space.trial_attrs import TrialAttrs
 from tracking.study_view import objective_names as study_objectives
 
 
@@ -46,7 +39,8 @@ def count_states(trials: Sequence[FrozenTrial]) -> Counter:
     for t in trials:
         c[t.state.name] += 1
         if t.state in (TrialState.FAIL, TrialState.PRUNED):
-            reason = str(t.user_attrs.get(ATTR_REASON, "unknown"))
+            reason = TrialAttrs.of(t.user_attrs).reason
+            reason = str(reason) if reason is not None else "unknown"
             c[f"reason:{reason}"] += 1
             if reason in RERUN_REASONS:
                 c["interrupted"] += 1
@@ -81,9 +75,14 @@ def best_per_objective(
         out[name] = {
             "number": t.number,
             "value": t.values[i],
-            "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
+            "candidate": TrialAttrs.of(t.user_attrs).candidate_name,
         }
     return out
+
+
+def _first_of_candidate(attrs: TrialAttrs) -> bool:
+    """Neither a reuse of another trial's result nor more seeds of a candidate."""
+    return attrs.reused_from is None and attrs.requested_for is None
 
 
 def pareto_set(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
@@ -92,11 +91,7 @@ def pareto_set(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list
     hypotheses shows the candidate again; the report compares the means over seeds)."""
     from tracking.pareto import pareto_ranks
 
-    done = [
-        t
-        for t in _complete(trials)
-        if ATTR_REUSED_FROM not in t.user_attrs and ATTR_REQUESTED_FOR not in t.user_attrs
-    ]
+    done = [t for t in _complete(trials) if _first_of_candidate(TrialAttrs.of(t.user_attrs))]
     if not done:
         return []
     ranks = pareto_ranks([t.values for t in done], directions).ranks
@@ -227,7 +222,7 @@ def summarize(
         "pareto": [
             {
                 "number": t.number,
-                "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
+                "candidate": TrialAttrs.of(t.user_attrs).candidate_name,
                 "values": dict(zip(objectives, t.values, strict=False)),
             }
             for t in pareto_set(trials, directions)
@@ -309,8 +304,8 @@ def ladder_summary(
                 "pareto": [
                     {
                         "number": t.number,
-                        "candidate": t.user_attrs.get(ATTR_CANDIDATE_NAME),
-                        "promoted_from": t.user_attrs.get(ATTR_PROMOTED_FROM),
+                        "candidate": TrialAttrs.of(t.user_attrs).candidate_name,
+                        "promoted_from": TrialAttrs.of(t.user_attrs).promoted_from,
                         "values": dict(zip(objectives, t.values, strict=False)),
                     }
                     for t in pareto_set(at, directions)

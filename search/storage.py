@@ -35,7 +35,7 @@ from search.errors import StoreError, StudyNotFound
 from search.optuna_adapter import rdb_storage, study_storage_id
 from space.paths import runs_dir
 from space.secrets import is_redacted, redact_text, redact_url
-from space.trial_attrs import ATTR_CLAIM_KEY, ATTR_CREATE_KEY
+from space.trial_attrs import ATTR_CLAIM_KEY, ATTR_CREATE_KEY, TrialAttrs, check_attrs
 
 log = logging.getLogger("ropenope.storage")
 
@@ -251,7 +251,7 @@ class ResilientStorage(RDBStorage):
     ) -> FrozenTrial:
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        key = uuid.uuid4().hex
+        key = _idempotency_key(ATTR_CREATE_KEY)
         if template_trial is None:
             template = FrozenTrial(
                 number=-1,
@@ -335,7 +335,7 @@ class ResilientStorage(RDBStorage):
         trial is not WAITING (another driver started it). See the class docstring."""
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        key = uuid.uuid4().hex
+        key = _idempotency_key(ATTR_CLAIM_KEY)
         deadline = time.monotonic() + self._outage_s
         delay = 0.5
         while True:
@@ -361,8 +361,21 @@ class ResilientStorage(RDBStorage):
                     lambda: super(ResilientStorage, self).get_trial_user_attrs(trial_id),
                     "claim a queued trial (check)",
                 )
-                if attrs.get(ATTR_CLAIM_KEY) == key:
+                if TrialAttrs.of(attrs).claim_key == key:
                     return True  # the commit had applied: the trial is ours
+
+
+def _new_key() -> str:
+    return uuid.uuid4().hex
+
+
+def _idempotency_key(attr: str) -> str:
+    """A fresh key for the idempotency attribute ``attr`` (``create_key``, ``claim_key``),
+    checked against the trial-attribute table here: these two are written through Optuna's
+    SQL models, past ``set_trial_attrs``, so a wrong type is refused before any row."""
+    key = _new_key()
+    check_attrs({attr: key})
+    return key
 
 
 def _same_values(stored: Sequence[float] | None, wanted: Sequence[float] | None) -> bool:

@@ -51,11 +51,10 @@ from space.trial_attrs import (
     ATTR_REASON,
     ATTR_REASON_DETAIL,
     ATTR_REPEATS,
-    ATTR_REQUESTED_SEEDS,
-    ATTR_RESTORE_FROM,
     ATTR_REUSED_FROM,
     ATTR_SEED,
     ATTR_TRIAL_DIR,
+    TrialAttrs,
 )
 from tracking.hooks import SweepHooks
 from tracking.study_view import TrialSnapshot
@@ -143,10 +142,10 @@ class Triage:
         """Knobs -> candidate for a fresh trial. Returns it when it must be trained;
         closes it (invalid, reused) or parks it (twin running) otherwise."""
         tid = storage_trial_id(trial)
-        requested = trial.user_attrs.get(ATTR_REQUESTED_SEEDS)
+        requested = TrialAttrs.of(trial.user_attrs).requested_seeds
         seeds = tuple(int(s) for s in requested) if requested else self.seeds
         set_trial_attrs(self.storage, tid, self.base_attrs(seeds))
-        given = trial.user_attrs.get(ATTR_KNOBS)
+        given = TrialAttrs.of(trial.user_attrs).knobs
         knobs: dict[str, Any] = {}
         try:
             if given is not None:
@@ -198,7 +197,7 @@ class Triage:
                     f"#{trial.number} waits for #{twin.number} (same candidate): {candidate.name}"
                 )
                 return None
-        return Ready(trial, candidate, trial.user_attrs.get(ATTR_RESTORE_FROM), seeds)
+        return Ready(trial, candidate, TrialAttrs.of(trial.user_attrs).restore_from, seeds)
 
     def resolve_waiting(self) -> Ready | None:
         """Waiting trials whose twin ended: reuse its result, or train them now."""
@@ -221,19 +220,20 @@ class Triage:
                     w.trial, w.candidate, other.number, w.seeds, w.budget
                 )
                 continue
-            return Ready(w.trial, w.candidate, w.trial.user_attrs.get(ATTR_RESTORE_FROM), w.seeds)
+            restore_from = TrialAttrs.of(w.trial.user_attrs).restore_from
+            return Ready(w.trial, w.candidate, restore_from, w.seeds)
         return None
 
     def _reuse(self, number: int, source: FrozenTrial) -> None:
-        origin = source.user_attrs.get(ATTR_REUSED_FROM, source.number)
+        read = TrialAttrs.of(source.user_attrs)
+        origin = read.reused_from if read.reused_from is not None else source.number
         scores = {
             k: v
             for k, v in source.user_attrs.items()
             if is_score_name(k) or k in _EXTRA_SCORES or k in _TRAINING_CHOICES
         }
         attrs: dict[str, Any] = {**scores, ATTR_REUSED_FROM: origin}
-        if ATTR_TRIAL_DIR in source.user_attrs:
-            attrs[ATTR_TRIAL_DIR] = source.user_attrs[ATTR_TRIAL_DIR]
+        attrs.update(read.pick((ATTR_TRIAL_DIR,)))
         # Its MLflow run is made now, so the run id is on the trial before Optuna closes it
         # (Optuna refuses attributes on a finished trial).
         listed = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)

@@ -41,7 +41,7 @@ from space.sections import (
     TrainSection,
     _Section,
 )
-from space.trial_attrs import ATTR_LADDER_RUNG
+from space.trial_attrs import TrialAttrs
 
 if TYPE_CHECKING:
     from space.schema import SweepConfig
@@ -185,7 +185,7 @@ def promote_direction(config: SweepConfig) -> str:
 
 def rung_of(attrs: Mapping[str, Any]) -> int:
     """The ladder rung of a trial, from its user attributes (0: not promoted)."""
-    return int(attrs.get(ATTR_LADDER_RUNG) or 0)
+    return TrialAttrs.of(attrs).ladder_rung or 0
 
 
 __all__ = [

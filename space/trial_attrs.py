@@ -10,8 +10,11 @@ export, sync and retention read it. This module is the one owner of its keys and
 - :data:`TRIAL_ATTRS`: key -> :class:`AttrSpec` (its JSON type and what it means); every
   key that is not in the table is a score (a number, or null for a non-finite one);
 - :func:`check_attrs`: what a writer is about to store, checked against the table (the
-  writers' choke points call it: ``search.bookkeeping.set_trial_attrs`` and each enqueue);
-- :class:`TrialAttrs`: a trial's attributes read back as one typed object.
+  writers' choke points call it: ``search.bookkeeping.set_trial_attrs``, each enqueue,
+  and ``search.storage`` for the idempotency keys it writes through Optuna's SQL models);
+- :class:`TrialAttrs`: a trial's attributes read back as one typed object. Every reader
+  goes through it (``tests/test_trial_attrs.py`` fails on a raw read by key elsewhere):
+  an absent key, a null and a value of the wrong type all read as None.
 
 The key names are part of the interface (``tests/golden/interface.json``): other tools
 read them.
@@ -19,7 +22,7 @@ read them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +49,8 @@ ATTR_REUSED_FROM = "reused_from"
 ATTR_TRIAL_SECONDS = "trial_seconds"
 # Each seed's own result ([{seed, status, reason, scores, niah, attention_mass}]): the
 # study database holds everything a report needs even when trial folders stay on
-# worker machines. ``niah`` and ``attention_mass`` are keys of those entries.
+# worker machines. ``niah`` and ``attention_mass`` are keys of those entries, and trial
+# attributes of single-seed trials recorded before the entries existed (still read).
 ATTR_SEEDS = "seeds"
 ATTR_NIAH = "niah"
 ATTR_ATTENTION_MASS = "attention_mass"
@@ -125,6 +129,8 @@ TRIAL_ATTRS: dict[str, AttrSpec] = {
         AttrSpec(ATTR_REUSED_FROM, INT, "the trial whose result this one reuses"),
         AttrSpec(ATTR_TRIAL_SECONDS, NUMBER, "wall time of the trial's work (train + score)"),
         AttrSpec(ATTR_SEEDS, LIST, "each seed's own result, one entry per seed"),
+        AttrSpec(ATTR_NIAH, DICT, "an older single-seed trial's NIAH grid (now per seed)"),
+        AttrSpec(ATTR_ATTENTION_MASS, DICT, "an older trial's attention mass (now per seed)"),
         AttrSpec(ATTR_RERUN_OF, INT, "the interrupted trial whose candidate this re-runs"),
         AttrSpec(ATTR_RESTORE_FROM, TEXT, "the checkpoint folder a re-run continues from"),
         AttrSpec(ATTR_RESUMED_FROM_STEP, INT, "optimizer step the training continued from"),
@@ -195,6 +201,8 @@ class TrialAttrs:
     reused_from: int | None = None
     trial_seconds: float | None = None
     seeds: list[dict[str, Any]] | None = None
+    niah: dict[str, Any] | None = None
+    attention_mass: dict[str, Any] | None = None
     rerun_of: int | None = None
     restore_from: str | None = None
     resumed_from_step: int | None = None
@@ -225,3 +233,8 @@ class TrialAttrs:
             elif value is not None and SCORE.accepts(value):
                 scores[key] = float(value)
         return cls(**known, scores=scores)
+
+    def pick(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Those of ``keys`` that have a value, ``{key: value}``: what a trial queued from
+        this one carries over (a re-run, a promotion, more seeds of its candidate)."""
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}

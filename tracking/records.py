@@ -21,22 +21,7 @@ from typing import Any
 
 from space.ladder import rung_of
 from space.names import STUDY_ATTR_OBJECTIVES, is_score_name
-from space.trial_attrs import (
-    ATTR_ATTENTION_MASS,
-    ATTR_CANDIDATE_ID,
-    ATTR_CANDIDATE_NAME,
-    ATTR_KNOBS,
-    ATTR_LADDER_ORIGIN,
-    ATTR_LR_SEARCH,
-    ATTR_NIAH,
-    ATTR_PRESET,
-    ATTR_REASON,
-    ATTR_REPEATS,
-    ATTR_REUSED_FROM,
-    ATTR_SEED,
-    ATTR_SEEDS,
-    ATTR_TRIAL_DIR,
-)
+from space.trial_attrs import TrialAttrs
 from workers.trial_folder import SCORES_FILE, SEED_DIR_PREFIX, seed_of
 
 __all__ = [
@@ -52,12 +37,6 @@ __all__ = [
 COMPLETE = "COMPLETE"
 # A run in one of these states will not change: its seed has been spent.
 FINISHED_STATES = frozenset({"COMPLETE", "FAIL", "PRUNED"})
-
-
-def as_int(value: Any) -> int | None:
-    """A whole number stored as a user attribute, or None."""
-    number = as_float(value)
-    return int(number) if number is not None else None
 
 
 def as_float(value: Any) -> float | None:
@@ -104,42 +83,34 @@ class TrialRecord:
         (NaN where the driver stored null); an objective value with no user attribute of
         its name is added under that name.
         """
-        attrs = dict(trial.user_attrs)
+        attrs = TrialAttrs.of(trial.user_attrs)
         state = getattr(trial.state, "name", str(trial.state))
-        scores = _scores(attrs)
+        scores = _scores(trial.user_attrs)
         values = getattr(trial, "values", None) or []
         for name, value in zip(objective_names or (), values, strict=False):
             scores.setdefault(name, float(value))
-        candidate_id = attrs.get(ATTR_CANDIDATE_ID)
-        candidate_name = attrs.get(ATTR_CANDIDATE_NAME)
-        preset = attrs.get(ATTR_PRESET)
-        has_id = candidate_id is not None
+        has_id = attrs.candidate_id is not None
+        candidate_id = attrs.candidate_id
         if candidate_id is None:
-            candidate_id = candidate_name or preset or f"trial-{trial.number}"
-        seed = attrs.get(ATTR_SEED)
-        knobs = attrs.get(ATTR_KNOBS)
-        repeats = attrs.get(ATTR_REPEATS)
-        niah = attrs.get(ATTR_NIAH)
-        mass = attrs.get(ATTR_ATTENTION_MASS)
-        lr_search = attrs.get(ATTR_LR_SEARCH)
+            candidate_id = attrs.candidate_name or attrs.preset or f"trial-{trial.number}"
         return cls(
             number=int(trial.number),
             state=state,
-            candidate_id=str(candidate_id),
-            candidate_name=candidate_name,
-            preset=preset,
-            seed=int(seed) if as_float(seed) is not None else None,
-            knobs=dict(knobs) if isinstance(knobs, Mapping) else {},
+            candidate_id=candidate_id,
+            candidate_name=attrs.candidate_name,
+            preset=attrs.preset,
+            seed=attrs.seed,
+            knobs=dict(attrs.knobs or {}),
             scores=scores,
-            niah=niah if isinstance(niah, Mapping) else None,
-            attention_mass=mass if isinstance(mass, Mapping) else None,
-            reason=attrs.get(ATTR_REASON),
-            reused_from=attrs.get(ATTR_REUSED_FROM),
-            repeats=int(repeats) if as_float(repeats) is not None else None,
+            niah=attrs.niah,
+            attention_mass=attrs.attention_mass,
+            reason=attrs.reason,
+            reused_from=attrs.reused_from,
+            repeats=attrs.repeats,
             has_id=has_id,
-            rung=rung_of(attrs),
-            ladder_origin=as_int(attrs.get(ATTR_LADDER_ORIGIN)),
-            lr_search=lr_search if isinstance(lr_search, Mapping) else None,
+            rung=attrs.ladder_rung or 0,
+            ladder_origin=attrs.ladder_origin,
+            lr_search=attrs.lr_search,
         )
 
 
@@ -166,9 +137,10 @@ def seed_records(trial: Any, objective_names: Sequence[str] | None = None) -> li
     folder is readable; otherwise the trial is one record built from its attributes.
     """
     base = TrialRecord.from_trial(trial, objective_names)
-    entries = trial.user_attrs.get(ATTR_SEEDS)
-    if not (isinstance(entries, list) and entries):
-        entries = _seed_files(trial.user_attrs.get(ATTR_TRIAL_DIR))
+    attrs = TrialAttrs.of(trial.user_attrs)
+    entries = attrs.seeds
+    if not entries:
+        entries = _seed_files(attrs.trial_dir)
     records = []
     for data in entries:
         if not isinstance(data, Mapping):

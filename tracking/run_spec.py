@@ -16,21 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from space.ladder import apply_rung, rung_of
+from space.ladder import apply_rung
 from space.names import TAG_CANDIDATE_ID, TAG_CANDIDATE_NAME, TAG_OPTUNA_TRIAL, TAG_RAY_TRIAL_ID
 from space.trial_attrs import (
-    ATTR_CANDIDATE_ID,
-    ATTR_CANDIDATE_NAME,
-    ATTR_KNOBS,
     ATTR_LADDER_ORIGIN,
     ATTR_LADDER_RUNG,
     ATTR_PRESET,
     ATTR_PROMOTED_FROM,
-    ATTR_RAY_TRIAL_ID,
-    ATTR_REPEATS,
     ATTR_RERUN_OF,
     ATTR_REUSED_FROM,
-    ATTR_SEED,
+    TrialAttrs,
 )
 from tracking.keys import TRIAL_SECTIONS, config_params, knob_params, param_value
 from tracking.study_view import TrialLike
@@ -104,9 +99,8 @@ def trial_run_spec(
     }
     if config is not None and config.rung:  # a scale-ladder rung above 0 (space.ladder)
         tags[ATTR_LADDER_RUNG] = str(config.rung)
-    for key in SOURCE_ATTRS:
-        if (source or {}).get(key) is not None:
-            tags[key] = str(source[key])
+    for key, value in TrialAttrs.of(source or {}).pick(SOURCE_ATTRS).items():
+        tags[key] = str(value)
     resolved = None
     if candidate is not None:
         as_dict = candidate if isinstance(candidate, Mapping) else candidate.to_dict()
@@ -124,40 +118,37 @@ def trial_run_spec(
 
 def trial_seeds(attrs: Mapping[str, Any]) -> list[int]:
     """The seeds a trial trained: ``seed``, ``seed + 1``, ... for ``repeats`` seeds."""
-    seed = attrs.get(ATTR_SEED)
-    if seed is None:
+    read = TrialAttrs.of(attrs)
+    if read.seed is None:
         return []
-    repeats = attrs.get(ATTR_REPEATS) or 1
-    return [int(seed) + i for i in range(int(repeats))]
+    return [read.seed + i for i in range(read.repeats or 1)]
 
 
 def spec_from_trial(trial: TrialLike, config: SweepConfig | None) -> TrialRunSpec:
     """The spec of a finished trial's run, from the study's records (``ropenope sync``)."""
-    attrs = trial.user_attrs
-    knobs = attrs.get(ATTR_KNOBS)
-    if not isinstance(knobs, Mapping):
-        knobs = dict(trial.params)
+    attrs = TrialAttrs.of(trial.user_attrs)
+    knobs: Mapping[str, Any] = attrs.knobs if attrs.knobs is not None else dict(trial.params)
     candidate: Any = None
     if config is not None:
-        config = apply_rung(config, rung_of(attrs))  # the sweep file its rung trained with
+        config = apply_rung(config, attrs.ladder_rung or 0)  # the sweep file its rung trained with
         try:
             candidate = config.candidate(knobs)
         except (ValueError, KeyError):  # an invalid candidate has no layers: keep the knobs
             candidate = None
     if candidate is None:
         candidate = {
-            "id": attrs.get(ATTR_CANDIDATE_ID),
-            "name": attrs.get(ATTR_CANDIDATE_NAME),
+            "id": attrs.candidate_id,
+            "name": attrs.candidate_name,
             "knobs": dict(knobs),
         }
     return trial_run_spec(
         number=trial.number,
-        candidate_id=attrs.get(ATTR_CANDIDATE_ID),
-        candidate_name=attrs.get(ATTR_CANDIDATE_NAME),
+        candidate_id=attrs.candidate_id,
+        candidate_name=attrs.candidate_name,
         knobs=knobs,
-        seeds=trial_seeds(attrs),
-        ray_trial_id=attrs.get(ATTR_RAY_TRIAL_ID),
+        seeds=trial_seeds(trial.user_attrs),
+        ray_trial_id=attrs.ray_trial_id,
         config=config,
         candidate=candidate,
-        source=attrs,
+        source=trial.user_attrs,
     )

@@ -28,7 +28,7 @@ from space.names import (
     is_score_name,
 )
 from space.schema import load_config_text
-from space.trial_attrs import ATTR_MLFLOW_RUN_ID, TrialAttrs
+from space.trial_attrs import TrialAttrs
 from tracking.keys import MLFLOW_PARENT_RUN_ID, RUN_STATUS, lr_search_tracking, metric_key
 from tracking.pareto import pareto_of_study
 from tracking.run_spec import TrialRunSpec, spec_from_trial
@@ -200,6 +200,7 @@ def _sync_metrics(
     from mlflow.entities import Metric
 
     attrs = trial.user_attrs
+    read = TrialAttrs.of(attrs)
     logged = store.metric_steps(run)
     now = now_ms()
     new: list[Metric] = []
@@ -221,12 +222,12 @@ def _sync_metrics(
                     add(f"{series}/{key}" if series else key, float(value), int(step))
     # Optuna's intermediate values (the scheduler metric by training step) stand in for a
     # history nobody logged; next to a logged one they would only repeat it.
-    metric = TrialAttrs.of(attrs).eval_metric or eval_metric
+    metric = read.eval_metric or eval_metric
     if not logged.get(metric_key(metric)):
         for step, value in sorted(trial.intermediate_values.items()):
             add(metric, float(value), int(step))
 
-    scores: dict[str, float] = dict(lr_search_tracking(TrialAttrs.of(attrs).lr_search)[1])
+    scores: dict[str, float] = dict(lr_search_tracking(read.lr_search)[1])
     for key, value in attrs.items():
         if is_score_name(key) and _number(value) is not None:
             scores[key] = float(value)
@@ -234,7 +235,7 @@ def _sync_metrics(
         if _number(value) is not None:
             scores[name] = float(value)
     steps = [s for history in logged.values() for s in history]
-    final_step = max(steps) if steps else int(_number(attrs.get(STEPS)) or 0)
+    final_step = max(steps) if steps else int(read.scores.get(STEPS) or 0)
     for key, value in scores.items():
         name = metric_key(key)
         latest = run.data.metrics.get(name)
@@ -282,7 +283,7 @@ def sync_missed(
     status = tracker.store.trial_run_status()
     links: dict[int, str] = {}
     for trial in finished:
-        linked = trial.user_attrs.get(ATTR_MLFLOW_RUN_ID)
+        linked = TrialAttrs.of(trial.user_attrs).mlflow_run_id
         if linked and status.get(trial.number) == RUN_STATUS[trial.state.name]:
             continue
         _, run_id = sync_trial(trial, tracker, study.objectives, config, eval_metric)
