@@ -100,21 +100,29 @@ def _relabel(runs: Sequence[TrialRecord], side: str) -> list[TrialRecord]:
     ]
 
 
-def claim(quantity: object, direction: str = "greater", test: str = "welch"):
-    (h,) = parse_hypotheses(
-        [
-            {
-                "name": "calibration",
-                "statement": "A vs B on disjoint seeds.",
-                "a": {"preset": "A"},
-                "b": {"preset": "B"},
-                "quantity": quantity,
-                "direction": direction,
-                "test": test,
-            }
-        ]
-    )
+def claim(
+    quantity: object, direction: str = "greater", test: str = "welch", gate: bool | None = None
+):
+    """The one-measure hypothesis "A vs B"; ``gate`` None is the default competence gate
+    (on for scores beyond T), False turns it off, as ``gate: false`` in a hypothesis file."""
+    spec = {
+        "name": "calibration",
+        "statement": "A vs B on disjoint seeds.",
+        "a": {"preset": "A"},
+        "b": {"preset": "B"},
+        "quantity": quantity,
+        "direction": direction,
+        "test": test,
+    }
+    if gate is not None:
+        spec["gate"] = gate
+    (h,) = parse_hypotheses([spec])
     return h
+
+
+def gated(h) -> bool:
+    """Whether the hypothesis's measure applies a competence gate."""
+    return any(m.effective_gate() is not None for m in h.measures)
 
 
 def replay(
@@ -198,12 +206,22 @@ def calibrate(
             pairs = splits(bank, name, name, n, count, seed)
             for q in quantities:
                 label = f"A/A {name} {_describe(q)}"
-                rows.append(row(label, claim(q), pairs, procedure))
+                rows.extend(_rows(label, q, "greater", pairs, procedure))
         for a, b, q, direction in effects:
             pairs = splits(bank, a, b, n, count, seed)
             label = f"effect {a} vs {b} {_describe(q)} ({direction})"
-            rows.append(row(label, claim(q, direction), pairs, procedure))
+            rows.extend(_rows(label, q, direction, pairs, procedure))
     return rows
+
+
+def _rows(label: str, q: object, direction: str, pairs, procedure: tuple[int, int]) -> list[Row]:
+    """The row of the claim as a study judges it; for a gated quantity a second row with
+    the gate off, so the decision rule and the gate are calibrated apart."""
+    h = claim(q, direction)
+    out = [row(label + (" [gate on]" if gated(h) else ""), h, pairs, procedure)]
+    if gated(h):
+        out.append(row(label + " [gate off]", claim(q, direction, gate=False), pairs, procedure))
+    return out
 
 
 def _describe(q: object) -> str:

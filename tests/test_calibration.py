@@ -79,9 +79,10 @@ def test_calibrate_on_a_hand_made_bank_gives_the_known_truths():
     )
     by = {(r.label, r.procedure): r for r in rows}
     for procedure in ("fixed 3", "adaptive {min: 3, max: 5}"):
-        effect = by[("effect rnope_swa vs rope long_acc (greater)", procedure)]
-        assert effect.supported == 1.0 and effect.runs == 6.0  # decided at the first look
-        for q in ("short_bpb", "long_acc"):
+        for gate in ("on", "off"):  # every seed here learns the task: the gate changes nothing
+            effect = by[(f"effect rnope_swa vs rope long_acc (greater) [gate {gate}]", procedure)]
+            assert effect.supported == 1.0 and effect.runs == 6.0  # decided at the first look
+        for q in ("short_bpb", "long_acc [gate on]", "long_acc [gate off]"):
             aa = by[(f"A/A rope {q}", procedure)]
             assert aa.splits == 40 and aa.supported + aa.contradicted <= 0.1
             assert aa.supported + aa.contradicted + aa.undecided + aa.invalid == 1.0
@@ -113,3 +114,29 @@ def test_a_second_bank_joins_with_a_suffix_and_its_graded_effect_is_found():
         assert "'rope' is in both banks" in str(e)
     else:
         raise AssertionError("a suffix that collides must be refused")
+
+
+def test_a_baseline_that_learns_the_task_on_half_its_seeds_makes_the_effect_invalid():
+    # The shape of the real seed bank at the demo budget: rope reaches acc@1x >= 0.9 on
+    # half its seeds. With the default gate (0.9 on at least 75% of a side's seeds) a
+    # 3-seed side is competent only when all three pass: C(5,3)/C(10,3) = 1/12 of the
+    # splits; the others are invalid ("raise the budget"), never contradicted. With the
+    # gate off the same splits support the effect.
+    records = _bank()
+    for r in records:
+        if r.preset == "rope" and r.seed is not None and r.seed % 2:
+            r.scores["acc@1x"] = 0.5
+    bank = bank_runs(records)
+    rows = calibrate(
+        bank,
+        same=[],
+        effects=[("rnope_swa", "rope", "long_acc", "greater")],
+        count=400,
+        procedures=((3, 3),),
+    )
+    by = {r.label: r for r in rows}
+    on = by["effect rnope_swa vs rope long_acc (greater) [gate on]"]
+    off = by["effect rnope_swa vs rope long_acc (greater) [gate off]"]
+    assert on.contradicted == 0.0 and abs(on.supported - 1 / 12) < 0.04
+    assert abs(on.invalid + on.supported - 1.0) < 1e-12
+    assert off.supported == 1.0
