@@ -116,7 +116,7 @@ def trial_run_spec(
     )
 
 
-def trial_seeds(attrs: Mapping[str, Any]) -> list[int]:
+def trained_seeds(attrs: Mapping[str, Any]) -> list[int]:
     """The seeds a trial trained: ``seed``, ``seed + 1``, ... for ``repeats`` seeds."""
     read = TrialAttrs.of(attrs)
     if read.seed is None:
@@ -146,7 +146,7 @@ def spec_from_trial(trial: TrialLike, config: SweepConfig | None) -> TrialRunSpe
         candidate_id=attrs.candidate_id,
         candidate_name=attrs.candidate_name,
         knobs=knobs,
-        seeds=trial_seeds(trial.user_attrs),
+        seeds=trained_seeds(trial.user_attrs),
         ray_trial_id=attrs.ray_trial_id,
         config=config,
         candidate=candidate,
