@@ -266,6 +266,28 @@ def test_hf_export_remote_code_reproduces_every_knob_at_once(tmp_path):
     assert_same_model(result, model, candidate, remote=True)
 
 
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        # one gate per head on NoPE globals beside windowed RoPE locals (Qwen3-Next: neither)
+        {"output_gate": "headwise", "global_position": "nope", "local_window": 7},
+        # per-dimension gates on the global layers only, sinks on every layer
+        {"output_gate": "elementwise", "output_gate_layers": "global", "attention_sink": "learned"},
+    ],
+    ids=["headwise_nope", "elementwise_global_sinks"],
+)
+def test_hf_export_remote_code_reproduces_the_output_gate(knobs, tmp_path):
+    """A gated candidate no stock class takes is refused naming the knob, then exported as
+    remote code whose gate (``self_attn.gate_proj``) is ours: same logits and greedy tokens."""
+    candidate = build_candidate({"global_every": 3, "kv_heads": 2, **knobs}, SHAPE, TRAIN_LEN)
+    with pytest.raises(NotExpressible, match="output_gate") as err:
+        export(candidate, tmp_path)
+    assert err.value.remote_code_possible
+    result, model = export(candidate, tmp_path, remote_code=True)
+    assert result.remote_code and result.max_abs_diff <= 1e-4
+    assert_same_model(result, model, candidate, remote=True)
+
+
 def test_hf_export_remote_code_handles_left_padded_batches(tmp_path):
     candidate = preset("llama4_like")
     result, model = export(candidate, tmp_path, remote_code=True)
@@ -417,8 +439,8 @@ def test_hf_layout_refuses_the_new_knobs_no_stock_class_reproduces():
 
 
 def test_hf_layout_refuses_what_qwen3_next_lacks_naming_the_knob():
-    """qwen3_next_like with one knob Qwen3-Next cannot express: refused by name, and not
-    with remote code either (our modeling file has no Gated DeltaNet layer nor gate)."""
+    """qwen3_next_like with one knob Qwen3-Next cannot express: refused by name; offered
+    remote code where no Gated DeltaNet layer is left (our modeling file has the gate only)."""
     cases = {
         "output_gate=headwise": {"output_gate": "headwise"},
         "qk_norm=post_rope": {"qk_norm": "post_rope"},
@@ -440,7 +462,7 @@ def test_hf_layout_refuses_what_qwen3_next_lacks_naming_the_knob():
             )
         assert expected in str(err.value), (expected, str(err.value))
         assert "Qwen3-Next" in str(err.value)
-        assert not err.value.remote_code_possible
+        assert err.value.remote_code_possible is (knobs.get("local_mixer") == "softmax")
 
 
 # Every knob of issue 17 on one candidate: chunked local layers beside sliding global ones, sinks
