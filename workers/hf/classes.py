@@ -294,9 +294,8 @@ def stock_layout(
     reasons = stock_reasons(layers, knobs)
     mamba = [s.recurrent for s in layers if s.mixer is Mixer.MAMBA2]
     qwen3_next = needs_qwen3_next(layers)
-    deltanet = any(s.mixer is Mixer.GATED_DELTANET for s in layers)
-    if reasons:  # the remote-code model has attention (any gate) but no recurrent layer
-        raise NotExpressible(reasons, remote_code_possible=not (mamba or deltanet))
+    if reasons:  # the remote-code model has attention (any gate), Gated DeltaNet, no Mamba2
+        raise NotExpressible(reasons, remote_code_possible=not mamba)
 
     rope = [s for s in layers if s.position is Position.ROPE]
     base = rope[0].rope_base if rope else UNUSED_ROPE_BASE

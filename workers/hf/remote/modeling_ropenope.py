@@ -21,17 +21,27 @@ MLP, tied embeddings, no biases), with per layer, from ``config.layer_specs``:
   head (``headwise``) or per output dimension (``elementwise``); ``self_attn.gate_proj`` holds
   the gate rows head by head.
 
+A layer whose spec says ``mixer: gated_deltanet`` has transformers' own
+``Qwen3NextGatedDeltaNet`` (Qwen3-Next's ``linear_attn``, with the layer's ``recurrent`` sizes)
+in place of attention, in the same pre-norm block; its weights are Qwen3-Next's fused
+``in_proj_qkvz`` / ``in_proj_ba`` layout, which ``ropenope export`` writes. Mamba2 layers are
+not in this file.
+
 Weights use the Hugging Face Llama names (plus ``self_attn.sinks`` and ``self_attn.gate_proj``),
 so ``model.safetensors`` is laid out as for Llama.
 
-Generation keeps a key/value cache (the cache object ``generate`` passes in): a full-attention
+Generation of a model without recurrent layers keeps a key/value cache (the cache object ``generate`` passes in): a full-attention
 layer keeps every token, a layer with a window or chunk of W keeps only its last W - 1 tokens
 (transformers' ``DynamicSlidingWindowLayer``), all a later query can see. Keys are cached
 *before* the rotation and turned at every step for the positions they hold: with NTK scaling
 the frequencies depend on the current length, and the model was trained and scored with every
 key turned by the frequencies of the whole sequence. Windows and chunks are applied by the mask
 on absolute positions, so cached keys outside a query's window or chunk are simply not attended
-to. Positions count real tokens only: a left-padded row starts at 0.
+to. Positions count real tokens only: a left-padded row starts at 0. A model with a Gated
+DeltaNet layer keeps no cache at all: each generated token recomputes the whole sequence
+(correct, and slower: quadratic in the generated length; carrying the recurrent state through
+transformers' cache is not done yet). Padding tokens are zeroed before the recurrent layer, so
+they write nothing to its state.
 
 Memory is bounded: scores are computed for ``QUERY_BLOCK`` queries at a time (never a full
 T x T matrix), and a sequence longer than ``config.max_position_embeddings`` (the longest
