@@ -52,8 +52,7 @@ SHAPE = ModelShape(
 TRAIN_LEN = 32  # the temperature floor of llama4_like (its default: the training length)
 
 # Which class each shipped preset exports to (None: no stock class; --remote-code; REFUSED: a
-# knob no exporter implements, refused by name even with --remote-code). A Mamba2 hybrid
-# GraniteMoeHybrid cannot express is refused even with --remote-code: tests/test_mamba2.py.
+# knob no exporter implements, refused by name even with --remote-code).
 REFUSED = "refused"
 EXPECTED = {
     "rope": LLAMA,
@@ -271,10 +270,30 @@ def test_hf_export_remote_code_reproduces_the_output_gate(knobs, tmp_path):
     assert_same_model(result, model, candidate, remote=True)
 
 
-@pytest.mark.parametrize("name", ["llama4_like", "olmo_hybrid_like"])
-def test_hf_export_remote_code_handles_left_padded_batches(name, tmp_path):
-    """Padding takes no position (attention) and writes nothing to the state (Gated DeltaNet)."""
-    candidate = preset(name)
+@pytest.mark.parametrize(
+    "knobs",
+    [{"global_window": 16}, {"global_position": "rope", "qk_norm": "pre_rope"}],
+    ids=["window", "rope_qk_norm"],
+)
+def test_hf_export_remote_code_reproduces_mamba2_hybrids_granite_cannot(knobs, tmp_path):
+    """jamba_like with a knob GraniteMoeHybrid lacks: refused naming it, then exported as
+    remote code (transformers' Mamba2Mixer in our modeling file): same logits and tokens."""
+    candidate = preset("jamba_like", **knobs)
+    with pytest.raises(NotExpressible, match="GraniteMoeHybrid") as err:
+        export(candidate, tmp_path)
+    assert err.value.remote_code_possible
+    result, model = export(candidate, tmp_path, remote_code=True)
+    assert result.remote_code and result.max_abs_diff <= 1e-4
+    assert_same_model(result, model, candidate, remote=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "knobs"),
+    [("llama4_like", {}), ("olmo_hybrid_like", {}), ("jamba_like", {"global_window": 16})],
+)
+def test_hf_export_remote_code_handles_left_padded_batches(name, knobs, tmp_path):
+    """Padding takes no position (attention) and writes nothing to a recurrent state."""
+    candidate = preset(name, **knobs)
     result, model = export(candidate, tmp_path, remote_code=True)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(result.out_dir), trust_remote_code=True

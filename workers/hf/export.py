@@ -133,8 +133,8 @@ def hf_state_dict(
         out = _fuse_for_phi3(out)
     if architecture == GRANITE_HYBRID:
         out = _rename_for_granite(out)
-    if architecture is None:  # the remote-code model: Qwen3-Next's Gated DeltaNet module
-        out = _fuse_deltanet(out)
+    if architecture is None:  # the remote-code model: transformers' recurrent modules
+        out = _rename_mamba(_fuse_deltanet(out))
     if architecture == QWEN3_NEXT:
         if shape is None:
             raise ValueError("the Qwen3-Next layout fuses q rows per head: pass the shape")
@@ -227,19 +227,27 @@ def _rename_for_granite(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """GraniteMoeHybrid: a Mamba2 layer's mixer is ``mamba`` (parameters named as ours, which
     are transformers' Mamba2Mixer's); every layer's SwiGLU is ``shared_mlp`` with gate and up
     fused in ``input_linear`` (gate rows first) and down as ``output_linear``."""
-    out = {}
-    mamba = {k.split(".")[2] for k in tensors if k.endswith("self_attn.A_log")}
-    for name, tensor in tensors.items():
-        parts = name.split(".")
-        if name.startswith("model.layers.") and parts[2] in mamba and parts[3] == "self_attn":
-            name = name.replace(".self_attn.", ".mamba.")
-        out[name] = tensor
+    out = _rename_mamba(tensors)
     layers = sorted({k.split(".")[2] for k in tensors if k.startswith("model.layers.")}, key=int)
     for i in layers:
         pre = f"model.layers.{i}."
         parts = [out.pop(f"{pre}mlp.{p}_proj.weight") for p in ("gate", "up")]
         out[f"{pre}shared_mlp.input_linear.weight"] = torch.cat(parts, dim=0)
         out[f"{pre}shared_mlp.output_linear.weight"] = out.pop(f"{pre}mlp.down_proj.weight")
+    return out
+
+
+def _rename_mamba(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A Mamba2 layer's mixer is ``mamba`` (GraniteMoeHybrid's, and the remote-code model's
+    ``Mamba2Mixer``): our parameter names are that module's. A Gated DeltaNet layer, which has
+    an ``A_log`` too, is already ``linear_attn`` here."""
+    mamba = {k.split(".")[2] for k in tensors if k.endswith("self_attn.A_log")}
+    out = {}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        if name.startswith("model.layers.") and parts[2] in mamba and parts[3] == "self_attn":
+            name = name.replace(".self_attn.", ".mamba.")
+        out[name] = tensor
     return out
 
 

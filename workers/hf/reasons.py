@@ -40,8 +40,8 @@ KNOWN_LAYER_FIELDS = frozenset(
     }
 )
 # Per-layer fields exported only for some mixers: a Mamba2 layer's (GraniteMoeHybrid's mamba
-# layers) and a Gated DeltaNet layer's (Qwen3-Next's linear_attn layers, workers.hf.classes, or
-# the same module in our remote-code model).
+# layers) and a Gated DeltaNet layer's (Qwen3-Next's linear_attn layers), workers.hf.classes;
+# our remote-code model has the same two transformers modules.
 MIXER_FIELDS = frozenset({"mixer", "recurrent"})
 EXPORTED_MIXERS = frozenset({Mixer.MAMBA2, Mixer.GATED_DELTANET})
 # Per-layer fields newer than the Llama block: the attention output gate, exported to

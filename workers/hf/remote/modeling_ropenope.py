@@ -24,8 +24,9 @@ MLP, tied embeddings, no biases), with per layer, from ``config.layer_specs``:
 A layer whose spec says ``mixer: gated_deltanet`` has transformers' own
 ``Qwen3NextGatedDeltaNet`` (Qwen3-Next's ``linear_attn``, with the layer's ``recurrent`` sizes)
 in place of attention, in the same pre-norm block; its weights are Qwen3-Next's fused
-``in_proj_qkvz`` / ``in_proj_ba`` layout, which ``ropenope export`` writes. Mamba2 layers are
-not in this file.
+``in_proj_qkvz`` / ``in_proj_ba`` layout, which ``ropenope export`` writes. A ``mixer: mamba2``
+layer has transformers' ``Mamba2Mixer`` (``mamba``, named as Granite 4.0-H's: convolution bias,
+no projection bias), whose parameter names are ours.
 
 Weights use the Hugging Face Llama names (plus ``self_attn.sinks`` and ``self_attn.gate_proj``),
 so ``model.safetensors`` is laid out as for Llama.
@@ -38,10 +39,10 @@ the frequencies depend on the current length, and the model was trained and scor
 key turned by the frequencies of the whole sequence. Windows and chunks are applied by the mask
 on absolute positions, so cached keys outside a query's window or chunk are simply not attended
 to. Positions count real tokens only: a left-padded row starts at 0. A model with a Gated
-DeltaNet layer keeps no cache at all: each generated token recomputes the whole sequence
-(correct, and slower: quadratic in the generated length; carrying the recurrent state through
-transformers' cache is not done yet). Padding tokens are zeroed before the recurrent layer, so
-they write nothing to its state.
+DeltaNet or Mamba2 layer keeps no cache at all: each generated token recomputes the whole
+sequence (correct, and slower: quadratic in the generated length; carrying the recurrent state
+through transformers' cache is not done yet). The recurrent modules zero padding tokens, so
+they write nothing to the state.
 
 Memory is bounded: scores are computed for ``QUERY_BLOCK`` queries at a time (never a full
 T x T matrix), and a sequence longer than ``config.max_position_embeddings`` (the longest
@@ -366,6 +367,31 @@ def gated_deltanet(config: RopenopeConfig, layer_idx: int) -> nn.Module:
     return Qwen3NextGatedDeltaNet(sizes, layer_idx)
 
 
+def mamba2(config: RopenopeConfig, layer_idx: int) -> nn.Module:
+    """transformers' ``Mamba2Mixer`` with this layer's sizes (``recurrent``): convolution bias,
+    no projection bias, as Granite 4.0-H's mamba layers."""
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    r = config.layer_specs[layer_idx]["recurrent"]
+    sizes = Mamba2Config(
+        hidden_size=config.hidden_size,
+        expand=r["heads"] * r["head_dim"] // config.hidden_size,
+        num_heads=r["heads"],
+        head_dim=r["head_dim"],
+        state_size=r["state_size"],
+        n_groups=r["groups"],
+        conv_kernel=r["conv_tokens"],
+        num_hidden_layers=config.num_hidden_layers,
+        layer_norm_epsilon=config.rms_norm_eps,
+        use_conv_bias=True,
+        use_bias=False,
+        chunk_size=256,
+        vocab_size=config.vocab_size,
+    )
+    return Mamba2Mixer(sizes, layer_idx)
+
+
 def has_recurrent_layer(config: RopenopeConfig) -> bool:
     return any(s.get("mixer", "softmax") != "softmax" for s in config.layer_specs)
 
@@ -377,6 +403,8 @@ class RopenopeDecoderLayer(nn.Module):
         mixer = config.layer_specs[layer_idx].get("mixer", "softmax")
         if mixer == "gated_deltanet":
             self.linear_attn = gated_deltanet(config, layer_idx)
+        elif mixer == "mamba2":
+            self.mamba = mamba2(config, layer_idx)
         elif mixer == "softmax":
             self.self_attn = RopenopeAttention(config, layer_idx)
         else:
@@ -395,6 +423,8 @@ class RopenopeDecoderLayer(nn.Module):
         h = self.input_layernorm(x)
         if hasattr(self, "linear_attn"):  # the whole sequence, no cache (see the docstring)
             a = self.linear_attn(h, attention_mask=key_valid)
+        elif hasattr(self, "mamba"):
+            a = self.mamba(h, attention_mask=key_valid)
         else:
             a = self.self_attn(h, positions, key_positions, key_valid, cache)
         x = x + a
