@@ -248,6 +248,17 @@ def test_hf_export_remote_code_reproduces_every_knob_at_once(tmp_path):
     assert_same_model(result, model, candidate, remote=True)
 
 
+def refused_then_exported_as_remote_code(candidate, tmp_path, *, match: str) -> None:
+    """Refused without --remote-code naming ``match`` (and offered it), then exported as remote
+    code: logits within 1e-4 and the same greedy tokens."""
+    with pytest.raises(NotExpressible, match=match) as err:
+        export(candidate, tmp_path)
+    assert err.value.remote_code_possible
+    result, model = export(candidate, tmp_path, remote_code=True)
+    assert result.remote_code and result.max_abs_diff <= 1e-4
+    assert_same_model(result, model, candidate, remote=True)
+
+
 @pytest.mark.parametrize(
     "knobs",
     [
@@ -262,12 +273,7 @@ def test_hf_export_remote_code_reproduces_the_output_gate(knobs, tmp_path):
     """A gated candidate no stock class takes is refused naming the knob, then exported as
     remote code whose gate (``self_attn.gate_proj``) is ours: same logits and greedy tokens."""
     candidate = build_candidate({"global_every": 3, "kv_heads": 2, **knobs}, SHAPE, TRAIN_LEN)
-    with pytest.raises(NotExpressible, match="output_gate") as err:
-        export(candidate, tmp_path)
-    assert err.value.remote_code_possible
-    result, model = export(candidate, tmp_path, remote_code=True)
-    assert result.remote_code and result.max_abs_diff <= 1e-4
-    assert_same_model(result, model, candidate, remote=True)
+    refused_then_exported_as_remote_code(candidate, tmp_path, match="output_gate")
 
 
 @pytest.mark.parametrize(
@@ -279,12 +285,7 @@ def test_hf_export_remote_code_reproduces_mamba2_hybrids_granite_cannot(knobs, t
     """jamba_like with a knob GraniteMoeHybrid lacks: refused naming it, then exported as
     remote code (transformers' Mamba2Mixer in our modeling file): same logits and tokens."""
     candidate = preset("jamba_like", **knobs)
-    with pytest.raises(NotExpressible, match="GraniteMoeHybrid") as err:
-        export(candidate, tmp_path)
-    assert err.value.remote_code_possible
-    result, model = export(candidate, tmp_path, remote_code=True)
-    assert result.remote_code and result.max_abs_diff <= 1e-4
-    assert_same_model(result, model, candidate, remote=True)
+    refused_then_exported_as_remote_code(candidate, tmp_path, match="GraniteMoeHybrid")
 
 
 @pytest.mark.parametrize(
