@@ -271,8 +271,9 @@ def test_deltanet_sampled_window_on_recurrent_layers_is_an_invalid_candidate():
 
 def test_deltanet_export_refuses_what_qwen3_next_lacks_naming_the_knob(tmp_path):
     """Qwen3-Next is the stock class for Gated DeltaNet hybrids (tests/test_hf_export.py);
-    plain NoPE attention beside the recurrent layers is not it, and our remote-code model has
-    no recurrent layer."""
+    plain NoPE attention beside the recurrent layers is not it, so it is refused naming the
+    knob, then exported as remote code (transformers' Qwen3NextGatedDeltaNet in our modeling
+    file), whose logits the export checks against ours."""
     pytest.importorskip("transformers")
     from workers.hf.export import export_candidate
     from workers.hf.reasons import NotExpressible
@@ -280,17 +281,12 @@ def test_deltanet_export_refuses_what_qwen3_next_lacks_naming_the_knob(tmp_path)
 
     candidate = build_candidate({"global_every": 4, "local_mixer": "gated_deltanet"}, SHAPE, 64)
     weights = HybridTransformer(candidate.shape, candidate.layers).state_dict()
-    for remote_code in (False, True):
-        with pytest.raises(NotExpressible, match="output_gate=none") as err:
-            export_candidate(
-                candidate,
-                weights,
-                tmp_path / "model",
-                max_position_embeddings=64,
-                card="# card\n",
-                remote_code=remote_code,
-            )
-        assert not err.value.remote_code_possible
+    kwargs = {"max_position_embeddings": 64, "card": "# card\n"}
+    with pytest.raises(NotExpressible, match="output_gate=none") as err:
+        export_candidate(candidate, weights, tmp_path / "model", **kwargs)
+    assert err.value.remote_code_possible
+    result = export_candidate(candidate, weights, tmp_path / "model", remote_code=True, **kwargs)
+    assert result.remote_code and result.max_abs_diff <= 1e-4
 
 
 def test_deltanet_layer_spec_refuses_attention_options():

@@ -1,7 +1,8 @@
 """Export refuses, naming the knob, what it cannot reproduce: proportional RoPE is in no
-exporter (stock class or our remote code) so far; the attention output gate only in Qwen3-Next
-(``workers.hf.classes``), so a gated candidate it cannot express is refused naming what it
-lacks, with or without remote code (our remote-code model has no gate)."""
+exporter (stock class or our remote code) so far; the attention output gate is in Qwen3-Next
+(``workers.hf.classes``) and in our remote-code model, so a gated candidate Qwen3-Next cannot
+express is refused naming what it lacks, and offered ``--remote-code`` (which
+tests/test_hf_export.py exports and compares)."""
 
 from __future__ import annotations
 
@@ -19,38 +20,41 @@ SHAPE = ModelShape(n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=4
 
 
 @pytest.mark.parametrize(
-    ("knobs", "named"),
+    ("knobs", "named", "remote_possible"),
     [
         # Qwen3-Next turns and QK-normalises every attention layer
-        ({"output_gate": "elementwise"}, ("global_position=nope", "qk_norm=none")),
+        ({"output_gate": "elementwise"}, ("global_position=nope", "qk_norm=none"), True),
         # ... and gates each output dimension of every one
         (
             {"output_gate": "headwise", "output_gate_layers": "global"},
             ("output_gate=headwise", "output_gate_layers=global"),
+            True,
         ),
         (
             {"rope_type": "proportional", "rope_fraction": 0.5},
             ("rope_type=proportional", "not implemented by export"),
+            False,
         ),
     ],
 )
-@pytest.mark.parametrize("remote_code", [False, True])
-def test_export_refuses_new_knobs_naming_them(knobs, named, remote_code, tmp_path):
+def test_export_refuses_new_knobs_naming_them(knobs, named, remote_possible, tmp_path):
     candidate = build_candidate({"global_every": 2, "global_position": "nope", **knobs}, SHAPE, 32)
     weights = HybridTransformer(candidate.shape, candidate.layers).state_dict()
-    with pytest.raises(NotExpressible) as err:
-        export_candidate(
-            candidate,
-            weights,
-            tmp_path / "model",
-            max_position_embeddings=64,
-            card="# card\n",
-            remote_code=remote_code,
-        )
-    for name in named:
-        assert name in str(err.value), (name, str(err.value))
-    assert not err.value.remote_code_possible
-    assert not (tmp_path / "model").exists()
+    # a candidate remote code reproduces is exported with it (tests/test_hf_export.py)
+    for remote_code in (False,) if remote_possible else (False, True):
+        with pytest.raises(NotExpressible) as err:
+            export_candidate(
+                candidate,
+                weights,
+                tmp_path / "model",
+                max_position_embeddings=64,
+                card="# card\n",
+                remote_code=remote_code,
+            )
+        for name in named:
+            assert name in str(err.value), (name, str(err.value))
+        assert err.value.remote_code_possible is remote_possible
+        assert not (tmp_path / "model").exists()
 
 
 def test_export_layout_placement_is_exported_as_explicit_layer_types(tmp_path):

@@ -52,10 +52,8 @@ SHAPE = ModelShape(
 TRAIN_LEN = 32  # the temperature floor of llama4_like (its default: the training length)
 
 # Which class each shipped preset exports to (None: no stock class; --remote-code; REFUSED: a
-# knob no exporter implements, refused by name even with --remote-code; UNEXPORTABLE: knobs
-# that only a stock class exports, in a combination none reproduces, refused by name).
+# knob no exporter implements, refused by name even with --remote-code).
 REFUSED = "refused"
-UNEXPORTABLE = "unexportable"
 EXPECTED = {
     "rope": LLAMA,
     "qknorm": QWEN3,
@@ -69,13 +67,13 @@ EXPECTED = {
     "qwen3_next_like": QWEN3_NEXT,  # Gated DeltaNet with gated, QK-normed partial-RoPE attention
     "gemma4_like": REFUSED,  # proportional RoPE: no exporter yet
     "jamba_like": GRANITE_HYBRID,  # Mamba2 layers with NoPE attention (Granite 4.0-H)
-    "olmo_hybrid_like": UNEXPORTABLE,  # Gated DeltaNet with plain NoPE attention: no class
+    "olmo_hybrid_like": None,  # Gated DeltaNet with plain NoPE attention: not Qwen3-Next
     "mimo_like": None,  # two RoPE bases, sinks on the local layers only
 }
 # Presets whose placement needs more than SHAPE's six layers (a 7:1 ratio, an 8-letter layout)
 LAYERS = {"jamba_like": 8, "mimo_like": 8}
-# What each UNEXPORTABLE preset is refused for, in the knobs' words.
-UNEXPORTABLE_KNOBS = {
+# What a remote-code preset is refused for without --remote-code, in the knobs' words.
+REFUSAL_KNOBS = {
     "olmo_hybrid_like": ("output_gate=none", "qk_norm=none", "global_position=nope"),
 }
 
@@ -174,9 +172,7 @@ def test_hf_export_expected_names_every_shipped_preset():
     assert set(EXPECTED) == set(BUILTIN_PRESETS)
 
 
-@pytest.mark.parametrize(
-    "name", [n for n, cls in EXPECTED.items() if cls not in (None, REFUSED, UNEXPORTABLE)]
-)
+@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls not in (None, REFUSED)])
 def test_hf_export_stock_preset_loads_without_remote_code_and_matches(name, tmp_path):
     candidate = preset(name)
     result, model = export(candidate, tmp_path)
@@ -208,30 +204,16 @@ def test_hf_export_preset_with_an_unexported_knob_is_refused_naming_it(name, tmp
     assert not (tmp_path / "model").exists()
 
 
-@pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is UNEXPORTABLE])
-def test_hf_export_preset_no_class_reproduces_is_refused_naming_the_knobs(name, tmp_path):
-    """Gated DeltaNet layers are exported to Qwen3-Next only (OlmoHybrid's attention layers are
-    post-norm, not our block; our remote-code model has no recurrent layer): what Qwen3-Next
-    lacks is named, with or without --remote-code."""
-    assert set(UNEXPORTABLE_KNOBS) == {n for n, c in EXPECTED.items() if c is UNEXPORTABLE}
-    candidate = preset(name)
-    for remote_code in (False, True):
-        with pytest.raises(NotExpressible) as err:
-            export(candidate, tmp_path, remote_code=remote_code)
-        assert not err.value.remote_code_possible
-        for knob in UNEXPORTABLE_KNOBS[name]:
-            assert knob in str(err.value), (knob, str(err.value))
-        assert "not implemented by export" not in str(err.value)
-    assert not (tmp_path / "model").exists()
-
-
 @pytest.mark.parametrize("name", [n for n, cls in EXPECTED.items() if cls is None])
 def test_hf_export_preset_without_stock_class_is_refused_then_exports_as_remote_code(
     name, tmp_path
 ):
     candidate = preset(name)
-    with pytest.raises(NotExpressible):
+    with pytest.raises(NotExpressible) as err:
         export(candidate, tmp_path)
+    assert err.value.remote_code_possible
+    for knob in REFUSAL_KNOBS.get(name, ()):
+        assert knob in str(err.value), (knob, str(err.value))
     assert not (tmp_path / "model").exists()  # nothing half-written
     result, model = export(candidate, tmp_path, remote_code=True)
     assert result.remote_code and result.architecture == "RopenopeForCausalLM"
@@ -266,8 +248,53 @@ def test_hf_export_remote_code_reproduces_every_knob_at_once(tmp_path):
     assert_same_model(result, model, candidate, remote=True)
 
 
-def test_hf_export_remote_code_handles_left_padded_batches(tmp_path):
-    candidate = preset("llama4_like")
+def refused_then_exported_as_remote_code(candidate, tmp_path, *, match: str) -> None:
+    """Refused without --remote-code naming ``match`` (and offered it), then exported as remote
+    code: logits within 1e-4 and the same greedy tokens."""
+    with pytest.raises(NotExpressible, match=match) as err:
+        export(candidate, tmp_path)
+    assert err.value.remote_code_possible
+    result, model = export(candidate, tmp_path, remote_code=True)
+    assert result.remote_code and result.max_abs_diff <= 1e-4
+    assert_same_model(result, model, candidate, remote=True)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        # one gate per head on NoPE globals beside windowed RoPE locals (Qwen3-Next: neither)
+        {"output_gate": "headwise", "global_position": "nope", "local_window": 7},
+        # per-dimension gates on the global layers only, sinks on every layer
+        {"output_gate": "elementwise", "output_gate_layers": "global", "attention_sink": "learned"},
+    ],
+    ids=["headwise_nope", "elementwise_global_sinks"],
+)
+def test_hf_export_remote_code_reproduces_the_output_gate(knobs, tmp_path):
+    """A gated candidate no stock class takes is refused naming the knob, then exported as
+    remote code whose gate (``self_attn.gate_proj``) is ours: same logits and greedy tokens."""
+    candidate = build_candidate({"global_every": 3, "kv_heads": 2, **knobs}, SHAPE, TRAIN_LEN)
+    refused_then_exported_as_remote_code(candidate, tmp_path, match="output_gate")
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"global_window": 16}, {"global_position": "rope", "qk_norm": "pre_rope"}],
+    ids=["window", "rope_qk_norm"],
+)
+def test_hf_export_remote_code_reproduces_mamba2_hybrids_granite_cannot(knobs, tmp_path):
+    """jamba_like with a knob GraniteMoeHybrid lacks: refused naming it, then exported as
+    remote code (transformers' Mamba2Mixer in our modeling file): same logits and tokens."""
+    candidate = preset("jamba_like", **knobs)
+    refused_then_exported_as_remote_code(candidate, tmp_path, match="GraniteMoeHybrid")
+
+
+@pytest.mark.parametrize(
+    ("name", "knobs"),
+    [("llama4_like", {}), ("olmo_hybrid_like", {}), ("jamba_like", {"global_window": 16})],
+)
+def test_hf_export_remote_code_handles_left_padded_batches(name, knobs, tmp_path):
+    """Padding takes no position (attention) and writes nothing to a recurrent state."""
+    candidate = preset(name, **knobs)
     result, model = export(candidate, tmp_path, remote_code=True)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(result.out_dir), trust_remote_code=True
@@ -417,8 +444,8 @@ def test_hf_layout_refuses_the_new_knobs_no_stock_class_reproduces():
 
 
 def test_hf_layout_refuses_what_qwen3_next_lacks_naming_the_knob():
-    """qwen3_next_like with one knob Qwen3-Next cannot express: refused by name, and not
-    with remote code either (our modeling file has no Gated DeltaNet layer nor gate)."""
+    """qwen3_next_like with one knob Qwen3-Next cannot express: refused by name, and offered
+    remote code (our modeling file has Gated DeltaNet layers and the gate)."""
     cases = {
         "output_gate=headwise": {"output_gate": "headwise"},
         "qk_norm=post_rope": {"qk_norm": "post_rope"},
@@ -440,7 +467,7 @@ def test_hf_layout_refuses_what_qwen3_next_lacks_naming_the_knob():
             )
         assert expected in str(err.value), (expected, str(err.value))
         assert "Qwen3-Next" in str(err.value)
-        assert not err.value.remote_code_possible
+        assert err.value.remote_code_possible
 
 
 # Every knob of issue 17 on one candidate: chunked local layers beside sliding global ones, sinks

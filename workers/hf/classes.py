@@ -33,8 +33,8 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
   scaled by ``1 / sqrt(head_dim)``): Mamba2 layers (``local_mixer: mamba2``; ``mamba``, named
   as transformers' Mamba2Mixer, as ours) with full-attention layers, all NoPE
   (``position_embedding_type: null``, Granite 4.0-H) or all RoPE with one base, no window, no
-  QK-norm. A Mamba2 hybrid it cannot reproduce is refused even with remote code (our modeling
-  file has no recurrent layer).
+  QK-norm. A Mamba2 hybrid it cannot reproduce is refused naming the knob, and exports with
+  remote code (our modeling file has transformers' Mamba2Mixer).
 
 - ``Qwen3NextForCausalLM`` without experts (``num_experts: 0``, every layer in
   ``mlp_only_layers``: the dense SwiGLU ``mlp``): Gated DeltaNet layers (``local_mixer:
@@ -49,9 +49,9 @@ against our model in ``tests/test_hf_parity.py`` and ``tests/test_hf_export.py``
   ``w - 1`` and ``1 + (w - 1)`` are exact in fp32; one rounding of ``w - 1`` elsewhere); the
   Gated DeltaNet's gated norm is plain ``w``, as ours. A candidate with an output gate and no
   recurrent layer exports to it too. Nothing else does: OlmoHybrid's attention layers are
-  post-norm with QK-norm over all heads at once (not our block), and our remote-code model has
-  neither the Gated DeltaNet nor the gate, so such a candidate Qwen3-Next cannot express is
-  refused, naming the knob.
+  post-norm with QK-norm over all heads at once (not our block), so such a candidate Qwen3-Next
+  cannot express is refused, naming the knob, and exports with remote code (our modeling file
+  has transformers' Qwen3NextGatedDeltaNet and either gate).
 
 RoPE scaling is ``rope_parameters`` on Llama, Qwen3 and SmolLM3 (``linear``; ``yarn`` with
 ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``attention_factor`` and
@@ -294,8 +294,8 @@ def stock_layout(
     reasons = stock_reasons(layers, knobs)
     mamba = [s.recurrent for s in layers if s.mixer is Mixer.MAMBA2]
     qwen3_next = needs_qwen3_next(layers)
-    if reasons:  # the remote-code model has no recurrent layer nor output gate either
-        raise NotExpressible(reasons, remote_code_possible=not (mamba or qwen3_next))
+    if reasons:  # the remote-code model has every attention field and both recurrent mixers
+        raise NotExpressible(reasons)
 
     rope = [s for s in layers if s.position is Position.ROPE]
     base = rope[0].rope_base if rope else UNUSED_ROPE_BASE

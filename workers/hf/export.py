@@ -133,6 +133,8 @@ def hf_state_dict(
         out = _fuse_for_phi3(out)
     if architecture == GRANITE_HYBRID:
         out = _rename_for_granite(out)
+    if architecture is None:  # the remote-code model: transformers' recurrent modules
+        out = _rename_mamba(_fuse_deltanet(out))
     if architecture == QWEN3_NEXT:
         if shape is None:
             raise ValueError("the Qwen3-Next layout fuses q rows per head: pass the shape")
@@ -172,34 +174,18 @@ def _fuse_for_qwen3_next(tensors: dict[str, Tensor], shape: ModelShape) -> dict[
     by group (the group's query and key rows, then its value heads' v rows and z rows; its
     value heads' b rows then a rows), and its gated norm ``norm``. Every other RMSNorm is
     zero-centred (``1 + w``): its weight is written as ours minus one."""
-    out: dict[str, Tensor] = {}
     dim = shape.head_dim
-    deltanet = {k.split(".")[2] for k in tensors if k.endswith("self_attn.norm_weight")}
-    for name, tensor in tensors.items():
-        parts = name.split(".")
-        layer = parts[2] if name.startswith("model.layers.") else None
-        if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
-            out[name] = tensor - 1.0  # input/post-attention, final and QK norms: 1 + w
-        elif layer in deltanet and parts[3] == "self_attn":
-            out[name.replace(".self_attn.", ".linear_attn.")] = tensor
-        else:
-            out[name] = tensor
+    out = {
+        # input/post-attention, final and QK norms: 1 + w (not the Gated DeltaNet's own norm)
+        name: tensor - 1.0
+        if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight")
+        else tensor
+        for name, tensor in _fuse_deltanet(tensors).items()
+    }
     layers = sorted({k.split(".")[2] for k in tensors if k.startswith("model.layers.")}, key=int)
     for i in layers:
         pre = f"model.layers.{i}."
-        if i in deltanet:
-            pre += "linear_attn."
-            q, k, v, z, b, a = (out.pop(f"{pre}{p}_proj.weight") for p in "qkvzba")
-            out[f"{pre}norm.weight"] = out.pop(f"{pre}norm_weight")
-            d = out[f"{pre}norm.weight"].numel()
-            groups = q.shape[0] // d  # key heads
-            per = b.shape[0] // groups  # value heads per key head
-            grouped = [x.view(groups, -1, x.shape[-1]) for x in (q, k, v, z)]
-            qkvz = torch.cat(grouped, dim=1)  # (groups, 2 D + 2 per D, C)
-            out[f"{pre}in_proj_qkvz.weight"] = qkvz.reshape(-1, q.shape[-1])
-            ba = torch.cat([x.view(groups, per, x.shape[-1]) for x in (b, a)], dim=1)
-            out[f"{pre}in_proj_ba.weight"] = ba.reshape(-1, b.shape[-1])
-        elif f"{pre}self_attn.gate_proj.weight" in out:
+        if f"{pre}self_attn.gate_proj.weight" in out:
             pre += "self_attn."
             q, gate = (out.pop(f"{pre}{p}_proj.weight") for p in ("q", "gate"))
             heads = q.shape[0] // dim
@@ -208,23 +194,60 @@ def _fuse_for_qwen3_next(tensors: dict[str, Tensor], shape: ModelShape) -> dict[
     return out
 
 
+def _fuse_deltanet(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A Gated DeltaNet layer as transformers' ``Qwen3NextGatedDeltaNet`` (Qwen3-Next's
+    ``linear_attn``, also the remote-code model's): q, k, v, z fused in ``in_proj_qkvz`` and
+    b, a in ``in_proj_ba``, both key-head group by group (the group's query and key rows, then
+    its value heads' v rows and z rows; its value heads' b rows then a rows), and its gated
+    norm ``norm`` (weight as ours). Every other tensor is kept as it is."""
+    deltanet = {k.split(".")[2] for k in tensors if k.endswith("self_attn.norm_weight")}
+    out: dict[str, Tensor] = {}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        layer = parts[2] if name.startswith("model.layers.") else None
+        if layer in deltanet and parts[3] == "self_attn":
+            name = name.replace(".self_attn.", ".linear_attn.")
+        out[name] = tensor
+    for i in sorted(deltanet, key=int):
+        pre = f"model.layers.{i}.linear_attn."
+        q, k, v, z, b, a = (out.pop(f"{pre}{p}_proj.weight") for p in "qkvzba")
+        norm = out.pop(f"{pre}norm_weight")
+        groups = q.shape[0] // norm.numel()  # key heads
+        per = b.shape[0] // groups  # value heads per key head
+        grouped = [x.view(groups, -1, x.shape[-1]) for x in (q, k, v, z)]
+        qkvz = torch.cat(grouped, dim=1)  # (groups, 2 D + 2 per D, C)
+        out[f"{pre}in_proj_qkvz.weight"] = qkvz.reshape(-1, q.shape[-1])
+        ba = torch.cat([x.view(groups, per, x.shape[-1]) for x in (b, a)], dim=1)
+        out[f"{pre}in_proj_ba.weight"] = ba.reshape(-1, b.shape[-1])
+        out[f"{pre}norm.weight"] = norm
+    return out
+
+
 def _rename_for_granite(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """GraniteMoeHybrid: a Mamba2 layer's mixer is ``mamba`` (parameters named as ours, which
     are transformers' Mamba2Mixer's); every layer's SwiGLU is ``shared_mlp`` with gate and up
     fused in ``input_linear`` (gate rows first) and down as ``output_linear``."""
-    out = {}
-    mamba = {k.split(".")[2] for k in tensors if k.endswith("self_attn.A_log")}
-    for name, tensor in tensors.items():
-        parts = name.split(".")
-        if name.startswith("model.layers.") and parts[2] in mamba and parts[3] == "self_attn":
-            name = name.replace(".self_attn.", ".mamba.")
-        out[name] = tensor
+    out = _rename_mamba(tensors)
     layers = sorted({k.split(".")[2] for k in tensors if k.startswith("model.layers.")}, key=int)
     for i in layers:
         pre = f"model.layers.{i}."
         parts = [out.pop(f"{pre}mlp.{p}_proj.weight") for p in ("gate", "up")]
         out[f"{pre}shared_mlp.input_linear.weight"] = torch.cat(parts, dim=0)
         out[f"{pre}shared_mlp.output_linear.weight"] = out.pop(f"{pre}mlp.down_proj.weight")
+    return out
+
+
+def _rename_mamba(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A Mamba2 layer's mixer is ``mamba`` (GraniteMoeHybrid's, and the remote-code model's
+    ``Mamba2Mixer``): our parameter names are that module's. A Gated DeltaNet layer, which has
+    an ``A_log`` too, is already ``linear_attn`` here."""
+    mamba = {k.split(".")[2] for k in tensors if k.endswith("self_attn.A_log")}
+    out = {}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        if name.startswith("model.layers.") and parts[2] in mamba and parts[3] == "self_attn":
+            name = name.replace(".self_attn.", ".mamba.")
+        out[name] = tensor
     return out
 
 

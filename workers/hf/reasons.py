@@ -40,13 +40,13 @@ KNOWN_LAYER_FIELDS = frozenset(
     }
 )
 # Per-layer fields exported only for some mixers: a Mamba2 layer's (GraniteMoeHybrid's mamba
-# layers) and a Gated DeltaNet layer's (Qwen3-Next's linear_attn layers), workers.hf.classes.
+# layers) and a Gated DeltaNet layer's (Qwen3-Next's linear_attn layers), workers.hf.classes;
+# our remote-code model has the same two transformers modules.
 MIXER_FIELDS = frozenset({"mixer", "recurrent"})
 EXPORTED_MIXERS = frozenset({Mixer.MAMBA2, Mixer.GATED_DELTANET})
-# Per-layer fields only a stock class exports (our remote-code model lacks them): the attention
-# output gate, Qwen3-Next's. A candidate with one of these, or a recurrent layer, is refused
-# outright when no stock class reproduces it.
-STOCK_ONLY_FIELDS = frozenset({"output_gate"})
+# Per-layer fields newer than the Llama block: the attention output gate, exported to
+# Qwen3-Next's gated attention or to our remote-code model (which has it too).
+GATE_FIELDS = frozenset({"output_gate"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def unknown_layer_fields(layers: Sequence[LayerSpec]) -> list[Reason]:
     seen: set[str] = set()
     for spec in layers:
         exported = MIXER_FIELDS if spec.mixer in EXPORTED_MIXERS else frozenset()
-        exported |= STOCK_ONLY_FIELDS
+        exported |= GATE_FIELDS
         for key, value in spec.to_dict().items():
             if key not in KNOWN_LAYER_FIELDS | exported and key not in seen:
                 seen.add(key)

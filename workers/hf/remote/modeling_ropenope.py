@@ -15,19 +15,34 @@ MLP, tied embeddings, no biases), with per layer, from ``config.layer_specs``:
   adds nothing (gpt-oss ``sinks``);
 - QK-norm (RMSNorm over the head dimension, one weight for q and one for k) before or after the
   rotation; on a NoPE layer both placements are the same thing;
-- Llama 4 temperature scaling of NoPE queries by their absolute position.
+- Llama 4 temperature scaling of NoPE queries by their absolute position;
+- an attention output gate (Gated Attention, Qwen3-Next): the heads' outputs times
+  ``sigmoid(gate_proj(x))`` of the layer's (normalised) input before ``o_proj``, one gate per
+  head (``headwise``) or per output dimension (``elementwise``); ``self_attn.gate_proj`` holds
+  the gate rows head by head.
 
-Weights use the Hugging Face Llama names (plus ``self_attn.sinks``), so ``model.safetensors`` is
-laid out as for Llama.
+A layer whose spec says ``mixer: gated_deltanet`` has transformers' own
+``Qwen3NextGatedDeltaNet`` (Qwen3-Next's ``linear_attn``, with the layer's ``recurrent`` sizes)
+in place of attention, in the same pre-norm block; its weights are Qwen3-Next's fused
+``in_proj_qkvz`` / ``in_proj_ba`` layout, which ``ropenope export`` writes. A ``mixer: mamba2``
+layer has transformers' ``Mamba2Mixer`` (``mamba``, named as Granite 4.0-H's: convolution bias,
+no projection bias), whose parameter names are ours.
 
-Generation keeps a key/value cache (the cache object ``generate`` passes in): a full-attention
+Weights use the Hugging Face Llama names (plus ``self_attn.sinks`` and ``self_attn.gate_proj``),
+so ``model.safetensors`` is laid out as for Llama.
+
+Generation of a model without recurrent layers keeps a key/value cache (the cache object ``generate`` passes in): a full-attention
 layer keeps every token, a layer with a window or chunk of W keeps only its last W - 1 tokens
 (transformers' ``DynamicSlidingWindowLayer``), all a later query can see. Keys are cached
 *before* the rotation and turned at every step for the positions they hold: with NTK scaling
 the frequencies depend on the current length, and the model was trained and scored with every
 key turned by the frequencies of the whole sequence. Windows and chunks are applied by the mask
 on absolute positions, so cached keys outside a query's window or chunk are simply not attended
-to. Positions count real tokens only: a left-padded row starts at 0.
+to. Positions count real tokens only: a left-padded row starts at 0. A model with a Gated
+DeltaNet or Mamba2 layer keeps no cache at all: each generated token recomputes the whole
+sequence (correct, and slower: quadratic in the generated length; carrying the recurrent state
+through transformers' cache is not done yet). The recurrent modules zero padding tokens, so
+they write nothing to the state.
 
 Memory is bounded: scores are computed for ``QUERY_BLOCK`` queries at a time (never a full
 T x T matrix), and a sequence longer than ``config.max_position_embeddings`` (the longest
@@ -193,6 +208,10 @@ class RopenopeAttention(nn.Module):
             self.k_norm = RopenopeRMSNorm(self.head_dim, config.rms_norm_eps)
         if spec.get("attention_sink", "none") == "learned":
             self.sinks = nn.Parameter(torch.zeros(self.n_heads))  # loaded from the weights
+        self.output_gate = spec.get("output_gate", "none")
+        if self.output_gate != "none":  # one gate per head, or one per output dimension
+            per_head = self.head_dim if self.output_gate == "elementwise" else 1
+            self.gate_proj = nn.Linear(d, self.n_heads * per_head, bias=False)
 
     def _cos_sin(self, positions: Tensor, lengths: list[int] | None, dtype: torch.dtype):
         """Rotation tables (B, 1, S, R) for absolute positions (B, S). With NTK, row b turns with
@@ -261,8 +280,10 @@ class RopenopeAttention(nn.Module):
                          key_positions, key_valid, S - T + a, sinks)
             for a in range(0, T, QUERY_BLOCK)
         ]  # fmt: skip
-        y = torch.cat(blocks, dim=2).transpose(1, 2).reshape(B, T, H * D)
-        return self.o_proj(y)
+        y = torch.cat(blocks, dim=2).transpose(1, 2)  # (B, T, H, D)
+        if self.output_gate != "none":  # sigmoid of the layer input, per head or dimension
+            y = y * torch.sigmoid(self.gate_proj(x).view(B, T, H, -1))
+        return self.o_proj(y.reshape(B, T, H * D))
 
     def _attend(
         self,
@@ -317,11 +338,77 @@ class RopenopeMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def gated_deltanet(config: RopenopeConfig, layer_idx: int) -> nn.Module:
+    """transformers' ``Qwen3NextGatedDeltaNet`` with this layer's sizes (``recurrent``)."""
+    from transformers import Qwen3NextConfig
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextGatedDeltaNet
+
+    r = config.layer_specs[layer_idx]["recurrent"]
+    sizes = Qwen3NextConfig(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        layer_types=[
+            "linear_attention" if s.get("mixer") == "gated_deltanet" else "full_attention"
+            for s in config.layer_specs
+        ],
+        linear_num_key_heads=r["key_heads"],
+        linear_num_value_heads=r["value_heads"],
+        linear_key_head_dim=r["head_dim"],
+        linear_value_head_dim=r["head_dim"],
+        linear_conv_kernel_dim=r["conv_tokens"],
+        rms_norm_eps=config.rms_norm_eps,
+        hidden_act="silu",
+        num_experts=0,
+        vocab_size=config.vocab_size,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        intermediate_size=config.intermediate_size,
+    )
+    return Qwen3NextGatedDeltaNet(sizes, layer_idx)
+
+
+def mamba2(config: RopenopeConfig, layer_idx: int) -> nn.Module:
+    """transformers' ``Mamba2Mixer`` with this layer's sizes (``recurrent``): convolution bias,
+    no projection bias, as Granite 4.0-H's mamba layers."""
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    r = config.layer_specs[layer_idx]["recurrent"]
+    sizes = Mamba2Config(
+        hidden_size=config.hidden_size,
+        expand=r["heads"] * r["head_dim"] // config.hidden_size,
+        num_heads=r["heads"],
+        head_dim=r["head_dim"],
+        state_size=r["state_size"],
+        n_groups=r["groups"],
+        conv_kernel=r["conv_tokens"],
+        num_hidden_layers=config.num_hidden_layers,
+        layer_norm_epsilon=config.rms_norm_eps,
+        use_conv_bias=True,
+        use_bias=False,
+        chunk_size=256,
+        vocab_size=config.vocab_size,
+    )
+    return Mamba2Mixer(sizes, layer_idx)
+
+
+def has_recurrent_layer(config: RopenopeConfig) -> bool:
+    return any(s.get("mixer", "softmax") != "softmax" for s in config.layer_specs)
+
+
 class RopenopeDecoderLayer(nn.Module):
     def __init__(self, config: RopenopeConfig, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = RopenopeRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = RopenopeAttention(config, layer_idx)
+        mixer = config.layer_specs[layer_idx].get("mixer", "softmax")
+        if mixer == "gated_deltanet":
+            self.linear_attn = gated_deltanet(config, layer_idx)
+        elif mixer == "mamba2":
+            self.mamba = mamba2(config, layer_idx)
+        elif mixer == "softmax":
+            self.self_attn = RopenopeAttention(config, layer_idx)
+        else:
+            raise ValueError(f"layer {layer_idx}: mixer {mixer!r} is not in this modeling file")
         self.post_attention_layernorm = RopenopeRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = RopenopeMLP(config)
 
@@ -333,7 +420,13 @@ class RopenopeDecoderLayer(nn.Module):
         key_valid: Tensor | None,
         cache: Any,
     ) -> Tensor:
-        a = self.self_attn(self.input_layernorm(x), positions, key_positions, key_valid, cache)
+        h = self.input_layernorm(x)
+        if hasattr(self, "linear_attn"):  # the whole sequence, no cache (see the docstring)
+            a = self.linear_attn(h, attention_mask=key_valid)
+        elif hasattr(self, "mamba"):
+            a = self.mamba(h, attention_mask=key_valid)
+        else:
+            a = self.self_attn(h, positions, key_positions, key_valid, cache)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -440,6 +533,16 @@ class RopenopeForCausalLM(RopenopePreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def prepare_inputs_for_generation(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """With a recurrent layer every step reads the whole sequence and keeps no cache."""
+        if not has_recurrent_layer(self.config):
+            return super().prepare_inputs_for_generation(
+                input_ids, attention_mask=attention_mask, **kwargs
+            )
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -456,6 +559,8 @@ class RopenopeForCausalLM(RopenopePreTrainedModel, GenerationMixin):
             raise ValueError("RopenopeForCausalLM needs input_ids")
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if has_recurrent_layer(self.config):  # recomputed from the first token at each step
+            use_cache, cache = False, None
         if use_cache and cache is None:
             from transformers.cache_utils import DynamicCache
 
