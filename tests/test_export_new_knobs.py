@@ -1,5 +1,6 @@
-"""Export refuses, naming the knob, what it cannot reproduce: proportional RoPE is in no
-exporter (stock class or our remote code) so far; the attention output gate is in Qwen3-Next
+"""Export refuses, naming the knob, what it cannot reproduce: proportional RoPE is in no stock
+class with our block (Gemma 4's is not ours), only in our remote-code model; the attention
+output gate is in Qwen3-Next
 (``workers.hf.classes``) and in our remote-code model, so a gated candidate Qwen3-Next cannot
 express is refused naming what it lacks, and offered ``--remote-code`` (which
 tests/test_hf_export.py exports and compares)."""
@@ -32,8 +33,8 @@ SHAPE = ModelShape(n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=4
         ),
         (
             {"rope_type": "proportional", "rope_fraction": 0.5},
-            ("rope_type=proportional", "not implemented by export"),
-            False,
+            ("rope_type=proportional", "Gemma 4"),
+            True,
         ),
     ],
 )

@@ -18,6 +18,7 @@ from space.layers import (
     Position,
     QKNorm,
     RopeScalingKind,
+    RopeType,
     WindowKind,
 )
 
@@ -37,6 +38,7 @@ KNOWN_LAYER_FIELDS = frozenset(
         "attention_sink",
         "rope_fraction",
         "rope_scaling",
+        "rope_type",
     }
 )
 # Per-layer fields exported only for some mixers: a Mamba2 layer's (GraniteMoeHybrid's mamba
@@ -97,6 +99,22 @@ def unknown_layer_fields(layers: Sequence[LayerSpec]) -> list[Reason]:
     return reasons
 
 
+def _proportional_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """Proportional RoPE is Gemma 4's, and no stock class with our block has it."""
+    proportional = [s for s in layers if s.rope_type is RopeType.PROPORTIONAL]
+    if not proportional:
+        return []
+    return [
+        Reason(
+            "rope_type",
+            _knob(knobs, "rope_type", "proportional"),
+            f"proportional RoPE on layers {_indices(proportional)}: only Gemma 4 has it, and "
+            "its block is not ours (norms after attention and the MLP as well as before, a "
+            "GeGLU MLP, embeddings scaled by the square root of d_model)",
+        )
+    ]
+
+
 def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
     """Everything that keeps each stock class from reproducing ``layers`` (empty: one can).
 
@@ -104,8 +122,8 @@ def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list
     words; the decision is made on the layers themselves.
     """
     if needs_qwen3_next(layers):
-        return _qwen3_next_reasons(layers, knobs)
-    reasons: list[Reason] = []
+        return _proportional_reasons(layers, knobs) + _qwen3_next_reasons(layers, knobs)
+    reasons: list[Reason] = _proportional_reasons(layers, knobs)
     temps = [s for s in layers if s.temperature is not None]
     if temps:
         t = temps[0].temperature

@@ -5,7 +5,9 @@ Self-contained (torch and transformers only) and numerically the model ropenope 
 MLP, tied embeddings, no biases), with per layer, from ``config.layer_specs``:
 
 - RoPE (``rotate_half`` layout, the layer's own base) or NoPE; partial rotary turns only the
-  first ``int(head_dim * rope_fraction)`` dimensions of each head (GPT-NeoX); a RoPE scaling
+  first ``int(head_dim * rope_fraction)`` dimensions of each head (GPT-NeoX), or, with
+  ``rope_type: proportional`` (Gemma 4), keeps the fastest of a whole-head RoPE's frequencies
+  and leaves the slowest unturned; a RoPE scaling
   (``linear``, ``ntk`` = Hugging Face ``dynamic``, ``yarn``) changes the frequencies exactly as
   Hugging Face's rope-init functions do;
 - full causal attention, a sliding window of ``window`` keys counting the query itself (Hugging
@@ -114,14 +116,24 @@ class RopenopeRMSNorm(nn.Module):
 
 
 def rope_inv_freq(
-    rotary_dims: int, base: float, scaling: dict[str, Any] | None, seq_len: int
+    rotary_dims: int,
+    base: float,
+    scaling: dict[str, Any] | None,
+    seq_len: int,
+    table_dims: int | None = None,
 ) -> tuple[Tensor, float]:
     """Inverse frequencies (rotary_dims / 2,) fp32 and the factor the tables are multiplied by.
 
     Hugging Face ``modeling_rope_utils``: ``linear``, ``dynamic`` (``ntk``: the base grows with
     the current length ``seq_len`` past ``original_tokens``) and ``yarn`` (``truncate=True``).
+    ``table_dims`` (the head's size) is proportional RoPE (Hugging Face ``proportional``,
+    Gemma 4): the frequencies of a RoPE over the whole head, the fastest ``rotary_dims / 2``
+    kept and the slowest set to 0, so those dimensions are never turned; no scaling.
     """
     dim = rotary_dims
+    if table_dims is not None:
+        kept = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / table_dims)
+        return torch.cat([kept, torch.zeros(table_dims // 2 - dim // 2)]), 1.0
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     if scaling is None:
         return 1.0 / base**exponents, 1.0
@@ -192,7 +204,12 @@ class RopenopeAttention(nn.Module):
         self.head_dim = config.head_dim
         self.rope = spec["position"] == "rope"
         self.rope_base = float(spec["rope_base"]) if self.rope else None
-        self.rotary_dims = int(self.head_dim * float(spec.get("rope_fraction", 1.0)))
+        fraction = float(spec.get("rope_fraction", 1.0))
+        self.rotary_dims = int(self.head_dim * fraction)
+        self.table_dims = None
+        if self.rope and spec.get("rope_type", "neox") == "proportional":
+            self.rotary_dims = 2 * int(self.head_dim * fraction // 2)  # whole turning pairs
+            self.table_dims = self.head_dim  # the tables span the head
         self.rope_scaling = spec.get("rope_scaling") if self.rope else None
         self.window = spec.get("window")
         self.chunked = self.window is not None and spec.get("window_kind") == "chunked"
@@ -217,11 +234,15 @@ class RopenopeAttention(nn.Module):
         """Rotation tables (B, 1, S, R) for absolute positions (B, S). With NTK, row b turns with
         the frequencies of a sequence of ``lengths[b]`` tokens; every other kind ignores it."""
         if lengths is None:
-            inv_freq, factor = rope_inv_freq(self.rotary_dims, self.rope_base, self.rope_scaling, 0)
+            inv_freq, factor = rope_inv_freq(
+                self.rotary_dims, self.rope_base, self.rope_scaling, 0, self.table_dims
+            )
             inv_freq = inv_freq.to(positions.device)[None, None, :]  # (1, 1, R / 2)
         else:
             rows = [
-                rope_inv_freq(self.rotary_dims, self.rope_base, self.rope_scaling, n)
+                rope_inv_freq(
+                    self.rotary_dims, self.rope_base, self.rope_scaling, n, self.table_dims
+                )
                 for n in lengths
             ]
             inv_freq = torch.stack([f for f, _ in rows]).to(positions.device)[:, None, :]
