@@ -243,6 +243,9 @@ def needs_qwen3_next(layers: Sequence[LayerSpec]) -> bool:
     )
 
 
+_QWEN3_NEXT = "Qwen3-Next, the one stock class with our block and Gated DeltaNet or gates, "
+
+
 def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
     """What Qwen3-Next (Gated DeltaNet layers beside gated attention layers, each with the dense
     SwiGLU when ``num_experts`` is 0) lacks for a candidate with Gated DeltaNet layers or an
@@ -255,7 +258,6 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
     ``eps`` fixed at 1e-5."""
     softmax = [s for s in layers if s.mixer is Mixer.SOFTMAX]
     reasons: list[Reason] = []
-    why_class = "Qwen3-Next, the one stock class with our block and Gated DeltaNet or gates, "
     if any(s.mixer is Mixer.MAMBA2 for s in layers):
         reasons.append(
             Reason(
@@ -265,6 +267,27 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
                 "has both",
             )
         )
+    reasons += _qwen3_next_gate_and_norm_reasons(softmax, knobs)
+    reasons += _qwen3_next_rope_reasons([s for s in softmax if s.position is Position.ROPE], knobs)
+    reasons += _qwen3_next_attention_reasons(softmax, knobs)
+    shapes = {s.recurrent for s in layers if s.mixer is Mixer.GATED_DELTANET}
+    if len(shapes) > 1:
+        reasons.append(
+            Reason(
+                "local_mixer",
+                "gated_deltanet",
+                "Gated DeltaNet layers of different sizes: " + _QWEN3_NEXT + "has one set",
+            )
+        )
+    return reasons
+
+
+def _qwen3_next_gate_and_norm_reasons(
+    softmax: Sequence[LayerSpec], knobs: Mapping[str, Any]
+) -> list[Reason]:
+    """Qwen3-Next gates every attention output elementwise, turns every attention layer and
+    normalises its q and k before the rotation."""
+    reasons: list[Reason] = []
     headwise = [s for s in softmax if s.output_gate is OutputGate.HEADWISE]
     if headwise:
         reasons.append(
@@ -272,7 +295,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
                 "output_gate",
                 "headwise",
                 f"one gate per head on layers {_indices(headwise)}: "
-                + why_class
+                + _QWEN3_NEXT
                 + "gates each output dimension (its q_proj holds a gate row per query row)",
             )
         )
@@ -284,7 +307,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
                 knob,
                 _knob(knobs, knob, "none"),
                 f"attention layers {_indices(ungated)} without an output gate: "
-                + why_class
+                + _QWEN3_NEXT
                 + "gates every attention output elementwise",
             )
         )
@@ -294,7 +317,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
             Reason(
                 "global_position",
                 _knob(knobs, "global_position", "nope"),
-                f"NoPE attention layers {_indices(nope)}: " + why_class + "turns every one",
+                f"NoPE attention layers {_indices(nope)}: " + _QWEN3_NEXT + "turns every one",
             )
         )
     unnormed = [s for s in softmax if s.qk_norm is QKNorm.NONE]
@@ -306,17 +329,22 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
                 knob,
                 _knob(knobs, knob, "none" if unnormed else "post_rope"),
                 f"attention layers {_indices(unnormed or post)}: "
-                + why_class
+                + _QWEN3_NEXT
                 + "normalises q and k per head before the rotation on every attention layer",
             )
         )
-    rope = [s for s in softmax if s.position is Position.ROPE]
+    return reasons
+
+
+def _qwen3_next_rope_reasons(rope: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """Qwen3-Next has one rope_theta, one partial_rotary_factor and one linear or YaRN scaling."""
+    reasons: list[Reason] = []
     if len({s.rope_base for s in rope}) > 1:
         reasons.append(
             Reason(
                 "local_rope_base",
                 _knob(knobs, "local_rope_base", "?"),
-                "two RoPE bases: " + why_class + "has one rope_theta",
+                "two RoPE bases: " + _QWEN3_NEXT + "has one rope_theta",
             )
         )
     if len({s.rope_fraction for s in rope}) > 1:
@@ -324,7 +352,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
             Reason(
                 "rope_fraction_layers",
                 _knob(knobs, "rope_fraction_layers", "?"),
-                "two rotary fractions: " + why_class + "has one partial_rotary_factor",
+                "two rotary fractions: " + _QWEN3_NEXT + "has one partial_rotary_factor",
             )
         )
     ntk = [
@@ -345,9 +373,19 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
             Reason(
                 "rope_scaling_layers",
                 _knob(knobs, "rope_scaling_layers", "?"),
-                "a RoPE scaling on some RoPE layers only: " + why_class + "has one rope_parameters",
+                "a RoPE scaling on some RoPE layers only: "
+                + _QWEN3_NEXT
+                + "has one rope_parameters",
             )
         )
+    return reasons
+
+
+def _qwen3_next_attention_reasons(
+    softmax: Sequence[LayerSpec], knobs: Mapping[str, Any]
+) -> list[Reason]:
+    """Qwen3-Next's attention is full, without sinks or a NoPE query temperature."""
+    reasons: list[Reason] = []
     windowed = [s for s in softmax if s.window_tokens is not None]
     if windowed:
         knob = "local_window" if windowed[0].kind is LayerKind.LOCAL else "global_window"
@@ -356,7 +394,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
                 knob,
                 _knob(knobs, knob, windowed[0].window_tokens),
                 f"windowed attention on layers {_indices(windowed)}: "
-                + why_class
+                + _QWEN3_NEXT
                 + "has full attention only",
             )
         )
@@ -366,7 +404,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
             Reason(
                 "attention_sink",
                 _knob(knobs, "attention_sink", "learned"),
-                f"sinks on layers {_indices(sinks)}: " + why_class + "has none",
+                f"sinks on layers {_indices(sinks)}: " + _QWEN3_NEXT + "has none",
             )
         )
     temps = [s for s in softmax if s.temperature is not None]
@@ -375,16 +413,7 @@ def _qwen3_next_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -
             Reason(
                 "global_temperature",
                 _knob(knobs, "global_temperature", "log"),
-                why_class + "has no NoPE query temperature",
-            )
-        )
-    shapes = {s.recurrent for s in layers if s.mixer is Mixer.GATED_DELTANET}
-    if len(shapes) > 1:
-        reasons.append(
-            Reason(
-                "local_mixer",
-                "gated_deltanet",
-                "Gated DeltaNet layers of different sizes: " + why_class + "has one set",
+                _QWEN3_NEXT + "has no NoPE query temperature",
             )
         )
     return reasons
