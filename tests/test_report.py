@@ -101,6 +101,22 @@ def test_report_renders_every_section(tmp_path):
         assert heading in md, heading
     assert "- **SUPPORTED** (Holm across 16: undecided) — `hybrid_beats_rope_long`" in md
     assert "![NIAH heatmaps](niah_heatmaps.png)" in md
+    # How findings are decided: the rules in force (issue 20), not the per-run filter the
+    # paragraph described before: a side below the gate's share is invalid, every run of
+    # a side that passes is analysed, zero-width intervals decide nothing, Holm is shown.
+    rules = md[md.index("_How findings are decided") :].split("\n", 1)[0]
+    assert "count only runs that learned" not in rules
+    for phrase in (
+        "fractional degrees of freedom",
+        "zero width",
+        "*invalid*",
+        "on at least 75% of a side's seeds",
+        "intention to treat",
+        "*any*",
+        "*all*",
+        "Holm's correction",
+    ):
+        assert phrase in rules, phrase
     summary = json.loads(paths["summary.json"].read_text())
     assert len(summary["findings"]) == N_HYPOTHESES
     assert {c["name"] for c in summary["candidates"]} == {"rope", "qknorm", "nope", "rnope_swa"}
