@@ -21,6 +21,12 @@ training thread's), which a shared machine's load moves far less. Only that comp
     python bench/throughput.py --backends auto --compile off --precision fp32 --threads 1 \
         --reference-pairs 8 --only-reference
 
+What the trainer's step runs beyond that loop, from the profiler's operator counts (which
+load does not move): every operator whose calls per step differ, and both loops' self CPU
+per step:
+
+    python bench/throughput.py --threads 1 --steps 20 --op-diff
+
 MFU = model FLOPs per second / peak FLOPs per second. Model FLOPs per training token:
 6 x the weights a token multiplies by (every matrix; the tied embedding once, as the
 output head) + 3 x the attention score FLOPs of the candidate's layers at this length
@@ -185,6 +191,11 @@ def main() -> None:
         action="store_true",
         help="only the trainer vs minimal AdamW loop pairs (no backend table)",
     )
+    parser.add_argument(
+        "--op-diff",
+        action="store_true",
+        help="only the operators the trainer runs per step beyond the minimal loop (profiler)",
+    )
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -192,6 +203,9 @@ def main() -> None:
         print(json.dumps(measure_one(args, backend, compiled, precision)))
         return
 
+    if args.op_diff:
+        op_diff(args)
+        return
     precisions = args.precision or (
         ["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"]
     )
@@ -271,6 +285,83 @@ def reference_pairs(args: argparse.Namespace) -> None:
             f"ropenope train / minimal AdamW loop, median of pairs: {statistics.median(ratios):.3f}"
             f" (tokens/s); {statistics.median(cpu_ratios):.3f} (CPU time per step)"
         )
+
+
+def op_profile(args: argparse.Namespace, kind: str) -> tuple[dict[str, tuple[float, float]], float]:
+    """Per step: each operator's calls and self CPU microseconds (torch.profiler) over a
+    whole eager fp32 run of the trainer (``auto``) or the minimal loop; and the training
+    thread's CPU ms per step of an unprofiled run just before (Python included)."""
+    from _training_speed import measure, measure_minimal
+    from torch.profiler import ProfilerActivity, profile
+
+    kw = dict(device=args.device, steps=args.steps, warmup=args.warmup)
+    kw.update(batch_size=args.batch, seq_len=args.seq_len)
+
+    def run() -> dict:
+        if kind == MINIMAL:
+            return measure_minimal(args.config, args.preset, **kw)
+        return measure(args.config, args.preset, backend=None, compile_model=False,
+                       precision="fp32", **kw)  # fmt: skip
+
+    step_cpu_ms = run()["step_cpu_ms"]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = {
+        e.key: (e.count / args.steps, e.self_cpu_time_total / args.steps)
+        for e in prof.key_averages()
+    }
+    return ops, step_cpu_ms
+
+
+def _mean_ops(profiles: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    keys = set().union(*profiles)
+    zero = (0.0, 0.0)
+    return {
+        k: tuple(statistics.mean(p.get(k, zero)[i] for p in profiles) for i in (0, 1)) for k in keys
+    }
+
+
+def op_diff(args: argparse.Namespace) -> None:
+    """What the trainer's step runs beyond the minimal loop's, read from the profiler's
+    operator counts, which the machine's load does not move (their times it does): every
+    operator whose calls per step differ, the extra calls priced at the trainer's time per
+    call, and both loops' self CPU per step summed over all operators (model building
+    included, spread over the steps). Two profiles each, in the order trainer, minimal,
+    minimal, trainer, averaged."""
+    torch.set_num_threads(args.threads)
+    runs: dict[str, list[dict[str, tuple[float, float]]]] = {"auto": [], MINIMAL: []}
+    cpu: dict[str, list[float]] = {"auto": [], MINIMAL: []}
+    for kind in ("auto", MINIMAL, MINIMAL, "auto"):  # each first once: load drifts
+        ops, step_cpu_ms = op_profile(args, kind)
+        runs[kind].append(ops)
+        cpu[kind].append(step_cpu_ms)
+    trainer, minimal = (_mean_ops(runs[k]) for k in ("auto", MINIMAL))
+    print("| operator | trainer calls/step | minimal calls/step | trainer self CPU ms/step |")
+    print("| --- | ---: | ---: | ---: |")
+    for key in sorted(trainer.keys() | minimal.keys()):
+        (tc, tt), (mc, _) = trainer.get(key, (0.0, 0.0)), minimal.get(key, (0.0, 0.0))
+        if abs(tc - mc) >= 0.5:
+            print(f"| {key} | {tc:.1f} | {mc:.1f} | {tt / 1e3:.3f} |")
+    # The extra calls priced at the trainer's own time per call of that operator: what the
+    # trainer's step costs beyond the minimal loop's, free of the drift in shared ops' times.
+    extra = (
+        sum(
+            (tc - minimal.get(key, (0.0, 0.0))[0]) * tt / tc
+            for key, (tc, tt) in trainer.items()
+            if tc > 0 and not key.startswith("autograd::engine")  # its children count
+        )
+        / 1e3
+    )
+    total_t = sum(t for _, t in trainer.values()) / 1e3
+    total_m = sum(t for _, t in minimal.values()) / 1e3
+    print(
+        f"\nthe extra calls at the trainer's time per call: {extra:.2f} ms per step "
+        f"({extra / total_t:.2%} of its operators' self CPU)\n"
+        f"self CPU per step over all operators: trainer {total_t:.1f} ms, minimal "
+        f"{total_m:.1f} ms; the training thread's CPU per step unprofiled (Python "
+        f"included): trainer {statistics.mean(cpu['auto']):.1f} ms, minimal "
+        f"{statistics.mean(cpu[MINIMAL]):.1f} ms (these move with the machine's load)"
+    )
 
 
 if __name__ == "__main__":
