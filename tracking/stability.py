@@ -14,9 +14,9 @@ another's, a lower bound. Layout-only objectives (KV cache, parameters) have no 
 noise: their tau is 1, or undefined where candidates tie.
 
 Tau rests on ``pairs = k (k - 1) / 2`` candidate pairs, few with few candidates, and on
-one split of few seeds; its 95% interval is a bootstrap (each candidate's runs resampled
-with replacement, then split and ranked as above, :data:`BOOTSTRAP` times, the 2.5 and
-97.5 percentiles of tau).
+one split of few seeds; its 95% interval is a bootstrap (each candidate's runs dealt into
+two disjoint halves at random and each half resampled with replacement, then ranked as
+above, :data:`BOOTSTRAP` times, the 2.5 and 97.5 percentiles of tau).
 """
 
 from __future__ import annotations
@@ -91,10 +91,19 @@ def _tau(halves: list[tuple[float, float]]) -> float | None:
 
 
 def _interval(per_candidate: list[list[float]], seed: int = 0) -> tuple[float, float] | None:
+    """Each resample deals every candidate's runs into two disjoint halves at random, then
+    resamples each half with replacement; tau of the half means. A run is never in both
+    halves: drawing the runs with replacement first and then splitting would put the same
+    run on both sides and push tau towards 1 (an interval above its own estimate)."""
     rng = np.random.default_rng(seed)
     taus = []
     for _ in range(BOOTSTRAP):
-        halves = [_halves(list(rng.choice(runs, size=len(runs)))) for runs in per_candidate]
+        halves = []
+        for runs in per_candidate:
+            order = rng.permutation(len(runs))
+            sides = ([runs[i] for i in order[0::2]], [runs[i] for i in order[1::2]])
+            a, b = (float(np.mean(rng.choice(side, size=len(side)))) for side in sides)
+            halves.append((a, b))
         tau = _tau(halves)
         if tau is not None:
             taus.append(tau)
