@@ -2,7 +2,9 @@
 chunk of W keeps at most W - 1 tokens in the KV cache while greedy decoding still gives the
 uncached tokens, scores are computed a block of queries at a time, a sequence past
 ``max_position_embeddings`` is refused with a clear error, and the served model (the MLflow
-loader) refuses a ``max_new_tokens`` outside 1..MAX_NEW_TOKENS or past the model's length."""
+loader) refuses a ``max_new_tokens`` outside 1..MAX_NEW_TOKENS or past the model's length.
+A Gated DeltaNet or Mamba2 layer carries its recurrent state through the cache (issue 24): the
+same tokens as uncached decoding, and the same bytes held at every length."""
 
 from __future__ import annotations
 
@@ -140,3 +142,91 @@ def test_served_model_caps_max_new_tokens(served):
     # the prompt counts too: 1 + 1020 tokens plus 8 pass the model's 1024
     with pytest.raises(ValueError, match=r"1021 tokens plus max_new_tokens=8 exceeds .*=1024"):
         served.predict(["x" * 1020], params={"max_new_tokens": 8})
+
+
+# ------------------------------------------------ recurrent state through the cache (issue 24)
+
+RECURRENT = {
+    "olmo_hybrid_like": lambda: preset("olmo_hybrid_like"),  # Gated DeltaNet + NoPE attention
+    "jamba_like_window": lambda: preset("jamba_like", global_window=16),  # Mamba2 + windows
+}
+
+
+@pytest.fixture(scope="module", params=list(RECURRENT))
+def recurrent(request, tmp_path_factory):
+    candidate = RECURRENT[request.param]()
+    result, model = export(candidate, tmp_path_factory.mktemp(request.param), remote_code=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(result.out_dir), trust_remote_code=True
+    ).eval()
+    return candidate, model, hf
+
+
+def test_remote_recurrent_layers_decode_through_the_cache_as_uncached(recurrent, monkeypatch):
+    candidate, model, hf = recurrent
+    assert any(spec.recurrent is not None for spec in candidate.final_layers)
+    module = sys.modules[type(hf).__module__]
+    assert module.caches_recurrent_state(hf.config)
+    prompt = torch.randint(0, 256, (1, 45), generator=torch.Generator().manual_seed(4))
+    kwargs = dict(max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=PAD)
+    with torch.no_grad():
+        cached = hf.generate(prompt, use_cache=True, **kwargs)
+        uncached = hf.generate(prompt, use_cache=False, **kwargs)
+        reference = greedy_decode(model, prompt, 30)
+        # a transformers whose cache holds no recurrent state: the whole sequence every step
+        monkeypatch.setattr(module, "recurrent_cache_supported", lambda: False)
+        recomputed = hf.generate(prompt, use_cache=True, **kwargs)
+    assert cached.tolist() == uncached.tolist() == recomputed.tolist()
+    assert cached[0, 45:].tolist() == reference[0].tolist()
+
+
+def test_remote_recurrent_state_holds_the_same_bytes_at_every_length(recurrent):
+    """Prefill 3 tokens, then one per call: each step's logits are the full forward's, the
+    attention layers grow, and a recurrent layer holds its convolution window (all
+    ``conv_tokens`` inputs, the one ``state_elements`` leaves out included) and its state,
+    the same bytes at every step."""
+    from transformers.cache_utils import DynamicCache, LinearAttentionLayer
+
+    candidate, _, hf = recurrent
+    ids = torch.randint(0, 256, (1, 60), generator=torch.Generator().manual_seed(6))
+    cache = DynamicCache()
+    steps, held = [], []
+    with torch.no_grad():
+        whole = hf(input_ids=ids).logits
+        hf(input_ids=ids[:, :3], past_key_values=cache, use_cache=True)
+        for t in range(3, ids.shape[1]):
+            out = hf(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            assert int(cache.get_seq_length()) == t + 1
+            steps.append(out.logits[:, -1])
+            held.append([_held_bytes(layer) for layer in cache.layers])
+    torch.testing.assert_close(torch.cat(steps), whole[0, 3:], atol=1e-4, rtol=0)
+    for i, spec in enumerate(candidate.final_layers):
+        sizes = [step[i] for step in held]
+        if spec.recurrent is None:
+            assert sizes[-1] > sizes[0]  # keys and values grow (a window of 16 < 60 tokens too)
+            continue
+        assert isinstance(cache.layers[i], LinearAttentionLayer)
+        state = spec.recurrent.state_elements() + spec.recurrent.conv_channels
+        assert sizes == [4 * state] * len(sizes)  # fp32, one sequence
+
+
+def _held_bytes(layer) -> int:
+    if hasattr(layer, "recurrent_states"):
+        tensors = [*layer.conv_states.values(), *layer.recurrent_states.values()]
+        return sum(x.nbytes for x in tensors if x is not None)
+    return layer.keys.nbytes + layer.values.nbytes
+
+
+def test_remote_recurrent_layer_refuses_a_cache_that_cannot_hold_its_state(recurrent):
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    candidate, _, hf = recurrent
+    first = next(i for i, s in enumerate(candidate.final_layers) if s.recurrent is not None)
+    cache = DynamicCache()
+    cache.layers.extend(DynamicLayer() for _ in candidate.final_layers)
+    keys = torch.zeros(1, 2, 3, 8)
+    cache.layers[first].update(keys, keys)  # a layer that already holds keys
+    mixer = candidate.final_layers[first].mixer.value
+    refused = rf"layer {first} is a {mixer} layer: .*DynamicCache"
+    with pytest.raises(ValueError, match=refused), torch.no_grad():
+        hf(input_ids=torch.zeros(1, 4, dtype=torch.long), past_key_values=cache)

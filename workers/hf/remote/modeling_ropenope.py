@@ -33,18 +33,20 @@ no projection bias), whose parameter names are ours.
 Weights use the Hugging Face Llama names (plus ``self_attn.sinks`` and ``self_attn.gate_proj``),
 so ``model.safetensors`` is laid out as for Llama.
 
-Generation of a model without recurrent layers keeps a key/value cache (the cache object ``generate`` passes in): a full-attention
+Generation keeps a cache (the cache object ``generate`` passes in): a full-attention
 layer keeps every token, a layer with a window or chunk of W keeps only its last W - 1 tokens
 (transformers' ``DynamicSlidingWindowLayer``), all a later query can see. Keys are cached
 *before* the rotation and turned at every step for the positions they hold: with NTK scaling
 the frequencies depend on the current length, and the model was trained and scored with every
 key turned by the frequencies of the whole sequence. Windows and chunks are applied by the mask
 on absolute positions, so cached keys outside a query's window or chunk are simply not attended
-to. Positions count real tokens only: a left-padded row starts at 0. A model with a Gated
-DeltaNet or Mamba2 layer keeps no cache at all: each generated token recomputes the whole
-sequence (correct, and slower: quadratic in the generated length; carrying the recurrent state
-through transformers' cache is not done yet). The recurrent modules zero padding tokens, so
-they write nothing to the state.
+to. Positions count real tokens only: a left-padded row starts at 0. A Gated DeltaNet or Mamba2
+layer keeps its recurrent state instead (transformers' ``LinearAttentionLayer``: the last
+``conv_tokens`` convolution inputs and the state matrix, the same bytes at any length), so each
+generated token costs the same whatever the length. The recurrent modules zero padding tokens,
+so they write nothing to the state. A transformers whose cache cannot hold recurrent state
+(before its ``LinearAttentionLayer``), or a cache of another kind, makes such a model recompute
+the whole sequence at every generated token instead: the same tokens, quadratic in the length.
 
 Memory is bounded: scores are computed for ``QUERY_BLOCK`` queries at a time (never a full
 T x T matrix), and a sequence longer than ``config.max_position_embeddings`` (the longest
@@ -96,6 +98,57 @@ def window_cache_layer(cache: Any, layer_idx: int, window: int) -> None:
         if type(layer) is DynamicLayer and not layer.is_initialized:
             # a window of 1 keeps nothing but the query; the layer class needs 2 to trim
             layers[layer_idx] = DynamicSlidingWindowLayer(sliding_window=max(int(window), 2))
+
+
+def recurrent_cache_supported() -> bool:
+    """Whether this transformers' cache holds recurrent state (``LinearAttentionLayer``) and its
+    Gated DeltaNet and Mamba2 modules read it from a ``cache`` argument."""
+    import inspect
+
+    try:
+        from transformers.cache_utils import LinearAttentionLayer  # noqa: F401
+        from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+        from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextGatedDeltaNet
+    except ImportError:
+        return False
+    return all(
+        "cache" in inspect.signature(module.forward).parameters
+        for module in (Qwen3NextGatedDeltaNet, Mamba2Mixer)
+    )
+
+
+def recurrent_cache_layer(cache: Any, layer_idx: int) -> bool:
+    """Make layer ``layer_idx`` of a transformers ``DynamicCache`` hold a recurrent state: its
+    still empty attention layer becomes a ``LinearAttentionLayer``. True when the layer holds
+    one (now or already); False for a cache that cannot (another kind, or a layer that already
+    holds keys)."""
+    try:
+        from transformers.cache_utils import (
+            DynamicLayer,
+            LinearAttentionCacheLayerMixin,
+            LinearAttentionLayer,
+        )
+    except ImportError:
+        return False
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list):
+        return False
+    replicate = getattr(cache, "layer_class_to_replicate", None)
+    while len(layers) <= layer_idx and replicate is not None:
+        layers.append(replicate())
+    if layer_idx >= len(layers):
+        return False
+    layer = layers[layer_idx]
+    if isinstance(layer, LinearAttentionCacheLayerMixin):
+        return True
+    if type(layer) is DynamicLayer and not layer.is_initialized:
+        layers[layer_idx] = LinearAttentionLayer()
+        return True
+    return False
+
+
+def recurrent_layer_indices(config: RopenopeConfig) -> list[int]:
+    return [i for i, s in enumerate(config.layer_specs) if s.get("mixer", "softmax") != "softmax"]
 
 
 class RopenopeRMSNorm(nn.Module):
@@ -414,7 +467,12 @@ def mamba2(config: RopenopeConfig, layer_idx: int) -> nn.Module:
 
 
 def has_recurrent_layer(config: RopenopeConfig) -> bool:
-    return any(s.get("mixer", "softmax") != "softmax" for s in config.layer_specs)
+    return bool(recurrent_layer_indices(config))
+
+
+def caches_recurrent_state(config: RopenopeConfig) -> bool:
+    """False where a model with recurrent layers must recompute the sequence at every step."""
+    return not has_recurrent_layer(config) or recurrent_cache_supported()
 
 
 class RopenopeDecoderLayer(nn.Module):
@@ -442,10 +500,15 @@ class RopenopeDecoderLayer(nn.Module):
         cache: Any,
     ) -> Tensor:
         h = self.input_layernorm(x)
-        if hasattr(self, "linear_attn"):  # the whole sequence, no cache (see the docstring)
-            a = self.linear_attn(h, attention_mask=key_valid)
-        elif hasattr(self, "mamba"):
-            a = self.mamba(h, attention_mask=key_valid)
+        if hasattr(self, "linear_attn") or hasattr(self, "mamba"):
+            mixer = self.linear_attn if hasattr(self, "linear_attn") else self.mamba
+            T = x.shape[1]
+            # the padding of these T tokens (the state holds the earlier ones); one new token
+            # is never padding, and an all-real mask needs no multiply
+            mask = None if key_valid is None or T == 1 else key_valid[:, -T:]
+            if mask is not None and bool(mask.all()):
+                mask = None
+            a = mixer(h, attention_mask=mask, **({"cache": cache} if cache is not None else {}))
         else:
             a = self.self_attn(h, positions, key_positions, key_valid, cache)
         x = x + a
@@ -499,7 +562,7 @@ class RopenopeModel(RopenopePreTrainedModel):
         cache: Any = None,
     ) -> Tensor:
         B, T = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
+        past = int(cache.get_seq_length()) if cache is not None else 0
         limit = self.config.max_position_embeddings
         if past + T > limit:
             raise SequenceTooLong(
@@ -557,8 +620,8 @@ class RopenopeForCausalLM(RopenopePreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        """With a recurrent layer every step reads the whole sequence and keeps no cache."""
-        if not has_recurrent_layer(self.config):
+        """Where the recurrent state cannot be cached, every step reads the whole sequence."""
+        if caches_recurrent_state(self.config):
             return super().prepare_inputs_for_generation(
                 input_ids, attention_mask=attention_mask, **kwargs
             )
@@ -580,12 +643,20 @@ class RopenopeForCausalLM(RopenopePreTrainedModel, GenerationMixin):
             raise ValueError("RopenopeForCausalLM needs input_ids")
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if has_recurrent_layer(self.config):  # recomputed from the first token at each step
+        if not caches_recurrent_state(self.config):  # recomputed from the first token
             use_cache, cache = False, None
         if use_cache and cache is None:
             from transformers.cache_utils import DynamicCache
 
             cache = DynamicCache()
+        if use_cache:
+            for i in recurrent_layer_indices(self.config):
+                if not recurrent_cache_layer(cache, i):
+                    raise ValueError(
+                        f"layer {i} is a {self.config.layer_specs[i]['mixer']} layer: its "
+                        f"state needs transformers' DynamicCache, not {type(cache).__name__} "
+                        "(generate with the default cache, or use_cache=False)"
+                    )
         hidden = self.model(input_ids, attention_mask, position_ids, cache if use_cache else None)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
