@@ -5,7 +5,7 @@
 
 For each preset (softmax attention only: ``rnope_swa``; Gated DeltaNet : gated attention:
 ``qwen3_next_like``; Mamba2 : NoPE attention 7:1: ``jamba_like``; Mamba2 and sliding-window
-attention alternating: ``swax_w8``) at the model size of ``configs/mixers.yaml``: training
+attention alternating: ``swax_w8``; KDA : NoPE attention 3:1: ``kimi_linear_like``) at the model size of ``configs/mixers.yaml``: training
 tokens/s of a forward and backward pass at each length T, and the bytes a KV cache holds
 after decoding T tokens (measured on the cache; equal to ``kv_cache_bytes`` of the layers).
 """
@@ -55,7 +55,9 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument(
-        "--presets", nargs="+", default=["rnope_swa", "qwen3_next_like", "jamba_like", "swax_w8"]
+        "--presets",
+        nargs="+",
+        default=["rnope_swa", "qwen3_next_like", "jamba_like", "swax_w8", "kimi_linear_like"],
     )
     args = parser.parse_args()
     config = load_config(CONFIG)

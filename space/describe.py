@@ -62,8 +62,13 @@ def describe_knobs(knobs: Mapping[str, Any], stages: Sequence[StagePlan] = ()) -
         global_pos = "no positional encoding (NoPE)"
     local_attention = _attention(k.get("local_window"), k.get("local_attention", "sliding"))
     local = f"{_rope(k, 'local_rope_base')} with {local_attention}"
-    if k.get("local_mixer") == "gated_deltanet":
-        local = "a Gated DeltaNet recurrent layer (Qwen3-Next; no positions, constant state"
+    if k.get("local_mixer") in ("gated_deltanet", "kda"):
+        local = (
+            "a Gated DeltaNet recurrent layer (Qwen3-Next; no positions, constant state"
+            if k["local_mixer"] == "gated_deltanet"
+            else "a Kimi Delta Attention recurrent layer (KDA, Kimi Linear: a decay per key "
+            "channel; no positions, constant state"
+        )
         sizes = [
             f"{k[name]} {what}"
             for name, what in (

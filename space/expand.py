@@ -234,11 +234,24 @@ def refuse_attention_knobs_on_recurrent(knobs: Mapping[str, Any]) -> None:
 def _recurrent_shape(knobs: Mapping[str, Any], shape: ModelShape) -> RecurrentShape | Mamba2Shape:
     """The local recurrent mixer's sizes. Gated DeltaNet: by default Qwen3-Next's
     proportions (as many key heads as the model has heads, of the model's head size, and twice
-    as many value heads). Mamba2: ``expand x d_model`` channels in heads of
+    as many value heads). KDA: the same knobs, one value head per key head. Mamba2: ``expand x d_model`` channels in heads of
     ``mamba2_head_dim``."""
     if Mixer(knobs["local_mixer"]) is Mixer.MAMBA2:
         return _mamba2_shape(knobs, shape)
     key_heads = knobs["deltanet_heads"] or shape.n_heads
+    if Mixer(knobs["local_mixer"]) is Mixer.KDA:  # one value head per key head
+        value_heads = knobs["deltanet_value_heads"]
+        if value_heads not in (None, key_heads):
+            raise InvalidCandidate(
+                f"deltanet_value_heads={value_heads}: a kda layer has as many value heads as "
+                f"key heads (deltanet_heads: {key_heads}); leave it null"
+            )
+        return RecurrentShape(
+            key_heads=key_heads,
+            value_heads=key_heads,
+            head_dim=knobs["deltanet_head_dim"] or shape.head_dim,
+            conv_tokens=knobs["deltanet_conv_tokens"],
+        )
     try:
         return RecurrentShape(
             key_heads=key_heads,
@@ -449,6 +462,8 @@ def _attn(spec: LayerSpec) -> str:
     r = spec.recurrent
     if spec.mixer is Mixer.MAMBA2:
         return f"mamba{r.heads}x{r.head_dim}s{r.state_size}"
+    if spec.mixer is Mixer.KDA:
+        return f"kda{r.key_heads}x{r.head_dim}"
     if spec.mixer is not Mixer.SOFTMAX:
         return f"gdn{r.key_heads}x{r.head_dim}v{r.value_heads}"
     if spec.position is Position.NOPE:

@@ -100,19 +100,24 @@ class Mixer(StrEnum):
     """What mixes tokens in a layer. ``SOFTMAX``: attention, with every positional and window
     option. ``GATED_DELTANET``: Qwen3-Next's Gated DeltaNet, a recurrent (linear-attention)
     layer whose state has a constant size (:class:`RecurrentShape`). ``MAMBA2``: the Mamba2
-    selective state-space layer (:class:`Mamba2Shape`; Granite 4.0-H, Bamba, Nemotron-H). A
+    selective state-space layer (:class:`Mamba2Shape`; Granite 4.0-H, Bamba, Nemotron-H).
+    ``KDA``: Kimi Linear's Kimi Delta Attention, the Gated DeltaNet's delta rule with a decay
+    per key channel (:class:`RecurrentShape` with as many value heads as key heads). A
     recurrent layer takes no position, window, QK-norm, sink or output-gate option."""
 
     SOFTMAX = "softmax"
     GATED_DELTANET = "gated_deltanet"
     MAMBA2 = "mamba2"
+    KDA = "kda"
 
 
 @dataclass(frozen=True)
 class RecurrentShape:
     """The sizes of a Gated DeltaNet layer (Qwen3-Next's ``linear_*`` config fields): query/key
     heads, value heads (a multiple of them), one head size for keys and values, and the
-    depthwise causal convolution's kernel in tokens."""
+    depthwise causal convolution's kernel in tokens. A KDA layer has the same sizes with as
+    many value heads as key heads (Kimi Linear's ``linear_num_heads``, ``linear_head_dim``,
+    ``linear_conv_kernel_dim``)."""
 
     key_heads: int
     value_heads: int
@@ -206,6 +211,7 @@ class Mamba2Shape:
 RECURRENT_SHAPES: dict[Mixer, type] = {
     Mixer.GATED_DELTANET: RecurrentShape,
     Mixer.MAMBA2: Mamba2Shape,
+    Mixer.KDA: RecurrentShape,
 }
 
 
@@ -362,6 +368,8 @@ class LayerSpec:
             raise ValueError(
                 f"{where}: a {self.mixer.value} layer needs {RECURRENT_SHAPES[self.mixer].__name__}"
             )
+        if self.mixer is Mixer.KDA and self.recurrent.value_heads != self.recurrent.key_heads:
+            raise ValueError(f"{where}: a kda layer has as many value heads as key heads")
         attention_only = {
             "position: rope": rope,
             "window_tokens": self.window_tokens is not None,

@@ -8,7 +8,7 @@ A **layer match** is a mapping of :class:`space.layers.LayerSpec` fields, every 
 which must hold for a layer: ``kind`` (local | global), ``position`` (rope | nope),
 ``window`` (tokens; ``null`` = full attention), ``windowed`` (true | false),
 ``rope_base``, ``qk_norm`` (none | pre_rope | post_rope), ``temperature`` (true:
-Llama-4 query temperature scaling), ``mixer`` (softmax | gated_deltanet | mamba2) and
+Llama-4 query temperature scaling), ``mixer`` (softmax | gated_deltanet | mamba2 | kda) and
 ``output_gate`` (none | headwise | elementwise). A value is an exact value, a list of allowed
 values, or a range ``{min: a, max: b}`` (inclusive, either end optional).
 
@@ -136,7 +136,7 @@ class LayerMatch(_Model):
     rope_base: NumberMatch | None = None
     qk_norm: tuple[Literal["none", "pre_rope", "post_rope"], ...] | None = None
     temperature: bool | None = None
-    mixer: tuple[Literal["softmax", "gated_deltanet", "mamba2"], ...] | None = None
+    mixer: tuple[Literal["softmax", "gated_deltanet", "mamba2", "kda"], ...] | None = None
     output_gate: tuple[Literal["none", "headwise", "elementwise"], ...] | None = None
 
     _choice = field_validator("kind", "position", "qk_norm", "mixer", "output_gate", mode="before")(

@@ -89,6 +89,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "global_position": "nope",
         "local_mixer": "gated_deltanet",
     },
+    # Kimi Linear: 3 Kimi Delta Attention (KDA) : 1 full-attention NoPE layer. Its global layers
+    # are MLA (a compressed latent KV cache), which is not a knob here: ours are grouped-query.
+    "kimi_linear_like": {
+        "global_every": 4,
+        "global_position": "nope",
+        "local_mixer": "kda",
+    },
     # MiMo-V2-Flash: the first layer and every 6th are full attention (layers 0 and 5 of 8),
     # the others a 128-token sliding window with learned sinks; RoPE base 1e4 local, 5e6 global.
     # Its partial rotary (a third of each head) is left out: a third of our heads is odd.
@@ -121,5 +128,6 @@ DESCRIPTIONS: dict[str, str] = {
     "gemma4_like": "5 sliding-window RoPE layers to 1 global layer with proportional RoPE on a quarter of its frequencies, QK-norm (Gemma 4).",
     "jamba_like": "1 full-attention NoPE layer in every 8, the other 7 Mamba2 state-space layers (Jamba's ratio; Bamba / Granite 4.0-H's mixer).",
     "olmo_hybrid_like": "3 Gated DeltaNet layers to 1 full-attention NoPE layer (OLMo Hybrid).",
+    "kimi_linear_like": "3 Kimi Delta Attention layers (a delta rule with a decay per key channel) to 1 full-attention NoPE layer (Kimi Linear, with grouped-query attention in place of its MLA).",
     "mimo_like": "The first layer and every 6th full-attention RoPE (base 5e6), the others 128-token sliding-window RoPE with learned sinks (MiMo-V2-Flash; 8 layers).",
 }

@@ -367,7 +367,7 @@ def test_deltanet_mixers_config_validates_and_samples_no_window_on_recurrent_lay
         candidate = config.candidate(knobs)  # never an invalid candidate: the window is conditional
         mixers.update(s.mixer.value for s in candidate.layers if s.kind is LayerKind.LOCAL)
         study.tell(trial, 0.0)
-    assert mixers == {"softmax", "gated_deltanet", "mamba2"}
+    assert mixers == {"softmax", "gated_deltanet", "mamba2", "kda"}
 
 
 @pytest.mark.parametrize(

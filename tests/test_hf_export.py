@@ -67,6 +67,7 @@ EXPECTED = {
     "jamba_like": GRANITE_HYBRID,  # Mamba2 layers with NoPE attention (Granite 4.0-H)
     "olmo_hybrid_like": None,  # Gated DeltaNet with plain NoPE attention: not Qwen3-Next
     "mimo_like": None,  # two RoPE bases, sinks on the local layers only
+    "kimi_linear_like": None,  # KDA: Kimi Linear's, whose attention layers are MLA
 }
 # Presets whose placement needs more than SHAPE's six layers (a 7:1 ratio, an 8-letter layout)
 LAYERS = {"jamba_like": 8, "mimo_like": 8}
@@ -74,6 +75,7 @@ LAYERS = {"jamba_like": 8, "mimo_like": 8}
 REFUSAL_KNOBS = {
     "olmo_hybrid_like": ("output_gate=none", "qk_norm=none", "global_position=nope"),
     "gemma4_like": ("rope_type=proportional", "Gemma 4"),
+    "kimi_linear_like": ("local_mixer=kda", "Kimi Linear", "MLA"),
 }
 
 
@@ -85,10 +87,12 @@ def preset(name: str, **knobs):
 def random_weights(candidate, seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = HybridTransformer(candidate.shape, candidate.layers)
-    # Gated DeltaNet layers keep their init scale: they have no mask to sharpen, and at 4x it
+    # Gated DeltaNet and KDA layers keep their init scale: they have no mask to sharpen, and at 4x it
     # the fp32 rounding of two equal computations (one layer alone: 9e-7 apart) grows about
     # tenfold per layer (logits 9e-4 apart on 200 tokens at 4x, 1e-6 at 1x).
-    deltanet = {f"blocks.{s.index}." for s in candidate.layers if s.mixer.value == "gated_deltanet"}
+    deltanet = {
+        f"blocks.{s.index}." for s in candidate.layers if s.mixer.value in ("gated_deltanet", "kda")
+    }
     with torch.no_grad():  # norm gains away from 1, so a misplaced or missing norm shows
         for name, p in model.named_parameters():
             if name.endswith("sinks"):  # sinks that take from none to most of the mass

@@ -3,7 +3,7 @@ chunk of W keeps at most W - 1 tokens in the KV cache while greedy decoding stil
 uncached tokens, scores are computed a block of queries at a time, a sequence past
 ``max_position_embeddings`` is refused with a clear error, and the served model (the MLflow
 loader) refuses a ``max_new_tokens`` outside 1..MAX_NEW_TOKENS or past the model's length.
-A Gated DeltaNet or Mamba2 layer carries its recurrent state through the cache (issue 24): the
+A Gated DeltaNet, Mamba2 or KDA layer carries its recurrent state through the cache (issue 24): the
 same tokens as uncached decoding, and the same bytes held at every length."""
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def test_served_model_caps_max_new_tokens(served):
 RECURRENT = {
     "olmo_hybrid_like": lambda: preset("olmo_hybrid_like"),  # Gated DeltaNet + NoPE attention
     "jamba_like_window": lambda: preset("jamba_like", global_window=16),  # Mamba2 + windows
+    "kimi_linear_like": lambda: preset("kimi_linear_like"),  # KDA + NoPE attention
 }
 
 

@@ -82,6 +82,7 @@ def test_expand_every_preset_exact_layout():
         "gemma4_like": {5, 11},
         "jamba_like": {7},
         "olmo_hybrid_like": {3, 7, 11},
+        "kimi_linear_like": {3, 7, 11},
     }
     # mimo_like's explicit layout places 8 layers: refused at 12, naming the knob
     assert set(expected_globals) | {"mimo_like"} == set(BUILTIN_PRESETS)

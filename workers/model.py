@@ -67,6 +67,7 @@ from space.layers import (
 )
 from workers.attention import attend, cached_attention, dense_attention
 from workers.deltanet import GatedDeltaNet
+from workers.kda import KimiDeltaAttention
 from workers.kv_cache import KVCache, LayerCache, RecurrentCache
 from workers.mamba2 import Mamba2
 
@@ -353,7 +354,11 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-RECURRENT_MIXERS = {Mixer.GATED_DELTANET: GatedDeltaNet, Mixer.MAMBA2: Mamba2}
+RECURRENT_MIXERS = {
+    Mixer.GATED_DELTANET: GatedDeltaNet,
+    Mixer.MAMBA2: Mamba2,
+    Mixer.KDA: KimiDeltaAttention,
+}
 
 
 class Block(nn.Module):
@@ -361,7 +366,7 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm = RMSNorm(shape.d_model, shape.norm_eps)
         # the token mixer: attention, or a recurrent layer (``workers.deltanet``,
-        # ``workers.mamba2``)
+        # ``workers.mamba2``, ``workers.kda``)
         self.recurrent = spec.mixer is not Mixer.SOFTMAX
         self.attn = RECURRENT_MIXERS.get(spec.mixer, Attention)(shape, spec)
         self.mlp_norm = RMSNorm(shape.d_model, shape.norm_eps)

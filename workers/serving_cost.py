@@ -52,7 +52,7 @@ def attention_flops_per_token(
     query heads (GQA shares K/V but not this work). Query ``i`` (0-based) of a layer
     attends to ``min(i + 1, window)`` keys with a sliding window and to ``i mod W + 1`` keys
     with chunks of W (on average about half a sliding window's), so per layer and token it
-    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``. A Gated DeltaNet layer's state
+    costs ``2 * 2 * n_heads * head_dim * mean_i(keys_i)``. A Gated DeltaNet or KDA layer's state
     is read by the key, written by the delta and read by the query: three ``Dk x Dv``
     products per value head, ``2 * 3 * value_heads * head_dim ** 2`` whatever the length. A
     Mamba2 layer's state (``head_dim x N`` per head) is written by ``x B^T`` and read by ``C``:

@@ -294,7 +294,7 @@ def stock_layout(
     reasons = stock_reasons(layers, knobs)
     mamba = [s.recurrent for s in layers if s.mixer is Mixer.MAMBA2]
     qwen3_next = needs_qwen3_next(layers)
-    if reasons:  # the remote-code model has every attention field and both recurrent mixers
+    if reasons:  # the remote-code model has every attention field and every recurrent mixer
         raise NotExpressible(reasons)
 
     rope = [s for s in layers if s.position is Position.ROPE]

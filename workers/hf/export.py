@@ -134,7 +134,7 @@ def hf_state_dict(
     if architecture == GRANITE_HYBRID:
         out = _rename_for_granite(out)
     if architecture is None:  # the remote-code model: transformers' recurrent modules
-        out = _rename_mamba(_fuse_deltanet(out))
+        out = _rename_mamba(_fuse_deltanet(_rename_kda(out)))
     if architecture == QWEN3_NEXT:
         if shape is None:
             raise ValueError("the Qwen3-Next layout fuses q rows per head: pass the shape")
@@ -220,6 +220,38 @@ def _fuse_deltanet(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         ba = torch.cat([x.view(groups, per, x.shape[-1]) for x in (b, a)], dim=1)
         out[f"{pre}in_proj_ba.weight"] = ba.reshape(-1, b.shape[-1])
         out[f"{pre}norm.weight"] = norm
+    return out
+
+
+# Our KDA parameter names -> transformers' KimiLinearDeltaAttention's (Kimi Linear's
+# ``self_attn``); the others (q/k/v/b/g_a/g_b projections, conv1d) are the same.
+_KDA_RENAMES = {
+    "f_a_proj.weight": "forget_gate.f_a_proj.weight",
+    "f_b_proj.weight": "forget_gate.f_b_proj.weight",
+    "A_log": "forget_gate.A_log",
+    "dt_bias": "forget_gate.dt_bias",
+    "norm_weight": "o_norm.weight",
+    "out_proj.weight": "o_proj.weight",
+}
+
+
+def _rename_kda(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A KDA layer as transformers' ``KimiLinearDeltaAttention`` (Kimi Linear's and the
+    remote-code model's ``self_attn``): the forget gate's parameters under ``forget_gate``
+    (``A_log`` shaped ``(1, 1, heads, 1)``), the gated norm ``o_norm``, the output ``o_proj``.
+    Run before the Gated DeltaNet and Mamba2 renames, which know their layers by a
+    ``norm_weight`` and an ``A_log`` that a KDA layer has too."""
+    kda = {k.split(".")[2] for k in tensors if k.endswith("self_attn.f_a_proj.weight")}
+    out = {}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        if name.startswith("model.layers.") and parts[2] in kda and parts[3] == "self_attn":
+            rest = ".".join(parts[4:])
+            rest = _KDA_RENAMES.get(rest, rest)
+            if rest == "forget_gate.A_log":
+                tensor = tensor.view(1, 1, -1, 1)
+            name = f"model.layers.{parts[2]}.self_attn.{rest}"
+        out[name] = tensor
     return out
 
 

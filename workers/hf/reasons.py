@@ -43,9 +43,9 @@ KNOWN_LAYER_FIELDS = frozenset(
 )
 # Per-layer fields exported only for some mixers: a Mamba2 layer's (GraniteMoeHybrid's mamba
 # layers) and a Gated DeltaNet layer's (Qwen3-Next's linear_attn layers), workers.hf.classes;
-# our remote-code model has the same two transformers modules.
+# our remote-code model has the same two transformers modules, and Kimi Linear's KDA module.
 MIXER_FIELDS = frozenset({"mixer", "recurrent"})
-EXPORTED_MIXERS = frozenset({Mixer.MAMBA2, Mixer.GATED_DELTANET})
+EXPORTED_MIXERS = frozenset({Mixer.MAMBA2, Mixer.GATED_DELTANET, Mixer.KDA})
 # Per-layer fields newer than the Llama block: the attention output gate, exported to
 # Qwen3-Next's gated attention or to our remote-code model (which has it too).
 GATE_FIELDS = frozenset({"output_gate"})
@@ -115,15 +115,32 @@ def _proportional_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any])
     ]
 
 
+def _kda_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
+    """KDA layers are Kimi Linear's, and its block is not ours: its full-attention layers are
+    MLA (a compressed latent key/value with a decoupled RoPE key), not grouped-query."""
+    kda = [s for s in layers if s.mixer is Mixer.KDA]
+    if not kda:
+        return []
+    return [
+        Reason(
+            "local_mixer",
+            _knob(knobs, "local_mixer", "kda"),
+            f"KDA layers {_indices(kda)}: only Kimi Linear has them, and its attention layers "
+            "are MLA (a compressed latent key/value), not our grouped-query attention",
+        )
+    ]
+
+
 def stock_reasons(layers: Sequence[LayerSpec], knobs: Mapping[str, Any]) -> list[Reason]:
     """Everything that keeps each stock class from reproducing ``layers`` (empty: one can).
 
     ``knobs`` are the candidate's resolved knobs, used only to name the cause in the user's
     words; the decision is made on the layers themselves.
     """
+    kda = _kda_reasons(layers, knobs)
     if needs_qwen3_next(layers):
-        return _proportional_reasons(layers, knobs) + _qwen3_next_reasons(layers, knobs)
-    reasons: list[Reason] = _proportional_reasons(layers, knobs)
+        return kda + _proportional_reasons(layers, knobs) + _qwen3_next_reasons(layers, knobs)
+    reasons: list[Reason] = kda + _proportional_reasons(layers, knobs)
     temps = [s for s in layers if s.temperature is not None]
     if temps:
         t = temps[0].temperature

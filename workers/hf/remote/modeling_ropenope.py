@@ -28,7 +28,8 @@ A layer whose spec says ``mixer: gated_deltanet`` has transformers' own
 in place of attention, in the same pre-norm block; its weights are Qwen3-Next's fused
 ``in_proj_qkvz`` / ``in_proj_ba`` layout, which ``ropenope export`` writes. A ``mixer: mamba2``
 layer has transformers' ``Mamba2Mixer`` (``mamba``, named as Granite 4.0-H's: convolution bias,
-no projection bias), whose parameter names are ours.
+no projection bias), whose parameter names are ours. A ``mixer: kda`` layer has transformers'
+``KimiLinearDeltaAttention`` (Kimi Linear's ``self_attn``, named as its checkpoints').
 
 Weights use the Hugging Face Llama names (plus ``self_attn.sinks`` and ``self_attn.gate_proj``),
 so ``model.safetensors`` is laid out as for Llama.
@@ -40,7 +41,7 @@ layer keeps every token, a layer with a window or chunk of W keeps only its last
 the frequencies depend on the current length, and the model was trained and scored with every
 key turned by the frequencies of the whole sequence. Windows and chunks are applied by the mask
 on absolute positions, so cached keys outside a query's window or chunk are simply not attended
-to. Positions count real tokens only: a left-padded row starts at 0. A Gated DeltaNet or Mamba2
+to. Positions count real tokens only: a left-padded row starts at 0. A Gated DeltaNet, Mamba2 or KDA
 layer keeps its recurrent state instead (transformers' ``LinearAttentionLayer``: the last
 ``conv_tokens`` convolution inputs and the state matrix, the same bytes at any length), so each
 generated token costs the same whatever the length. The recurrent modules zero padding tokens,
@@ -107,13 +108,16 @@ def recurrent_cache_supported() -> bool:
 
     try:
         from transformers.cache_utils import LinearAttentionLayer  # noqa: F401
+        from transformers.models.kimi_linear.modeling_kimi_linear import (
+            KimiLinearDeltaAttention,
+        )
         from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
         from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextGatedDeltaNet
     except ImportError:
         return False
     return all(
         "cache" in inspect.signature(module.forward).parameters
-        for module in (Qwen3NextGatedDeltaNet, Mamba2Mixer)
+        for module in (Qwen3NextGatedDeltaNet, Mamba2Mixer, KimiLinearDeltaAttention)
     )
 
 
@@ -466,6 +470,36 @@ def mamba2(config: RopenopeConfig, layer_idx: int) -> nn.Module:
     return Mamba2Mixer(sizes, layer_idx)
 
 
+def kda(config: RopenopeConfig, layer_idx: int) -> nn.Module:
+    """transformers' ``KimiLinearDeltaAttention`` (Kimi Linear's KDA) with this layer's sizes
+    (``recurrent``: as many value heads as key heads)."""
+    from transformers import KimiLinearConfig
+    from transformers.models.kimi_linear.modeling_kimi_linear import KimiLinearDeltaAttention
+
+    r = config.layer_specs[layer_idx]["recurrent"]
+    sizes = KimiLinearConfig(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        layer_types=[
+            "linear_attention" if s.get("mixer") == "kda" else "full_attention"
+            for s in config.layer_specs
+        ],
+        linear_num_heads=r["key_heads"],
+        linear_head_dim=r["head_dim"],
+        linear_conv_kernel_dim=r["conv_tokens"],
+        rms_norm_eps=config.rms_norm_eps,
+        hidden_act="silu",
+        vocab_size=config.vocab_size,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        intermediate_size=config.intermediate_size,
+        pad_token_id=None,  # Kimi's defaults lie outside a small vocabulary
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return KimiLinearDeltaAttention(sizes, layer_idx)
+
+
 def has_recurrent_layer(config: RopenopeConfig) -> bool:
     return bool(recurrent_layer_indices(config))
 
@@ -484,12 +518,22 @@ class RopenopeDecoderLayer(nn.Module):
             self.linear_attn = gated_deltanet(config, layer_idx)
         elif mixer == "mamba2":
             self.mamba = mamba2(config, layer_idx)
+        elif mixer == "kda":
+            self.self_attn = kda(config, layer_idx)
         elif mixer == "softmax":
             self.self_attn = RopenopeAttention(config, layer_idx)
         else:
             raise ValueError(f"layer {layer_idx}: mixer {mixer!r} is not in this modeling file")
         self.post_attention_layernorm = RopenopeRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = RopenopeMLP(config)
+
+    def recurrent_mixer(self) -> nn.Module | None:
+        """The layer's Gated DeltaNet, Mamba2 or KDA module; None for attention."""
+        for name in ("linear_attn", "mamba", "self_attn"):
+            module = getattr(self, name, None)
+            if module is not None and not isinstance(module, RopenopeAttention):
+                return module
+        return None
 
     def forward(
         self,
@@ -500,8 +544,9 @@ class RopenopeDecoderLayer(nn.Module):
         cache: Any,
     ) -> Tensor:
         h = self.input_layernorm(x)
-        if hasattr(self, "linear_attn") or hasattr(self, "mamba"):
-            mixer = self.linear_attn if hasattr(self, "linear_attn") else self.mamba
+        recurrent = self.recurrent_mixer()
+        if recurrent is not None:
+            mixer = recurrent
             T = x.shape[1]
             # the padding of these T tokens (the state holds the earlier ones); one new token
             # is never padding, and an all-real mask needs no multiply
