@@ -101,9 +101,18 @@ def window_cache_layer(cache: Any, layer_idx: int, window: int) -> None:
             layers[layer_idx] = DynamicSlidingWindowLayer(sliding_window=max(int(window), 2))
 
 
+_RECURRENT_CACHE: list[bool] = []  # the answer of recurrent_cache_supported, once known
+
+
 def recurrent_cache_supported() -> bool:
     """Whether this transformers' cache holds recurrent state (``LinearAttentionLayer``) and its
-    Gated DeltaNet and Mamba2 modules read it from a ``cache`` argument."""
+    Gated DeltaNet, Mamba2 and KDA modules read it from a ``cache`` argument (asked once)."""
+    if not _RECURRENT_CACHE:
+        _RECURRENT_CACHE.append(_recurrent_cache_supported())
+    return _RECURRENT_CACHE[0]
+
+
+def _recurrent_cache_supported() -> bool:
     import inspect
 
     try:
