@@ -11,7 +11,8 @@ from greedy import assert_cached_greedy_matches
 from space import BUILTIN_PRESETS, LayerKind, ModelShape, build_candidate
 from space.errors import InvalidCandidate
 from space.layers import LayerSpec, Mixer, Position, QKNorm, RecurrentShape
-from workers.kda import KimiDeltaAttention, chunk_kda, recurrent_kda
+from workers.deltanet import recurrent_gated_delta_rule as recurrent_kda
+from workers.kda import KimiDeltaAttention, chunk_kda
 from workers.kv_cache import RecurrentCache
 
 SHAPE = ModelShape(

@@ -44,21 +44,39 @@ def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
 def recurrent_gated_delta_rule(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """q, k (B, H, T, Dk), v (B, H, T, Dv), g and beta (B, H, T), all fp32, q and k already
-    normalised and q scaled -> outputs (B, H, T, Dv) and the final state (B, H, Dk, Dv)."""
+    """q, k (B, H, T, Dk), v (B, H, T, Dv), beta (B, H, T), g (B, H, T) (one decay per head:
+    Gated DeltaNet) or (B, H, T, Dk) (one per key channel: KDA, ``workers.kda``), all fp32, q
+    and k already normalised and q scaled -> outputs (B, H, T, Dv) and the final state
+    (B, H, Dk, Dv)."""
     B, H, T, Dk = k.shape
     Dv = v.shape[-1]
     if state is None:
         state = torch.zeros(B, H, Dk, Dv, dtype=v.dtype, device=v.device)
     out = torch.zeros_like(v)
+    decay = g.exp()[..., None] if g.dim() == 4 else g.exp()[..., None, None]  # rows of S
     for t in range(T):
-        state = state * g[:, :, t].exp()[..., None, None]
+        state = state * decay[:, :, t]
         k_t = k[:, :, t]  # (B, H, Dk)
         remembered = (state * k_t[..., None]).sum(dim=-2)  # S^T k: (B, H, Dv)
         delta = (v[:, :, t] - remembered) * beta[:, :, t, None]
         state = state + k_t[..., None] * delta[..., None, :]
         out[:, :, t] = (state * q[:, :, t, :, None]).sum(dim=-2)
     return out, state
+
+
+def causal_conv(conv1d: nn.Conv1d, mixed: Tensor, cache: RecurrentCache | None) -> Tensor:
+    """The depthwise causal convolution and SiLU of q, k, v channels ``mixed`` (B, channels, T)
+    -> (B, T, channels): zeros before the start, or the last ``K - 1`` inputs ``cache`` holds,
+    which then holds the last ``K - 1`` inputs including these."""
+    K = conv1d.kernel_size[0]
+    if cache is None:
+        past = mixed.new_zeros(mixed.shape[0], mixed.shape[1], K - 1)
+    else:
+        past = cache.conv.to(mixed.dtype)
+    window = torch.cat([past, mixed], dim=-1)  # (B, channels, K - 1 + T)
+    if cache is not None:
+        cache.conv.copy_(window[:, :, -(K - 1) :] if K > 1 else window[:, :, :0])
+    return F.silu(conv1d(window)).transpose(1, 2)
 
 
 def chunk_gated_delta_rule(
@@ -138,15 +156,7 @@ class GatedDeltaNet(nn.Module):
         B, T, _ = x.shape
         Hk, Hv, D = self.key_heads, self.value_heads, self.head_dim
         mixed = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], -1).transpose(1, 2)
-        K = self.conv1d.kernel_size[0]
-        if cache is None:
-            past = mixed.new_zeros(B, mixed.shape[1], K - 1)  # causal: zeros before the start
-        else:
-            past = cache.conv.to(mixed.dtype)
-        window = torch.cat([past, mixed], dim=-1)  # (B, channels, K - 1 + T)
-        if cache is not None:
-            cache.conv.copy_(window[:, :, -(K - 1) :] if K > 1 else window[:, :, :0])
-        mixed = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, T, channels)
+        mixed = causal_conv(self.conv1d, mixed, cache)  # (B, T, channels)
         q, k, v = mixed.split([Hk * D, Hk * D, Hv * D], dim=-1)
         q, k = (t.reshape(B, T, Hk, D).repeat_interleave(Hv // Hk, dim=2) for t in (q, k))
         v = v.reshape(B, T, Hv, D)
@@ -169,6 +179,7 @@ class GatedDeltaNet(nn.Module):
 
 __all__ = [
     "GatedDeltaNet",
+    "causal_conv",
     "chunk_gated_delta_rule",
     "recurrent_gated_delta_rule",
 ]

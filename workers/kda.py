@@ -15,9 +15,10 @@ heads, of one size) first go through a depthwise causal convolution of ``conv_to
 SiLU; the output is RMS-normed per head, gated by ``sigmoid(g_b_proj(g_a_proj x))`` and
 projected back.
 
-Two forms of the same recurrence, as in transformers' ``modeling_kimi_linear``:
-:func:`recurrent_kda` (token by token: decoding, and the reference) and :func:`chunk_kda`
-(chunks of 64 solved as small triangular systems: training). The parameter names are
+Two forms of the same recurrence, as in transformers' ``modeling_kimi_linear``: token by
+token (decoding, and the reference: ``workers.deltanet.recurrent_gated_delta_rule``, whose
+decay may be per channel) and :func:`chunk_kda` (chunks of 64 solved as small triangular
+systems: training). The parameter names are
 transformers' ``KimiLinearDeltaAttention``'s, the forget gate's flattened
 (``forget_gate.f_a_proj`` -> ``f_a_proj``; ``tests/test_kda.py`` loads one into the other and
 compares outputs).
@@ -36,33 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from space.layers import LayerSpec, ModelShape
-from workers.deltanet import CHUNK_TOKENS
+from workers.deltanet import CHUNK_TOKENS, causal_conv, recurrent_gated_delta_rule
 from workers.kv_cache import RecurrentCache
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """x / sqrt(||x||^2 + eps) over the last dim (Kimi Linear's formula)."""
     return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True) + eps)
-
-
-def recurrent_kda(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """q, k and g (B, H, T, Dk), v (B, H, T, Dv), beta (B, H, T), all fp32, q and k already
-    normalised and q scaled -> outputs (B, H, T, Dv) and the final state (B, H, Dk, Dv)."""
-    B, H, T, Dk = k.shape
-    Dv = v.shape[-1]
-    if state is None:
-        state = torch.zeros(B, H, Dk, Dv, dtype=v.dtype, device=v.device)
-    out = torch.zeros_like(v)
-    for t in range(T):
-        state = state * g[:, :, t].exp()[..., None]  # each key channel's row decays
-        k_t = k[:, :, t]  # (B, H, Dk)
-        remembered = (state * k_t[..., None]).sum(dim=-2)  # S^T k: (B, H, Dv)
-        delta = (v[:, :, t] - remembered) * beta[:, :, t, None]
-        state = state + k_t[..., None] * delta[..., None, :]
-        out[:, :, t] = (state * q[:, :, t, :, None]).sum(dim=-2)
-    return out, state
 
 
 def chunk_kda(
@@ -74,7 +55,8 @@ def chunk_kda(
     state: Tensor | None = None,
     chunk: int = CHUNK_TOKENS,
 ) -> tuple[Tensor, Tensor]:
-    """The same recurrence as :func:`recurrent_kda`, a chunk at a time: within a chunk the
+    """The recurrence of ``workers.deltanet.recurrent_gated_delta_rule`` with a decay per key
+    channel (g: (B, H, T, Dk)), a chunk at a time: within a chunk the
     delta rule is a unit lower-triangular system whose entries carry each channel's decay
     between the two tokens (transformers' ``chunk_kimi_delta_attention`` reference, with the
     system solved by ``solve_triangular`` as in ``workers.deltanet``)."""
@@ -155,15 +137,7 @@ class KimiDeltaAttention(nn.Module):
         B, T, _ = x.shape
         H, D = self.heads, self.head_dim
         mixed = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], -1).transpose(1, 2)
-        K = self.conv1d.kernel_size[0]
-        if cache is None:
-            past = mixed.new_zeros(B, mixed.shape[1], K - 1)  # causal: zeros before the start
-        else:
-            past = cache.conv.to(mixed.dtype)
-        window = torch.cat([past, mixed], dim=-1)  # (B, channels, K - 1 + T)
-        if cache is not None:
-            cache.conv.copy_(window[:, :, -(K - 1) :] if K > 1 else window[:, :, :0])
-        mixed = F.silu(self.conv1d(window)).transpose(1, 2)  # (B, T, channels)
+        mixed = causal_conv(self.conv1d, mixed, cache)  # (B, T, channels)
         q, k, v = (t.reshape(B, T, H, D) for t in mixed.split([H * D] * 3, dim=-1))
         # the recurrence runs in fp32 at least (as transformers' torch rules do)
         f32 = torch.promote_types(x.dtype, torch.float32)
@@ -173,7 +147,7 @@ class KimiDeltaAttention(nn.Module):
         q, k, v, beta, g = (t.transpose(1, 2).to(f32) for t in (q, k, v, beta, g))  # heads first
         q, k = l2norm(q) / D**0.5, l2norm(k)
         state = None if cache is None else cache.state.to(f32)
-        rule = recurrent_kda if recurrent or T == 1 else chunk_kda
+        rule = recurrent_gated_delta_rule if recurrent or T == 1 else chunk_kda
         y, state = rule(q, k, v, g, beta, state)  # (B, H, T, D)
         if cache is not None:
             cache.state.copy_(state)
@@ -184,4 +158,4 @@ class KimiDeltaAttention(nn.Module):
         return self.out_proj(y.to(x.dtype).reshape(B, T, H * D))
 
 
-__all__ = ["KimiDeltaAttention", "chunk_kda", "recurrent_kda"]
+__all__ = ["KimiDeltaAttention", "chunk_kda"]
