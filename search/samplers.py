@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 
 from search.errors import StudyError
 from space.schema import SweepConfig
@@ -22,6 +24,50 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
+class _IntermediateDirection:
+    """A study as TPE reads it, whose ``direction`` is that of its intermediate values."""
+
+    def __init__(self, study: optuna.Study, direction: StudyDirection) -> None:
+        self._study = study
+        self._direction = direction
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    @property
+    def direction(self) -> StudyDirection:
+        return self._direction
+
+
+class PrunedAwareTPESampler(optuna.samplers.TPESampler):
+    """TPE that reads a PRUNED trial of a multi-objective study by its intermediate values.
+
+    Our trials report one intermediate value per evaluation, the scheduler metric
+    (``scheduler.metric``, in ``scheduler.mode``), and early stopping (ASHA, MO-ASHA) ends
+    trials PRUNED with them. Optuna's TPE ranks pruned trials by their last intermediate
+    value in the study's single ``direction``, which a multi-objective study does not have:
+    the first sample after a pruned trial, once TPE is past its startup trials, raised
+    ``RuntimeError`` and failed the trial (13 of 24 trials of ``configs/demo.yaml`` with
+    either scheduler). Here a multi-objective study's intermediate values are read in the
+    scheduler metric's direction; a single-objective study is left as it is.
+    """
+
+    def __init__(self, *, intermediate_direction: StudyDirection, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._intermediate_direction = intermediate_direction
+
+    def _view(self, study: optuna.Study) -> Any:
+        if len(study.directions) <= 1:
+            return study
+        return _IntermediateDirection(study, self._intermediate_direction)
+
+    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+        return super().sample_relative(self._view(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        return super().sample_independent(self._view(study), trial, param_name, param_distribution)
+
+
 def make_sampler(
     config: SweepConfig, n_existing: int = 0, salt: int = 0
 ) -> optuna.samplers.BaseSampler:
@@ -36,8 +82,16 @@ def make_sampler(
         if kind == "tpe":
             # constant_liar: running trials count as bad guesses, so parallel workers
             # do not all sample the same region; group: conditional knobs.
-            return optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, group=True, constant_liar=True
+            return PrunedAwareTPESampler(
+                intermediate_direction=(
+                    StudyDirection.MINIMIZE
+                    if config.scheduler.mode == "min"
+                    else StudyDirection.MAXIMIZE
+                ),
+                seed=seed,
+                multivariate=True,
+                group=True,
+                constant_liar=True,
             )
         if kind == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)

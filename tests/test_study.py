@@ -389,3 +389,35 @@ def test_optuna_adapter_reads_what_this_optuna_stores(storage_url):
     study.tell(sampled, 1.0)
     link_finished_trial(storage, storage_trial_id(sampled), "mlflow_run_id", "r1")
     assert storage.get_trial(storage_trial_id(sampled)).user_attrs["mlflow_run_id"] == "r1"
+
+
+def test_study_tpe_samples_after_pruned_trials_of_a_multi_objective_study():
+    """Early stopping ends trials PRUNED with intermediate values (the scheduler metric):
+    Optuna's TPE ranked them in the study's one direction, which a multi-objective study
+    has not (RuntimeError at every ask past the startup trials: 13 of 24 trials FAIL in
+    ``bench/early_stopping.py``). Ours reads them in ``scheduler.mode``."""
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+    assert len(config.study.objectives) == 3 and config.scheduler.mode == "min"
+    study = optuna.create_study(
+        directions=[o.direction for o in config.study.objectives], sampler=make_sampler(config)
+    )
+    storage = study._storage
+    for i in range(16):  # past TPE's 10 startup trials
+        trial = study.ask()
+        config.suggest(trial)
+        if i % 2:  # a pruned trial: its evaluations so far, none of the objectives
+            for step in range(1 + i % 3):
+                storage.set_trial_intermediate_value(
+                    storage_trial_id(trial), 200 * (step + 1), 2.0 - 0.1 * i
+                )
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, [0.05 * i, 2.0 - 0.05 * i, 1000.0 + i])
+    for _ in range(3):
+        trial = study.ask()
+        assert config.suggest(trial)  # raised RuntimeError with Optuna's TPESampler
+        study.tell(trial, [0.5, 1.5, 1000.0])
+    # the pruned trials are read in the scheduler metric's direction (lower is better)
+    view = study.sampler._view(study)
+    assert view.direction == optuna.study.StudyDirection.MINIMIZE
+    assert view.directions == study.directions
